@@ -1,0 +1,29 @@
+"""MQTT Event Listener: turn an MQTT topic into a reliable job processor.
+
+``from Listener import EventListener, EventListenerConfig`` then ``await listener.run(processor)``.
+"""
+
+from ._version import __version__
+from .config import EventListenerConfig
+from .errors import ConfigError, ConfigParseError, ConfigValidationError
+from .event_listener import EventListener
+from .jobs import JobInfo, JobStatus
+from .results import ReturnType, create_error_result, create_return_type
+from .safe_config_parser import ConfigSource, ParsedConfig, SafeConfigParser
+
+__all__ = [
+    "ConfigError",
+    "ConfigParseError",
+    "ConfigSource",
+    "ConfigValidationError",
+    "EventListener",
+    "EventListenerConfig",
+    "JobInfo",
+    "JobStatus",
+    "ParsedConfig",
+    "ReturnType",
+    "SafeConfigParser",
+    "__version__",
+    "create_error_result",
+    "create_return_type",
+]

@@ -1,0 +1,388 @@
+"""EventListenerConfig: every setting of the listener, validated once, at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+from .errors import ConfigError
+from .redaction import MASK, mask_uri_credentials
+from .topics import filter_error, topic_name_error
+
+__all__ = ["EventListenerConfig", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES"]
+
+DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_PAYLOAD_BYTES = 1024 * 1024
+_URI_SCHEMES = ("mqtt", "mqtts", "ws", "wss")
+_SECRET_FIELDS = frozenset({"password"})
+# Environment variable names the manual uses that are not simply PREFIX + FIELD.
+_ENV_ALIASES = {"CA_FILE": "cafile", "CA_PATH": "capath", "CA_DATA": "cadata"}
+_CONFIG_FILE_LIMIT = 10 * 1024 * 1024
+
+
+@dataclass(frozen=True, repr=False)
+class EventListenerConfig:
+    """Unified configuration for the MQTT Event Listener.
+
+    Every field has a default, so ``EventListenerConfig()`` is valid. Invalid values raise
+    :class:`~Listener.errors.ConfigError` (a ``ValueError``) naming the field and the value.
+    ``repr()`` and ``str()`` never show the password or URI credentials.
+    """
+
+    # Connection
+    host: str = "localhost"
+    port: int = 1883
+    client_id: str = "event-listener"
+    username: Optional[str] = "test"
+    password: Optional[str] = "test"
+    uri: Optional[str] = None
+    # TLS
+    cafile: Optional[str] = None
+    capath: Optional[str] = None
+    cadata: Optional[str] = None
+    additional_headers: Optional[Dict[str, Any]] = None
+    # MQTT client
+    keep_alive: int = 10
+    ping_delay: int = 1
+    default_qos: int = 0
+    default_retain: bool = False
+    auto_reconnect: bool = True
+    connect_timeout: Optional[float] = None
+    reconnect_retries: int = 2
+    reconnect_max_interval: float = 10
+    cleansession: bool = True
+    # Topics
+    topic: str = "test"
+    qos: int = 0
+    retain: bool = False
+    error_topic: str = "test/error"
+    log_topic: str = "test/log"
+    results_topic: str = "test/results"
+    # Advanced
+    will: Optional[Dict[str, Any]] = None
+    custom_topics: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    # Job tracking
+    max_jobs_in_memory: int = 5000
+    job_cleanup_interval: float = 259200
+    job_id_field: str = "job_id"
+    allow_job_id_generation: bool = False
+    duplicate_action: str = "skip"
+    # Beyond the first release (each with a default, after the documented fields)
+    log_topic_level: str = "WARNING"
+    certfile: Optional[str] = None
+    keyfile: Optional[str] = None
+    tls_check_hostname: bool = True
+    max_payload_bytes: int = MAX_PAYLOAD_BYTES
+    shutdown_grace_period: float = 30.0
+
+    def __post_init__(self) -> None:
+        for check in _CHECKS:
+            check(self)
+        if self.uri is None:
+            object.__setattr__(self, "uri", self._generated_uri())
+
+    # -- derived values -------------------------------------------------------------------------
+
+    @property
+    def uses_tls(self) -> bool:
+        """True when any TLS option is set or the URI scheme is secure."""
+        if self.uri and self.uri.split("://", 1)[0] in ("mqtts", "wss"):
+            return True
+        return any(v is not None for v in (self.cafile, self.capath, self.cadata, self.certfile))
+
+    def _generated_uri(self) -> str:
+        scheme = "mqtts" if self.uses_tls else "mqtt"
+        host = self.host
+        try:
+            if ipaddress.ip_address(host).version == 6:
+                host = f"[{host}]"
+        except ValueError:
+            pass
+        return f"{scheme}://{host}:{self.port}"
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _SECRET_FIELDS and value is not None:
+                text = repr(MASK)
+            elif f.name == "uri" and isinstance(value, str):
+                text = repr(mask_uri_credentials(value))
+            elif f.name == "cadata" and value is not None:
+                text = "'<certificate data>'"
+            else:
+                text = repr(value)
+            shown.append(f"{f.name}={text}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    __str__ = __repr__
+
+    def redacted_dict(self) -> Dict[str, Any]:
+        """All settings as a dict, with the password and URI credentials masked (safe to log or print)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if data["password"] is not None:
+            data["password"] = MASK
+        if isinstance(data["uri"], str):
+            data["uri"] = mask_uri_credentials(data["uri"])
+        return data
+
+    # -- alternative constructors ---------------------------------------------------------------
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The names of every configuration option, in declaration order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **explicit: Any) -> "EventListenerConfig":
+        """Load settings from a TOML or JSON file; keyword arguments override the file.
+
+        Unknown keys are an error, so a typo in a file never silently falls back to a default.
+        """
+        values = _read_config_file(Path(path))
+        values.update(explicit)
+        return cls(**values)
+
+    @classmethod
+    def from_env(
+        cls,
+        prefix: str = "MQTT_",
+        *,
+        config_file: str | os.PathLike[str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **explicit: Any,
+    ) -> "EventListenerConfig":
+        """Build a config with the manual's precedence: explicit > environment > file > default.
+
+        Each option ``name`` is read from ``{prefix}{NAME}`` (``MQTT_HOST``, ``MQTT_PORT``, ...);
+        the manual's ``MQTT_CA_FILE`` also works. Values are converted to the option's type.
+        """
+        values: Dict[str, Any] = _read_config_file(Path(config_file)) if config_file is not None else {}
+        values.update(_read_environment(prefix, os.environ if environ is None else environ))
+        values.update(explicit)
+        return cls(**values)
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def _fail(name: str, value: Any, why: str) -> ConfigError:
+    shown = MASK if name in _SECRET_FIELDS else repr(value)
+    if isinstance(value, str) and name == "uri":
+        shown = repr(mask_uri_credentials(value))
+    return ConfigError(f"Invalid {name}: {shown} ({why})")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)) and math.isfinite(value)
+
+
+def _check_types(cfg: EventListenerConfig) -> None:
+    for name in ("host", "client_id", "topic", "error_topic", "log_topic", "results_topic", "job_id_field",
+                 "duplicate_action", "log_topic_level"):
+        value = getattr(cfg, name)
+        if not isinstance(value, str):
+            raise _fail(name, value, f"must be a string, got {type(value).__name__}")
+    for name in ("username", "password", "uri", "cafile", "capath", "cadata", "certfile", "keyfile"):
+        value = getattr(cfg, name)
+        if value is not None and not isinstance(value, str):
+            raise _fail(name, value, f"must be a string or None, got {type(value).__name__}")
+    for name in ("default_retain", "auto_reconnect", "cleansession", "retain", "allow_job_id_generation",
+                 "tls_check_hostname"):
+        value = getattr(cfg, name)
+        if not isinstance(value, bool):
+            raise _fail(name, value, f"must be true or false, got {type(value).__name__}")
+    if cfg.additional_headers is not None and not isinstance(cfg.additional_headers, dict):
+        raise _fail("additional_headers", cfg.additional_headers, "must be a dict or None")
+
+
+def _check_connection(cfg: EventListenerConfig) -> None:
+    if not cfg.host.strip():
+        raise _fail("host", cfg.host, "must not be empty")
+    if not _is_int(cfg.port) or not 1 <= cfg.port <= 65535:
+        raise ConfigError(f"Invalid port number: {cfg.port!r} (must be an integer from 1 to 65535)")
+    if not cfg.client_id:
+        raise _fail("client_id", cfg.client_id, "must not be empty")
+    if cfg.uri is not None:
+        scheme, sep, rest = cfg.uri.partition("://")
+        if not sep or scheme not in _URI_SCHEMES or not rest:
+            raise _fail("uri", cfg.uri, f"must look like mqtt://host:port; schemes: {', '.join(_URI_SCHEMES)}")
+    if (cfg.certfile is None) != (cfg.keyfile is None):
+        raise _fail("certfile" if cfg.keyfile is None else "keyfile", cfg.certfile or cfg.keyfile,
+                    "certfile and keyfile must be given together")
+
+
+def _check_timing(cfg: EventListenerConfig) -> None:
+    for name in ("keep_alive", "ping_delay"):
+        value = getattr(cfg, name)
+        if not _is_int(value) or value <= 0:
+            raise _fail(name, value, "must be a whole number of seconds > 0")
+    if cfg.ping_delay >= cfg.keep_alive:
+        raise _fail("ping_delay", cfg.ping_delay, f"must be smaller than keep_alive ({cfg.keep_alive})")
+    for name in ("reconnect_max_interval", "job_cleanup_interval", "shutdown_grace_period"):
+        value = getattr(cfg, name)
+        if not _is_number(value) or value <= 0:
+            raise _fail(name, value, "must be a number > 0")
+    if cfg.connect_timeout is not None and (not _is_number(cfg.connect_timeout) or cfg.connect_timeout <= 0):
+        raise _fail("connect_timeout", cfg.connect_timeout, "must be a number > 0 or None")
+    if not _is_int(cfg.reconnect_retries):
+        raise _fail("reconnect_retries", cfg.reconnect_retries, "must be an integer; negative retries forever")
+
+
+def _qos_error(value: Any) -> bool:
+    return not _is_int(value) or value not in (0, 1, 2)
+
+
+def _check_qos(cfg: EventListenerConfig) -> None:
+    for name in ("qos", "default_qos"):
+        value = getattr(cfg, name)
+        if _qos_error(value):
+            raise ConfigError(f"Invalid QoS value: {value!r} for {name} (must be 0, 1 or 2)")
+
+
+def _check_topics(cfg: EventListenerConfig) -> None:
+    problem = filter_error(cfg.topic)
+    if problem:
+        raise _fail("topic", cfg.topic, f"topic filter {problem}")
+    for name in ("error_topic", "log_topic", "results_topic"):
+        value = getattr(cfg, name)
+        if name == "log_topic" and value == "":
+            continue  # an empty log_topic turns log events off
+        problem = topic_name_error(value)
+        if problem:
+            raise _fail(name, value, f"publish topic {problem}")
+    if not isinstance(cfg.custom_topics, dict):
+        raise _fail("custom_topics", cfg.custom_topics, "must be a dict of {topic filter: {qos, retain}}")
+    for topic_filter, options in cfg.custom_topics.items():
+        label = f"custom_topics[{topic_filter!r}]"
+        problem = filter_error(topic_filter)
+        if problem:
+            raise _fail(label, topic_filter, f"topic filter {problem}")
+        if not isinstance(options, dict):
+            raise _fail(label, options, "must be a dict with optional keys qos and retain")
+        unknown = set(options) - {"qos", "retain"}
+        if unknown:
+            raise _fail(label, sorted(unknown), "unknown keys; allowed: qos, retain")
+        if _qos_error(options.get("qos", 0)):
+            raise ConfigError(f"Invalid QoS value: {options.get('qos')!r} for {label} (must be 0, 1 or 2)")
+        if not isinstance(options.get("retain", False), bool):
+            raise _fail(label + "['retain']", options.get("retain"), "must be true or false")
+
+
+def _check_will(cfg: EventListenerConfig) -> None:
+    will = cfg.will
+    if will is None:
+        return
+    if not isinstance(will, dict):
+        raise _fail("will", will, "must be a dict with topic and message")
+    unknown = set(will) - {"topic", "message", "qos", "retain"}
+    if unknown:
+        raise _fail("will", sorted(unknown), "unknown keys; allowed: topic, message, qos, retain")
+    for key in ("topic", "message"):
+        if key not in will:
+            raise _fail("will", sorted(will), f"needs a {key!r}")
+    if topic_name_error(will["topic"]):
+        raise _fail("will['topic']", will["topic"], f"publish topic {topic_name_error(will['topic'])}")
+    if not isinstance(will["message"], (str, bytes)):
+        raise _fail("will['message']", will["message"], "must be a string")
+    if _qos_error(will.get("qos", 0)):
+        raise ConfigError(f"Invalid QoS value: {will.get('qos')!r} for will (must be 0, 1 or 2)")
+    if not isinstance(will.get("retain", False), bool):
+        raise _fail("will['retain']", will.get("retain"), "must be true or false")
+
+
+def _check_jobs(cfg: EventListenerConfig) -> None:
+    if not _is_int(cfg.max_jobs_in_memory) or cfg.max_jobs_in_memory <= 0:
+        raise _fail("max_jobs_in_memory", cfg.max_jobs_in_memory, "must be an integer > 0")
+    if not cfg.job_id_field:
+        raise _fail("job_id_field", cfg.job_id_field, "must not be empty")
+    if cfg.duplicate_action not in DUPLICATE_ACTIONS:
+        raise _fail("duplicate_action", cfg.duplicate_action, f"must be one of {', '.join(DUPLICATE_ACTIONS)}")
+    if cfg.log_topic_level.upper() not in LOG_LEVELS:
+        raise _fail("log_topic_level", cfg.log_topic_level, f"must be one of {', '.join(LOG_LEVELS)}")
+    if not _is_int(cfg.max_payload_bytes) or cfg.max_payload_bytes <= 0:
+        raise _fail("max_payload_bytes", cfg.max_payload_bytes, "must be an integer > 0")
+
+
+_CHECKS = (_check_types, _check_connection, _check_timing, _check_qos, _check_topics, _check_will, _check_jobs)
+
+
+# -- reading files and the environment ------------------------------------------------------------
+
+
+def _read_config_file(path: Path) -> Dict[str, Any]:
+    """Read a TOML or JSON settings file (chosen by suffix; TOML otherwise) into a dict of known options."""
+    from .safe_config_parser import SafeConfigParser  # the parser module imports nothing from here
+
+    if path.suffix.lower() == ".json":
+        try:
+            if path.stat().st_size > _CONFIG_FILE_LIMIT:
+                raise ConfigError(f"Configuration file {path} is too large (over {_CONFIG_FILE_LIMIT} bytes)")
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"Configuration file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"Cannot read configuration file {path}: {exc}") from None
+    else:
+        data = SafeConfigParser().parse_config_from_file(str(path))
+    if not isinstance(data, dict):
+        raise ConfigError(f"Configuration file {path} must hold a table/object of options")
+    unknown = sorted(set(data) - set(EventListenerConfig.field_names()))
+    if unknown:
+        raise ConfigError(f"Unknown option(s) in {path}: {', '.join(unknown)}")
+    return dict(data)
+
+
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _field_kinds() -> Dict[str, str]:
+    kinds: Dict[str, str] = {}
+    for f in dataclasses.fields(EventListenerConfig):
+        annotation = str(f.type)
+        for kind in ("bool", "int", "float", "Dict"):
+            if kind in annotation:
+                kinds[f.name] = kind
+                break
+        else:
+            kinds[f.name] = "str"
+    return kinds
+
+
+def _convert(name: str, kind: str, raw: str, variable: str) -> Any:
+    try:
+        if kind == "bool":
+            return _BOOL_WORDS[raw.strip().lower()]
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "Dict":
+            return json.loads(raw)
+    except (KeyError, ValueError) as exc:
+        shown = MASK if name in _SECRET_FIELDS else repr(raw)
+        raise ConfigError(f"Invalid {variable}: {shown} (expected {kind} for {name}: {exc})") from None
+    return raw
+
+
+def _read_environment(prefix: str, environ: Mapping[str, str]) -> Dict[str, Any]:
+    kinds = _field_kinds()
+    names = {name.upper(): name for name in kinds}
+    names.update(_ENV_ALIASES)
+    values: Dict[str, Any] = {}
+    for suffix, name in names.items():
+        variable = prefix + suffix
+        if variable in environ:
+            values[name] = _convert(name, kinds[name], environ[variable], variable)
+    return values

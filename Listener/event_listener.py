@@ -1,0 +1,645 @@
+"""EventListener: receive TOML messages from MQTT, track each as a job, publish results as JSON.
+
+The data flows one way: transport (amqtt) -> intake (decode, parse, job id) -> job store ->
+processor -> publisher. This module composes those pieces; none of them imports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import replace
+from types import TracebackType
+from typing import Any, Dict, List, Optional, Tuple, Type, Union
+
+from ._version import __version__
+from .config import EventListenerConfig
+from .events import ErrorType, error_event, log_event
+from .intake import Payload, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
+from .jobs import InsertOutcome, JobInfo, JobStatus, JobStore
+from .processing import Processor, call_processor, describe_exception
+from .redaction import redact
+from .results import ReturnType, create_error_result, create_return_type
+from .safe_config_parser import SafeConfigParser
+from .serialization import ResultEncodingError, to_json_bytes
+from .topics import filter_covers, topic_matches, topic_name_error
+from .transport import (
+    DEFAULT_CONNECT_TIMEOUT,
+    AmqttClient,
+    BrokerRefusedConnection,
+    connection_error,
+    create_client,
+    credentials,
+    endpoint_label,
+    tls_bundle,
+)
+
+__all__ = [
+    "EventListener",
+    "EventListenerConfig",
+    "JobInfo",
+    "JobStatus",
+    "ReturnType",
+    "create_error_result",
+    "create_return_type",
+    "__version__",
+]
+
+logger = logging.getLogger("Listener.event_listener")
+
+PUBLISH_TIMEOUT = 10.0
+DISCONNECT_TIMEOUT = 5.0
+_MAX_CLEANUP_PERIOD = 60.0
+_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
+           "CRITICAL": logging.CRITICAL}
+Publication = Tuple[str, bytes, int, bool]
+
+
+class EventListener:
+    """MQTT Event Listener with job tracking capabilities.
+
+    Args:
+        config: every setting; see :class:`EventListenerConfig`.
+        config_parser: the TOML parser used for message payloads (a default one when omitted).
+
+    ``client`` is the amqtt ``MQTTClient`` (replaceable, e.g. by a mock in tests); ``jobs`` is the
+    live job dict and ``job_lock`` the ``asyncio.Lock`` that guards it.
+    """
+
+    __version__ = __version__
+
+    def __init__(self, config: EventListenerConfig, config_parser: Optional[SafeConfigParser] = None) -> None:
+        if not isinstance(config, EventListenerConfig):
+            raise TypeError(f"config must be an EventListenerConfig, got {type(config).__name__}")
+        self.config = config
+        self.config_parser = config_parser if config_parser is not None else SafeConfigParser(logger)
+        self.logger = logger
+        self._store = JobStore(config.max_jobs_in_memory, config.job_cleanup_interval)
+        self.job_lock = asyncio.Lock()
+        self._client: Any = None
+        self._owns_client = True
+        self._processor: Optional[Processor] = None
+        self._running = False
+        self._stop_requested = False
+        self._busy = False
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._consumer: Optional[asyncio.Task[None]] = None
+        self._stopped: Optional[asyncio.Event] = None
+        self._job_finished: Optional[asyncio.Event] = None
+        self._ready = asyncio.Event()
+        self._log_threshold = _LEVELS[config.log_topic_level.upper()]
+        self._secrets = tuple(s for s in (credentials(config)[2], config.password) if s)
+        self._publish_option_cache: Dict[str, Tuple[int, bool]] = {}
+
+    # -- the client --------------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The MQTT client (amqtt ``MQTTClient``), created on first use."""
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
+
+    @client.setter
+    def client(self, value: Any) -> None:
+        self._client = value
+        self._owns_client = value is None
+
+    def _new_client(self) -> AmqttClient:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return _create_client_outside_loop(self.config)
+        return create_client(self.config)
+
+    @property
+    def jobs(self) -> Dict[str, JobInfo]:
+        """The live job dict (hold ``job_lock`` while iterating it from a coroutine)."""
+        return self._store.jobs
+
+    @jobs.setter
+    def jobs(self, value: Dict[str, JobInfo]) -> None:
+        self._store.jobs = value
+        self._store.reindex()
+
+    @property
+    def is_running(self) -> bool:
+        """True while :meth:`run` is processing messages."""
+        return self._running
+
+    @property
+    def is_ready(self) -> bool:
+        """True while connected and subscribed, i.e. messages published now will be received."""
+        return self._ready.is_set()
+
+    async def wait_until_ready(self, timeout: Optional[float] = None) -> None:
+        """Wait until :meth:`run` has connected and subscribed.
+
+        Raises:
+            asyncio.TimeoutError: not ready within ``timeout`` seconds.
+        """
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    # -- running -----------------------------------------------------------------------------------
+
+    async def run(self, func: Optional[Processor] = None) -> None:
+        """Connect, subscribe and process messages with ``func`` until :meth:`stop` is called.
+
+        Raises:
+            ConnectionError: the broker cannot be reached, refuses the credentials, or reconnection
+                gives up after ``reconnect_retries`` attempts. The message names host and port only.
+            RuntimeError: the listener is already running.
+        """
+        if self._running:
+            raise RuntimeError("EventListener is already running")
+        self._processor = func
+        self._loop = asyncio.get_running_loop()
+        self._running = True
+        self._stop_requested = False
+        self._stopped = asyncio.Event()
+        self._job_finished = asyncio.Event()
+        cleanup = asyncio.create_task(self._cleanup_periodically())
+        try:
+            await self._serve()
+        finally:
+            cleanup.cancel()
+            await self._disconnect()
+            self._running = False
+            self._stopped.set()
+            logger.info("Listener stopped")
+
+    def stop(self) -> None:
+        """Stop gracefully: take no new message, let the job in flight finish, disconnect.
+
+        Safe to call when not running, from a signal handler, or from another thread.
+        """
+        loop = self._loop
+        if not self._running or loop is None or loop.is_closed():
+            self._stop_requested = True
+            return
+        loop.call_soon_threadsafe(self._on_stop_requested)
+
+    def _on_stop_requested(self) -> None:
+        if self._stop_requested:
+            return
+        self._stop_requested = True
+        consumer = self._consumer
+        if consumer is None or consumer.done():
+            return
+        if not self._busy:
+            consumer.cancel()
+        else:
+            # A job is in flight: give it the grace period, then cancel it.
+            asyncio.get_running_loop().call_later(self.config.shutdown_grace_period, consumer.cancel)
+
+    async def __aenter__(self) -> "EventListener":
+        return self
+
+    async def __aexit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],
+                        tb: Optional[TracebackType]) -> None:
+        self.stop()
+        if self._running and self._stopped is not None:
+            await asyncio.wait_for(self._stopped.wait(), self.config.shutdown_grace_period + DISCONNECT_TIMEOUT)
+        await self._disconnect()
+
+    async def _serve(self) -> None:
+        """Connect, consume until the connection drops, reconnect with backoff; until stopped."""
+        attempt = 0
+        started = False
+        while not self._stop_requested:
+            try:
+                await self._connect()
+                await self._subscribe()
+            except BrokerRefusedConnection:
+                raise
+            except ConnectionError as exc:
+                if self._stop_requested:
+                    return
+                attempt += 1
+                retries = self.config.reconnect_retries
+                if not self.config.auto_reconnect or 0 <= retries < attempt:
+                    if attempt > 1:
+                        raise ConnectionError(f"{exc} (gave up after {attempt} attempts)") from None
+                    raise
+                delay = min(float(self.config.reconnect_max_interval), 2.0 ** (attempt - 1))
+                await self._emit(logging.WARNING, "connection_retry",
+                                 f"Connecting failed ({exc}); retry {attempt} in {delay:g} s", publish=False)
+                await self._sleep_unless_stopped(delay)
+                continue
+            attempt = 0
+            self._ready.set()
+            if not started:
+                started = True
+                await self._emit(logging.INFO, "listener_started",
+                                 f"Listener started on {endpoint_label(self.config)}, topic {self.config.topic!r}")
+            else:
+                await self._emit(logging.INFO, "connection_up", f"Reconnected to {endpoint_label(self.config)}")
+            try:
+                await self._consume_until_disconnected()
+            finally:
+                self._ready.clear()
+            if self._stop_requested:
+                return
+            await self._emit(logging.WARNING, "connection_down",
+                             f"Connection to {endpoint_label(self.config)} lost", publish=False)
+            if not self.config.auto_reconnect:
+                raise ConnectionError(f"Connection to MQTT broker at {endpoint_label(self.config)} lost")
+
+    async def _sleep_unless_stopped(self, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        while not self._stop_requested and time.monotonic() < deadline:
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    async def _consume_until_disconnected(self) -> None:
+        consumer = asyncio.create_task(self._consume())
+        self._consumer = consumer
+        try:
+            await asyncio.wait({consumer})
+        finally:
+            self._consumer = None
+            if not consumer.done():
+                consumer.cancel()
+                await asyncio.wait({consumer})
+        if not consumer.cancelled():
+            consumer.result()
+
+    async def _consume(self) -> None:
+        client = self.client
+        while not self._stop_requested:
+            try:
+                message = await client.deliver_message()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # amqtt raises assorted errors once the session is gone
+                logger.debug("deliver_message failed: %r", exc)
+                return
+            if message is None:
+                return
+            self._busy = True
+            try:
+                await self._process_message(message.data, topic=message.topic)
+            finally:
+                self._busy = False
+
+    async def _cleanup_periodically(self) -> None:
+        period = min(float(self.config.job_cleanup_interval), _MAX_CLEANUP_PERIOD)
+        while True:
+            await asyncio.sleep(period)
+            await self.cleanup_old_jobs()
+
+    # -- MQTT operations -------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        """Open the MQTT connection (raises ConnectionError naming host and port, never a secret)."""
+        if self._owns_client and self._client is not None and not self._client.is_connected():
+            self._client = None  # a fresh amqtt client per connection: a used one can hang on publish
+        client = self.client
+        timeout = float(self.config.connect_timeout or DEFAULT_CONNECT_TIMEOUT)
+        uri = credentials(self.config)[0]
+        with tls_bundle(self.config) as cafile:
+            try:
+                await asyncio.wait_for(
+                    client.connect(uri, cleansession=self.config.cleansession, cafile=cafile,
+                                   additional_headers=self.config.additional_headers),
+                    timeout,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = connection_error(self.config, exc)
+                logger.warning("%s", error)
+                raise error from None
+        logger.info("Connected to MQTT broker at %s", endpoint_label(self.config))
+
+    async def _disconnect(self) -> None:
+        """Close the connection cleanly (the broker then does not send the will message)."""
+        client = self._client
+        if client is None:
+            return
+        if self._owns_client and not client.is_connected():
+            return
+        try:
+            await asyncio.wait_for(client.disconnect(), DISCONNECT_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("Disconnect failed: %r", exc)
+
+    def _subscriptions(self) -> List[Tuple[str, int]]:
+        """The filters to subscribe to: ``topic``, plus custom topics it does not already cover."""
+        filters = [(self.config.topic, self.config.qos)]
+        for topic_filter, options in self.config.custom_topics.items():
+            if any(filter_covers(existing, topic_filter) for existing, _ in filters):
+                continue
+            filters.append((topic_filter, int(options.get("qos", 0))))
+        return filters
+
+    async def _subscribe(self) -> None:
+        """Subscribe to every filter in one SUBSCRIBE."""
+        filters = self._subscriptions()
+        try:
+            granted = await asyncio.wait_for(self.client.subscribe(filters), PUBLISH_TIMEOUT)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise connection_error(self.config, exc) from None
+        if isinstance(granted, list):
+            refused = [f for (f, _), code in zip(filters, granted) if code == 0x80]
+            if refused:
+                raise BrokerRefusedConnection(
+                    f"MQTT broker at {endpoint_label(self.config)} refused the subscription to {', '.join(refused)}")
+        logger.info("Subscribed to %s", ", ".join(f"{f} (qos {q})" for f, q in filters))
+
+    def _publish_options(self, topic: str) -> Tuple[int, bool]:
+        """QoS and retain for the listener's own publication on ``topic``: custom_topics, else defaults."""
+        cached = self._publish_option_cache.get(topic)
+        if cached is None:
+            cached = (self.config.default_qos, self.config.default_retain)
+            for topic_filter, options in self.config.custom_topics.items():
+                if topic_matches(topic_filter, topic):
+                    cached = (int(options.get("qos", 0)), bool(options.get("retain", False)))
+                    break
+            if len(self._publish_option_cache) < 1024:
+                self._publish_option_cache[topic] = cached
+        return cached
+
+    async def _send_message(self, topic: str, data: Union[str, bytes, bytearray, Dict[str, Any], Any],
+                            qos: Optional[int] = None, retain: Optional[bool] = None) -> None:
+        """Publish ``data`` (str is UTF-8 encoded, bytes sent as they are, anything else as JSON)."""
+        if isinstance(data, str):
+            payload = data.encode("utf-8")
+        elif isinstance(data, (bytes, bytearray)):
+            payload = bytes(data)
+        else:
+            payload = to_json_bytes(data)
+        if qos is None or retain is None:
+            default_qos, default_retain = self._publish_options(topic)
+            qos = default_qos if qos is None else qos
+            retain = default_retain if retain is None else retain
+        client = self.client
+        if self._owns_client and not client.is_connected():
+            raise ConnectionError(f"Not connected to MQTT broker at {endpoint_label(self.config)}")
+        await asyncio.wait_for(client.publish(topic, payload, qos, retain), PUBLISH_TIMEOUT)
+
+    async def _publish_result(self, data: Any, topic: Optional[str] = None) -> None:
+        """Publish a result as JSON to ``topic`` (``results_topic`` when empty)."""
+        await self._send_message(topic or self.config.results_topic, to_json_bytes(data))
+
+    # -- events ----------------------------------------------------------------------------------
+
+    async def _publish_event(self, topic: str, body: Dict[str, Any]) -> None:
+        try:
+            await self._send_message(topic, to_json_bytes(body))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.debug("Could not publish %s event to %s: %r", body.get("event", "error"), topic, exc)
+
+    async def _emit(self, level: int, event: str, message: str, *, job_id: Optional[str] = None,
+                    status: Optional[JobStatus] = None, duration_ms: Optional[float] = None,
+                    publish: bool = True) -> None:
+        """Log a record and mirror it as a JSON log event when it reaches ``log_topic_level``."""
+        if logger.isEnabledFor(level):
+            logger.log(level, "%s", redact(message, self._secrets), extra={"job_id": job_id, "event": event})
+        if publish and level >= self._log_threshold and self.config.log_topic:
+            body = log_event(event, logging.getLevelName(level), job_id,
+                             status.value if status is not None else None, duration_ms)
+            await self._publish_event(self.config.log_topic, body)
+
+    async def _publish_error(self, job_id: Optional[str], error_type: str, message: str, topic: Optional[str]) -> None:
+        body = error_event(job_id, error_type, redact(message, self._secrets), topic or "")
+        await self._publish_event(self.config.error_topic, body)
+
+    async def _reject(self, rejection: RejectedMessage, topic: Optional[str]) -> None:
+        await self._publish_error(rejection.job_id, rejection.error_type, rejection.message, topic)
+        await self._emit(logging.WARNING, "payload_rejected",
+                         f"Rejected message on {topic!r}: {rejection.error_type}: {rejection.message}",
+                         job_id=rejection.job_id)
+
+    # -- processing one message ------------------------------------------------------------------
+
+    async def process_message(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor] = None,
+                              *, topic: Optional[str] = None) -> Any:
+        """Process one message as a job and return what the processor returned (None if rejected).
+
+        ``data`` may be a dict, or a TOML document as str/bytes. ``func`` defaults to the processor
+        given to :meth:`run`; with none, the job simply completes without a result.
+        """
+        return await self._process_message(data, func, topic=topic)
+
+    async def _process_message(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor] = None,
+                               *, topic: Optional[str] = None) -> Any:
+        try:
+            if isinstance(data, dict):
+                fields = dict(data)
+            else:
+                fields = decode_payload(data, self.config_parser, self.config.max_payload_bytes)
+            job_id = resolve_job_id(fields, self.config.job_id_field, self.config.allow_job_id_generation)
+        except RejectedMessage as rejection:
+            await self._reject(rejection, topic)
+            return None
+        if topic is not None:
+            fields["_topic"] = topic
+        if not await self._admit(job_id, fields, topic):
+            return None
+        return await self._execute(job_id, fields, func if func is not None else self._processor, topic)
+
+    async def _admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str]) -> bool:
+        """Create the job, or apply the duplicate policy; wait while the store is full of active jobs."""
+        warned = False
+        while True:
+            async with self.job_lock:
+                outcome = self._store.insert(job_id, data, topic)
+                if outcome is InsertOutcome.CREATED:
+                    return True
+                if outcome is InsertOutcome.EXISTS:
+                    existing = self._store.jobs[job_id]
+                    action = self.config.duplicate_action
+                    if action == "reprocess" and existing.status is not JobStatus.RUNNING:
+                        self._store.restart(job_id, data, topic)
+                        return True
+                    self._store.mark_duplicate(job_id)
+                    break
+                finished = self._job_finished
+            if finished is None:
+                await self._emit(logging.WARNING, "job_store_full",
+                                 f"Job store full ({self.config.max_jobs_in_memory} active jobs); job {job_id} dropped",
+                                 job_id=job_id)
+                return False
+            if not warned:
+                warned = True
+                await self._emit(logging.WARNING, "job_store_full",
+                                 f"Job store full of active jobs; waiting to admit job {job_id}", job_id=job_id)
+            finished.clear()
+            await finished.wait()
+        if self.config.duplicate_action == "error":
+            await self._publish_error(job_id, ErrorType.DUPLICATE_JOB, f"Job {job_id} was already received", topic)
+        await self._emit(logging.WARNING, "duplicate_job", f"Duplicate job {job_id} not processed",
+                         job_id=job_id, status=JobStatus.DUPLICATE)
+        return False
+
+    async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str]) -> Any:
+        """Run the processor for an admitted job, publish its result, record the outcome."""
+        started = time.perf_counter()
+        await self._update_job_status(job_id, JobStatus.RUNNING)
+        try:
+            result = None if func is None else await call_processor(func, data, job_id)
+            publication = self._publication_for(result, job_id)
+        except asyncio.CancelledError:
+            await self._update_job_status(job_id, JobStatus.FAILED, error="Cancelled: listener stopped")
+            raise
+        except BaseException as exc:  # noqa: B036 - a processor's failure, whatever it is, fails only its job
+            reason = redact(describe_exception(exc), self._secrets)
+            await self._update_job_status(job_id, JobStatus.FAILED, error=reason)
+            await self._publish_error(job_id, ErrorType.PROCESSING_ERROR, reason, topic)
+            await self._emit(logging.ERROR, "job_failed", f"Job {job_id} failed: {reason}", job_id=job_id,
+                             status=JobStatus.FAILED, duration_ms=(time.perf_counter() - started) * 1000)
+            return None
+        if publication is not None:
+            try:
+                await self._send_message(*publication)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = f"Could not publish the result of job {job_id} to {publication[0]}: {describe_exception(exc)}"
+                await self._publish_error(job_id, ErrorType.PUBLISH_ERROR, reason, topic)
+                await self._emit(logging.ERROR, "publish_failed", reason, job_id=job_id, status=JobStatus.COMPLETED)
+        await self._update_job_status(job_id, JobStatus.COMPLETED, result=result)
+        await self._emit(logging.INFO, "job_completed", f"Job {job_id} completed", job_id=job_id,
+                         status=JobStatus.COMPLETED, duration_ms=(time.perf_counter() - started) * 1000)
+        return result
+
+    def _publication_for(self, result: Any, job_id: str) -> Optional[Publication]:
+        """Where and how a processor's result is published; raises for results that cannot be."""
+        if result is None:
+            return None
+        if isinstance(result, ReturnType):
+            if result.job_id is None:
+                result.job_id = job_id
+            topic = result.topic or self.config.results_topic
+            if result.qos not in (0, 1, 2) or isinstance(result.qos, bool):
+                raise ValueError(f"ReturnType.qos must be 0, 1 or 2, got {result.qos!r}")
+            qos, retain, body = int(result.qos), bool(result.retain), result.data
+        else:
+            topic = self.config.results_topic
+            qos, retain = self._publish_options(topic)
+            body = result
+        problem = topic_name_error(topic)
+        if problem:
+            raise ValueError(f"Result topic {topic!r} {problem}")
+        try:
+            payload = to_json_bytes(body)
+        except ResultEncodingError as exc:
+            raise ResultEncodingError(f"Result of job {job_id} cannot be encoded as JSON: {exc}") from None
+        return topic, payload, qos, retain
+
+    # -- job ids ---------------------------------------------------------------------------------
+
+    def extract_job_id(self, data: Dict[str, Any]) -> Optional[str]:
+        """The job id in ``data`` (``job_id_field``) as a string, or None when absent or unusable."""
+        try:
+            return resolve_job_id(data, self.config.job_id_field, allow_generation=False)
+        except RejectedMessage:
+            return None
+
+    @staticmethod
+    def generate_job_id() -> str:
+        """A fresh random (uuid4) job id."""
+        return generate_job_id()
+
+    # -- job management --------------------------------------------------------------------------
+
+    async def _create_job(self, job_id: str, data: Optional[Dict[str, Any]]) -> bool:
+        """Create a PENDING job; False (and the job marked DUPLICATE) when the id exists, False when full."""
+        async with self.job_lock:
+            outcome = self._store.insert(job_id, data)
+            if outcome is InsertOutcome.EXISTS:
+                self._store.mark_duplicate(job_id)
+        if outcome is InsertOutcome.FULL:
+            logger.warning("Job store full (%d active jobs); job %s not created", self.config.max_jobs_in_memory, job_id)
+        return outcome is InsertOutcome.CREATED
+
+    async def _update_job_status(self, job_id: str, status: JobStatus, result: Any = None,
+                                 error: Optional[str] = None) -> bool:
+        """Set a job's status (and result or error); False when the id is unknown."""
+        async with self.job_lock:
+            updated = self._store.set_status(job_id, status, result, error)
+        if updated and self._job_finished is not None and status not in (JobStatus.PENDING, JobStatus.RUNNING):
+            self._job_finished.set()
+        return updated
+
+    async def _mark_job_duplicate(self, job_id: str) -> bool:
+        """Record that ``job_id`` arrived again (a running job keeps running)."""
+        async with self.job_lock:
+            return self._store.mark_duplicate(job_id)
+
+    async def get_job_status(self, job_id: str) -> Optional[JobInfo]:
+        """A copy of the job's information, or None when it is not (or no longer) in memory."""
+        async with self.job_lock:
+            job = self._store.get(job_id)
+            return replace(job) if job is not None else None
+
+    async def is_job_completed(self, job_id: str) -> bool:
+        """True when the job finished, successfully or not (COMPLETED or FAILED)."""
+        job = await self.get_job_status(job_id)
+        return job is not None and job.status in (JobStatus.COMPLETED, JobStatus.FAILED)
+
+    async def is_job_running(self, job_id: str) -> bool:
+        """True while the job is RUNNING (a PENDING job has not started)."""
+        job = await self.get_job_status(job_id)
+        return job is not None and job.status is JobStatus.RUNNING
+
+    async def job_exists(self, job_id: str) -> bool:
+        """True when a job with this id is in memory."""
+        async with self.job_lock:
+            return job_id in self._store.jobs
+
+    async def get_all_jobs(self) -> Dict[str, JobInfo]:
+        """Copies of every job in memory."""
+        async with self.job_lock:
+            return self._store.snapshot()
+
+    async def get_running_jobs(self) -> Dict[str, JobInfo]:
+        """Copies of the RUNNING jobs."""
+        async with self.job_lock:
+            return self._store.snapshot(JobStatus.RUNNING)
+
+    async def get_completed_jobs(self) -> Dict[str, JobInfo]:
+        """Copies of the COMPLETED jobs."""
+        async with self.job_lock:
+            return self._store.snapshot(JobStatus.COMPLETED)
+
+    async def get_duplicate_jobs(self) -> Dict[str, JobInfo]:
+        """Copies of the jobs marked DUPLICATE."""
+        async with self.job_lock:
+            return self._store.snapshot(JobStatus.DUPLICATE)
+
+    async def get_failed_jobs(self) -> Dict[str, JobInfo]:
+        """Copies of the FAILED jobs."""
+        async with self.job_lock:
+            return self._store.snapshot(JobStatus.FAILED)
+
+    async def cleanup_old_jobs(self) -> None:
+        """Remove finished jobs whose ``completed_at`` is older than ``job_cleanup_interval`` seconds."""
+        async with self.job_lock:
+            removed = self._store.cleanup_expired()
+        if removed:
+            logger.debug("Removed %d finished jobs older than %s s", removed, self.config.job_cleanup_interval)
+
+
+def _create_client_outside_loop(config: EventListenerConfig) -> AmqttClient:
+    """Create the amqtt client without a running loop, undoing amqtt's side effect.
+
+    amqtt's plugin manager, finding no running loop, makes a new one and installs it as the
+    thread's current loop. That loop is never used by the client; close it and put back what was there.
+    """
+    policy = asyncio.get_event_loop_policy()
+    local = getattr(policy, "_local", None)
+    previous = getattr(local, "_loop", None)
+    client = create_client(config)
+    stray = getattr(client.plugins_manager, "_loop", None)
+    if stray is not None and stray is not previous and not stray.is_running():
+        asyncio.set_event_loop(previous)
+        stray.close()
+    return client

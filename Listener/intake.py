@@ -1,0 +1,64 @@
+"""Turning an incoming payload into job data and a job id, or a clear rejection."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, Dict, Optional, Union
+
+from .errors import ConfigError
+from .events import ErrorType
+from .safe_config_parser import SafeConfigParser
+
+__all__ = ["MAX_JOB_ID_LENGTH", "RejectedMessage", "decode_payload", "generate_job_id", "resolve_job_id"]
+
+MAX_JOB_ID_LENGTH = 1024
+Payload = Union[bytes, bytearray, memoryview, str]
+
+
+class RejectedMessage(Exception):
+    """A message that cannot become a job; carries the error event's type and message."""
+
+    def __init__(self, error_type: str, message: str, job_id: Optional[str] = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.job_id = job_id
+
+
+def decode_payload(payload: Payload, parser: SafeConfigParser, max_bytes: int) -> Dict[str, Any]:
+    """Decode UTF-8 and parse TOML from a string — never as a file path, whatever the payload says."""
+    size = len(payload.encode("utf-8", "surrogatepass")) if isinstance(payload, str) else len(payload)
+    if size > max_bytes:
+        raise RejectedMessage(ErrorType.PAYLOAD_TOO_LARGE, f"Payload of {size} bytes exceeds the limit of {max_bytes} bytes")
+    if isinstance(payload, str):
+        text = payload
+    else:
+        try:
+            text = bytes(payload).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise RejectedMessage(ErrorType.INVALID_PAYLOAD, f"Payload is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        return parser.parse_config_from_string(text)
+    except ConfigError as exc:
+        raise RejectedMessage(ErrorType.INVALID_PAYLOAD, str(exc)) from None
+
+
+def generate_job_id() -> str:
+    """A fresh random job id."""
+    return str(uuid.uuid4())
+
+
+def resolve_job_id(data: Dict[str, Any], field: str, allow_generation: bool) -> str:
+    """The job id from ``data[field]``, or a generated one when allowed; otherwise a rejection."""
+    value = data.get(field)
+    if value is None or value == "":
+        if allow_generation:
+            return generate_job_id()
+        raise RejectedMessage(ErrorType.MISSING_JOB_ID, f"Message has no '{field}' field and job id generation is off")
+    if isinstance(value, (dict, list)):
+        kind = "table" if isinstance(value, dict) else "array"
+        raise RejectedMessage(ErrorType.INVALID_PAYLOAD, f"Field '{field}' must be a string or number, got {kind}")
+    job_id = str(value)
+    if len(job_id) > MAX_JOB_ID_LENGTH:
+        raise RejectedMessage(ErrorType.INVALID_PAYLOAD, f"Field '{field}' is longer than {MAX_JOB_ID_LENGTH} characters")
+    return job_id

@@ -1,0 +1,185 @@
+"""Jobs: their status, their record, and the bounded in-memory store that holds them."""
+
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any, Dict, Iterator, Optional
+
+__all__ = ["JobInfo", "JobStatus", "JobStore", "InsertOutcome", "ACTIVE_STATUSES", "FINISHED_STATUSES"]
+
+
+class JobStatus(enum.Enum):
+    """Job execution status."""
+
+    #: Queued but not yet started.
+    PENDING = "pending"
+    #: Being processed right now.
+    RUNNING = "running"
+    #: The processor returned normally.
+    COMPLETED = "completed"
+    #: The processor raised, or its result could not be published.
+    FAILED = "failed"
+    #: A message arrived again with a job id already known.
+    DUPLICATE = "duplicate"
+
+
+ACTIVE_STATUSES = frozenset({JobStatus.PENDING, JobStatus.RUNNING})
+FINISHED_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DUPLICATE})
+
+
+@dataclass
+class JobInfo:
+    """Information about a job run."""
+
+    job_id: str
+    status: JobStatus
+    started_at: datetime = field(default_factory=datetime.now)
+    completed_at: Optional[datetime] = None
+    input_data: Optional[Dict[str, Any]] = None
+    result: Optional[Any] = None
+    error: Optional[str] = None
+    #: The topic the job's message arrived on (None for jobs created directly).
+    topic: Optional[str] = None
+    #: How many times the same job id arrived again after this job was created.
+    duplicate_count: int = 0
+
+
+class InsertOutcome(enum.Enum):
+    """What :meth:`JobStore.insert` did."""
+
+    #: A new PENDING job was stored.
+    CREATED = "created"
+    #: A job with this id is already stored; nothing changed.
+    EXISTS = "exists"
+    #: Every slot holds an active job; nothing changed.
+    FULL = "full"
+
+
+class JobStore:
+    """A dict of jobs bounded by ``max_jobs``, evicting the oldest finished jobs first.
+
+    ``jobs`` is the live dict (the listener exposes it as ``listener.jobs``). Finished jobs are also
+    kept in an ordered index by the time they finished, so making room for a new job is O(1)
+    amortised however many jobs are held. The store is not thread-safe: use it from the event loop
+    (the listener guards it with ``job_lock``).
+    """
+
+    def __init__(self, max_jobs: int, ttl_seconds: float) -> None:
+        self.jobs: Dict[str, JobInfo] = {}
+        self.max_jobs = max_jobs
+        self.ttl = timedelta(seconds=ttl_seconds)
+        self._finished: OrderedDict[str, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.jobs)
+
+    def get(self, job_id: str) -> Optional[JobInfo]:
+        """The job with this id, or None."""
+        return self.jobs.get(job_id)
+
+    def insert(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None) -> InsertOutcome:
+        """Store a new PENDING job unless the id exists or no slot can be freed."""
+        if job_id in self.jobs:
+            return InsertOutcome.EXISTS
+        if len(self.jobs) >= self.max_jobs and not self._make_room():
+            return InsertOutcome.FULL
+        self.jobs[job_id] = JobInfo(job_id=job_id, status=JobStatus.PENDING, input_data=data, topic=topic)
+        return InsertOutcome.CREATED
+
+    def restart(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None) -> JobInfo:
+        """Reset an existing job to PENDING with new input, for ``duplicate_action="reprocess"``."""
+        old = self.jobs[job_id]
+        self._finished.pop(job_id, None)
+        job = JobInfo(job_id=job_id, status=JobStatus.PENDING, input_data=data, topic=topic,
+                      duplicate_count=old.duplicate_count + 1)
+        self.jobs[job_id] = job
+        return job
+
+    def set_status(self, job_id: str, status: JobStatus, result: Any = None, error: Optional[str] = None) -> bool:
+        """Move a job to ``status``; finished states record ``completed_at``. False when the id is unknown."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return False
+        job.status = status
+        if result is not None:
+            job.result = result
+        if error is not None:
+            job.error = error
+        if status in FINISHED_STATUSES:
+            job.completed_at = datetime.now()
+            self._finished.pop(job_id, None)
+            self._finished[job_id] = None
+        else:
+            job.completed_at = None
+            self._finished.pop(job_id, None)
+        return True
+
+    def mark_duplicate(self, job_id: str) -> bool:
+        """Record that ``job_id`` arrived again.
+
+        A RUNNING job keeps running (its status must stay truthful); any other job becomes DUPLICATE.
+        """
+        job = self.jobs.get(job_id)
+        if job is None:
+            return False
+        job.duplicate_count += 1
+        if job.status is not JobStatus.RUNNING:
+            self.set_status(job_id, JobStatus.DUPLICATE)
+        return True
+
+    def remove(self, job_id: str) -> bool:
+        """Forget a job. False when the id is unknown."""
+        self._finished.pop(job_id, None)
+        return self.jobs.pop(job_id, None) is not None
+
+    def _make_room(self) -> bool:
+        """Evict the oldest finished job; False when every stored job is active."""
+        while self._finished:
+            job_id, _ = self._finished.popitem(last=False)
+            job = self.jobs.get(job_id)
+            # The index can be stale when users edit ``jobs`` directly; trust the dict.
+            if job is not None and job.status in FINISHED_STATUSES:
+                del self.jobs[job_id]
+                return True
+        return False
+
+    def cleanup_expired(self, now: Optional[datetime] = None) -> int:
+        """Remove finished jobs older than the TTL; return how many were removed.
+
+        A full pass, which also rebuilds the eviction index so that jobs users put into ``jobs``
+        by hand become evictable too.
+        """
+        cutoff = (now or datetime.now()) - self.ttl
+        expired = [
+            job_id for job_id, job in self.jobs.items()
+            if job.status in FINISHED_STATUSES and (job.completed_at or job.started_at) < cutoff
+        ]
+        for job_id in expired:
+            del self.jobs[job_id]
+        self.reindex()
+        return len(expired)
+
+    def reindex(self) -> None:
+        """Rebuild the eviction index from ``jobs`` (after the dict was replaced or edited by hand)."""
+        finished = sorted(
+            (job for job in self.jobs.values() if job.status in FINISHED_STATUSES),
+            key=lambda job: job.completed_at or job.started_at,
+        )
+        self._finished = OrderedDict((job.job_id, None) for job in finished)
+
+    def count_active(self) -> int:
+        """How many jobs are PENDING or RUNNING."""
+        return sum(1 for job in self.jobs.values() if job.status in ACTIVE_STATUSES)
+
+    def snapshot(self, *statuses: JobStatus) -> Dict[str, JobInfo]:
+        """Copies of the stored jobs (all, or those with one of ``statuses``); never the live objects."""
+        wanted = frozenset(statuses)
+        return {
+            job_id: replace(job) for job_id, job in self.jobs.items() if not wanted or job.status in wanted
+        }

@@ -1,0 +1,82 @@
+"""JSON encoding of results and events: every TOML value and common Python type, always valid JSON."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import enum
+import json
+import math
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+__all__ = ["ResultEncodingError", "to_json_bytes"]
+
+
+class ResultEncodingError(TypeError):
+    """A value cannot be represented as JSON."""
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Decimal):
+        return str(value) if not value.is_finite() else (int(value) if value == value.to_integral_value() else float(value))
+    if isinstance(value, (set, frozenset)):
+        try:
+            return sorted(value)
+        except TypeError:
+            return list(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return {"base64": base64.b64encode(raw).decode("ascii")}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, UUID):
+        return str(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, tuple):
+        return list(value)
+    raise ResultEncodingError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _finite(value: Any) -> Any:
+    """Replace non-finite floats (not valid JSON) with the strings "Infinity", "-Infinity" and "NaN"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _dumps(value: Any, allow_nan: bool) -> str:
+    return json.dumps(value, default=_default, allow_nan=allow_nan, separators=(",", ":"), ensure_ascii=False)
+
+
+def to_json_bytes(value: Any) -> bytes:
+    """Encode ``value`` as compact UTF-8 JSON.
+
+    Raises:
+        ResultEncodingError: the value (or something inside it) has no JSON form.
+    """
+    try:
+        try:
+            text = _dumps(value, allow_nan=False)
+        except ValueError as exc:
+            if "Out of range float" not in str(exc):
+                raise
+            # Rare path: let json write NaN/Infinity, read them back as floats, then make them strings.
+            text = _dumps(_finite(json.loads(_dumps(value, allow_nan=True))), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ResultEncodingError(str(exc) or type(exc).__name__) from None
+    return text.encode("utf-8")

@@ -1,0 +1,99 @@
+"""MQTT topic names and filters: validation and matching (MQTT 3.1.1 §4.7)."""
+
+from __future__ import annotations
+
+__all__ = [
+    "filter_covers",
+    "filter_error",
+    "strip_share_prefix",
+    "topic_matches",
+    "topic_name_error",
+]
+
+_SHARE_PREFIX = "$share/"
+_MAX_TOPIC_BYTES = 65535
+
+
+def strip_share_prefix(topic_filter: str) -> str:
+    """Return the filter without a ``$share/<group>/`` prefix (the part that matches topics)."""
+    if topic_filter.startswith(_SHARE_PREFIX):
+        parts = topic_filter.split("/", 2)
+        return parts[2] if len(parts) == 3 else ""
+    return topic_filter
+
+
+def _common_error(topic: str) -> str | None:
+    if not isinstance(topic, str):
+        return f"must be a string, got {type(topic).__name__}"
+    if not topic:
+        return "must not be empty"
+    if "\x00" in topic:
+        return "must not contain a NUL character"
+    if len(topic.encode("utf-8", "surrogatepass")) > _MAX_TOPIC_BYTES:
+        return "is longer than 65535 bytes"
+    return None
+
+
+def filter_error(topic_filter: str) -> str | None:
+    """Explain why ``topic_filter`` is not a valid subscription filter, or return None when it is."""
+    problem = _common_error(topic_filter)
+    if problem:
+        return problem
+    if topic_filter.startswith(_SHARE_PREFIX):
+        parts = topic_filter.split("/", 2)
+        if len(parts) < 3 or not parts[1] or any(c in parts[1] for c in "+#"):
+            return "has a malformed $share/<group>/<filter> prefix"
+        topic_filter = parts[2]
+        if not topic_filter:
+            return "has an empty filter after its $share prefix"
+    levels = topic_filter.split("/")
+    for index, level in enumerate(levels):
+        if "#" in level and (level != "#" or index != len(levels) - 1):
+            return "may use '#' only as a whole last level"
+        if "+" in level and level != "+":
+            return "may use '+' only as a whole level"
+    return None
+
+
+def topic_name_error(topic: str) -> str | None:
+    """Explain why ``topic`` cannot be published to, or return None when it can."""
+    problem = _common_error(topic)
+    if problem:
+        return problem
+    if "+" in topic or "#" in topic:
+        return "must not contain the wildcards '+' or '#'"
+    return None
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """Return True when the concrete ``topic`` matches ``topic_filter``."""
+    pattern = strip_share_prefix(topic_filter).split("/")
+    levels = topic.split("/")
+    # Wildcards at the first level never match topics starting with '$' (MQTT 3.1.1 §4.7.2).
+    if topic.startswith("$") and pattern[0] in ("+", "#"):
+        return False
+    for index, part in enumerate(pattern):
+        if part == "#":
+            return True
+        if index >= len(levels):
+            return False
+        if part != "+" and part != levels[index]:
+            return False
+    return len(pattern) == len(levels)
+
+
+def filter_covers(wide: str, narrow: str) -> bool:
+    """Return True when every topic matched by ``narrow`` is also matched by ``wide``."""
+    wide_levels = strip_share_prefix(wide).split("/")
+    narrow_levels = strip_share_prefix(narrow).split("/")
+    for index, part in enumerate(wide_levels):
+        if part == "#":
+            return True
+        if index >= len(narrow_levels):
+            return False
+        other = narrow_levels[index]
+        if other == "#":
+            return False
+        if part != "+" and part != other:
+            return False
+    return len(wide_levels) == len(narrow_levels)

@@ -1,0 +1,226 @@
+"""The amqtt adapter: client configuration, credentials, TLS material, and connect errors.
+
+Facts about amqtt 0.12 this module works around (each checked against Mosquitto):
+- unknown config keys are rejected, and the connect timeout key is ``connection_timeout``;
+- credentials are only taken from the URI, and amqtt logs that URI at DEBUG: we hand the
+  credentials to the session directly instead, so no log line ever carries them;
+- ``capath`` and ``cadata`` are ignored, so we merge them into one CA bundle file ourselves;
+- its packet-logging plugin is on by default and costs CPU for nothing here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+from urllib.parse import unquote, urlsplit
+
+from amqtt.client import MQTTClient
+from amqtt.session import Session
+
+from .config import EventListenerConfig
+from .redaction import SecretRedactingFilter, redact, split_uri_credentials
+
+__all__ = [
+    "AmqttClient", "BrokerRefusedConnection", "build_client_config", "connection_error", "create_client", "credentials",
+    "endpoint_label", "tls_bundle",
+]
+
+logger = logging.getLogger("Listener.transport")
+
+DEFAULT_CONNECT_TIMEOUT = 30.0
+_CONNACK_REASONS = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorised",
+}
+
+
+class BrokerRefusedConnection(ConnectionError):
+    """The broker answered and said no (bad credentials, not authorised, subscription refused).
+
+    Retrying cannot help, so the listener does not; it is still a ``ConnectionError``.
+    """
+
+    def __init__(self, message: str, return_code: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.return_code = return_code
+
+
+class AmqttClient(MQTTClient):  # type: ignore[misc]
+    """amqtt's ``MQTTClient`` with credentials passed outside the URI and an ``is_connected()`` check."""
+
+    def __init__(self, client_id: str, config: Dict[str, Any], username: Optional[str] = None,
+                 password: Optional[str] = None) -> None:
+        super().__init__(client_id, config)
+        self._username = username
+        self._password = password
+
+    def _init_session(self, uri: Optional[str] = None, cleansession: Optional[bool] = None,
+                      cafile: Optional[str] = None, capath: Optional[str] = None,
+                      cadata: Optional[str] = None) -> Session:
+        session: Session = super()._init_session(uri, cleansession, cafile, capath, cadata)
+        session.username = self._username
+        session.password = self._password
+        return session
+
+    def is_connected(self) -> bool:
+        """True while the MQTT session is established."""
+        session = self.session
+        return session is not None and bool(session.transitions.is_connected())
+
+
+def endpoint_label(config: EventListenerConfig) -> str:
+    """``host:port`` of the broker the config points at, for messages (never with credentials)."""
+    clean, _, _ = split_uri_credentials(config.uri or "")
+    parts = urlsplit(clean)
+    if parts.hostname:
+        port = parts.port or (8883 if parts.scheme in ("mqtts", "wss") else 1883)
+        return f"{parts.hostname}:{port}"
+    return f"{config.host}:{config.port}"
+
+
+def credentials(config: EventListenerConfig) -> tuple[str, Optional[str], Optional[str]]:
+    """(URI without user info, username, password): credentials in an explicit URI win."""
+    clean, user, password = split_uri_credentials(config.uri or "")
+    if user is not None:
+        return clean, unquote(user), unquote(password) if password is not None else None
+    return clean, config.username, config.password
+
+
+def build_client_config(config: EventListenerConfig, cafile: Optional[str] = None) -> Dict[str, Any]:
+    """Map an :class:`EventListenerConfig` onto amqtt's client configuration dict.
+
+    amqtt's own auto-reconnect is off: it reconnects without resubscribing, so the listener runs
+    its own reconnect loop (see ``EventListener.run``).
+    """
+    uri, _, _ = credentials(config)
+    connection: Dict[str, Any] = {"uri": uri}
+    if cafile is not None:
+        connection["cafile"] = cafile
+    if config.certfile is not None:
+        connection["certfile"] = config.certfile
+        connection["keyfile"] = config.keyfile
+    client_config: Dict[str, Any] = {
+        "keep_alive": config.keep_alive,
+        "ping_delay": config.ping_delay,
+        "default_qos": config.default_qos,
+        "default_retain": config.default_retain,
+        "auto_reconnect": False,
+        "reconnect_retries": config.reconnect_retries,
+        "reconnect_max_interval": int(config.reconnect_max_interval),
+        "cleansession": config.cleansession,
+        "connection_timeout": int(config.connect_timeout or DEFAULT_CONNECT_TIMEOUT),
+        "topics": {
+            topic: {"qos": options.get("qos", 0), "retain": options.get("retain", False)}
+            for topic, options in config.custom_topics.items()
+        },
+        "connection": connection,
+        "plugins": {},
+        "check_hostname": config.tls_check_hostname,
+    }
+    if config.will is not None:
+        message = config.will["message"]
+        client_config["will"] = {
+            "topic": config.will["topic"],
+            "message": message.decode("utf-8") if isinstance(message, bytes) else message,
+            "qos": config.will.get("qos", 0),
+            "retain": config.will.get("retain", False),
+        }
+    return client_config
+
+
+def create_client(config: EventListenerConfig) -> AmqttClient:
+    """A new amqtt client for ``config``, its debug logs filtered so no secret can reach them."""
+    _, username, password = credentials(config)
+    _guard_amqtt_logs(password)
+    return AmqttClient(config.client_id, build_client_config(config), username, password)
+
+
+def _guard_amqtt_logs(password: Optional[str]) -> None:
+    secrets = (password,) if password else ()
+    for name in ("amqtt", "amqtt.client", "amqtt.mqtt.protocol.handler", "amqtt.mqtt.protocol.client_handler"):
+        log = logging.getLogger(name)
+        existing = [f for f in log.filters if isinstance(f, SecretRedactingFilter)]
+        if existing:
+            existing[0].secrets = tuple(sorted(set(existing[0].secrets) | set(secrets)))
+        else:
+            log.addFilter(SecretRedactingFilter(secrets))
+
+
+@contextlib.contextmanager
+def tls_bundle(config: EventListenerConfig) -> Iterator[Optional[str]]:
+    """Yield the CA file amqtt should load: ``cafile`` itself, or a private temporary bundle.
+
+    amqtt ignores ``capath`` and ``cadata``; when either is set, every CA certificate from
+    ``cafile``, the ``capath`` directory and ``cadata`` is written into one PEM file that exists
+    only while the connection is being opened.
+    """
+    if config.capath is None and config.cadata is None:
+        yield config.cafile
+        return
+    pem = _collect_ca_pem(config)
+    fd, name = tempfile.mkstemp(prefix="listener-ca-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(pem)
+        yield name
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
+def _collect_ca_pem(config: EventListenerConfig) -> str:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if config.cafile is not None:
+            context.load_verify_locations(cafile=config.cafile)
+        if config.capath is not None:
+            for entry in sorted(Path(config.capath).iterdir()):
+                if entry.is_file():
+                    with contextlib.suppress(ssl.SSLError, UnicodeDecodeError):
+                        context.load_verify_locations(cafile=str(entry))
+        if config.cadata is not None:
+            context.load_verify_locations(cadata=config.cadata)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionError(f"Cannot load CA certificates for {endpoint_label(config)}: {exc}") from None
+    certificates = context.get_ca_certs(binary_form=True)
+    if not certificates:
+        raise ConnectionError(f"No CA certificates found in capath/cadata for {endpoint_label(config)}")
+    return "".join(ssl.DER_cert_to_PEM_cert(der) for der in certificates)
+
+
+def connection_error(config: EventListenerConfig, exc: BaseException) -> ConnectionError:
+    """A ConnectionError naming host and port and the reason, with every secret removed."""
+    _, _, password = credentials(config)
+    secrets = tuple(s for s in (password, config.password) if s)
+    message = redact(f"Cannot connect to MQTT broker at {endpoint_label(config)}: {_describe(exc)}", secrets)
+    code = _return_code(exc)
+    return BrokerRefusedConnection(message, code) if code is not None else ConnectionError(message)
+
+
+def _return_code(exc: BaseException) -> Optional[int]:
+    code = getattr(exc, "return_code", None)
+    if code is None and exc.__cause__ is not None:
+        code = getattr(exc.__cause__, "return_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _describe(exc: BaseException) -> str:
+    code = _return_code(exc)
+    if code is not None:
+        return f"connection refused by broker: {_CONNACK_REASONS.get(code, 'refused')} (CONNACK return code {code})"
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out"
+    cause = exc.__cause__ or exc
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {getattr(cause, 'reason', None) or cause}"
+    text = str(cause) or type(cause).__name__
+    return text

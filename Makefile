@@ -1,0 +1,56 @@
+# The project's habits. `make demo` and `make test` do all the set-up themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST := $(BIN)/pytest
+
+.DEFAULT_GOAL := help
+.PHONY: help install mosquitto demo test test-unit test-integration test-mqtt lint typecheck security coverage clean
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)  ## Create .venv and install the package with its dev tools
+
+mosquitto:  ## Install the mosquitto broker the tests start (Debian, needs root) when it is missing
+	@command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto || { \
+		echo "mosquitto not found: installing it with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
+
+demo: $(STAMP)  ## Run the demo: embedded broker, a listener, a few jobs (or MQTT_HOST/MQTT_PORT)
+	$(BIN)/python scripts/demo.py
+
+test: $(STAMP) mosquitto  ## Run every test (unit, integration, real-broker, slow) with coverage >= 90%
+	$(PYTEST) --cov=Listener --cov-report=term-missing --cov-fail-under=90
+
+test-unit: $(STAMP)  ## Fast unit tests only (no broker)
+	$(PYTEST) -m unit
+
+test-integration: $(STAMP)  ## Tests with a mocked MQTT client
+	$(PYTEST) -m integration
+
+test-mqtt: $(STAMP) mosquitto  ## Tests against real Mosquitto brokers the suite starts
+	$(PYTEST) -m mqtt_integration
+
+lint: $(STAMP)  ## flake8 and mypy --strict
+	$(BIN)/flake8 Listener tests scripts
+	$(BIN)/mypy --strict Listener
+
+typecheck: lint
+
+security: $(STAMP)  ## bandit over the library
+	$(BIN)/bandit -q -r Listener
+
+coverage: $(STAMP) mosquitto  ## Coverage report (terminal + htmlcov/), failing under 90%
+	$(PYTEST) --cov=Listener --cov-report=term-missing --cov-report=html --cov-fail-under=90
+
+clean:  ## Remove caches and build output (keeps .venv)
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache htmlcov .coverage .coverage.* coverage.xml
+	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +
