@@ -298,16 +298,24 @@ class EventListener:
         timeout = float(self.config.connect_timeout or DEFAULT_CONNECT_TIMEOUT)
         uri = credentials(self.config)[0]
         with tls_bundle(self.config) as cafile:
+            connecting = asyncio.ensure_future(
+                client.connect(uri, cleansession=self.config.cleansession, cafile=cafile,
+                               additional_headers=self.config.additional_headers))
             try:
-                await asyncio.wait_for(
-                    client.connect(uri, cleansession=self.config.cleansession, cafile=cafile,
-                                   additional_headers=self.config.additional_headers),
-                    timeout,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                error = connection_error(self.config, exc)
+                # Not wait_for: amqtt turns the cancellation into a ConnectError, hiding the timeout.
+                done, _ = await asyncio.wait({connecting}, timeout=timeout)
+            finally:
+                if not connecting.done():
+                    connecting.cancel()
+                    await asyncio.wait({connecting})
+            if not done:
+                failure: Optional[BaseException] = asyncio.TimeoutError()
+            elif connecting.cancelled():
+                failure = asyncio.CancelledError()
+            else:
+                failure = connecting.exception()
+            if failure is not None:
+                error = connection_error(self.config, failure)
                 logger.warning("%s", error)
                 raise error from None
         logger.info("Connected to MQTT broker at %s", endpoint_label(self.config))

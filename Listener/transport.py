@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import ssl
 import tempfile
@@ -115,9 +116,9 @@ def build_client_config(config: EventListenerConfig, cafile: Optional[str] = Non
         "default_retain": config.default_retain,
         "auto_reconnect": False,
         "reconnect_retries": config.reconnect_retries,
-        "reconnect_max_interval": int(config.reconnect_max_interval),
+        "reconnect_max_interval": math.ceil(config.reconnect_max_interval),
         "cleansession": config.cleansession,
-        "connection_timeout": int(config.connect_timeout or DEFAULT_CONNECT_TIMEOUT),
+        "connection_timeout": math.ceil(config.connect_timeout or DEFAULT_CONNECT_TIMEOUT),
         "topics": {
             topic: {"qos": options.get("qos", 0), "retain": options.get("retain", False)}
             for topic, options in config.custom_topics.items()
@@ -217,9 +218,9 @@ def _describe(exc: BaseException) -> str:
     code = _return_code(exc)
     if code is not None:
         return f"connection refused by broker: {_CONNACK_REASONS.get(code, 'refused')} (CONNACK return code {code})"
-    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
-        return "timed out"
     cause = exc.__cause__ or exc
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or isinstance(cause, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out"
     if isinstance(cause, ssl.SSLError):
         return f"TLS handshake failed: {getattr(cause, 'reason', None) or cause}"
     text = str(cause) or type(cause).__name__

@@ -1,0 +1,144 @@
+"""Fixtures for tests against a real broker: one mosquitto per session, started only when needed.
+
+With MQTT_HOST and MQTT_PORT set, the plain endpoint is that external broker (with MQTT_USERNAME /
+MQTT_PASSWORD when set) and tests needing the password or TLS listeners are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List, Optional, Tuple
+
+import pytest
+
+from Listener import EventListener, EventListenerConfig
+from tests.support.brokers import (BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial, generate_tls_material,
+                                   session_folder)
+
+EXTERNAL = bool(os.getenv("MQTT_HOST") and os.getenv("MQTT_PORT"))
+READY_TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="session")
+def tls_material() -> Iterator[TlsMaterial]:
+    folder = session_folder()
+    yield generate_tls_material(folder / "tls")
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tls_material: TlsMaterial) -> Iterator[Optional[MosquittoBroker]]:
+    if EXTERNAL:
+        yield None
+        return
+    folder = session_folder()
+    broker = MosquittoBroker(folder, tls=tls_material)
+    broker.start()
+    yield broker
+    broker.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def mqtt_endpoint(mosquitto: Optional[MosquittoBroker]) -> BrokerEndpoint:
+    if mosquitto is None:
+        return BrokerEndpoint(os.environ["MQTT_HOST"], int(os.environ["MQTT_PORT"]),
+                              os.getenv("MQTT_USERNAME"), os.getenv("MQTT_PASSWORD"))
+    return mosquitto.plain
+
+
+def _started_broker(mosquitto: Optional[MosquittoBroker]) -> MosquittoBroker:
+    if mosquitto is None:
+        pytest.skip("needs the test-started mosquitto (MQTT_HOST/MQTT_PORT point at an external broker)")
+    return mosquitto
+
+
+@pytest.fixture(scope="session")
+def mqtt_auth_endpoint(mosquitto: Optional[MosquittoBroker]) -> BrokerEndpoint:
+    return _started_broker(mosquitto).auth
+
+
+@pytest.fixture(scope="session")
+def mqtt_tls_endpoint(mosquitto: Optional[MosquittoBroker]) -> BrokerEndpoint:
+    return _started_broker(mosquitto).secure
+
+
+@pytest.fixture
+def mqtt_username(mqtt_auth_endpoint: BrokerEndpoint) -> str:
+    """Manual §9.4.1 (the environment wins when set)."""
+    return os.getenv("MQTT_USERNAME") or mqtt_auth_endpoint.username or "user"
+
+
+@pytest.fixture
+def mqtt_password(mqtt_auth_endpoint: BrokerEndpoint) -> str:
+    return os.getenv("MQTT_PASSWORD") or mqtt_auth_endpoint.password or "password"
+
+
+@pytest.fixture
+def unique_topic(request: pytest.FixtureRequest) -> str:
+    """A topic prefix of this test's own, so tests never see each other's traffic."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:60]
+    return f"t/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def probe(mqtt_endpoint: BrokerEndpoint) -> Iterator[Callable[..., MqttProbe]]:
+    """A factory of paho clients on the plain endpoint (or the endpoint given), closed after the test."""
+    made: List[MqttProbe] = []
+
+    def make(*subscriptions: str, endpoint: Optional[BrokerEndpoint] = None) -> MqttProbe:
+        client = MqttProbe(endpoint or mqtt_endpoint)
+        made.append(client)
+        for topic_filter in subscriptions:
+            client.subscribe(topic_filter)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+def listener_config(endpoint: BrokerEndpoint, prefix: str, **overrides: Any) -> EventListenerConfig:
+    """A config whose topics all live under ``prefix``."""
+    options: dict[str, Any] = dict(
+        host=endpoint.host, port=endpoint.port, username=endpoint.username, password=endpoint.password,
+        client_id=f"listener-{uuid.uuid4().hex[:12]}", topic=f"{prefix}/jobs", error_topic=f"{prefix}/error",
+        log_topic=f"{prefix}/log", results_topic=f"{prefix}/results", reconnect_retries=0, connect_timeout=5,
+    )
+    if endpoint.tls:
+        options["cafile"] = endpoint.cafile
+    options.update(overrides)
+    return EventListenerConfig(**options)
+
+
+StartListener = Callable[..., Awaitable[Tuple[EventListener, "asyncio.Task[None]"]]]
+
+
+@pytest.fixture
+async def start_listener(mqtt_endpoint: BrokerEndpoint, unique_topic: str) -> AsyncIterator[StartListener]:
+    """Start ``EventListener.run(processor)`` in a task and wait until it is subscribed; stopped after the test."""
+    running: List[Tuple[EventListener, "asyncio.Task[None]"]] = []
+
+    async def start(processor: Any = None, endpoint: Optional[BrokerEndpoint] = None,
+                    **overrides: Any) -> Tuple[EventListener, "asyncio.Task[None]"]:
+        listener = EventListener(listener_config(endpoint or mqtt_endpoint, unique_topic, **overrides))
+        task = asyncio.create_task(listener.run(processor))
+        ready = asyncio.create_task(listener.wait_until_ready(READY_TIMEOUT))
+        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            ready.cancel()
+            task.result()
+        running.append((listener, task))
+        return listener, task
+
+    yield start
+    for listener, task in running:
+        listener.stop()
+        try:
+            await asyncio.wait_for(task, READY_TIMEOUT)
+        except Exception:  # the test may have ended the listener on purpose
+            pass

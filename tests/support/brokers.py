@@ -1,0 +1,335 @@
+"""Real Mosquitto brokers for the tests: plain, password-file and TLS listeners on free loopback ports.
+
+One ``mosquitto`` process serves three listeners (``per_listener_settings true``). Certificates are made
+with the ``openssl`` command line for each test session. Readiness is awaited (TCP accept plus an MQTT
+CONNACK), never slept for.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional
+
+__all__ = [
+    "BrokerEndpoint", "MosquittoBroker", "MqttProbe", "TlsMaterial", "find_binary", "free_port",
+    "generate_tls_material", "session_folder",
+]
+
+START_TIMEOUT = 10.0
+
+
+def find_binary(name: str) -> Optional[str]:
+    """``name`` on PATH or in the sbin folders Debian installs brokers into."""
+    found = shutil.which(name)
+    if found:
+        return found
+    for folder in ("/usr/sbin", "/usr/local/sbin", "/sbin"):
+        candidate = Path(folder) / name
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """Paths of the certificates and keys made for a test session."""
+
+    ca_cert: str
+    ca_key: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+    other_ca_cert: str
+    capath_dir: str
+
+    def ca_pem(self) -> str:
+        """The CA certificate as PEM text (for ``cadata``)."""
+        return Path(self.ca_cert).read_text(encoding="ascii")
+
+
+def _openssl(*args: str) -> str:
+    result = subprocess.run(["openssl", *args], check=True, capture_output=True, text=True)  # noqa: S603
+    return result.stdout
+
+
+def _make_ca(folder: Path, name: str) -> tuple[str, str]:
+    key, cert = folder / f"{name}.key", folder / f"{name}.crt"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+             "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert),
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    return str(cert), str(key)
+
+
+def _make_leaf(folder: Path, name: str, ca_cert: str, ca_key: str, extensions: str) -> tuple[str, str]:
+    key, csr, cert, ext = (folder / f"{name}.key", folder / f"{name}.csr", folder / f"{name}.crt",
+                           folder / f"{name}.ext")
+    ext.write_text(extensions, encoding="ascii")
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN={name}",
+             "-keyout", str(key), "-out", str(csr))
+    _openssl("x509", "-req", "-in", str(csr), "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial", "-days", "2",
+             "-out", str(cert), "-extfile", str(ext))
+    return str(cert), str(key)
+
+
+def generate_tls_material(folder: Path) -> TlsMaterial:
+    """A CA, a server certificate for localhost/127.0.0.1, a client certificate, an unrelated CA, a capath dir."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_cert, ca_key = _make_ca(folder, "test-ca")
+    server_cert, server_key = _make_leaf(folder, "localhost", ca_cert, ca_key,
+                                         "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    client_cert, client_key = _make_leaf(folder, "test-client", ca_cert, ca_key, "extendedKeyUsage=clientAuth\n")
+    other_ca_cert, _ = _make_ca(folder, "other-ca")
+    capath = folder / "capath"
+    capath.mkdir(exist_ok=True)
+    subject_hash = _openssl("x509", "-hash", "-noout", "-in", ca_cert).strip()
+    shutil.copyfile(ca_cert, capath / f"{subject_hash}.0")
+    return TlsMaterial(ca_cert, ca_key, server_cert, server_key, client_cert, client_key, other_ca_cert, str(capath))
+
+
+@dataclass(frozen=True)
+class BrokerEndpoint:
+    """How to reach one broker listener."""
+
+    host: str
+    port: int
+    username: Optional[str] = None
+    password: Optional[str] = None
+    tls: bool = False
+    cafile: Optional[str] = None
+
+
+def _mqtt_connect_packet(client_id: str) -> bytes:
+    """A minimal MQTT 3.1.1 CONNECT (clean session, keep-alive 10 s, no credentials)."""
+    body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id.encode()
+    return b"\x10" + bytes([len(body)]) + body
+
+
+@dataclass
+class MosquittoBroker:
+    """One mosquitto process with a plain anonymous, a password-file and (optionally) a TLS listener."""
+
+    folder: Path
+    username: str = "listener"
+    password: str = field(default_factory=lambda: "pw-" + os.urandom(8).hex())
+    tls: Optional[TlsMaterial] = None
+    persistence: bool = False
+    plain_port: int = field(default_factory=free_port)
+    auth_port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)
+    process: Optional["subprocess.Popen[bytes]"] = None
+
+    def __post_init__(self) -> None:
+        binary = find_binary("mosquitto")
+        if binary is None:
+            raise RuntimeError("mosquitto is not installed (apt-get install -y mosquitto)")
+        self.binary = binary
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.chmod(0o777)  # mosquitto started as root drops to its own user and must read these files
+        self.log_path = self.folder / "mosquitto.log"
+        self.config_path = self.folder / "mosquitto.conf"
+        self._write_password_file()
+        self._write_config()
+
+    @property
+    def plain(self) -> BrokerEndpoint:
+        return BrokerEndpoint("127.0.0.1", self.plain_port)
+
+    @property
+    def auth(self) -> BrokerEndpoint:
+        return BrokerEndpoint("127.0.0.1", self.auth_port, self.username, self.password)
+
+    @property
+    def secure(self) -> BrokerEndpoint:
+        assert self.tls is not None, "broker started without TLS material"
+        return BrokerEndpoint("localhost", self.tls_port, tls=True, cafile=self.tls.ca_cert)
+
+    def _write_password_file(self) -> None:
+        passwd = find_binary("mosquitto_passwd")
+        if passwd is None:
+            raise RuntimeError("mosquitto_passwd is not installed (it ships with the mosquitto package)")
+        self.password_path = self.folder / "passwords"
+        subprocess.run([passwd, "-b", "-c", str(self.password_path), self.username, self.password],  # noqa: S603
+                       check=True, capture_output=True)
+        self.password_path.chmod(0o644)
+
+    def _write_config(self) -> None:
+        lines = [
+            "per_listener_settings true",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.folder}/",
+            f"log_dest file {self.log_path}",
+            "log_type error", "log_type warning", "log_type notice", "log_type information",
+            "set_tcp_nodelay true",
+            f"listener {self.plain_port} 127.0.0.1", "allow_anonymous true",
+            f"listener {self.auth_port} 127.0.0.1", "allow_anonymous false", f"password_file {self.password_path}",
+        ]
+        if self.tls is not None:
+            for path in (self.tls.server_key, self.tls.ca_key, self.tls.client_key):
+                Path(path).chmod(0o644)
+            lines += [f"listener {self.tls_port} 127.0.0.1", "allow_anonymous true", f"cafile {self.tls.ca_cert}",
+                      f"certfile {self.tls.server_cert}", f"keyfile {self.tls.server_key}"]
+        self.config_path.write_text("\n".join(lines) + "\n", encoding="ascii")
+
+    def _ports(self) -> List[int]:
+        return [self.plain_port, self.auth_port] + ([self.tls_port] if self.tls else [])
+
+    def start(self) -> None:
+        """Start mosquitto and wait until every listener accepts connections."""
+        self.process = subprocess.Popen([self.binary, "-c", str(self.config_path)],  # noqa: S603
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + START_TIMEOUT
+        for port in self._ports():
+            while not self._accepts(port):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"mosquitto did not start on port {port}:\n{self.log_tail()}")
+                time.sleep(0.02)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._connack(self.plain_port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto gives no CONNACK:\n{self.log_tail()}")
+            time.sleep(0.02)
+
+    @staticmethod
+    def _accepts(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    @staticmethod
+    def _connack(port: int) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
+                sock.sendall(_mqtt_connect_packet("readiness-probe"))
+                return sock.recv(4)[:1] == b"\x20"
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 5 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+    def restart(self) -> None:
+        """Stop and start again on the same ports."""
+        self.stop()
+        self.start()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> "MosquittoBroker":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class MqttProbe:
+    """An independent paho-mqtt client: publishes, and collects what arrives on its subscriptions."""
+
+    def __init__(self, endpoint: BrokerEndpoint, client_id: Optional[str] = None) -> None:
+        import paho.mqtt.client as mqtt
+
+        self._messages: List[Any] = []
+        self._condition = threading.Condition()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                   client_id=client_id or "probe-" + os.urandom(6).hex())
+        if endpoint.username is not None:
+            self._client.username_pw_set(endpoint.username, endpoint.password)
+        if endpoint.tls:
+            self._client.tls_set(ca_certs=endpoint.cafile)
+        self._client.on_message = self._on_message
+        self._client.connect(endpoint.host, endpoint.port, keepalive=30)
+        self._client.loop_start()
+        deadline = time.monotonic() + START_TIMEOUT
+        while not self._client.is_connected():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"probe could not connect to {endpoint.host}:{endpoint.port}")
+            time.sleep(0.01)
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        with self._condition:
+            self._messages.append(message)
+            self._condition.notify_all()
+
+    def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 5.0) -> "MqttProbe":
+        """Subscribe and wait for the SUBACK."""
+        acked = threading.Event()
+        self._client.on_subscribe = lambda *args: acked.set()
+        self._client.subscribe(topic_filter, qos)
+        if not acked.wait(timeout):
+            raise AssertionError(f"no SUBACK for {topic_filter} within {timeout} s")
+        return self
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
+                timeout: float = 5.0) -> None:
+        """Publish and wait until the broker has it (PUBACK for QoS 1)."""
+        info = self._client.publish(topic, payload, qos, retain)
+        info.wait_for_publish(timeout)
+        if not info.is_published():
+            raise AssertionError(f"publish to {topic} not acknowledged within {timeout} s")
+
+    def messages(self, topic: Optional[str] = None) -> List[Any]:
+        with self._condition:
+            return [m for m in self._messages if topic is None or m.topic == topic]
+
+    def wait_for(self, count: int, timeout: float = 10.0, topic: Optional[str] = None) -> List[Any]:
+        """Block until ``count`` messages (on ``topic``, if given) arrived; AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                found = [m for m in self._messages if topic is None or m.topic == topic]
+                if len(found) >= count:
+                    return found
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    seen = [(m.topic, m.payload[:200]) for m in self._messages]
+                    raise AssertionError(f"expected {count} messages on {topic or 'any topic'} within {timeout} s; "
+                                         f"got {seen}")
+                self._condition.wait(remaining)
+
+    def close(self) -> None:
+        self._client.disconnect()  # wakes the network thread, so loop_stop() does not wait out its select
+        self._client.loop_stop()
+
+
+def session_folder() -> Path:
+    """A new temporary folder that mosquitto (which drops root for its own user) can read."""
+    folder = Path(tempfile.mkdtemp(prefix="listener-tests-"))
+    folder.chmod(0o755)
+    return folder
