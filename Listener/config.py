@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .redaction import MASK, mask_uri_credentials
@@ -215,12 +216,25 @@ def _check_connection(cfg: EventListenerConfig) -> None:
     if not cfg.client_id:
         raise _fail("client_id", cfg.client_id, "must not be empty")
     if cfg.uri is not None:
-        scheme, sep, rest = cfg.uri.partition("://")
-        if not sep or scheme not in _URI_SCHEMES or not rest:
-            raise _fail("uri", cfg.uri, f"must look like mqtt://host:port; schemes: {', '.join(_URI_SCHEMES)}")
+        _check_uri(cfg.uri)
     if (cfg.certfile is None) != (cfg.keyfile is None):
         raise _fail("certfile" if cfg.keyfile is None else "keyfile", cfg.certfile or cfg.keyfile,
                     "certfile and keyfile must be given together")
+
+
+def _check_uri(uri: str) -> None:
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme not in _URI_SCHEMES or not rest:
+        raise _fail("uri", uri, f"must look like mqtt://host:port; schemes: {', '.join(_URI_SCHEMES)}")
+    try:
+        parts = urlsplit(uri)
+        port = parts.port
+    except ValueError as exc:
+        raise _fail("uri", uri, f"malformed: {exc}") from None
+    if not parts.hostname:
+        raise _fail("uri", uri, "has no host")
+    if port is not None and not 1 <= port <= 65535:
+        raise _fail("uri", uri, "port must be from 1 to 65535")
 
 
 def _check_timing(cfg: EventListenerConfig) -> None:
@@ -311,8 +325,9 @@ def _check_jobs(cfg: EventListenerConfig) -> None:
         raise _fail("duplicate_action", cfg.duplicate_action, f"must be one of {', '.join(DUPLICATE_ACTIONS)}")
     if cfg.log_topic_level.upper() not in LOG_LEVELS:
         raise _fail("log_topic_level", cfg.log_topic_level, f"must be one of {', '.join(LOG_LEVELS)}")
-    if not _is_int(cfg.max_payload_bytes) or cfg.max_payload_bytes <= 0:
-        raise _fail("max_payload_bytes", cfg.max_payload_bytes, "must be an integer > 0")
+    if not _is_int(cfg.max_payload_bytes) or not 0 < cfg.max_payload_bytes <= MAX_PAYLOAD_BYTES:
+        # The TOML parser refuses strings over 1 MiB, so a larger limit could never be honoured.
+        raise _fail("max_payload_bytes", cfg.max_payload_bytes, f"must be an integer from 1 to {MAX_PAYLOAD_BYTES}")
 
 
 _CHECKS = (_check_types, _check_connection, _check_timing, _check_qos, _check_topics, _check_will, _check_jobs)
@@ -344,6 +359,7 @@ def _read_config_file(path: Path) -> Dict[str, Any]:
     return dict(data)
 
 
+_KIND_WORDS = {"bool": "true/false", "int": "an integer", "float": "a number", "Dict": "a JSON object"}
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
@@ -370,9 +386,9 @@ def _convert(name: str, kind: str, raw: str, variable: str) -> Any:
             return float(raw)
         if kind == "Dict":
             return json.loads(raw)
-    except (KeyError, ValueError) as exc:
+    except (KeyError, ValueError):
         shown = MASK if name in _SECRET_FIELDS else repr(raw)
-        raise ConfigError(f"Invalid {variable}: {shown} (expected {kind} for {name}: {exc})") from None
+        raise ConfigError(f"Invalid {variable}: {shown} (expected {_KIND_WORDS[kind]} for {name})") from None
     return raw
 
 

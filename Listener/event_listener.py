@@ -315,6 +315,8 @@ class EventListener:
             else:
                 failure = connecting.exception()
             if failure is not None:
+                if isinstance(client, AmqttClient):
+                    await asyncio.wait({asyncio.ensure_future(client.abort_connection())}, timeout=DISCONNECT_TIMEOUT)
                 error = connection_error(self.config, failure)
                 logger.warning("%s", error)
                 raise error from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from typing import Any, Awaitable, Callable, Dict, Optional, Union
 
@@ -17,7 +18,7 @@ Processor = Callable[[Dict[str, Any], str], Union[ProcessorResult, Awaitable[Pro
 
 def is_async_callable(func: Any) -> bool:
     """True for ``async def`` functions, bound methods, partials of them, and objects with an async ``__call__``."""
-    while hasattr(func, "func") and not inspect.isroutine(func):  # functools.partial
+    while isinstance(func, functools.partial):
         func = func.func
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
 

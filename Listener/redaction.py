@@ -11,7 +11,7 @@ __all__ = ["MASK", "SecretRedactingFilter", "mask_uri_credentials", "redact", "s
 MASK = "***"
 
 # user:password@ inside any URI-looking text.
-_URI_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/@\s]+)@")
+_URI_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s]+)@")
 
 
 def split_uri_credentials(uri: str) -> tuple[str, str | None, str | None]:

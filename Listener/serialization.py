@@ -77,6 +77,8 @@ def to_json_bytes(value: Any) -> bytes:
                 raise
             # Rare path: let json write NaN/Infinity, read them back as floats, then make them strings.
             text = _dumps(_finite(json.loads(_dumps(value, allow_nan=True))), allow_nan=False)
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ResultEncodingError("Result holds a string that is not valid Unicode (a lone surrogate)") from None
     except (TypeError, ValueError, RecursionError) as exc:
         raise ResultEncodingError(str(exc) or type(exc).__name__) from None
-    return text.encode("utf-8")

@@ -82,10 +82,24 @@ def topic_matches(topic_filter: str, topic: str) -> bool:
     return len(pattern) == len(levels)
 
 
+def _share_group(topic_filter: str) -> str | None:
+    return topic_filter.split("/", 2)[1] if topic_filter.startswith(_SHARE_PREFIX) else None
+
+
 def filter_covers(wide: str, narrow: str) -> bool:
-    """Return True when every topic matched by ``narrow`` is also matched by ``wide``."""
+    """Return True when every message ``narrow`` receives is also received through ``wide``.
+
+    A shared subscription (``$share/<group>/...``) only covers filters of the same group: it gets its
+    group's share of the messages, not all of them. A plain filter covers shared ones too (subscribing
+    both would only deliver the same messages twice).
+    """
+    group = _share_group(wide)
+    if group is not None and group != _share_group(narrow):
+        return False
     wide_levels = strip_share_prefix(wide).split("/")
     narrow_levels = strip_share_prefix(narrow).split("/")
+    if narrow_levels[0].startswith("$") and wide_levels[0] in ("+", "#"):
+        return False  # leading wildcards never match '$' topics
     for index, part in enumerate(wide_levels):
         if part == "#":
             return True

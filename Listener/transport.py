@@ -72,6 +72,16 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         session.password = self._password
         return session
 
+    async def abort_connection(self) -> None:
+        """Close the socket of a connection attempt that failed or was cancelled.
+
+        amqtt leaves it open when CONNACK never comes, which leaks the socket and keeps the peer waiting.
+        """
+        handler = self._handler
+        if handler is not None and handler.writer is not None:
+            with contextlib.suppress(Exception):
+                await handler.stop()
+
     def is_connected(self) -> bool:
         """True while the MQTT session is established."""
         session = self.session

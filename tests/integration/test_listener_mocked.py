@@ -382,3 +382,13 @@ async def test_run_twice_at_once_is_refused() -> None:
         await listener.run()
     listener.stop()
     await asyncio.wait_for(run, 5)
+
+
+async def test_mock_processors_are_called_not_hung_on() -> None:
+    """A MagicMock has every attribute; unwrapping partials must not chase its endless children."""
+    listener = make_listener()
+    sync_mock = MagicMock(return_value={"ok": 1})
+    async_mock = AsyncMock(return_value={"ok": 2})
+    assert await asyncio.wait_for(listener.process_message({"job_id": "m-sync"}, sync_mock), 5) == {"ok": 1}
+    assert await asyncio.wait_for(listener.process_message({"job_id": "m-async"}, async_mock), 5) == {"ok": 2}
+    async_mock.assert_awaited_once()

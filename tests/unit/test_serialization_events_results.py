@@ -1,0 +1,361 @@
+"""Unit tests for Listener.serialization, Listener.events and Listener.results."""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, time as dtime, timedelta, timezone
+from decimal import Decimal
+from typing import Any, Dict, List
+from uuid import UUID, uuid4
+
+import pytest
+
+from Listener import ReturnType, create_error_result, create_return_type
+from Listener.events import ErrorType, error_event, log_event, utc_timestamp
+from Listener import serialization
+from Listener.serialization import ResultEncodingError, to_json_bytes
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+pytestmark = pytest.mark.unit
+
+
+def _no_constants(token: str) -> Any:
+    raise AssertionError(f"not valid JSON: {token}")
+
+
+def strict_loads(payload: bytes) -> Any:
+    """Parse JSON the way a strict consumer would: NaN / Infinity / -Infinity tokens fail the test."""
+    assert isinstance(payload, bytes)
+    return json.loads(payload.decode("utf-8"), parse_constant=_no_constants)
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    GREEN = 2
+
+
+@dataclass
+class Point:
+    x: int
+    y: int
+    seen: datetime = datetime(2024, 1, 2, 3, 4, 5)
+    tags: List[str] = field(default_factory=lambda: ["a"])
+
+
+# -- to_json_bytes ----------------------------------------------------------------------------------
+
+
+def test_plain_json_is_compact_utf8() -> None:
+    payload = to_json_bytes({"a": 1, "b": [True, None, 1.5], "c": "é€"})
+    assert payload == '{"a":1,"b":[true,null,1.5],"c":"é€"}'.encode("utf-8")
+
+
+@pytest.mark.parametrize("value,expected", [
+    (datetime(2024, 5, 6, 7, 8, 9), "2024-05-06T07:08:09"),
+    (datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=timezone.utc), "2024-05-06T07:08:09.123000+00:00"),
+    (datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone(timedelta(hours=-7))), "2024-05-06T07:08:09-07:00"),
+    (date(2024, 5, 6), "2024-05-06"),
+    (dtime(7, 8, 9), "07:08:09"),
+    (dtime(7, 8, 9, 500), "07:08:09.000500"),
+])
+def test_dates_and_times_are_iso_8601(value: Any, expected: str) -> None:
+    decoded = strict_loads(to_json_bytes({"v": value}))["v"]
+    assert decoded == expected
+    assert type(value).fromisoformat(decoded) == value
+
+
+def test_timedelta_is_seconds() -> None:
+    assert strict_loads(to_json_bytes(timedelta(minutes=1, milliseconds=500))) == 60.5
+
+
+@pytest.mark.parametrize("value,expected", [
+    (Decimal("10"), 10),
+    (Decimal("-3"), -3),
+    (Decimal("1.25"), 1.25),
+    (Decimal("0.1"), 0.1),
+    (Decimal("NaN"), "NaN"),
+    (Decimal("Infinity"), "Infinity"),
+    (Decimal("-Infinity"), "-Infinity"),
+])
+def test_decimal(value: Decimal, expected: Any) -> None:
+    assert strict_loads(to_json_bytes([value])) == [expected]
+
+
+def test_integral_decimal_beyond_float_range_is_exact() -> None:
+    assert strict_loads(to_json_bytes([Decimal("1.5e400")])) == [15 * 10 ** 399]
+
+
+def test_sets() -> None:
+    assert strict_loads(to_json_bytes({3, 1, 2})) == [1, 2, 3]
+    assert strict_loads(to_json_bytes(frozenset({"b", "a"}))) == ["a", "b"]
+    mixed = strict_loads(to_json_bytes({1, "a"}))  # not sortable: any order
+    assert sorted(mixed, key=str) == [1, "a"]
+    assert strict_loads(to_json_bytes(set())) == []
+
+
+def test_bytes_utf8_and_binary() -> None:
+    assert strict_loads(to_json_bytes(b"hello \xc3\xa9")) == "hello é"
+    assert strict_loads(to_json_bytes(bytearray(b"abc"))) == "abc"
+    assert strict_loads(to_json_bytes(memoryview(b"xyz"))) == "xyz"
+    raw = b"\xff\x00\xfe binary"
+    decoded = strict_loads(to_json_bytes({"blob": raw}))
+    assert decoded == {"blob": {"base64": base64.b64encode(raw).decode("ascii")}}
+    assert base64.b64decode(decoded["blob"]["base64"]) == raw
+
+
+def test_enum_uuid_dataclass_tuple() -> None:
+    ident = uuid4()
+    decoded = strict_loads(to_json_bytes({
+        "colour": Colour.RED,
+        "number": Colour.GREEN,
+        "id": ident,
+        "point": Point(1, 2),
+        "pair": (1, "two", (3,)),
+    }))
+    assert decoded == {
+        "colour": "red",
+        "number": 2,
+        "id": str(ident),
+        "point": {"x": 1, "y": 2, "seen": "2024-01-02T03:04:05", "tags": ["a"]},
+        "pair": [1, "two", [3]],
+    }
+    assert UUID(decoded["id"]) == ident
+
+
+def test_default_hook_turns_tuples_into_lists() -> None:
+    # json encodes tuples itself; the hook's own tuple branch is only reachable directly.
+    assert serialization._default((1, (2,))) == [1, (2,)]
+
+
+def test_dataclass_class_itself_is_not_serialisable() -> None:
+    with pytest.raises(ResultEncodingError):
+        to_json_bytes(Point)
+
+
+def test_return_type_is_serialisable() -> None:
+    decoded = strict_loads(to_json_bytes(ReturnType(data={"ok": True}, topic="t", message_id=7,
+                                                    timestamp=datetime(2024, 1, 1), job_id="j")))
+    assert decoded == {"data": {"ok": True}, "topic": "t", "qos": 0, "retain": False, "message_id": 7,
+                       "timestamp": "2024-01-01T00:00:00", "job_id": "j"}
+
+
+def test_nested_toml_document_with_datetimes() -> None:
+    document = tomllib.loads(
+        'job_id = "t-1"\n'
+        "odt = 1979-05-27T07:32:00-08:00\n"
+        "ldt = 1979-05-27T07:32:00.999999\n"
+        "ld = 1979-05-27\n"
+        "lt = 07:32:00\n"
+        "big = 9223372036854775807\n"
+        "ratio = 0.5\n"
+        "pos = inf\n"
+        "neg = -inf\n"
+        "nan = nan\n"
+        "[owner]\n"
+        'name = "Tom"\n'
+        "dob = 1979-05-27T07:32:00Z\n"
+        "[[items]]\n"
+        "when = 2024-01-01\n"
+        "[[items]]\n"
+        "tags = [1979-05-27, 07:32:00, [1, 2]]\n"
+    )
+    decoded = strict_loads(to_json_bytes(document))
+    assert decoded == {
+        "job_id": "t-1",
+        "odt": "1979-05-27T07:32:00-08:00",
+        "ldt": "1979-05-27T07:32:00.999999",
+        "ld": "1979-05-27",
+        "lt": "07:32:00",
+        "big": 9223372036854775807,
+        "ratio": 0.5,
+        "pos": "Infinity",
+        "neg": "-Infinity",
+        "nan": "NaN",
+        "owner": {"name": "Tom", "dob": "1979-05-27T07:32:00+00:00"},
+        "items": [{"when": "2024-01-01"}, {"tags": ["1979-05-27", "07:32:00", [1, 2]]}],
+    }
+
+
+@pytest.mark.parametrize("value,expected", [
+    (float("inf"), "Infinity"),
+    (float("-inf"), "-Infinity"),
+    (float("nan"), "NaN"),
+    ({"a": [1.0, float("inf")], "b": (float("nan"),)}, {"a": [1.0, "Infinity"], "b": ["NaN"]}),
+    ({"when": datetime(2024, 1, 1), "x": float("-inf")}, {"when": "2024-01-01T00:00:00", "x": "-Infinity"}),
+    ({"s": {float("inf")}}, {"s": ["Infinity"]}),
+])
+def test_non_finite_floats_become_valid_json(value: Any, expected: Any) -> None:
+    # strict_loads fails on bare NaN / Infinity / -Infinity tokens, which are not JSON.
+    assert strict_loads(to_json_bytes(value)) == expected
+
+
+@pytest.mark.parametrize("value", [object(), {"x": object()}, [lambda: 1], {"k": {1: Point}}, complex(1, 2)])
+def test_unserialisable_value(value: Any) -> None:
+    with pytest.raises(ResultEncodingError) as info:
+        to_json_bytes(value)
+    assert isinstance(info.value, TypeError)
+    assert "not JSON serializable" in str(info.value)
+
+
+def test_non_string_keys_are_rejected_cleanly() -> None:
+    with pytest.raises(ResultEncodingError):
+        to_json_bytes({(1, 2): "tuple key"})
+
+
+def test_circular_reference() -> None:
+    data: Dict[str, Any] = {"a": 1}
+    data["self"] = data
+    with pytest.raises(ResultEncodingError):
+        to_json_bytes(data)
+    looped: List[Any] = []
+    looped.append(looped)
+    with pytest.raises(ResultEncodingError):
+        to_json_bytes({"loop": looped})
+
+
+def test_circular_reference_with_non_finite_float() -> None:
+    data: Dict[str, Any] = {"x": float("nan")}
+    data["self"] = data
+    with pytest.raises(ResultEncodingError):
+        to_json_bytes(data)
+
+
+def test_lone_surrogate_is_an_encoding_error() -> None:
+    with pytest.raises(ResultEncodingError):
+        to_json_bytes({"text": "broken \ud800 string"})
+
+
+def test_huge_integer_is_an_encoding_error() -> None:
+    # Python refuses to print ints with more than 4300 digits by default.
+    with pytest.raises(ResultEncodingError):
+        to_json_bytes(Decimal("1e5000"))
+
+
+# -- events ----------------------------------------------------------------------------------------
+
+ERROR_KEYS = {"job_id", "status", "error_type", "error_message", "topic", "timestamp"}
+LOG_KEYS = {"event", "level", "job_id", "status", "timestamp"}
+
+
+def assert_utc_iso(timestamp: str) -> None:
+    parsed = datetime.fromisoformat(timestamp)
+    assert parsed.tzinfo is not None and parsed.utcoffset() == timedelta(0)
+    assert abs(datetime.now(timezone.utc) - parsed) < timedelta(minutes=5)
+
+
+def test_utc_timestamp() -> None:
+    assert_utc_iso(utc_timestamp())
+
+
+@pytest.mark.parametrize("error_type", [ErrorType.INVALID_PAYLOAD, ErrorType.PAYLOAD_TOO_LARGE,
+                                        ErrorType.MISSING_JOB_ID, ErrorType.DUPLICATE_JOB,
+                                        ErrorType.PROCESSING_ERROR, ErrorType.PUBLISH_ERROR])
+def test_error_event_shape(error_type: str) -> None:
+    body = error_event("job-1", error_type, "went wrong", "jobs/in")
+    assert set(body) == ERROR_KEYS
+    assert body["job_id"] == "job-1" and body["status"] == "error"
+    assert body["error_type"] == error_type and body["error_message"] == "went wrong"
+    assert body["topic"] == "jobs/in"
+    assert_utc_iso(body["timestamp"])
+    assert strict_loads(to_json_bytes(body)) == body
+
+
+def test_error_types_are_the_spec_values() -> None:
+    values = {v for k, v in vars(ErrorType).items() if k.isupper()}
+    assert values == {"invalid_payload", "payload_too_large", "missing_job_id", "duplicate_job",
+                      "processing_error", "publish_error"}
+
+
+def test_error_event_without_job_id_is_null() -> None:
+    body = error_event(None, ErrorType.INVALID_PAYLOAD, "bad TOML", "t")
+    assert body["job_id"] is None
+    assert b'"job_id":null' in to_json_bytes(body)
+
+
+def test_log_event_shape_without_duration() -> None:
+    body = log_event("listener_started", "INFO")
+    assert set(body) == LOG_KEYS
+    assert (body["event"], body["level"], body["job_id"], body["status"]) == ("listener_started", "INFO", None, None)
+    assert_utc_iso(body["timestamp"])
+
+
+def test_log_event_shape_with_duration() -> None:
+    body = log_event("job_completed", "INFO", job_id="j-9", status="completed", duration_ms=12.345678)
+    assert set(body) == LOG_KEYS | {"duration_ms"}
+    assert body["job_id"] == "j-9" and body["status"] == "completed"
+    assert body["duration_ms"] == 12.346
+    assert log_event("x", "INFO", duration_ms=0.0)["duration_ms"] == 0.0
+
+
+def test_log_event_extra_fields() -> None:
+    body = log_event("connection_down", "WARNING", reason="timeout")
+    assert set(body) == LOG_KEYS | {"reason"} and body["reason"] == "timeout"
+
+
+# -- results ---------------------------------------------------------------------------------------
+
+
+def test_return_type_defaults() -> None:
+    before = int(time.time())
+    result = ReturnType(data={"v": 1})
+    after = int(time.time())
+    assert result.data == {"v": 1}
+    assert result.topic == "" and result.qos == 0 and result.retain is False and result.job_id is None
+    assert isinstance(result.message_id, int) and before <= result.message_id <= after
+    assert isinstance(result.timestamp, datetime)
+
+
+def test_return_type_manual_full_construction() -> None:
+    job_id = "job-123"
+    data = {"status": "processed", "data": {"x": 1}}
+    now = datetime.now()
+    result = ReturnType(data=data, topic="results/processed", qos=1, retain=False,
+                        message_id=int(time.time()), timestamp=now, job_id=job_id)
+    assert (result.data, result.topic, result.qos, result.retain, result.timestamp, result.job_id) == (
+        data, "results/processed", 1, False, now, job_id)
+    result.job_id = "other"  # a plain mutable dataclass
+    assert result.job_id == "other"
+
+
+def test_create_return_type_defaults() -> None:
+    before = datetime.now()
+    result = create_return_type({"a": 1}, "out/topic")
+    assert isinstance(result, ReturnType)
+    assert result.data == {"a": 1} and result.topic == "out/topic"
+    assert result.job_id is None and result.qos == 0 and result.retain is False
+    assert before <= result.timestamp <= datetime.now()
+    assert abs(result.message_id - time.time()) < 60
+
+
+def test_create_return_type_all_arguments() -> None:
+    result = create_return_type({"a": 1}, "out", "job-7", 2, True)
+    assert (result.job_id, result.qos, result.retain) == ("job-7", 2, True)
+    result = create_return_type(data={}, topic="t", job_id="j", qos=1, retain=False)
+    assert (result.job_id, result.qos, result.retain) == ("j", 1, False)
+
+
+def test_create_error_result() -> None:
+    result = create_error_result("job-5", "division by zero")
+    assert isinstance(result, ReturnType)
+    assert result.topic == "errors" and result.qos == 1 and result.retain is False and result.job_id == "job-5"
+    assert set(result.data) == {"job_id", "status", "error_type", "error_message", "timestamp"}
+    assert result.data["job_id"] == "job-5"
+    assert result.data["status"] == "error"
+    assert result.data["error_type"] == "processing_error"
+    assert result.data["error_message"] == "division by zero"
+    datetime.fromisoformat(result.data["timestamp"])
+    assert strict_loads(to_json_bytes(result.data)) == result.data
+
+
+def test_create_error_result_custom_type() -> None:
+    result = create_error_result("job-6", "bad input", error_type="validation_error")
+    assert result.data["error_type"] == "validation_error"
