@@ -392,3 +392,91 @@ async def test_mock_processors_are_called_not_hung_on() -> None:
     assert await asyncio.wait_for(listener.process_message({"job_id": "m-sync"}, sync_mock), 5) == {"ok": 1}
     assert await asyncio.wait_for(listener.process_message({"job_id": "m-async"}, async_mock), 5) == {"ok": 2}
     async_mock.assert_awaited_once()
+
+
+def feed(listener: EventListener, *payloads: bytes) -> "asyncio.Queue[Any]":
+    """Make the mocked client deliver ``payloads`` on test/topic, then wait forever."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    for payload in payloads:
+        queue.put_nowait(MagicMock(topic="test/topic", data=bytearray(payload)))
+    listener.client.deliver_message.side_effect = queue.get
+    listener.client.subscribe.return_value = [0]
+    return queue
+
+
+async def until(predicate: Any, timeout: float = 5.0) -> None:
+    async def poll() -> None:
+        while not await predicate():
+            await asyncio.sleep(0.005)
+    await asyncio.wait_for(poll(), timeout)
+
+
+async def test_full_store_of_active_jobs_makes_the_listener_wait_not_drop() -> None:
+    listener = make_listener(max_jobs_in_memory=2)
+    await listener._create_job("held-1", {})
+    await listener._create_job("held-2", {})
+    feed(listener, b'job_id = "waiting"')
+    processed: List[str] = []
+    run = asyncio.create_task(listener.run(lambda d, job_id: processed.append(job_id)))
+    await listener.wait_until_ready(5)
+
+    async def waiting_announced() -> bool:
+        return any(e["event"] == "job_store_full" for e in published_json(listener, "test/log"))
+
+    await until(waiting_announced)
+    assert processed == [] and not await listener.job_exists("waiting")
+    await listener._update_job_status("held-1", JobStatus.COMPLETED)
+    await until(lambda: listener.is_job_completed("waiting"))
+    assert processed == ["waiting"] and not await listener.job_exists("held-1")
+    listener.stop()
+    await asyncio.wait_for(run, 5)
+
+
+async def test_grace_period_bounds_a_hanging_job_at_stop() -> None:
+    listener = make_listener(shutdown_grace_period=0.1)
+    feed(listener, b'job_id = "hangs"')
+    started = asyncio.Event()
+
+    async def processor(data: Dict[str, Any], job_id: str) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    run = asyncio.create_task(listener.run(processor))
+    await asyncio.wait_for(started.wait(), 5)
+    listener.stop()
+    await asyncio.wait_for(run, 5)
+    job = await listener.get_job_status("hangs")
+    assert job is not None and job.status is JobStatus.FAILED and "listener stopped" in (job.error or "")
+    listener.client.disconnect.assert_awaited_once()
+
+
+async def test_running_listener_sweeps_expired_jobs() -> None:
+    listener = make_listener(job_cleanup_interval=0.05)
+    feed(listener, b'job_id = "old"')
+    run = asyncio.create_task(listener.run(lambda d, j: None))
+    await until(lambda: listener.is_job_completed("old"))
+    await until(lambda: _not(listener.job_exists("old")))
+    listener.stop()
+    await asyncio.wait_for(run, 5)
+
+
+async def _not(awaitable: Any) -> bool:
+    return not await awaitable
+
+
+async def test_stop_from_another_thread() -> None:
+    listener = make_listener()
+    feed(listener)
+    run = asyncio.create_task(listener.run())
+    await listener.wait_until_ready(5)
+    await asyncio.to_thread(listener.stop)
+    await asyncio.wait_for(run, 5)
+    assert not listener.is_running
+
+
+async def test_connection_lost_without_auto_reconnect_raises() -> None:
+    listener = make_listener(auto_reconnect=False)
+    listener.client.subscribe.return_value = [0]
+    listener.client.deliver_message.return_value = None  # amqtt's sign that the connection is gone
+    with pytest.raises(ConnectionError, match="lost"):
+        await asyncio.wait_for(listener.run(), 5)
