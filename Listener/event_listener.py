@@ -7,6 +7,7 @@ processor -> publisher. This module composes those pieces; none of them imports 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -88,6 +89,7 @@ class EventListener:
         self._stopped: Optional[asyncio.Event] = None
         self._job_finished: Optional[asyncio.Event] = None
         self._ready = asyncio.Event()
+        self._stop_event = asyncio.Event()
         self._log_threshold = _LEVELS[config.log_topic_level.upper()]
         self._secrets = tuple(s for s in (credentials(config)[2], config.password) if s)
         self._publish_option_cache: Dict[str, Tuple[int, bool]] = {}
@@ -158,6 +160,7 @@ class EventListener:
         self._running = True
         self._stop_requested = False
         self._stopped = asyncio.Event()
+        self._stop_event = asyncio.Event()
         self._job_finished = asyncio.Event()
         cleanup = asyncio.create_task(self._cleanup_periodically())
         try:
@@ -184,6 +187,7 @@ class EventListener:
         if self._stop_requested:
             return
         self._stop_requested = True
+        self._stop_event.set()
         consumer = self._consumer
         if consumer is None or consumer.done():
             return
@@ -247,9 +251,8 @@ class EventListener:
                 raise ConnectionError(f"Connection to MQTT broker at {endpoint_label(self.config)} lost")
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
-        deadline = time.monotonic() + delay
-        while not self._stop_requested and time.monotonic() < deadline:
-            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), delay)
 
     async def _consume_until_disconnected(self) -> None:
         consumer = asyncio.create_task(self._consume())

@@ -480,3 +480,17 @@ async def test_connection_lost_without_auto_reconnect_raises() -> None:
     listener.client.deliver_message.return_value = None  # amqtt's sign that the connection is gone
     with pytest.raises(ConnectionError, match="lost"):
         await asyncio.wait_for(listener.run(), 5)
+
+
+async def test_stop_during_reconnect_backoff_returns_without_error() -> None:
+    listener = make_listener(reconnect_retries=-1, reconnect_max_interval=60)
+    listener.client.connect.side_effect = OSError("broker down")
+    run = asyncio.create_task(listener.run())
+
+    async def tried_twice() -> bool:
+        return listener.client.connect.await_count >= 2
+
+    await until(tried_twice)  # the second attempt comes after a 1 s backoff; the next waits 2 s
+    listener.stop()
+    await asyncio.wait_for(run, 1.0)
+    assert listener.client.connect.await_count == 2
