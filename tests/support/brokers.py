@@ -177,6 +177,8 @@ class MosquittoBroker:
             f"log_dest file {self.log_path}",
             "log_type error", "log_type warning", "log_type notice", "log_type information",
             "set_tcp_nodelay true",
+            # Bursts in the tests must not be cut by mosquitto's default per-client queue of 1000.
+            "max_queued_messages 0",
             f"listener {self.plain_port} 127.0.0.1", "allow_anonymous true",
             f"listener {self.auth_port} 127.0.0.1", "allow_anonymous false", f"password_file {self.password_path}",
         ]
