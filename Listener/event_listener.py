@@ -282,6 +282,10 @@ class EventListener:
             self._busy = True
             try:
                 await self._process_message(message.data, topic=message.topic)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug of ours must cost one message, not the listener
+                logger.exception("Unexpected error while handling a message on %r", message.topic)
             finally:
                 self._busy = False
 

@@ -494,3 +494,23 @@ async def test_stop_during_reconnect_backoff_returns_without_error() -> None:
     listener.stop()
     await asyncio.wait_for(run, 1.0)
     assert listener.client.connect.await_count == 2
+
+
+async def test_an_internal_error_costs_one_message_not_the_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    listener = make_listener()
+    feed(listener, b'job_id = "first"', b'job_id = "second"')
+    real_admit = listener._admit
+    calls: List[str] = []
+
+    async def flaky_admit(job_id: str, data: Dict[str, Any], topic: Any) -> bool:
+        calls.append(job_id)
+        if job_id == "first":
+            raise RuntimeError("bug")
+        return await real_admit(job_id, data, topic)
+
+    monkeypatch.setattr(listener, "_admit", flaky_admit)
+    run = asyncio.create_task(listener.run(lambda d, j: None))
+    await until(lambda: listener.is_job_completed("second"))
+    assert calls == ["first", "second"]
+    listener.stop()
+    await asyncio.wait_for(run, 5)
