@@ -21,6 +21,7 @@ __all__ = ["EventListenerConfig", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOA
 DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_CONCURRENT_JOBS = 10_000
 _URI_SCHEMES = ("mqtt", "mqtts", "ws", "wss")
 _SECRET_FIELDS = frozenset({"password"})
 # Environment variable names the manual uses that are not simply PREFIX + FIELD.
@@ -82,6 +83,10 @@ class EventListenerConfig:
     tls_check_hostname: bool = True
     max_payload_bytes: int = MAX_PAYLOAD_BYTES
     shutdown_grace_period: float = 30.0
+    max_concurrent_jobs: int = 1
+    job_timeout: Optional[float] = None
+    http_host: str = "127.0.0.1"
+    http_port: Optional[int] = None
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -191,7 +196,7 @@ def _is_number(value: Any) -> bool:
 
 def _check_types(cfg: EventListenerConfig) -> None:
     for name in ("host", "client_id", "topic", "error_topic", "log_topic", "results_topic", "job_id_field",
-                 "duplicate_action", "log_topic_level"):
+                 "duplicate_action", "log_topic_level", "http_host"):
         value = getattr(cfg, name)
         if not isinstance(value, str):
             raise _fail(name, value, f"must be a string, got {type(value).__name__}")
@@ -328,6 +333,14 @@ def _check_jobs(cfg: EventListenerConfig) -> None:
     if not _is_int(cfg.max_payload_bytes) or not 0 < cfg.max_payload_bytes <= MAX_PAYLOAD_BYTES:
         # The TOML parser refuses strings over 1 MiB, so a larger limit could never be honoured.
         raise _fail("max_payload_bytes", cfg.max_payload_bytes, f"must be an integer from 1 to {MAX_PAYLOAD_BYTES}")
+    if not _is_int(cfg.max_concurrent_jobs) or not 1 <= cfg.max_concurrent_jobs <= MAX_CONCURRENT_JOBS:
+        raise _fail("max_concurrent_jobs", cfg.max_concurrent_jobs, f"must be an integer from 1 to {MAX_CONCURRENT_JOBS}")
+    if cfg.job_timeout is not None and (not _is_number(cfg.job_timeout) or cfg.job_timeout <= 0):
+        raise _fail("job_timeout", cfg.job_timeout, "must be a number > 0, or None for no limit")
+    if cfg.http_port is not None and (not _is_int(cfg.http_port) or not 0 <= cfg.http_port <= 65535):
+        raise _fail("http_port", cfg.http_port, "must be an integer from 0 to 65535 (0 = any free port), or None")
+    if not cfg.http_host:
+        raise _fail("http_host", cfg.http_host, "must be a host name or address")
 
 
 _CHECKS = (_check_types, _check_connection, _check_timing, _check_qos, _check_topics, _check_will, _check_jobs)

@@ -9,17 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
+from collections import Counter
 from dataclasses import replace
 from types import TracebackType
-from typing import Any, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Type, Union
 
 from ._version import __version__
 from .config import EventListenerConfig
 from .events import ErrorType, error_event, log_event
 from .intake import Payload, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
 from .jobs import InsertOutcome, JobInfo, JobStatus, JobStore
-from .processing import Processor, call_processor, describe_exception
+from .metrics import ListenerMetrics
+from .processing import JobTimeoutError, Processor, call_processor, describe_exception
+from .publisher import Publication, Publisher, bounded
 from .redaction import redact
 from .results import ReturnType, create_error_result, create_return_type
 from .safe_config_parser import SafeConfigParser
@@ -35,6 +39,7 @@ from .transport import (
     endpoint_label,
     tls_bundle,
 )
+from .workers import ThreadWorkers
 
 __all__ = [
     "EventListener",
@@ -50,11 +55,12 @@ __all__ = [
 logger = logging.getLogger("Listener.event_listener")
 
 PUBLISH_TIMEOUT = 10.0
+#: QoS 1/2 publications awaiting their acknowledgement at once (amqtt loses PUBACKs with thousands).
+MAX_PUBLISHES_IN_FLIGHT = 64
 DISCONNECT_TIMEOUT = 5.0
 _MAX_CLEANUP_PERIOD = 60.0
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
            "CRITICAL": logging.CRITICAL}
-Publication = Tuple[str, bytes, int, bool]
 
 
 class EventListener:
@@ -83,16 +89,28 @@ class EventListener:
         self._processor: Optional[Processor] = None
         self._running = False
         self._stop_requested = False
+        self._draining = False
         self._busy = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._consumer: Optional[asyncio.Task[None]] = None
+        self._pending_delivery: Optional[asyncio.Future[Any]] = None
+        self._grace_timer: Optional[asyncio.TimerHandle] = None
         self._stopped: Optional[asyncio.Event] = None
         self._job_finished: Optional[asyncio.Event] = None
         self._ready = asyncio.Event()
         self._stop_event = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._in_flight: Set[asyncio.Task[None]] = set()
+        self._signals: Tuple[int, ...] = ()
+        self._http: Any = None
         self._log_threshold = _LEVELS[config.log_topic_level.upper()]
         self._secrets = tuple(s for s in (credentials(config)[2], config.password) if s)
         self._publish_option_cache: Dict[str, Tuple[int, bool]] = {}
+        self._metrics = ListenerMetrics()
+        self._workers = ThreadWorkers(config.max_concurrent_jobs, name=f"{config.client_id}-worker")
+        self._publisher = Publisher(lambda: self.client, self._is_connected, self._metrics,
+                                    lambda: endpoint_label(self.config), PUBLISH_TIMEOUT, MAX_PUBLISHES_IN_FLIGHT)
 
     # -- the client --------------------------------------------------------------------------------
 
@@ -112,8 +130,17 @@ class EventListener:
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return _create_client_outside_loop(self.config)
-        return create_client(self.config)
+            client = _create_client_outside_loop(self.config)
+            client.on_wakeup = self._wakeup.set
+            return client
+        return create_client(self.config, on_wakeup=self._wakeup.set)
+
+    def _is_connected(self) -> bool:
+        """Whether publishing can work now (a client set by the user, e.g. a mock, is taken as connected)."""
+        client = self._client
+        if not self._owns_client:
+            return client is not None
+        return client is not None and bool(client.is_connected())
 
     @property
     def jobs(self) -> Dict[str, JobInfo]:
@@ -135,6 +162,16 @@ class EventListener:
         """True while connected and subscribed, i.e. messages published now will be received."""
         return self._ready.is_set()
 
+    @property
+    def is_draining(self) -> bool:
+        """True from :meth:`stop` until :meth:`run` returns: taking no new messages, finishing the rest."""
+        return self._draining
+
+    @property
+    def http_port(self) -> Optional[int]:
+        """The port of the health and metrics endpoints while they serve (``http_port`` set), else None."""
+        return self._http.port if self._http is not None else None
+
     async def wait_until_ready(self, timeout: Optional[float] = None) -> None:
         """Wait until :meth:`run` has connected and subscribed.
 
@@ -143,10 +180,23 @@ class EventListener:
         """
         await asyncio.wait_for(self._ready.wait(), timeout)
 
+    def metrics(self) -> Dict[str, Any]:
+        """A snapshot of the listener's counters and state (JSON-ready; see :mod:`Listener.metrics`)."""
+        by_status = Counter(job.status.value for job in self._store.jobs.values())
+        client = self._client
+        queue_depth = client.queued_messages if isinstance(client, AmqttClient) else 0
+        self._metrics.abandoned_threads = self._workers.abandoned
+        return self._metrics.snapshot(dict(by_status), len(self._in_flight) + int(self._busy), queue_depth,
+                                      connected=self._running and self._is_connected(), ready=self.is_ready,
+                                      draining=self._draining)
+
     # -- running -----------------------------------------------------------------------------------
 
-    async def run(self, func: Optional[Processor] = None) -> None:
+    async def run(self, func: Optional[Processor] = None, *, handle_signals: bool = False) -> None:
         """Connect, subscribe and process messages with ``func`` until :meth:`stop` is called.
+
+        With ``handle_signals``, SIGTERM and SIGINT call :meth:`stop` while it runs
+        (see :meth:`install_signal_handlers`).
 
         Raises:
             ConnectionError: the broker cannot be reached, refuses the credentials, or reconnection
@@ -159,23 +209,37 @@ class EventListener:
         self._loop = asyncio.get_running_loop()
         self._running = True
         self._stop_requested = False
+        self._draining = False
         self._stopped = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._job_finished = asyncio.Event()
+        if handle_signals:
+            self.install_signal_handlers()
         cleanup = asyncio.create_task(self._cleanup_periodically())
         try:
+            await self._start_http_endpoints()
             await self._serve()
         finally:
             cleanup.cancel()
+            await self._finish_in_flight()
+            await self._settle_outbox()
             await self._disconnect()
+            await self._stop_http_endpoints()
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+                self._grace_timer = None
+            self.remove_signal_handlers()
             self._running = False
+            self._draining = False
             self._stopped.set()
             logger.info("Listener stopped")
 
     def stop(self) -> None:
-        """Stop gracefully: take no new message, let the job in flight finish, disconnect.
+        """Stop gracefully: take no new message, let the jobs in flight finish, disconnect.
 
-        Safe to call when not running, from a signal handler, or from another thread.
+        Messages already acknowledged to the broker are processed first; jobs still running after
+        ``shutdown_grace_period`` seconds are cancelled. Safe to call when not running, from a signal
+        handler, or from another thread.
         """
         loop = self._loop
         if not self._running or loop is None or loop.is_closed():
@@ -183,19 +247,48 @@ class EventListener:
             return
         loop.call_soon_threadsafe(self._on_stop_requested)
 
+    def install_signal_handlers(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
+        """Make ``signals`` call :meth:`stop` (call from the running loop; removed when :meth:`run` returns)."""
+        loop = asyncio.get_running_loop()
+        self.remove_signal_handlers()
+        installed = []
+        for sig in signals:
+            loop.add_signal_handler(sig, self.stop)
+            installed.append(int(sig))
+        self._signals = tuple(installed)
+        self._loop = loop
+
+    def remove_signal_handlers(self) -> None:
+        """Undo :meth:`install_signal_handlers`."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            for sig in self._signals:
+                loop.remove_signal_handler(sig)
+        self._signals = ()
+
     def _on_stop_requested(self) -> None:
         if self._stop_requested:
             return
         self._stop_requested = True
+        self._draining = True
         self._stop_event.set()
-        consumer = self._consumer
-        if consumer is None or consumer.done():
-            return
-        if not self._busy:
-            consumer.cancel()
-        else:
-            # A job is in flight: give it the grace period, then cancel it.
-            asyncio.get_running_loop().call_later(self.config.shutdown_grace_period, consumer.cancel)
+        self._wakeup.set()
+        self._slot_freed.set()
+        client = self._client
+        if isinstance(client, AmqttClient):
+            client.close_intake()
+        delivery = self._pending_delivery
+        if delivery is not None and not delivery.done():
+            delivery.cancel()
+        loop = asyncio.get_running_loop()
+        self._grace_timer = loop.call_later(self.config.shutdown_grace_period, self._cancel_jobs)
+
+    def _cancel_jobs(self) -> None:
+        """The grace period is over: cancel what is still running."""
+        if self._consumer is not None and not self._consumer.done():
+            self._consumer.cancel()
+        for task in list(self._in_flight):
+            task.cancel()
 
     async def __aenter__(self) -> "EventListener":
         return self
@@ -227,26 +320,29 @@ class EventListener:
                         raise ConnectionError(f"{exc} (gave up after {attempt} attempts)") from None
                     raise
                 delay = min(float(self.config.reconnect_max_interval), 2.0 ** (attempt - 1))
-                await self._emit(logging.WARNING, "connection_retry",
-                                 f"Connecting failed ({exc}); retry {attempt} in {delay:g} s", publish=False)
+                await self._emit(logging.WARNING, "connection_retry", "Connecting failed (%s); retry %d in %g s",
+                                 exc, attempt, delay, publish=False)
                 await self._sleep_unless_stopped(delay)
                 continue
             attempt = 0
             self._ready.set()
             if not started:
                 started = True
-                await self._emit(logging.INFO, "listener_started",
-                                 f"Listener started on {endpoint_label(self.config)}, topic {self.config.topic!r}")
+                await self._emit(logging.INFO, "listener_started", "Listener started on %s, topic %r",
+                                 endpoint_label(self.config), self.config.topic)
             else:
-                await self._emit(logging.INFO, "connection_up", f"Reconnected to {endpoint_label(self.config)}")
+                self._metrics.reconnects += 1
+                await self._emit(logging.INFO, "connection_up", "Reconnected to %s", endpoint_label(self.config))
+            await self._publisher.flush()
             try:
                 await self._consume_until_disconnected()
             finally:
                 self._ready.clear()
             if self._stop_requested:
                 return
-            await self._emit(logging.WARNING, "connection_down",
-                             f"Connection to {endpoint_label(self.config)} lost", publish=False)
+            self._metrics.connection_losses += 1
+            # Published once the connection is back (kept by the publisher meanwhile).
+            await self._emit(logging.WARNING, "connection_down", "Connection to %s lost", endpoint_label(self.config))
             if not self.config.auto_reconnect:
                 raise ConnectionError(f"Connection to MQTT broker at {endpoint_label(self.config)} lost")
 
@@ -255,39 +351,153 @@ class EventListener:
             await asyncio.wait_for(self._stop_event.wait(), delay)
 
     async def _consume_until_disconnected(self) -> None:
-        consumer = asyncio.create_task(self._consume())
+        client = self.client
+        consumer = asyncio.create_task(self._consume(client))
         self._consumer = consumer
+        liveness = asyncio.create_task(self._watch_liveness(client)) if self._owns_client else None
         try:
             await asyncio.wait({consumer})
         finally:
             self._consumer = None
-            if not consumer.done():
-                consumer.cancel()
-                await asyncio.wait({consumer})
+            for task in (consumer, liveness):
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.wait({task})
         if not consumer.cancelled():
             consumer.result()
 
-    async def _consume(self) -> None:
-        client = self.client
-        while not self._stop_requested:
-            try:
-                message = await client.deliver_message()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # amqtt raises assorted errors once the session is gone
-                logger.debug("deliver_message failed: %r", exc)
-                return
+    async def _consume(self, client: Any) -> None:
+        """Take messages and run them as jobs until the connection ends or stop() was called.
+
+        After stop(), messages already acknowledged (queued) are still processed; nothing more is taken.
+        """
+        limit = self.config.max_concurrent_jobs
+        while True:
+            while limit > 1 and len(self._in_flight) >= limit:  # backpressure: N jobs running
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+            message = await self._next_message(client)
             if message is None:
                 return
-            self._busy = True
+            if limit == 1:
+                self._busy = True
+                try:
+                    await self._handle(message.data, message.topic)
+                finally:
+                    self._busy = False
+            else:
+                task = asyncio.create_task(self._handle(message.data, message.topic))
+                self._in_flight.add(task)
+                task.add_done_callback(self._job_done)
+
+    async def _next_message(self, client: Any) -> Any:
+        """The next message, or None when the connection ended (or stop() was called) and none is left."""
+        if not isinstance(client, AmqttClient):
+            return await self._deliver_generic(client)
+        wakeup = self._wakeup
+        while True:
+            message = client.take_message()
+            if message is not None:
+                return message
+            if self._stop_requested or client.connection_closed:
+                return None
+            wakeup.clear()
+            message = client.take_message()
+            if message is not None:
+                return message
+            await wakeup.wait()
+
+    async def _deliver_generic(self, client: Any) -> Any:
+        """``deliver_message()`` of a client that is not ours (e.g. a test double), cancelled by stop()."""
+        if self._stop_requested:
+            return None
+        delivery = asyncio.ensure_future(client.deliver_message())
+        self._pending_delivery = delivery
+        try:
+            await asyncio.wait({delivery})
+        finally:
+            self._pending_delivery = None
+            if not delivery.done():
+                delivery.cancel()
+        if delivery.cancelled():
+            return None
+        error = delivery.exception()
+        if error is not None:  # amqtt raises assorted errors once the session is gone
+            logger.debug("deliver_message failed: %r", error)
+            return None
+        return delivery.result()
+
+    def _job_done(self, task: "asyncio.Task[None]") -> None:
+        self._in_flight.discard(task)
+        self._slot_freed.set()
+
+    async def _handle(self, payload: Any, topic: str) -> None:
+        try:
+            await self._process_message(payload, topic=topic)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours must cost one message, not the listener
+            logger.exception("Unexpected error while handling a message on %r", topic)
+
+    async def _watch_liveness(self, client: Any) -> None:
+        """Ping every keep_alive seconds; no answer within keep_alive means the connection is dead.
+
+        amqtt never notices a half-open connection (its PINGREQ waits forever), so without this a
+        black-holed connection would look healthy indefinitely.
+        """
+        if not isinstance(client, AmqttClient):
+            return
+        period = float(self.config.keep_alive)
+        while not client.connection_closed:
+            await asyncio.sleep(period)
+            if client.connection_closed:
+                return
             try:
-                await self._process_message(message.data, topic=message.topic)
+                await bounded(client.ping(), period)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a bug of ours must cost one message, not the listener
-                logger.exception("Unexpected error while handling a message on %r", message.topic)
-            finally:
-                self._busy = False
+            except Exception as exc:
+                if client.connection_closed:
+                    return
+                logger.warning("No answer from %s to a ping within %g s (%s): dropping the connection",
+                               endpoint_label(self.config), period, describe_exception(exc))
+                client.drop_connection()
+                self._wakeup.set()
+                return
+
+    async def _finish_in_flight(self) -> None:
+        """Wait for concurrent jobs still running (cancelled when the grace period ends)."""
+        if not self._in_flight:
+            return
+        _, pending = await asyncio.wait(set(self._in_flight), timeout=self.config.shutdown_grace_period)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _settle_outbox(self) -> None:
+        """Send what was kept during an outage if the connection is up; report what is lost."""
+        if not self._publisher.pending:
+            return
+        if self._is_connected():
+            await self._publisher.flush()
+        lost = self._publisher.discard()
+        if lost:
+            logger.error("%d result/event publication(s) could not be sent to %s before stopping",
+                         lost, endpoint_label(self.config))
+
+    async def _start_http_endpoints(self) -> None:
+        if self.config.http_port is None:
+            return
+        from .http_endpoints import start_http_endpoints  # only services that ask for it load the server
+
+        self._http = await start_http_endpoints(self, self.config.http_host, self.config.http_port)
+        logger.info("Health and metrics endpoints on http://%s:%s", self.config.http_host, self._http.port)
+
+    async def _stop_http_endpoints(self) -> None:
+        http, self._http = self._http, None
+        if http is not None:
+            await http.close()
 
     async def _cleanup_periodically(self) -> None:
         period = min(float(self.config.job_cleanup_interval), _MAX_CLEANUP_PERIOD)
@@ -299,7 +509,7 @@ class EventListener:
 
     async def _connect(self) -> None:
         """Open the MQTT connection (raises ConnectionError naming host and port, never a secret)."""
-        if self._owns_client and self._client is not None and not self._client.is_connected():
+        if self._owns_client and self._client is not None and self._client.connection_closed:
             self._client = None  # a fresh amqtt client per connection: a used one can hang on publish
         client = self.client
         timeout = float(self.config.connect_timeout or DEFAULT_CONNECT_TIMEOUT)
@@ -394,10 +604,7 @@ class EventListener:
             default_qos, default_retain = self._publish_options(topic)
             qos = default_qos if qos is None else qos
             retain = default_retain if retain is None else retain
-        client = self.client
-        if self._owns_client and not client.is_connected():
-            raise ConnectionError(f"Not connected to MQTT broker at {endpoint_label(self.config)}")
-        await asyncio.wait_for(client.publish(topic, payload, qos, retain), PUBLISH_TIMEOUT)
+        await self._publisher.publish(topic, payload, qos, retain)
 
     async def _publish_result(self, data: Any, topic: Optional[str] = None) -> None:
         """Publish a result as JSON to ``topic`` (``results_topic`` when empty)."""
@@ -406,33 +613,36 @@ class EventListener:
     # -- events ----------------------------------------------------------------------------------
 
     async def _publish_event(self, topic: str, body: Dict[str, Any]) -> None:
-        try:
-            await self._send_message(topic, to_json_bytes(body))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            logger.debug("Could not publish %s event to %s: %r", body.get("event", "error"), topic, exc)
+        qos, retain = self._publish_options(topic)
+        problem = await self._publisher.deliver((topic, to_json_bytes(body), qos, retain))
+        if problem is not None:
+            logger.debug("Could not publish %s event to %s: %s", body.get("event", "error"), topic, problem)
 
-    async def _emit(self, level: int, event: str, message: str, *, job_id: Optional[str] = None,
+    async def _emit(self, level: int, event: str, message: str, *args: Any, job_id: Optional[str] = None,
                     status: Optional[JobStatus] = None, duration_ms: Optional[float] = None,
-                    publish: bool = True) -> None:
-        """Log a record and mirror it as a JSON log event when it reaches ``log_topic_level``."""
+                    topic: Optional[str] = None, publish: bool = True) -> None:
+        """Log ``message % args`` and mirror it as a JSON log event when it reaches ``log_topic_level``.
+
+        The text is only formatted when the level is enabled: this runs for every job.
+        """
         if logger.isEnabledFor(level):
-            logger.log(level, "%s", redact(message, self._secrets), extra={"job_id": job_id, "event": event})
+            text = message % args if args else message
+            logger.log(level, "%s", redact(text, self._secrets), extra={"job_id": job_id, "event": event, "topic": topic})
         if publish and level >= self._log_threshold and self.config.log_topic:
             body = log_event(event, logging.getLevelName(level), job_id,
                              status.value if status is not None else None, duration_ms)
             await self._publish_event(self.config.log_topic, body)
 
     async def _publish_error(self, job_id: Optional[str], error_type: str, message: str, topic: Optional[str]) -> None:
+        self._metrics.errors[error_type] += 1
         body = error_event(job_id, error_type, redact(message, self._secrets), topic or "")
         await self._publish_event(self.config.error_topic, body)
 
     async def _reject(self, rejection: RejectedMessage, topic: Optional[str]) -> None:
+        self._metrics.messages_rejected += 1
         await self._publish_error(rejection.job_id, rejection.error_type, rejection.message, topic)
-        await self._emit(logging.WARNING, "payload_rejected",
-                         f"Rejected message on {topic!r}: {rejection.error_type}: {rejection.message}",
-                         job_id=rejection.job_id)
+        await self._emit(logging.WARNING, "payload_rejected", "Rejected message on %r: %s: %s", topic,
+                         rejection.error_type, rejection.message, job_id=rejection.job_id, topic=topic)
 
     # -- processing one message ------------------------------------------------------------------
 
@@ -447,6 +657,7 @@ class EventListener:
 
     async def _process_message(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor] = None,
                                *, topic: Optional[str] = None) -> Any:
+        self._metrics.messages_received += 1
         try:
             if isinstance(data, dict):
                 fields = dict(data)
@@ -480,20 +691,20 @@ class EventListener:
                     break
                 finished = self._job_finished
             if finished is None:
-                await self._emit(logging.WARNING, "job_store_full",
-                                 f"Job store full ({self.config.max_jobs_in_memory} active jobs); job {job_id} dropped",
-                                 job_id=job_id)
+                await self._emit(logging.WARNING, "job_store_full", "Job store full (%d active jobs); job %s dropped",
+                                 self.config.max_jobs_in_memory, job_id, job_id=job_id, topic=topic)
                 return False
             if not warned:
                 warned = True
-                await self._emit(logging.WARNING, "job_store_full",
-                                 f"Job store full of active jobs; waiting to admit job {job_id}", job_id=job_id)
+                await self._emit(logging.WARNING, "job_store_full", "Job store full of active jobs; waiting to admit job %s",
+                                 job_id, job_id=job_id, topic=topic)
             finished.clear()
             await finished.wait()
+        self._metrics.jobs_finished[JobStatus.DUPLICATE.value] += 1
         if self.config.duplicate_action == "error":
             await self._publish_error(job_id, ErrorType.DUPLICATE_JOB, f"Job {job_id} was already received", topic)
-        await self._emit(logging.WARNING, "duplicate_job", f"Duplicate job {job_id} not processed",
-                         job_id=job_id, status=JobStatus.DUPLICATE)
+        await self._emit(logging.WARNING, "duplicate_job", "Duplicate job %s not processed", job_id,
+                         job_id=job_id, status=JobStatus.DUPLICATE, topic=topic)
         return False
 
     async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str]) -> Any:
@@ -501,31 +712,41 @@ class EventListener:
         started = time.perf_counter()
         await self._update_job_status(job_id, JobStatus.RUNNING)
         try:
-            result = None if func is None else await call_processor(func, data, job_id)
+            result = None if func is None else await call_processor(
+                func, data, job_id, workers=self._workers, timeout=self.config.job_timeout)
             publication = self._publication_for(result, job_id)
         except asyncio.CancelledError:
             await self._update_job_status(job_id, JobStatus.FAILED, error="Cancelled: listener stopped")
+            self._metrics.jobs_finished[JobStatus.FAILED.value] += 1
             raise
         except BaseException as exc:  # noqa: B036 - a processor's failure, whatever it is, fails only its job
-            reason = redact(describe_exception(exc), self._secrets)
-            await self._update_job_status(job_id, JobStatus.FAILED, error=reason)
-            await self._publish_error(job_id, ErrorType.PROCESSING_ERROR, reason, topic)
-            await self._emit(logging.ERROR, "job_failed", f"Job {job_id} failed: {reason}", job_id=job_id,
-                             status=JobStatus.FAILED, duration_ms=(time.perf_counter() - started) * 1000)
+            await self._fail(job_id, exc, topic, time.perf_counter() - started)
             return None
         if publication is not None:
-            try:
-                await self._send_message(*publication)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                reason = f"Could not publish the result of job {job_id} to {publication[0]}: {describe_exception(exc)}"
+            problem = await self._publisher.deliver(publication)
+            if problem is not None:
+                reason = f"Could not publish the result of job {job_id} to {publication[0]}: {problem}"
                 await self._publish_error(job_id, ErrorType.PUBLISH_ERROR, reason, topic)
-                await self._emit(logging.ERROR, "publish_failed", reason, job_id=job_id, status=JobStatus.COMPLETED)
+                await self._emit(logging.ERROR, "publish_failed", "%s", reason, job_id=job_id,
+                                 status=JobStatus.COMPLETED, topic=topic)
         await self._update_job_status(job_id, JobStatus.COMPLETED, result=result)
-        await self._emit(logging.INFO, "job_completed", f"Job {job_id} completed", job_id=job_id,
-                         status=JobStatus.COMPLETED, duration_ms=(time.perf_counter() - started) * 1000)
+        elapsed = time.perf_counter() - started
+        self._metrics.jobs_finished[JobStatus.COMPLETED.value] += 1
+        self._metrics.observe_duration(elapsed)
+        await self._emit(logging.INFO, "job_completed", "Job %s completed", job_id, job_id=job_id,
+                         status=JobStatus.COMPLETED, duration_ms=elapsed * 1000, topic=topic)
         return result
+
+    async def _fail(self, job_id: str, exc: BaseException, topic: Optional[str], elapsed: float) -> None:
+        """Record a job's failure (or timeout), publish the error event and the log event."""
+        timed_out = isinstance(exc, JobTimeoutError)
+        reason = str(exc) if timed_out else redact(describe_exception(exc), self._secrets)
+        await self._update_job_status(job_id, JobStatus.FAILED, error=reason)
+        self._metrics.jobs_finished[JobStatus.FAILED.value] += 1
+        self._metrics.observe_duration(elapsed)
+        await self._publish_error(job_id, ErrorType.TIMEOUT if timed_out else ErrorType.PROCESSING_ERROR, reason, topic)
+        await self._emit(logging.ERROR, "job_failed", "Job %s failed: %s", job_id, reason, job_id=job_id,
+                         status=JobStatus.FAILED, duration_ms=elapsed * 1000, topic=topic)
 
     def _publication_for(self, result: Any, job_id: str) -> Optional[Publication]:
         """Where and how a processor's result is published; raises for results that cannot be."""

@@ -17,6 +17,7 @@ class ErrorType:
     DUPLICATE_JOB = "duplicate_job"
     PROCESSING_ERROR = "processing_error"
     PUBLISH_ERROR = "publish_error"
+    TIMEOUT = "timeout"
 
 
 def utc_timestamp() -> str:

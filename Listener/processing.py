@@ -1,4 +1,4 @@
-"""Calling the user's processor: sync ones on a worker thread, async ones awaited."""
+"""Calling the user's processor: sync ones on a worker thread, async ones awaited, both within a time limit."""
 
 from __future__ import annotations
 
@@ -8,12 +8,22 @@ import inspect
 from typing import Any, Awaitable, Callable, Dict, Optional, Union
 
 from .results import ReturnType
+from .workers import ThreadWorkers
 
-__all__ = ["Processor", "ProcessorResult", "call_processor", "describe_exception", "is_async_callable"]
+__all__ = ["JobTimeoutError", "Processor", "ProcessorResult", "call_processor", "describe_exception",
+           "is_async_callable"]
 
 ProcessorResult = Optional[Union[ReturnType, Dict[str, Any]]]
 #: A message processor: ``(data, job_id)`` to a result, a dict, or None; plain or ``async def``.
 Processor = Callable[[Dict[str, Any], str], Union[ProcessorResult, Awaitable[ProcessorResult]]]
+
+
+class JobTimeoutError(TimeoutError):
+    """The processor did not finish within ``job_timeout`` (distinct from a TimeoutError it raised itself)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(f"Timed out after {timeout:g} s")
+        self.timeout = timeout
 
 
 def is_async_callable(func: Any) -> bool:
@@ -23,18 +33,41 @@ def is_async_callable(func: Any) -> bool:
     return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
 
 
-async def call_processor(func: Processor, data: Dict[str, Any], job_id: str) -> Any:
+async def call_processor(func: Processor, data: Dict[str, Any], job_id: str, *,
+                         workers: Optional[ThreadWorkers] = None, timeout: Optional[float] = None) -> Any:
     """Run ``func(data, job_id)`` without blocking the event loop and return what it returned.
 
-    A sync processor runs on a worker thread, so a slow one never starves MQTT keep-alive.
+    A sync processor runs on a worker thread (of ``workers``, else the default executor), so a slow
+    one never starves MQTT keep-alive. With ``timeout``, an async processor still running is
+    cancelled and a sync one abandoned, and :class:`JobTimeoutError` is raised.
     """
     if is_async_callable(func):
-        result = await func(data, job_id)  # type: ignore[misc]
+        result = await _within(func(data, job_id), timeout)  # type: ignore[arg-type]
+    elif workers is not None:
+        try:
+            result = await workers.run(func, data, job_id, timeout=timeout)
+        except asyncio.TimeoutError:
+            raise JobTimeoutError(timeout or 0.0) from None
     else:
-        result = await asyncio.to_thread(func, data, job_id)
+        result = await _within(asyncio.to_thread(func, data, job_id), timeout)
     if inspect.isawaitable(result):
-        result = await result
+        result = await _within(result, timeout)
     return result
+
+
+async def _within(awaitable: Awaitable[Any], timeout: Optional[float]) -> Any:
+    if timeout is None:
+        return await awaitable
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+    if not done:
+        raise JobTimeoutError(timeout)
+    return task.result()
 
 
 def describe_exception(exc: BaseException) -> str:

@@ -18,13 +18,14 @@ import os
 import ssl
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 from urllib.parse import unquote, urlsplit
 
 from amqtt.client import MQTTClient
 from amqtt.session import Session
 
 from .config import EventListenerConfig
+from .delivery import DeliveryQueue
 from .redaction import SecretRedactingFilter, redact, split_uri_credentials
 
 __all__ = [
@@ -56,13 +57,22 @@ class BrokerRefusedConnection(ConnectionError):
 
 
 class AmqttClient(MQTTClient):  # type: ignore[misc]
-    """amqtt's ``MQTTClient`` with credentials passed outside the URI and an ``is_connected()`` check."""
+    """amqtt's ``MQTTClient`` with credentials passed outside the URI, a bounded delivery queue
+    read without a task per message, and ways to see and force the end of the connection.
+
+    ``delivery_window`` bounds the acknowledged-but-unread messages (see :mod:`Listener.delivery`);
+    ``on_wakeup`` is called whenever a message arrives or the connection ends.
+    """
 
     def __init__(self, client_id: str, config: Dict[str, Any], username: Optional[str] = None,
-                 password: Optional[str] = None) -> None:
+                 password: Optional[str] = None, delivery_window: int = 1,
+                 on_wakeup: Optional[Callable[[], None]] = None) -> None:
         super().__init__(client_id, config)
         self._username = username
         self._password = password
+        self.delivery_window = delivery_window
+        self.on_wakeup = on_wakeup
+        self._deliveries: Optional[DeliveryQueue] = None
 
     def _init_session(self, uri: Optional[str] = None, cleansession: Optional[bool] = None,
                       cafile: Optional[str] = None, capath: Optional[str] = None,
@@ -70,7 +80,49 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         session: Session = super()._init_session(uri, cleansession, cafile, capath, cadata)
         session.username = self._username
         session.password = self._password
+        if self._deliveries is None:
+            self._deliveries = DeliveryQueue(self.delivery_window, self._wake)
+        session.delivered_message_queue = self._deliveries
         return session
+
+    def _wake(self, *_: Any) -> None:
+        if self.on_wakeup is not None:
+            self.on_wakeup()
+
+    async def connect(self, *args: Any, **kwargs: Any) -> Any:
+        code = await super().connect(*args, **kwargs)
+        closing = self._disconnect_task
+        if closing is not None:
+            closing.add_done_callback(self._wake)
+        return code
+
+    def take_message(self) -> Any:
+        """The next received message (an amqtt ``ApplicationMessage``), or None when none is waiting."""
+        return self._deliveries.take() if self._deliveries is not None else None
+
+    @property
+    def queued_messages(self) -> int:
+        """Messages received (and, for QoS 1/2, acknowledged) but not yet taken."""
+        return self._deliveries.qsize() if self._deliveries is not None else 0
+
+    def close_intake(self) -> None:
+        """Acknowledge no more messages: what is queued can still be taken, the rest stays with the broker."""
+        if self._deliveries is not None:
+            self._deliveries.close()
+
+    @property
+    def connection_closed(self) -> bool:
+        """True once the connection that was opened has ended (or was never opened)."""
+        closing = self._disconnect_task
+        return closing is None or closing.done() or not self.is_connected()
+
+    def drop_connection(self) -> None:
+        """Abort the connection's socket at once (for a connection found dead: nothing is flushed)."""
+        handler = self._handler
+        writer = getattr(getattr(handler, "writer", None), "_writer", None)
+        transport = getattr(writer, "transport", None)
+        if transport is not None:
+            transport.abort()
 
     async def abort_connection(self) -> None:
         """Close the socket of a connection attempt that failed or was cancelled.
@@ -148,11 +200,12 @@ def build_client_config(config: EventListenerConfig, cafile: Optional[str] = Non
     return client_config
 
 
-def create_client(config: EventListenerConfig) -> AmqttClient:
+def create_client(config: EventListenerConfig, on_wakeup: Optional[Callable[[], None]] = None) -> AmqttClient:
     """A new amqtt client for ``config``, its debug logs filtered so no secret can reach them."""
     _, username, password = credentials(config)
     _guard_amqtt_logs(password)
-    return AmqttClient(config.client_id, build_client_config(config), username, password)
+    return AmqttClient(config.client_id, build_client_config(config), username, password,
+                       delivery_window=config.max_concurrent_jobs, on_wakeup=on_wakeup)
 
 
 def _guard_amqtt_logs(password: Optional[str]) -> None:

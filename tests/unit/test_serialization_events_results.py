@@ -272,7 +272,7 @@ def test_error_event_shape(error_type: str) -> None:
 def test_error_types_are_the_spec_values() -> None:
     values = {v for k, v in vars(ErrorType).items() if k.isupper()}
     assert values == {"invalid_payload", "payload_too_large", "missing_job_id", "duplicate_job",
-                      "processing_error", "publish_error"}
+                      "processing_error", "publish_error", "timeout"}
 
 
 def test_error_event_without_job_id_is_null() -> None:

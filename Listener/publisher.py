@@ -1,0 +1,120 @@
+"""Outgoing publications: bounded in flight, bounded in time, kept across a lost connection.
+
+amqtt 0.12 loses track of PUBACKs when thousands of QoS 1/2 publications are outstanding, hangs a
+publish made after its connection closed, and fails one made while the connection drops. So every
+publication here waits for a slot (at most ``max_in_flight`` QoS 1/2 ones at a time), is bounded by
+``timeout``, and one that fails because the connection is down is kept (up to ``outbox_limit``) and
+sent again by :meth:`Publisher.flush` after the listener reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections import deque
+from typing import Any, Awaitable, Callable, Deque, Optional, Tuple, TypeVar
+
+from .metrics import ListenerMetrics
+from .processing import describe_exception
+
+__all__ = ["NotConnected", "Publication", "Publisher", "bounded"]
+
+#: (topic, payload, qos, retain), as ``client.publish`` takes them.
+Publication = Tuple[str, bytes, int, bool]
+T = TypeVar("T")
+
+if sys.version_info >= (3, 11):
+    async def bounded(awaitable: Awaitable[T], timeout: float) -> T:
+        """Await with a time limit (``asyncio.timeout``: no extra task per call)."""
+        async with asyncio.timeout(timeout):
+            return await awaitable
+else:  # pragma: no cover - exercised on Python 3.10 only
+    async def bounded(awaitable: Awaitable[T], timeout: float) -> T:
+        """Await with a time limit."""
+        return await asyncio.wait_for(awaitable, timeout)
+
+
+class NotConnected(ConnectionError):
+    """A publication was attempted while the listener has no connection."""
+
+
+class Publisher:
+    """Sends publications through the listener's current client."""
+
+    def __init__(self, client: Callable[[], Any], connected: Callable[[], bool], metrics: ListenerMetrics,
+                 describe_endpoint: Callable[[], str], timeout: float = 10.0, max_in_flight: int = 64,
+                 outbox_limit: int = 10_000) -> None:
+        self._client = client
+        self._connected = connected
+        self._metrics = metrics
+        self._endpoint = describe_endpoint
+        self.timeout = timeout
+        self.outbox_limit = outbox_limit
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._outbox: Deque[Publication] = deque()
+
+    @property
+    def pending(self) -> int:
+        """Publications kept for after the connection returns."""
+        return len(self._outbox)
+
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Publish now.
+
+        Raises:
+            NotConnected: there is no connection.
+            asyncio.TimeoutError: the broker did not take it within ``timeout`` seconds.
+            Exception: whatever the client raised.
+        """
+        if not self._connected():
+            raise NotConnected(f"Not connected to MQTT broker at {self._endpoint()}")
+        client = self._client()
+        if qos:
+            async with self._slots:
+                await bounded(client.publish(topic, payload, qos, retain), self.timeout)
+        else:
+            await bounded(client.publish(topic, payload, qos, retain), self.timeout)
+        self._metrics.publishes += 1
+
+    async def deliver(self, publication: Publication) -> Optional[str]:
+        """Publish, or keep the publication for after a reconnect when the connection is down.
+
+        Returns None when it was sent or kept, else why it is lost (also counted as a publish error).
+        """
+        try:
+            await self.publish(*publication)
+            return None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self._connected():
+                if len(self._outbox) < self.outbox_limit:
+                    self._outbox.append(publication)
+                    return None
+                reason = f"not connected, and {self.outbox_limit} publications are already waiting"
+            else:
+                reason = describe_exception(exc) if not isinstance(exc, asyncio.TimeoutError) else "timed out"
+        self._metrics.publish_errors += 1
+        return reason
+
+    async def flush(self) -> int:
+        """Send the kept publications in order; stop at the first failure. Returns how many were sent."""
+        sent = 0
+        while self._outbox:
+            try:
+                await self.publish(*self._outbox[0])
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                break
+            self._outbox.popleft()
+            self._metrics.publishes_retried += 1
+            sent += 1
+        return sent
+
+    def discard(self) -> int:
+        """Give up on every kept publication (the listener is stopping); returns how many were lost."""
+        lost = len(self._outbox)
+        self._outbox.clear()
+        self._metrics.publish_errors += lost
+        return lost
