@@ -245,7 +245,14 @@ class EventListener:
         if not self._running or loop is None or loop.is_closed():
             self._stop_requested = True
             return
-        loop.call_soon_threadsafe(self._on_stop_requested)
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._on_stop_requested()
+        else:
+            loop.call_soon_threadsafe(self._on_stop_requested)
 
     def install_signal_handlers(self, signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT)) -> None:
         """Make ``signals`` call :meth:`stop` (call from the running loop; removed when :meth:`run` returns)."""

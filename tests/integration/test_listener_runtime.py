@@ -1,0 +1,163 @@
+"""The running listener with a mocked client: signals, job timeouts, metrics, publications kept during an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from typing import Any, Dict, List
+from unittest.mock import MagicMock
+
+import pytest
+
+from Listener import EventListener, JobStatus
+from tests.integration.test_listener_mocked import make_listener, published_json, wait_forever
+
+pytestmark = pytest.mark.integration
+
+
+def feed(listener: EventListener, *payloads: str) -> "asyncio.Queue[Any]":
+    """Make the mocked client deliver ``payloads``, then wait forever."""
+    messages: asyncio.Queue[Any] = asyncio.Queue()
+    for payload in payloads:
+        messages.put_nowait(MagicMock(topic="test/topic", data=bytearray(payload.encode())))
+    listener.client.deliver_message.side_effect = messages.get
+    listener.client.subscribe.return_value = [0]
+    return messages
+
+
+async def test_sigterm_stops_a_running_listener_after_its_job() -> None:
+    listener = make_listener()
+    feed(listener, 'job_id = "j1"')
+    started = asyncio.Event()
+    finished: List[str] = []
+
+    async def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        started.set()
+        await asyncio.sleep(0.2)
+        finished.append(job_id)
+        return {"job_id": job_id}
+
+    run = asyncio.create_task(listener.run(processor, handle_signals=True))
+    await asyncio.wait_for(started.wait(), 5)
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(run, 5)
+    assert finished == ["j1"]
+    assert published_json(listener, "test/results") == [{"job_id": "j1"}]
+    # The handlers are removed with the run: SIGTERM is back to its previous handler.
+    assert listener._signals == ()
+
+
+async def test_install_signal_handlers_before_run() -> None:
+    listener = make_listener()
+    feed(listener)
+    listener.install_signal_handlers([signal.SIGUSR1])
+    run = asyncio.create_task(listener.run())
+    await listener.wait_until_ready(5)
+    os.kill(os.getpid(), signal.SIGUSR1)
+    await asyncio.wait_for(run, 5)
+    assert not listener.is_running
+
+
+async def test_job_timeout_cancels_an_async_job_and_the_next_one_runs() -> None:
+    listener = make_listener(job_timeout=0.1)
+    cancelled: List[str] = []
+
+    async def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        if job_id == "slow":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append(job_id)
+                raise
+        return {"job_id": job_id}
+
+    assert await listener.process_message({"job_id": "slow"}, processor) is None
+    assert await listener.process_message({"job_id": "fast"}, processor) == {"job_id": "fast"}
+    assert cancelled == ["slow"]
+    job = await listener.get_job_status("slow")
+    assert job is not None and job.status is JobStatus.FAILED and job.error == "Timed out after 0.1 s"
+    [error] = published_json(listener, "test/error")
+    assert error["error_type"] == "timeout" and error["job_id"] == "slow"
+    assert listener.metrics()["errors"] == {"timeout": 1}
+
+
+async def test_metrics_follow_the_jobs() -> None:
+    listener = make_listener(duplicate_action="skip")
+
+    def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        if data.get("fail"):
+            raise ValueError("no")
+        return {"ok": True}
+
+    await listener.process_message('job_id = "a"', processor)
+    await listener.process_message('job_id = "a"', processor)
+    await listener.process_message('job_id = "b"\nfail = true', processor)
+    await listener.process_message(b"not toml ===", processor)
+    snapshot = listener.metrics()
+    assert snapshot["messages_received"] == 4 and snapshot["messages_rejected"] == 1
+    assert snapshot["jobs"] == {"duplicate": 1, "failed": 1}
+    assert snapshot["jobs_finished"] == {"completed": 1, "duplicate": 1, "failed": 1}
+    assert snapshot["errors"] == {"processing_error": 1, "invalid_payload": 1}
+    assert snapshot["processing_seconds"]["count"] == 2
+    assert snapshot["publishes"] == listener.client.publish.await_count
+    assert snapshot["in_flight"] == 0 and snapshot["draining"] is False and snapshot["connected"] is False
+    json.dumps(snapshot)
+
+
+async def test_results_finished_during_an_outage_are_sent_after_reconnect() -> None:
+    listener = EventListener(make_listener().config)
+    listener._owns_client = True  # behave as with a real client: publishing needs a live connection
+    client = MagicMock()
+    client.is_connected.return_value = False
+    publish_calls: List[Any] = []
+
+    async def publish(*args: Any) -> None:
+        publish_calls.append(args)
+
+    client.publish.side_effect = publish
+    listener._client = client
+    assert await listener.process_message({"job_id": "during-outage"}, lambda d, j: {"job_id": j}) == {
+        "job_id": "during-outage"}
+    assert publish_calls == [] and listener._publisher.pending == 1
+    job = await listener.get_job_status("during-outage")
+    assert job is not None and job.status is JobStatus.COMPLETED
+    client.is_connected.return_value = True
+    assert await listener._publisher.flush() == 1
+    assert [json.loads(args[1]) for args in publish_calls] == [{"job_id": "during-outage"}]
+    assert listener.metrics()["publishes_retried"] == 1
+
+
+async def test_stop_gives_up_on_publications_it_cannot_send(caplog: pytest.LogCaptureFixture) -> None:
+    listener = make_listener()
+    listener.client.deliver_message.side_effect = wait_forever
+    listener.client.subscribe.return_value = [0]
+    run = asyncio.create_task(listener.run())
+    await listener.wait_until_ready(5)
+    listener._publisher._outbox.append(("test/results", b"{}", 0, False))
+    listener._is_connected = lambda: False  # type: ignore[method-assign]
+    listener.stop()
+    await asyncio.wait_for(run, 5)
+    assert "1 result/event publication(s) could not be sent" in caplog.text
+    assert listener.metrics()["publish_errors"] == 1
+
+
+async def test_grace_period_cancels_concurrent_jobs_that_run_too_long() -> None:
+    listener = make_listener(max_concurrent_jobs=3, shutdown_grace_period=0.2)
+    feed(listener, 'job_id = "x1"', 'job_id = "x2"')
+
+    async def processor(data: Dict[str, Any], job_id: str) -> None:
+        await asyncio.sleep(30)
+
+    run = asyncio.create_task(listener.run(processor))
+
+    async def both_running() -> None:
+        while len(await listener.get_running_jobs()) < 2:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(both_running(), 5)
+    listener.stop()
+    await asyncio.wait_for(run, 5)
+    jobs = await listener.get_all_jobs()
+    assert {job.status for job in jobs.values()} == {JobStatus.FAILED}
+    assert all(job.error == "Cancelled: listener stopped" for job in jobs.values())

@@ -1,0 +1,206 @@
+"""max_concurrent_jobs through a real broker: overlap, its bound, order, backpressure, threads, draining stop."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from typing import Any, Callable, Dict, List, Set
+
+import pytest
+
+from Listener import JobStatus
+from tests.support.brokers import MqttProbe
+
+pytestmark = pytest.mark.mqtt_integration
+
+
+class Overlap:
+    """Counts how many calls run at the same time (thread-safe, for sync and async processors)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.current = 0
+        self.peak = 0
+        self.order: List[str] = []
+        self.threads: Set[str] = set()
+
+    def enter(self, job_id: str) -> None:
+        with self._lock:
+            self.current += 1
+            self.peak = max(self.peak, self.current)
+            self.order.append(job_id)
+            self.threads.add(threading.current_thread().name)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.current -= 1
+
+
+def publish_jobs(probe: MqttProbe, topic: str, count: int, prefix: str = "job") -> List[str]:
+    ids = [f"{prefix}-{i:04d}" for i in range(count)]
+    for job_id in ids:
+        probe.publish(topic, f'job_id = "{job_id}"\n', qos=1)
+    return ids
+
+
+async def results(watcher: MqttProbe, topic: str, count: int, timeout: float = 20.0) -> List[Dict[str, Any]]:
+    messages = await asyncio.to_thread(watcher.wait_for, count, timeout, topic)
+    return [json.loads(m.payload) for m in messages]
+
+
+async def test_async_jobs_overlap_up_to_the_limit_and_never_beyond(start_listener: Callable[..., Any], probe: Any,
+                                                                   unique_topic: str) -> None:
+    overlap = Overlap()
+    release = asyncio.Event()
+
+    async def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        overlap.enter(job_id)
+        try:
+            await release.wait()
+        finally:
+            overlap.leave()
+        return {"job_id": job_id}
+
+    listener, _ = await start_listener(processor, qos=1, max_concurrent_jobs=4)
+    watcher = probe(f"{unique_topic}/results")
+    ids = publish_jobs(probe(), f"{unique_topic}/jobs", 12)
+
+    async def four_running() -> None:
+        while overlap.current < 4:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(four_running(), 10)
+    # Held there: the fifth message must not start while four are in flight.
+    assert listener.metrics()["in_flight"] == 4
+    assert len(await listener.get_running_jobs()) == 4
+    release.set()
+    done = await results(watcher, f"{unique_topic}/results", 12)
+    assert sorted(r["job_id"] for r in done) == ids
+    assert overlap.peak == 4
+
+
+async def test_one_at_a_time_keeps_arrival_order(start_listener: Callable[..., Any], probe: Any,
+                                                 unique_topic: str) -> None:
+    overlap = Overlap()
+
+    async def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        overlap.enter(job_id)
+        await asyncio.sleep(0.002)
+        overlap.leave()
+        return {"job_id": job_id}
+
+    await start_listener(processor, qos=1)
+    watcher = probe(f"{unique_topic}/results")
+    ids = publish_jobs(probe(), f"{unique_topic}/jobs", 30)
+    done = await results(watcher, f"{unique_topic}/results", 30)
+    assert [r["job_id"] for r in done] == ids
+    assert overlap.order == ids and overlap.peak == 1
+
+
+async def test_backpressure_holds_messages_at_the_broker(start_listener: Callable[..., Any], probe: Any,
+                                                         unique_topic: str) -> None:
+    started: List[str] = []
+    release = asyncio.Event()
+
+    async def processor(data: Dict[str, Any], job_id: str) -> None:
+        started.append(job_id)
+        await release.wait()
+
+    listener, _ = await start_listener(processor, qos=1, max_concurrent_jobs=2)
+    publish_jobs(probe(), f"{unique_topic}/jobs", 20)
+
+    async def two_started() -> None:
+        while len(started) < 2:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(two_started(), 10)
+    # Give the broker every chance to push more; what the listener took must stay bounded.
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+        snapshot = listener.metrics()
+        assert snapshot["in_flight"] <= 2
+        assert snapshot["queue_depth"] <= 2  # acknowledged-but-unprocessed messages: the delivery window
+        assert snapshot["messages_received"] <= 2
+    assert len(started) == 2
+    release.set()
+
+    async def all_done() -> None:
+        while listener.metrics()["jobs_finished"].get("completed", 0) < 20:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(all_done(), 20)
+
+
+async def test_sync_processors_run_on_n_threads(start_listener: Callable[..., Any], probe: Any,
+                                                unique_topic: str) -> None:
+    overlap = Overlap()
+    barrier = threading.Barrier(3, timeout=10)
+
+    def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        overlap.enter(job_id)
+        try:
+            if int(job_id.rsplit("-", 1)[1]) < 3:
+                barrier.wait()  # only passes if three calls really run at once
+        finally:
+            overlap.leave()
+        return {"job_id": job_id, "thread": threading.current_thread().name}
+
+    loop_thread = threading.current_thread().name
+    await start_listener(processor, qos=1, max_concurrent_jobs=3)
+    watcher = probe(f"{unique_topic}/results")
+    publish_jobs(probe(), f"{unique_topic}/jobs", 9)
+    done = await results(watcher, f"{unique_topic}/results", 9)
+    assert overlap.peak == 3
+    assert loop_thread not in {r["thread"] for r in done}
+    assert 1 < len(overlap.threads) <= 3
+
+
+async def test_stop_during_a_burst_finishes_what_it_took(start_listener: Callable[..., Any], probe: Any,
+                                                         unique_topic: str) -> None:
+    handled: List[str] = []
+    first = asyncio.Event()
+
+    async def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        first.set()
+        await asyncio.sleep(0.05)
+        handled.append(job_id)
+        return {"job_id": job_id}
+
+    listener, task = await start_listener(processor, qos=1, max_concurrent_jobs=4)
+    watcher = probe(f"{unique_topic}/results")
+    publish_jobs(probe(), f"{unique_topic}/jobs", 200)
+    await asyncio.wait_for(first.wait(), 10)
+    listener.stop()
+    assert listener.is_draining
+    await asyncio.wait_for(task, 20)
+    assert not listener.is_draining and not listener.is_running
+    jobs = await listener.get_all_jobs()
+    # Every job it took was finished and its result published; the rest stayed with the broker.
+    assert jobs and all(job.status is JobStatus.COMPLETED for job in jobs.values())
+    assert 1 <= len(jobs) < 200
+    done = await results(watcher, f"{unique_topic}/results", len(jobs))
+    assert sorted(r["job_id"] for r in done) == sorted(jobs) == sorted(handled)
+
+
+async def test_job_timeout_fails_a_hung_sync_job_and_goes_on(start_listener: Callable[..., Any], probe: Any,
+                                                             unique_topic: str) -> None:
+    hang = threading.Event()
+
+    def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        if job_id == "hangs":
+            hang.wait(30)
+        return {"job_id": job_id}
+
+    listener, _ = await start_listener(processor, job_timeout=0.5)
+    watcher = probe(f"{unique_topic}/#")
+    sender = probe()
+    sender.publish(f"{unique_topic}/jobs", 'job_id = "hangs"\n')
+    sender.publish(f"{unique_topic}/jobs", 'job_id = "next"\n')
+    try:
+        [result] = await results(watcher, f"{unique_topic}/results", 1)
+        assert result == {"job_id": "next"}
+        [error] = await results(watcher, f"{unique_topic}/error", 1)
+        assert error["error_type"] == "timeout" and error["job_id"] == "hangs"
+        job = await listener.get_job_status("hangs")
+        assert job is not None and job.status is JobStatus.FAILED and job.error == "Timed out after 0.5 s"
+        assert listener.metrics()["abandoned_threads"] == 1
+    finally:
+        hang.set()

@@ -1,0 +1,228 @@
+"""The listener's runtime parts on their own: worker threads, the delivery queue, the publisher, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, List
+from unittest.mock import AsyncMock
+
+import pytest
+
+from Listener.delivery import DeliveryQueue
+from Listener.metrics import ListenerMetrics
+from Listener.processing import JobTimeoutError, call_processor
+from Listener.publisher import NotConnected, Publisher
+from Listener.workers import ThreadWorkers
+
+pytestmark = pytest.mark.unit
+
+
+# -- worker threads ------------------------------------------------------------------------------
+
+
+async def test_workers_run_calls_off_the_loop_thread() -> None:
+    workers = ThreadWorkers(2)
+    names = await asyncio.gather(*(workers.run(lambda: threading.current_thread().name) for _ in range(4)))
+    assert threading.current_thread().name not in names
+    assert workers.threads <= 2
+    workers.shutdown()
+
+
+async def test_workers_pass_exceptions_through() -> None:
+    workers = ThreadWorkers(1)
+
+    def boom() -> None:
+        raise KeyError("nope")
+
+    with pytest.raises(KeyError):
+        await workers.run(boom)
+    assert await workers.run(lambda x: x + 1, 1) == 2
+
+
+async def test_workers_use_up_to_size_threads_at_once() -> None:
+    workers = ThreadWorkers(3)
+    barrier = threading.Barrier(3, timeout=5)
+    # Only passes if three calls run at the same time on three threads.
+    assert await asyncio.gather(*(workers.run(barrier.wait) for _ in range(3))) is not None
+    assert workers.threads == 3
+
+
+async def test_a_hung_call_is_abandoned_and_replaced() -> None:
+    workers = ThreadWorkers(1)
+    release = threading.Event()
+    with pytest.raises(asyncio.TimeoutError):
+        await workers.run(release.wait, timeout=0.1)
+    assert workers.abandoned == 1
+    # The only slot was stuck: a new worker must take the next call.
+    assert await asyncio.wait_for(workers.run(lambda: "next"), 5) == "next"
+    release.set()
+
+
+async def test_a_cancelled_call_is_abandoned() -> None:
+    workers = ThreadWorkers(1)
+    release = threading.Event()
+    started = threading.Event()
+
+    def hang() -> None:
+        started.set()
+        release.wait(10)
+
+    task = asyncio.ensure_future(workers.run(hang))
+    await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert workers.abandoned == 1
+    assert await asyncio.wait_for(workers.run(lambda: 7), 5) == 7
+    release.set()
+
+
+async def test_idle_workers_exit_and_shutdown_refuses_new_calls() -> None:
+    workers = ThreadWorkers(2, idle_timeout=0.05)
+    await workers.run(lambda: None)
+
+    async def no_threads() -> None:
+        while workers.threads:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(no_threads(), 5)
+    assert await workers.run(lambda: "again") == "again"
+    workers.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        await workers.run(lambda: None)
+
+
+async def test_call_processor_times_out_async_and_sync_processors() -> None:
+    async def slow(data: Any, job_id: str) -> None:
+        await asyncio.sleep(10)
+
+    with pytest.raises(JobTimeoutError, match="Timed out after 0.05 s"):
+        await call_processor(slow, {}, "a", timeout=0.05)
+    release = threading.Event()
+    with pytest.raises(JobTimeoutError):
+        await call_processor(lambda d, j: release.wait(10), {}, "b", workers=ThreadWorkers(1), timeout=0.05)
+    with pytest.raises(JobTimeoutError):
+        await call_processor(lambda d, j: release.wait(10), {}, "c", timeout=0.05)
+    release.set()
+
+
+async def test_a_timeout_error_raised_by_the_processor_is_not_a_job_timeout() -> None:
+    async def raises(data: Any, job_id: str) -> None:
+        raise TimeoutError("its own")
+
+    with pytest.raises(TimeoutError) as caught:
+        await call_processor(raises, {}, "a", timeout=5)
+    assert not isinstance(caught.value, JobTimeoutError)
+
+
+# -- delivery queue ------------------------------------------------------------------------------
+
+
+async def test_delivery_queue_holds_acknowledged_messages_at_the_window() -> None:
+    arrivals: List[int] = []
+    queue = DeliveryQueue(2, on_arrival=lambda: arrivals.append(1))
+    await queue.put("a")
+    await queue.put("b")
+    third = asyncio.ensure_future(queue.put("c"))
+    await asyncio.sleep(0)
+    assert not third.done() and queue.qsize() == 2
+    queue.put_nowait("qos0")  # never held back
+    assert queue.qsize() == 3
+    assert queue.take() == "a"
+    assert queue.take() == "b"
+    await asyncio.wait_for(third, 1)
+    assert [queue.take(), queue.take(), queue.take()] == ["qos0", "c", None]
+    assert len(arrivals) == 4
+
+
+async def test_closed_delivery_queue_takes_no_more_acknowledged_messages() -> None:
+    queue = DeliveryQueue(5)
+    await queue.put("kept")
+    queue.close()
+    blocked = asyncio.ensure_future(queue.put("stays with the broker"))
+    await asyncio.sleep(0.01)
+    assert queue.take() == "kept" and queue.take() is None
+    assert not blocked.done()
+    blocked.cancel()
+
+
+# -- publisher -----------------------------------------------------------------------------------
+
+
+def make_publisher(connected: List[bool], client: Any, limit: int = 10) -> Publisher:
+    return Publisher(lambda: client, lambda: connected[0], ListenerMetrics(), lambda: "h:1", timeout=1.0,
+                     max_in_flight=2, outbox_limit=limit)
+
+
+async def test_publisher_keeps_publications_while_disconnected_and_flushes_them_in_order() -> None:
+    client = AsyncMock()
+    connected = [False]
+    publisher = make_publisher(connected, client)
+    assert await publisher.deliver(("t/1", b"1", 1, False)) is None
+    assert await publisher.deliver(("t/2", b"2", 0, False)) is None
+    assert publisher.pending == 2 and client.publish.call_count == 0
+    with pytest.raises(NotConnected, match="h:1"):
+        await publisher.publish("t/x", b"x", 0, False)
+    connected[0] = True
+    assert await publisher.flush() == 2
+    assert [c.args for c in client.publish.call_args_list] == [("t/1", b"1", 1, False), ("t/2", b"2", 0, False)]
+    assert publisher.pending == 0
+
+
+async def test_publisher_reports_what_it_cannot_keep_or_send() -> None:
+    client = AsyncMock()
+    connected = [False]
+    publisher = make_publisher(connected, client, limit=1)
+    assert await publisher.deliver(("t/1", b"1", 0, False)) is None
+    reason = await publisher.deliver(("t/2", b"2", 0, False))
+    assert reason is not None and "already waiting" in reason
+    assert publisher.discard() == 1
+    connected[0] = True
+    client.publish.side_effect = RuntimeError("broker said no")
+    assert await publisher.deliver(("t/3", b"3", 1, False)) == "RuntimeError: broker said no"
+
+
+async def test_publisher_bounds_qos1_publications_in_flight() -> None:
+    gate = asyncio.Event()
+    in_flight = 0
+    peak = 0
+
+    async def publish(*args: Any) -> None:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await gate.wait()
+        in_flight -= 1
+
+    client = AsyncMock()
+    client.publish.side_effect = publish
+    publisher = make_publisher([True], client)
+    sends = [asyncio.ensure_future(publisher.publish(f"t/{i}", b"", 1, False)) for i in range(6)]
+    await asyncio.sleep(0.01)
+    assert peak == 2
+    gate.set()
+    await asyncio.wait_for(asyncio.gather(*sends), 2)
+
+
+async def test_publisher_times_out_a_hung_publish() -> None:
+    async def hang(*args: Any) -> None:
+        await asyncio.sleep(10)
+
+    client = AsyncMock()
+    client.publish.side_effect = hang
+    publisher = Publisher(lambda: client, lambda: True, ListenerMetrics(), lambda: "h:1", timeout=0.05)
+    assert await publisher.deliver(("t", b"", 0, False)) == "timed out"
+
+
+# -- metrics -------------------------------------------------------------------------------------
+
+
+def test_histogram_is_cumulative() -> None:
+    metrics = ListenerMetrics()
+    for seconds in (0.0005, 0.003, 0.003, 2.0, 100.0):
+        metrics.observe_duration(seconds)
+    histogram = metrics.histogram()
+    assert histogram["count"] == 5
+    assert histogram["buckets"]["0.001"] == 1 and histogram["buckets"]["0.005"] == 3
+    assert histogram["buckets"]["2.5"] == 4 and histogram["buckets"]["+Inf"] == 5
+    assert histogram["sum"] == pytest.approx(102.0065)
