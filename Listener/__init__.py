@@ -8,6 +8,8 @@ from .config import EventListenerConfig
 from .errors import ConfigError, ConfigParseError, ConfigValidationError
 from .event_listener import EventListener
 from .jobs import JobInfo, JobStatus
+from .metrics import ListenerMetrics
+from .processing import JobTimeoutError, run_inline
 from .results import ReturnType, create_error_result, create_return_type
 from .safe_config_parser import ConfigSource, ParsedConfig, SafeConfigParser
 
@@ -20,10 +22,13 @@ __all__ = [
     "EventListenerConfig",
     "JobInfo",
     "JobStatus",
+    "JobTimeoutError",
+    "ListenerMetrics",
     "ParsedConfig",
     "ReturnType",
     "SafeConfigParser",
     "__version__",
     "create_error_result",
     "create_return_type",
+    "run_inline",
 ]

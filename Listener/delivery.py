@@ -15,7 +15,8 @@ what is queued gets processed, what is not yet acknowledged stays with the broke
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Optional
+from collections import deque
+from typing import Any, Callable, Deque, Optional
 
 __all__ = ["DeliveryQueue"]
 
@@ -28,7 +29,7 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         self.window = max(1, window)
         self.closed = False
         self._on_arrival = on_arrival
-        self._space = asyncio.Event()
+        self._putters: Deque["asyncio.Future[None]"] = deque()
 
     def put_nowait(self, item: Any) -> None:
         super().put_nowait(item)
@@ -38,14 +39,28 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
     async def put(self, item: Any) -> None:
         """Queue an acknowledged message once there is room (the caller acknowledges it afterwards)."""
         while self.closed or self.qsize() >= self.window:
-            self._space.clear()
-            await self._space.wait()
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._putters.append(waiter)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_next_putter()  # it was this one's turn: pass it on
+                raise
         self.put_nowait(item)
 
     def get_nowait(self) -> Any:
         item = super().get_nowait()
-        self._space.set()
+        self._wake_next_putter()
         return item
+
+    def _wake_next_putter(self) -> None:
+        # One waiter per freed place, first come first served (no thundering herd).
+        while self._putters:
+            waiter = self._putters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def take(self) -> Any:
         """The next message, or None when the queue is empty."""

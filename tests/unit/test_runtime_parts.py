@@ -226,3 +226,13 @@ def test_histogram_is_cumulative() -> None:
     assert histogram["buckets"]["0.001"] == 1 and histogram["buckets"]["0.005"] == 3
     assert histogram["buckets"]["2.5"] == 4 and histogram["buckets"]["+Inf"] == 5
     assert histogram["sum"] == pytest.approx(102.0065)
+
+
+async def test_run_inline_processors_are_called_on_the_loop_thread() -> None:
+    from Listener import run_inline
+
+    @run_inline
+    def quick(data: Any, job_id: str) -> str:
+        return threading.current_thread().name
+
+    assert await call_processor(quick, {}, "j", workers=ThreadWorkers(1)) == threading.current_thread().name
