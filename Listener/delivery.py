@@ -15,6 +15,7 @@ what is queued gets processed, what is not yet acknowledged stays with the broke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from typing import Any, Callable, Deque, Optional
 
@@ -30,6 +31,7 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         self.closed = False
         self._on_arrival = on_arrival
         self._putters: Deque["asyncio.Future[None]"] = deque()
+        self._reserved = 0
 
     def put_nowait(self, item: Any) -> None:
         super().put_nowait(item)
@@ -37,30 +39,38 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
             self._on_arrival()
 
     async def put(self, item: Any) -> None:
-        """Queue an acknowledged message once there is room (the caller acknowledges it afterwards)."""
-        while self.closed or self.qsize() >= self.window:
+        """Queue an acknowledged message once there is room (the caller acknowledges it afterwards).
+
+        Waiters are served strictly first come, first served, so messages keep their arrival order.
+        """
+        if self.closed or self._putters or self.qsize() + self._reserved >= self.window:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._putters.append(waiter)
             try:
                 await waiter
             except asyncio.CancelledError:
                 if waiter.done() and not waiter.cancelled():
-                    self._wake_next_putter()  # it was this one's turn: pass it on
+                    self._reserved -= 1
+                    self._wake_putters()  # it was this one's turn: pass it on
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._putters.remove(waiter)
                 raise
+            self._reserved -= 1
         self.put_nowait(item)
 
     def get_nowait(self) -> Any:
         item = super().get_nowait()
-        self._wake_next_putter()
+        self._wake_putters()
         return item
 
-    def _wake_next_putter(self) -> None:
-        # One waiter per freed place, first come first served (no thundering herd).
-        while self._putters:
+    def _wake_putters(self) -> None:
+        # One waiter per free place, each with the place reserved for it (no thundering herd, no overtaking).
+        while self._putters and not self.closed and self.qsize() + self._reserved < self.window:
             waiter = self._putters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
-                return
+                self._reserved += 1
 
     def take(self) -> Any:
         """The next message, or None when the queue is empty."""

@@ -236,3 +236,18 @@ async def test_run_inline_processors_are_called_on_the_loop_thread() -> None:
         return threading.current_thread().name
 
     assert await call_processor(quick, {}, "j", workers=ThreadWorkers(1)) == threading.current_thread().name
+
+
+async def test_delivery_queue_waiters_never_overtake() -> None:
+    queue = DeliveryQueue(1)
+    await queue.put("a")
+    b = asyncio.ensure_future(queue.put("b"))
+    await asyncio.sleep(0)
+    assert queue.take() == "a"  # frees the place: reserved for b, which has not run yet
+    c = asyncio.ensure_future(queue.put("c"))
+    await asyncio.sleep(0)
+    await asyncio.wait_for(b, 1)
+    assert not c.done()
+    assert queue.take() == "b"
+    await asyncio.wait_for(c, 1)
+    assert queue.take() == "c"
