@@ -30,7 +30,7 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         self.window = max(1, window)
         self.closed = False
         self._on_arrival = on_arrival
-        self._putters: Deque["asyncio.Future[None]"] = deque()
+        self._ack_waiters: Deque["asyncio.Future[None]"] = deque()
         self._reserved = 0
 
     def put_nowait(self, item: Any) -> None:
@@ -43,9 +43,9 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
 
         Waiters are served strictly first come, first served, so messages keep their arrival order.
         """
-        if self.closed or self._putters or self.qsize() + self._reserved >= self.window:
+        if self.closed or self._ack_waiters or self.qsize() + self._reserved >= self.window:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._putters.append(waiter)
+            self._ack_waiters.append(waiter)
             try:
                 await waiter
             except asyncio.CancelledError:
@@ -54,7 +54,7 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
                     self._wake_putters()  # it was this one's turn: pass it on
                 else:
                     with contextlib.suppress(ValueError):
-                        self._putters.remove(waiter)
+                        self._ack_waiters.remove(waiter)
                 raise
             self._reserved -= 1
         self.put_nowait(item)
@@ -66,8 +66,8 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
 
     def _wake_putters(self) -> None:
         # One waiter per free place, each with the place reserved for it (no thundering herd, no overtaking).
-        while self._putters and not self.closed and self.qsize() + self._reserved < self.window:
-            waiter = self._putters.popleft()
+        while self._ack_waiters and not self.closed and self.qsize() + self._reserved < self.window:
+            waiter = self._ack_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 self._reserved += 1
