@@ -333,6 +333,7 @@ class EventListener:
                 continue
             attempt = 0
             self._ready.set()
+            await self._publisher.flush()  # what was kept during the outage (connection_down first)
             if not started:
                 started = True
                 await self._emit(logging.INFO, "listener_started", "Listener started on %s, topic %r",
@@ -340,7 +341,6 @@ class EventListener:
             else:
                 self._metrics.reconnects += 1
                 await self._emit(logging.INFO, "connection_up", "Reconnected to %s", endpoint_label(self.config))
-            await self._publisher.flush()
             try:
                 await self._consume_until_disconnected()
             finally:

@@ -16,8 +16,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List, Opti
 import pytest
 
 from Listener import EventListener, EventListenerConfig
-from tests.support.brokers import (BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial, generate_tls_material,
-                                   session_folder)
+from tests.support.brokers import (BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial, broker_factory,
+                                   generate_tls_material, session_folder)
+from tests.support.proxy import TcpProxy
+
+__all__ = ["broker_factory", "listener_config", "proxy_factory"]  # broker_factory is a fixture defined in brokers.py
 
 EXTERNAL = bool(os.getenv("MQTT_HOST") and os.getenv("MQTT_PORT"))
 READY_TIMEOUT = 10.0
@@ -100,6 +103,30 @@ def probe(mqtt_endpoint: BrokerEndpoint) -> Iterator[Callable[..., MqttProbe]]:
     yield make
     for client in made:
         client.close()
+
+
+ProxyFactory = Callable[..., TcpProxy]
+
+
+@pytest.fixture
+def proxy_factory(mqtt_endpoint: BrokerEndpoint) -> Iterator[ProxyFactory]:
+    """``proxy_factory(endpoint=None)``: a started :class:`TcpProxy` to ``endpoint`` (the plain broker by default).
+
+    Connect the listener to ``BrokerEndpoint(proxy.host, proxy.port)``; every proxy is closed after the test.
+    """
+    made: List[TcpProxy] = []
+
+    def make(endpoint: Optional[BrokerEndpoint] = None) -> TcpProxy:
+        target = endpoint or mqtt_endpoint
+        proxy = TcpProxy(target.host, target.port).start()
+        made.append(proxy)
+        return proxy
+
+    try:
+        yield make
+    finally:
+        for proxy in made:
+            proxy.close()
 
 
 def listener_config(endpoint: BrokerEndpoint, prefix: str, **overrides: Any) -> EventListenerConfig:

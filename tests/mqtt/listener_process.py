@@ -1,40 +1,91 @@
 """A listener in its own process, for tests that kill or signal it.
 
-Usage: python -m tests.mqtt.listener_process HOST PORT TOPIC_PREFIX [JOB_SECONDS]
+Usage: python -m tests.mqtt.listener_process HOST PORT TOPIC_PREFIX [JOB_SECONDS] [options]
 
 Prints "READY" once connected and subscribed. Jobs sleep JOB_SECONDS (default 0) and return
 {"job_id": ...}; the will message goes to TOPIC_PREFIX/status.
+
+Options (all optional; without them the process behaves as it always did):
+  --client-id ID        fixed MQTT client id (default: a random one)
+  --persistent          cleansession=False (the broker keeps the session while the process is gone)
+  --signals             call listener.install_signal_handlers() (SIGTERM/SIGINT stop the listener gracefully)
+  --grace SECONDS       shutdown_grace_period
+  --max-concurrent N    max_concurrent_jobs
+The processor prints "STARTED <job_id>" when a job starts and "DONE <job_id>" when it ends, and the
+process prints "EXITED" when run() has returned.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
+import threading
 import time
 import uuid
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 from Listener import EventListener, EventListenerConfig
 
 
-async def main(host: str, port: int, prefix: str, job_seconds: float) -> None:
+_OUTPUT_LOCK = threading.Lock()
+
+
+def say(line: str) -> None:
+    """Print one whole line at once (the processor's thread and the event loop both print)."""
+    with _OUTPUT_LOCK:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line described in the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("host")
+    parser.add_argument("port", type=int)
+    parser.add_argument("prefix")
+    parser.add_argument("job_seconds", type=float, nargs="?", default=0.0)
+    parser.add_argument("--client-id", default=None)
+    parser.add_argument("--persistent", action="store_true")
+    parser.add_argument("--signals", action="store_true")
+    parser.add_argument("--grace", type=float, default=None)
+    parser.add_argument("--max-concurrent", type=int, default=None)
+    return parser.parse_args(argv)
+
+
+async def main(args: argparse.Namespace) -> None:
+    """Run a listener until it is stopped (by a signal, with ``--signals``) or killed."""
+    extra: Dict[str, Any] = {}
+    if args.grace is not None:
+        extra["shutdown_grace_period"] = args.grace
+    if args.max_concurrent is not None:
+        extra["max_concurrent_jobs"] = args.max_concurrent
+    prefix = args.prefix
     config = EventListenerConfig(
-        host=host, port=port, username=None, password=None, client_id=f"proc-{uuid.uuid4().hex[:12]}",
+        host=args.host, port=args.port, username=None, password=None,
+        client_id=args.client_id or f"proc-{uuid.uuid4().hex[:12]}", cleansession=not args.persistent,
         topic=f"{prefix}/jobs", results_topic=f"{prefix}/results", error_topic=f"{prefix}/error",
         log_topic=f"{prefix}/log", keep_alive=5, qos=1,
         will={"topic": f"{prefix}/status", "message": "listener_offline", "qos": 1, "retain": False},
+        **extra,
     )
     listener = EventListener(config)
+    job_seconds = args.job_seconds
 
     def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        say(f"STARTED {job_id}")
         time.sleep(job_seconds)
+        say(f"DONE {job_id}")
         return {"job_id": job_id, "slept": job_seconds}
 
+    if args.signals:
+        listener.install_signal_handlers()
     run = asyncio.create_task(listener.run(processor))
     await listener.wait_until_ready(10)
-    print("READY", flush=True)
+    say("READY")
     await run
+    say("EXITED")
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else 0.0))
+    asyncio.run(main(parse_arguments()))

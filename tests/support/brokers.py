@@ -3,10 +3,15 @@
 One ``mosquitto`` process serves three listeners (``per_listener_settings true``). Certificates are made
 with the ``openssl`` command line for each test session. Readiness is awaited (TCP accept plus an MQTT
 CONNACK), never slept for.
+
+``broker_factory`` (a pytest fixture, re-exported by ``tests/mqtt/conftest.py``; other test packages import
+it from here) gives a test private brokers it may kill and restart on the same ports. Every broker still
+running when the interpreter exits is killed by an ``atexit`` hook, whatever happened to the test.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -17,14 +22,33 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import pytest
 
 __all__ = [
-    "BrokerEndpoint", "MosquittoBroker", "MqttProbe", "TlsMaterial", "find_binary", "free_port",
-    "generate_tls_material", "session_folder",
+    "BrokerEndpoint", "BrokerFactory", "MosquittoBroker", "MqttProbe", "TlsMaterial", "broker_factory", "find_binary",
+    "free_port", "generate_tls_material", "kill_leftover_brokers", "session_folder",
 ]
 
 START_TIMEOUT = 10.0
+# Brokers started and not yet stopped, by id(): the atexit hook kills whatever is left.
+_LIVE_BROKERS: Dict[int, "MosquittoBroker"] = {}
+_LIVE_LOCK = threading.Lock()
+
+
+def kill_leftover_brokers() -> None:
+    """SIGKILL every broker this process started and did not stop (registered with ``atexit``)."""
+    with _LIVE_LOCK:
+        leftovers = list(_LIVE_BROKERS.values())
+    for broker in leftovers:
+        try:
+            broker.kill()
+        except Exception:  # noqa: S110 - best effort at interpreter exit
+            pass
+
+
+atexit.register(kill_leftover_brokers)
 
 
 def find_binary(name: str) -> Optional[str]:
@@ -123,7 +147,14 @@ def _mqtt_connect_packet(client_id: str) -> bytes:
 
 @dataclass
 class MosquittoBroker:
-    """One mosquitto process with a plain anonymous, a password-file and (optionally) a TLS listener."""
+    """One mosquitto process with a plain anonymous, a password-file and (optionally) a TLS listener.
+
+    With ``persistence`` the broker keeps its database (``mosquitto.db`` in ``folder``) across restarts and
+    saves it after every change (``autosave_on_changes`` with ``autosave_interval 1``), so persistent sessions,
+    their subscriptions and the QoS 1/2 messages queued for them survive even a SIGKILL as far as mosquitto
+    can make them: a change made in the instant before the kill may still be lost; a SIGTERM (``stop()``)
+    always saves everything.
+    """
 
     folder: Path
     username: str = "listener"
@@ -148,8 +179,18 @@ class MosquittoBroker:
         self._write_config()
 
     @property
+    def port(self) -> int:
+        """The plain (anonymous) listener's port; it stays the same across restarts."""
+        return self.plain_port
+
+    @property
     def plain(self) -> BrokerEndpoint:
         return BrokerEndpoint("127.0.0.1", self.plain_port)
+
+    @property
+    def is_running(self) -> bool:
+        """True while the mosquitto process is alive."""
+        return self.process is not None and self.process.poll() is None
 
     @property
     def auth(self) -> BrokerEndpoint:
@@ -174,6 +215,12 @@ class MosquittoBroker:
             "per_listener_settings true",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.folder}/",
+            "persistence_file mosquitto.db",
+        ]
+        if self.persistence:
+            # Save after every change (subscriptions, retained and queued messages), not every 30 minutes.
+            lines += ["autosave_on_changes true", "autosave_interval 1"]
+        lines += [
             f"log_dest file {self.log_path}",
             "log_type error", "log_type warning", "log_type notice", "log_type information",
             "set_tcp_nodelay true",
@@ -193,9 +240,14 @@ class MosquittoBroker:
         return [self.plain_port, self.auth_port] + ([self.tls_port] if self.tls else [])
 
     def start(self) -> None:
-        """Start mosquitto and wait until every listener accepts connections."""
-        self.process = subprocess.Popen([self.binary, "-c", str(self.config_path)],  # noqa: S603
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        """Start mosquitto and wait until every listener accepts connections (and answers CONNECT)."""
+        if self.is_running:
+            raise RuntimeError("mosquitto is already running")
+        with open(self.folder / "mosquitto.stderr", "ab") as stderr:
+            self.process = subprocess.Popen([self.binary, "-c", str(self.config_path)],  # noqa: S603
+                                            stdout=subprocess.DEVNULL, stderr=stderr)
+        with _LIVE_LOCK:
+            _LIVE_BROKERS[id(self)] = self
         deadline = time.monotonic() + START_TIMEOUT
         for port in self._ports():
             while not self._accepts(port):
@@ -206,6 +258,7 @@ class MosquittoBroker:
         deadline = time.monotonic() + START_TIMEOUT
         while not self._connack(self.plain_port):
             if time.monotonic() > deadline:
+                self.kill()
                 raise RuntimeError(f"mosquitto gives no CONNACK:\n{self.log_tail()}")
             time.sleep(0.02)
 
@@ -227,31 +280,45 @@ class MosquittoBroker:
             return False
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within 5 s."""
+        """SIGTERM (mosquitto saves its database and exits), then SIGKILL if it has not exited within 5 s."""
         if self.process is None or self.process.poll() is not None:
+            self._forget()
             return
         self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(5)
         except subprocess.TimeoutExpired:
             self.kill()
+        self._forget()
 
     def kill(self) -> None:
-        """SIGKILL."""
+        """SIGKILL: no goodbye to the clients, and whatever was not saved yet is lost."""
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(5)
+        self._forget()
 
-    def restart(self) -> None:
-        """Stop and start again on the same ports."""
-        self.stop()
+    def restart(self, hard: bool = False) -> None:
+        """Stop (SIGTERM, or SIGKILL when ``hard``) and start again on the same ports."""
+        if hard:
+            self.kill()
+        else:
+            self.stop()
         self.start()
 
+    def _forget(self) -> None:
+        with _LIVE_LOCK:
+            _LIVE_BROKERS.pop(id(self), None)
+
     def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        """The last ``lines`` lines of the broker's log (and of its stderr, where start-up errors go)."""
+        text = []
+        for path in (self.log_path, self.folder / "mosquitto.stderr"):
+            try:
+                text += path.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                pass
+        return "\n".join(text) or "(no log)"
 
     def __enter__(self) -> "MosquittoBroker":
         self.start()
@@ -262,72 +329,182 @@ class MosquittoBroker:
 
 
 class MqttProbe:
-    """An independent paho-mqtt client: publishes, and collects what arrives on its subscriptions."""
+    """An independent paho-mqtt client: publishes, and collects what arrives on its subscriptions.
 
-    def __init__(self, endpoint: BrokerEndpoint, client_id: Optional[str] = None) -> None:
+    It survives broker restarts: paho's network thread reconnects by itself (within a second), and every
+    subscription made with :meth:`subscribe` is renewed on each reconnect. :meth:`wait_until_connected`
+    waits until that is done; :meth:`publish` waits for it too before sending.
+
+    Args:
+        endpoint: where to connect.
+        client_id: the MQTT client id (random when omitted).
+        clean_session: False keeps a persistent session on the broker (use a fixed ``client_id``).
+    """
+
+    def __init__(self, endpoint: BrokerEndpoint, client_id: Optional[str] = None, clean_session: bool = True) -> None:
         import paho.mqtt.client as mqtt
 
+        self.endpoint = endpoint
         self._messages: List[Any] = []
         self._condition = threading.Condition()
+        self._subscriptions: Dict[str, int] = {}
+        self._acked_mids: set[int] = set()
+        self._connected = False
+        self._resubscribing: Optional[int] = None  # mid of the SUBSCRIBE renewing subscriptions after a reconnect
+        self.connects = 0
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
-                                   client_id=client_id or "probe-" + os.urandom(6).hex())
+                                   client_id=client_id or "probe-" + os.urandom(6).hex(), clean_session=clean_session)
         if endpoint.username is not None:
             self._client.username_pw_set(endpoint.username, endpoint.password)
         if endpoint.tls:
             self._client.tls_set(ca_certs=endpoint.cafile)
+        self._client.reconnect_delay_set(0.1, 1)  # type: ignore[arg-type]  # floats work; paho's hint says int
         self._client.on_message = self._on_message
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
         self._client.connect(endpoint.host, endpoint.port, keepalive=30)
         self._client.loop_start()
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self._client.is_connected():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"probe could not connect to {endpoint.host}:{endpoint.port}")
-            time.sleep(0.01)
+        self.wait_until_connected(START_TIMEOUT)
+
+    # -- paho callbacks (network thread) -------------------------------------------------------------
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            return
+        with self._condition:
+            self.connects += 1
+            topics = list(self._subscriptions.items())
+            if topics:
+                _, mid = client.subscribe(topics)
+                self._resubscribing = mid
+            else:
+                self._resubscribing = None
+            self._connected = True
+            self._condition.notify_all()
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        with self._condition:
+            self._connected = False
+            self._condition.notify_all()
+
+    def _on_subscribe(self, client: Any, userdata: Any, mid: int, reason_codes: Any, properties: Any) -> None:
+        with self._condition:
+            if mid == self._resubscribing:
+                self._resubscribing = None
+            self._acked_mids.add(mid)
+            self._condition.notify_all()
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
         with self._condition:
             self._messages.append(message)
             self._condition.notify_all()
 
+    # -- API ---------------------------------------------------------------------------------------------
+
+    @property
+    def is_connected(self) -> bool:
+        """Connected, with every subscription renewed."""
+        with self._condition:
+            return self._connected and self._resubscribing is None
+
+    def wait_until_connected(self, timeout: float = 10.0) -> None:
+        """Block until connected and every subscription is renewed; AssertionError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while not (self._connected and self._resubscribing is None):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"probe not (re)connected to {self.endpoint.host}:{self.endpoint.port} "
+                                         f"within {timeout} s")
+                self._condition.wait(remaining)
+
     def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 5.0) -> "MqttProbe":
-        """Subscribe and wait for the SUBACK."""
-        acked = threading.Event()
-        self._client.on_subscribe = lambda *args: acked.set()
-        self._client.subscribe(topic_filter, qos)
-        if not acked.wait(timeout):
-            raise AssertionError(f"no SUBACK for {topic_filter} within {timeout} s")
+        """Subscribe and wait for the SUBACK; the subscription is renewed after every reconnect."""
+        self.wait_until_connected(timeout)
+        with self._condition:
+            self._subscriptions[topic_filter] = qos
+        _, mid = self._client.subscribe(topic_filter, qos)
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while mid not in self._acked_mids:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no SUBACK for {topic_filter} within {timeout} s")
+                self._condition.wait(remaining)
         return self
 
     def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False,
                 timeout: float = 5.0) -> None:
-        """Publish and wait until the broker has it (PUBACK for QoS 1)."""
+        """Publish and wait until the broker has it (PUBACK for QoS 1); waits for a reconnect first if needed."""
+        self.wait_until_connected(timeout)
         info = self._client.publish(topic, payload, qos, retain)
-        info.wait_for_publish(timeout)
+        try:
+            info.wait_for_publish(timeout)
+        except (RuntimeError, ValueError) as exc:
+            raise AssertionError(f"publish to {topic} failed: {exc}") from None
         if not info.is_published():
             raise AssertionError(f"publish to {topic} not acknowledged within {timeout} s")
 
     def messages(self, topic: Optional[str] = None) -> List[Any]:
+        """Every message received so far (on ``topic``, if given), in arrival order."""
         with self._condition:
             return [m for m in self._messages if topic is None or m.topic == topic]
 
     def wait_for(self, count: int, timeout: float = 10.0, topic: Optional[str] = None) -> List[Any]:
         """Block until ``count`` messages (on ``topic``, if given) arrived; AssertionError after ``timeout``."""
+        return self.wait_until(lambda found: len(found) >= count, timeout, topic,
+                               f"{count} messages on {topic or 'any topic'}")
+
+    def wait_until(self, predicate: Callable[[List[Any]], bool], timeout: float = 10.0, topic: Optional[str] = None,
+                   what: str = "the expected messages") -> List[Any]:
+        """Block until ``predicate(messages on topic)`` holds and return those messages; AssertionError after ``timeout``."""
         deadline = time.monotonic() + timeout
         with self._condition:
             while True:
                 found = [m for m in self._messages if topic is None or m.topic == topic]
-                if len(found) >= count:
+                if predicate(found):
                     return found
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     seen = [(m.topic, m.payload[:200]) for m in self._messages]
-                    raise AssertionError(f"expected {count} messages on {topic or 'any topic'} within {timeout} s; "
-                                         f"got {seen}")
+                    raise AssertionError(f"expected {what} within {timeout} s; got {seen}")
                 self._condition.wait(remaining)
 
     def close(self) -> None:
+        """Disconnect and stop the network thread."""
         self._client.disconnect()  # wakes the network thread, so loop_stop() does not wait out its select
         self._client.loop_stop()
+
+
+BrokerFactory = Callable[..., MosquittoBroker]
+
+
+@pytest.fixture
+def broker_factory() -> Iterator[BrokerFactory]:
+    """Private mosquitto brokers for one test, which it may stop, kill and restart (same ports).
+
+    ``broker_factory(persistence=False)`` returns a started :class:`MosquittoBroker` (anonymous listener on
+    ``.port`` / ``.plain_port``, password listener on ``.auth_port``); with ``persistence=True`` it keeps
+    sessions and queued messages across restarts. Every broker is killed and its folder removed afterwards.
+    Not available with an external broker (MQTT_HOST/MQTT_PORT set): the test is skipped.
+    """
+    if os.getenv("MQTT_HOST") and os.getenv("MQTT_PORT"):
+        pytest.skip("needs brokers the tests start (MQTT_HOST/MQTT_PORT point at an external broker)")
+    made: List[MosquittoBroker] = []
+
+    def make(persistence: bool = False) -> MosquittoBroker:
+        broker = MosquittoBroker(session_folder() / "broker", persistence=persistence)
+        made.append(broker)
+        broker.start()
+        return broker
+
+    try:
+        yield make
+    finally:
+        for broker in made:
+            broker.kill()
+            shutil.rmtree(broker.folder.parent, ignore_errors=True)
 
 
 def session_folder() -> Path:

@@ -1,0 +1,532 @@
+"""Faults the listener must survive, injected for real: brokers killed and restarted, connections black-holed
+or reset by a proxy (tests/support/proxy.py), listener processes killed or signalled, processors that hang,
+connections that cannot be made at all. docs/reliability.md maps each fault to the test that proves it.
+
+Every wait is bounded and waits for an event or a state, never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Tuple
+
+import pytest
+
+from Listener import EventListener, JobStatus
+from tests.mqtt.conftest import listener_config
+from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial
+from tests.support.proxy import TcpProxy
+
+pytestmark = [pytest.mark.mqtt_integration, pytest.mark.timeout(60)]
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Reconnect quickly and forever: the tests decide when the listener may come back.
+RECONNECTING: Dict[str, Any] = dict(reconnect_retries=-1, reconnect_max_interval=0.5, connect_timeout=2)
+
+
+# -- helpers -------------------------------------------------------------------------------------------
+
+
+def body(message: Any) -> Dict[str, Any]:
+    """The JSON payload of a received MQTT message."""
+    return json.loads(message.payload.decode("utf-8"))  # type: ignore[no-any-return]
+
+
+def via(proxy: TcpProxy) -> BrokerEndpoint:
+    """The endpoint a listener uses to reach its broker through ``proxy``."""
+    return BrokerEndpoint(proxy.host, proxy.port)
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Wait (without blocking the loop) until ``predicate()`` holds; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+async def job_finished(listener: EventListener, job_id: str, timeout: float = 10.0) -> None:
+    """Wait until ``job_id`` is COMPLETED or FAILED."""
+    deadline = time.monotonic() + timeout
+    while not await listener.is_job_completed(job_id):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} not finished within {timeout} s: {await listener.get_job_status(job_id)}")
+        await asyncio.sleep(0.02)
+
+
+async def results_for(watcher: MqttProbe, topic: str, job_ids: List[str], timeout: float = 15.0) -> List[Any]:
+    """Wait until a result for every one of ``job_ids`` arrived on ``topic``; return all messages there."""
+    wanted = set(job_ids)
+    return await asyncio.to_thread(
+        watcher.wait_until, lambda found: wanted <= {body(m).get("job_id") for m in found}, timeout, topic,
+        f"results for {sorted(wanted)}")
+
+
+async def publish_jobs(sender: MqttProbe, topic: str, job_ids: List[str]) -> None:
+    """Publish one TOML job per id (QoS 1, each acknowledged by the broker) from a thread."""
+    def go() -> None:
+        for job_id in job_ids:
+            sender.publish(topic, f'job_id = "{job_id}"', qos=1)
+    await asyncio.to_thread(go)
+
+
+class CountingProcessor:
+    """A sync processor that counts its calls per job id and can hold chosen jobs until released."""
+
+    def __init__(self, hold: Tuple[str, ...] = ()) -> None:
+        self.calls: Counter[str] = Counter()
+        self.order: List[str] = []
+        self.hold = hold
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+
+    def __call__(self, data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        with self._lock:
+            self.calls[job_id] += 1
+            self.order.append(job_id)
+        if job_id in self.hold:
+            self.started.set()
+            if not self.release.wait(30):
+                raise RuntimeError("never released")
+        return {"job_id": job_id}
+
+    def processed_twice(self) -> List[str]:
+        """Job ids the processor was called for more than once."""
+        with self._lock:
+            return [job_id for job_id, count in self.calls.items() if count > 1]
+
+
+def assert_each_result_once(messages: List[Any]) -> None:
+    """No job's result was published twice."""
+    counts = Counter(body(m).get("job_id") for m in messages)
+    assert [job for job, n in counts.items() if n > 1] == [], counts
+
+
+def connected(listener: EventListener) -> bool:
+    """Whether the listener itself believes it has a connection."""
+    return bool(listener.metrics()["connected"])
+
+
+# -- broker killed / restarted -------------------------------------------------------------------------
+
+
+async def test_broker_killed_mid_job_and_restarted_on_the_same_port(
+        broker_factory: Callable[..., MosquittoBroker], proxy_factory: Callable[..., TcpProxy],
+        start_listener: Callable[..., Any], probe: Callable[..., MqttProbe], unique_topic: str) -> None:
+    """SIGKILL the broker while a job runs: the job's result is kept and published after the broker is back on
+    the same port, processing resumes, and no job is processed twice."""
+    broker = broker_factory(persistence=True)
+    proxy = proxy_factory(broker.plain)
+    processor = CountingProcessor(hold=("mid",))
+    results = f"{unique_topic}/results"
+    listener, _ = await start_listener(processor, endpoint=via(proxy), client_id=f"kill-{os.urandom(4).hex()}",
+                                       cleansession=False, qos=1, **RECONNECTING)
+    watcher = probe(results, endpoint=broker.plain)
+    sender = probe(endpoint=broker.plain)
+    jobs = f"{unique_topic}/jobs"
+
+    await publish_jobs(sender, jobs, ["a-0", "a-1", "a-2"])
+    await results_for(watcher, results, ["a-0", "a-1", "a-2"])
+    await publish_jobs(sender, jobs, ["mid"])
+    assert await asyncio.to_thread(processor.started.wait, 10)
+
+    broker.kill()
+    await eventually(lambda: proxy.active_connections == 0 and not connected(listener), 10, "connection lost")
+    processor.release.set()  # the job ends while there is no broker: its result cannot be published now
+    await job_finished(listener, "mid")
+    proxy.refuse()  # keep the listener away until the probes are back, so none of its publications is missed
+    broker.start()
+    await asyncio.to_thread(watcher.wait_until_connected, 10)
+    await asyncio.to_thread(sender.wait_until_connected, 10)
+    proxy.admit()
+    await listener.wait_until_ready(15)
+
+    await results_for(watcher, results, ["mid"])
+    await publish_jobs(sender, jobs, ["c-0", "c-1", "c-2"])
+    messages = await results_for(watcher, results, ["c-0", "c-1", "c-2"])
+    assert_each_result_once(messages)
+    assert processor.processed_twice() == []
+    job = await listener.get_job_status("mid")
+    assert job is not None and job.status is JobStatus.COMPLETED
+    metrics = listener.metrics()
+    assert metrics["connection_losses"] >= 1 and metrics["reconnects"] >= 1
+    assert metrics["publishes_retried"] >= 1 and metrics["publish_errors"] == 0
+
+
+async def test_jobs_published_while_the_listener_is_away_arrive_once_after_a_broker_restart(
+        broker_factory: Callable[..., MosquittoBroker], proxy_factory: Callable[..., TcpProxy],
+        start_listener: Callable[..., Any], probe: Callable[..., MqttProbe], unique_topic: str) -> None:
+    """QoS 1 + cleansession=False + fixed client id: the broker queues jobs while the listener is disconnected,
+    keeps them across its own restart, and delivers them in order when the listener returns; a job id sent twice
+    (a publisher retrying) is processed once."""
+    broker = broker_factory(persistence=True)
+    proxy = proxy_factory(broker.plain)
+    processor = CountingProcessor()
+    results, jobs = f"{unique_topic}/results", f"{unique_topic}/jobs"
+    listener, _ = await start_listener(processor, endpoint=via(proxy), client_id=f"away-{os.urandom(4).hex()}",
+                                       cleansession=False, qos=1, **RECONNECTING)
+    watcher = probe(results, endpoint=broker.plain)
+    sender = probe(endpoint=broker.plain)
+    await publish_jobs(sender, jobs, ["a-0"])
+    await results_for(watcher, results, ["a-0"])
+
+    proxy.refuse()  # the listener is cut off and cannot reconnect; the broker stays up
+    await eventually(lambda: not listener.is_ready, 10, "listener noticed the reset")
+    away = [f"b-{i}" for i in range(5)]
+    await publish_jobs(sender, jobs, away + ["b-2"])
+    broker.restart()  # SIGTERM: mosquitto saves the queued messages and the listener's session
+    await asyncio.to_thread(watcher.wait_until_connected, 10)
+    await asyncio.to_thread(sender.wait_until_connected, 10)
+    proxy.admit()
+
+    await results_for(watcher, results, away)
+    await publish_jobs(sender, jobs, ["c-0"])
+    messages = await results_for(watcher, results, ["c-0"])
+    assert_each_result_once(messages)
+    assert processor.processed_twice() == []
+    assert processor.order == ["a-0"] + away + ["c-0"], \
+        "max_concurrent_jobs=1 processes in arrival order, and mosquitto delivers a session's queue in order"
+
+
+# -- network faults through the proxy ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_black_holed_connection_is_detected_and_replaced(
+        proxy_factory: Callable[..., TcpProxy], start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
+        unique_topic: str) -> None:
+    """Freeze the proxy (no FIN, no RST, nothing): with keep_alive 2 s the listener's own ping times out, it drops
+    the connection, reconnects once the network is back and processes jobs again."""
+    proxy = proxy_factory()
+    processor = CountingProcessor()
+    results, jobs = f"{unique_topic}/results", f"{unique_topic}/jobs"
+    listener, _ = await start_listener(processor, endpoint=via(proxy), keep_alive=2, ping_delay=1, **RECONNECTING)
+    watcher = probe(results)
+    sender = probe()
+    await publish_jobs(sender, jobs, ["f-0"])
+    await results_for(watcher, results, ["f-0"])
+
+    frozen_at = time.monotonic()
+    proxy.freeze()
+    await eventually(lambda: not listener.is_ready, 10, "black hole detected")
+    detected_after = time.monotonic() - frozen_at
+    assert detected_after < 2 * 2 + 1.5, f"took {detected_after:.1f} s to notice a dead connection (keep_alive 2 s)"
+    assert listener.metrics()["connection_losses"] >= 1
+
+    proxy.thaw()
+    await listener.wait_until_ready(15)
+    await publish_jobs(sender, jobs, ["f-1"])
+    await results_for(watcher, results, ["f-1"])
+    assert processor.processed_twice() == []
+
+
+async def test_reset_connection_is_replaced(
+        proxy_factory: Callable[..., TcpProxy], start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
+        unique_topic: str) -> None:
+    """A connection reset (RST) is noticed at once; the listener reconnects, resubscribes and goes on."""
+    proxy = proxy_factory()
+    processor = CountingProcessor()
+    results, jobs = f"{unique_topic}/results", f"{unique_topic}/jobs"
+    listener, _ = await start_listener(processor, endpoint=via(proxy), **RECONNECTING)
+    watcher = probe(results)
+    sender = probe()
+    await publish_jobs(sender, jobs, ["r-0"])
+    await results_for(watcher, results, ["r-0"])
+
+    proxy.cut()
+    await eventually(lambda: listener.metrics()["reconnects"] >= 1, 10, "reconnected after the reset")
+    assert proxy.accepted >= 2
+    await publish_jobs(sender, jobs, ["r-1"])
+    messages = await results_for(watcher, results, ["r-1"])
+    assert_each_result_once(messages)
+    assert listener.metrics()["connection_losses"] == 1
+
+
+async def test_connection_down_and_up_are_published_on_the_log_topic(
+        proxy_factory: Callable[..., TcpProxy], start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
+        unique_topic: str) -> None:
+    """connection_down (WARNING, kept until it can be sent) and then connection_up (INFO) reach the log topic."""
+    proxy = proxy_factory()
+    log = f"{unique_topic}/log"
+    watcher = probe(log)
+    listener, _ = await start_listener(CountingProcessor(), endpoint=via(proxy), log_topic_level="INFO", **RECONNECTING)
+    proxy.cut()
+    found = await asyncio.to_thread(
+        watcher.wait_until, lambda ms: {"connection_down", "connection_up"} <= {body(m)["event"] for m in ms}, 10.0,
+        log, "connection_down and connection_up")
+    events = [body(m) for m in found if body(m)["event"] in ("connection_down", "connection_up")]
+    down = next(e for e in events if e["event"] == "connection_down")
+    up = next(e for e in events if e["event"] == "connection_up")
+    assert down["level"] == "WARNING" and up["level"] == "INFO"
+    assert down["timestamp"] <= up["timestamp"]
+    assert [e["event"] for e in events] == ["connection_down", "connection_up"], \
+        "a consumer reading the log topic must see the connection come back after it went down"
+
+
+async def test_result_finished_during_an_outage_is_published_after_reconnect(
+        proxy_factory: Callable[..., TcpProxy], start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
+        unique_topic: str) -> None:
+    """A job that finishes while the connection is down keeps its result; it is published once after reconnect."""
+    proxy = proxy_factory()
+    processor = CountingProcessor(hold=("out-1",))
+    results, jobs = f"{unique_topic}/results", f"{unique_topic}/jobs"
+    listener, _ = await start_listener(processor, endpoint=via(proxy), **RECONNECTING)
+    watcher = probe(results, f"{unique_topic}/error")
+    await publish_jobs(probe(), jobs, ["out-1"])
+    assert await asyncio.to_thread(processor.started.wait, 10)
+    proxy.refuse()
+    await eventually(lambda: not connected(listener), 10, "connection lost")
+    processor.release.set()
+    await job_finished(listener, "out-1")
+    assert watcher.messages(results) == []
+    proxy.admit()
+    messages = await results_for(watcher, results, ["out-1"])
+    assert_each_result_once(messages)
+    assert watcher.messages(f"{unique_topic}/error") == []
+    metrics = listener.metrics()
+    assert metrics["publishes_retried"] >= 1 and metrics["publish_errors"] == 0
+
+
+async def test_result_that_can_never_be_published_is_reported_not_silently_lost(
+        proxy_factory: Callable[..., TcpProxy], start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
+        unique_topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Stopped while a result still waits for the connection: an ERROR log line and a publish error count."""
+    caplog.set_level(logging.INFO, logger="Listener")
+    proxy = proxy_factory()
+    processor = CountingProcessor(hold=("lost-1",))
+    listener, task = await start_listener(processor, endpoint=via(proxy), **RECONNECTING)
+    await publish_jobs(probe(), f"{unique_topic}/jobs", ["lost-1"])
+    assert await asyncio.to_thread(processor.started.wait, 10)
+    proxy.refuse()
+    await eventually(lambda: not connected(listener), 10, "connection lost")
+    processor.release.set()
+    await job_finished(listener, "lost-1")
+    listener.stop()
+    await asyncio.wait_for(task, 10)
+    assert listener.metrics()["publish_errors"] >= 1
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("could not be sent" in r.getMessage() for r in errors), [r.getMessage() for r in errors]
+
+
+async def test_reconnect_gives_up_when_the_broker_is_gone_for_good(
+        broker_factory: Callable[..., MosquittoBroker], start_listener: Callable[..., Any]) -> None:
+    """reconnect_retries=1: once the broker stops, run() ends with a ConnectionError naming host and port."""
+    broker = broker_factory()
+    listener, task = await start_listener(CountingProcessor(), endpoint=broker.plain, reconnect_retries=1,
+                                          reconnect_max_interval=0.2, connect_timeout=1)
+    started = time.monotonic()
+    broker.stop()
+    with pytest.raises(ConnectionError) as info:
+        await asyncio.wait_for(task, 15)
+    assert time.monotonic() - started < 10
+    assert f"127.0.0.1:{broker.port}" in str(info.value) and "gave up after 2 attempts" in str(info.value)
+    assert not listener.is_running
+
+
+# -- hanging processors ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+async def test_hanging_processor_times_out_and_the_next_job_runs(
+        kind: str, start_listener: Callable[..., Any], probe: Callable[..., MqttProbe], unique_topic: str) -> None:
+    """job_timeout: the hanging job is FAILED ("Timed out…"), a "timeout" error event is published, and the
+    listener moves on (an async processor is cancelled, a sync one abandoned on its thread)."""
+    release = threading.Event()  # lets the abandoned thread end when the test is over
+    cancelled = threading.Event()
+
+    async def async_processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        if job_id == "hang":
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        return {"job_id": job_id}
+
+    def sync_processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        if job_id == "hang":
+            release.wait(60)
+        return {"job_id": job_id}
+
+    results, errors = f"{unique_topic}/results", f"{unique_topic}/error"
+    listener, _ = await start_listener(async_processor if kind == "async" else sync_processor, job_timeout=0.5)
+    watcher = probe(results, errors)
+    try:
+        started = time.monotonic()
+        await publish_jobs(probe(), f"{unique_topic}/jobs", ["hang", "next"])
+        await results_for(watcher, results, ["next"])
+        assert time.monotonic() - started < 5
+        [error] = await asyncio.to_thread(watcher.wait_for, 1, 5.0, errors)
+        event = body(error)
+        assert event["error_type"] == "timeout" and event["job_id"] == "hang" and event["status"] == "error"
+        assert event["error_message"].startswith("Timed out")
+        job = await listener.get_job_status("hang")
+        assert job is not None and job.status is JobStatus.FAILED and (job.error or "").startswith("Timed out")
+        if kind == "async":
+            assert cancelled.is_set()
+        else:
+            assert listener.metrics()["abandoned_threads"] >= 1
+    finally:
+        release.set()
+
+
+# -- connections that cannot be made --------------------------------------------------------------------
+
+
+SECRET = "s3cret-" + os.urandom(4).hex()
+
+
+@pytest.mark.parametrize("case", ["wrong_credentials_retry_forever", "unreachable_host", "tls_wrong_ca"])
+async def test_connection_failures_are_bounded_and_never_show_the_password(
+        case: str, mqtt_auth_endpoint: BrokerEndpoint, mqtt_tls_endpoint: BrokerEndpoint, tls_material: TlsMaterial,
+        unique_topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Each ends in a ConnectionError within a bounded time, naming host and port, with the password nowhere."""
+    caplog.set_level(logging.DEBUG)
+    options: Dict[str, Any]
+    if case == "wrong_credentials_retry_forever":
+        # A refusal cannot be cured by retrying: even "retry forever" must fail fast.
+        endpoint, options = replace(mqtt_auth_endpoint, password=SECRET), dict(reconnect_retries=-1)
+    elif case == "unreachable_host":
+        # TEST-NET-1 (RFC 5737): never routed; the connect times out (or fails at once without a route).
+        endpoint = BrokerEndpoint("192.0.2.1", 1883, "user", SECRET)
+        options = dict(connect_timeout=1, reconnect_retries=1, reconnect_max_interval=0.2)
+    else:
+        endpoint = replace(mqtt_tls_endpoint, username="user", password=SECRET, cafile=tls_material.other_ca_cert)
+        options = dict(reconnect_retries=1, reconnect_max_interval=0.2)
+    listener = EventListener(listener_config(endpoint, unique_topic, **options))
+    started = time.monotonic()
+    with pytest.raises(ConnectionError) as info:
+        await asyncio.wait_for(listener.run(CountingProcessor()), 20)
+    elapsed = time.monotonic() - started
+    assert elapsed < 6, f"{case} took {elapsed:.1f} s"
+    message = str(info.value)
+    assert f"{endpoint.host}:{endpoint.port}" in message
+    assert SECRET not in message and SECRET not in caplog.text
+    assert not listener.is_running
+
+
+# -- the listener process killed or signalled -----------------------------------------------------------
+
+
+class ListenerProcess:
+    """A listener subprocess (tests/mqtt/listener_process.py) whose output lines are collected by threads."""
+
+    def __init__(self, endpoint: BrokerEndpoint, prefix: str, job_seconds: float = 0.0, *options: str) -> None:
+        self.lines: List[str] = []
+        self.errors: List[str] = []
+        self._condition = threading.Condition()
+        self.process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "tests.mqtt.listener_process", endpoint.host, str(endpoint.port), prefix,
+             str(job_seconds), *options],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True).start()
+        threading.Thread(target=self._read, args=(self.process.stderr, self.errors), daemon=True).start()
+
+    def _read(self, stream: Any, into: List[str]) -> None:
+        for line in stream:
+            with self._condition:
+                into.append(line.rstrip("\n"))
+                self._condition.notify_all()
+
+    def wait_line(self, line: str, timeout: float = 20.0) -> None:
+        """Block until the process printed ``line``; AssertionError (with its stderr) after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while line not in self.lines:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or (self.process.poll() is not None and line not in self.lines):
+                    raise AssertionError(f"no {line!r} from the listener process; stdout {self.lines}, "
+                                         f"stderr {self.errors[-20:]}")
+                self._condition.wait(min(remaining, 0.2))
+
+    def started_jobs(self) -> List[str]:
+        """Job ids the processor started, in order."""
+        with self._condition:
+            return [line.split(" ", 1)[1] for line in self.lines if line.startswith("STARTED ")]
+
+    def kill(self) -> None:
+        """SIGKILL (idempotent) and reap."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(10)
+
+
+@pytest.fixture
+def listener_processes(mqtt_endpoint: BrokerEndpoint) -> Iterator[Callable[..., ListenerProcess]]:
+    """Start listener subprocesses on the session broker; every one is killed after the test."""
+    made: List[ListenerProcess] = []
+
+    def start(prefix: str, job_seconds: float = 0.0, *options: str) -> ListenerProcess:
+        process = ListenerProcess(mqtt_endpoint, prefix, job_seconds, *options)
+        made.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in made:
+            process.kill()
+
+
+async def test_sigterm_lets_the_job_in_flight_finish_and_publish_before_exit(
+        listener_processes: Callable[..., ListenerProcess], probe: Callable[..., MqttProbe], unique_topic: str) -> None:
+    """SIGTERM (install_signal_handlers) → stop(): the running job completes, its result is published, the
+    process exits 0 after a clean disconnect (no will message)."""
+    status, results = f"{unique_topic}/status", f"{unique_topic}/results"
+    watcher = probe(status, results)
+    process = listener_processes(unique_topic, 1.5, "--signals", "--grace", "10")
+    await asyncio.to_thread(process.wait_line, "READY")
+    await publish_jobs(probe(), f"{unique_topic}/jobs", ["term-1"])
+    await asyncio.to_thread(process.wait_line, "STARTED term-1", 10)
+    process.process.send_signal(signal.SIGTERM)
+    code = await asyncio.to_thread(process.process.wait, 15)
+    assert code == 0, process.errors[-20:]
+    assert "DONE term-1" in process.lines and "EXITED" in process.lines
+    [result] = await asyncio.to_thread(watcher.wait_for, 1, 5.0, results)
+    assert body(result)["job_id"] == "term-1"
+    # The will would have been sent when the connection closed, before the process ended: a marker published
+    # now arrives after it, so seeing only the marker proves there was none.
+    probe().publish(status, "marker")
+    [only] = await asyncio.to_thread(watcher.wait_for, 1, 5.0, status)
+    assert only.payload == b"marker" and len(watcher.messages(status)) == 1
+
+
+async def test_sigkill_mid_job_loses_at_most_the_acknowledged_window(
+        listener_processes: Callable[..., ListenerProcess], probe: Callable[..., MqttProbe], unique_topic: str) -> None:
+    """SIGKILL with a job running and five more waiting: the will arrives; a new process with the same client id
+    and a persistent session gets every job the killed one had not acknowledged. Lost are only the running job
+    and at most max_concurrent_jobs (1) acknowledged-but-unprocessed one; nothing is processed twice."""
+    status, results = f"{unique_topic}/status", f"{unique_topic}/results"
+    watcher = probe(status, results)
+    client_id = f"kill9-{os.urandom(4).hex()}"
+    first = listener_processes(unique_topic, 30.0, "--client-id", client_id, "--persistent")
+    await asyncio.to_thread(first.wait_line, "READY")
+    waiting = [f"k-{i}" for i in range(1, 6)]
+    await publish_jobs(probe(), f"{unique_topic}/jobs", ["k-0"] + waiting)
+    await asyncio.to_thread(first.wait_line, "STARTED k-0", 10)
+    first.process.send_signal(signal.SIGKILL)
+    [will] = await asyncio.to_thread(watcher.wait_for, 1, 10.0, status)
+    assert will.payload == b"listener_offline"
+    first.kill()
+
+    second = listener_processes(unique_topic, 0.0, "--client-id", client_id, "--persistent")
+    await asyncio.to_thread(second.wait_line, "READY")
+    await publish_jobs(probe(), f"{unique_topic}/jobs", ["k-last"])
+    await results_for(watcher, results, ["k-last"])  # QoS 1 keeps order: everything before it was processed
+    redelivered = second.started_jobs()
+    assert len(redelivered) == len(set(redelivered)), redelivered
+    never_processed = [job for job in waiting if job not in redelivered]
+    assert len(never_processed) <= 1, f"lost {never_processed}; the second process ran {redelivered}"
