@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install mosquitto demo test test-unit test-integration test-mqtt lint typecheck security coverage clean
+.PHONY: help install mosquitto demo test test-unit test-integration test-mqtt lint typecheck security coverage bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -45,12 +45,24 @@ lint: $(STAMP)  ## flake8 and mypy --strict
 
 typecheck: lint
 
-security: $(STAMP)  ## bandit over the library
+security: $(STAMP)  ## bandit over the library, then pip-audit of .venv when its vulnerability service is reachable
 	$(BIN)/bandit -q -r Listener
+	@# pip-audit asks https://pypi.org/pypi/<name>/<version>/json; without it every package is silently "not found".
+	@if ! $(BIN)/python -c "import urllib.request as r; r.urlopen('https://pypi.org/pypi/pip/24.0/json', timeout=10).close()" \
+			>/dev/null 2>&1; then \
+		echo "dependency audit skipped: offline"; \
+	elif ! $(BIN)/python -c "import pip_audit" >/dev/null 2>&1 && ! $(BIN)/python -m pip install --quiet pip-audit; then \
+		echo "dependency audit skipped: pip-audit is not installed and could not be installed"; \
+	else \
+		$(BIN)/pip-audit --strict --skip-editable --progress-spinner off; \
+	fi
 
 coverage: $(STAMP) mosquitto  ## Coverage report (terminal + htmlcov/), failing under 90%
 	$(PYTEST) --cov=Listener --cov-report=term-missing --cov-report=html --cov-fail-under=90
 
+bench: $(STAMP) mosquitto  ## Benchmark through a real mosquitto: one JSON line per scenario (docs/performance.md)
+	$(BIN)/python scripts/bench.py
+
 clean:  ## Remove caches and build output (keeps .venv)
-	rm -rf build dist *.egg-info .pytest_cache .mypy_cache htmlcov .coverage .coverage.* coverage.xml
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .hypothesis htmlcov .coverage .coverage.* coverage.xml
 	find . -name __pycache__ -type d -not -path './$(VENV)/*' -prune -exec rm -rf {} +

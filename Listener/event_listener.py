@@ -27,7 +27,7 @@ from .publisher import Publication, Publisher, bounded
 from .redaction import redact
 from .results import ReturnType, create_error_result, create_return_type
 from .safe_config_parser import SafeConfigParser
-from .serialization import ResultEncodingError, to_json_bytes
+from .serialization import ResultEncodingError, event_json_bytes, to_json_bytes
 from .topics import filter_covers, topic_matches, topic_name_error
 from .transport import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -621,7 +621,7 @@ class EventListener:
 
     async def _publish_event(self, topic: str, body: Dict[str, Any]) -> None:
         qos, retain = self._publish_options(topic)
-        problem = await self._publisher.deliver((topic, to_json_bytes(body), qos, retain))
+        problem = await self._publisher.deliver((topic, event_json_bytes(body), qos, retain))
         if problem is not None:
             logger.debug("Could not publish %s event to %s: %s", body.get("event", "error"), topic, problem)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 __all__ = ["MASK", "SecretRedactingFilter", "mask_uri_credentials", "redact", "split_uri_credentials"]
 
@@ -36,12 +36,18 @@ def mask_uri_credentials(text: str) -> str:
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Mask URI credentials and every occurrence of the given secret strings in ``text``."""
-    text = mask_uri_credentials(text)
+    """Mask every occurrence of the given secret strings (raw or percent-encoded), then URI credentials.
+
+    Secrets go first: a password holding ``@``, ``/`` or a space, written raw inside a URI, would
+    otherwise be cut at that character by the URI masking and leave its tail in the text.
+    """
     for secret in secrets:
         if secret:
             text = text.replace(secret, MASK)
-    return text
+            encoded = quote(secret, safe="")
+            if encoded != secret:
+                text = text.replace(encoded, MASK)
+    return mask_uri_credentials(text)
 
 
 class SecretRedactingFilter(logging.Filter):

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import stat
 import sys
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 #: Largest TOML string accepted, in UTF-8 bytes (1 MiB).
+MAX_KEY_PARTS = 64
 MAX_STRING_BYTES = 1024 * 1024
 #: Largest TOML file accepted, in bytes (10 MiB).
 MAX_FILE_BYTES = 10 * 1024 * 1024
@@ -471,6 +473,10 @@ class SafeConfigParser:
         return content
 
     def _loads(self, text: str) -> Dict[str, Any]:
+        too_long = _longest_dotted_key(text)
+        if too_long > MAX_KEY_PARTS:
+            raise self._parse_error(
+                f"Invalid TOML syntax: a key has {too_long} dotted parts, limit {MAX_KEY_PARTS}")
         try:
             data: Dict[str, Any] = tomllib.loads(text)
         except RecursionError:
@@ -503,3 +509,28 @@ def _interpret_result(validator: Validator, result: Any) -> List[str]:
             return []
         return [str(m) for m in messages] or [f"Validator '{name}' rejected the configuration"]
     return [f"Validator error: {name} returned {type(result).__name__}, expected (bool, list of str) or bool"]
+
+
+# Strings removed before looking for keys, so dots inside them do not count.
+_STRING_LITERAL = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'')
+_KEY_START = re.compile(r"[{,\[]")
+
+
+def _longest_dotted_key(text: str) -> int:
+    """The most dotted parts in one key or table header (a cheap over-estimate, scanning only suspect lines).
+
+    tomllib's time and memory grow much faster than the number of parts of a dotted key
+    (``a.a.a…`` of 10 KB takes ~100 MiB), so such keys are refused before parsing.
+    """
+    if text.count(".") < MAX_KEY_PARTS:
+        return 0
+    longest = 0
+    for line in text.splitlines():
+        if line.count(".") < MAX_KEY_PARTS:
+            continue
+        cleaned = _STRING_LITERAL.sub("s", line)
+        # A key ends at "=" (key/value) or "]" (table header); it starts after "{", "," or "[" or at line start.
+        for piece in re.split(r"[=\]]", cleaned)[:-1]:
+            key = _KEY_START.split(piece)[-1]
+            longest = max(longest, key.count(".") + 1)
+    return longest

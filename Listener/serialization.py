@@ -9,10 +9,10 @@ import json
 import math
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Dict
 from uuid import UUID
 
-__all__ = ["ResultEncodingError", "to_json_bytes"]
+__all__ = ["ResultEncodingError", "event_json_bytes", "to_json_bytes"]
 
 
 class ResultEncodingError(TypeError):
@@ -82,3 +82,14 @@ def to_json_bytes(value: Any) -> bytes:
         raise ResultEncodingError("Result holds a string that is not valid Unicode (a lone surrogate)") from None
     except (TypeError, ValueError, RecursionError) as exc:
         raise ResultEncodingError(str(exc) or type(exc).__name__) from None
+
+
+def event_json_bytes(body: Dict[str, Any]) -> bytes:
+    """Encode an error or log event; never fails (an event must go out even about odd input).
+
+    A lone surrogate (possible in a job id given as ``str``) is written as a ``\\udXXX`` escape.
+    """
+    try:
+        return to_json_bytes(body)
+    except ResultEncodingError:
+        return json.dumps(body, default=str, separators=(",", ":"), ensure_ascii=True).encode("ascii")
