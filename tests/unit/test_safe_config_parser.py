@@ -745,3 +745,23 @@ def test_manual_14_4_2_correct_format() -> None:
     assert data["data"] == {"input": "file.txt", "output": "result.txt"}
     with pytest.raises(ConfigError, match="Invalid TOML syntax"):
         parser.parse_config_from_string("job_id task-001")
+
+
+@pytest.mark.parametrize("document", [
+    "x = [" + ", ".join(["1.5"] * 200) + "]\n",            # many floats on one line are no key
+    'x = "' + "." * 500 + '"\n',                             # nor dots inside a string
+    "".join(f"k{i} = 'a.b.c.d'\n" for i in range(100)),         # nor many short lines
+    ".".join(["part"] * 64) + " = 1\n",                      # at the limit
+])
+def test_dots_that_are_not_a_long_key_are_accepted(document: str) -> None:
+    assert SafeConfigParser().parse_config_from_string(document)
+
+
+@pytest.mark.parametrize("document", [
+    ".".join(["a"] * 65) + " = 1\n",
+    "[" + ".".join(["t"] * 1000) + "]\n",
+    'x = {' + ".".join(['"q"'] * 100) + ' = 1}\n',
+])
+def test_keys_with_too_many_dotted_parts_are_refused_before_parsing(document: str) -> None:
+    with pytest.raises(ConfigParseError, match="Invalid TOML syntax: a key has .* dotted parts, limit 64"):
+        SafeConfigParser().parse_config_from_string(document)
