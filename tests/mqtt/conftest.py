@@ -142,6 +142,19 @@ def listener_config(endpoint: BrokerEndpoint, prefix: str, **overrides: Any) -> 
     return EventListenerConfig(**options)
 
 
+async def run_until_ready(listener: EventListener, processor: Any,
+                          timeout: float = READY_TIMEOUT) -> "asyncio.Task[None]":
+    """Start ``listener.run(processor)`` in a task and return it once subscribed (run()'s error if it ends first)."""
+    task = asyncio.create_task(listener.run(processor))
+    ready = asyncio.create_task(listener.wait_until_ready(timeout))
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        task.result()
+    await ready
+    return task
+
+
 StartListener = Callable[..., Awaitable[Tuple[EventListener, "asyncio.Task[None]"]]]
 
 
@@ -153,12 +166,7 @@ async def start_listener(mqtt_endpoint: BrokerEndpoint, unique_topic: str) -> As
     async def start(processor: Any = None, endpoint: Optional[BrokerEndpoint] = None,
                     **overrides: Any) -> Tuple[EventListener, "asyncio.Task[None]"]:
         listener = EventListener(listener_config(endpoint or mqtt_endpoint, unique_topic, **overrides))
-        task = asyncio.create_task(listener.run(processor))
-        ready = asyncio.create_task(listener.wait_until_ready(READY_TIMEOUT))
-        await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            ready.cancel()
-            task.result()
+        task = await run_until_ready(listener, processor)
         running.append((listener, task))
         return listener, task
 

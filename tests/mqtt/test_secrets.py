@@ -24,7 +24,7 @@ from urllib.parse import quote
 import pytest
 
 from Listener import EventListener, EventListenerConfig
-from tests.mqtt.conftest import listener_config
+from tests.mqtt.conftest import listener_config, run_until_ready
 from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe, session_folder
 
 pytestmark = pytest.mark.timeout(90)
@@ -151,14 +151,7 @@ def leaky_processor(secret: str) -> Callable[[Dict[str, Any], str], Dict[str, An
 
 
 async def start(listener: EventListener, processor: Any) -> "asyncio.Task[None]":
-    task = asyncio.create_task(listener.run(processor))
-    ready = asyncio.create_task(listener.wait_until_ready(WAIT))
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()
-    await ready
-    return task
+    return await run_until_ready(listener, processor, WAIT)
 
 
 async def stop(listener: EventListener, task: "asyncio.Task[None]") -> None:

@@ -1,0 +1,440 @@
+"""The ``mqtt-listener`` command for real: subprocesses (``python -m Listener``) against Mosquitto and amqtt.
+
+Each test writes a tiny processor module into its tmp_path and puts that folder on PYTHONPATH. The
+listener process logs JSON lines; the tests wait for its ``listener_started`` event instead of sleeping.
+Every wait is bounded, and every process is killed in ``finally``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+import pytest
+
+from Listener import cli as cli_module
+from tests.support.brokers import BrokerEndpoint, MqttProbe, free_port
+
+pytestmark = pytest.mark.mqtt_integration
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT = 20.0
+EXIT_TIMEOUT = 20.0
+SECRET = "pw-cli-" + uuid.uuid4().hex[:8]
+
+PROCESSORS = '''
+import os
+import pathlib
+import time
+
+
+def echo(data, job_id):
+    return {"job_id": job_id, "value": data.get("value"), "topic": data.get("_topic")}
+
+
+def slow(data, job_id):
+    pathlib.Path(os.environ["CLI_TEST_MARKER"]).write_text(job_id)
+    time.sleep(float(os.environ.get("CLI_TEST_SLEEP", "1.0")))
+    return {"job_id": job_id, "slow": True}
+'''
+
+
+class CliProcess:
+    """``python -m Listener ARGS`` with its stdout and stderr collected line by line on threads."""
+
+    def __init__(self, args: List[str], env: Dict[str, str]) -> None:
+        self.args = args
+        self.lines: List[str] = []
+        self.stdout: List[str] = []
+        self._condition = threading.Condition()
+        self.process = subprocess.Popen([sys.executable, "-m", "Listener", *args], env=env,  # noqa: S603
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
+        self._threads = [threading.Thread(target=self._pump, args=(self.process.stderr, self.lines), daemon=True),
+                         threading.Thread(target=self._pump, args=(self.process.stdout, self.stdout), daemon=True)]
+        for thread in self._threads:
+            thread.start()
+
+    def _pump(self, stream: Any, into: List[str]) -> None:
+        for line in stream:
+            with self._condition:
+                into.append(line.rstrip("\n"))
+                self._condition.notify_all()
+
+    def events(self) -> List[Dict[str, Any]]:
+        """The JSON log lines written so far."""
+        with self._condition:
+            lines = list(self.lines)
+        found = []
+        for line in lines:
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue
+        return found
+
+    def wait_for_event(self, event: str, timeout: float = READY_TIMEOUT) -> Dict[str, Any]:
+        """Block until a JSON log line with ``"event": event`` appears (or the process ends)."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                for body in self.events():
+                    if body.get("event") == event:
+                        return body
+                if self.process.poll() is not None:
+                    raise AssertionError(f"mqtt-listener exited ({self.process.returncode}) before {event!r}:\n"
+                                         + self.output())
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"no {event!r} log event within {timeout} s:\n{self.output()}")
+                self._condition.wait(min(remaining, 0.2))
+
+    def wait_for_message(self, text: str, timeout: float = READY_TIMEOUT) -> Dict[str, Any]:
+        """Block until a JSON log line whose message contains ``text`` appears."""
+        deadline = time.monotonic() + timeout
+        with self._condition:
+            while True:
+                for body in self.events():
+                    if text in str(body.get("message", "")):
+                        return body
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self.process.poll() is not None:
+                    raise AssertionError(f"no log message with {text!r}:\n{self.output()}")
+                self._condition.wait(min(remaining, 0.2))
+
+    def wait(self, timeout: float = EXIT_TIMEOUT) -> int:
+        code = self.process.wait(timeout)
+        for thread in self._threads:
+            thread.join(5)
+        return code
+
+    def output(self) -> str:
+        with self._condition:
+            return "\n".join(self.stdout + self.lines)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    """The in-process tests run main(), which installs a root log handler: undo it after each test."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+
+
+@pytest.fixture
+def processor_dir(tmp_path: Path) -> Path:
+    (tmp_path / "cli_test_processors.py").write_text(PROCESSORS, encoding="utf-8")
+    return tmp_path
+
+
+@pytest.fixture
+def cli(processor_dir: Path) -> Iterator[Callable[..., CliProcess]]:
+    """Start ``python -m Listener ...`` with the processor folder on PYTHONPATH; killed after the test."""
+    started: List[CliProcess] = []
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(processor_dir), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONUNBUFFERED"] = "1"
+
+    def start(*args: str, extra_env: Optional[Dict[str, str]] = None) -> CliProcess:
+        process = CliProcess(list(args), {**env, **(extra_env or {})})
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def run_cli(*args: str, timeout: float = 60.0) -> "subprocess.CompletedProcess[str]":
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return subprocess.run([sys.executable, "-m", "Listener", *args], capture_output=True, text=True,  # noqa: S603
+                          timeout=timeout, env=env, cwd=str(ROOT))
+
+
+def connection_options(endpoint: BrokerEndpoint) -> List[str]:
+    options = ["--set", f"host={endpoint.host}", "--set", f"port={endpoint.port}"]
+    if endpoint.username is None:
+        options += ["--unset", "username", "--unset", "password"]
+    else:
+        options += ["--set", f"username={endpoint.username}", "--set", f"password={endpoint.password}"]
+    return options
+
+
+def topic_options(prefix: str) -> List[str]:
+    return ["--set", f"topic={prefix}/jobs", "--set", f"results_topic={prefix}/results",
+            "--set", f"error_topic={prefix}/error", "--set", f"log_topic={prefix}/log",
+            "--set", f"client_id=cli-{uuid.uuid4().hex[:10]}", "--set", "qos=1", "--set", "reconnect_retries=0",
+            "--set", "connect_timeout=5"]
+
+
+def wait_for_file(path: Path, listener: CliProcess, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path.name} never appeared:\n" + listener.output()
+        assert listener.process.poll() is None, listener.output()
+        time.sleep(0.02)
+
+
+# -- run ------------------------------------------------------------------------------------------------
+
+
+def test_run_processes_a_job_end_to_end_and_exits_0_on_sigterm(cli: Callable[..., CliProcess], probe: Any,
+                                                               unique_topic: str, mqtt_endpoint: BrokerEndpoint) -> None:
+    watcher = probe(f"{unique_topic}/results")
+    listener = cli("run", "cli_test_processors:echo", *connection_options(mqtt_endpoint), *topic_options(unique_topic),
+                   "--log-format", "json")
+    listener.wait_for_event("listener_started")
+    probe().publish(f"{unique_topic}/jobs", 'job_id = "cli-1"\nvalue = 42\n')
+    [message] = watcher.wait_for(1, 10.0, f"{unique_topic}/results")
+    assert json.loads(message.payload) == {"job_id": "cli-1", "value": 42, "topic": f"{unique_topic}/jobs"}
+    completed = listener.wait_for_event("job_completed")
+    assert completed["job_id"] == "cli-1"
+    assert completed["level"] == "INFO"
+    listener.process.send_signal(signal.SIGTERM)
+    assert listener.wait() == 0, listener.output()
+    assert all(set(body) >= {"timestamp", "level", "logger", "message"} for body in listener.events())
+
+
+def test_run_never_shows_the_password_even_at_debug(cli: Callable[..., CliProcess], unique_topic: str,
+                                                    mqtt_endpoint: BrokerEndpoint, mosquitto: Any) -> None:
+    if mosquitto is None:
+        pytest.skip("needs the test-started mosquitto, whose plain listener accepts any credentials")
+    listener = cli("run", "cli_test_processors:echo", "--set", f"host={mqtt_endpoint.host}",
+                   "--set", f"port={mqtt_endpoint.port}", "--set", "username=cli-user", "--set", f"password={SECRET}",
+                   *topic_options(unique_topic), "--log-format", "json", "--log-level", "DEBUG")
+    try:
+        listener.wait_for_event("listener_started")
+        listener.process.send_signal(signal.SIGINT)
+        assert listener.wait() == 0, listener.output()
+    finally:
+        listener.kill()
+    assert len(listener.lines) > 10  # DEBUG really logged (amqtt included)
+    assert SECRET not in listener.output()
+
+
+def test_sigterm_lets_the_job_in_flight_finish_and_publish(cli: Callable[..., CliProcess], probe: Any,
+                                                           unique_topic: str, mqtt_endpoint: BrokerEndpoint,
+                                                           tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    watcher = probe(f"{unique_topic}/results")
+    listener = cli("run", "cli_test_processors:slow", *connection_options(mqtt_endpoint), *topic_options(unique_topic),
+                   "--log-format", "json", extra_env={"CLI_TEST_MARKER": str(marker)})
+    listener.wait_for_event("listener_started")
+    probe().publish(f"{unique_topic}/jobs", 'job_id = "drain-1"')
+    wait_for_file(marker, listener)
+    listener.process.send_signal(signal.SIGTERM)
+    assert listener.wait() == 0, listener.output()
+    [message] = watcher.wait_for(1, 5.0, f"{unique_topic}/results")
+    assert json.loads(message.payload) == {"job_id": "drain-1", "slow": True}
+    events = [body.get("event") for body in listener.events()]
+    assert "job_completed" in events
+
+
+def test_a_second_signal_stops_at_once_with_exit_1(cli: Callable[..., CliProcess], probe: Any, unique_topic: str,
+                                                   mqtt_endpoint: BrokerEndpoint, tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    watcher = probe(f"{unique_topic}/results")
+    listener = cli("run", "cli_test_processors:slow", *connection_options(mqtt_endpoint), *topic_options(unique_topic),
+                   "--log-format", "json", extra_env={"CLI_TEST_MARKER": str(marker), "CLI_TEST_SLEEP": "30"})
+    listener.wait_for_event("listener_started")
+    probe().publish(f"{unique_topic}/jobs", 'job_id = "stuck-1"')
+    wait_for_file(marker, listener)
+    listener.process.send_signal(signal.SIGTERM)
+    listener.wait_for_message("SIGTERM received")  # two signals sent at once would be seen as one
+    started = time.monotonic()
+    listener.process.send_signal(signal.SIGTERM)
+    assert listener.wait(10.0) == 1, listener.output()
+    assert time.monotonic() - started < 10.0
+    assert "stopped at once by a second signal" in listener.output()
+    assert watcher.messages(f"{unique_topic}/results") == []
+
+
+def test_run_against_an_unreachable_broker_exits_1_without_secrets(cli: Callable[..., CliProcess],
+                                                                   unique_topic: str) -> None:
+    port = free_port()
+    listener = cli("run", "cli_test_processors:echo", "--set", "host=127.0.0.1", "--set", f"port={port}",
+                   "--set", f"password={SECRET}", *topic_options(unique_topic))
+    try:
+        assert listener.wait() == 1
+    finally:
+        listener.kill()
+    assert f"Cannot connect to MQTT broker at 127.0.0.1:{port}" in listener.output()
+    assert SECRET not in listener.output()
+    assert "Traceback" not in listener.output()
+
+
+def test_run_with_an_unimportable_processor_exits_2(cli: Callable[..., CliProcess]) -> None:
+    listener = cli("run", "cli_test_processors:missing")
+    try:
+        assert listener.wait() == 2
+    finally:
+        listener.kill()
+    assert "has no attribute 'missing'" in listener.output()
+
+
+def test_embedded_broker_processes_a_job_published_with_paho(cli: Callable[..., CliProcess],
+                                                             unique_topic: str) -> None:
+    port = free_port()
+    listener = cli("run", "cli_test_processors:echo", "--embedded-broker", "--set", "host=127.0.0.1",
+                   "--set", f"port={port}", *topic_options(unique_topic), "--log-format", "json")
+    probe: Optional[MqttProbe] = None
+    try:
+        listener.wait_for_event("listener_started")
+        probe = MqttProbe(BrokerEndpoint("127.0.0.1", port))
+        probe.subscribe(f"{unique_topic}/results")
+        probe.publish(f"{unique_topic}/jobs", 'job_id = "emb-1"\nvalue = "x"\n')
+        [message] = probe.wait_for(1, 10.0, f"{unique_topic}/results")
+        assert json.loads(message.payload)["job_id"] == "emb-1"
+        probe.close()
+        probe = None
+        listener.process.send_signal(signal.SIGTERM)
+        assert listener.wait() == 0, listener.output()
+    finally:
+        if probe is not None:
+            probe.close()
+        listener.kill()
+    # The broker is gone with the process.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+# -- publish ------------------------------------------------------------------------------------------
+
+
+def test_publish_delivers_one_message(probe: Any, unique_topic: str, mqtt_endpoint: BrokerEndpoint,
+                                      tmp_path: Path) -> None:
+    watcher = probe(f"{unique_topic}/#")
+    job = tmp_path / "job.toml"
+    job.write_text('job_id = "pub-2"\n[params]\nn = 3\n', encoding="utf-8")
+    options = ["--host", mqtt_endpoint.host, "--port", str(mqtt_endpoint.port)]
+    if mqtt_endpoint.username is not None:
+        options += ["--username", mqtt_endpoint.username, "--password", mqtt_endpoint.password or ""]
+    else:
+        options += ["--unset", "username", "--unset", "password"]
+    result = run_cli("publish", "--topic", f"{unique_topic}/a", "--data", 'job_id = "pub-1"', *options)
+    assert result.returncode == 0, result.stderr
+    assert f"to '{unique_topic}/a' (QoS 1)" in result.stdout
+    result = run_cli("publish", "-t", f"{unique_topic}/b", "-f", str(job), "--qos", "0", *options)
+    assert result.returncode == 0, result.stderr
+    messages = watcher.wait_for(2, 10.0)
+    assert {m.topic: m.payload for m in messages} == {f"{unique_topic}/a": b'job_id = "pub-1"',
+                                                      f"{unique_topic}/b": job.read_bytes()}
+
+
+def test_publish_refuses_invalid_toml_and_sends_nothing(probe: Any, unique_topic: str,
+                                                        mqtt_endpoint: BrokerEndpoint) -> None:
+    watcher = probe(f"{unique_topic}/#")
+    result = run_cli("publish", "--topic", f"{unique_topic}/bad", "--data", "job_id = ", "--host", mqtt_endpoint.host,
+                     "--port", str(mqtt_endpoint.port))
+    assert result.returncode == 2
+    assert "not valid TOML" in result.stderr
+    # A marker published afterwards arrives alone: the invalid payload never reached the broker.
+    probe().publish(f"{unique_topic}/marker", b"end")
+    messages = watcher.wait_for(1, 10.0)
+    assert [m.topic for m in messages] == [f"{unique_topic}/marker"]
+
+
+def test_publish_and_run_together_from_a_config_file(cli: Callable[..., CliProcess], probe: Any, unique_topic: str,
+                                                     mqtt_endpoint: BrokerEndpoint, tmp_path: Path) -> None:
+    """One listener.toml serves both commands; publish never takes over the listener's client id."""
+    config = tmp_path / "listener.toml"
+    lines = [f'host = "{mqtt_endpoint.host}"', f"port = {mqtt_endpoint.port}", f'topic = "{unique_topic}/jobs"',
+             f'results_topic = "{unique_topic}/results"', f'error_topic = "{unique_topic}/error"',
+             f'log_topic = "{unique_topic}/log"', f'client_id = "cli-{uuid.uuid4().hex[:10]}"', "qos = 1",
+             "reconnect_retries = 0"]
+    if mqtt_endpoint.username is not None:
+        lines += [f'username = "{mqtt_endpoint.username}"', f'password = "{mqtt_endpoint.password}"']
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    watcher = probe(f"{unique_topic}/results")
+    listener = cli("run", "cli_test_processors:echo", "--config", str(config), "--log-format", "json")
+    listener.wait_for_event("listener_started")
+    for n in range(3):
+        result = run_cli("publish", "--config", str(config), "-t", f"{unique_topic}/jobs", "-d", f'job_id = "f-{n}"')
+        assert result.returncode == 0, result.stderr
+    messages = watcher.wait_for(3, 10.0, f"{unique_topic}/results")
+    assert sorted(json.loads(m.payload)["job_id"] for m in messages) == ["f-0", "f-1", "f-2"]
+    # Still connected: the publishes used client ids of their own (the same id would have kicked it off).
+    assert listener.process.poll() is None
+    assert "connection_down" not in [body.get("event") for body in listener.events()]
+    listener.process.send_signal(signal.SIGTERM)
+    assert listener.wait() == 0, listener.output()
+
+
+# -- the same code paths in this process (so coverage sees them) ---------------------------------------
+
+
+def publish_options(endpoint: BrokerEndpoint) -> List[str]:
+    options = ["--host", endpoint.host, "--port", str(endpoint.port)]
+    if endpoint.username is not None:
+        return options + ["--username", endpoint.username, "--password", endpoint.password or ""]
+    return options + ["--unset", "username", "--unset", "password"]
+
+
+def test_publish_in_process(probe: Any, unique_topic: str, mqtt_endpoint: BrokerEndpoint,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    watcher = probe(f"{unique_topic}/#")
+    code = cli_module.main(["publish", "-t", f"{unique_topic}/in", "-d", 'job_id = "inproc-1"', "--retain",
+                            "--qos", "2", *publish_options(mqtt_endpoint)])
+    assert code == 0, capsys.readouterr().err
+    [message] = watcher.wait_for(1, 10.0)
+    assert message.payload == b'job_id = "inproc-1"'
+    probe().publish(f"{unique_topic}/in", b"", retain=True)  # clear the retained message
+
+
+async def test_run_service_in_process_with_the_embedded_broker_until_sigterm(unique_topic: str, processor_dir: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(processor_dir))
+    port = free_port()
+    overrides = cli_module.parse_overrides(["host=127.0.0.1", f"port={port}", "reconnect_retries=0",
+                                            f"topic={unique_topic}/jobs", f"results_topic={unique_topic}/results",
+                                            f"error_topic={unique_topic}/error", f"log_topic={unique_topic}/log"],
+                                           ["username", "password"])
+    config = cli_module.load_config(None, overrides, environ={})
+    processor = cli_module.load_processor("cli_test_processors:echo")
+    service = asyncio.create_task(cli_module._run_service(config, processor, embedded_broker=True))
+    probe: Optional[MqttProbe] = None
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            assert not service.done(), service
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the embedded broker never listened"
+                await asyncio.sleep(0.05)
+        probe = await asyncio.to_thread(MqttProbe, BrokerEndpoint("127.0.0.1", port))
+        await asyncio.to_thread(probe.subscribe, f"{unique_topic}/results")
+        # Retained, so the job waits for the listener's subscription instead of racing it.
+        await asyncio.to_thread(probe.publish, f"{unique_topic}/jobs", 'job_id = "svc-1"\nvalue = 7', 1, True)
+        [message] = await asyncio.to_thread(probe.wait_for, 1, 10.0, f"{unique_topic}/results")
+        assert json.loads(message.payload)["value"] == 7
+        # The listener is inside run(), so the command's signal handlers are installed: a real SIGTERM drains it.
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(service, EXIT_TIMEOUT) == 0
+    finally:
+        if probe is not None:
+            await asyncio.to_thread(probe.close)
+        if not service.done():
+            service.cancel()
+            await asyncio.wait({service}, timeout=EXIT_TIMEOUT)
