@@ -35,9 +35,9 @@ from .transport import (
     BrokerRefusedConnection,
     connection_error,
     create_client,
-    credentials,
     endpoint_label,
-    tls_bundle,
+    open_connection,
+    secrets,
 )
 from .workers import ThreadWorkers
 
@@ -105,7 +105,7 @@ class EventListener:
         self._signals: Tuple[int, ...] = ()
         self._http: Any = None
         self._log_threshold = _LEVELS[config.log_topic_level.upper()]
-        self._secrets = tuple(s for s in (credentials(config)[2], config.password) if s)
+        self._secrets = secrets(config)
         self._publish_option_cache: Dict[str, Tuple[int, bool]] = {}
         self._metrics = ListenerMetrics()
         self._workers = ThreadWorkers(config.max_concurrent_jobs, name=f"{config.client_id}-worker")
@@ -518,32 +518,12 @@ class EventListener:
         """Open the MQTT connection (raises ConnectionError naming host and port, never a secret)."""
         if self._owns_client and self._client is not None and self._client.connection_closed:
             self._client = None  # a fresh amqtt client per connection: a used one can hang on publish
-        client = self.client
         timeout = float(self.config.connect_timeout or DEFAULT_CONNECT_TIMEOUT)
-        uri = credentials(self.config)[0]
-        with tls_bundle(self.config) as cafile:
-            connecting = asyncio.ensure_future(
-                client.connect(uri, cleansession=self.config.cleansession, cafile=cafile,
-                               additional_headers=self.config.additional_headers))
-            try:
-                # Not wait_for: amqtt turns the cancellation into a ConnectError, hiding the timeout.
-                done, _ = await asyncio.wait({connecting}, timeout=timeout)
-            finally:
-                if not connecting.done():
-                    connecting.cancel()
-                    await asyncio.wait({connecting})
-            if not done:
-                failure: Optional[BaseException] = asyncio.TimeoutError()
-            elif connecting.cancelled():
-                failure = asyncio.CancelledError()
-            else:
-                failure = connecting.exception()
-            if failure is not None:
-                if isinstance(client, AmqttClient):
-                    await asyncio.wait({asyncio.ensure_future(client.abort_connection())}, timeout=DISCONNECT_TIMEOUT)
-                error = connection_error(self.config, failure)
-                logger.warning("%s", error)
-                raise error from None
+        try:
+            await open_connection(self.config, self.client, timeout, self.config.cleansession)
+        except ConnectionError as error:
+            logger.warning("%s", error)
+            raise
         logger.info("Connected to MQTT broker at %s", endpoint_label(self.config))
 
     async def _disconnect(self) -> None:

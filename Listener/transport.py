@@ -30,12 +30,13 @@ from .redaction import SecretRedactingFilter, redact, split_uri_credentials
 
 __all__ = [
     "AmqttClient", "BrokerRefusedConnection", "build_client_config", "connection_error", "create_client", "credentials",
-    "endpoint_label", "tls_bundle",
+    "endpoint_label", "open_connection", "secrets", "tls_bundle",
 ]
 
 logger = logging.getLogger("Listener.transport")
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
+ABORT_TIMEOUT = 5.0
 _CONNACK_REASONS = {
     1: "unacceptable protocol version",
     2: "client identifier rejected",
@@ -158,6 +159,17 @@ def credentials(config: EventListenerConfig) -> tuple[str, Optional[str], Option
     return clean, config.username, config.password
 
 
+#: The manual's default password: public knowledge, and masking every "test" in a log made topics
+#: like ``test/results`` and job ids like ``test-1`` unreadable. Still never printed as a field value.
+PUBLIC_DEFAULT_PASSWORD = "test"
+
+
+def secrets(config: EventListenerConfig) -> tuple[str, ...]:
+    """The secret strings to mask wherever they appear in text: the password(s) in use."""
+    found = (credentials(config)[2], config.password)
+    return tuple(dict.fromkeys(s for s in found if s and s != PUBLIC_DEFAULT_PASSWORD))
+
+
 def build_client_config(config: EventListenerConfig, cafile: Optional[str] = None) -> Dict[str, Any]:
     """Map an :class:`EventListenerConfig` onto amqtt's client configuration dict.
 
@@ -203,20 +215,19 @@ def build_client_config(config: EventListenerConfig, cafile: Optional[str] = Non
 def create_client(config: EventListenerConfig, on_wakeup: Optional[Callable[[], None]] = None) -> AmqttClient:
     """A new amqtt client for ``config``, its debug logs filtered so no secret can reach them."""
     _, username, password = credentials(config)
-    _guard_amqtt_logs(password)
+    _guard_amqtt_logs(secrets(config))
     return AmqttClient(config.client_id, build_client_config(config), username, password,
                        delivery_window=config.max_concurrent_jobs, on_wakeup=on_wakeup)
 
 
-def _guard_amqtt_logs(password: Optional[str]) -> None:
-    secrets = (password,) if password else ()
+def _guard_amqtt_logs(known: tuple[str, ...]) -> None:
     for name in ("amqtt", "amqtt.client", "amqtt.mqtt.protocol.handler", "amqtt.mqtt.protocol.client_handler"):
         log = logging.getLogger(name)
         existing = [f for f in log.filters if isinstance(f, SecretRedactingFilter)]
         if existing:
-            existing[0].secrets = tuple(sorted(set(existing[0].secrets) | set(secrets)))
+            existing[0].secrets = tuple(sorted(set(existing[0].secrets) | set(known)))
         else:
-            log.addFilter(SecretRedactingFilter(secrets))
+            log.addFilter(SecretRedactingFilter(known))
 
 
 @contextlib.contextmanager
@@ -261,11 +272,39 @@ def _collect_ca_pem(config: EventListenerConfig) -> str:
     return "".join(ssl.DER_cert_to_PEM_cert(der) for der in certificates)
 
 
+async def open_connection(config: EventListenerConfig, client: Any, timeout: float, cleansession: bool = True) -> None:
+    """Connect ``client`` to the broker of ``config`` within ``timeout`` seconds.
+
+    Raises:
+        ConnectionError: naming host and port and the reason, never a secret (``BrokerRefusedConnection``
+            when the broker said no). A failed attempt's half-open socket is closed first.
+    """
+    uri = credentials(config)[0]
+    with tls_bundle(config) as cafile:
+        connecting = asyncio.ensure_future(
+            client.connect(uri, cleansession=cleansession, cafile=cafile, additional_headers=config.additional_headers))
+        try:
+            # Not wait_for: amqtt turns the cancellation into a ConnectError, hiding the timeout.
+            done, _ = await asyncio.wait({connecting}, timeout=timeout)
+        finally:
+            if not connecting.done():
+                connecting.cancel()
+                await asyncio.wait({connecting})
+        if not done:
+            failure: Optional[BaseException] = asyncio.TimeoutError()
+        elif connecting.cancelled():
+            failure = asyncio.CancelledError()
+        else:
+            failure = connecting.exception()
+        if failure is not None:
+            if isinstance(client, AmqttClient):
+                await asyncio.wait({asyncio.ensure_future(client.abort_connection())}, timeout=ABORT_TIMEOUT)
+            raise connection_error(config, failure) from None
+
+
 def connection_error(config: EventListenerConfig, exc: BaseException) -> ConnectionError:
     """A ConnectionError naming host and port and the reason, with every secret removed."""
-    _, _, password = credentials(config)
-    secrets = tuple(s for s in (password, config.password) if s)
-    message = redact(f"Cannot connect to MQTT broker at {endpoint_label(config)}: {_describe(exc)}", secrets)
+    message = redact(f"Cannot connect to MQTT broker at {endpoint_label(config)}: {_describe(exc)}", secrets(config))
     code = _return_code(exc)
     return BrokerRefusedConnection(message, code) if code is not None else ConnectionError(message)
 
