@@ -198,6 +198,8 @@ class EventListener:
         With ``handle_signals``, SIGTERM and SIGINT call :meth:`stop` while it runs
         (see :meth:`install_signal_handlers`).
 
+        A :meth:`stop` that came before ``run()`` (say, a signal during start-up) makes it return at once.
+
         Raises:
             ConnectionError: the broker cannot be reached, refuses the credentials, or reconnection
                 gives up after ``reconnect_retries`` attempts. The message names host and port only.
@@ -208,7 +210,6 @@ class EventListener:
         self._processor = func
         self._loop = asyncio.get_running_loop()
         self._running = True
-        self._stop_requested = False
         self._draining = False
         self._stopped = asyncio.Event()
         self._stop_event = asyncio.Event()
@@ -230,6 +231,7 @@ class EventListener:
                 self._grace_timer = None
             self.remove_signal_handlers()
             self._running = False
+            self._stop_requested = False  # a stop() between runs applies to the next one
             self._draining = False
             self._stopped.set()
             logger.info("Listener stopped")

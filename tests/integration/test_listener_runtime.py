@@ -161,3 +161,16 @@ async def test_grace_period_cancels_concurrent_jobs_that_run_too_long() -> None:
     jobs = await listener.get_all_jobs()
     assert {job.status for job in jobs.values()} == {JobStatus.FAILED}
     assert all(job.error == "Cancelled: listener stopped" for job in jobs.values())
+
+
+async def test_a_stop_before_run_makes_run_return_at_once_and_is_used_up() -> None:
+    listener = make_listener()
+    feed(listener)
+    listener.stop()
+    await asyncio.wait_for(listener.run(), 5)
+    listener.client.connect.assert_not_awaited()
+    run = asyncio.create_task(listener.run())  # the stop was used up: this run serves
+    await listener.wait_until_ready(5)
+    listener.stop()
+    await asyncio.wait_for(run, 5)
+    listener.client.connect.assert_awaited_once()
