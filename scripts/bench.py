@@ -1,0 +1,989 @@
+"""Benchmark the listener end to end through a real Mosquitto broker.
+
+Starts its own ``mosquitto`` on a free loopback port (or uses ``MQTT_HOST``/``MQTT_PORT``, and
+``MQTT_USERNAME``/``MQTT_PASSWORD`` when set). Every scenario runs in a fresh Python process (so its RSS
+and CPU figures are its own, not what earlier scenarios left behind) made of:
+
+- the listener (or the bare amqtt loop), run in-process with the public API;
+- a publisher process (paho-mqtt) sending the TOML jobs, each carrying ``sent = <time.time()>``;
+- a collector process (paho-mqtt) receiving the results (the processor echoes ``sent``), which
+  computes end-to-end latency without taking CPU from the listener's process.
+
+Each scenario prints one JSON line: msg/s, p50/p99 latency (ms), the listener process's CPU seconds,
+RSS delta and bytes per tracked job, the largest event-loop lag, the issue's target and whether it was
+met. Trivial-processor scenarios are also run through a bare amqtt receive->publish loop (the
+"ceiling") and reported as a ratio to it. The script reports; it never fails on a missed target.
+
+    python scripts/bench.py                      # everything (about 5 minutes on 2 cores)
+    python scripts/bench.py --quick              # small counts, under a minute
+    python scripts/bench.py --scenario trivial-qos1-small --scenario fixed500-qos1
+    python scripts/bench.py --ceiling            # only the bare amqtt loop
+    python scripts/bench.py --profile trivial-qos0-small   # cProfile top 25 to stderr
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import dataclasses
+import gc
+import itertools
+import json
+import logging
+import os
+import platform
+import pstats
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_MESSAGES = 20_000
+START_TIMEOUT = 20.0
+SUMMARY_TIMEOUT = 60.0
+STOP_TIMEOUT = 15.0
+IDLE_TIMEOUT = 10.0
+LAG_PERIOD = 0.010
+MIB = 1024 * 1024
+MANUAL_BODY = """task_type = "data_processing"
+priority = "high"
+timestamp = "2025-01-09T10:30:00Z"
+
+[data]
+input_file = "/path/to/input.csv"
+output_file = "/path/to/output.json"
+parameters = { timeout = 300, retries = 3 }
+
+[metadata]
+user = "data_processor"
+department = "analytics"
+"""
+_JOB_ID = re.compile(rb'job_id\s*=\s*"([^"]*)"')
+_SENT = re.compile(rb"sent\s*=\s*([0-9.]+)")
+
+
+# -- scenarios -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One measured run: what the processor does, and the traffic sent to it."""
+
+    name: str
+    processor: str  # "trivial", "echo_async", "async50" or "sync50"
+    qos: int
+    payload: str  # "small" or "manual" (the manual's section 6.2.1 document)
+    count: int
+    rate: float = 0.0  # msg/s the publisher paces itself to; 0 = as fast as it can
+    max_concurrent_jobs: int = 1
+    max_jobs_in_memory: Optional[int] = None  # None: hold every job of the run
+    budget_rate: float = 250.0  # the slowest rate (msg/s) waited for before giving up
+    ceiling: bool = False  # also measured through the bare amqtt loop
+    rss_points: int = 0  # RSS samples spread over the run (the soak)
+
+    @property
+    def jobs_limit(self) -> int:
+        """``max_jobs_in_memory`` for the listener."""
+        return self.max_jobs_in_memory or max(self.count, 1)
+
+    def deadline(self, slack: float) -> float:
+        """Seconds to wait for every result before reporting the missing ones as lost."""
+        if self.rate:
+            return slack + 1.5 * self.count / self.rate
+        return slack + self.count / self.budget_rate
+
+    def ceiling_name(self) -> str:
+        """Name of the bare-loop measurement this scenario is compared with."""
+        return f"ceiling-qos{self.qos}-{self.payload}"
+
+
+def catalogue(quick: bool, factor: float) -> List[Scenario]:
+    """Every scenario, with counts scaled by ``factor`` (and made small for ``--quick``)."""
+    def n(full: int, small: int) -> int:
+        return max(10, round((small if quick else full) * factor))
+
+    soak = n(200_000, 10_000)
+    return [
+        Scenario("trivial-qos0-small", "trivial", 0, "small", n(20_000, 2_000), ceiling=True),
+        Scenario("trivial-qos0-manual", "trivial", 0, "manual", n(20_000, 2_000), ceiling=True),
+        Scenario("trivial-qos1-small", "trivial", 1, "small", n(10_000, 1_000), ceiling=True),
+        Scenario("trivial-qos1-manual", "trivial", 1, "manual", n(10_000, 1_000), ceiling=True),
+        Scenario("echo-async-qos0-small", "echo_async", 0, "small", n(20_000, 2_000), ceiling=True),
+        Scenario("async50-c1", "async50", 0, "small", n(200, 40), budget_rate=15.0),
+        Scenario("async50-c100", "async50", 0, "small", n(10_000, 1_000), max_concurrent_jobs=100, budget_rate=333.0),
+        Scenario("sync50-t16", "sync50", 0, "small", n(2_500, 250), max_concurrent_jobs=16, budget_rate=83.0),
+        Scenario("fixed500-qos1", "trivial", 1, "small", n(10_000, 1_000), rate=500.0),
+        Scenario("soak-200k", "trivial", 0, "small", soak, rate=1000.0,
+                 max_jobs_in_memory=max(100, soak // 40), rss_points=10),
+    ]
+
+
+# -- targets ---------------------------------------------------------------------------------------
+
+
+def _no_loss(row: Dict[str, Any]) -> bool:
+    return bool(row["lost"] == 0)
+
+
+def _at_most(row: Dict[str, Any], key: str, limit: float) -> bool:
+    return row.get(key) is not None and bool(row[key] <= limit)
+
+
+def _soak_flat(row: Dict[str, Any]) -> bool:
+    points = row.get("rss_points_mb") or []
+    if len(points) < 2:
+        return False
+    first = points[0]
+    return all(abs(p - first) <= 0.10 * first for p in points)
+
+
+TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
+    "trivial": ("ratio_to_ceiling >= 0.9, lost == 0",
+                lambda r: None if r.get("ratio_to_ceiling") is None else r["ratio_to_ceiling"] >= 0.9 and _no_loss(r)),
+    "echo-async-qos0-small": ("none (for comparison: the trivial processor as async def, no worker thread)",
+                              lambda r: None),
+    "async50-c1": ("none (reference: one 50 ms job at a time is at most 20 msg/s)", lambda r: None),
+    "async50-c100": ("msg_per_s >= 1000, lost == 0", lambda r: r["msg_per_s"] >= 1000 and _no_loss(r)),
+    "sync50-t16": ("msg_per_s >= 250, max_loop_lag_ms <= 50 (loop never blocked), lost == 0",
+                   lambda r: r["msg_per_s"] >= 250 and _at_most(r, "max_loop_lag_ms", 50) and _no_loss(r)),
+    "fixed500-qos1": ("p99_ms <= 20, rss_per_job_beyond_payload <= 1536 B, lost == 0",
+                      lambda r: _at_most(r, "p99_ms", 20) and _at_most(r, "rss_per_job_beyond_payload", 1536)
+                      and _no_loss(r)),
+    "soak-200k": ("RSS within +-10% of the first of 10 points, lost == 0", lambda r: _soak_flat(r) and _no_loss(r)),
+    "ceiling": ("none (the bare amqtt receive->publish loop the trivial scenarios are compared with)", lambda r: None),
+}
+
+
+def judge(row: Dict[str, Any]) -> None:
+    """Add the issue's ``target`` for this scenario and whether it was ``met`` (None: no target)."""
+    key = row["scenario"]
+    if key.startswith(("trivial-", "ceiling-")):
+        key = key.split("-")[0]
+    text, check = TARGETS.get(key, ("none", lambda r: None))
+    row["target"] = text
+    row["met"] = None if "error" in row else check(row)
+
+
+# -- payloads and processors -----------------------------------------------------------------------
+
+
+def build_payload(kind: str, job_id: str, sent: float) -> bytes:
+    """A TOML job: the job id, the send time, and for ``manual`` the manual's example document."""
+    head = f'job_id = "{job_id}"\nsent = {sent:.6f}\n'
+    return (head + MANUAL_BODY if kind == "manual" else head).encode("utf-8")
+
+
+def job_prefix(run_id: str, name: str) -> str:
+    """The job ids of a run are ``<prefix>-<8 digits>``."""
+    return f"bench-{run_id}-{name}"
+
+
+def payload_size(kind: str, run_id: str, name: str) -> int:
+    """Bytes of one payload of this scenario (every job id has the same length)."""
+    return len(build_payload(kind, f"{job_prefix(run_id, name)}-00000000", time.time()))
+
+
+class Progress:
+    """How many jobs the processor has finished (read by the RSS sampler); safe from worker threads."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count(1)
+        self.value = 0
+
+    def tick(self) -> None:
+        """Count one job."""
+        self.value = next(self._counter)
+
+
+def make_processor(kind: str, progress: Progress) -> Callable[..., Any]:
+    """The scenario's processor: trivial (sync echo), echo_async, async 50 ms sleep, or sync 50 ms sleep."""
+    def trivial(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        progress.tick()
+        return {"job_id": job_id, "sent": data.get("sent")}
+
+    async def echo_async(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        progress.tick()
+        return {"job_id": job_id, "sent": data.get("sent")}
+
+    async def async50(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        await asyncio.sleep(0.05)
+        progress.tick()
+        return {"job_id": job_id, "sent": data.get("sent")}
+
+    def sync50(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        time.sleep(0.05)
+        progress.tick()
+        return {"job_id": job_id, "sent": data.get("sent")}
+
+    return {"trivial": trivial, "echo_async": echo_async, "async50": async50, "sync50": sync50}[kind]
+
+
+# -- the broker ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Endpoint:
+    """Where the broker is, and how to log in."""
+
+    host: str
+    port: int
+    username: Optional[str] = None
+    password: Optional[str] = None
+    description: str = "external broker"
+
+    def amqtt_uri(self) -> str:
+        """``mqtt://[user:pass@]host:port/`` for amqtt."""
+        from urllib.parse import quote
+
+        login = ""
+        if self.username is not None:
+            login = quote(self.username, safe="") + (":" + quote(self.password, safe="") if self.password else "") + "@"
+        return f"mqtt://{login}{self.host}:{self.port}/"
+
+
+class BrokerContext:
+    """``with BrokerContext() as endpoint``: the bench's own mosquitto, or the one in MQTT_HOST/MQTT_PORT."""
+
+    def __init__(self) -> None:
+        self._broker: Any = None
+        self._folder: Optional[Path] = None
+
+    def __enter__(self) -> Endpoint:
+        host = os.environ.get("MQTT_HOST")
+        if host:
+            return Endpoint(host, int(os.environ.get("MQTT_PORT", "1883")), os.environ.get("MQTT_USERNAME") or None,
+                            os.environ.get("MQTT_PASSWORD") or None)
+        from tests.support.brokers import MosquittoBroker, session_folder
+
+        self._folder = session_folder()
+        # MosquittoBroker sets set_tcp_nodelay true and max_queued_messages 0 (unlimited), as a bench needs.
+        self._broker = MosquittoBroker(self._folder)
+        self._broker.start()
+        return Endpoint("127.0.0.1", self._broker.plain_port,
+                        description=f"{_mosquitto_version(self._broker.binary)}, own, loopback")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._broker is not None:
+            self._broker.stop()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _mosquitto_version(binary: str) -> str:
+    """``mosquitto version X`` as the binary reports it."""
+    try:
+        result = subprocess.run([binary, "-h"], capture_output=True, text=True, timeout=5)  # noqa: S603
+    except (OSError, subprocess.TimeoutExpired):
+        return "mosquitto"
+    lines = (result.stdout or result.stderr).splitlines()
+    return lines[0].strip() if lines else "mosquitto"
+
+
+# -- publisher and collector processes (paho-mqtt) -------------------------------------------------
+
+
+def paho_client(spec: Dict[str, Any], prefix: str) -> Any:
+    """A connected paho client with its network thread running."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{prefix}-{os.getpid()}")
+    if spec.get("username"):
+        client.username_pw_set(spec["username"], spec.get("password"))
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    client.connect(spec["host"], spec["port"], keepalive=60)
+    client.loop_start()
+    deadline = time.monotonic() + START_TIMEOUT
+    while not client.is_connected():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{prefix}: could not connect to {spec['host']}:{spec['port']}")
+        time.sleep(0.005)
+    return client
+
+
+def watch_stdin(on_line: Callable[[str], None]) -> None:
+    """Hand stdin lines to ``on_line`` from a daemon thread; end of file (the runner died) exits."""
+    def watch() -> None:
+        for line in sys.stdin:
+            on_line(line.strip())
+        os._exit(3)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def run_publisher(spec: Dict[str, Any]) -> None:
+    """Connect, say READY, wait for GO, publish ``count`` jobs (paced when ``rate``), wait for the acks."""
+    go, done = threading.Event(), threading.Event()
+    watch_stdin(lambda line: go.set() if line == "GO" else None)
+    acked = itertools.count(1)
+    state = {"acked": 0}
+
+    def on_publish(*_: Any) -> None:
+        state["acked"] = next(acked)
+        if state["acked"] >= spec["count"]:
+            done.set()
+
+    client = paho_client(spec, "bench-pub")
+    client.on_publish = on_publish
+    print("READY", flush=True)
+    go.wait()
+    started = time.perf_counter()
+    for i, sent in enumerate(pacer(spec["count"], spec["rate"])):
+        client.publish(spec["topic"], build_payload(spec["payload"], f"{spec['prefix']}-{i:08d}", sent), spec["qos"])
+    published = time.perf_counter() - started
+    done.wait(60.0 + spec["count"] / 1000)
+    client.disconnect()
+    client.loop_stop()
+    print(json.dumps({"published": spec["count"], "acked": state["acked"], "publish_seconds": round(published, 3)}),
+          flush=True)
+
+
+def pacer(count: int, rate: float) -> Iterator[float]:
+    """Yield ``count`` send times (``time.time()``), sleeping to keep ``rate`` msg/s when it is set."""
+    start = time.perf_counter()
+    for i in range(count):
+        if rate:
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+        yield time.time()
+
+
+def run_collector(spec: Dict[str, Any]) -> None:
+    """Collect results until ``count`` arrived, none arrived for ``idle_timeout`` s, or the runner says STOP."""
+    finish, subscribed = threading.Event(), threading.Event()
+    received: List[Tuple[float, str, bytes]] = []
+    state = {"results": 0, "last": time.monotonic()}
+    results_topic = spec["results_topic"]
+
+    def on_message(client: Any, userdata: Any, message: Any) -> None:
+        received.append((time.time(), message.topic, message.payload))
+        state["last"] = time.monotonic()
+        if message.topic == results_topic:
+            state["results"] += 1
+            if state["results"] >= spec["count"]:
+                finish.set()
+
+    def on_line(line: str) -> None:
+        state["last"] = time.monotonic()  # GO: the idle clock starts now
+        if line == "STOP":
+            finish.set()
+
+    client = paho_client(spec, "bench-collect")
+    client.on_message = on_message
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.subscribe([(results_topic, spec["qos"]), (spec["error_topic"], 1)])
+    if not subscribed.wait(START_TIMEOUT):
+        raise SystemExit("collector: no SUBACK")
+    watch_stdin(on_line)
+    print("READY", flush=True)
+    while not finish.wait(0.2):
+        if time.monotonic() - state["last"] > spec["idle_timeout"]:
+            break
+    client.disconnect()
+    client.loop_stop()
+    print(json.dumps(summarise(received, results_topic)), flush=True)
+
+
+def parse_result(payload: bytes) -> Tuple[Optional[str], Optional[float]]:
+    """Job id and send time from a result: the listener's JSON, or the TOML the bare loop forwards."""
+    if payload[:1] == b"{":
+        body = json.loads(payload)
+        sent = body.get("sent")
+        return body.get("job_id"), float(sent) if sent is not None else None
+    job_id, sent = _JOB_ID.search(payload), _SENT.search(payload)
+    return (job_id.group(1).decode() if job_id else None), (float(sent.group(1)) if sent else None)
+
+
+def summarise(received: List[Tuple[float, str, bytes]], results_topic: str) -> Dict[str, Any]:
+    """Distinct results, duplicates, errors, and end-to-end latency percentiles."""
+    seen: set[str] = set()
+    latencies: List[float] = []
+    errors = duplicates = 0
+    first_sent, last_received = float("inf"), 0.0
+    for arrived, topic, payload in received:
+        if topic != results_topic:
+            errors += 1
+            continue
+        job_id, sent = parse_result(payload)
+        if job_id is None or job_id in seen:
+            duplicates += 1
+            continue
+        seen.add(job_id)
+        last_received = max(last_received, arrived)
+        if sent is not None:
+            first_sent = min(first_sent, sent)
+            latencies.append((arrived - sent) * 1000.0)
+    spikes = latency_spikes(received, results_topic, first_sent)
+    latencies.sort()
+    span = last_received - first_sent if latencies else 0.0
+    return {"received": len(seen), "duplicates": duplicates, "errors": errors, "span_s": round(span, 3),
+            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+            "max_ms": round(latencies[-1], 2) if latencies else None, "latency_spikes": spikes}
+
+
+def latency_spikes(received: List[Tuple[float, str, bytes]], results_topic: str, start: float,
+                   threshold_ms: float = 50.0, keep: int = 5) -> List[List[float]]:
+    """The worst seconds of the run: ``[second since the first send, max latency ms]`` over ``threshold_ms``."""
+    worst: Dict[int, float] = {}
+    for arrived, topic, payload in received:
+        sent = parse_result(payload)[1] if topic == results_topic else None
+        if sent is not None:
+            second = int(arrived - start)
+            worst[second] = max(worst.get(second, 0.0), (arrived - sent) * 1000.0)
+    spikes = sorted(((s, ms) for s, ms in worst.items() if ms > threshold_ms), key=lambda item: -item[1])[:keep]
+    return [[s, round(ms, 1)] for s, ms in sorted(spikes)]
+
+
+def percentile(ordered: List[float], pct: float) -> Optional[float]:
+    """Nearest-rank percentile of an ascending list (None when empty)."""
+    if not ordered:
+        return None
+    rank = max(1, -(-len(ordered) * pct // 100))
+    return round(ordered[int(rank) - 1], 2)
+
+
+# -- the runner's helpers: children, loop lag, RSS -------------------------------------------------
+
+
+class Children:
+    """The runner's publisher and collector processes, all ended on the way out whatever happens."""
+
+    def __init__(self) -> None:
+        self._procs: List[asyncio.subprocess.Process] = []
+
+    async def spawn(self, role: str, spec: Dict[str, Any]) -> asyncio.subprocess.Process:
+        """Start this script in ``role`` with ``spec``; stdin and stdout are pipes."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), "--role", role, "--spec", json.dumps(spec),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=str(ROOT))
+        self._procs.append(proc)
+        return proc
+
+    async def close(self) -> None:
+        """Kill every child still running and reap them all."""
+        for proc in self._procs:
+            if proc.returncode is None:
+                try:
+                    proc.kill()
+                except ProcessLookupError:
+                    pass
+        for proc in self._procs:
+            await asyncio.wait({asyncio.ensure_future(proc.wait())}, timeout=5.0)
+        self._procs.clear()
+
+
+async def read_line(proc: asyncio.subprocess.Process, timeout: Optional[float], what: str) -> str:
+    """The child's next stdout line, within ``timeout`` seconds."""
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), timeout)
+    if not line:
+        raise RuntimeError(f"{what} exited (code {await proc.wait()}) without answering")
+    return line.decode().strip()
+
+
+async def expect_ready(proc: asyncio.subprocess.Process, what: str) -> None:
+    """Wait for the child's READY line."""
+    line = await read_line(proc, START_TIMEOUT, what)
+    if line != "READY":
+        raise RuntimeError(f"{what} said {line!r} instead of READY")
+
+
+async def tell(proc: asyncio.subprocess.Process, text: str) -> None:
+    """Write one line to the child's stdin (ignored when it has gone)."""
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(text.encode() + b"\n")
+        await proc.stdin.drain()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+async def final_report(proc: asyncio.subprocess.Process, timeout: float) -> Optional[Dict[str, Any]]:
+    """The child's last JSON line, or None (and the child killed) when it does not come in time."""
+    try:
+        line = await read_line(proc, timeout, "child")
+        await asyncio.wait_for(proc.wait(), 5.0)
+        return dict(json.loads(line))
+    except (asyncio.TimeoutError, RuntimeError, ValueError):
+        if proc.returncode is None:
+            proc.kill()
+        return None
+
+
+def rss_bytes() -> int:
+    """Resident set size of this (the listener's) process."""
+    import psutil
+
+    return int(psutil.Process().memory_info().rss)
+
+
+class LoopLag:
+    """Sleeps 10 ms again and again and records the largest overshoot: how long the loop was held up."""
+
+    def __init__(self) -> None:
+        self.max_lag = 0.0
+        self._task: Optional[asyncio.Task[None]] = None
+
+    def start(self) -> None:
+        """Begin measuring."""
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_PERIOD)
+            self.max_lag = max(self.max_lag, loop.time() - before - LAG_PERIOD)
+
+    async def stop(self) -> float:
+        """Stop; the largest lag seen, in ms."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        return round(self.max_lag * 1000.0, 2)
+
+
+class RssSampler:
+    """Records RSS (MiB) each time the processor has finished another 1/``points`` of the scenario's jobs."""
+
+    def __init__(self, progress: Progress, count: int, points: int) -> None:
+        self.samples: List[float] = []
+        self._progress = progress
+        self._marks = [count * (k + 1) // points for k in range(points)] if points else []
+        self._task: Optional[asyncio.Task[None]] = None
+
+    def start(self) -> None:
+        """Begin sampling (nothing to do without points)."""
+        if self._marks:
+            self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while len(self.samples) < len(self._marks):
+            if self._progress.value >= self._marks[len(self.samples)]:
+                self.samples.append(round(rss_bytes() / MIB, 1))
+            else:
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> List[float]:
+        """Stop; the samples taken."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        return self.samples
+
+
+# -- the runner: one scenario in this process ------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """What a runner process is asked to measure."""
+
+    scenario: Scenario
+    kind: str  # "listener" or "ceiling"
+    endpoint: Endpoint
+    run_id: str
+    slack: float
+    idle_timeout: float
+    profile: bool = False
+
+    @classmethod
+    def from_json(cls, text: str) -> "Job":
+        """Inverse of ``to_json``."""
+        raw = json.loads(text)
+        return cls(Scenario(**raw.pop("scenario")), endpoint=Endpoint(**raw.pop("endpoint")), **raw)
+
+    def to_json(self) -> str:
+        """The job as JSON, for the runner's command line."""
+        return json.dumps(asdict(self))
+
+
+@dataclass
+class Measurement:
+    """Everything a runner measured, before it becomes a JSON line."""
+
+    collector: Dict[str, Any]
+    publisher: Optional[Dict[str, Any]]
+    cpu_s: float
+    max_loop_lag_ms: float
+    rss_points_mb: List[float]
+    rss_before: int
+    rss_after: int = 0
+    jobs_held: int = 0
+
+
+@dataclass
+class Runner:
+    """Hosts the server under test and drives one scenario's traffic through it."""
+
+    job: Job
+    children: Children = field(default_factory=Children)
+    profile: Optional[cProfile.Profile] = None
+
+    @property
+    def topics(self) -> Dict[str, str]:
+        """``bench/<run id>/<scenario>/...``: no run ever sees another's traffic."""
+        base = f"bench/{self.job.run_id}/{self.job.scenario.name}"
+        return {"jobs": f"{base}/jobs", "results": f"{base}/results", "errors": f"{base}/errors"}
+
+    def child_spec(self) -> Dict[str, Any]:
+        """What the publisher and the collector need to know."""
+        sc, ep, topics = self.job.scenario, self.job.endpoint, self.topics
+        return {"host": ep.host, "port": ep.port, "username": ep.username, "password": ep.password,
+                "topic": topics["jobs"], "results_topic": topics["results"], "error_topic": topics["errors"],
+                "qos": sc.qos, "count": sc.count, "rate": sc.rate, "payload": sc.payload,
+                "prefix": job_prefix(self.job.run_id, sc.name), "idle_timeout": self.job.idle_timeout}
+
+    async def measure(self, serve: Callable[[], Awaitable[None]], progress: Progress,
+                      jobs_held: Callable[[], int]) -> Measurement:
+        """Start the children and the server (``serve``), send the traffic, measure this process meanwhile."""
+        spec = self.child_spec()
+        collector = await self.children.spawn("collector", spec)
+        publisher = await self.children.spawn("publisher", spec)
+        await asyncio.wait_for(serve(), START_TIMEOUT)
+        await expect_ready(collector, "collector")
+        await expect_ready(publisher, "publisher")
+        gc.collect()
+        lag = LoopLag()
+        sampler = RssSampler(progress, self.job.scenario.count, self.job.scenario.rss_points)
+        rss_before, cpu_before = rss_bytes(), time.process_time()
+        lag.start()
+        sampler.start()
+        if self.profile is not None:
+            self.profile.enable()
+        try:
+            await tell(collector, "GO")
+            await tell(publisher, "GO")
+            summary = await self.await_results(collector)
+        finally:
+            if self.profile is not None:
+                self.profile.disable()
+        cpu = time.process_time() - cpu_before
+        result = Measurement(summary, None, round(cpu, 3), await lag.stop(), await sampler.stop(), rss_before)
+        gc.collect()
+        result.rss_after, result.jobs_held = rss_bytes(), jobs_held()
+        result.publisher = await final_report(publisher, STOP_TIMEOUT)
+        return result
+
+    async def await_results(self, collector: asyncio.subprocess.Process) -> Dict[str, Any]:
+        """The collector's summary: when every result arrived, or (after STOP) at the scenario's deadline."""
+        try:
+            line = await read_line(collector, self.job.scenario.deadline(self.job.slack), "collector")
+        except asyncio.TimeoutError:
+            await tell(collector, "STOP")
+            line = await read_line(collector, SUMMARY_TIMEOUT, "collector")
+        return dict(json.loads(line))
+
+    async def run(self) -> Dict[str, Any]:
+        """Measure the job; its JSON line (without the target, which the orchestrator adds)."""
+        if self.job.profile:
+            self.profile = cProfile.Profile()
+        try:
+            if self.job.kind == "ceiling":
+                measured = await self.run_ceiling()
+            else:
+                measured = await self.run_listener()
+        finally:
+            await self.children.close()
+        if self.profile is not None:
+            print_profile(self.profile)
+        return row_for(self.job, measured)
+
+    def listener_config(self) -> Any:
+        """The EventListenerConfig for this scenario (fields this version lacks are left out)."""
+        from Listener import EventListenerConfig
+
+        sc, ep, topics = self.job.scenario, self.job.endpoint, self.topics
+        wanted: Dict[str, Any] = {
+            "host": ep.host, "port": ep.port, "username": ep.username, "password": ep.password,
+            "client_id": f"bench-listener-{self.job.run_id}-{sc.name}"[:64], "topic": topics["jobs"], "qos": sc.qos,
+            "default_qos": sc.qos, "results_topic": topics["results"], "error_topic": topics["errors"], "log_topic": "",
+            "max_concurrent_jobs": sc.max_concurrent_jobs, "max_jobs_in_memory": sc.jobs_limit,
+            "shutdown_grace_period": 5.0,
+        }
+        known = {f.name for f in dataclasses.fields(EventListenerConfig)}
+        return EventListenerConfig(**{k: v for k, v in wanted.items() if k in known})
+
+    async def run_listener(self) -> Measurement:
+        """The scenario through an EventListener in this process."""
+        from Listener import EventListener
+
+        listener = EventListener(self.listener_config())
+        progress = Progress()
+        task = asyncio.create_task(listener.run(make_processor(self.job.scenario.processor, progress)))
+
+        async def ready() -> None:
+            waiting = asyncio.ensure_future(listener.wait_until_ready())
+            await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
+            if not waiting.done():
+                waiting.cancel()
+                task.result()  # run() ended before it was ready: raise its error
+                raise RuntimeError("listener stopped before it was ready")
+
+        try:
+            return await self.measure(ready, progress, lambda: len(listener.jobs))
+        finally:
+            listener.stop()
+            await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def run_ceiling(self) -> Measurement:
+        """The scenario's traffic through a bare amqtt receive->publish loop, with no listener logic."""
+        from amqtt.client import MQTTClient
+
+        topics, qos = self.topics, self.job.scenario.qos
+        client = MQTTClient(client_id=f"bench-ceiling-{self.job.run_id}-{self.job.scenario.name}"[:64],
+                            config={"plugins": {}, "auto_reconnect": False})
+        pump: List[asyncio.Task[None]] = []
+
+        async def ready() -> None:
+            await client.connect(self.job.endpoint.amqtt_uri())
+            await client.subscribe([(topics["jobs"], qos)])
+            pump.append(asyncio.create_task(forward(client, topics["results"], qos)))
+
+        try:
+            return await self.measure(ready, Progress(), lambda: 0)
+        finally:
+            for task in pump:
+                task.cancel()
+            await asyncio.gather(*pump, return_exceptions=True)
+            await asyncio.wait({asyncio.ensure_future(client.disconnect())}, timeout=STOP_TIMEOUT)
+
+
+async def forward(client: Any, results_topic: str, qos: int) -> None:
+    """The bare amqtt loop: take a message, publish its payload unchanged to the results topic."""
+    while True:
+        message = await client.deliver_message()
+        if message is None:
+            return
+        await client.publish(results_topic, bytes(message.data), qos=qos)
+
+
+def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
+    """The scenario's JSON line (the orchestrator adds the ceiling ratio and the target)."""
+    sc, got = job.scenario, measured.collector
+    received, span = got["received"], got["span_s"]
+    size = payload_size(sc.payload, job.run_id, sc.name)
+    delta = measured.rss_after - measured.rss_before
+    held = measured.jobs_held
+    per_job = round(delta / held) if held else None
+    row: Dict[str, Any] = {
+        "scenario": sc.name, "kind": job.kind, "processor": sc.processor, "qos": sc.qos, "payload": sc.payload,
+        "payload_bytes": size, "rate": sc.rate or "max",
+        "max_concurrent_jobs": sc.max_concurrent_jobs if job.kind == "listener" else None,
+        "messages": sc.count, "received": received, "lost": sc.count - received,
+        "duplicates": got["duplicates"], "errors": got["errors"],
+        "msg_per_s": round(received / span, 1) if span > 0 else 0.0,
+        "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"], "max_ms": got["max_ms"],
+        "cpu_s": measured.cpu_s, "cpu_us_per_msg": round(measured.cpu_s / received * 1e6) if received else None,
+        "max_loop_lag_ms": measured.max_loop_lag_ms,
+        "rss_before_mb": round(measured.rss_before / MIB, 1), "rss_delta_mb": round(delta / MIB, 1),
+        "jobs_held": held, "rss_per_job": per_job,
+        "rss_per_job_beyond_payload": per_job - size if per_job is not None else None,
+        "ratio_to_ceiling": None,
+    }
+    if sc.rss_points:
+        row["rss_points_mb"] = measured.rss_points_mb
+    if measured.publisher is None:
+        row["publisher"] = "did not finish"
+    else:  # when this is close to the run's span, the publisher (not the server) set the pace
+        row["publish_s"] = measured.publisher["publish_seconds"]
+    if sc.rate and got.get("latency_spikes"):  # in a flood every second is a "spike": the queue
+        row["latency_spikes"] = got["latency_spikes"]
+    return row
+
+
+def print_profile(profile: cProfile.Profile) -> None:
+    """The top 25 functions by cumulative and by own time, to stderr."""
+    for order in ("cumulative", "tottime"):
+        print(f"\n=== cProfile of the listener's event-loop thread, top 25 by {order} ===", file=sys.stderr)
+        pstats.Stats(profile, stream=sys.stderr).strip_dirs().sort_stats(order).print_stats(25)
+
+
+# -- the orchestrator ------------------------------------------------------------------------------
+
+
+def run_job(job: Job) -> Dict[str, Any]:
+    """Run one job in a fresh runner process; its row, or an error row when it failed or overran."""
+    limit = job.scenario.deadline(job.slack) + 2 * START_TIMEOUT + SUMMARY_TIMEOUT + 2 * STOP_TIMEOUT + 30
+    command = [sys.executable, str(Path(__file__).resolve()), "--role", "runner", "--spec", job.to_json()]
+    try:
+        done = subprocess.run(command, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, cwd=str(ROOT),  # noqa: S603
+                              timeout=limit, check=False)
+    except subprocess.TimeoutExpired:
+        return {"scenario": job.scenario.name, "kind": job.kind, "error": f"runner overran {limit:.0f} s and was killed"}
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
+    try:
+        return dict(json.loads(lines[-1]))
+    except (IndexError, ValueError):
+        return {"scenario": job.scenario.name, "kind": job.kind, "error": f"runner failed (exit code {done.returncode})"}
+
+
+def run_repeated(job: Job, repeat: int) -> Dict[str, Any]:
+    """Run the job ``repeat`` times; the row with the median msg/s, with every run's msg/s beside it."""
+    if repeat <= 1:
+        return run_job(job)
+    rows = [run_job(replace(job, run_id=f"{job.run_id}{i}")) for i in range(repeat)]  # own topics and ids
+    good = sorted((r for r in rows if "error" not in r), key=lambda r: r["msg_per_s"])
+    if not good:
+        return rows[0]
+    median = dict(good[len(good) // 2])
+    median["runs_msg_per_s"] = [r.get("msg_per_s") for r in rows]
+    return median
+
+
+def emit(row: Dict[str, Any], rows: List[Dict[str, Any]]) -> None:
+    """Judge the row against its target, print it as one JSON line, keep it."""
+    judge(row)
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+
+def add_ratio(row: Dict[str, Any], ceiling: Optional[Dict[str, Any]]) -> None:
+    """``ratio_to_ceiling``: the listener's msg/s over the bare loop's, for the same traffic in the same run.
+
+    Also ``cpu_ratio_to_ceiling``, CPU per message over the bare loop's: on a small machine shared with
+    the broker and the clients, wall-clock rates vary by tens of percent from run to run, CPU per
+    message much less.
+    """
+    if ceiling and ceiling.get("msg_per_s") and "error" not in row:
+        row["ceiling_msg_per_s"] = ceiling["msg_per_s"]
+        row["ratio_to_ceiling"] = round(row["msg_per_s"] / ceiling["msg_per_s"], 3)
+        if row.get("cpu_us_per_msg") and ceiling.get("cpu_us_per_msg"):
+            row["cpu_ratio_to_ceiling"] = round(row["cpu_us_per_msg"] / ceiling["cpu_us_per_msg"], 2)
+
+
+def orchestrate(args: argparse.Namespace, scenarios: List[Scenario], endpoint: Endpoint) -> List[Dict[str, Any]]:
+    """Run the chosen scenarios one after the other (each trivial one after its ceiling); return the rows."""
+    run_id = os.urandom(4).hex()
+    slack, idle = (5.0, 5.0) if args.quick else (15.0, IDLE_TIMEOUT)
+    rows: List[Dict[str, Any]] = []
+    ceilings: Dict[str, Dict[str, Any]] = {}
+    for scenario in scenarios:
+        wants_ceiling = scenario.ceiling and (args.ceiling or not (args.no_ceiling or args.profile))
+        if wants_ceiling and scenario.ceiling_name() not in ceilings:
+            bare = replace(scenario, name=scenario.ceiling_name())
+            ceilings[bare.name] = run_repeated(Job(bare, "ceiling", endpoint, run_id, slack, idle), args.repeat)
+            emit(ceilings[bare.name], rows)
+        if args.ceiling:
+            continue
+        job = Job(scenario, "listener", endpoint, run_id, slack, idle, profile=bool(args.profile))
+        row = run_job(job) if args.profile else run_repeated(job, args.repeat)
+        add_ratio(row, ceilings.get(scenario.ceiling_name()) if scenario.ceiling else None)
+        emit(row, rows)
+    return rows
+
+
+def environment(endpoint: Endpoint) -> Dict[str, Any]:
+    """What the numbers were taken on."""
+    from importlib.metadata import version
+
+    from Listener import __version__
+
+    return {"python": platform.python_version(), "cpus": os.cpu_count(), "system": platform.system(),
+            "listener": __version__, "amqtt": version("amqtt"), "paho_mqtt": version("paho-mqtt"),
+            "broker": endpoint.description}
+
+
+def select(args: argparse.Namespace) -> List[Scenario]:
+    """The scenarios asked for, in catalogue order."""
+    factor = args.messages / DEFAULT_MESSAGES if args.messages else 1.0
+    everything = catalogue(args.quick, factor)
+    names = [s.name for s in everything]
+    wanted = [args.profile] if args.profile else (args.scenario or names)
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(names)}")
+    chosen = [s for s in everything if s.name in wanted]
+    return [s for s in chosen if s.ceiling] if args.ceiling else chosen
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scenario", action="append", metavar="NAME", help="run only this scenario (repeatable)")
+    parser.add_argument("--messages", type=int, metavar="N",
+                        help=f"scale every count so the trivial QoS 0 scenarios send N jobs (default {DEFAULT_MESSAGES})")
+    parser.add_argument("--repeat", type=int, default=1, metavar="K",
+                        help="run every scenario (and ceiling) K times and report the run with the median msg/s")
+    parser.add_argument("--quick", action="store_true", help="small counts: the whole run in under a minute")
+    parser.add_argument("--ceiling", action="store_true", help="measure only the bare amqtt receive->publish loop")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the ceiling runs (no ratio_to_ceiling)")
+    parser.add_argument("--profile", metavar="NAME", help="run one scenario under cProfile; top 25 to stderr")
+    parser.add_argument("--json-out", metavar="FILE", help="also write the environment and every line to FILE")
+    parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
+    parser.add_argument("--role", choices=("runner", "publisher", "collector"), help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def interrupt_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so every ``finally`` (children, broker) runs."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run_child(role: str, spec_text: str) -> int:
+    """Entry point of the runner, publisher and collector processes."""
+    if role == "runner":
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="[%(levelname)s] %(name)s: %(message)s")
+        interrupt_on_sigterm()
+        try:
+            row = asyncio.run(Runner(Job.from_json(spec_text)).run())
+        except KeyboardInterrupt:
+            return 130
+        print(json.dumps(row), flush=True)
+        return 0
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C in the terminal: die quietly, the runner cleans up
+    (run_publisher if role == "publisher" else run_collector)(json.loads(spec_text))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Run the bench; print one JSON line per scenario on stdout."""
+    args = parse_args(argv)
+    if args.role:
+        return run_child(args.role, args.spec)
+    scenarios = select(args)
+    if args.list:
+        for s in scenarios:
+            print(f"{s.name:22} {s.processor:10} qos {s.qos} {s.payload:6} {s.count:>7} messages"
+                  f"{' (+ ceiling)' if s.ceiling else ''}")
+        return 0
+    interrupt_on_sigterm()
+    started = time.monotonic()
+    try:
+        with BrokerContext() as endpoint:
+            env = environment(endpoint)
+            print(json.dumps({"environment": env}), file=sys.stderr, flush=True)
+            rows = orchestrate(args, scenarios, endpoint)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    env["seconds"] = round(time.monotonic() - started)
+    print(f"bench finished in {env['seconds']} s", file=sys.stderr)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({"environment": env, "results": rows}, indent=1) + "\n",
+                                       encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
