@@ -110,7 +110,8 @@ class EventListener:
         self._metrics = ListenerMetrics()
         self._workers = ThreadWorkers(config.max_concurrent_jobs, name=f"{config.client_id}-worker")
         self._publisher = Publisher(lambda: self.client, self._is_connected, self._metrics,
-                                    lambda: endpoint_label(self.config), PUBLISH_TIMEOUT, MAX_PUBLISHES_IN_FLIGHT)
+                                    lambda: endpoint_label(self.config), PUBLISH_TIMEOUT, MAX_PUBLISHES_IN_FLIGHT,
+                                    watched=lambda: self._owns_client and self._running)
 
     # -- the client --------------------------------------------------------------------------------
 
@@ -607,6 +608,10 @@ class EventListener:
         if problem is not None:
             logger.debug("Could not publish %s event to %s: %s", body.get("event", "error"), topic, problem)
 
+    def _info_wanted(self) -> bool:
+        """Whether an INFO record goes anywhere (checked before building the one each job may emit)."""
+        return logger.isEnabledFor(logging.INFO) or (self._log_threshold <= logging.INFO and bool(self.config.log_topic))
+
     async def _emit(self, level: int, event: str, message: str, *args: Any, job_id: Optional[str] = None,
                     status: Optional[JobStatus] = None, duration_ms: Optional[float] = None,
                     topic: Optional[str] = None, publish: bool = True) -> None:
@@ -722,8 +727,9 @@ class EventListener:
         elapsed = time.perf_counter() - started
         self._metrics.jobs_finished[JobStatus.COMPLETED.value] += 1
         self._metrics.observe_duration(elapsed)
-        await self._emit(logging.INFO, "job_completed", "Job %s completed", job_id, job_id=job_id,
-                         status=JobStatus.COMPLETED, duration_ms=elapsed * 1000, topic=topic)
+        if self._info_wanted():
+            await self._emit(logging.INFO, "job_completed", "Job %s completed", job_id, job_id=job_id,
+                             status=JobStatus.COMPLETED, duration_ms=elapsed * 1000, topic=topic)
         return result
 
     async def _fail(self, job_id: str, exc: BaseException, topic: Optional[str], elapsed: float) -> None:

@@ -3,8 +3,9 @@
 amqtt 0.12 loses track of PUBACKs when thousands of QoS 1/2 publications are outstanding, hangs a
 publish made after its connection closed, and fails one made while the connection drops. So every
 publication here waits for a slot (at most ``max_in_flight`` QoS 1/2 ones at a time), is bounded by
-``timeout``, and one that fails because the connection is down is kept (up to ``outbox_limit``) and
-sent again by :meth:`Publisher.flush` after the listener reconnects.
+``timeout`` (QoS 0 ones on a watched connection excepted: the liveness watchdog bounds them), and one
+that fails because the connection is down is kept (up to ``outbox_limit``) and sent again by
+:meth:`Publisher.flush` after the listener reconnects.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class Publisher:
 
     def __init__(self, client: Callable[[], Any], connected: Callable[[], bool], metrics: ListenerMetrics,
                  describe_endpoint: Callable[[], str], timeout: float = 10.0, max_in_flight: int = 64,
-                 outbox_limit: int = 10_000) -> None:
+                 outbox_limit: int = 10_000, watched: Callable[[], bool] = lambda: False) -> None:
         self._client = client
+        self._watched = watched
         self._connected = connected
         self._metrics = metrics
         self._endpoint = describe_endpoint
@@ -72,6 +74,10 @@ class Publisher:
         if qos:
             async with self._slots:
                 await bounded(client.publish(topic, payload, qos, retain), self.timeout)
+        elif self._watched():
+            # QoS 0 only waits for the socket buffer; when a liveness watchdog guards the connection
+            # it aborts a dead one, which ends that wait, so a timer per message would buy nothing.
+            await client.publish(topic, payload, qos, retain)
         else:
             await bounded(client.publish(topic, payload, qos, retain), self.timeout)
         self._metrics.publishes += 1

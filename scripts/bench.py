@@ -81,7 +81,7 @@ class Scenario:
     """One measured run: what the processor does, and the traffic sent to it."""
 
     name: str
-    processor: str  # "trivial", "echo_async", "async50" or "sync50"
+    processor: str  # "trivial", "inline", "echo_async", "async50" or "sync50"
     qos: int
     payload: str  # "small" or "manual" (the manual's section 6.2.1 document)
     count: int
@@ -120,6 +120,7 @@ def catalogue(quick: bool, factor: float) -> List[Scenario]:
         Scenario("trivial-qos1-small", "trivial", 1, "small", n(10_000, 1_000), ceiling=True),
         Scenario("trivial-qos1-manual", "trivial", 1, "manual", n(10_000, 1_000), ceiling=True),
         Scenario("echo-async-qos0-small", "echo_async", 0, "small", n(20_000, 2_000), ceiling=True),
+        Scenario("inline-qos0-small", "inline", 0, "small", n(20_000, 2_000), ceiling=True),
         Scenario("async50-c1", "async50", 0, "small", n(200, 40), budget_rate=15.0),
         Scenario("async50-c100", "async50", 0, "small", n(10_000, 1_000), max_concurrent_jobs=100, budget_rate=333.0),
         Scenario("sync50-t16", "sync50", 0, "small", n(2_500, 250), max_concurrent_jobs=16, budget_rate=83.0),
@@ -153,6 +154,8 @@ TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
                 lambda r: None if r.get("ratio_to_ceiling") is None else r["ratio_to_ceiling"] >= 0.9 and _no_loss(r)),
     "echo-async-qos0-small": ("none (for comparison: the trivial processor as async def, no worker thread)",
                               lambda r: None),
+    "inline-qos0-small": ("none (for comparison: the trivial processor marked @run_inline, no worker thread)",
+                          lambda r: None),
     "async50-c1": ("none (reference: one 50 ms job at a time is at most 20 msg/s)", lambda r: None),
     "async50-c100": ("msg_per_s >= 1000, lost == 0", lambda r: r["msg_per_s"] >= 1000 and _no_loss(r)),
     "sync50-t16": ("msg_per_s >= 250, max_loop_lag_ms <= 50 (loop never blocked), lost == 0",
@@ -226,7 +229,12 @@ def make_processor(kind: str, progress: Progress) -> Callable[..., Any]:
         progress.tick()
         return {"job_id": job_id, "sent": data.get("sent")}
 
-    return {"trivial": trivial, "echo_async": echo_async, "async50": async50, "sync50": sync50}[kind]
+    from Listener import run_inline
+
+    processors = {"trivial": trivial, "echo_async": echo_async, "async50": async50, "sync50": sync50}
+    if kind == "inline":
+        return run_inline(lambda data, job_id: trivial(data, job_id))
+    return processors[kind]
 
 
 # -- the broker ------------------------------------------------------------------------------------
