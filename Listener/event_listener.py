@@ -18,12 +18,13 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Type, Union
 
 from ._version import __version__
 from .config import EventListenerConfig
+from .deadlines import bounded
 from .events import ErrorType, error_event, log_event
 from .intake import Payload, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
 from .jobs import InsertOutcome, JobInfo, JobStatus, JobStore
 from .metrics import ListenerMetrics
 from .processing import JobTimeoutError, Processor, call_processor, describe_exception
-from .publisher import Publication, Publisher, bounded
+from .publisher import Publication, Publisher
 from .redaction import redact
 from .results import ReturnType, create_error_result, create_return_type
 from .safe_config_parser import SafeConfigParser

@@ -7,6 +7,7 @@ import functools
 import inspect
 from typing import Any, Awaitable, Callable, Dict, Optional, TypeVar, Union
 
+from .deadlines import settle_within
 from .results import ReturnType
 from .workers import ThreadWorkers
 
@@ -74,14 +75,8 @@ async def call_processor(func: Processor, data: Dict[str, Any], job_id: str, *,
 async def _within(awaitable: Awaitable[Any], timeout: Optional[float]) -> Any:
     if timeout is None:
         return await awaitable
-    task = asyncio.ensure_future(awaitable)
-    try:
-        done, _ = await asyncio.wait({task}, timeout=timeout)
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.wait({task})
-    if not done:
+    task = await settle_within(awaitable, timeout)
+    if task is None:
         raise JobTimeoutError(timeout)
     return task.result()
 

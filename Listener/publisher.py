@@ -11,28 +11,17 @@ that fails because the connection is down is kept (up to ``outbox_limit``) and s
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Optional, Tuple, TypeVar
+from typing import Any, Callable, Deque, Optional, Tuple
 
+from .deadlines import bounded
 from .metrics import ListenerMetrics
 from .processing import describe_exception
 
-__all__ = ["NotConnected", "Publication", "Publisher", "bounded"]
+__all__ = ["NotConnected", "Publication", "Publisher"]
 
 #: (topic, payload, qos, retain), as ``client.publish`` takes them.
 Publication = Tuple[str, bytes, int, bool]
-T = TypeVar("T")
-
-if sys.version_info >= (3, 11):
-    async def bounded(awaitable: Awaitable[T], timeout: float) -> T:
-        """Await with a time limit (``asyncio.timeout``: no extra task per call)."""
-        async with asyncio.timeout(timeout):
-            return await awaitable
-else:  # pragma: no cover - exercised on Python 3.10 only
-    async def bounded(awaitable: Awaitable[T], timeout: float) -> T:
-        """Await with a time limit."""
-        return await asyncio.wait_for(awaitable, timeout)
 
 
 class NotConnected(ConnectionError):

@@ -25,6 +25,7 @@ from amqtt.client import MQTTClient
 from amqtt.session import Session
 
 from .config import EventListenerConfig
+from .deadlines import settle_within
 from .delivery import DeliveryQueue
 from .redaction import SecretRedactingFilter, redact, split_uri_credentials
 
@@ -281,16 +282,11 @@ async def open_connection(config: EventListenerConfig, client: Any, timeout: flo
     """
     uri = credentials(config)[0]
     with tls_bundle(config) as cafile:
-        connecting = asyncio.ensure_future(
-            client.connect(uri, cleansession=cleansession, cafile=cafile, additional_headers=config.additional_headers))
-        try:
-            # Not wait_for: amqtt turns the cancellation into a ConnectError, hiding the timeout.
-            done, _ = await asyncio.wait({connecting}, timeout=timeout)
-        finally:
-            if not connecting.done():
-                connecting.cancel()
-                await asyncio.wait({connecting})
-        if not done:
+        # Not wait_for: amqtt turns the cancellation into a ConnectError, hiding the timeout.
+        connecting = await settle_within(
+            client.connect(uri, cleansession=cleansession, cafile=cafile, additional_headers=config.additional_headers),
+            timeout)
+        if connecting is None:
             failure: Optional[BaseException] = asyncio.TimeoutError()
         elif connecting.cancelled():
             failure = asyncio.CancelledError()
