@@ -18,7 +18,6 @@ from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Type, Union
 
 from ._version import __version__
 from .config import EventListenerConfig
-from .deadlines import bounded
 from .events import ErrorType, error_event, log_event
 from .intake import Payload, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
 from .jobs import InsertOutcome, JobInfo, JobStatus, JobStore
@@ -451,30 +450,9 @@ class EventListener:
             logger.exception("Unexpected error while handling a message on %r", topic)
 
     async def _watch_liveness(self, client: Any) -> None:
-        """Ping every keep_alive seconds; no answer within keep_alive means the connection is dead.
-
-        amqtt never notices a half-open connection (its PINGREQ waits forever), so without this a
-        black-holed connection would look healthy indefinitely.
-        """
-        if not isinstance(client, AmqttClient):
-            return
-        period = float(self.config.keep_alive)
-        while not client.connection_closed:
-            await asyncio.sleep(period)
-            if client.connection_closed:
-                return
-            try:
-                await bounded(client.ping(), period)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if client.connection_closed:
-                    return
-                logger.warning("No answer from %s to a ping within %g s (%s): dropping the connection",
-                               endpoint_label(self.config), period, describe_exception(exc))
-                client.drop_connection()
+        if isinstance(client, AmqttClient):
+            if await client.watch_liveness(float(self.config.keep_alive), endpoint_label(self.config)):
                 self._wakeup.set()
-                return
 
     async def _finish_in_flight(self) -> None:
         """Wait for concurrent jobs still running (cancelled when the grace period ends)."""

@@ -25,7 +25,7 @@ from amqtt.client import MQTTClient
 from amqtt.session import Session
 
 from .config import EventListenerConfig
-from .deadlines import settle_within
+from .deadlines import bounded, settle_within
 from .delivery import DeliveryQueue
 from .redaction import SecretRedactingFilter, redact, split_uri_credentials
 
@@ -117,6 +117,30 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         """True once the connection that was opened has ended (or was never opened)."""
         closing = self._disconnect_task
         return closing is None or closing.done() or not self.is_connected()
+
+    async def watch_liveness(self, period: float, label: str) -> bool:
+        """Ping every ``period`` seconds; no answer within ``period`` means the connection is dead.
+
+        amqtt never notices a half-open connection (its PINGREQ waits forever), so without this a
+        black-holed connection would look healthy indefinitely. Returns True when it dropped the
+        connection, False when the connection ended by itself.
+        """
+        while not self.connection_closed:
+            await asyncio.sleep(period)
+            if self.connection_closed:
+                return False
+            try:
+                await bounded(self.ping(), period)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self.connection_closed:
+                    return False
+                logger.warning("No answer from %s to a ping within %g s (%s): dropping the connection",
+                               label, period, type(exc).__name__)
+                self.drop_connection()
+                return True
+        return False
 
     def drop_connection(self) -> None:
         """Abort the connection's socket at once (for a connection found dead: nothing is flushed)."""
