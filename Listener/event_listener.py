@@ -14,7 +14,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 from types import TracebackType
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple, Type, Union
+from typing import Any, Awaitable, Dict, Iterable, List, Optional, Set, Tuple, Type, Union
 
 from ._version import __version__
 from .config import EventListenerConfig
@@ -316,8 +316,8 @@ class EventListener:
         started = False
         while not self._stop_requested:
             try:
-                await self._connect()
-                await self._subscribe()
+                if not await self._unless_stopped(self._connect_and_subscribe()):
+                    return
             except BrokerRefusedConnection:
                 raise
             except ConnectionError as exc:
@@ -355,6 +355,26 @@ class EventListener:
             await self._emit(logging.WARNING, "connection_down", "Connection to %s lost", endpoint_label(self.config))
             if not self.config.auto_reconnect:
                 raise ConnectionError(f"Connection to MQTT broker at {endpoint_label(self.config)} lost")
+
+    async def _connect_and_subscribe(self) -> None:
+        await self._connect()
+        await self._subscribe()
+
+    async def _unless_stopped(self, work: Awaitable[None]) -> bool:
+        """Await ``work`` unless stop() comes first (then cancel it): True when it finished."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stop_event.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if task.cancelled():
+            return False
+        task.result()
+        return True
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

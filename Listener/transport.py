@@ -307,9 +307,14 @@ async def open_connection(config: EventListenerConfig, client: Any, timeout: flo
     uri = credentials(config)[0]
     with tls_bundle(config) as cafile:
         # Not wait_for: amqtt turns the cancellation into a ConnectError, hiding the timeout.
-        connecting = await settle_within(
-            client.connect(uri, cleansession=cleansession, cafile=cafile, additional_headers=config.additional_headers),
-            timeout)
+        try:
+            connecting = await settle_within(
+                client.connect(uri, cleansession=cleansession, cafile=cafile, additional_headers=config.additional_headers),
+                timeout)
+        except asyncio.CancelledError:  # stop() while connecting: close what was opened, then give way
+            if isinstance(client, AmqttClient):
+                await asyncio.wait({asyncio.ensure_future(client.abort_connection())}, timeout=ABORT_TIMEOUT)
+            raise
         if connecting is None:
             failure: Optional[BaseException] = asyncio.TimeoutError()
         elif connecting.cancelled():

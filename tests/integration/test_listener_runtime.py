@@ -174,3 +174,18 @@ async def test_a_stop_before_run_makes_run_return_at_once_and_is_used_up() -> No
     listener.stop()
     await asyncio.wait_for(run, 5)
     listener.client.connect.assert_awaited_once()
+
+
+async def test_stop_while_connecting_returns_at_once() -> None:
+    listener = make_listener(connect_timeout=30)
+    listener.client.connect.side_effect = wait_forever  # a broker that never answers CONNECT
+    run = asyncio.create_task(listener.run())
+
+    async def connecting() -> None:
+        while listener.client.connect.await_count == 0:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(connecting(), 5)
+    listener.stop()
+    await asyncio.wait_for(run, 2)
+    assert not listener.is_running
+    listener.client.subscribe.assert_not_awaited()

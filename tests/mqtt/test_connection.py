@@ -97,6 +97,27 @@ async def test_server_that_never_answers_connect_times_out(unique_topic: str) ->
             await asyncio.wait_for(listener.run(), 20)
 
 
+async def test_stop_while_a_silent_server_holds_the_connect_ends_run_and_closes_the_socket(unique_topic: str) -> None:
+    accepted = asyncio.Event()
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.set()
+        await reader.read()  # returns when the listener closes its socket
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        listener = EventListener(listener_config(BrokerEndpoint("127.0.0.1", port), unique_topic, connect_timeout=30))
+        run = asyncio.create_task(listener.run())
+        await asyncio.wait_for(accepted.wait(), 5)
+        listener.stop()
+        await asyncio.wait_for(run, 5)
+        await asyncio.wait_for(closed.wait(), 5)
+
+
 @pytest.mark.parametrize("tls_option", ["cafile", "capath", "cadata"])
 async def test_tls_with_the_right_ca(start_listener: Callable[..., Any], probe: Any, unique_topic: str,
                                      mqtt_tls_endpoint: BrokerEndpoint, tls_material: TlsMaterial,
