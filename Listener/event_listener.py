@@ -671,6 +671,9 @@ class EventListener:
         warned = False
         while True:
             async with self.job_lock:
+                if self._job_finished is not None:
+                    # Cleared under the lock, before looking: a job finishing after this look sets it again.
+                    self._job_finished.clear()
                 outcome = self._store.insert(job_id, data, topic)
                 if outcome is InsertOutcome.CREATED:
                     return True
@@ -691,7 +694,6 @@ class EventListener:
                 warned = True
                 await self._emit(logging.WARNING, "job_store_full", "Job store full of active jobs; waiting to admit job %s",
                                  job_id, job_id=job_id, topic=topic)
-            finished.clear()
             await finished.wait()
         self._metrics.jobs_finished[JobStatus.DUPLICATE.value] += 1
         if self.config.duplicate_action == "error":

@@ -189,3 +189,24 @@ async def test_stop_while_connecting_returns_at_once() -> None:
     await asyncio.wait_for(run, 2)
     assert not listener.is_running
     listener.client.subscribe.assert_not_awaited()
+
+
+async def test_concurrent_jobs_waiting_for_room_in_a_full_store_all_get_in() -> None:
+    listener = make_listener(max_concurrent_jobs=4, max_jobs_in_memory=2)
+    feed(listener, *(f'job_id = "full-{i}"' for i in range(8)))
+    done: List[str] = []
+
+    async def processor(data: Dict[str, Any], job_id: str) -> None:
+        await asyncio.sleep(0.01)
+        done.append(job_id)
+
+    run = asyncio.create_task(listener.run(processor))
+
+    async def all_done() -> None:
+        while len(done) < 8:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(all_done(), 10)
+    listener.stop()
+    await asyncio.wait_for(run, 5)
+    assert sorted(done) == [f"full-{i}" for i in range(8)]
+    assert len(listener.jobs) <= 2
