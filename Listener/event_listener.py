@@ -102,6 +102,7 @@ class EventListener:
         self._wakeup = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._in_flight: Set[asyncio.Task[None]] = set()
+        self._finishing: Set[asyncio.Future[None]] = set()  # completed jobs awaiting their result's PUBACK
         self._signals: Tuple[int, ...] = ()
         self._http: Any = None
         self._log_threshold = _LEVELS[config.log_topic_level.upper()]
@@ -187,7 +188,8 @@ class EventListener:
         client = self._client
         queue_depth = client.queued_messages if isinstance(client, AmqttClient) else 0
         self._metrics.abandoned_threads = self._workers.abandoned
-        return self._metrics.snapshot(dict(by_status), len(self._in_flight) + int(self._busy), queue_depth,
+        in_flight = len(self._in_flight) + len(self._finishing) + int(self._busy)
+        return self._metrics.snapshot(dict(by_status), in_flight, queue_depth,
                                       connected=self._running and self._is_connected(), ready=self.is_ready,
                                       draining=self._draining)
 
@@ -463,7 +465,7 @@ class EventListener:
 
     async def _handle(self, payload: Any, topic: str) -> None:
         try:
-            await self._process_message(payload, topic=topic)
+            await self._process_message(payload, topic=topic, pipelined=True)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug of ours must cost one message, not the listener
@@ -475,10 +477,11 @@ class EventListener:
                 self._wakeup.set()
 
     async def _finish_in_flight(self) -> None:
-        """Wait for concurrent jobs still running (cancelled when the grace period ends)."""
-        if not self._in_flight:
+        """Wait for concurrent jobs still running and results awaiting acknowledgement (bounded)."""
+        waiting: Set[asyncio.Future[Any]] = set(self._in_flight) | set(self._finishing)
+        if not waiting:
             return
-        _, pending = await asyncio.wait(set(self._in_flight), timeout=self.config.shutdown_grace_period)
+        _, pending = await asyncio.wait(waiting, timeout=self.config.shutdown_grace_period)
         for task in pending:
             task.cancel()
         if pending:
@@ -649,7 +652,7 @@ class EventListener:
         return await self._process_message(data, func, topic=topic)
 
     async def _process_message(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor] = None,
-                               *, topic: Optional[str] = None) -> Any:
+                               *, topic: Optional[str] = None, pipelined: bool = False) -> Any:
         self._metrics.messages_received += 1
         try:
             if isinstance(data, dict):
@@ -664,7 +667,7 @@ class EventListener:
             fields["_topic"] = topic
         if not await self._admit(job_id, fields, topic):
             return None
-        return await self._execute(job_id, fields, func if func is not None else self._processor, topic)
+        return await self._execute(job_id, fields, func if func is not None else self._processor, topic, pipelined)
 
     async def _admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str]) -> bool:
         """Create the job, or apply the duplicate policy; wait while the store is full of active jobs."""
@@ -702,8 +705,13 @@ class EventListener:
                          job_id=job_id, status=JobStatus.DUPLICATE, topic=topic)
         return False
 
-    async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str]) -> Any:
-        """Run the processor for an admitted job, publish its result, record the outcome."""
+    async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str],
+                       pipelined: bool = False) -> Any:
+        """Run the processor for an admitted job, publish its result, record the outcome.
+
+        ``pipelined`` (the run loop): a QoS 1/2 result's acknowledgement is awaited in the background,
+        so the next job can start meanwhile; the job becomes COMPLETED once the result is acknowledged.
+        """
         started = time.perf_counter()
         await self._update_job_status(job_id, JobStatus.RUNNING)
         try:
@@ -717,13 +725,31 @@ class EventListener:
         except BaseException as exc:  # noqa: B036 - a processor's failure, whatever it is, fails only its job
             await self._fail(job_id, exc, topic, time.perf_counter() - started)
             return None
-        if publication is not None:
-            problem = await self._publisher.deliver(publication)
-            if problem is not None:
-                reason = f"Could not publish the result of job {job_id} to {publication[0]}: {problem}"
-                await self._publish_error(job_id, ErrorType.PUBLISH_ERROR, reason, topic)
-                await self._emit(logging.ERROR, "publish_failed", "%s", reason, job_id=job_id,
-                                 status=JobStatus.COMPLETED, topic=topic)
+        if publication is not None and publication[2] and pipelined:
+            sending = await self._publisher.deliver_in_background(publication)
+            finishing = asyncio.ensure_future(self._complete(job_id, result, topic, started, publication, sending))
+            self._finishing.add(finishing)
+            finishing.add_done_callback(self._finishing.discard)
+            return result
+        sent = None if publication is None else await self._publisher.deliver(publication)
+        await self._complete(job_id, result, topic, started, publication, sent)
+        return result
+
+    async def _complete(self, job_id: str, result: Any, topic: Optional[str], started: float,
+                        publication: Optional[Publication],
+                        sent: "Union[None, str, asyncio.Future[Optional[str]]]") -> None:
+        """Report a publication problem if there was one, then mark the job COMPLETED."""
+        try:
+            problem = await sent if isinstance(sent, asyncio.Future) else sent
+        except asyncio.CancelledError:  # stopping ran out of grace before the broker acknowledged it
+            await self._update_job_status(job_id, JobStatus.COMPLETED, result=result)
+            self._metrics.jobs_finished[JobStatus.COMPLETED.value] += 1
+            raise
+        if problem is not None and publication is not None:
+            reason = f"Could not publish the result of job {job_id} to {publication[0]}: {problem}"
+            await self._publish_error(job_id, ErrorType.PUBLISH_ERROR, reason, topic)
+            await self._emit(logging.ERROR, "publish_failed", "%s", reason, job_id=job_id,
+                             status=JobStatus.COMPLETED, topic=topic)
         await self._update_job_status(job_id, JobStatus.COMPLETED, result=result)
         elapsed = time.perf_counter() - started
         self._metrics.jobs_finished[JobStatus.COMPLETED.value] += 1
@@ -731,7 +757,6 @@ class EventListener:
         if self._info_wanted():
             await self._emit(logging.INFO, "job_completed", "Job %s completed", job_id, job_id=job_id,
                              status=JobStatus.COMPLETED, duration_ms=elapsed * 1000, topic=topic)
-        return result
 
     async def _fail(self, job_id: str, exc: BaseException, topic: Optional[str], elapsed: float) -> None:
         """Record a job's failure (or timeout), publish the error event and the log event."""

@@ -49,8 +49,8 @@ class Publisher:
         """Publications kept for after the connection returns."""
         return len(self._outbox)
 
-    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        """Publish now.
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool, *, slot_held: bool = False) -> None:
+        """Publish now (``slot_held``: the caller already holds one of the QoS 1/2 slots).
 
         Raises:
             NotConnected: there is no connection.
@@ -60,7 +60,9 @@ class Publisher:
         if not self._connected():
             raise NotConnected(f"Not connected to MQTT broker at {self._endpoint()}")
         client = self._client()
-        if qos:
+        if qos and slot_held:
+            await bounded(client.publish(topic, payload, qos, retain), self.timeout)
+        elif qos:
             async with self._slots:
                 await bounded(client.publish(topic, payload, qos, retain), self.timeout)
         elif self._watched():
@@ -71,13 +73,28 @@ class Publisher:
             await bounded(client.publish(topic, payload, qos, retain), self.timeout)
         self._metrics.publishes += 1
 
-    async def deliver(self, publication: Publication) -> Optional[str]:
+    async def deliver_in_background(self, publication: Publication) -> "asyncio.Future[Optional[str]]":
+        """Wait for a free QoS 1/2 slot, then :meth:`deliver` without waiting for the acknowledgement.
+
+        The returned future gives :meth:`deliver`'s answer. Publications started one after another go
+        out in that order; only the waits for their acknowledgements overlap.
+        """
+        await self._slots.acquire()
+        return asyncio.ensure_future(self._deliver_holding_slot(publication))
+
+    async def _deliver_holding_slot(self, publication: Publication) -> Optional[str]:
+        try:
+            return await self.deliver(publication, slot_held=True)
+        finally:
+            self._slots.release()
+
+    async def deliver(self, publication: Publication, *, slot_held: bool = False) -> Optional[str]:
         """Publish, or keep the publication for after a reconnect when the connection is down.
 
         Returns None when it was sent or kept, else why it is lost (also counted as a publish error).
         """
         try:
-            await self.publish(*publication)
+            await self.publish(*publication, slot_held=slot_held)
             return None
         except asyncio.CancelledError:
             raise

@@ -210,3 +210,35 @@ async def test_concurrent_jobs_waiting_for_room_in_a_full_store_all_get_in() -> 
     await asyncio.wait_for(run, 5)
     assert sorted(done) == [f"full-{i}" for i in range(8)]
     assert len(listener.jobs) <= 2
+
+
+async def test_the_next_job_starts_while_a_qos1_result_awaits_its_acknowledgement() -> None:
+    listener = make_listener(default_qos=1)
+    feed(listener, 'job_id = "p1"', 'job_id = "p2"')
+    acknowledged = asyncio.Event()
+    sent: List[str] = []
+
+    async def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        sent.append(json.loads(payload)["job_id"])
+        await acknowledged.wait()  # the broker's PUBACK
+
+    listener.client.publish.side_effect = publish
+    started: List[str] = []
+
+    def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        started.append(job_id)
+        return {"job_id": job_id}
+
+    run = asyncio.create_task(listener.run(processor))
+
+    async def both_sent() -> None:
+        while len(sent) < 2:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(both_sent(), 5)
+    assert started == ["p1", "p2"] and sent == ["p1", "p2"]  # p2 ran before p1's result was acknowledged
+    assert not await listener.is_job_completed("p1")
+    assert listener.metrics()["in_flight"] == 2
+    acknowledged.set()
+    listener.stop()
+    await asyncio.wait_for(run, 5)
+    assert await listener.is_job_completed("p1") and await listener.is_job_completed("p2")
