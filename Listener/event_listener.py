@@ -12,7 +12,6 @@ import logging
 import signal
 import time
 from collections import Counter
-from dataclasses import replace
 from types import TracebackType
 from typing import Any, Awaitable, Dict, Iterable, List, Optional, Set, Tuple, Type, Union
 
@@ -20,7 +19,8 @@ from ._version import __version__
 from .config import EventListenerConfig
 from .events import ErrorType, error_event, log_event
 from .intake import Payload, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
-from .jobs import InsertOutcome, JobInfo, JobStatus, JobStore
+from .job_tracking import JobTracker
+from .jobs import InsertOutcome, JobInfo, JobStatus
 from .metrics import ListenerMetrics
 from .processing import JobTimeoutError, Processor, call_processor, describe_exception
 from .publisher import Publication, Publisher
@@ -63,7 +63,7 @@ _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARN
            "CRITICAL": logging.CRITICAL}
 
 
-class EventListener:
+class EventListener(JobTracker):
     """MQTT Event Listener with job tracking capabilities.
 
     Args:
@@ -82,8 +82,7 @@ class EventListener:
         self.config = config
         self.config_parser = config_parser if config_parser is not None else SafeConfigParser(logger)
         self.logger = logger
-        self._store = JobStore(config.max_jobs_in_memory, config.job_cleanup_interval)
-        self.job_lock = asyncio.Lock()
+        super().__init__(config.max_jobs_in_memory, config.job_cleanup_interval)
         self._client: Any = None
         self._owns_client = True
         self._processor: Optional[Processor] = None
@@ -96,7 +95,6 @@ class EventListener:
         self._pending_delivery: Optional[asyncio.Future[Any]] = None
         self._grace_timer: Optional[asyncio.TimerHandle] = None
         self._stopped: Optional[asyncio.Event] = None
-        self._job_finished: Optional[asyncio.Event] = None
         self._ready = asyncio.Event()
         self._stop_event = asyncio.Event()
         self._wakeup = asyncio.Event()
@@ -143,16 +141,6 @@ class EventListener:
         if not self._owns_client:
             return client is not None
         return client is not None and bool(client.is_connected())
-
-    @property
-    def jobs(self) -> Dict[str, JobInfo]:
-        """The live job dict (hold ``job_lock`` while iterating it from a coroutine)."""
-        return self._store.jobs
-
-    @jobs.setter
-    def jobs(self, value: Dict[str, JobInfo]) -> None:
-        self._store.jobs = value
-        self._store.reindex()
 
     @property
     def is_running(self) -> bool:
@@ -806,85 +794,6 @@ class EventListener:
     def generate_job_id() -> str:
         """A fresh random (uuid4) job id."""
         return generate_job_id()
-
-    # -- job management --------------------------------------------------------------------------
-
-    async def _create_job(self, job_id: str, data: Optional[Dict[str, Any]]) -> bool:
-        """Create a PENDING job; False (and the job marked DUPLICATE) when the id exists, False when full."""
-        async with self.job_lock:
-            outcome = self._store.insert(job_id, data)
-            if outcome is InsertOutcome.EXISTS:
-                self._store.mark_duplicate(job_id)
-        if outcome is InsertOutcome.FULL:
-            logger.warning("Job store full (%d active jobs); job %s not created", self.config.max_jobs_in_memory, job_id)
-        return outcome is InsertOutcome.CREATED
-
-    async def _update_job_status(self, job_id: str, status: JobStatus, result: Any = None,
-                                 error: Optional[str] = None) -> bool:
-        """Set a job's status (and result or error); False when the id is unknown."""
-        async with self.job_lock:
-            updated = self._store.set_status(job_id, status, result, error)
-        if updated and self._job_finished is not None and status not in (JobStatus.PENDING, JobStatus.RUNNING):
-            self._job_finished.set()
-        return updated
-
-    async def _mark_job_duplicate(self, job_id: str) -> bool:
-        """Record that ``job_id`` arrived again (a running job keeps running)."""
-        async with self.job_lock:
-            return self._store.mark_duplicate(job_id)
-
-    async def get_job_status(self, job_id: str) -> Optional[JobInfo]:
-        """A copy of the job's information, or None when it is not (or no longer) in memory."""
-        async with self.job_lock:
-            job = self._store.get(job_id)
-            return replace(job) if job is not None else None
-
-    async def is_job_completed(self, job_id: str) -> bool:
-        """True when the job finished, successfully or not (COMPLETED or FAILED)."""
-        job = await self.get_job_status(job_id)
-        return job is not None and job.status in (JobStatus.COMPLETED, JobStatus.FAILED)
-
-    async def is_job_running(self, job_id: str) -> bool:
-        """True while the job is RUNNING (a PENDING job has not started)."""
-        job = await self.get_job_status(job_id)
-        return job is not None and job.status is JobStatus.RUNNING
-
-    async def job_exists(self, job_id: str) -> bool:
-        """True when a job with this id is in memory."""
-        async with self.job_lock:
-            return job_id in self._store.jobs
-
-    async def get_all_jobs(self) -> Dict[str, JobInfo]:
-        """Copies of every job in memory."""
-        async with self.job_lock:
-            return self._store.snapshot()
-
-    async def get_running_jobs(self) -> Dict[str, JobInfo]:
-        """Copies of the RUNNING jobs."""
-        async with self.job_lock:
-            return self._store.snapshot(JobStatus.RUNNING)
-
-    async def get_completed_jobs(self) -> Dict[str, JobInfo]:
-        """Copies of the COMPLETED jobs."""
-        async with self.job_lock:
-            return self._store.snapshot(JobStatus.COMPLETED)
-
-    async def get_duplicate_jobs(self) -> Dict[str, JobInfo]:
-        """Copies of the jobs marked DUPLICATE."""
-        async with self.job_lock:
-            return self._store.snapshot(JobStatus.DUPLICATE)
-
-    async def get_failed_jobs(self) -> Dict[str, JobInfo]:
-        """Copies of the FAILED jobs."""
-        async with self.job_lock:
-            return self._store.snapshot(JobStatus.FAILED)
-
-    async def cleanup_old_jobs(self) -> None:
-        """Remove finished jobs whose ``completed_at`` is older than ``job_cleanup_interval`` seconds."""
-        async with self.job_lock:
-            removed = self._store.cleanup_expired()
-        if removed:
-            logger.debug("Removed %d finished jobs older than %s s", removed, self.config.job_cleanup_interval)
 
 
 def _create_client_outside_loop(config: EventListenerConfig) -> AmqttClient:
