@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -186,7 +187,7 @@ def credentials(config: EventListenerConfig) -> tuple[str, Optional[str], Option
 
 #: The manual's default password: public knowledge, and masking every "test" in a log made topics
 #: like ``test/results`` and job ids like ``test-1`` unreadable. Still never printed as a field value.
-PUBLIC_DEFAULT_PASSWORD = "test"
+PUBLIC_DEFAULT_PASSWORD = next(f.default for f in dataclasses.fields(EventListenerConfig) if f.name == "password")
 
 
 def secrets(config: EventListenerConfig) -> tuple[str, ...]:
