@@ -31,7 +31,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from urllib.parse import urlsplit
 
 from ._version import __version__
-from .config import LOG_LEVELS, EventListenerConfig
+from .config import CERTIFICATE_DATA, LOG_LEVELS, EventListenerConfig
+from .config_checks import config_warnings, file_problems
 from .errors import ConfigError
 from .json_logging import configure_json_logging, configure_text_logging, mask_secrets
 from .safe_config_parser import SafeConfigParser
@@ -391,7 +392,7 @@ def render_settings(settings: Dict[str, Any], output_format: str = "toml") -> st
     lines = []
     for key, value in settings.items():
         if key == "cadata" and value is not None:
-            value = "<certificate data>"
+            value = CERTIFICATE_DATA
         lines.append(f"# {key} is not set" if value is None else f"{_toml_key(key)} = {_toml_value(value)}")
     return "\n".join(lines)
 
@@ -406,10 +407,14 @@ def _command_check_config(args: argparse.Namespace) -> int:
         message = str(exc)
         _fail(message if args.file in message else f"{args.file}: {message}")
         return EXIT_FAILURE
-    settings = config.redacted_dict()
-    if settings.get("cadata") is not None:
-        settings["cadata"] = "<certificate data>"
-    print(render_settings(settings, args.output_format))
+    problems = file_problems(config)
+    for problem in problems:
+        _fail(f"{args.file}: {problem}")
+    if problems:
+        return EXIT_FAILURE
+    print(render_settings(config.redacted_dict(), args.output_format))
+    for warning in config_warnings(config):
+        _fail(f"{args.file}: warning: {warning}")
     print(f"{PROG}: {args.file}: configuration is valid", file=sys.stderr)
     return EXIT_OK
 

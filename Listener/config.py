@@ -16,12 +16,15 @@ from .errors import ConfigError
 from .redaction import MASK, mask_uri_credentials
 from .topics import filter_error, topic_name_error
 
-__all__ = ["EventListenerConfig", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES"]
+__all__ = ["EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES"]
 
 DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_CONCURRENT_JOBS = 10_000
+MAX_KEEP_ALIVE = 65535
+#: What ``repr()``, ``redacted_dict()`` and ``check-config`` show instead of ``cadata``.
+CERTIFICATE_DATA = "<certificate data>"
 _URI_SCHEMES = ("mqtt", "mqtts", "ws", "wss")
 _SECRET_FIELDS = frozenset({"password"})
 # Environment variable names the manual uses that are not simply PREFIX + FIELD.
@@ -87,6 +90,7 @@ class EventListenerConfig:
     job_timeout: Optional[float] = None
     http_host: str = "127.0.0.1"
     http_port: Optional[int] = None
+    keep_job_input: bool = False
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -114,30 +118,15 @@ class EventListenerConfig:
         return f"{scheme}://{host}:{self.port}"
 
     def __repr__(self) -> str:
-        shown = []
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name in _SECRET_FIELDS and value is not None:
-                text = repr(MASK)
-            elif f.name == "uri" and isinstance(value, str):
-                text = repr(mask_uri_credentials(value))
-            elif f.name == "cadata" and value is not None:
-                text = "'<certificate data>'"
-            else:
-                text = repr(value)
-            shown.append(f"{f.name}={text}")
-        return f"{type(self).__name__}({', '.join(shown)})"
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.redacted_dict().items())
+        return f"{type(self).__name__}({shown})"
 
     __str__ = __repr__
 
     def redacted_dict(self) -> Dict[str, Any]:
-        """All settings as a dict, with the password and URI credentials masked (safe to log or print)."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if data["password"] is not None:
-            data["password"] = MASK
-        if isinstance(data["uri"], str):
-            data["uri"] = mask_uri_credentials(data["uri"])
-        return data
+        """All settings as a dict, safe to log or print: the password and URI credentials masked,
+        certificate data replaced by ``"<certificate data>"``."""
+        return {f.name: _shown_value(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     # -- alternative constructors ---------------------------------------------------------------
 
@@ -179,10 +168,25 @@ class EventListenerConfig:
 # -- validation ---------------------------------------------------------------------------------
 
 
+def _shown_value(name: str, value: Any) -> Any:
+    """``value`` of the option ``name`` as it may be shown: secrets masked, certificate data elided."""
+    if value is None:
+        return None
+    if name in _SECRET_FIELDS:
+        return MASK
+    if name == "cadata" and isinstance(value, str):
+        return CERTIFICATE_DATA
+    if isinstance(value, str) and "://" in value:
+        return mask_uri_credentials(value)
+    return value
+
+
 def _fail(name: str, value: Any, why: str) -> ConfigError:
-    shown = MASK if name in _SECRET_FIELDS else repr(value)
-    if isinstance(value, str) and name == "uri":
-        shown = repr(mask_uri_credentials(value))
+    if name in _SECRET_FIELDS:
+        shown = MASK
+    else:
+        # repr first: it escapes line breaks, which would otherwise end the URI the masking sees.
+        shown = mask_uri_credentials(repr(_shown_value(name, value)))
     return ConfigError(f"Invalid {name}: {shown} ({why})")
 
 
@@ -205,7 +209,7 @@ def _check_types(cfg: EventListenerConfig) -> None:
         if value is not None and not isinstance(value, str):
             raise _fail(name, value, f"must be a string or None, got {type(value).__name__}")
     for name in ("default_retain", "auto_reconnect", "cleansession", "retain", "allow_job_id_generation",
-                 "tls_check_hostname"):
+                 "tls_check_hostname", "keep_job_input"):
         value = getattr(cfg, name)
         if not isinstance(value, bool):
             raise _fail(name, value, f"must be true or false, got {type(value).__name__}")
@@ -231,11 +235,18 @@ def _check_uri(uri: str) -> None:
     scheme, sep, rest = uri.partition("://")
     if not sep or scheme not in _URI_SCHEMES or not rest:
         raise _fail("uri", uri, f"must look like mqtt://host:port; schemes: {', '.join(_URI_SCHEMES)}")
+    if any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        raise _fail("uri", uri, "must not contain control characters such as line breaks or tabs")
+    userinfo = rest.rpartition("@")[0]
+    if any(c in userinfo for c in "/?#"):
+        # urllib ends the host at the first '/', '?' or '#': the password would become host and path.
+        raise _fail("uri", uri, "the user name or password holds '/', '?' or '#': percent-encode them "
+                                "(%2F, %3F, %23), or set username and password instead")
     try:
         parts = urlsplit(uri)
         port = parts.port
-    except ValueError as exc:
-        raise _fail("uri", uri, f"malformed: {exc}") from None
+    except ValueError:  # urllib's message quotes parts of the URI, which may be parts of the password
+        raise _fail("uri", uri, "malformed: the port must be a number and an IPv6 address needs [brackets]") from None
     if not parts.hostname:
         raise _fail("uri", uri, "has no host")
     if port is not None and not 1 <= port <= 65535:
@@ -247,6 +258,9 @@ def _check_timing(cfg: EventListenerConfig) -> None:
         value = getattr(cfg, name)
         if not _is_int(value) or value <= 0:
             raise _fail(name, value, "must be a whole number of seconds > 0")
+    if cfg.keep_alive > MAX_KEEP_ALIVE:
+        # MQTT carries the keep-alive in two bytes; a larger value makes every CONNECT fail to encode.
+        raise _fail("keep_alive", cfg.keep_alive, f"must be at most {MAX_KEEP_ALIVE} seconds (MQTT limit)")
     if cfg.ping_delay >= cfg.keep_alive:
         raise _fail("ping_delay", cfg.ping_delay, f"must be smaller than keep_alive ({cfg.keep_alive})")
     for name in ("reconnect_max_interval", "job_cleanup_interval", "shutdown_grace_period"):

@@ -17,6 +17,8 @@ from typing import Any, Awaitable, Dict, Iterable, List, Optional, Set, Tuple, T
 
 from ._version import __version__
 from .config import EventListenerConfig
+from .config_checks import config_warnings, file_problems, own_topics, subscription_filters
+from .echoes import RecentPublications
 from .events import ErrorType, error_event, log_event
 from .intake import Payload, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
 from .job_tracking import JobTracker
@@ -82,7 +84,7 @@ class EventListener(JobTracker):
         self.config = config
         self.config_parser = config_parser if config_parser is not None else SafeConfigParser(logger)
         self.logger = logger
-        super().__init__(config.max_jobs_in_memory, config.job_cleanup_interval)
+        super().__init__(config.max_jobs_in_memory, config.job_cleanup_interval, keep_input=config.keep_job_input)
         self._client: Any = None
         self._owns_client = True
         self._processor: Optional[Processor] = None
@@ -106,6 +108,10 @@ class EventListener(JobTracker):
         self._log_threshold = _LEVELS[config.log_topic_level.upper()]
         self._secrets = secrets(config)
         self._publish_option_cache: Dict[str, Tuple[int, bool]] = {}
+        self._own_topics = frozenset(own_topics(config))
+        self._filters = subscription_filters(config)
+        self._echo_topics: Dict[str, bool] = {}  # topic -> whether the subscription receives it back
+        self._recent = RecentPublications()
         self._metrics = ListenerMetrics()
         self._workers = ThreadWorkers(config.max_concurrent_jobs, name=f"{config.client_id}-worker")
         self._publisher = Publisher(lambda: self.client, self._is_connected, self._metrics,
@@ -209,6 +215,7 @@ class EventListener(JobTracker):
             self.install_signal_handlers()
         cleanup = asyncio.create_task(self._cleanup_periodically())
         try:
+            self._check_before_start()
             await self._start_http_endpoints()
             await self._serve()
         finally:
@@ -289,6 +296,16 @@ class EventListener(JobTracker):
             self._consumer.cancel()
         for task in list(self._in_flight):
             task.cancel()
+
+    def _check_before_start(self) -> None:
+        """Refuse missing certificate files by name; warn about settings that are probably a mistake."""
+        if self._owns_client:
+            problems = file_problems(self.config)
+            if problems:
+                raise ConnectionError(f"Cannot connect to MQTT broker at {endpoint_label(self.config)}: "
+                                      f"{'; '.join(problems)}")
+        for warning in config_warnings(self.config):
+            logger.warning("Configuration: %s", redact(warning, self._secrets))
 
     async def __aenter__(self) -> "EventListener":
         return self
@@ -584,6 +601,7 @@ class EventListener(JobTracker):
             default_qos, default_retain = self._publish_options(topic)
             qos = default_qos if qos is None else qos
             retain = default_retain if retain is None else retain
+        self._remember_publication(topic, payload)
         await self._publisher.publish(topic, payload, qos, retain)
 
     async def _publish_result(self, data: Any, topic: Optional[str] = None) -> None:
@@ -641,6 +659,8 @@ class EventListener(JobTracker):
 
     async def _process_message(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor] = None,
                                *, topic: Optional[str] = None, pipelined: bool = False) -> Any:
+        if topic is not None and self._is_own_message(data, topic):
+            return None
         self._metrics.messages_received += 1
         try:
             if isinstance(data, dict):
@@ -656,6 +676,31 @@ class EventListener(JobTracker):
         if not await self._admit(job_id, fields, topic):
             return None
         return await self._execute(job_id, fields, func if func is not None else self._processor, topic, pipelined)
+
+    def _is_own_message(self, data: Union[Dict[str, Any], Payload], topic: str) -> bool:
+        """True (and counted) for a message on the listener's own topics or the echo of its own publication.
+
+        Taking them as jobs would answer each with an error event, which may come back in turn.
+        """
+        if topic in self._own_topics:
+            self._metrics.own_messages_ignored += 1
+            return True
+        if not isinstance(data, dict):
+            payload = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+            if self._recent.is_echo(topic, payload):
+                self._metrics.own_echoes_ignored += 1
+                return True
+        return False
+
+    def _remember_publication(self, topic: str, payload: bytes) -> None:
+        """Note a publication the subscription will bring back, so that its echo is dropped."""
+        echoes = self._echo_topics.get(topic)
+        if echoes is None:
+            echoes = topic not in self._own_topics and any(topic_matches(f, topic) for f in self._filters)
+            if len(self._echo_topics) < 1024:
+                self._echo_topics[topic] = echoes
+        if echoes:
+            self._recent.remember(topic, payload)
 
     async def _admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str]) -> bool:
         """Create the job, or apply the duplicate policy; wait while the store is full of active jobs."""
@@ -713,6 +758,8 @@ class EventListener(JobTracker):
         except BaseException as exc:  # noqa: B036 - a processor's failure, whatever it is, fails only its job
             await self._fail(job_id, exc, topic, time.perf_counter() - started)
             return None
+        if publication is not None:
+            self._remember_publication(publication[0], publication[1])
         if publication is not None and publication[2] and pipelined:
             sending = await self._publisher.deliver_in_background(publication)
             finishing = asyncio.ensure_future(self._complete(job_id, result, topic, started, publication, sending))

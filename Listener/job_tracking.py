@@ -18,8 +18,8 @@ logger = logging.getLogger("Listener.event_listener")
 class JobTracker:
     """Jobs by id: ``jobs`` is the live dict, ``job_lock`` the ``asyncio.Lock`` that guards it."""
 
-    def __init__(self, max_jobs: int, ttl_seconds: float) -> None:
-        self._store = JobStore(max_jobs, ttl_seconds)
+    def __init__(self, max_jobs: int, ttl_seconds: float, keep_input: bool = False) -> None:
+        self._store = JobStore(max_jobs, ttl_seconds, keep_input)
         self.job_lock = asyncio.Lock()
         #: Set whenever a job finishes, while a run is active (admission waits on it when the store is full).
         self._job_finished: Optional[asyncio.Event] = None

@@ -61,16 +61,21 @@ class InsertOutcome(enum.Enum):
 class JobStore:
     """A dict of jobs bounded by ``max_jobs``, evicting the oldest finished jobs first.
 
+    A job's ``input_data`` is dropped when it finishes, unless ``keep_input`` is set (the
+    ``keep_job_input`` option): a held job then costs a few hundred bytes, not its payload.
+
     ``jobs`` is the live dict (the listener exposes it as ``listener.jobs``). Finished jobs are also
     kept in an ordered index by the time they finished, so making room for a new job is O(1)
     amortised however many jobs are held. The store is not thread-safe: use it from the event loop
     (the listener guards it with ``job_lock``).
     """
 
-    def __init__(self, max_jobs: int, ttl_seconds: float) -> None:
+    def __init__(self, max_jobs: int, ttl_seconds: float, keep_input: bool = False) -> None:
         self.jobs: Dict[str, JobInfo] = {}
         self.max_jobs = max_jobs
         self.ttl = timedelta(seconds=ttl_seconds)
+        #: Keep a finished job's ``input_data``; by default it is dropped, so held jobs cost little memory.
+        self.keep_input = keep_input
         self._finished: OrderedDict[str, None] = OrderedDict()
 
     def __len__(self) -> int:
@@ -113,6 +118,8 @@ class JobStore:
             job.error = error
         if status in FINISHED_STATUSES:
             job.completed_at = datetime.now()
+            if not self.keep_input:
+                job.input_data = None
             self._finished.pop(job_id, None)
             self._finished[job_id] = None
         else:

@@ -22,6 +22,8 @@ class ListenerMetrics:
     def __init__(self) -> None:
         self.messages_received = 0
         self.messages_rejected = 0
+        self.own_messages_ignored = 0
+        self.own_echoes_ignored = 0
         self.jobs_finished: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.publishes = 0
@@ -53,6 +55,8 @@ class ListenerMetrics:
         return {
             "messages_received": self.messages_received,
             "messages_rejected": self.messages_rejected,
+            "own_messages_ignored": self.own_messages_ignored,
+            "own_echoes_ignored": self.own_echoes_ignored,
             "jobs": dict(jobs_by_status),
             "jobs_finished": dict(self.jobs_finished),
             "errors": dict(self.errors),

@@ -10,8 +10,11 @@ __all__ = ["MASK", "SecretRedactingFilter", "mask_uri_credentials", "redact", "s
 
 MASK = "***"
 
-# user:password@ inside any URI-looking text.
-_URI_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^/\s]+)@")
+# The start of a URI: ``scheme://``.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+# Characters after which a ``scheme://`` starts another URI rather than continuing a password.
+_URI_BOUNDARY = frozenset(" \t\"'(<[{,=")
+_LINE_ENDS = ("\n", "\r")
 
 
 def split_uri_credentials(uri: str) -> tuple[str, str | None, str | None]:
@@ -26,13 +29,45 @@ def split_uri_credentials(uri: str) -> tuple[str, str | None, str | None]:
 
 
 def mask_uri_credentials(text: str) -> str:
-    """Replace the password of every ``scheme://user:password@`` in ``text`` with ``***``."""
+    """Replace the password of every ``scheme://user:password@host`` in ``text`` with ``***``.
 
-    def _mask(match: re.Match[str]) -> str:
-        user, sep, _ = match.group("userinfo").partition(":")
-        return f"{match.group('scheme')}{user}{':' + MASK if sep else ''}@"
+    The one function that masks URI user info: config reprs and errors, log formatters, the CLI and
+    :func:`redact` all call it. Whatever the password holds (``/``, ``@``, spaces, ``#``), it is masked:
+    the user info ends at the *last* ``@`` of the URI, and a URI runs to the end of its line or to
+    the next ``scheme://`` that follows a space, a quote or a bracket. When in doubt more is masked,
+    never less (``mqtt://h:1883 for admin@example.com`` shows as ``mqtt://h:***@example.com``).
+    """
+    pieces = []
+    position = 0
+    search_from = 0
+    while True:
+        match = _SCHEME.search(text, search_from)
+        if match is None:
+            break
+        start = match.end()
+        end = _uri_end(text, start)
+        at = text.rfind("@", start, end)
+        if at != -1:
+            user, sep, _ = text[start:at].partition(":")
+            pieces.append(text[position:start])
+            pieces.append(f"{user}:{MASK}" if sep else user)
+            position = at
+        search_from = max(at + 1, start)
+    pieces.append(text[position:])
+    return "".join(pieces)
 
-    return _URI_CREDENTIALS.sub(_mask, text)
+
+def _uri_end(text: str, start: int) -> int:
+    """Where the URI whose authority starts at ``start`` ends, as far as user info is concerned."""
+    end = len(text)
+    for line_end in _LINE_ENDS:
+        found = text.find(line_end, start, end)
+        if found != -1:
+            end = found
+    for match in _SCHEME.finditer(text, start, end):
+        if match.start() > start and text[match.start() - 1] in _URI_BOUNDARY:
+            return match.start()
+    return end
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
