@@ -127,6 +127,17 @@ async def statuses(listener: EventListener, prefix: str, sentinel: str) -> Dict[
     return {normalise(job_id, prefix): job.status.value for job_id, job in jobs.items() if job_id != sentinel}
 
 
+async def settled_statuses(listener: EventListener, prefix: str, sentinel: str, within: float = 5.0) -> Dict[str, str]:
+    """The statuses once no job is active: a QoS 1/2 result reaches the watcher before its PUBACK/PUBCOMP
+    reaches the listener, and the job turns COMPLETED only then."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        found = await statuses(listener, prefix, sentinel)
+        if not {"pending", "running"} & set(found.values()) or asyncio.get_running_loop().time() > deadline:
+            return found
+        await asyncio.sleep(0.02)
+
+
 def sentinel_payload(prefix: str) -> Tuple[str, Dict[str, Any]]:
     job_id = f"sentinel-{uuid.uuid4().hex[:8]}"
     return job_id, {"job_id": job_id, "mode": "return_type", "to": f"{prefix}/sentinel", "qos": 1}
@@ -181,7 +192,7 @@ async def run_on_broker(case: Case, start_listener: Callable[..., Any], probe: C
     await asyncio.to_thread(retained_probe.wait_until, lambda f: sum(m.retain for m in f) >= len(case.expect_retained),
                             5.0, None, "the retained messages")
     retained = sorted({normalise(m.topic, prefix) for m in retained_probe.messages() if m.retain})
-    return Run(sorted(published), retained, await statuses(listener, prefix, sentinel))
+    return Run(sorted(published), retained, await settled_statuses(listener, prefix, sentinel))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
