@@ -17,6 +17,7 @@ import pytest
 from Listener import __version__
 from Listener.cli import (EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, build_parser, load_config, load_processor, main,
                           parse_overrides, parse_set_value, render_settings)
+from Listener.quiet_logs import NOISY_LOGGERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,14 +46,16 @@ def no_mqtt_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(autouse=True)
 def restore_logging() -> Iterator[None]:
     """main() installs a handler on the root logger (bound to the captured stderr): undo it after each test."""
-    root, transitions = logging.getLogger(), logging.getLogger("transitions")
-    handlers, level, transitions_level = list(root.handlers), root.level, transitions.level
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    third_party = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
     yield
     for handler in list(root.handlers):
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
-    transitions.setLevel(transitions_level)
+    for name, saved in third_party.items():
+        logging.getLogger(name).setLevel(saved)
 
 
 # -- the parser ---------------------------------------------------------------------------------------
