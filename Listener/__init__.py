@@ -11,7 +11,12 @@ from .jobs import JobInfo, JobStatus
 from .metrics import ListenerMetrics
 from .processing import JobTimeoutError, run_inline
 from .results import ReturnType, create_error_result, create_return_type
+from .quiet_logs import quiet_third_party_loggers
 from .safe_config_parser import ConfigSource, ParsedConfig, SafeConfigParser
+
+# amqtt and transitions log every connection and state change at INFO: quiet unless configured
+# (see Listener.quiet_logs for turning them back on).
+quiet_third_party_loggers()
 
 __all__ = [
     "ConfigError",

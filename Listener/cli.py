@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import uuid
@@ -31,10 +32,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from urllib.parse import urlsplit
 
 from ._version import __version__
-from .config import CERTIFICATE_DATA, LOG_LEVELS, EventListenerConfig
+from .config import CERTIFICATE_DATA, LOG_LEVELS, EventListenerConfig, environment_variables
 from .config_checks import config_warnings, file_problems
 from .errors import ConfigError
 from .json_logging import configure_json_logging, configure_text_logging, mask_secrets
+from .quiet_logs import restore_third_party_loggers
 from .safe_config_parser import SafeConfigParser
 from .topics import topic_name_error
 
@@ -58,6 +60,24 @@ DISCONNECT_TIMEOUT = 5.0
 
 Processor = Callable[..., Any]
 
+EPILOG = """\
+settings (the first that sets an option wins):
+  --set KEY=VALUE / --unset KEY    any EventListenerConfig option (host, port, topic, username, ...)
+  MQTT_<KEY> environment variables MQTT_HOST, MQTT_PORT, MQTT_PASSWORD, MQTT_CA_FILE, MQTT_HTTP_PORT, ...
+  --config FILE                    TOML (options at the top level or in an [mqtt] table), or .json
+  defaults                         localhost:1883, user/password test/test, topic "test"
+
+examples:
+  mqtt-listener check-config listener.toml --with-env
+  mqtt-listener run myapp.jobs:process --config listener.toml --log-format json
+  mqtt-listener run myapp.jobs:process --embedded-broker --unset username --unset password
+  mqtt-listener publish --topic test --data 'job_id = "task-001"'
+
+exit codes: 0 success; 1 failure at run time (broker unreachable or refusing, invalid file for
+check-config); 2 usage error (bad arguments, invalid configuration, processor not importable).
+Each command has its own --help (mqtt-listener run --help).
+"""
+
 
 class CliError(Exception):
     """A failure the command reports in one line (no traceback) before exiting with ``code``."""
@@ -74,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``mqtt-listener`` and its subcommands."""
     parser = argparse.ArgumentParser(
         prog=PROG, description="Run an MQTT event listener as a service, check its configuration, publish jobs.",
-        epilog="Settings: --set > MQTT_* environment variables > --config file > defaults. See docs/operations.md.")
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -351,9 +371,8 @@ def _command_run(args: argparse.Namespace) -> int:
         configure_json_logging(args.log_level, secrets)
     else:
         configure_text_logging(args.log_level, secrets)
-    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
-        # amqtt's state machine library logs every transition at INFO: noise unless debugging.
-        logging.getLogger("transitions").setLevel(logging.WARNING)
+    if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
+        restore_third_party_loggers()  # quiet by default (Listener.quiet_logs); --log-level DEBUG shows amqtt's lines
     if args.embedded_broker:
         _embedded_broker_address(config)  # refuse a non-loopback address before importing anything
     processor = load_processor(args.processor)
@@ -397,6 +416,16 @@ def render_settings(settings: Dict[str, Any], output_format: str = "toml") -> st
     return "\n".join(lines)
 
 
+def _blame(message: str, file: str, variables: Dict[str, str]) -> str:
+    """An invalid-configuration message naming its source: the MQTT_* variable that set the option, else the file."""
+    if any(variable in message for variable in variables.values()):
+        return f"environment: {message}"
+    invalid = re.match(r"Invalid (\w+)", message)
+    if invalid is not None and invalid.group(1) in variables:
+        return f"environment variable {variables[invalid.group(1)]}: {message}"
+    return message if file in message else f"{file}: {message}"
+
+
 def _command_check_config(args: argparse.Namespace) -> int:
     try:
         if args.with_env:
@@ -404,8 +433,7 @@ def _command_check_config(args: argparse.Namespace) -> int:
         else:
             config = EventListenerConfig.from_file(args.file)
     except ConfigError as exc:
-        message = str(exc)
-        _fail(message if args.file in message else f"{args.file}: {message}")
+        _fail(_blame(str(exc), args.file, environment_variables() if args.with_env else {}))
         return EXIT_FAILURE
     problems = file_problems(config)
     for problem in problems:

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterable, Mapping, Optional
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .redaction import MASK, mask_uri_credentials
 from .topics import filter_error, topic_name_error
 
-__all__ = ["EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES"]
+__all__ = ["EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES",
+           "SECTION_NAME", "describe_unknown_keys", "environment_variables"]
 
 DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -380,10 +382,39 @@ def _read_config_file(path: Path) -> Dict[str, Any]:
         data = SafeConfigParser().parse_config_from_file(str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"Configuration file {path} must hold a table/object of options")
+    data = _unwrap_section(data, path)
     unknown = sorted(set(data) - set(EventListenerConfig.field_names()))
     if unknown:
-        raise ConfigError(f"Unknown option(s) in {path}: {', '.join(unknown)}")
+        raise ConfigError(f"Unknown option(s) in {path}: {describe_unknown_keys(unknown)}")
     return dict(data)
+
+
+#: A table of this name holds the options, as many projects lay out their files ([mqtt] host = ...).
+SECTION_NAME = "mqtt"
+
+
+def _unwrap_section(data: Dict[str, Any], path: Path) -> Dict[str, Any]:
+    """The options of a file: its top level, plus those of an ``[mqtt]`` table when it has one."""
+    section = data.get(SECTION_NAME)
+    if not isinstance(section, dict):
+        return data
+    options = {key: value for key, value in data.items() if key != SECTION_NAME}
+    twice = sorted(set(options) & set(section))
+    if twice:
+        raise ConfigError(f"Option(s) set both at the top level and in the [{SECTION_NAME}] table of {path}: "
+                          f"{', '.join(twice)}")
+    options.update(section)
+    return options
+
+
+def describe_unknown_keys(names: Iterable[str]) -> str:
+    """``'prot' (did you mean 'port'?), 'x'``: unknown option names with the closest known one, if any."""
+    known = list(EventListenerConfig.field_names())
+    described = []
+    for name in names:
+        close = difflib.get_close_matches(name, known, n=1)
+        described.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ", ".join(described)
 
 
 _KIND_WORDS = {"bool": "true/false", "int": "an integer", "float": "a number", "Dict": "a JSON object"}
@@ -421,11 +452,15 @@ def _convert(name: str, kind: str, raw: str, variable: str) -> Any:
 
 def _read_environment(prefix: str, environ: Mapping[str, str]) -> Dict[str, Any]:
     kinds = _field_kinds()
-    names = {name.upper(): name for name in kinds}
-    names.update(_ENV_ALIASES)
     values: Dict[str, Any] = {}
-    for suffix, name in names.items():
-        variable = prefix + suffix
-        if variable in environ:
-            values[name] = _convert(name, kinds[name], environ[variable], variable)
+    for name, variable in environment_variables(prefix, environ).items():
+        values[name] = _convert(name, kinds[name], environ[variable], variable)
     return values
+
+
+def environment_variables(prefix: str = "MQTT_", environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """Which option each set ``{prefix}…`` variable supplies to :meth:`EventListenerConfig.from_env`: {option: variable}."""
+    environ = os.environ if environ is None else environ
+    names = {name.upper(): name for name in EventListenerConfig.field_names()}
+    names.update(_ENV_ALIASES)
+    return {name: prefix + suffix for suffix, name in names.items() if prefix + suffix in environ}

@@ -89,6 +89,7 @@ class EventListener(JobTracker):
         self._owns_client = True
         self._processor: Optional[Processor] = None
         self._running = False
+        self._run_active = False  # inside run(); ``_running`` alone may have been set by a user
         self._stop_requested = False
         self._draining = False
         self._busy = False
@@ -150,8 +151,18 @@ class EventListener(JobTracker):
 
     @property
     def is_running(self) -> bool:
-        """True while :meth:`run` is processing messages."""
+        """True while :meth:`run` is processing messages.
+
+        Assignable, as in the first release: ``False`` during :meth:`run` asks it to stop; any value
+        set outside :meth:`run` is kept until :meth:`stop` (which resets it) or the next run.
+        """
         return self._running
+
+    @is_running.setter
+    def is_running(self, value: bool) -> None:
+        self._running = bool(value)
+        if not value and self._run_active:
+            self.stop()
 
     @property
     def is_ready(self) -> bool:
@@ -202,10 +213,11 @@ class EventListener(JobTracker):
                 gives up after ``reconnect_retries`` attempts. The message names host and port only.
             RuntimeError: the listener is already running.
         """
-        if self._running:
+        if self._run_active:
             raise RuntimeError("EventListener is already running")
         self._processor = func
         self._loop = asyncio.get_running_loop()
+        self._run_active = True
         self._running = True
         self._draining = False
         self._stopped = asyncio.Event()
@@ -229,6 +241,7 @@ class EventListener(JobTracker):
                 self._grace_timer = None
             self.remove_signal_handlers()
             self._running = False
+            self._run_active = False
             self._stop_requested = False  # a stop() between runs applies to the next one
             self._draining = False
             self._stopped.set()
@@ -242,8 +255,9 @@ class EventListener(JobTracker):
         handler, or from another thread.
         """
         loop = self._loop
-        if not self._running or loop is None or loop.is_closed():
+        if not self._run_active or loop is None or loop.is_closed():
             self._stop_requested = True
+            self._running = False  # a flag a user set by hand (first-release style) is reset too
             return
         try:
             on_loop = asyncio.get_running_loop() is loop
@@ -508,8 +522,7 @@ class EventListener(JobTracker):
             return
         from .http_endpoints import start_http_endpoints  # only services that ask for it load the server
 
-        self._http = await start_http_endpoints(self, self.config.http_host, self.config.http_port)
-        logger.info("Health and metrics endpoints on http://%s:%s", self.config.http_host, self._http.port)
+        self._http = await start_http_endpoints(self, self.config.http_host, self.config.http_port)  # logs the address
 
     async def _stop_http_endpoints(self) -> None:
         http, self._http = self._http, None
@@ -734,7 +747,10 @@ class EventListener(JobTracker):
         self._metrics.jobs_finished[JobStatus.DUPLICATE.value] += 1
         if self.config.duplicate_action == "error":
             await self._publish_error(job_id, ErrorType.DUPLICATE_JOB, f"Job {job_id} was already received", topic)
-        await self._emit(logging.WARNING, "duplicate_job", "Duplicate job %s not processed", job_id,
+            level = logging.WARNING
+        else:  # the manual: skip ignores duplicates "silently" (INFO, not mirrored at the default log_topic_level)
+            level = logging.INFO
+        await self._emit(level, "duplicate_job", "Duplicate job %s not processed", job_id,
                          job_id=job_id, status=JobStatus.DUPLICATE, topic=topic)
         return False
 
@@ -837,9 +853,10 @@ class EventListener(JobTracker):
         except RejectedMessage:
             return None
 
-    @staticmethod
-    def generate_job_id() -> str:
-        """A fresh random (uuid4) job id."""
+    def generate_job_id(self) -> Optional[str]:
+        """A fresh random (uuid4) job id, or None when ``allow_job_id_generation`` is off (as in the first release)."""
+        if not self.config.allow_job_id_generation:
+            return None
         return generate_job_id()
 
 

@@ -131,13 +131,21 @@ class JobStore:
         """Record that ``job_id`` arrived again.
 
         A RUNNING job keeps running (its status must stay truthful); any other job becomes DUPLICATE.
+        A job that had finished keeps its ``completed_at``, ``result`` and ``error`` (and so its place in
+        the eviction order): the duplicate changes nothing of what the first message produced.
         """
         job = self.jobs.get(job_id)
         if job is None:
             return False
         job.duplicate_count += 1
-        if job.status is not JobStatus.RUNNING:
-            self.set_status(job_id, JobStatus.DUPLICATE)
+        if job.status is JobStatus.RUNNING:
+            return True
+        if job.status in FINISHED_STATUSES and job.completed_at is not None:
+            job.status = JobStatus.DUPLICATE
+            if job_id not in self._finished:  # a job put into ``jobs`` by hand
+                self._finished[job_id] = None
+            return True
+        self.set_status(job_id, JobStatus.DUPLICATE)
         return True
 
     def remove(self, job_id: str) -> bool:

@@ -30,6 +30,7 @@ Validators:
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import re
@@ -100,7 +101,8 @@ class ParsedConfig:
         source_info: ``"Dictionary object"``, the resolved file path, or a description starting with
             ``"String content"`` (never the content itself).
         is_valid: Whether every validator accepted ``data``.
-        validation_errors: The validators' messages; ``None`` is normalised to an empty list.
+        validation_errors: The validators' messages (a list, possibly empty, when made by
+            :meth:`SafeConfigParser.parse_config`); ``None`` by default, as in the first release.
     """
 
     data: Dict[str, Any]
@@ -108,10 +110,6 @@ class ParsedConfig:
     source_info: str
     is_valid: bool = True
     validation_errors: Optional[List[str]] = None
-
-    def __post_init__(self) -> None:
-        if self.validation_errors is None:
-            self.validation_errors = []
 
 
 def _type_name(spec: TypeSpec) -> str:
@@ -365,17 +363,18 @@ class SafeConfigParser:
     # -- helpers --------------------------------------------------------------------------------------
 
     def _sanitize_path(self, file_path: PathInput) -> Path:
-        """Turn user input into an absolute, resolved path.
+        """Turn user input into the absolute, resolved path of an existing regular file of at most 10 MiB.
 
         Args:
             file_path: A ``str`` or path-like object.
 
         Returns:
-            The resolved path (it need not exist).
+            The resolved path.
 
         Raises:
             ConfigParseError: Not a ``str``/path-like ("Unsupported input type"), empty, containing a NUL
-                byte, or impossible to resolve (e.g. a symlink loop).
+                byte, impossible to resolve (e.g. a symlink loop), or naming something that "does not
+                exist", is "not a file" (a directory, a FIFO, ...) or is "too large".
         """
         if not isinstance(file_path, (str, os.PathLike)):
             raise self._parse_error(f"Unsupported input type for a file path: {type(file_path).__name__}")
@@ -387,12 +386,26 @@ class SafeConfigParser:
         if "\x00" in raw:
             raise self._parse_error("Invalid file path: contains a NUL byte")
         try:
-            return Path(raw).resolve()
+            path = Path(raw).resolve()
         except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop before Python 3.13
             raise self._parse_error(f"Invalid file path {raw!r}: {exc}") from None
+        try:
+            info = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._parse_error(f"Configuration file does not exist: {path}") from None
+        except PermissionError:
+            raise self._parse_error(f"Permission denied: cannot access configuration file {path}") from None
+        except OSError as exc:
+            raise self._parse_error(f"Cannot access configuration file {path}: {exc}") from None
+        self._check_regular_file(path, info)
+        return path
 
     def _parse_toml_file(self, file_path: Path) -> Dict[str, Any]:
-        """Read and parse a TOML file, checking its size before reading it.
+        """Read and parse a TOML file through the built-in :func:`open`.
+
+        Whatever ``open`` raises decides the error: a ``PermissionError`` is "Permission denied", any other
+        ``OSError`` is reported with its message. A path that can be examined beforehand is refused
+        without being opened when it is not a regular file or is over the size limit.
 
         Args:
             file_path: The file (normally from :meth:`_sanitize_path`).
@@ -405,17 +418,14 @@ class SafeConfigParser:
         """
         path = Path(file_path)
         try:
-            info = path.stat()
-        except (FileNotFoundError, NotADirectoryError):
-            raise self._parse_error(f"Configuration file does not exist: {path}") from None
-        except PermissionError:
-            raise self._parse_error(f"Permission denied: cannot access configuration file {path}") from None
-        except OSError as exc:
-            raise self._parse_error(f"Cannot access configuration file {path}: {exc.strerror or exc}") from None
-        if not stat.S_ISREG(info.st_mode):
-            raise self._parse_error(f"Configuration path is not a file: {path}")
-        self._check_file_size(path, info.st_size)
+            info: Optional[os.stat_result] = os.stat(path)
+        except OSError:  # open() below reports the problem, with its own reason
+            info = None
+        if info is not None:
+            self._check_regular_file(path, info)
         content = self._read_limited(path)
+        if isinstance(content, str):  # an open() replaced by one returning text
+            return self._loads(content)
         try:
             text = content.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
@@ -451,24 +461,26 @@ class SafeConfigParser:
         if size > MAX_FILE_BYTES:
             raise self._parse_error(f"Configuration file is too large: {path} has {size} bytes, limit {MAX_FILE_BYTES}")
 
-    def _read_limited(self, path: Path) -> bytes:
+    def _check_regular_file(self, path: Path, info: os.stat_result) -> None:
+        if not stat.S_ISREG(info.st_mode):
+            raise self._parse_error(f"Configuration path is not a file: {path}")
+        self._check_file_size(path, info.st_size)
+
+    def _read_limited(self, path: Path) -> Union[bytes, str]:
         """Read at most one byte past the limit, so a file growing after ``stat`` cannot exhaust memory."""
-        # O_NONBLOCK: should the path have been swapped for a FIFO since stat(), open() must not hang.
-        flags = os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0)
         try:
-            fd = os.open(path, flags)
-            with os.fdopen(fd, "rb") as handle:
-                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            with open(path, "rb", opener=_open_nonblocking) as handle:
+                if not _is_regular(handle):
                     raise self._parse_error(f"Configuration path is not a file: {path}")
-                content = handle.read(MAX_FILE_BYTES + 1)
+                content: Union[bytes, str] = handle.read(MAX_FILE_BYTES + 1)
         except PermissionError:
             raise self._parse_error(f"Permission denied: cannot read configuration file {path}") from None
         except IsADirectoryError:
             raise self._parse_error(f"Configuration path is not a file: {path}") from None
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise self._parse_error(f"Configuration file does not exist: {path}") from None
         except OSError as exc:
-            raise self._parse_error(f"Cannot read configuration file {path}: {exc.strerror or exc}") from None
+            raise self._parse_error(f"Cannot read configuration file {path}: {exc}") from None
         self._check_file_size(path, len(content))
         return content
 
@@ -488,6 +500,20 @@ class SafeConfigParser:
     def _parse_error(self, message: str) -> ConfigParseError:
         self.logger.debug("Configuration not parsed: %s", message)
         return ConfigParseError(message)
+
+
+def _open_nonblocking(path: str, flags: int) -> int:
+    """``open()``'s opener: should the path have been swapped for a FIFO, opening must not hang."""
+    return os.open(path, flags | getattr(os, "O_BINARY", 0) | getattr(os, "O_NONBLOCK", 0))
+
+
+def _is_regular(handle: Any) -> bool:
+    """Whether an opened file is a regular file (True for a stand-in without a real descriptor)."""
+    try:
+        mode = os.fstat(handle.fileno()).st_mode
+    except (AttributeError, TypeError, ValueError, io.UnsupportedOperation):
+        return True
+    return stat.S_ISREG(mode)
 
 
 def _names_existing_path(text: str) -> bool:

@@ -3,8 +3,9 @@
 Starts amqtt's embedded broker on a free loopback port (or uses MQTT_HOST/MQTT_PORT when set),
 runs an EventListener with a sample processor, publishes a handful of TOML jobs - one valid, one
 returning a plain dict, one invalid payload, one duplicate, one that makes the processor raise -
-prints every result, error and log event as it arrives, then the final job table. Exits 0 when
-everything arrived as expected, 1 otherwise.
+prints every result, error and log event as it arrives (explaining the invalid payload's
+``"job_id": null``), then the final job table (the duplicate keeps its first result) and what to try
+next. Exits 0 when everything arrived as expected, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -61,6 +62,9 @@ async def collect(client: MQTTClient, seen: Dict[str, List[Any]], done: asyncio.
         kind = "error" if message.topic == "demo/error" else "log" if message.topic == "demo/log" else "result"
         seen[kind].append(body)
         print(f"  <- {kind:6} on {message.topic}: {json.dumps(body)}")
+        if kind == "error" and body.get("job_id") is None:
+            print('     "job_id": null - the payload is not valid TOML, so no job id could be read from it '
+                  "and no job was created")
         if len(seen["result"]) >= EXPECTED_RESULTS and len(seen["error"]) >= EXPECTED_ERRORS:
             done.set()
 
@@ -87,7 +91,8 @@ async def main() -> int:
         error_topic="demo/error", log_topic="demo/log", results_topic="demo/results",
         duplicate_action="skip",
     )
-    print(f"Listener config: {config}")
+    print("Listener config (the options that differ from the defaults; password hidden):")
+    print(config_block(config))
     listener = EventListener(config)
 
     watcher = MQTTClient("demo-watcher", {"auto_reconnect": False, "plugins": {}})
@@ -129,9 +134,33 @@ async def main() -> int:
     if broker is not None:
         await broker.shutdown()
     duplicates = await listener.get_duplicate_jobs()
-    ok = ok and "demo-001" in duplicates and len(seen["result"]) == EXPECTED_RESULTS
+    first = duplicates.get("demo-001")
+    kept = first is not None and first.result is not None and first.completed_at is not None
+    print(f"\ndemo-001 shows {'duplicate' if first else 'no duplicate'}: its second message was not processed "
+          f"(duplicate_action = \"skip\", logged at INFO only),\nand the job keeps the result and completion time of "
+          f"its first run{'' if kept else ' - NOT kept here, which is a fault'}.")
+    ok = ok and kept and len(seen["result"]) == EXPECTED_RESULTS
     print("\nDemo finished:", "OK" if ok else "FAILED")
+    print(WHAT_NEXT)
     return 0 if ok else 1
+
+
+def config_block(config: EventListenerConfig) -> str:
+    """The settings that differ from the defaults, one ``key = value`` line each (password masked)."""
+    defaults = EventListenerConfig().redacted_dict()
+    lines = [f"  {key:24} = {json.dumps(value)}" for key, value in config.redacted_dict().items()
+             if value != defaults.get(key)]
+    return "\n".join(lines)
+
+
+WHAT_NEXT = """
+What to try next:
+  .venv/bin/mqtt-listener run examples.sample_processor:process --config examples/listener.toml --embedded-broker \\
+      --unset username --unset password       # a listener as a service, with its own broker on localhost:1883
+  .venv/bin/mqtt-listener publish --topic test --unset username --unset password --data 'job_id = "try-1"'
+                                              # in a second terminal: one job; the result goes to test/results
+  .venv/bin/mqtt-listener check-config examples/listener.toml   # every option, commented, in examples/listener.toml
+"""
 
 
 if __name__ == "__main__":

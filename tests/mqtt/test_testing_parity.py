@@ -79,8 +79,9 @@ CASES = [
           ("{p}/jobs", {"task": "no id"}, 1), ("{p}/jobs", "job_id = 'big'\nblob = '" + "a" * 600 + "'", 1)],
          config={"max_payload_bytes": 512},
          expect_topics=["{p}/error"] * 4 + ["{p}/log"] * 4),
+    # skip ignores a duplicate "silently": an INFO log line, nothing on log_topic at its default level
     Case("duplicate skipped", [("{p}/jobs", {"job_id": "h"}, 1), ("{p}/jobs", {"job_id": "h"}, 1)],
-         expect_topics=["{p}/log", "{p}/results"], expect_statuses={"h": "duplicate"}),
+         expect_topics=["{p}/results"], expect_statuses={"h": "duplicate"}),
     Case("duplicate as error", [("{p}/jobs", {"job_id": "i"}, 1), ("{p}/jobs", {"job_id": "i"}, 1)],
          config={"duplicate_action": "error"},
          expect_topics=["{p}/error", "{p}/log", "{p}/results"], expect_statuses={"i": "duplicate"}),

@@ -200,6 +200,7 @@ async def test_job_store_stays_bounded_and_every_message_has_exactly_one_outcome
         else:
             payload = value
             assume(expected_outcome(payload).error_type is not None)  # garbage that happens to be a job: rare
+        duplicates_before = listener.metrics()["jobs_finished"].get("duplicate", 0)
         await listener._process_message(payload, processor, topic=TOPIC)
 
         assert len(listener.jobs) <= max_jobs
@@ -208,7 +209,9 @@ async def test_job_store_stays_bounded_and_every_message_has_exactly_one_outcome
         logs = [strict_json(p)["event"] for t, p, _, _ in new if t == LOG_TOPIC]
         processed = len(calls) - calls_before
         rejected = [e for e in errors if e["error_type"] in INTAKE_ERRORS]
-        duplicate = "duplicate_job" in logs
+        duplicate = listener.metrics()["jobs_finished"].get("duplicate", 0) > duplicates_before
+        # skip/reprocess: a duplicate is logged at INFO, below the default log_topic_level; error: WARNING.
+        assert ("duplicate_job" in logs) == (duplicate and action == "error")
         # Exactly one outcome per message: processed once, rejected once, or a duplicate.
         assert processed + len(rejected) + int(duplicate) == 1, (kind, value, new)
         assert processed <= 1 and len(errors) <= 1

@@ -139,6 +139,45 @@ class BrokerEndpoint:
     cafile: Optional[str] = None
 
 
+#: The broker configuration docker-compose.yml mounts; every test broker starts from it.
+COMPOSE_MOSQUITTO_CONFIG = Path(__file__).resolve().parents[2] / "docker" / "mosquitto" / "mosquitto.conf"
+#: Its password file (user/password and test/test).
+COMPOSE_PASSWORD_FILE = COMPOSE_MOSQUITTO_CONFIG.with_name("passwords")
+# Lines of the compose configuration the tests set themselves (files, logging, persistence).
+_REPLACED_OPTIONS = ("persistence", "persistence_location", "persistence_file", "log_dest", "log_type")
+
+
+def adapt_compose_config(text: str, settings: List[str], ports: Dict[int, int], password_file: Path) -> List[str]:
+    """The compose broker's configuration for a test broker: its listeners moved to ``ports`` on 127.0.0.1, its
+    ``password_file`` replaced, and its persistence and logging options replaced by ``settings``.
+
+    Raises RuntimeError when a port of ``ports`` has no listener in ``text`` (the two would have drifted apart).
+    """
+    head: List[str] = []
+    body: List[str] = []
+    seen = set()
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        option, _, value = line.partition(" ")
+        if option in _REPLACED_OPTIONS:
+            continue
+        if option == "listener":
+            port = int(value.split()[0])
+            if port not in ports:
+                raise RuntimeError(f"{COMPOSE_MOSQUITTO_CONFIG.name}: no test port for its listener {port}")
+            seen.add(port)
+            line = f"listener {ports[port]} 127.0.0.1"
+        elif option == "password_file":
+            line = f"password_file {password_file}"
+        (body if body or option == "listener" else head).append(line)
+    missing = sorted(set(ports) - seen)
+    if missing:
+        raise RuntimeError(f"{COMPOSE_MOSQUITTO_CONFIG.name} has no listener on port(s) {missing}")
+    return head + settings + body
+
+
 def _mqtt_connect_packet(client_id: str) -> bytes:
     """A minimal MQTT 3.1.1 CONNECT (clean session, keep-alive 10 s, no credentials)."""
     body = b"\x00\x04MQTT\x04\x02\x00\x0a" + len(client_id).to_bytes(2, "big") + client_id.encode()
@@ -212,7 +251,6 @@ class MosquittoBroker:
 
     def _write_config(self) -> None:
         lines = [
-            "per_listener_settings true",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.folder}/",
             "persistence_file mosquitto.db",
@@ -223,12 +261,9 @@ class MosquittoBroker:
         lines += [
             f"log_dest file {self.log_path}",
             "log_type error", "log_type warning", "log_type notice", "log_type information",
-            "set_tcp_nodelay true",
-            # Bursts in the tests must not be cut by mosquitto's default per-client queue of 1000.
-            "max_queued_messages 0",
-            f"listener {self.plain_port} 127.0.0.1", "allow_anonymous true",
-            f"listener {self.auth_port} 127.0.0.1", "allow_anonymous false", f"password_file {self.password_path}",
         ]
+        lines = adapt_compose_config(COMPOSE_MOSQUITTO_CONFIG.read_text(encoding="utf-8"), lines,
+                                     {1883: self.plain_port, 1884: self.auth_port}, self.password_path)
         if self.tls is not None:
             for path in (self.tls.server_key, self.tls.ca_key, self.tls.client_key):
                 Path(path).chmod(0o644)
