@@ -154,6 +154,8 @@ class MosquittoBroker:
     their subscriptions and the QoS 1/2 messages queued for them survive even a SIGKILL as far as mosquitto
     can make them: a change made in the instant before the kill may still be lost; a SIGTERM (``stop()``)
     always saves everything.
+
+    ``max_packet_size`` (bytes): mosquitto disconnects a client that sends a bigger packet.
     """
 
     folder: Path
@@ -161,6 +163,7 @@ class MosquittoBroker:
     password: str = field(default_factory=lambda: "pw-" + os.urandom(8).hex())
     tls: Optional[TlsMaterial] = None
     persistence: bool = False
+    max_packet_size: Optional[int] = None
     plain_port: int = field(default_factory=free_port)
     auth_port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
@@ -226,6 +229,10 @@ class MosquittoBroker:
             "set_tcp_nodelay true",
             # Bursts in the tests must not be cut by mosquitto's default per-client queue of 1000.
             "max_queued_messages 0",
+        ]
+        if self.max_packet_size is not None:
+            lines.append(f"max_packet_size {int(self.max_packet_size)}")
+        lines += [
             f"listener {self.plain_port} 127.0.0.1", "allow_anonymous true",
             f"listener {self.auth_port} 127.0.0.1", "allow_anonymous false", f"password_file {self.password_path}",
         ]
@@ -486,15 +493,16 @@ def broker_factory() -> Iterator[BrokerFactory]:
 
     ``broker_factory(persistence=False)`` returns a started :class:`MosquittoBroker` (anonymous listener on
     ``.port`` / ``.plain_port``, password listener on ``.auth_port``); with ``persistence=True`` it keeps
-    sessions and queued messages across restarts. Every broker is killed and its folder removed afterwards.
+    sessions and queued messages across restarts; ``max_packet_size=N`` makes it disconnect a client that
+    sends a packet above N bytes. Every broker is killed and its folder removed afterwards.
     Not available with an external broker (MQTT_HOST/MQTT_PORT set): the test is skipped.
     """
     if os.getenv("MQTT_HOST") and os.getenv("MQTT_PORT"):
         pytest.skip("needs brokers the tests start (MQTT_HOST/MQTT_PORT point at an external broker)")
     made: List[MosquittoBroker] = []
 
-    def make(persistence: bool = False) -> MosquittoBroker:
-        broker = MosquittoBroker(session_folder() / "broker", persistence=persistence)
+    def make(persistence: bool = False, max_packet_size: Optional[int] = None) -> MosquittoBroker:
+        broker = MosquittoBroker(session_folder() / "broker", persistence=persistence, max_packet_size=max_packet_size)
         made.append(broker)
         broker.start()
         return broker
