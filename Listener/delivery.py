@@ -29,14 +29,14 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         super().__init__()
         self.window = max(1, window)
         self.closed = False
-        self._on_arrival = on_arrival
+        self.on_arrival = on_arrival
         self._ack_waiters: Deque["asyncio.Future[None]"] = deque()
         self._reserved = 0
 
     def put_nowait(self, item: Any) -> None:
         super().put_nowait(item)
-        if self._on_arrival is not None:
-            self._on_arrival()
+        if self.on_arrival is not None:
+            self.on_arrival()
 
     async def put(self, item: Any) -> None:
         """Queue an acknowledged message once there is room (the caller acknowledges it afterwards).

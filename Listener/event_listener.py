@@ -20,12 +20,12 @@ from .config import EventListenerConfig
 from .config_checks import config_warnings, file_problems, own_topics, subscription_filters
 from .echoes import RecentPublications
 from .events import ErrorType, error_event, log_event
-from .intake import Payload, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
+from .intake import Payload, RejectedMessage, decode_payload_off_loop, generate_job_id, resolve_job_id
 from .job_tracking import JobTracker
 from .jobs import InsertOutcome, JobInfo, JobStatus
 from .metrics import ListenerMetrics
 from .processing import JobTimeoutError, Processor, call_processor, describe_exception
-from .publisher import Publication, Publisher
+from .publisher import Publication, Publisher, RefusedTopic
 from .redaction import redact
 from .results import ReturnType, create_error_result, create_return_type
 from .safe_config_parser import SafeConfigParser
@@ -61,6 +61,7 @@ PUBLISH_TIMEOUT = 10.0
 MAX_PUBLISHES_IN_FLIGHT = 64
 DISCONNECT_TIMEOUT = 5.0
 _MAX_CLEANUP_PERIOD = 60.0
+_YIELD_EVERY = 64  # messages taken without the consumer waiting once, then it lets the loop run other tasks
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR,
            "CRITICAL": logging.CRITICAL}
 
@@ -95,6 +96,8 @@ class EventListener(JobTracker):
         self._busy = False
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._consumer: Optional[asyncio.Task[None]] = None
+        self._taken_in_a_row = 0
+        self._carried: Set[asyncio.Task[None]] = set()  # consumers of lost connections finishing their job
         self._pending_delivery: Optional[asyncio.Future[Any]] = None
         self._grace_timer: Optional[asyncio.TimerHandle] = None
         self._stopped: Optional[asyncio.Event] = None
@@ -117,7 +120,8 @@ class EventListener(JobTracker):
         self._workers = ThreadWorkers(config.max_concurrent_jobs, name=f"{config.client_id}-worker")
         self._publisher = Publisher(lambda: self.client, self._is_connected, self._metrics,
                                     lambda: endpoint_label(self.config), PUBLISH_TIMEOUT, MAX_PUBLISHES_IN_FLIGHT,
-                                    watched=lambda: self._owns_client and self._running)
+                                    watched=lambda: self._owns_client and self._running,
+                                    on_dropped=self._report_dropped)
 
     # -- the client --------------------------------------------------------------------------------
 
@@ -166,8 +170,11 @@ class EventListener(JobTracker):
 
     @property
     def is_ready(self) -> bool:
-        """True while connected and subscribed, i.e. messages published now will be received."""
-        return self._ready.is_set()
+        """True while connected and subscribed, i.e. messages published now will be received.
+
+        False as soon as the client sees the connection end, even while a job is still running.
+        """
+        return self._ready.is_set() and self._is_connected()
 
     @property
     def is_draining(self) -> bool:
@@ -232,7 +239,9 @@ class EventListener(JobTracker):
             await self._serve()
         finally:
             cleanup.cancel()
+            await self._drain_leftovers()
             await self._finish_in_flight()
+            self._report_unprocessed()
             await self._settle_outbox()
             await self._disconnect()
             await self._stop_http_endpoints()
@@ -308,7 +317,7 @@ class EventListener(JobTracker):
         """The grace period is over: cancel what is still running."""
         if self._consumer is not None and not self._consumer.done():
             self._consumer.cancel()
-        for task in list(self._in_flight):
+        for task in list(self._in_flight) + list(self._carried):
             task.cancel()
 
     def _check_before_start(self) -> None:
@@ -402,26 +411,40 @@ class EventListener(JobTracker):
             await asyncio.wait_for(self._stop_event.wait(), delay)
 
     async def _consume_until_disconnected(self) -> None:
+        """Consume until the connection ends; return as soon as it does, even in the middle of a job.
+
+        A consumer still running a job then is *carried*: it finishes that job (its result is kept
+        for the next connection) and takes nothing more; the next consumer waits for it, then takes
+        over the same delivery queue. So the loss is counted, logged and repaired at once.
+        """
         client = self.client
-        consumer = asyncio.create_task(self._consume(client))
+        consumer = asyncio.create_task(self._consume(client, tuple(self._carried)))
         self._consumer = consumer
         liveness = asyncio.create_task(self._watch_liveness(client)) if self._owns_client else None
+        closed = asyncio.ensure_future(client.wait_closed()) if isinstance(client, AmqttClient) else None
         try:
-            await asyncio.wait({consumer})
+            await asyncio.wait({consumer} | ({closed} if closed is not None else set()),
+                               return_when=asyncio.FIRST_COMPLETED)
         finally:
             self._consumer = None
-            for task in (consumer, liveness):
-                if task is not None and not task.done():
+            if not consumer.done() and closed is not None and closed.done():
+                self._carried.add(consumer)
+                consumer.add_done_callback(self._carried.discard)
+            for task in (consumer, liveness, closed):
+                if task is not None and not task.done() and task not in self._carried:
                     task.cancel()
                     await asyncio.wait({task})
-        if not consumer.cancelled():
+        if consumer.done() and not consumer.cancelled():
             consumer.result()
 
-    async def _consume(self, client: Any) -> None:
+    async def _consume(self, client: Any, predecessors: Tuple["asyncio.Task[None]", ...] = ()) -> None:
         """Take messages and run them as jobs until the connection ends or stop() was called.
 
         After stop(), messages already acknowledged (queued) are still processed; nothing more is taken.
+        ``predecessors``: consumers of earlier connections still finishing a job, awaited first.
         """
+        if predecessors:
+            await asyncio.wait(predecessors)
         limit = self.config.max_concurrent_jobs
         while True:
             while limit > 1 and len(self._in_flight) >= limit:  # backpressure: N jobs running
@@ -446,7 +469,14 @@ class EventListener(JobTracker):
         if not isinstance(client, AmqttClient):
             return await self._deliver_generic(client)
         wakeup = self._wakeup
+        self._taken_in_a_row += 1
+        if self._taken_in_a_row >= _YIELD_EVERY:
+            # A backlog of jobs that never wait would hold the loop: let the reader, the pings and the probes run.
+            self._taken_in_a_row = 0
+            await asyncio.sleep(0)
         while True:
+            if client.connection_closed and not self._stop_requested:
+                return None  # what is queued is taken over by the next connection's consumer
             message = client.take_message()
             if message is not None:
                 return message
@@ -456,6 +486,7 @@ class EventListener(JobTracker):
             message = client.take_message()
             if message is not None:
                 return message
+            self._taken_in_a_row = 0
             await wakeup.wait()
 
     async def _deliver_generic(self, client: Any) -> Any:
@@ -495,9 +526,39 @@ class EventListener(JobTracker):
             if await client.watch_liveness(float(self.config.keep_alive), endpoint_label(self.config)):
                 self._wakeup.set()
 
+    async def _drain_leftovers(self) -> None:
+        """Stopped while disconnected: process what the lost connection received and acknowledged.
+
+        Bounded like every job at stop (the grace period cancels this consumer too).
+        """
+        client = self._client
+        if (not self._stop_requested or not isinstance(client, AmqttClient) or not client.queued_messages
+                or not client.connection_closed):
+            return
+        consumer = asyncio.ensure_future(self._consume(client, tuple(self._carried)))
+        self._consumer = consumer
+        try:
+            await asyncio.wait({consumer})
+        finally:
+            self._consumer = None
+
+    def _report_unprocessed(self) -> None:
+        """Log how many received messages stop() dropped unprocessed (the grace period ran out)."""
+        client = self._client
+        if not isinstance(client, AmqttClient):
+            return
+        dropped = client.drop_queued_messages()
+        if not dropped:
+            return
+        acknowledged = sum(1 for message in dropped if getattr(message, "qos", 0))
+        level = logging.ERROR if acknowledged else logging.WARNING
+        logger.log(level, "Dropped %d received message(s) unprocessed when the listener stopped (%d QoS 0, "
+                   "%d acknowledged QoS 1/2; shutdown_grace_period %g s)", len(dropped), len(dropped) - acknowledged,
+                   acknowledged, self.config.shutdown_grace_period)
+
     async def _finish_in_flight(self) -> None:
         """Wait for concurrent jobs still running and results awaiting acknowledgement (bounded)."""
-        waiting: Set[asyncio.Future[Any]] = set(self._in_flight) | set(self._finishing)
+        waiting: Set[asyncio.Future[Any]] = set(self._in_flight) | set(self._finishing) | set(self._carried)
         if not waiting:
             return
         _, pending = await asyncio.wait(waiting, timeout=self.config.shutdown_grace_period)
@@ -539,8 +600,11 @@ class EventListener(JobTracker):
 
     async def _connect(self) -> None:
         """Open the MQTT connection (raises ConnectionError naming host and port, never a secret)."""
-        if self._owns_client and self._client is not None and self._client.connection_closed:
+        previous = self._client
+        if self._owns_client and previous is not None and previous.connection_closed:
             self._client = None  # a fresh amqtt client per connection: a used one can hang on publish
+            if isinstance(previous, AmqttClient) and isinstance(self.client, AmqttClient):
+                self.client.adopt_deliveries(previous)
         timeout = float(self.config.connect_timeout or DEFAULT_CONNECT_TIMEOUT)
         try:
             await open_connection(self.config, self.client, timeout, self.config.cleansession)
@@ -648,6 +712,14 @@ class EventListener(JobTracker):
                              status.value if status is not None else None, duration_ms)
             await self._publish_event(self.config.log_topic, body)
 
+    async def _report_dropped(self, publication: Publication, job_id: Optional[str], reason: str) -> None:
+        """A kept publication the publisher gave up on (its sending kept ending the connection)."""
+        topic, payload, qos, _ = publication
+        what = f"the result of job {job_id}" if job_id is not None else "a publication"
+        text = f"Dropped {what} to {topic!r} ({len(payload)} bytes, QoS {qos}): {reason}"
+        await self._publish_error(job_id, ErrorType.PUBLISH_ERROR, text, None)
+        await self._emit(logging.ERROR, "publish_dropped", "%s", text, job_id=job_id)
+
     async def _publish_error(self, job_id: Optional[str], error_type: str, message: str, topic: Optional[str]) -> None:
         self._metrics.errors[error_type] += 1
         body = error_event(job_id, error_type, redact(message, self._secrets), topic or "")
@@ -679,7 +751,7 @@ class EventListener(JobTracker):
             if isinstance(data, dict):
                 fields = dict(data)
             else:
-                fields = decode_payload(data, self.config_parser, self.config.max_payload_bytes)
+                fields = await decode_payload_off_loop(data, self.config_parser, self.config.max_payload_bytes)
             job_id = resolve_job_id(fields, self.config.job_id_field, self.config.allow_job_id_generation)
         except RejectedMessage as rejection:
             await self._reject(rejection, topic)
@@ -777,12 +849,12 @@ class EventListener(JobTracker):
         if publication is not None:
             self._remember_publication(publication[0], publication[1])
         if publication is not None and publication[2] and pipelined:
-            sending = await self._publisher.deliver_in_background(publication)
+            sending = await self._publisher.deliver_in_background(publication, job_id)
             finishing = asyncio.ensure_future(self._complete(job_id, result, topic, started, publication, sending))
             self._finishing.add(finishing)
             finishing.add_done_callback(self._finishing.discard)
             return result
-        sent = None if publication is None else await self._publisher.deliver(publication)
+        sent = None if publication is None else await self._publisher.deliver(publication, job_id=job_id)
         await self._complete(job_id, result, topic, started, publication, sent)
         return result
 
@@ -836,8 +908,8 @@ class EventListener(JobTracker):
             qos, retain = self._publish_options(topic)
             body = result
         problem = topic_name_error(topic)
-        if problem:
-            raise ValueError(f"Result topic {topic!r} {problem}")
+        if problem:  # brokers drop the connection for such a topic: fail the job instead
+            raise RefusedTopic(f"Result topic {topic!r} {problem}")
         try:
             payload = to_json_bytes(body)
         except ResultEncodingError as exc:

@@ -9,6 +9,12 @@ One request per connection (``Connection: close``). Requests are bounded: the re
 must arrive within ``read_timeout`` seconds and ``max_header_bytes`` bytes, bodies are never read, and at
 most ``max_connections`` connections are served at once, so a slow or hostile client cannot hang or bloat
 the listener. The server binds the address it is given (``config.http_host``, loopback by default).
+
+When those slots are all taken, ``probe_slots`` more are kept for the probes: a connection there gets
+``read_timeout`` (at most ``PROBE_READ_TIMEOUT``) to send its request, and ``/healthz`` and ``/readyz``
+are answered as usual; any other path, or any connection beyond the probe slots too, gets
+``503`` with ``Retry-After: 1`` and the body ``{"status": "busy", ...}``, never the ``"unavailable"``
+body of a listener that is not ready. So a full server cannot make a probe see "not ready".
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 5.0
 MAX_HEADER_BYTES = 8 * 1024
 MAX_CONNECTIONS = 64
+PROBE_SLOTS = 4
+PROBE_READ_TIMEOUT = 1.0
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 LINGER_SECONDS = 1.0
 OVERFLOW_LINGER_SECONDS = 0.25
 LINGER_BYTES = 64 * 1024
@@ -79,15 +88,18 @@ class HttpEndpoints:
     """A running endpoint server; ``port`` is the bound port (useful when started with port 0)."""
 
     def __init__(self, listener: ListenerStatus, *, read_timeout: float = READ_TIMEOUT,
-                 max_header_bytes: int = MAX_HEADER_BYTES, max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_header_bytes: int = MAX_HEADER_BYTES, max_connections: int = MAX_CONNECTIONS,
+                 probe_slots: int = PROBE_SLOTS) -> None:
         self.listener = listener
         self.read_timeout = read_timeout
         self.max_header_bytes = max_header_bytes
         self.max_connections = max_connections
+        self.probe_slots = probe_slots
         self.host = ""
         self.port = 0
         self._server: Optional[asyncio.Server] = None
         self._connections: Set["asyncio.Task[Any]"] = set()
+        self._probe_connections: Set["asyncio.Task[Any]"] = set()
         self._registry: Optional["CollectorRegistry"] = _prometheus_registry(listener)
 
     @property
@@ -119,10 +131,11 @@ class HttpEndpoints:
         if server is None:
             return
         server.close()
-        for task in list(self._connections):
+        serving = self._connections | self._probe_connections
+        for task in serving:
             task.cancel()
-        if self._connections:
-            await asyncio.wait(set(self._connections), timeout=WRITE_TIMEOUT)
+        if serving:
+            await asyncio.wait(serving, timeout=WRITE_TIMEOUT)
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(server.wait_closed(), WRITE_TIMEOUT)
 
@@ -139,14 +152,17 @@ class HttpEndpoints:
         if task is None:  # pragma: no cover - start_server always runs the callback in a task
             writer.close()
             return
-        if len(self._connections) >= self.max_connections:
+        if len(self._connections) < self.max_connections:
+            slots, probes_only = self._connections, False
+        elif len(self._probe_connections) < self.probe_slots:
+            slots, probes_only = self._probe_connections, True
+        else:
             # A short linger only: these connections are not counted, so they must not stay long.
-            await self._finish(reader, writer, _text_response(503, "Too many connections\n"), head_only=False,
-                               linger=OVERFLOW_LINGER_SECONDS)
+            await self._finish(reader, writer, _busy_response(), head_only=False, linger=OVERFLOW_LINGER_SECONDS)
             return
-        self._connections.add(task)
+        slots.add(task)
         try:
-            await self._serve(reader, writer)
+            await self._serve(reader, writer, probes_only)
         except asyncio.CancelledError:
             # close() cancels the connections being served. Not re-raised: this task belongs to asyncio's
             # stream machinery, which (Python 3.11) reports a cancelled connection task as an error.
@@ -155,12 +171,13 @@ class HttpEndpoints:
             logger.exception("HTTP endpoint connection failed")
             writer.close()
         finally:
-            self._connections.discard(task)
+            slots.discard(task)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, probes_only: bool = False) -> None:
         head_only = False
+        timeout = min(self.read_timeout, PROBE_READ_TIMEOUT) if probes_only else self.read_timeout
         try:
-            method, path = await asyncio.wait_for(self._read_request(reader), self.read_timeout)
+            method, path = await asyncio.wait_for(self._read_request(reader), timeout)
         except asyncio.TimeoutError:
             response = _text_response(408, "Request not received in time\n")
         except _BadRequest as exc:
@@ -170,8 +187,9 @@ class HttpEndpoints:
             return
         else:
             head_only = method == "HEAD"
-            response = self.respond(method, path)
-        await self._finish(reader, writer, response, head_only)
+            response = self.respond(method, path) if not probes_only or path in PROBE_PATHS else _busy_response()
+        await self._finish(reader, writer, response, head_only,
+                           linger=OVERFLOW_LINGER_SECONDS if probes_only else LINGER_SECONDS)
 
     async def _read_request(self, reader: asyncio.StreamReader) -> Tuple[str, str]:
         """Read the request line and headers (bounded); return the method and the path without query."""
@@ -278,6 +296,11 @@ def _json_response(status: int, body: Mapping[str, Any], extra: Optional[Dict[st
     return status, "application/json", payload, extra or {}
 
 
+def _busy_response() -> Response:
+    """Every slot taken: try again in a second (not the "unavailable" answer of a listener that is not ready)."""
+    return _json_response(503, {"status": "busy", "error": "too many connections, retry later"}, {"Retry-After": "1"})
+
+
 def _text_response(status: int, text: str) -> Response:
     return status, "text/plain; charset=utf-8", text.encode("utf-8"), {}
 
@@ -366,7 +389,7 @@ def _prometheus_registry(listener: ListenerStatus) -> Optional["CollectorRegistr
 
 async def start_http_endpoints(listener: ListenerStatus, host: str, port: int, *, read_timeout: float = READ_TIMEOUT,
                                max_header_bytes: int = MAX_HEADER_BYTES,
-                               max_connections: int = MAX_CONNECTIONS) -> HttpEndpoints:
+                               max_connections: int = MAX_CONNECTIONS, probe_slots: int = PROBE_SLOTS) -> HttpEndpoints:
     """Serve ``/healthz``, ``/readyz``, ``/metrics`` and ``/metrics.json`` for ``listener`` on ``host:port``.
 
     ``port`` 0 picks a free port (see :attr:`HttpEndpoints.port`). Close with ``await endpoints.close()``.
@@ -375,7 +398,7 @@ async def start_http_endpoints(listener: ListenerStatus, host: str, port: int, *
         OSError: the address cannot be bound (in use, or not an address of this machine).
     """
     endpoints = HttpEndpoints(listener, read_timeout=read_timeout, max_header_bytes=max_header_bytes,
-                              max_connections=max_connections)
+                              max_connections=max_connections, probe_slots=probe_slots)
     await endpoints._start(host, port)
     logger.info("HTTP endpoints on http://%s:%d (/healthz, /readyz, /metrics, /metrics.json)",
                 f"[{host}]" if ":" in host else host, endpoints.port)

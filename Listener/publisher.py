@@ -1,4 +1,4 @@
-"""Outgoing publications: bounded in flight, bounded in time, kept across a lost connection.
+"""Outgoing publications: checked, bounded in flight, bounded in time, kept across a lost connection.
 
 amqtt 0.12 loses track of PUBACKs when thousands of QoS 1/2 publications are outstanding, hangs a
 publish made after its connection closed, and fails one made while the connection drops. So every
@@ -6,26 +6,70 @@ publication here waits for a slot (at most ``max_in_flight`` QoS 1/2 ones at a t
 ``timeout`` (QoS 0 ones on a watched connection excepted: the liveness watchdog bounds them), and one
 that fails because the connection is down is kept (up to ``outbox_limit``) and sent again by
 :meth:`Publisher.flush` after the listener reconnects.
+
+Brokers answer some publications by dropping the connection. Those whose topic is the reason are
+refused before sending (:func:`~Listener.topics.topic_name_error`); for the rest (a packet above the
+broker's size limit, an ACL that disconnects) a kept publication whose sending was cut short by a lost
+connection ``MAX_STRIKES`` times is dropped and reported, so it can never cause a reconnect loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Callable, Deque, Optional, Tuple
+from typing import Any, Awaitable, Callable, Deque, Optional, Tuple
 
 from .deadlines import bounded
 from .metrics import ListenerMetrics
 from .processing import describe_exception
+from .topics import topic_name_error
 
-__all__ = ["NotConnected", "Publication", "Publisher"]
+__all__ = ["ConnectionLost", "MAX_STRIKES", "NotConnected", "Publication", "Publisher", "RefusedTopic"]
 
 #: (topic, payload, qos, retain), as ``client.publish`` takes them.
 Publication = Tuple[str, bytes, int, bool]
+#: Called with (publication, job id or None, reason) for a kept publication given up on.
+DropReporter = Callable[[Publication, Optional[str], str], Awaitable[None]]
+#: Attempts cut short by a lost connection after which a kept publication is dropped and reported.
+MAX_STRIKES = 2
 
 
 class NotConnected(ConnectionError):
-    """A publication was attempted while the listener has no connection."""
+    """A publication was attempted while the listener has no connection (nothing was sent)."""
+
+
+class ConnectionLost(ConnectionError):
+    """The connection ended while a publication was being sent or awaited its acknowledgement."""
+
+
+class RefusedTopic(ValueError):
+    """The topic is one brokers disconnect for (see ``topic_name_error``): the publication is never sent."""
+
+
+class _Kept:
+    """A publication waiting for the connection to return."""
+
+    __slots__ = ("publication", "job_id", "strikes")
+
+    def __init__(self, publication: Publication, job_id: Optional[str], strikes: int) -> None:
+        self.publication = publication
+        self.job_id = job_id
+        self.strikes = strikes
+
+
+async def _ignore_drop(publication: Publication, job_id: Optional[str], reason: str) -> None:
+    return None
+
+
+def _cancelled_by_caller() -> bool:
+    """Whether the running task was asked to stop (vs. a CancelledError leaking out of amqtt).
+
+    amqtt cancels its PUBACK/PUBCOMP waiters when the connection ends; that CancelledError reaches
+    the publisher although nobody cancelled it. Python 3.10 cannot tell them apart: assume the caller.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
 
 
 class Publisher:
@@ -33,33 +77,57 @@ class Publisher:
 
     def __init__(self, client: Callable[[], Any], connected: Callable[[], bool], metrics: ListenerMetrics,
                  describe_endpoint: Callable[[], str], timeout: float = 10.0, max_in_flight: int = 64,
-                 outbox_limit: int = 10_000, watched: Callable[[], bool] = lambda: False) -> None:
+                 outbox_limit: int = 10_000, watched: Callable[[], bool] = lambda: False,
+                 on_dropped: DropReporter = _ignore_drop) -> None:
         self._client = client
         self._watched = watched
         self._connected = connected
         self._metrics = metrics
         self._endpoint = describe_endpoint
+        self._on_dropped = on_dropped
         self.timeout = timeout
         self.outbox_limit = outbox_limit
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._outbox: Deque[Publication] = deque()
+        self._outbox: Deque[_Kept] = deque()
 
     @property
     def pending(self) -> int:
         """Publications kept for after the connection returns."""
         return len(self._outbox)
 
+    def keep(self, publication: Publication, job_id: Optional[str] = None) -> None:
+        """Keep ``publication`` for :meth:`flush` (no limit is applied: for the listener's own use and tests)."""
+        self._outbox.append(_Kept(publication, job_id, 0))
+
     async def publish(self, topic: str, payload: bytes, qos: int, retain: bool, *, slot_held: bool = False) -> None:
         """Publish now (``slot_held``: the caller already holds one of the QoS 1/2 slots).
 
         Raises:
-            NotConnected: there is no connection.
+            RefusedTopic: the topic is not one brokers accept; nothing was sent.
+            NotConnected: there is no connection; nothing was sent.
+            ConnectionLost: the connection ended before the publication was through.
             asyncio.TimeoutError: the broker did not take it within ``timeout`` seconds.
             Exception: whatever the client raised.
         """
+        problem = topic_name_error(topic)
+        if problem:
+            raise RefusedTopic(f"Topic {topic!r} {problem}")
         if not self._connected():
             raise NotConnected(f"Not connected to MQTT broker at {self._endpoint()}")
-        client = self._client()
+        try:
+            await self._send(self._client(), topic, payload, qos, retain, slot_held)
+        except asyncio.CancelledError:
+            if _cancelled_by_caller():
+                raise
+            raise ConnectionLost(f"Connection to {self._endpoint()} lost before the broker took it") from None
+        except Exception as exc:
+            if self._connected():
+                raise
+            raise ConnectionLost(
+                f"Connection to {self._endpoint()} lost before the broker took it ({describe_exception(exc)})") from None
+        self._metrics.publishes += 1
+
+    async def _send(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool, slot_held: bool) -> None:
         if qos and slot_held:
             await bounded(client.publish(topic, payload, qos, retain), self.timeout)
         elif qos:
@@ -71,37 +139,41 @@ class Publisher:
             await client.publish(topic, payload, qos, retain)
         else:
             await bounded(client.publish(topic, payload, qos, retain), self.timeout)
-        self._metrics.publishes += 1
 
-    async def deliver_in_background(self, publication: Publication) -> "asyncio.Future[Optional[str]]":
+    async def deliver_in_background(self, publication: Publication,
+                                    job_id: Optional[str] = None) -> "asyncio.Future[Optional[str]]":
         """Wait for a free QoS 1/2 slot, then :meth:`deliver` without waiting for the acknowledgement.
 
         The returned future gives :meth:`deliver`'s answer. Publications started one after another go
         out in that order; only the waits for their acknowledgements overlap.
         """
         await self._slots.acquire()
-        return asyncio.ensure_future(self._deliver_holding_slot(publication))
+        return asyncio.ensure_future(self._deliver_holding_slot(publication, job_id))
 
-    async def _deliver_holding_slot(self, publication: Publication) -> Optional[str]:
+    async def _deliver_holding_slot(self, publication: Publication, job_id: Optional[str]) -> Optional[str]:
         try:
-            return await self.deliver(publication, slot_held=True)
+            return await self.deliver(publication, slot_held=True, job_id=job_id)
         finally:
             self._slots.release()
 
-    async def deliver(self, publication: Publication, *, slot_held: bool = False) -> Optional[str]:
-        """Publish, or keep the publication for after a reconnect when the connection is down.
+    async def deliver(self, publication: Publication, *, slot_held: bool = False,
+                      job_id: Optional[str] = None) -> Optional[str]:
+        """Publish, or keep the publication for after a reconnect when the connection is (or went) down.
 
         Returns None when it was sent or kept, else why it is lost (also counted as a publish error).
+        A publication whose topic is refused is never sent nor kept.
         """
         try:
             await self.publish(*publication, slot_held=slot_held)
             return None
         except asyncio.CancelledError:
             raise
+        except RefusedTopic as exc:
+            reason = str(exc)
         except Exception as exc:
-            if not self._connected():
+            if isinstance(exc, (NotConnected, ConnectionLost)) or not self._connected():
                 if len(self._outbox) < self.outbox_limit:
-                    self._outbox.append(publication)
+                    self._outbox.append(_Kept(publication, job_id, int(isinstance(exc, ConnectionLost))))
                     return None
                 reason = f"not connected, and {self.outbox_limit} publications are already waiting"
             else:
@@ -110,15 +182,31 @@ class Publisher:
         return reason
 
     async def flush(self) -> int:
-        """Send the kept publications in order; stop at the first failure. Returns how many were sent."""
+        """Send the kept publications in order; returns how many were sent.
+
+        Stops when the connection is down or goes down. A publication whose attempts failed
+        ``MAX_STRIKES`` times (each cut short by a lost connection, or refused while connected) is
+        dropped, counted as a publish error and handed to ``on_dropped``: it cannot be retried forever.
+        """
         sent = 0
         while self._outbox:
+            kept = self._outbox[0]
             try:
-                await self.publish(*self._outbox[0])
+                await self.publish(*kept.publication)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except NotConnected:
                 break
+            except Exception as exc:
+                kept.strikes += 1
+                if kept.strikes < MAX_STRIKES:
+                    break
+                self._outbox.popleft()
+                self._metrics.publish_errors += 1
+                await self._on_dropped(kept.publication, kept.job_id,
+                                       f"given up after {kept.strikes} attempts, each failed or followed by a lost "
+                                       f"connection (last: {_failure(exc)})")
+                continue
             self._outbox.popleft()
             self._metrics.publishes_retried += 1
             sent += 1
@@ -130,3 +218,11 @@ class Publisher:
         self._outbox.clear()
         self._metrics.publish_errors += lost
         return lost
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionLost):
+        return "connection lost before the broker acknowledged it"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return describe_exception(exc)

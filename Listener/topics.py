@@ -55,14 +55,38 @@ def filter_error(topic_filter: str) -> str | None:
     return None
 
 
+def _forbidden_character(topic: str) -> str | None:
+    """Describe the first character brokers refuse in a topic name (they disconnect the client for it)."""
+    for char in topic:
+        point = ord(char)
+        if point < 0x20 or 0x7F <= point <= 0x9F:
+            return f"must not contain the control character U+{point:04X}"
+        if 0xFDD0 <= point <= 0xFDEF or (point & 0xFFFE) == 0xFFFE:
+            return f"must not contain the Unicode non-character U+{point:04X}"
+        if 0xD800 <= point <= 0xDFFF:
+            return f"must not contain the lone surrogate U+{point:04X} (it has no UTF-8 form)"
+    return None
+
+
 def topic_name_error(topic: str) -> str | None:
-    """Explain why ``topic`` cannot be published to, or return None when it can."""
+    """Explain why ``topic`` cannot be published to, or return None when it can.
+
+    The one rule for every publication (results, error and log events, the will, the CLI): not empty,
+    no wildcards, no U+0000, no control characters (U+0001-U+001F, U+007F-U+009F), no Unicode
+    non-characters, no lone surrogates, not starting with ``$`` (reserved for the broker), at most
+    65,535 bytes of UTF-8. Brokers answer such a PUBLISH by dropping the connection, so it is refused
+    here, before it is sent.
+    """
     problem = _common_error(topic)
     if problem:
         return problem
     if "+" in topic or "#" in topic:
         return "must not contain the wildcards '+' or '#'"
-    return None
+    if topic.startswith("$"):
+        return "must not start with '$' (topics starting with '$' are reserved for the broker)"
+    if topic.isascii() and topic.isprintable():
+        return None  # the usual case, checked at C speed: no control character, nothing beyond ASCII
+    return _forbidden_character(topic)
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:

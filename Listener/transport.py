@@ -18,15 +18,16 @@ import math
 import os
 import ssl
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 from urllib.parse import unquote, urlsplit
 
 from amqtt.client import MQTTClient
 from amqtt.session import Session
 
 from .config import EventListenerConfig
-from .deadlines import bounded, settle_within
+from .deadlines import settle_within
 from .delivery import DeliveryQueue
 from .redaction import SecretRedactingFilter, redact, split_uri_credentials
 
@@ -76,6 +77,8 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         self.delivery_window = delivery_window
         self.on_wakeup = on_wakeup
         self._deliveries: Optional[DeliveryQueue] = None
+        self.bytes_received = 0
+        self._last_traffic = 0.0
 
     def _init_session(self, uri: Optional[str] = None, cleansession: Optional[bool] = None,
                       cafile: Optional[str] = None, capath: Optional[str] = None,
@@ -92,16 +95,67 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         if self.on_wakeup is not None:
             self.on_wakeup()
 
+    def adopt_deliveries(self, previous: "AmqttClient") -> None:
+        """Take over the delivery queue of the client of the previous connection (call before connecting).
+
+        What that connection received and acknowledged is still processed, by the same consumer, while
+        this client connects: a reconnect never waits for a backlog to drain, and loses none of it.
+        """
+        queue = previous._deliveries
+        if queue is not None and not queue.closed:
+            queue.on_arrival = self._wake
+            self._deliveries = queue
+
     async def connect(self, *args: Any, **kwargs: Any) -> Any:
         code = await super().connect(*args, **kwargs)
+        self._count_traffic()
         closing = self._disconnect_task
         if closing is not None:
             closing.add_done_callback(self._wake)
         return code
 
+    def _count_traffic(self) -> None:
+        """Note every chunk of bytes the socket delivers (for :meth:`watch_liveness`).
+
+        Wraps the stream's ``feed_data``, which asyncio calls as data arrives: it sees traffic even
+        while amqtt's reader is still working through a backlog of packets received before it.
+        """
+        self.note_traffic(0)
+        stream = getattr(getattr(self._handler, "reader", None), "_reader", None)
+        feed = getattr(stream, "feed_data", None)
+        if stream is None or feed is None:
+            return  # websockets: liveness falls back to the ping alone
+        note = self.note_traffic
+
+        def feed_data(data: bytes) -> None:
+            note(len(data))
+            feed(data)
+
+        stream.feed_data = feed_data
+
+    def _unread_bytes(self) -> int:
+        """Bytes received from the socket that amqtt's reader has not consumed yet."""
+        stream = getattr(getattr(self._handler, "reader", None), "_reader", None)
+        return len(getattr(stream, "_buffer", b""))
+
+    def note_traffic(self, size: int) -> None:
+        """Record that ``size`` bytes arrived from the broker just now: the connection is alive."""
+        self.bytes_received += size
+        self._last_traffic = time.monotonic()
+
     def take_message(self) -> Any:
         """The next received message (an amqtt ``ApplicationMessage``), or None when none is waiting."""
         return self._deliveries.take() if self._deliveries is not None else None
+
+    def drop_queued_messages(self) -> List[Any]:
+        """Empty the delivery queue (the listener is stopping); returns the messages dropped."""
+        dropped: List[Any] = []
+        while self._deliveries is not None:
+            message = self._deliveries.take()
+            if message is None:
+                break
+            dropped.append(message)
+        return dropped
 
     @property
     def queued_messages(self) -> int:
@@ -113,6 +167,17 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         if self._deliveries is not None:
             self._deliveries.close()
 
+    async def wait_closed(self) -> None:
+        """Return as soon as amqtt sees the connection end (at once when there is none)."""
+        closing = self._disconnect_task
+        if closing is None or self.connection_closed:
+            return
+        ending = getattr(self._handler, "_disconnect_waiter", None)
+        watched: Set["asyncio.Future[Any]"] = {closing}
+        if isinstance(ending, asyncio.Future):
+            watched.add(ending)
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+
     @property
     def connection_closed(self) -> bool:
         """True once the connection that was opened has ended (or was never opened)."""
@@ -120,28 +185,46 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         return closing is None or closing.done() or not self.is_connected()
 
     async def watch_liveness(self, period: float, label: str) -> bool:
-        """Ping every ``period`` seconds; no answer within ``period`` means the connection is dead.
+        """Ping regularly; drop the connection when nothing at all arrived for ``2 * period`` seconds.
 
         amqtt never notices a half-open connection (its PINGREQ waits forever), so without this a
-        black-holed connection would look healthy indefinitely. Returns True when it dropped the
+        black-holed connection would look healthy indefinitely. Any byte received counts as a sign of
+        life, not only the PINGRESP: under a backlog the PINGRESP queues behind thousands of packets,
+        which are themselves proof that the connection works. The pings go out whatever arrives (every
+        ``period`` seconds, more often when the keep-alive announced to the broker needs it), so the
+        broker, too, keeps hearing from the listener. Returns True when it dropped the
         connection, False when the connection ended by itself.
         """
-        while not self.connection_closed:
-            await asyncio.sleep(period)
-            if self.connection_closed:
-                return False
-            try:
-                await bounded(self.ping(), period)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self.connection_closed:
-                    return False
-                logger.warning("No answer from %s to a ping within %g s (%s): dropping the connection",
-                               label, period, type(exc).__name__)
-                self.drop_connection()
-                return True
-        return False
+        pings: Set["asyncio.Future[Any]"] = set()
+        if not self._last_traffic:
+            self.note_traffic(0)
+        # The broker drops a client it has not heard from for 1.5 x the keep-alive sent in CONNECT (amqtt
+        # sends keep_alive - ping_delay); amqtt's own ping stops while an earlier one awaits its answer.
+        announced = getattr(self.session, "keep_alive", None)
+        every = min(period, 0.75 * announced) if isinstance(announced, (int, float)) and announced > 0 else period
+        last_ping = time.monotonic()
+        try:
+            while not self.connection_closed:
+                now = time.monotonic()
+                if now - self._last_traffic >= 2 * period and self._unread_bytes():
+                    self.note_traffic(0)  # received, just not read yet: the loop was busy, the connection is fine
+                    now = self._last_traffic
+                if now - self._last_traffic >= 2 * period:
+                    logger.warning("Nothing received from %s for %g s, not even an answer to a ping: "
+                                   "dropping the connection", label, 2 * period)
+                    self.drop_connection()
+                    return True
+                if now - last_ping >= every:
+                    ping = asyncio.ensure_future(self.ping())
+                    pings.add(ping)
+                    ping.add_done_callback(_retrieve_outcome)
+                    ping.add_done_callback(pings.discard)
+                    last_ping = now
+                await asyncio.sleep(max(0.01, min(last_ping + every, self._last_traffic + 2 * period) - now))
+            return False
+        finally:
+            for ping in pings:
+                ping.cancel()
 
     def drop_connection(self) -> None:
         """Abort the connection's socket at once (for a connection found dead: nothing is flushed)."""
@@ -162,9 +245,21 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
                 await handler.stop()
 
     def is_connected(self) -> bool:
-        """True while the MQTT session is established."""
+        """True while the MQTT session is established and amqtt has not seen it end.
+
+        amqtt marks the session disconnected only after stopping its handler, which first fails the
+        publications awaiting their PUBACK: ``_connected_state`` is cleared earlier, as soon as the
+        end is noticed, so those failures are seen as what they are (a lost connection).
+        """
         session = self.session
-        return session is not None and bool(session.transitions.is_connected())
+        return (session is not None and bool(session.transitions.is_connected())
+                and self._connected_state.is_set())
+
+
+def _retrieve_outcome(ping: "asyncio.Future[Any]") -> None:
+    """Mark a ping's failure as seen (the watchdog judges by traffic, not by each ping)."""
+    if not ping.cancelled():
+        ping.exception()
 
 
 def endpoint_label(config: EventListenerConfig) -> str:

@@ -135,7 +135,7 @@ async def test_stop_gives_up_on_publications_it_cannot_send(caplog: pytest.LogCa
     listener.client.subscribe.return_value = [0]
     run = asyncio.create_task(listener.run())
     await listener.wait_until_ready(5)
-    listener._publisher._outbox.append(("test/results", b"{}", 0, False))
+    listener._publisher.keep(("test/results", b"{}", 0, False))
     listener._is_connected = lambda: False  # type: ignore[method-assign]
     listener.stop()
     await asyncio.wait_for(run, 5)

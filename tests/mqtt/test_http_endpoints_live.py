@@ -167,3 +167,60 @@ async def test_healthz_follows_the_broker_down_and_back(start_listener: Callable
     back = await metrics_json(port)
     assert back["ready"] is True
     assert back["reconnects"] >= 1
+
+
+async def held_job(start_listener: Callable[..., Any], probe: Any, unique_topic: str, broker: Any,
+                   **overrides: Any) -> Tuple[Any, "asyncio.Task[None]", asyncio.Event, asyncio.Event]:
+    """A listener on ``broker`` whose processor holds job "long-1" until released; returns once it runs."""
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        started.set()
+        await asyncio.wait_for(release.wait(), 20.0)
+        return {"job_id": job_id}
+
+    listener, task = await start_listener(processor, endpoint=BrokerEndpoint("127.0.0.1", broker.port), http_port=0,
+                                          reconnect_retries=-1, reconnect_max_interval=0.5, **overrides)
+    probe(endpoint=BrokerEndpoint("127.0.0.1", broker.port)).publish(f"{unique_topic}/jobs", 'job_id = "long-1"')
+    await asyncio.wait_for(started.wait(), 10.0)
+    return listener, task, started, release
+
+
+async def test_healthz_is_503_as_soon_as_the_broker_dies_during_a_long_job(
+        start_listener: Callable[..., Any], broker_factory: Callable[..., Any], probe: Any, unique_topic: str) -> None:
+    """Issue 9 item 8: the broker dies while a job runs: /healthz and /readyz answer 503 (and the loss is counted)
+    while the job is still running, not only once it ends."""
+    broker = broker_factory()
+    listener, _, _, release = await held_job(start_listener, probe, unique_topic, broker)
+    port = listener.http_port
+    try:
+        assert (await http_get(port, "/healthz"))[0] == 200
+        await asyncio.to_thread(broker.kill)
+        await wait_for_status(port, "/healthz", 503, timeout=5.0)
+        assert (await http_get(port, "/readyz"))[0] == 503
+        snapshot = await metrics_json(port)
+        assert snapshot["connection_losses"] == 1 and snapshot["in_flight"] == 1, snapshot
+        assert not release.is_set()
+    finally:
+        release.set()
+
+
+async def test_healthz_follows_the_connection_during_a_drain(
+        start_listener: Callable[..., Any], broker_factory: Callable[..., Any], probe: Any, unique_topic: str) -> None:
+    """Issue 9 item 8: stop() while a job runs, then the broker dies: /healthz goes from 200 (still connected,
+    draining) to 503 while the drain goes on; the job still finishes and run() returns."""
+    broker = broker_factory()
+    listener, task, _, release = await held_job(start_listener, probe, unique_topic, broker)
+    port = listener.http_port
+    try:
+        listener.stop()
+        assert (await http_get(port, "/healthz"))[0] == 200
+        assert (await http_get(port, "/readyz"))[0] == 503
+        await asyncio.to_thread(broker.kill)
+        await wait_for_status(port, "/healthz", 503, timeout=5.0)
+        assert listener.is_draining and not task.done()
+    finally:
+        release.set()
+    await asyncio.wait_for(task, 15.0)
+    job = await listener.get_job_status("long-1")
+    assert job is not None and job.status.value == "completed"

@@ -193,6 +193,8 @@ class MosquittoBroker:
     their subscriptions and the QoS 1/2 messages queued for them survive even a SIGKILL as far as mosquitto
     can make them: a change made in the instant before the kill may still be lost; a SIGTERM (``stop()``)
     always saves everything.
+
+    ``max_packet_size`` (bytes): mosquitto disconnects a client that sends a bigger packet.
     """
 
     folder: Path
@@ -200,6 +202,7 @@ class MosquittoBroker:
     password: str = field(default_factory=lambda: "pw-" + os.urandom(8).hex())
     tls: Optional[TlsMaterial] = None
     persistence: bool = False
+    max_packet_size: Optional[int] = None
     plain_port: int = field(default_factory=free_port)
     auth_port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
@@ -262,6 +265,8 @@ class MosquittoBroker:
             f"log_dest file {self.log_path}",
             "log_type error", "log_type warning", "log_type notice", "log_type information",
         ]
+        if self.max_packet_size is not None:
+            lines.append(f"max_packet_size {int(self.max_packet_size)}")
         lines = adapt_compose_config(COMPOSE_MOSQUITTO_CONFIG.read_text(encoding="utf-8"), lines,
                                      {1883: self.plain_port, 1884: self.auth_port}, self.password_path)
         if self.tls is not None:
@@ -521,15 +526,16 @@ def broker_factory() -> Iterator[BrokerFactory]:
 
     ``broker_factory(persistence=False)`` returns a started :class:`MosquittoBroker` (anonymous listener on
     ``.port`` / ``.plain_port``, password listener on ``.auth_port``); with ``persistence=True`` it keeps
-    sessions and queued messages across restarts. Every broker is killed and its folder removed afterwards.
+    sessions and queued messages across restarts; ``max_packet_size=N`` makes it disconnect a client that
+    sends a packet above N bytes. Every broker is killed and its folder removed afterwards.
     Not available with an external broker (MQTT_HOST/MQTT_PORT set): the test is skipped.
     """
     if os.getenv("MQTT_HOST") and os.getenv("MQTT_PORT"):
         pytest.skip("needs brokers the tests start (MQTT_HOST/MQTT_PORT point at an external broker)")
     made: List[MosquittoBroker] = []
 
-    def make(persistence: bool = False) -> MosquittoBroker:
-        broker = MosquittoBroker(session_folder() / "broker", persistence=persistence)
+    def make(persistence: bool = False, max_packet_size: Optional[int] = None) -> MosquittoBroker:
+        broker = MosquittoBroker(session_folder() / "broker", persistence=persistence, max_packet_size=max_packet_size)
         made.append(broker)
         broker.start()
         return broker

@@ -251,12 +251,59 @@ async def test_a_client_that_sends_nothing_and_leaves_is_just_dropped(server: Ht
     assert (await get(server.port, "/healthz"))[0] == 200
 
 
-async def test_connections_beyond_the_limit_get_503(fake: FakeListener) -> None:
+async def idle_connections(port: int, count: int) -> list[Any]:
+    """``count`` connections that never send a request (they hold a slot until the read timeout)."""
+    return [await asyncio.open_connection("127.0.0.1", port) for _ in range(count)]
+
+
+async def test_probes_are_answered_when_every_regular_slot_is_taken(fake: FakeListener) -> None:
+    """Issue 9, item 8: a full server must not make a probe see "not ready"; a slot is kept for probes."""
     endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, read_timeout=2.0, max_connections=2)
-    idle = [await asyncio.open_connection("127.0.0.1", endpoints.port) for _ in range(2)]
+    idle = await idle_connections(endpoints.port, 2)
     try:
         await asyncio.sleep(0.05)  # let the server accept the idle connections
-        assert (await get(endpoints.port, "/healthz"))[0] == 503
+        status, _, body = await get(endpoints.port, "/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        assert (await get(endpoints.port, "/readyz"))[0] == 200
+        fake.is_ready = False
+        status, headers, body = await get(endpoints.port, "/readyz")
+        assert status == 503 and json.loads(body)["status"] == "unavailable" and "retry-after" not in headers
+        status, headers, body = await get(endpoints.port, "/metrics.json")  # not a probe: told to come back
+        assert status == 503 and headers["retry-after"] == "1" and json.loads(body)["status"] == "busy"
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await endpoints.close()
+
+
+async def test_beyond_the_probe_slots_the_answer_is_busy_with_retry_after(fake: FakeListener) -> None:
+    """Regular and probe slots all taken: 503 with Retry-After and a "busy" body, never "unavailable"."""
+    endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, read_timeout=2.0, max_connections=2, probe_slots=1)
+    idle = await idle_connections(endpoints.port, 3)
+    try:
+        await asyncio.sleep(0.05)
+        status, headers, body = await get(endpoints.port, "/healthz")
+        assert status == 503 and headers["retry-after"] == "1"
+        assert json.loads(body) == {"status": "busy", "error": "too many connections, retry later"}
+    finally:
+        for _, writer in idle:
+            writer.close()
+        await endpoints.close()
+
+
+async def test_a_silent_client_in_a_probe_slot_gives_it_back_quickly(fake: FakeListener) -> None:
+    """Probe slots wait at most PROBE_READ_TIMEOUT for the request, so idlers cannot keep them."""
+    endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, read_timeout=30.0, max_connections=1, probe_slots=1)
+    idle = await idle_connections(endpoints.port, 2)
+    try:
+        reader = idle[1][0]
+        closed = await asyncio.wait_for(reader.read(), IO_TIMEOUT)  # the probe slot's idler gets a 408 and is closed
+        assert parse(closed)[0] == 408
+        idle[1][1].close()
+        deadline = time.monotonic() + IO_TIMEOUT
+        while (status := (await get(endpoints.port, "/healthz"))[0]) != 200 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # the slot is free once the server has closed that connection
+        assert status == 200
     finally:
         for _, writer in idle:
             writer.close()

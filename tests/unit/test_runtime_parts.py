@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, List
+from typing import Any, List, Optional, Tuple
 from unittest.mock import AsyncMock
 
 import pytest
@@ -12,7 +12,7 @@ import pytest
 from Listener.delivery import DeliveryQueue
 from Listener.metrics import ListenerMetrics
 from Listener.processing import JobTimeoutError, call_processor
-from Listener.publisher import NotConnected, Publisher
+from Listener.publisher import MAX_STRIKES, ConnectionLost, NotConnected, Publication, Publisher, RefusedTopic
 from Listener.workers import ThreadWorkers
 
 pytestmark = pytest.mark.unit
@@ -212,6 +212,79 @@ async def test_publisher_times_out_a_hung_publish() -> None:
     client.publish.side_effect = hang
     publisher = Publisher(lambda: client, lambda: True, ListenerMetrics(), lambda: "h:1", timeout=0.05)
     assert await publisher.deliver(("t", b"", 0, False)) == "timed out"
+
+
+async def test_publisher_refuses_topics_brokers_disconnect_for_without_sending() -> None:
+    """Issue 9 item 1: the topic rule applies to every publication, whatever path it takes."""
+    client = AsyncMock()
+    publisher = make_publisher([True], client)
+    for topic in ("$SYS/x", "r/\x01", "r/\x85", "r/\uffff", "a/+", ""):
+        with pytest.raises(RefusedTopic):
+            await publisher.publish(topic, b"{}", 1, False)
+        reason = await publisher.deliver((topic, b"{}", 1, False))
+        assert reason is not None and "Topic" in reason
+    assert client.publish.call_count == 0 and publisher.pending == 0
+
+
+async def test_a_cancellation_from_inside_the_client_is_a_lost_connection_and_the_publication_is_kept() -> None:
+    """Issue 9 item 7: amqtt cancels its PUBACK waiter when the connection resets; that must not lose the result."""
+    connected = [True]
+
+    async def reset_mid_flight(*args: Any) -> None:
+        connected[0] = False
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter.cancel()  # what amqtt's handler.stop() does to the PUBACK waiter
+        await waiter
+
+    client = AsyncMock()
+    client.publish.side_effect = reset_mid_flight
+    publisher = make_publisher(connected, client)
+    with pytest.raises(ConnectionLost):
+        await publisher.publish("t/1", b"1", 1, False)
+    assert await publisher.deliver(("t/1", b"1", 1, False), job_id="j1") is None
+    assert publisher.pending == 1
+
+
+async def test_a_publication_that_ends_the_connection_twice_is_dropped_and_reported() -> None:
+    """Issue 9 item 1: kept, retried once after the reconnect, then dropped and reported, not retried forever."""
+    connected = [True]
+    dropped: List[Tuple[Publication, Optional[str], str]] = []
+
+    async def on_dropped(publication: Publication, job_id: Optional[str], reason: str) -> None:
+        dropped.append((publication, job_id, reason))
+
+    async def poison(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if payload == b"poison":
+            connected[0] = False
+            raise ConnectionResetError("broker closed the connection")
+
+    client = AsyncMock()
+    client.publish.side_effect = poison
+    metrics = ListenerMetrics()
+    publisher = Publisher(lambda: client, lambda: connected[0], metrics, lambda: "h:1", timeout=1.0,
+                          on_dropped=on_dropped)
+    assert await publisher.deliver(("t/big", b"poison", 1, False), job_id="big-1") is None
+    assert publisher.pending == 1 and dropped == []
+    assert await publisher.deliver(("t/next", b"fine", 1, False), job_id="next-1") is None  # not connected: kept
+    connected[0] = True  # reconnected
+    assert await publisher.flush() == 0  # the poison ends the connection again: dropped, the rest waits
+    assert [(p[0], job_id) for p, job_id, _ in dropped] == [("t/big", "big-1")]
+    assert f"given up after {MAX_STRIKES} attempts" in dropped[0][2]
+    assert publisher.pending == 1 and metrics.publish_errors == 1
+    connected[0] = True
+    assert await publisher.flush() == 1 and publisher.pending == 0
+    assert len(dropped) == 1
+
+
+async def test_a_publication_that_only_met_a_down_connection_is_never_dropped() -> None:
+    connected = [False]
+    client = AsyncMock()
+    publisher = make_publisher(connected, client)
+    assert await publisher.deliver(("t/1", b"1", 1, False)) is None
+    for _ in range(5):
+        assert await publisher.flush() == 0  # NotConnected: nothing was sent, no strike
+    connected[0] = True
+    assert await publisher.flush() == 1
 
 
 # -- metrics -------------------------------------------------------------------------------------

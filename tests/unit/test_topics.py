@@ -56,7 +56,8 @@ def test_filter_must_be_a_string(value: Any) -> None:
 # -- topic_name_error -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("topic", ["a", "a/b", "/", "a//b", "test/results", "$SYS/x", "é/ü", "x" * 65535])
+@pytest.mark.parametrize("topic", ["a", "a/b", "/", "a//b", "test/results", "a$b", "é/ü", "x" * 65535,
+                                   "emoji/\U0001F600", "cjk/\u4e2d", "a b", "\u00a0nbsp", "\ufffd", "\U0010fffd"])
 def test_valid_topic_names(topic: str) -> None:
     assert topic_name_error(topic) is None
 
@@ -70,6 +71,23 @@ def test_valid_topic_names(topic: str) -> None:
     ("a+b", "wildcard"),
     ("a\x00", "NUL"),
     ("x" * 65536, "65535"),
+    ("é" * 32768, "65535"),
+    ("$SYS/x", "'$'"),
+    ("$share/g/x", "'$'"),
+    ("results/\x01", "U+0001"),
+    ("results/\x1f", "U+001F"),
+    ("results/\x7f", "U+007F"),
+    ("results/\x85", "U+0085"),
+    ("results/\x9f", "U+009F"),
+    ("results/\n", "U+000A"),
+    ("results/\ufdd0", "non-character U+FDD0"),
+    ("results/\ufdef", "non-character U+FDEF"),
+    ("results/\ufffe", "non-character U+FFFE"),
+    ("results/\uffff", "non-character U+FFFF"),
+    ("results/\U0001fffe", "non-character U+1FFFE"),
+    ("results/\U0010ffff", "non-character U+10FFFF"),
+    ("results/\ud800", "surrogate U+D800"),
+    ("results/\udfff", "surrogate U+DFFF"),
 ])
 def test_invalid_topic_names(topic: str, fragment: str) -> None:
     problem = topic_name_error(topic)

@@ -1,11 +1,16 @@
-"""The amqtt adapter's pure helpers: which strings are secrets, endpoint labels, amqtt's config."""
+"""The amqtt adapter's pure helpers: which strings are secrets, endpoint labels, amqtt's config; its liveness
+watchdog against a client whose connection, pings and traffic the test controls."""
 
 from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, List
 
 import pytest
 
 from Listener import EventListenerConfig
-from Listener.transport import build_client_config, endpoint_label, secrets
+from Listener.transport import AmqttClient, build_client_config, create_client, endpoint_label, secrets
 
 pytestmark = pytest.mark.unit
 
@@ -31,3 +36,100 @@ def test_amqtt_config_has_no_credentials_no_plugins_and_our_own_reconnect() -> N
     assert built["connection"]["uri"] == "mqtt://h:1883"
     assert built["plugins"] == {} and built["auto_reconnect"] is False
     assert (built["keep_alive"], built["ping_delay"]) == (7, 2)
+
+
+# -- the liveness watchdog -------------------------------------------------------------------------------
+
+
+class SilentBroker(AmqttClient):
+    """A "connected" client whose pings are never answered; the test feeds it traffic with note_traffic()."""
+
+    def __init__(self) -> None:
+        super().__init__("watchdog-test", build_client_config(EventListenerConfig()))
+        self.dropped_at: List[float] = []
+        self.pings = 0
+
+    @property
+    def connection_closed(self) -> bool:
+        return bool(self.dropped_at)
+
+    async def ping(self) -> None:
+        self.pings += 1
+        await asyncio.Event().wait()  # no PINGRESP ever
+
+    def drop_connection(self) -> None:
+        self.dropped_at.append(time.monotonic())
+
+
+async def test_inbound_traffic_resets_the_liveness_deadline() -> None:
+    """Issue 9 item 3: no PINGRESP ever comes, but bytes keep arriving: the connection is not dropped. Once the
+    traffic stops, it is dropped about 2 periods later, and the pings went out all along."""
+    client = SilentBroker()
+    period = 0.1
+    watchdog = asyncio.ensure_future(client.watch_liveness(period, "test:1"))
+    fed_until = time.monotonic() + 8 * period
+    while time.monotonic() < fed_until:
+        client.note_traffic(100)
+        await asyncio.sleep(period / 4)
+    assert not watchdog.done() and client.dropped_at == []
+    assert client.pings >= 4, "pings keep going out, so the broker hears from the client too"
+    assert await asyncio.wait_for(watchdog, 10 * period) is True
+    assert client.dropped_at[0] - fed_until >= 1.5 * period
+    assert client.bytes_received >= 100 * 20
+
+
+async def test_a_silent_connection_is_dropped_within_two_periods() -> None:
+    client = SilentBroker()
+    started = time.monotonic()
+    assert await asyncio.wait_for(client.watch_liveness(0.1, "test:1"), 2.0) is True
+    assert 0.2 <= client.dropped_at[0] - started < 1.0
+
+
+async def test_the_watchdog_returns_false_when_the_connection_ends_by_itself() -> None:
+    class Closing(SilentBroker):
+        closed = False
+
+        @property
+        def connection_closed(self) -> bool:
+            return self.closed
+
+    client = Closing()
+    watchdog = asyncio.ensure_future(client.watch_liveness(0.1, "test:1"))
+    client.note_traffic(1)
+    await asyncio.sleep(0.05)
+    client.closed = True
+    assert await asyncio.wait_for(watchdog, 2.0) is False
+    assert client.dropped_at == []
+
+
+async def test_a_new_client_takes_over_the_delivery_queue_of_the_lost_connection() -> None:
+    """Issue 9 item 3: what the lost connection received is still processed after the reconnect (the reconnect
+    does not wait for it to be drained)."""
+    old, new = create_client(EventListenerConfig()), create_client(EventListenerConfig())
+    old._init_session("mqtt://127.0.0.1:1883")
+    assert old._deliveries is not None
+    old._deliveries.put_nowait("queued-1")
+    woken: List[Any] = []
+    new.on_wakeup = lambda: woken.append(1)
+    new.adopt_deliveries(old)
+    new._init_session("mqtt://127.0.0.1:1883")
+    assert new.queued_messages == 1 and new.take_message() == "queued-1"
+    new._deliveries.put_nowait("arrived-later")  # type: ignore[union-attr]
+    assert woken == [1]
+    assert new.drop_queued_messages() == ["arrived-later"] and new.queued_messages == 0
+
+
+async def test_bytes_received_but_not_yet_read_count_as_life() -> None:
+    """The loop was too busy to read what arrived (a backlog of jobs): that is not a dead connection."""
+    class Backlogged(SilentBroker):
+        unread = 4096
+
+        def _unread_bytes(self) -> int:
+            return self.unread
+
+    client = Backlogged()
+    watchdog = asyncio.ensure_future(client.watch_liveness(0.05, "test:1"))
+    await asyncio.sleep(0.4)
+    assert not watchdog.done() and client.dropped_at == []
+    client.unread = 0
+    assert await asyncio.wait_for(watchdog, 2.0) is True
