@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Dict, Iterable, List, Optional, Set, Tuple, T
 
 from ._version import __version__
 from .config import EventListenerConfig
+from .containment import cancel
 from .events import ErrorType, error_event, log_event
 from .intake import Payload, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
 from .job_tracking import JobTracker
@@ -284,11 +285,11 @@ class EventListener(JobTracker):
         self._grace_timer = loop.call_later(self.config.shutdown_grace_period, self._cancel_jobs)
 
     def _cancel_jobs(self) -> None:
-        """The grace period is over: cancel what is still running."""
+        """The grace period is over: cancel what is still running (a processor ignoring it is abandoned)."""
         if self._consumer is not None and not self._consumer.done():
-            self._consumer.cancel()
+            cancel(self._consumer)
         for task in list(self._in_flight):
-            task.cancel()
+            cancel(task)
 
     async def __aenter__(self) -> "EventListener":
         return self
@@ -381,7 +382,7 @@ class EventListener(JobTracker):
             self._consumer = None
             for task in (consumer, liveness):
                 if task is not None and not task.done():
-                    task.cancel()
+                    cancel(task)
                     await asyncio.wait({task})
         if not consumer.cancelled():
             consumer.result()
@@ -471,7 +472,7 @@ class EventListener(JobTracker):
             return
         _, pending = await asyncio.wait(waiting, timeout=self.config.shutdown_grace_period)
         for task in pending:
-            task.cancel()
+            cancel(task)
         if pending:
             await asyncio.wait(pending)
 
