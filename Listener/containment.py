@@ -38,7 +38,8 @@ _MAX_UNCLOSABLE = 1000
 
 class ProcessorInterrupted(Exception):
     """A processor raised a ``BaseException`` that is not an ``Exception`` (``SystemExit``,
-    ``KeyboardInterrupt``, a ``CancelledError`` the listener did not ask for, …).
+    ``KeyboardInterrupt``, a ``CancelledError`` the listener did not ask for, …), or a ``StopIteration``
+    (which cannot be handed over through a Future).
 
     It fails that job like any other error; ``original`` is what the processor raised.
     """
@@ -84,6 +85,8 @@ def call_contained(func: Callable[..., Any], *args: Any) -> Any:
     """
     try:
         return func(*args)
+    except StopIteration as exc:  # a Future refuses it: the job would never end
+        raise ProcessorInterrupted(exc) from exc
     except Exception:
         raise
     except BaseException as exc:  # noqa: B036 - contained on purpose: it is the processor's, not ours

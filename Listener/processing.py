@@ -10,7 +10,7 @@ from typing import Any, Awaitable, Callable, Dict, Optional, TypeVar, Union
 from .containment import Contained, ProcessorInterrupted, call_contained, cancel
 from .deadlines import settle_within
 from .results import ReturnType
-from .workers import ThreadWorkers
+from .workers import CallTimeoutError, ThreadWorkers
 
 __all__ = ["JobTimeoutError", "Processor", "ProcessorInterrupted", "ProcessorResult", "call_processor",
            "describe_exception", "is_async_callable", "run_inline"]
@@ -68,7 +68,7 @@ async def call_processor(func: Processor, data: Dict[str, Any], job_id: str, *,
     elif workers is not None:
         try:
             result = await workers.run(call_contained, func, data, job_id, timeout=timeout)
-        except asyncio.TimeoutError:
+        except CallTimeoutError:  # not a TimeoutError the processor raised itself
             raise JobTimeoutError(timeout or 0.0) from None
     else:
         result = await _within(asyncio.to_thread(call_contained, func, data, job_id), timeout)
