@@ -157,8 +157,7 @@ raised = st.sampled_from([
 
 
 @given(raised, st.booleans(), st.sampled_from([None, 5.0]))
-async def test_whatever_a_processor_raises_fails_only_its_job(make_error: Any, is_async: bool,
-                                                             timeout: Any) -> None:
+async def test_whatever_a_processor_raises_fails_only_its_job(make_error: Any, is_async: bool, timeout: Any) -> None:
     listener = make_listener(job_timeout=timeout)
 
     def sync_processor(data: Dict[str, Any], job_id: str) -> Any:
