@@ -30,10 +30,8 @@ logger = logging.getLogger("Listener.processing")
 ABANDON_AFTER = 2.0
 
 _cancelled: "weakref.WeakSet[asyncio.Future[Any]]" = weakref.WeakSet()
-#: Coroutines that refused to close (they swallowed GeneratorExit too). Never resumed again, but kept:
-#: garbage-collecting one would try to close it once more and print "Exception ignored in …".
-_unclosable: List[Any] = []
-_MAX_UNCLOSABLE = 1000
+#: How many abandoned coroutines refused to close (see _keep_forever).
+unclosable = 0
 
 
 class ProcessorInterrupted(Exception):
@@ -113,8 +111,28 @@ def _close(iterator: Any) -> None:
         close()
     except BaseException as exc:  # noqa: B036 - e.g. "coroutine ignored GeneratorExit": nothing more can be done
         logger.warning("An abandoned processor did not close cleanly: %s", _text(exc) or type(exc).__name__)
-        if len(_unclosable) < _MAX_UNCLOSABLE:
-            _unclosable.append(iterator)
+        _keep_forever(iterator)
+
+
+def _keep_forever(iterator: Any) -> None:
+    """Make sure a coroutine that swallowed GeneratorExit is never finalized.
+
+    Nothing drives it any more, but finalizing it (when garbage-collected, at the latest at interpreter
+    exit) would close it once more: with no event loop left, each of its awaits fails at once and a
+    processor that swallows everything then spins forever, and the process never exits. One extra
+    reference that is never released costs its frame's memory and nothing else.
+    """
+    global unclosable
+    unclosable += 1
+    try:
+        import ctypes
+
+        ctypes.pythonapi.Py_IncRef(ctypes.py_object(iterator))
+    except Exception:  # pragma: no cover - not CPython: keep it referenced from here instead
+        _kept.append(iterator)
+
+
+_kept: List[Any] = []
 
 
 def _drive(iterator: Any) -> Generator[Any, Any, Any]:

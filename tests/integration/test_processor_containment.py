@@ -9,8 +9,11 @@ regression fails the test instead of ending the test session.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 import pytest
@@ -24,6 +27,7 @@ from tests.integration.test_listener_runtime import feed
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
 BOUND = 10.0  # every wait in this file ends within this many seconds, whatever the listener does
 
 
@@ -270,3 +274,40 @@ async def test_a_swallowing_processor_that_gives_up_in_time_keeps_its_result() -
     await asyncio.wait_for(run, BOUND)
     assert listener.jobs["late"].status is JobStatus.COMPLETED
     assert published_json(listener, "test/results") == [{"late": True}]
+
+
+SWALLOWING_SCRIPT = """
+import asyncio, sys
+from unittest.mock import AsyncMock
+from Listener import EventListener, EventListenerConfig, containment
+
+containment.ABANDON_AFTER = 0.1
+
+
+async def stubborn(data, job_id):
+    while True:
+        try:
+            await asyncio.sleep(0.05)
+        except BaseException:  # swallows CancelledError and GeneratorExit alike
+            continue
+
+
+async def main():
+    listener = EventListener(EventListenerConfig(host="test-host", client_id="t", job_timeout=0.1))
+    listener.client = AsyncMock()
+    await listener.process_message({"job_id": "stubborn"}, stubborn)
+    print(listener.jobs["stubborn"].error, containment.unclosable, flush=True)
+
+
+asyncio.run(main())
+"""
+
+
+def test_the_process_exits_after_abandoning_a_processor_that_swallows_everything() -> None:
+    """The abandoned coroutine is never finalized: at interpreter exit, closing it again would spin forever
+    (no event loop left, each await fails at once and is swallowed)."""
+    done = subprocess.run([sys.executable, "-c", SWALLOWING_SCRIPT], capture_output=True, text=True,  # noqa: S603
+                          timeout=BOUND + 10, cwd=str(ROOT), check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["Timed", "out", "after", "0.1", "s", "1"]
+    assert "Exception ignored" not in done.stderr
