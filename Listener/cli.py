@@ -7,8 +7,10 @@ configuration file, publish one job.
 
 Settings follow the library's precedence: ``--set`` (and the publish connection options) > ``MQTT_*``
 environment variables > ``--config`` file > defaults. Exit codes: 0 success, 1 failure at run time
-(broker unreachable or refusing, invalid file for ``check-config``), 2 usage error (bad arguments, invalid
-configuration, a processor that cannot be imported, an invalid TOML payload).
+(broker unreachable or refusing, ``run`` ended by an error or by a second signal, invalid file for
+``check-config``), 2 usage error (bad arguments, invalid configuration, a processor that cannot be imported
+or that calls ``sys.exit()`` on import, an invalid TOML payload); 128 + N when ``run`` had to be ended
+``FORCED_EXIT_AFTER`` seconds after a second signal N (143 for SIGTERM, 130 for SIGINT).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import os
 import re
 import signal
 import sys
+import threading
+import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from urllib.parse import urlsplit
@@ -36,6 +40,7 @@ from .config import CERTIFICATE_DATA, LOG_LEVELS, EventListenerConfig, environme
 from .config_checks import config_warnings, file_problems
 from .errors import ConfigError
 from .json_logging import configure_json_logging, configure_text_logging, mask_secrets
+from .processing import describe_exception
 from .quiet_logs import restore_third_party_loggers
 from .safe_config_parser import SafeConfigParser
 from .topics import topic_name_error
@@ -57,6 +62,8 @@ EXIT_USAGE = 2
 PUBLISH_TIMEOUT = 10.0
 BROKER_SHUTDOWN_TIMEOUT = 10.0
 DISCONNECT_TIMEOUT = 5.0
+#: Seconds after a second SIGTERM/SIGINT before the process is ended with os._exit if still running.
+FORCED_EXIT_AFTER = 5.0
 
 Processor = Callable[..., Any]
 
@@ -234,6 +241,8 @@ def load_processor(spec: str) -> Processor:
         raise CliError(f"importing processor module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # the module's own code failed: show why, without a traceback
         raise CliError(f"importing processor module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    except SystemExit as exc:  # sys.exit() while being imported: never a successful start (nor exit 0)
+        raise CliError(f"importing processor module {module_name!r} failed: it called sys.exit({exc.code!r})") from None
     target: Any = module
     for part in attribute.split("."):
         try:
@@ -259,34 +268,78 @@ def _fail(message: str, secrets: Tuple[str, ...] = (), stream: Optional[TextIO] 
 
 
 class _Signals:
-    """SIGINT/SIGTERM: the first asks the listener to stop (drain), a second one cancels the run."""
+    """SIGINT/SIGTERM: the first asks the listener to stop (drain), a second one cancels the run.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], None], task: "asyncio.Task[Any]") -> None:
+    The handlers are plain ``signal`` handlers, not the event loop's: they run even while a processor
+    holds up the loop. After the second signal, a watchdog thread (started beforehand, so nothing is
+    started inside a handler) ends the process ``FORCED_EXIT_AFTER`` seconds later if it is still there
+    (a processor blocking the loop, or a task nothing can end): exit code 128 + the signal number, after
+    flushing the logs.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], None], task: "asyncio.Task[Any]",
+                 abort: Callable[[], None] = lambda: None) -> None:
         self.loop = loop
         self.stop = stop
+        self.abort = abort
         self.task = task
         self.received = 0
-        self.installed: List[signal.Signals] = []
+        self.exit_code = EXIT_FAILURE
+        self._previous: Dict[int, Any] = {}
+        self._armed = threading.Event()
+        self._disarmed = False
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, self._on_signal, sig)
-            except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows, or not the main thread
+                self._previous[sig] = signal.signal(sig, self._on_signal)
+            except (ValueError, OSError):  # pragma: no cover - not the main thread
                 continue
-            self.installed.append(sig)
+        if self._previous:
+            threading.Thread(target=self._watchdog, name="mqtt-listener-watchdog", daemon=True).start()
 
-    def _on_signal(self, sig: signal.Signals) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        """Runs on the main thread between two bytecodes: hand the work to the loop, start nothing here."""
         self.received += 1
-        if self.received == 1:
+        if self.received > 2:
+            return
+        if self.received == 2:
+            self.exit_code = 128 + signum
+            self._armed.set()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending anyway
+            self.loop.call_soon_threadsafe(self._handle, signal.Signals(signum), self.received)
+
+    def _handle(self, sig: signal.Signals, count: int) -> None:
+        if count == 1:
             logger.info("%s received: stopping after the job in flight (send it again to stop at once)", sig.name)
             self.stop()
         else:
             logger.warning("%s received again: stopping now", sig.name)
+            self.abort()
             self.task.cancel()
 
+    def _watchdog(self) -> None:
+        self._armed.wait()
+        if self._disarmed:
+            return
+        time.sleep(FORCED_EXIT_AFTER)
+        logger.error("Still running %g s after the second signal: exiting now with code %d",
+                     FORCED_EXIT_AFTER, self.exit_code)
+        _fail(f"did not stop within {FORCED_EXIT_AFTER:g} s of the second signal; exiting now")
+        for handler in logging.getLogger().handlers:
+            with contextlib.suppress(Exception):
+                handler.flush()
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(self.exit_code)
+
     def remove(self) -> None:
-        for sig in self.installed:
-            self.loop.remove_signal_handler(sig)
-        self.installed = []
+        """Put the previous handlers back; the watchdog stays armed once a second signal came."""
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous = {}
+        if not self._armed.is_set():
+            self._disarmed = True
+            self._armed.set()
 
 
 def _embedded_broker_address(config: EventListenerConfig) -> Tuple[str, int]:
@@ -330,7 +383,7 @@ async def _run_service(config: EventListenerConfig, processor: Processor, embedd
     if task is None:  # pragma: no cover - always inside asyncio.run()
         raise RuntimeError("_run_service must run in a task")
     listener = EventListener(config)
-    signals = _Signals(loop, listener.stop, task)
+    signals = _Signals(loop, listener.stop, task, abort=listener._cancel_jobs)
     broker: Any = None
     try:
         if embedded_broker:
@@ -354,6 +407,10 @@ async def _run_service(config: EventListenerConfig, processor: Processor, embedd
     except OSError as exc:  # e.g. the HTTP endpoints' address is in use
         _fail(f"cannot start: {exc}", _secrets(config))
         return EXIT_FAILURE
+    except Exception as exc:  # run() ended by an error: a service manager must see a failure, not exit 0
+        logger.debug("run() ended by an unexpected error", exc_info=True)
+        _fail(f"the listener stopped on an unexpected error: {describe_exception(exc)}", _secrets(config))
+        return EXIT_FAILURE
     finally:
         signals.remove()
         if broker is not None:
@@ -376,7 +433,11 @@ def _command_run(args: argparse.Namespace) -> int:
     if args.embedded_broker:
         _embedded_broker_address(config)  # refuse a non-loopback address before importing anything
     processor = load_processor(args.processor)
-    return asyncio.run(_run_service(config, processor, args.embedded_broker))
+    try:
+        return asyncio.run(_run_service(config, processor, args.embedded_broker))
+    except SystemExit as exc:  # nothing the processor raises gets here (it fails its job); exit non-zero anyway
+        _fail(f"the listener stopped on SystemExit({exc.code!r})", secrets)
+        return EXIT_FAILURE
 
 
 # -- check-config -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, Awaitable, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Optional, TypeVar
 
 __all__ = ["bounded", "settle_within"]
 
@@ -21,9 +21,11 @@ else:  # pragma: no cover - exercised on Python 3.10 only
         return await asyncio.wait_for(awaitable, timeout)
 
 
-async def settle_within(awaitable: Awaitable[Any], timeout: Optional[float]) -> "Optional[asyncio.Future[Any]]":
+async def settle_within(awaitable: Awaitable[Any], timeout: Optional[float],
+                        cancel: "Optional[Callable[[asyncio.Future[Any]], Any]]" = None) -> "Optional[asyncio.Future[Any]]":
     """Run ``awaitable`` as a task and return it once it is done (result, error or cancelled);
-    None when ``timeout`` seconds passed first, after cancelling it and waiting for it to end.
+    None when ``timeout`` seconds passed first, after cancelling it (with ``cancel``, else
+    ``task.cancel()``) and waiting for it to end.
 
     Unlike ``wait_for``, what the awaitable raised is never confused with the timeout.
     """
@@ -32,6 +34,9 @@ async def settle_within(awaitable: Awaitable[Any], timeout: Optional[float]) -> 
         done, _ = await asyncio.wait({task}, timeout=timeout)
     finally:
         if not task.done():
-            task.cancel()
+            if cancel is not None:
+                cancel(task)
+            else:
+                task.cancel()
             await asyncio.wait({task})
     return task if done else None

@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Dict, Iterable, List, Optional, Set, Tuple, T
 from ._version import __version__
 from .config import EventListenerConfig
 from .config_checks import config_warnings, file_problems, own_topics, subscription_filters
+from .containment import cancel
 from .echoes import RecentPublications
 from .events import ErrorType, error_event, log_event
 from .intake import Payload, RejectedMessage, decode_payload_off_loop, generate_job_id, resolve_job_id
@@ -314,11 +315,11 @@ class EventListener(JobTracker):
         self._grace_timer = loop.call_later(self.config.shutdown_grace_period, self._cancel_jobs)
 
     def _cancel_jobs(self) -> None:
-        """The grace period is over: cancel what is still running."""
+        """The grace period is over: cancel what is still running (a processor ignoring it is abandoned)."""
         if self._consumer is not None and not self._consumer.done():
-            self._consumer.cancel()
+            cancel(self._consumer)
         for task in list(self._in_flight) + list(self._carried):
-            task.cancel()
+            cancel(task)
 
     def _check_before_start(self) -> None:
         """Refuse missing certificate files by name; warn about settings that are probably a mistake."""
@@ -432,7 +433,7 @@ class EventListener(JobTracker):
                 consumer.add_done_callback(self._carried.discard)
             for task in (consumer, liveness, closed):
                 if task is not None and not task.done() and task not in self._carried:
-                    task.cancel()
+                    cancel(task)
                     await asyncio.wait({task})
         if consumer.done() and not consumer.cancelled():
             consumer.result()
@@ -563,7 +564,7 @@ class EventListener(JobTracker):
             return
         _, pending = await asyncio.wait(waiting, timeout=self.config.shutdown_grace_period)
         for task in pending:
-            task.cancel()
+            cancel(task)
         if pending:
             await asyncio.wait(pending)
 

@@ -7,12 +7,13 @@ import functools
 import inspect
 from typing import Any, Awaitable, Callable, Dict, Optional, TypeVar, Union
 
+from .containment import Contained, ProcessorInterrupted, call_contained, cancel
 from .deadlines import settle_within
 from .results import ReturnType
-from .workers import ThreadWorkers
+from .workers import CallTimeoutError, ThreadWorkers
 
-__all__ = ["JobTimeoutError", "Processor", "ProcessorResult", "call_processor", "describe_exception",
-           "is_async_callable", "run_inline"]
+__all__ = ["JobTimeoutError", "Processor", "ProcessorInterrupted", "ProcessorResult", "call_processor",
+           "describe_exception", "is_async_callable", "run_inline"]
 
 ProcessorResult = Optional[Union[ReturnType, Dict[str, Any]]]
 #: A message processor: ``(data, job_id)`` to a result, a dict, or None; plain or ``async def``.
@@ -54,19 +55,23 @@ async def call_processor(func: Processor, data: Dict[str, Any], job_id: str, *,
 
     A sync processor runs on a worker thread (of ``workers``, else the default executor), so a slow
     one never starves MQTT keep-alive. With ``timeout``, an async processor still running is
-    cancelled and a sync one abandoned, and :class:`JobTimeoutError` is raised.
+    cancelled (and abandoned if it ignores that, see :mod:`Listener.containment`), a sync one is
+    abandoned, and :class:`JobTimeoutError` is raised.
+
+    Whatever the processor raises stays an error of this call: ``SystemExit``, ``KeyboardInterrupt``
+    and a ``CancelledError`` the listener did not ask for come out as :class:`ProcessorInterrupted`.
     """
     if is_async_callable(func):
-        result = await _within(func(data, job_id), timeout)  # type: ignore[arg-type]
+        result = await _within(call_contained(func, data, job_id), timeout)
     elif getattr(func, "__listener_inline__", False):
-        result = func(data, job_id)
+        result = call_contained(func, data, job_id)
     elif workers is not None:
         try:
-            result = await workers.run(func, data, job_id, timeout=timeout)
-        except asyncio.TimeoutError:
+            result = await workers.run(call_contained, func, data, job_id, timeout=timeout)
+        except CallTimeoutError:  # not a TimeoutError the processor raised itself
             raise JobTimeoutError(timeout or 0.0) from None
     else:
-        result = await _within(asyncio.to_thread(func, data, job_id), timeout)
+        result = await _within(asyncio.to_thread(call_contained, func, data, job_id), timeout)
     if inspect.isawaitable(result):
         result = await _within(result, timeout)
     return result
@@ -74,14 +79,23 @@ async def call_processor(func: Processor, data: Dict[str, Any], job_id: str, *,
 
 async def _within(awaitable: Awaitable[Any], timeout: Optional[float]) -> Any:
     if timeout is None:
-        return await awaitable
-    task = await settle_within(awaitable, timeout)
+        return await Contained(awaitable)
+    task = await settle_within(_contained(awaitable), timeout, cancel=cancel)
     if task is None:
         raise JobTimeoutError(timeout)
     return task.result()
 
 
+async def _contained(awaitable: Awaitable[Any]) -> Any:
+    return await Contained(awaitable)
+
+
 def describe_exception(exc: BaseException) -> str:
-    """``Type: message`` for an exception, without its traceback."""
-    text = str(exc)
+    """``Type: message`` for an exception, without its traceback (what a processor raised, if wrapped)."""
+    if isinstance(exc, ProcessorInterrupted):
+        exc = exc.original
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ fails is still described
+        text = "<unprintable>"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

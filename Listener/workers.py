@@ -15,9 +15,13 @@ import queue
 import threading
 from typing import Any, Callable, Optional
 
-__all__ = ["ThreadWorkers"]
+__all__ = ["CallTimeoutError", "ThreadWorkers"]
 
 _QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
+
+
+class CallTimeoutError(asyncio.TimeoutError):
+    """The call did not finish in time (unlike a TimeoutError the call itself raised)."""
 
 
 class _Call:
@@ -61,7 +65,8 @@ class ThreadWorkers:
         """Run ``func(*args)`` on a worker thread and return its result.
 
         Raises:
-            asyncio.TimeoutError: it did not finish within ``timeout`` seconds (it is abandoned).
+            CallTimeoutError: it did not finish within ``timeout`` seconds (it is abandoned); an
+                ``asyncio.TimeoutError``.
             RuntimeError: the workers were shut down.
         """
         loop = asyncio.get_running_loop()
@@ -78,7 +83,7 @@ class ThreadWorkers:
         if not done:
             self._abandon(call)
             future.cancel()
-            raise asyncio.TimeoutError(f"call did not finish within {timeout:g} s")
+            raise CallTimeoutError(f"call did not finish within {timeout:g} s")
         return future.result()
 
     def shutdown(self) -> None:

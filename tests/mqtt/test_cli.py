@@ -8,6 +8,7 @@ Every wait is bounded, and every process is killed in ``finally``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ EXIT_TIMEOUT = 20.0
 SECRET = "pw-cli-" + uuid.uuid4().hex[:8]
 
 PROCESSORS = '''
+import asyncio
 import os
 import pathlib
 import time
@@ -47,6 +49,31 @@ def slow(data, job_id):
     pathlib.Path(os.environ["CLI_TEST_MARKER"]).write_text(job_id)
     time.sleep(float(os.environ.get("CLI_TEST_SLEEP", "1.0")))
     return {"job_id": job_id, "slow": True}
+
+
+async def exits(data, job_id):
+    await asyncio.sleep(0)
+    if job_id.startswith("exit"):
+        raise SystemExit(0)
+    return {"job_id": job_id}
+
+
+async def swallows(data, job_id):
+    pathlib.Path(os.environ["CLI_TEST_MARKER"]).write_text(job_id)
+    while True:
+        try:
+            await asyncio.sleep(0.05)
+        except BaseException:
+            continue
+
+
+async def blocks(data, job_id):
+    pathlib.Path(os.environ["CLI_TEST_MARKER"]).write_text(job_id)
+    while True:
+        try:
+            time.sleep(0.05)
+        except BaseException:
+            continue
 '''
 
 
@@ -267,6 +294,60 @@ def test_a_second_signal_stops_at_once_with_exit_1(cli: Callable[..., CliProcess
     assert time.monotonic() - started < 10.0
     assert "stopped at once by a second signal" in listener.output()
     assert watcher.messages(f"{unique_topic}/results") == []
+
+
+def test_system_exit_in_an_async_processor_with_job_timeout_fails_the_job_not_the_process(
+        cli: Callable[..., CliProcess], probe: Any, unique_topic: str, mqtt_endpoint: BrokerEndpoint) -> None:
+    watcher = probe(f"{unique_topic}/results", f"{unique_topic}/error")
+    listener = cli("run", "cli_test_processors:exits", *connection_options(mqtt_endpoint), *topic_options(unique_topic),
+                   "--set", "job_timeout=5", "--log-format", "json")
+    listener.wait_for_event("listener_started")
+    probe().publish(f"{unique_topic}/jobs", 'job_id = "exit-1"', qos=1)
+    probe().publish(f"{unique_topic}/jobs", 'job_id = "after-1"', qos=1)
+    [result] = watcher.wait_for(1, 15.0, f"{unique_topic}/results")
+    assert json.loads(result.payload)["job_id"] == "after-1"
+    [error] = watcher.wait_for(1, 5.0, f"{unique_topic}/error")
+    assert json.loads(error.payload)["error_message"] == "SystemExit: 0"
+    assert listener.process.poll() is None, listener.output()
+    listener.process.send_signal(signal.SIGTERM)
+    assert listener.wait() == 0, listener.output()
+
+
+def test_a_second_signal_ends_the_process_when_the_processor_swallows_cancellation(
+        cli: Callable[..., CliProcess], probe: Any, unique_topic: str, mqtt_endpoint: BrokerEndpoint,
+        tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    listener = cli("run", "cli_test_processors:swallows", *connection_options(mqtt_endpoint),
+                   *topic_options(unique_topic), "--log-format", "json", extra_env={"CLI_TEST_MARKER": str(marker)})
+    listener.wait_for_event("listener_started")
+    probe().publish(f"{unique_topic}/jobs", 'job_id = "stubborn"')
+    wait_for_file(marker, listener)
+    listener.process.send_signal(signal.SIGTERM)
+    listener.wait_for_message("SIGTERM received")
+    listener.process.send_signal(signal.SIGTERM)
+    assert listener.wait(10.0) == 1, listener.output()  # the task is abandoned: a clean "stopped at once"
+    assert "stopped at once by a second signal" in listener.output()
+
+
+def test_a_second_signal_ends_the_process_even_when_the_processor_blocks_the_event_loop(
+        cli: Callable[..., CliProcess], probe: Any, unique_topic: str, mqtt_endpoint: BrokerEndpoint,
+        tmp_path: Path) -> None:
+    marker = tmp_path / "started"
+    listener = cli("run", "cli_test_processors:blocks", *connection_options(mqtt_endpoint),
+                   *topic_options(unique_topic), "--log-format", "json", extra_env={"CLI_TEST_MARKER": str(marker)})
+    listener.wait_for_event("listener_started")
+    probe().publish(f"{unique_topic}/jobs", 'job_id = "blocker"')
+    wait_for_file(marker, listener)
+    # The loop is held up, so no log line can confirm that a signal was seen: signal until the process ends,
+    # as an operator would. Signals pending at the same time count once, hence the pause between them.
+    first = time.monotonic()
+    deadline = first + cli_module.FORCED_EXIT_AFTER + 10.0
+    while listener.process.poll() is None and time.monotonic() < deadline:
+        listener.process.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            listener.process.wait(0.3)
+    assert listener.wait(5.0) == 128 + signal.SIGTERM, listener.output()
+    assert "did not stop within" in listener.output()
 
 
 def test_run_against_an_unreachable_broker_exits_1_without_secrets(cli: Callable[..., CliProcess],
