@@ -27,10 +27,7 @@ import logging
 import math
 import os
 import re
-import signal
 import sys
-import threading
-import time
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from urllib.parse import urlsplit
@@ -267,79 +264,16 @@ def _fail(message: str, secrets: Tuple[str, ...] = (), stream: Optional[TextIO] 
 # -- run --------------------------------------------------------------------------------------------
 
 
-class _Signals:
-    """SIGINT/SIGTERM: the first asks the listener to stop (drain), a second one cancels the run.
+def _cancel(task: "asyncio.Task[Any]") -> None:
+    task.cancel()
 
-    The handlers are plain ``signal`` handlers, not the event loop's: they run even while a processor
-    holds up the loop. After the second signal, a watchdog thread (started beforehand, so nothing is
-    started inside a handler) ends the process ``FORCED_EXIT_AFTER`` seconds later if it is still there
-    (a processor blocking the loop, or a task nothing can end): exit code 128 + the signal number, after
-    flushing the logs.
-    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stop: Callable[[], None], task: "asyncio.Task[Any]",
-                 abort: Callable[[], None] = lambda: None) -> None:
-        self.loop = loop
-        self.stop = stop
-        self.abort = abort
-        self.task = task
-        self.received = 0
-        self.exit_code = EXIT_FAILURE
-        self._previous: Dict[int, Any] = {}
-        self._armed = threading.Event()
-        self._disarmed = False
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._on_signal)
-            except (ValueError, OSError):  # pragma: no cover - not the main thread
-                continue
-        if self._previous:
-            threading.Thread(target=self._watchdog, name="mqtt-listener-watchdog", daemon=True).start()
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        """Runs on the main thread between two bytecodes: hand the work to the loop, start nothing here."""
-        self.received += 1
-        if self.received > 2:
-            return
-        if self.received == 2:
-            self.exit_code = 128 + signum
-            self._armed.set()
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the process is ending anyway
-            self.loop.call_soon_threadsafe(self._handle, signal.Signals(signum), self.received)
-
-    def _handle(self, sig: signal.Signals, count: int) -> None:
-        if count == 1:
-            logger.info("%s received: stopping after the job in flight (send it again to stop at once)", sig.name)
-            self.stop()
-        else:
-            logger.warning("%s received again: stopping now", sig.name)
-            self.abort()
-            self.task.cancel()
-
-    def _watchdog(self) -> None:
-        self._armed.wait()
-        if self._disarmed:
-            return
-        time.sleep(FORCED_EXIT_AFTER)
-        logger.error("Still running %g s after the second signal: exiting now with code %d",
-                     FORCED_EXIT_AFTER, self.exit_code)
-        _fail(f"did not stop within {FORCED_EXIT_AFTER:g} s of the second signal; exiting now")
-        for handler in logging.getLogger().handlers:
-            with contextlib.suppress(Exception):
-                handler.flush()
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
-        os._exit(self.exit_code)
-
-    def remove(self) -> None:
-        """Put the previous handlers back; the watchdog stays armed once a second signal came."""
-        for sig, previous in self._previous.items():
-            signal.signal(sig, previous)
-        self._previous = {}
-        if not self._armed.is_set():
-            self._disarmed = True
-            self._armed.set()
+def _before_forced_exit(code: int) -> None:
+    """The watchdog ends the process: say why on stderr first."""
+    _fail(f"did not stop within {FORCED_EXIT_AFTER:g} s of the second signal; exiting now")
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 def _embedded_broker_address(config: EventListenerConfig) -> Tuple[str, int]:
@@ -378,12 +312,13 @@ async def _start_embedded_broker(host: str, port: int) -> Any:
 async def _run_service(config: EventListenerConfig, processor: Processor, embedded_broker: bool) -> int:
     from .event_listener import EventListener
 
-    loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     if task is None:  # pragma: no cover - always inside asyncio.run()
         raise RuntimeError("_run_service must run in a task")
     listener = EventListener(config)
-    signals = _Signals(loop, listener.stop, task, abort=listener._cancel_jobs)
+    # First signal: drain; second: cancel this task (exit 1); still here FORCED_EXIT_AFTER s later: 128 + N.
+    signals = listener.install_signal_handlers(on_second_signal=lambda: _cancel(task), exit_after=FORCED_EXIT_AFTER,
+                                               before_exit=_before_forced_exit)
     broker: Any = None
     try:
         if embedded_broker:
@@ -412,7 +347,7 @@ async def _run_service(config: EventListenerConfig, processor: Processor, embedd
         _fail(f"the listener stopped on an unexpected error: {describe_exception(exc)}", _secrets(config))
         return EXIT_FAILURE
     finally:
-        signals.remove()
+        listener.remove_signal_handlers()
         if broker is not None:
             try:
                 await asyncio.wait_for(broker.shutdown(), BROKER_SHUTDOWN_TIMEOUT)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 from urllib.parse import urlsplit
 
 from .config import EventListenerConfig
 from .topics import topic_matches
 
-__all__ = ["config_warnings", "covered_own_topics", "file_problems", "own_topics", "subscription_filters",
-           "uri_conflict"]
+__all__ = ["check_before_start", "config_warnings", "covered_own_topics", "file_problems", "own_topics",
+           "subscription_filters", "uri_conflict"]
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(EventListenerConfig)}
 #: Options naming files (or, for capath, a directory) the TLS set-up reads.
@@ -103,3 +103,16 @@ def file_problems(config: EventListenerConfig) -> List[str]:
         elif not os.access(path, os.R_OK):
             problems.append(f"{option} {path!r}: not readable")
     return problems
+
+
+def check_before_start(config: EventListenerConfig, files_needed: bool, endpoint: str, warn: Callable[[str], None]) -> None:
+    """Refuse missing certificate files by name (when ``files_needed``); ``warn`` about likely mistakes.
+
+    Raises:
+        ConnectionError: naming ``endpoint`` and every missing or unreadable file.
+    """
+    problems = file_problems(config) if files_needed else []
+    if problems:
+        raise ConnectionError(f"Cannot connect to MQTT broker at {endpoint}: {'; '.join(problems)}")
+    for warning in config_warnings(config):
+        warn(warning)

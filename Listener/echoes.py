@@ -11,9 +11,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter, OrderedDict
-from typing import Callable, Tuple, Union
+from typing import Callable, Dict, FrozenSet, Tuple, Union
 
-__all__ = ["RecentPublications"]
+from .metrics import ListenerMetrics
+from .topics import topic_matches
+
+__all__ = ["OwnMessages", "RecentPublications"]
 
 Payload = Union[bytes, bytearray, memoryview]
 
@@ -72,3 +75,50 @@ class RecentPublications:
         self._topics[topic] -= 1
         if self._topics[topic] <= 0:
             del self._topics[topic]
+
+
+class OwnMessages:
+    """Tells the listener's own messages from jobs: those on its own topics, and echoes of its publications.
+
+    Taking them as jobs would answer each with an error event, which may come back in turn.
+
+    Args:
+        own_topics: the listener's ``error_topic``, ``log_topic`` and ``results_topic``.
+        filters: the filters it subscribes to (a publication they cover comes back as an echo).
+        metrics: counts what is ignored.
+    """
+
+    def __init__(self, own_topics: FrozenSet[str], filters: Tuple[str, ...], metrics: ListenerMetrics) -> None:
+        self.own_topics = own_topics
+        self._filters = filters
+        self._metrics = metrics
+        self._recent = RecentPublications()
+        self._echoes: Dict[str, bool] = {}  # topic -> whether the subscription receives it back
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def is_own(self, payload: Union[Payload, str, None], topic: str) -> bool:
+        """True (and counted) for a message on an own topic or the echo of a recent publication.
+
+        ``payload`` None: a message given as a dict, which cannot be an echo.
+        """
+        if topic in self.own_topics:
+            self._metrics.own_messages_ignored += 1
+            return True
+        if payload is not None:
+            raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else payload
+            if self._recent.is_echo(topic, raw):
+                self._metrics.own_echoes_ignored += 1
+                return True
+        return False
+
+    def remember(self, topic: str, payload: bytes) -> None:
+        """Note a publication the subscription will bring back, so that its echo is dropped."""
+        echoes = self._echoes.get(topic)
+        if echoes is None:
+            echoes = topic not in self.own_topics and any(topic_matches(f, topic) for f in self._filters)
+            if len(self._echoes) < 1024:
+                self._echoes[topic] = echoes
+        if echoes:
+            self._recent.remember(topic, payload)

@@ -12,7 +12,7 @@ from .safe_config_parser import SafeConfigParser
 
 __all__ = [
     "LARGE_PAYLOAD_BYTES", "MAX_JOB_ID_LENGTH", "RejectedMessage", "decode_payload", "decode_payload_off_loop",
-    "generate_job_id", "resolve_job_id",
+    "find_job_id", "generate_job_id", "resolve_job_id",
 ]
 
 MAX_JOB_ID_LENGTH = 1024
@@ -24,7 +24,7 @@ Payload = Union[bytes, bytearray, memoryview, str]
 class RejectedMessage(Exception):
     """A message that cannot become a job; carries the error event's type and message."""
 
-    def __init__(self, error_type: str, message: str, job_id: Optional[str] = None) -> None:
+    def __init__(self, error_type: ErrorType, message: str, job_id: Optional[str] = None) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
@@ -79,3 +79,11 @@ def resolve_job_id(data: Dict[str, Any], field: str, allow_generation: bool) -> 
     if len(job_id) > MAX_JOB_ID_LENGTH:
         raise RejectedMessage(ErrorType.INVALID_PAYLOAD, f"Field '{field}' is longer than {MAX_JOB_ID_LENGTH} characters")
     return job_id
+
+
+def find_job_id(data: Dict[str, Any], field: str) -> Optional[str]:
+    """The job id in ``data[field]`` as a string, or None when absent or unusable (never generated)."""
+    try:
+        return resolve_job_id(data, field, allow_generation=False)
+    except RejectedMessage:
+        return None

@@ -6,9 +6,10 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Protocol
 
-__all__ = ["JobInfo", "JobStatus", "JobStore", "InsertOutcome", "ACTIVE_STATUSES", "FINISHED_STATUSES"]
+__all__ = ["JobInfo", "JobStatus", "JobStore", "JobStoreBackend", "InsertOutcome", "ACTIVE_STATUSES",
+           "FINISHED_STATUSES"]
 
 
 class JobStatus(enum.Enum):
@@ -56,6 +57,42 @@ class InsertOutcome(enum.Enum):
     EXISTS = "exists"
     #: Every slot holds an active job; nothing changed.
     FULL = "full"
+
+
+class JobStoreBackend(Protocol):
+    """What the listener needs from a job store (:class:`JobStore` keeps jobs in memory).
+
+    A durable store (sqlite, Redis) implements these with the same meaning; the listener calls them
+    under its ``job_lock``, from the event loop. ``jobs`` is the live mapping ``listener.jobs`` shows.
+    """
+
+    jobs: Dict[str, JobInfo]
+    max_jobs: int
+    ttl: timedelta
+
+    def get(self, job_id: str) -> Optional[JobInfo]:
+        """The job with this id, or None."""
+
+    def insert(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None) -> InsertOutcome:
+        """Store a new PENDING job unless the id exists or no slot can be freed (evicting finished jobs)."""
+
+    def restart(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None) -> JobInfo:
+        """Reset an existing job to PENDING with new input (``duplicate_action = "reprocess"``)."""
+
+    def set_status(self, job_id: str, status: JobStatus, result: Any = None, error: Optional[str] = None) -> bool:
+        """Move a job to ``status``; False when the id is unknown."""
+
+    def mark_duplicate(self, job_id: str) -> bool:
+        """Record that ``job_id`` arrived again (a RUNNING job keeps running); False when unknown."""
+
+    def cleanup_expired(self, now: Optional[datetime] = None) -> int:
+        """Remove finished jobs older than the TTL; return how many were removed."""
+
+    def reindex(self) -> None:
+        """Take note of a ``jobs`` mapping replaced or edited by hand."""
+
+    def snapshot(self, *statuses: JobStatus) -> Dict[str, JobInfo]:
+        """Copies of the stored jobs (all, or those with one of ``statuses``)."""
 
 
 class JobStore:

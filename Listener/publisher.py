@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Awaitable, Callable, Deque, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Deque, Optional
 
 from .deadlines import bounded
 from .metrics import ListenerMetrics
@@ -26,8 +27,17 @@ from .topics import topic_name_error
 
 __all__ = ["ConnectionLost", "MAX_STRIKES", "NotConnected", "Publication", "Publisher", "RefusedTopic"]
 
-#: (topic, payload, qos, retain), as ``client.publish`` takes them.
-Publication = Tuple[str, bytes, int, bool]
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message the listener publishes, as ``client.publish(topic, payload, qos, retain)`` takes it."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
 #: Called with (publication, job id or None, reason) for a kept publication given up on.
 DropReporter = Callable[[Publication, Optional[str], str], Awaitable[None]]
 #: Attempts cut short by a lost connection after which a kept publication is dropped and reported.
@@ -164,7 +174,8 @@ class Publisher:
         A publication whose topic is refused is never sent nor kept.
         """
         try:
-            await self.publish(*publication, slot_held=slot_held)
+            await self.publish(publication.topic, publication.payload, publication.qos, publication.retain,
+                               slot_held=slot_held)
             return None
         except asyncio.CancelledError:
             raise
@@ -192,7 +203,8 @@ class Publisher:
         while self._outbox:
             kept = self._outbox[0]
             try:
-                await self.publish(*kept.publication)
+                publication = kept.publication
+                await self.publish(publication.topic, publication.payload, publication.qos, publication.retain)
             except asyncio.CancelledError:
                 raise
             except NotConnected:

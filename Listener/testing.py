@@ -81,28 +81,33 @@ _CURRENT: "contextvars.ContextVar[Optional[_Delivery]]" = contextvars.ContextVar
 class _ObservedListener(EventListener):
     """EventListener unchanged, plus bookkeeping of which publications and job id each test message led to."""
 
+    def __init__(self, config: EventListenerConfig) -> None:
+        super().__init__(config)
+        self._pipeline.observe_job = _observe_job
+
     async def _process_message(self, data: Any, func: Optional[Processor] = None, *, topic: Optional[str] = None,
                                pipelined: bool = False) -> Any:
         delivery = getattr(data, "delivery", None)
         if not isinstance(delivery, _Delivery):
             return await super()._process_message(data, func, topic=topic, pipelined=pipelined)
         token = _CURRENT.set(delivery)  # copied into the tasks the pipeline starts for this message
-        before = set(self._finishing)
+        finishing = self._pipeline.finishing
+        before = set(finishing)
         try:
             return await super()._process_message(data, func, topic=topic, pipelined=pipelined)
         except BaseException as exc:
             delivery.failure = exc
             raise
         finally:
-            delivery.finishing = set(self._finishing) - before  # QoS 1/2 results awaiting acknowledgement
+            delivery.finishing = set(finishing) - before  # QoS 1/2 results awaiting acknowledgement
             _CURRENT.reset(token)
             delivery.finished.set()
 
-    async def _admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str]) -> bool:
-        delivery = _CURRENT.get()
-        if delivery is not None:
-            delivery.job_id = job_id
-        return await super()._admit(job_id, data, topic)
+
+def _observe_job(job_id: str) -> None:
+    delivery = _CURRENT.get()
+    if delivery is not None:
+        delivery.job_id = job_id
 
 
 def _decode(payload: bytes) -> Any:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any, Dict, List, Mapping, Tuple
+
 __all__ = [
+    "PublishOptions",
     "filter_covers",
     "filter_error",
     "strip_share_prefix",
+    "subscriptions",
     "topic_matches",
     "topic_name_error",
 ]
@@ -135,3 +139,33 @@ def filter_covers(wide: str, narrow: str) -> bool:
         if part != "+" and part != other:
             return False
     return len(wide_levels) == len(narrow_levels)
+
+
+class PublishOptions:
+    """QoS and retain for the listener's own publication on a topic: ``custom_topics``, else the defaults.
+
+    The first ``custom_topics`` filter matching the topic gives its ``qos``/``retain``; answers are cached
+    (for up to 1024 topics), since every result and event asks.
+    """
+
+    def __init__(self, default_qos: int, default_retain: bool, custom_topics: Mapping[str, Mapping[str, Any]]) -> None:
+        self._default = (default_qos, default_retain)
+        self._custom = [(f, (int(o.get("qos", 0)), bool(o.get("retain", False)))) for f, o in custom_topics.items()]
+        self._cache: Dict[str, Tuple[int, bool]] = {}
+
+    def __call__(self, topic: str) -> Tuple[int, bool]:
+        cached = self._cache.get(topic)
+        if cached is None:
+            cached = next((options for f, options in self._custom if topic_matches(f, topic)), self._default)
+            if len(self._cache) < 1024:
+                self._cache[topic] = cached
+        return cached
+
+
+def subscriptions(topic: str, qos: int, custom_topics: Mapping[str, Mapping[str, Any]]) -> List[Tuple[str, int]]:
+    """The filters to subscribe to: ``topic``, plus custom topics it does not already cover."""
+    filters = [(topic, qos)]
+    for topic_filter, options in custom_topics.items():
+        if not any(filter_covers(existing, topic_filter) for existing, _ in filters):
+            filters.append((topic_filter, int(options.get("qos", 0))))
+    return filters

@@ -33,7 +33,7 @@ from .redaction import SecretRedactingFilter, redact, split_uri_credentials
 
 __all__ = [
     "AmqttClient", "BrokerRefusedConnection", "build_client_config", "connection_error", "create_client", "credentials",
-    "endpoint_label", "open_connection", "secrets", "tls_bundle",
+    "endpoint_label", "new_client", "open_connection", "secrets", "tls_bundle",
 ]
 
 logger = logging.getLogger("Listener.transport")
@@ -339,6 +339,29 @@ def create_client(config: EventListenerConfig, on_wakeup: Optional[Callable[[], 
     _guard_amqtt_logs(secrets(config))
     return AmqttClient(config.client_id, build_client_config(config), username, password,
                        delivery_window=config.max_concurrent_jobs, on_wakeup=on_wakeup)
+
+
+def new_client(config: EventListenerConfig) -> AmqttClient:
+    """:func:`create_client`, also outside a running loop without leaving a stray loop behind.
+
+    amqtt's plugin manager, finding no running loop, makes a new one and installs it as the
+    thread's current loop. That loop is never used by the client; close it and put back what was there.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return create_client(config)
+    policy = asyncio.get_event_loop_policy()
+    local = getattr(policy, "_local", None)
+    previous = getattr(local, "_loop", None)
+    client = create_client(config)
+    stray = getattr(client.plugins_manager, "_loop", None)
+    if stray is not None and stray is not previous and not stray.is_running():
+        asyncio.set_event_loop(previous)
+        stray.close()
+    return client
 
 
 def _guard_amqtt_logs(known: tuple[str, ...]) -> None:

@@ -12,7 +12,7 @@ from unittest.mock import AsyncMock, MagicMock
 
 import pytest
 
-from Listener import EventListener, EventListenerConfig, JobStatus, ReturnType, create_return_type
+from Listener import EventListener, EventListenerConfig, JobStatus, ReturnType, SafeConfigParser, create_return_type
 
 pytestmark = pytest.mark.integration
 
@@ -496,21 +496,23 @@ async def test_stop_during_reconnect_backoff_returns_without_error() -> None:
     assert listener.client.connect.await_count == 2
 
 
-async def test_an_internal_error_costs_one_message_not_the_listener(monkeypatch: pytest.MonkeyPatch) -> None:
-    listener = make_listener()
-    feed(listener, b'job_id = "first"', b'job_id = "second"')
-    real_admit = listener._admit
+async def test_an_internal_error_costs_one_message_not_the_listener() -> None:
     calls: List[str] = []
 
-    async def flaky_admit(job_id: str, data: Dict[str, Any], topic: Any) -> bool:
-        calls.append(job_id)
-        if job_id == "first":
-            raise RuntimeError("bug")
-        return await real_admit(job_id, data, topic)
+    class BrokenParser(SafeConfigParser):
+        """Fails on the first payload with an error no part of the listener expects."""
 
-    monkeypatch.setattr(listener, "_admit", flaky_admit)
+        def parse_config_from_string(self, config_string: str) -> Dict[str, Any]:
+            calls.append(config_string)
+            if "first" in config_string:
+                raise RuntimeError("bug")
+            return super().parse_config_from_string(config_string)
+
+    listener = EventListener(make_listener().config, config_parser=BrokenParser())
+    listener.client = AsyncMock()
+    feed(listener, b'job_id = "first"', b'job_id = "second"')
     run = asyncio.create_task(listener.run(lambda d, j: None))
     await until(lambda: listener.is_job_completed("second"))
-    assert calls == ["first", "second"]
+    assert calls == ['job_id = "first"', 'job_id = "second"'] and not await listener.job_exists("first")
     listener.stop()
     await asyncio.wait_for(run, 5)

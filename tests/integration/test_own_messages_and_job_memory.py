@@ -11,7 +11,8 @@ from unittest.mock import AsyncMock
 import pytest
 
 from Listener import EventListener, EventListenerConfig, JobStatus, ReturnType
-from Listener.echoes import RecentPublications
+from Listener.echoes import OwnMessages, RecentPublications
+from Listener.metrics import ListenerMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -61,12 +62,15 @@ async def test_the_echo_of_a_return_type_result_is_dropped_and_counted() -> None
     assert published_topics(listener) == ["events/processed", "events/errors", "events/logs"]
 
 
-async def test_publications_the_subscription_cannot_bring_back_are_not_remembered() -> None:
-    listener = make_listener(topic="jobs/+")
-    await listener.process_message(b'job_id = "a"', lambda d, j: ReturnType(data={"n": 1}, topic="elsewhere/x"),
-                                   topic="jobs/in")
-    await listener._send_message("jobs/in", {"n": 2})  # covered: remembered
-    assert len(listener._recent) == 1
+def test_publications_the_subscription_cannot_bring_back_are_not_remembered() -> None:
+    metrics = ListenerMetrics()
+    own = OwnMessages(frozenset({"jobs/results"}), ("jobs/+",), metrics)
+    own.remember("elsewhere/x", b'{"n": 1}')  # not covered by the subscription: nothing to remember
+    own.remember("jobs/results", b"{}")  # an own topic: ignored whatever it carries
+    own.remember("jobs/in", b'{"n": 2}')  # covered: remembered
+    assert len(own) == 1
+    assert own.is_own(b'{"n": 2}', "jobs/in") and not own.is_own(b'{"n": 3}', "jobs/in")
+    assert metrics.own_echoes_ignored == 1
 
 
 def test_recent_publications_expire_and_stay_bounded() -> None:

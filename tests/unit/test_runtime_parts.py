@@ -158,8 +158,8 @@ async def test_publisher_keeps_publications_while_disconnected_and_flushes_them_
     client = AsyncMock()
     connected = [False]
     publisher = make_publisher(connected, client)
-    assert await publisher.deliver(("t/1", b"1", 1, False)) is None
-    assert await publisher.deliver(("t/2", b"2", 0, False)) is None
+    assert await publisher.deliver(Publication("t/1", b"1", 1, False)) is None
+    assert await publisher.deliver(Publication("t/2", b"2", 0, False)) is None
     assert publisher.pending == 2 and client.publish.call_count == 0
     with pytest.raises(NotConnected, match="h:1"):
         await publisher.publish("t/x", b"x", 0, False)
@@ -173,13 +173,13 @@ async def test_publisher_reports_what_it_cannot_keep_or_send() -> None:
     client = AsyncMock()
     connected = [False]
     publisher = make_publisher(connected, client, limit=1)
-    assert await publisher.deliver(("t/1", b"1", 0, False)) is None
-    reason = await publisher.deliver(("t/2", b"2", 0, False))
+    assert await publisher.deliver(Publication("t/1", b"1", 0, False)) is None
+    reason = await publisher.deliver(Publication("t/2", b"2", 0, False))
     assert reason is not None and "already waiting" in reason
     assert publisher.discard() == 1
     connected[0] = True
     client.publish.side_effect = RuntimeError("broker said no")
-    assert await publisher.deliver(("t/3", b"3", 1, False)) == "RuntimeError: broker said no"
+    assert await publisher.deliver(Publication("t/3", b"3", 1, False)) == "RuntimeError: broker said no"
 
 
 async def test_publisher_bounds_qos1_publications_in_flight() -> None:
@@ -211,7 +211,7 @@ async def test_publisher_times_out_a_hung_publish() -> None:
     client = AsyncMock()
     client.publish.side_effect = hang
     publisher = Publisher(lambda: client, lambda: True, ListenerMetrics(), lambda: "h:1", timeout=0.05)
-    assert await publisher.deliver(("t", b"", 0, False)) == "timed out"
+    assert await publisher.deliver(Publication("t", b"", 0, False)) == "timed out"
 
 
 async def test_publisher_refuses_topics_brokers_disconnect_for_without_sending() -> None:
@@ -221,7 +221,7 @@ async def test_publisher_refuses_topics_brokers_disconnect_for_without_sending()
     for topic in ("$SYS/x", "r/\x01", "r/\x85", "r/\uffff", "a/+", ""):
         with pytest.raises(RefusedTopic):
             await publisher.publish(topic, b"{}", 1, False)
-        reason = await publisher.deliver((topic, b"{}", 1, False))
+        reason = await publisher.deliver(Publication(topic, b"{}", 1, False))
         assert reason is not None and "Topic" in reason
     assert client.publish.call_count == 0 and publisher.pending == 0
 
@@ -241,7 +241,7 @@ async def test_a_cancellation_from_inside_the_client_is_a_lost_connection_and_th
     publisher = make_publisher(connected, client)
     with pytest.raises(ConnectionLost):
         await publisher.publish("t/1", b"1", 1, False)
-    assert await publisher.deliver(("t/1", b"1", 1, False), job_id="j1") is None
+    assert await publisher.deliver(Publication("t/1", b"1", 1, False), job_id="j1") is None
     assert publisher.pending == 1
 
 
@@ -263,12 +263,12 @@ async def test_a_publication_that_ends_the_connection_twice_is_dropped_and_repor
     metrics = ListenerMetrics()
     publisher = Publisher(lambda: client, lambda: connected[0], metrics, lambda: "h:1", timeout=1.0,
                           on_dropped=on_dropped)
-    assert await publisher.deliver(("t/big", b"poison", 1, False), job_id="big-1") is None
+    assert await publisher.deliver(Publication("t/big", b"poison", 1, False), job_id="big-1") is None
     assert publisher.pending == 1 and dropped == []
-    assert await publisher.deliver(("t/next", b"fine", 1, False), job_id="next-1") is None  # not connected: kept
+    assert await publisher.deliver(Publication("t/next", b"fine", 1, False), job_id="next-1") is None  # not connected: kept
     connected[0] = True  # reconnected
     assert await publisher.flush() == 0  # the poison ends the connection again: dropped, the rest waits
-    assert [(p[0], job_id) for p, job_id, _ in dropped] == [("t/big", "big-1")]
+    assert [(p.topic, job_id) for p, job_id, _ in dropped] == [("t/big", "big-1")]
     assert f"given up after {MAX_STRIKES} attempts" in dropped[0][2]
     assert publisher.pending == 1 and metrics.publish_errors == 1
     connected[0] = True
@@ -280,7 +280,7 @@ async def test_a_publication_that_only_met_a_down_connection_is_never_dropped() 
     connected = [False]
     client = AsyncMock()
     publisher = make_publisher(connected, client)
-    assert await publisher.deliver(("t/1", b"1", 1, False)) is None
+    assert await publisher.deliver(Publication("t/1", b"1", 1, False)) is None
     for _ in range(5):
         assert await publisher.flush() == 0  # NotConnected: nothing was sent, no strike
     connected[0] = True

@@ -1,0 +1,245 @@
+"""One message end to end: decode, filter the listener's own messages, admit (duplicate policy), run the
+processor, publish the result, record the outcome. Nothing here knows about connections or reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable, Dict, Optional, Set, Union
+
+from .config import EventListenerConfig
+from .config_checks import own_topics, subscription_filters
+from .echoes import OwnMessages
+from .events import ErrorType, EventSink
+from .intake import Payload, RejectedMessage, decode_payload_off_loop, resolve_job_id
+from .job_tracking import JobTracker
+from .jobs import InsertOutcome, JobStatus
+from .metrics import ListenerMetrics
+from .processing import JobTimeoutError, Processor, call_processor, describe_exception
+from .publisher import Publication, Publisher, RefusedTopic
+from .results import ReturnType
+from .safe_config_parser import SafeConfigParser
+from .serialization import ResultEncodingError, event_json_bytes, to_json_bytes
+from .topics import PublishOptions, topic_name_error
+from .workers import ThreadWorkers
+
+__all__ = ["Pipeline"]
+
+logger = logging.getLogger("Listener.event_listener")
+
+_COMPLETED, _FAILED, _DUPLICATE = JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.DUPLICATE.value
+
+
+class Pipeline:
+    """Handles one message at a time per call; calls may overlap (``max_concurrent_jobs`` > 1).
+
+    ``finishing`` holds the jobs whose QoS 1/2 result awaits the broker's acknowledgement (the job
+    becomes COMPLETED then). ``observe_job``, when set, is called with each job id about to be admitted.
+    """
+
+    def __init__(self, config: EventListenerConfig, parser: SafeConfigParser, tracker: JobTracker,
+                 publisher: Publisher, events: EventSink, metrics: ListenerMetrics, workers: ThreadWorkers,
+                 wait_when_full: Callable[[], bool]) -> None:
+        self._config = config
+        self._parser = parser
+        self._tracker = tracker
+        self._publisher = publisher
+        self._events = events
+        self._metrics = metrics
+        self._workers = workers
+        self._own = OwnMessages(frozenset(own_topics(config)), subscription_filters(config), metrics)
+        self._options = PublishOptions(config.default_qos, config.default_retain, config.custom_topics)
+        self._wait_when_full = wait_when_full
+        self.finishing: Set["asyncio.Future[None]"] = set()
+        self.observe_job: Optional[Callable[[str], None]] = None
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    async def send_message(self, topic: str, data: Any, qos: Optional[int] = None, retain: Optional[bool] = None) -> None:
+        """Publish ``data`` (str is UTF-8 encoded, bytes sent as they are, anything else as JSON)."""
+        if isinstance(data, str):
+            payload = data.encode("utf-8")
+        elif isinstance(data, (bytes, bytearray)):
+            payload = bytes(data)
+        else:
+            payload = to_json_bytes(data)
+        if qos is None or retain is None:
+            default_qos, default_retain = self._options(topic)
+            qos = default_qos if qos is None else qos
+            retain = default_retain if retain is None else retain
+        self._own.remember(topic, payload)
+        await self._publisher.publish(topic, payload, qos, retain)
+
+    async def publish_event(self, topic: str, body: Dict[str, Any]) -> None:
+        """Publish an event body (kept during an outage; a failure is only logged at DEBUG)."""
+        qos, retain = self._options(topic)
+        problem = await self._publisher.deliver(Publication(topic, event_json_bytes(body), qos, retain))
+        if problem is not None:
+            logger.debug("Could not publish %s event to %s: %s", body.get("event", "error"), topic, problem)
+
+    async def report_dropped(self, publication: Publication, job_id: Optional[str], reason: str) -> None:
+        """A kept publication the publisher gave up on (its sending kept ending the connection)."""
+        what = f"the result of job {job_id}" if job_id is not None else "a publication"
+        text = f"Dropped {what} to {publication.topic!r} ({len(publication.payload)} bytes, QoS {publication.qos}): {reason}"
+        await self._events.error(job_id, ErrorType.PUBLISH_ERROR, text, None)
+        await self._events.log(logging.ERROR, "publish_dropped", "%s", text, job_id=job_id)
+
+    # -- one message -----------------------------------------------------------------------------
+
+    async def process(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor], topic: Optional[str],
+                      pipelined: bool = False) -> Any:
+        """Process one message as a job; returns what the processor returned (None if rejected or skipped).
+
+        ``pipelined`` (the run loop): a QoS 1/2 result's acknowledgement is awaited in the background,
+        so the next job can start meanwhile; the job becomes COMPLETED once the result is acknowledged.
+        """
+        if topic is not None and self._own.is_own(None if isinstance(data, dict) else data, topic):
+            return None
+        self._metrics.messages_received += 1
+        try:
+            if isinstance(data, dict):
+                fields = dict(data)
+            else:
+                fields = await decode_payload_off_loop(data, self._parser, self._config.max_payload_bytes)
+            job_id = resolve_job_id(fields, self._config.job_id_field, self._config.allow_job_id_generation)
+        except RejectedMessage as rejection:
+            self._metrics.messages_rejected += 1
+            await self._events.error(rejection.job_id, rejection.error_type, rejection.message, topic)
+            await self._events.log(logging.WARNING, "payload_rejected", "Rejected message on %r: %s: %s", topic,
+                                   rejection.error_type, rejection.message, job_id=rejection.job_id, topic=topic)
+            return None
+        if topic is not None:
+            fields["_topic"] = topic
+        if not await self.admit(job_id, fields, topic):
+            return None
+        return await self._execute(job_id, fields, func, topic, pipelined)
+
+    async def admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str]) -> bool:
+        """Create the job, or apply the duplicate policy; while the store is full of active jobs, wait
+        (in the run loop) or drop the job."""
+        if self.observe_job is not None:
+            self.observe_job(job_id)
+        tracker, store = self._tracker, self._tracker.store
+        warned = False
+        while True:
+            async with tracker.lock:
+                # Cleared under the lock, before looking: a job finishing after this look sets it again.
+                tracker.job_finished.clear()
+                outcome = store.insert(job_id, data, topic)
+                if outcome is InsertOutcome.CREATED:
+                    return True
+                if outcome is InsertOutcome.EXISTS:
+                    existing = store.jobs[job_id]
+                    if self._config.duplicate_action == "reprocess" and existing.status is not JobStatus.RUNNING:
+                        store.restart(job_id, data, topic)
+                        return True
+                    store.mark_duplicate(job_id)
+                    break
+            if not self._wait_when_full():
+                await self._events.log(logging.WARNING, "job_store_full", "Job store full (%d active jobs); job %s dropped",
+                                       self._config.max_jobs_in_memory, job_id, job_id=job_id, topic=topic)
+                return False
+            if not warned:
+                warned = True
+                await self._events.log(logging.WARNING, "job_store_full",
+                                       "Job store full of active jobs; waiting to admit job %s", job_id,
+                                       job_id=job_id, topic=topic)
+            await tracker.job_finished.wait()
+        self._metrics.jobs_finished[_DUPLICATE] += 1
+        if self._config.duplicate_action == "error":
+            await self._events.error(job_id, ErrorType.DUPLICATE_JOB, f"Job {job_id} was already received", topic)
+            level = logging.WARNING
+        else:  # the manual: skip ignores duplicates "silently" (INFO, not mirrored at the default log_topic_level)
+            level = logging.INFO
+        await self._events.log(level, "duplicate_job", "Duplicate job %s not processed", job_id,
+                               job_id=job_id, status=_DUPLICATE, topic=topic)
+        return False
+
+    async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str],
+                       pipelined: bool) -> Any:
+        """Run the processor for an admitted job, publish its result, record the outcome."""
+        started = time.perf_counter()
+        await self._tracker.update_job_status(job_id, JobStatus.RUNNING)
+        try:
+            result = None if func is None else await call_processor(
+                func, data, job_id, workers=self._workers, timeout=self._config.job_timeout)
+            publication = self.publication_for(result, job_id)
+        except asyncio.CancelledError:
+            await self._tracker.update_job_status(job_id, JobStatus.FAILED, error="Cancelled: listener stopped")
+            self._metrics.jobs_finished[_FAILED] += 1
+            raise
+        except BaseException as exc:  # noqa: B036 - a processor's failure, whatever it is, fails only its job
+            await self._fail(job_id, exc, topic, time.perf_counter() - started)
+            return None
+        if publication is None:
+            await self._complete(job_id, result, topic, started, None, None)
+            return result
+        self._own.remember(publication.topic, publication.payload)
+        if publication.qos and pipelined:
+            sending = await self._publisher.deliver_in_background(publication, job_id)
+            finishing = asyncio.ensure_future(self._complete(job_id, result, topic, started, publication, sending))
+            self.finishing.add(finishing)
+            finishing.add_done_callback(self.finishing.discard)
+            return result
+        sent = await self._publisher.deliver(publication, job_id=job_id)
+        await self._complete(job_id, result, topic, started, publication, sent)
+        return result
+
+    async def _complete(self, job_id: str, result: Any, topic: Optional[str], started: float,
+                        publication: Optional[Publication],
+                        sent: "Union[None, str, asyncio.Future[Optional[str]]]") -> None:
+        """Report a publication problem if there was one, then mark the job COMPLETED."""
+        try:
+            problem = await sent if isinstance(sent, asyncio.Future) else sent
+        except asyncio.CancelledError:  # stopping ran out of grace before the broker acknowledged it
+            await self._tracker.update_job_status(job_id, JobStatus.COMPLETED, result=result)
+            self._metrics.jobs_finished[_COMPLETED] += 1
+            raise
+        if problem is not None and publication is not None:
+            reason = f"Could not publish the result of job {job_id} to {publication.topic}: {problem}"
+            await self._events.error(job_id, ErrorType.PUBLISH_ERROR, reason, topic)
+            await self._events.log(logging.ERROR, "publish_failed", "%s", reason, job_id=job_id,
+                                   status=_COMPLETED, topic=topic)
+        await self._tracker.update_job_status(job_id, JobStatus.COMPLETED, result=result)
+        elapsed = time.perf_counter() - started
+        self._metrics.jobs_finished[_COMPLETED] += 1
+        self._metrics.observe_duration(elapsed)
+        if self._events.info_wanted():
+            await self._events.log(logging.INFO, "job_completed", "Job %s completed", job_id, job_id=job_id,
+                                   status=_COMPLETED, duration_ms=elapsed * 1000, topic=topic)
+
+    async def _fail(self, job_id: str, exc: BaseException, topic: Optional[str], elapsed: float) -> None:
+        """Record a job's failure (or timeout), publish the error event and the log event."""
+        timed_out = isinstance(exc, JobTimeoutError)
+        reason = str(exc) if timed_out else self._events.redact(describe_exception(exc))
+        await self._tracker.update_job_status(job_id, JobStatus.FAILED, error=reason)
+        self._metrics.jobs_finished[_FAILED] += 1
+        self._metrics.observe_duration(elapsed)
+        await self._events.error(job_id, ErrorType.TIMEOUT if timed_out else ErrorType.PROCESSING_ERROR, reason, topic)
+        await self._events.log(logging.ERROR, "job_failed", "Job %s failed: %s", job_id, reason, job_id=job_id,
+                               status=_FAILED, duration_ms=elapsed * 1000, topic=topic)
+
+    def publication_for(self, result: Any, job_id: str) -> Optional[Publication]:
+        """Where and how a processor's result is published; raises for results that cannot be."""
+        if result is None:
+            return None
+        if isinstance(result, ReturnType):
+            if result.job_id is None:
+                result.job_id = job_id
+            topic = result.topic or self._config.results_topic
+            if result.qos not in (0, 1, 2) or isinstance(result.qos, bool):
+                raise ValueError(f"ReturnType.qos must be 0, 1 or 2, got {result.qos!r}")
+            qos, retain, body = int(result.qos), bool(result.retain), result.data
+        else:
+            topic = self._config.results_topic
+            qos, retain = self._options(topic)
+            body = result
+        problem = topic_name_error(topic)
+        if problem:  # brokers drop the connection for such a topic: fail the job instead
+            raise RefusedTopic(f"Result topic {topic!r} {problem}")
+        try:
+            payload = to_json_bytes(body)
+        except ResultEncodingError as exc:
+            raise ResultEncodingError(f"Result of job {job_id} cannot be encoded as JSON: {exc}") from None
+        return Publication(topic, payload, qos, retain)
