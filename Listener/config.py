@@ -8,6 +8,8 @@ import ipaddress
 import json
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional
@@ -18,7 +20,7 @@ from .redaction import MASK, mask_uri_credentials
 from .topics import filter_error, topic_name_error
 
 __all__ = ["EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES",
-           "SECTION_NAME", "describe_unknown_keys", "environment_variables"]
+           "OptionKind", "SECTION_NAME", "describe_unknown_keys", "environment_variables", "option_kinds"]
 
 DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -417,32 +419,47 @@ def describe_unknown_keys(names: Iterable[str]) -> str:
     return ", ".join(described)
 
 
-_KIND_WORDS = {"bool": "true/false", "int": "an integer", "float": "a number", "Dict": "a JSON object"}
+@dataclass(frozen=True)
+class OptionKind:
+    """What one option holds, read from :class:`EventListenerConfig`'s type hints."""
+
+    #: The value's type without ``Optional``: ``str``, ``int``, ``float``, ``bool`` or ``dict``.
+    type: type
+    #: True when None is a valid value (``Optional[...]``).
+    optional: bool
+
+
+def _kind_of(hint: Any) -> OptionKind:
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        (hint,) = [arg for arg in args if arg is not type(None)]
+    return OptionKind(typing.get_origin(hint) or hint, optional)
+
+
+_OPTION_KINDS: Mapping[str, OptionKind] = types.MappingProxyType(
+    {name: _kind_of(hint) for name, hint in typing.get_type_hints(EventListenerConfig).items()
+     if name in EventListenerConfig.field_names()})
+
+
+def option_kinds() -> Mapping[str, OptionKind]:
+    """``{option: OptionKind}`` for every option, in declaration order (computed once, from the type hints)."""
+    return _OPTION_KINDS
+
+
+_KIND_WORDS = {bool: "true/false", int: "an integer", float: "a number", dict: "a JSON object"}
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
-def _field_kinds() -> Dict[str, str]:
-    kinds: Dict[str, str] = {}
-    for f in dataclasses.fields(EventListenerConfig):
-        annotation = str(f.type)
-        for kind in ("bool", "int", "float", "Dict"):
-            if kind in annotation:
-                kinds[f.name] = kind
-                break
-        else:
-            kinds[f.name] = "str"
-    return kinds
-
-
-def _convert(name: str, kind: str, raw: str, variable: str) -> Any:
+def _convert(name: str, kind: type, raw: str, variable: str) -> Any:
     try:
-        if kind == "bool":
+        if kind is bool:
             return _BOOL_WORDS[raw.strip().lower()]
-        if kind == "int":
+        if kind is int:
             return int(raw)
-        if kind == "float":
+        if kind is float:
             return float(raw)
-        if kind == "Dict":
+        if kind is dict:
             return json.loads(raw)
     except (KeyError, ValueError):
         shown = MASK if name in _SECRET_FIELDS else repr(raw)
@@ -451,10 +468,9 @@ def _convert(name: str, kind: str, raw: str, variable: str) -> Any:
 
 
 def _read_environment(prefix: str, environ: Mapping[str, str]) -> Dict[str, Any]:
-    kinds = _field_kinds()
     values: Dict[str, Any] = {}
     for name, variable in environment_variables(prefix, environ).items():
-        values[name] = _convert(name, kinds[name], environ[variable], variable)
+        values[name] = _convert(name, _OPTION_KINDS[name].type, environ[variable], variable)
     return values
 
 

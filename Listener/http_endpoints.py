@@ -128,7 +128,12 @@ class HttpEndpoints:
                 # A name with several addresses (localhost: 127.0.0.1 and ::1) is served on one port: the first
                 # address's, when port 0 let the system choose it.
                 chosen = self._servers[0].server_address[1] if self._servers else port
-                self._servers.append(_Server(self, family, (sockaddr[0], chosen, *sockaddr[2:])))
+                address = (sockaddr[0], chosen, *sockaddr[2:])
+                try:
+                    self._servers.append(_Server(self, family, address))
+                except OSError as exc:  # say which address, as asyncio's servers do
+                    raise OSError(exc.errno, f"error while attempting to bind on address {address[:2]!r}: "
+                                             f"{str(exc.strerror or exc).lower()}") from None
         except BaseException:
             for server in self._servers:
                 server.server_close()
