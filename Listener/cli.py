@@ -38,12 +38,13 @@ from urllib.parse import urlsplit
 import tomli_w
 
 from ._version import __version__
-from .config import CERTIFICATE_DATA, LOG_LEVELS, EventListenerConfig, environment_variables, option_kinds
+from .config import LOG_LEVELS, EventListenerConfig, environment_variables, option_kinds
 from .config_checks import config_warnings, file_problems
 from .errors import ConfigError
-from .json_logging import configure_json_logging, configure_text_logging, mask_secrets
+from .json_logging import LOG_FORMATS, configure_logging
 from .processing import describe_exception
 from .quiet_logs import restore_third_party_loggers
+from .redaction import mask_secrets, shown_setting
 from .safe_config_parser import SafeConfigParser
 from .topics import topic_name_error
 
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(run)
     run.add_argument("--embedded-broker", action="store_true",
                      help="start amqtt's broker in this process on the configured (loopback) host and port")
-    run.add_argument("--log-format", choices=("text", "json"), default="text",
+    run.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                      help="log lines as text (default) or one JSON object per line")
     run.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", metavar="LEVEL",
                      help=f"lowest level logged: {', '.join(LOG_LEVELS)} (default INFO)")
@@ -423,10 +424,7 @@ async def _run_service(config: EventListenerConfig, processor: Processor, embedd
 def _command_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, parse_overrides(args.overrides, args.unset))
     secrets = _secrets(config)
-    if args.log_format == "json":
-        configure_json_logging(args.log_level, secrets)
-    else:
-        configure_text_logging(args.log_level, secrets)
+    configure_logging(args.log_format, args.log_level, secrets)
     if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
         restore_third_party_loggers()  # quiet by default (Listener.quiet_logs); --log-level DEBUG shows amqtt's lines
     if args.embedded_broker:
@@ -456,13 +454,15 @@ def _toml_ready(value: Any) -> Any:
 
 
 def render_settings(settings: Dict[str, Any], output_format: str = "toml") -> str:
-    """Settings as TOML (options that are None appear as comments; tables last) or as one JSON object."""
+    """Settings as TOML (options that are None appear as comments; tables last) or as one JSON object.
+
+    Secrets and certificate data are masked here too (:func:`Listener.redaction.shown_setting`).
+    """
+    shown = {key: shown_setting(key, value) for key, value in settings.items()}
     if output_format == "json":
-        return json.dumps(settings, indent=2, default=str)
+        return json.dumps(shown, indent=2, default=str)
     lines, tables = [], {}
-    for key, value in settings.items():
-        if key == "cadata" and value is not None:
-            value = CERTIFICATE_DATA
+    for key, value in shown.items():
         if value is None:
             lines.append(f"# {key} is not set")
         elif isinstance(value, dict):
@@ -559,7 +559,7 @@ def _command_publish(args: argparse.Namespace) -> int:
             overrides[option] = getattr(args, option)
     config = load_config(args.config, overrides)
     secrets = _secrets(config)
-    configure_text_logging("WARNING", secrets)
+    configure_logging("text", "WARNING", secrets)
     # Never the service's client id (the broker would disconnect the running listener) nor its will.
     client_id = overrides.get("client_id") or f"{PROG}-publish-{uuid.uuid4().hex[:12]}"
     config = dataclasses.replace(config, client_id=client_id, will=None)

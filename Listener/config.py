@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .redaction import MASK, mask_uri_credentials
+from .redaction import CERTIFICATE_DATA, MASK, SECRET_SETTINGS, mask_uri_credentials, shown_setting
 from .topics import filter_error, topic_name_error
 
 __all__ = ["EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES",
@@ -27,10 +27,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_CONCURRENT_JOBS = 10_000
 MAX_KEEP_ALIVE = 65535
-#: What ``repr()``, ``redacted_dict()`` and ``check-config`` show instead of ``cadata``.
-CERTIFICATE_DATA = "<certificate data>"
 _URI_SCHEMES = ("mqtt", "mqtts", "ws", "wss")
-_SECRET_FIELDS = frozenset({"password"})
 # Environment variable names the manual uses that are not simply PREFIX + FIELD.
 _ENV_ALIASES = {"CA_FILE": "cafile", "CA_PATH": "capath", "CA_DATA": "cadata"}
 _CONFIG_FILE_LIMIT = 10 * 1024 * 1024
@@ -130,7 +127,7 @@ class EventListenerConfig:
     def redacted_dict(self) -> Dict[str, Any]:
         """All settings as a dict, safe to log or print: the password and URI credentials masked,
         certificate data replaced by ``"<certificate data>"``."""
-        return {f.name: _shown_value(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: shown_setting(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     # -- alternative constructors ---------------------------------------------------------------
 
@@ -172,25 +169,12 @@ class EventListenerConfig:
 # -- validation ---------------------------------------------------------------------------------
 
 
-def _shown_value(name: str, value: Any) -> Any:
-    """``value`` of the option ``name`` as it may be shown: secrets masked, certificate data elided."""
-    if value is None:
-        return None
-    if name in _SECRET_FIELDS:
-        return MASK
-    if name == "cadata" and isinstance(value, str):
-        return CERTIFICATE_DATA
-    if isinstance(value, str) and "://" in value:
-        return mask_uri_credentials(value)
-    return value
-
-
 def _fail(name: str, value: Any, why: str) -> ConfigError:
-    if name in _SECRET_FIELDS:
+    if name in SECRET_SETTINGS:
         shown = MASK
     else:
         # repr first: it escapes line breaks, which would otherwise end the URI the masking sees.
-        shown = mask_uri_credentials(repr(_shown_value(name, value)))
+        shown = mask_uri_credentials(repr(shown_setting(name, value)))
     return ConfigError(f"Invalid {name}: {shown} ({why})")
 
 
@@ -462,7 +446,7 @@ def _convert(name: str, kind: type, raw: str, variable: str) -> Any:
         if kind is dict:
             return json.loads(raw)
     except (KeyError, ValueError):
-        shown = MASK if name in _SECRET_FIELDS else repr(raw)
+        shown = MASK if name in SECRET_SETTINGS else repr(raw)
         raise ConfigError(f"Invalid {variable}: {shown} (expected {_KIND_WORDS[kind]} for {name})") from None
     return raw
 
