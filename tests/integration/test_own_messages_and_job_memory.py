@@ -13,8 +13,6 @@ import pytest
 from Listener import EventListener, EventListenerConfig, JobStatus, ReturnType
 from Listener.echoes import RecentPublications
 
-pytestmark = pytest.mark.integration
-
 
 def make_listener(**overrides: Any) -> EventListener:
     options: Dict[str, Any] = {"host": "test-host", "topic": "events/#", "error_topic": "events/errors",

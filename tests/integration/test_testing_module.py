@@ -15,8 +15,6 @@ from Listener._test_brokers import running_broker
 from Listener.safe_config_parser import SafeConfigParser
 from Listener.testing import JobOutcome, TestListener, running_listener
 
-pytestmark = pytest.mark.integration
-
 
 def test_toml_writer_round_trips_through_the_listeners_parser() -> None:
     data: Dict[str, Any] = {"job_id": "a", "n": 3, "x": 1.5, "ok": True, "no": False, "text": 'say "hi"\n\tü',

@@ -22,7 +22,6 @@ from Listener.testing import TestListener
 from tests.mqtt.conftest import listener_config
 from tests.support.brokers import BrokerEndpoint, MqttProbe
 
-pytestmark = pytest.mark.mqtt_integration
 
 Payload = Union[bytes, str, Dict[str, Any]]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

@@ -14,7 +14,6 @@ from Listener import ConfigError, EventListenerConfig
 from Listener.config import DUPLICATE_ACTIONS, MAX_PAYLOAD_BYTES
 from Listener.redaction import MASK, SecretRedactingFilter, mask_uri_credentials, redact, split_uri_credentials
 
-pytestmark = pytest.mark.unit
 
 PASSWORD = "pw-Zq81-never-shown"
 

@@ -17,7 +17,6 @@ from Listener import http_endpoints
 from Listener.http_endpoints import HttpEndpoints, metric_families, start_http_endpoints
 from Listener.metrics import ListenerMetrics
 
-pytestmark = pytest.mark.unit
 
 IO_TIMEOUT = 5.0
 

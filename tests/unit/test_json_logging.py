@@ -15,7 +15,6 @@ from Listener import redaction
 from Listener.json_logging import (JsonLogFormatter, RedactingTextFormatter, configure_json_logging, configure_logging,
                                    configure_text_logging, logging_config, mask_secrets)
 
-pytestmark = pytest.mark.unit
 
 SECRET = "pw-Zq81-never-shown"
 
