@@ -20,25 +20,28 @@ import asyncio
 import contextlib
 import dataclasses
 import difflib
-import importlib
 import ipaddress
 import json
 import logging
 import math
 import os
+import pkgutil
 import re
 import sys
 import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from urllib.parse import urlsplit
 
+import tomli_w
+
 from ._version import __version__
-from .config import CERTIFICATE_DATA, LOG_LEVELS, EventListenerConfig, environment_variables
+from .config import LOG_LEVELS, EventListenerConfig, environment_variables, option_kinds
 from .config_checks import config_warnings, file_problems
 from .errors import ConfigError
-from .json_logging import configure_json_logging, configure_text_logging, mask_secrets
+from .json_logging import LOG_FORMATS, configure_logging
 from .processing import describe_exception
 from .quiet_logs import restore_third_party_loggers
+from .redaction import mask_secrets, shown_setting
 from .safe_config_parser import SafeConfigParser
 from .topics import topic_name_error
 
@@ -110,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(run)
     run.add_argument("--embedded-broker", action="store_true",
                      help="start amqtt's broker in this process on the configured (loopback) host and port")
-    run.add_argument("--log-format", choices=("text", "json"), default="text",
+    run.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                      help="log lines as text (default) or one JSON object per line")
     run.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", metavar="LEVEL",
                      help=f"lowest level logged: {', '.join(LOG_LEVELS)} (default INFO)")
@@ -155,10 +158,6 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
                         help="set an optional option to None (e.g. --unset username --unset password); repeatable")
 
 
-def _field_types() -> Dict[str, str]:
-    return {f.name: str(f.type) for f in dataclasses.fields(EventListenerConfig)}
-
-
 def parse_set_value(name: str, raw: str) -> Any:
     """The value of ``--set name=raw``: parsed as a TOML value, or the raw text when that fails.
 
@@ -169,7 +168,8 @@ def parse_set_value(name: str, raw: str) -> Any:
         value = tomllib.loads(f"v = {raw}")["v"]
     except (tomllib.TOMLDecodeError, KeyError):
         return raw
-    if _field_types().get(name) in ("str", "Optional[str]") and not isinstance(value, str):
+    kind = option_kinds().get(name)
+    if kind is not None and kind.type is str and not isinstance(value, str):
         return raw
     return value
 
@@ -180,7 +180,7 @@ def parse_overrides(assignments: Sequence[str], unset: Sequence[str] = ()) -> Di
     Dashes in keys are accepted for underscores. Raises :class:`CliError` (exit 2) naming every
     unknown key, or a ``--set`` without ``=``.
     """
-    types = _field_types()
+    kinds = option_kinds()
     values: Dict[str, Any] = {}
     unknown: List[str] = []
     for item in assignments:
@@ -188,22 +188,22 @@ def parse_overrides(assignments: Sequence[str], unset: Sequence[str] = ()) -> Di
         name = key.strip().replace("-", "_")
         if not sep or not name:
             raise CliError(f"--set expects KEY=VALUE, got {mask_secrets(item)!r}")
-        if name not in types:
+        if name not in kinds:
             unknown.append(name)
             continue
         values[name] = parse_set_value(name, raw.strip())
     for key in unset:
         name = key.strip().replace("-", "_")
-        if name not in types:
+        if name not in kinds:
             unknown.append(name)
-        elif not types[name].startswith("Optional["):
+        elif not kinds[name].optional:
             raise CliError(f"--unset {name}: this option cannot be None (it has to have a value)")
         else:
             values[name] = None
     if unknown:
         hints = []
         for name in unknown:
-            close = difflib.get_close_matches(name, list(types), n=1)
+            close = difflib.get_close_matches(name, list(kinds), n=1)
             hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise CliError(f"unknown configuration key(s): {', '.join(hints)}. "
                        f"Valid keys are the EventListenerConfig fields, e.g. host, port, topic, results_topic.")
@@ -230,22 +230,22 @@ def load_processor(spec: str) -> Processor:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
-        module = importlib.import_module(module_name)
+        target = pkgutil.resolve_name(spec)
+    except ValueError:  # not dotted names (resolve_name's format check)
+        raise CliError(f"processor must look like package.module:function, got {spec!r}") from None
     except ModuleNotFoundError as exc:
         if exc.name is not None and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise CliError(f"cannot import processor module {module_name!r}: no module named {exc.name!r} "
                            f"(is it on PYTHONPATH or in the current directory?)") from None
         raise CliError(f"importing processor module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    except AttributeError as exc:
+        if module_name in sys.modules:  # imported: the attribute path is what is missing
+            raise CliError(f"processor {spec!r} not found: {module_name!r} has no attribute {attribute!r}") from None
+        raise CliError(f"importing processor module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     except Exception as exc:  # the module's own code failed: show why, without a traceback
         raise CliError(f"importing processor module {module_name!r} failed: {type(exc).__name__}: {exc}") from None
     except SystemExit as exc:  # sys.exit() while being imported: never a successful start (nor exit 0)
         raise CliError(f"importing processor module {module_name!r} failed: it called sys.exit({exc.code!r})") from None
-    target: Any = module
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise CliError(f"processor {spec!r} not found: {module_name!r} has no attribute {attribute!r}") from None
     if not callable(target):
         raise CliError(f"processor {spec!r} is not callable (it is a {type(target).__name__})")
     return target  # type: ignore[no-any-return]
@@ -359,10 +359,7 @@ async def _run_service(config: EventListenerConfig, processor: Processor, embedd
 def _command_run(args: argparse.Namespace) -> int:
     config = load_config(args.config, parse_overrides(args.overrides, args.unset))
     secrets = _secrets(config)
-    if args.log_format == "json":
-        configure_json_logging(args.log_level, secrets)
-    else:
-        configure_text_logging(args.log_level, secrets)
+    configure_logging(args.log_format, args.log_level, secrets)
     if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
         restore_third_party_loggers()  # quiet by default (Listener.quiet_logs); --log-level DEBUG shows amqtt's lines
     if args.embedded_broker:
@@ -378,38 +375,36 @@ def _command_run(args: argparse.Namespace) -> int:
 # -- check-config -----------------------------------------------------------------------------------
 
 
-def _toml_key(key: str) -> str:
-    bare = key.replace("_", "").replace("-", "").isalnum() and key.isascii()
-    return key if bare else json.dumps(key)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, (int, float)):
-        return repr(value)
+def _toml_ready(value: Any) -> Any:
+    """``value`` in types TOML holds: None inside tables dropped, bytes decoded, anything else as text."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
     if isinstance(value, dict):
-        inner = ", ".join(f"{_toml_key(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None)
-        return "{ " + inner + " }" if inner else "{}"
+        return {str(k): _toml_ready(v) for k, v in value.items() if v is not None}
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return [_toml_ready(v) for v in value]
     if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    return json.dumps(str(value), ensure_ascii=False)
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def render_settings(settings: Dict[str, Any], output_format: str = "toml") -> str:
-    """Settings as TOML lines (options that are None appear as comments) or as one JSON object."""
+    """Settings as TOML (options that are None appear as comments; tables last) or as one JSON object.
+
+    Secrets and certificate data are masked here too (:func:`Listener.redaction.shown_setting`).
+    """
+    shown = {key: shown_setting(key, value) for key, value in settings.items()}
     if output_format == "json":
-        return json.dumps(settings, indent=2, default=str)
-    lines = []
-    for key, value in settings.items():
-        if key == "cadata" and value is not None:
-            value = CERTIFICATE_DATA
-        lines.append(f"# {key} is not set" if value is None else f"{_toml_key(key)} = {_toml_value(value)}")
-    return "\n".join(lines)
+        return json.dumps(shown, indent=2, default=str)
+    lines, tables = [], {}
+    for key, value in shown.items():
+        if value is None:
+            lines.append(f"# {key} is not set")
+        elif isinstance(value, dict):
+            tables[key] = _toml_ready(value)  # a TOML table ends only where the next one starts: after the keys
+        else:
+            lines.append(tomli_w.dumps({key: _toml_ready(value)}).rstrip("\n"))
+    return "\n".join(lines) + ("\n\n" + tomli_w.dumps(tables).rstrip("\n") if tables else "")
 
 
 def _blame(message: str, file: str, variables: Dict[str, str]) -> str:
@@ -499,7 +494,7 @@ def _command_publish(args: argparse.Namespace) -> int:
             overrides[option] = getattr(args, option)
     config = load_config(args.config, overrides)
     secrets = _secrets(config)
-    configure_text_logging("WARNING", secrets)
+    configure_logging("text", "WARNING", secrets)
     # Never the service's client id (the broker would disconnect the running listener) nor its will.
     client_id = overrides.get("client_id") or f"{PROG}-publish-{uuid.uuid4().hex[:12]}"
     config = dataclasses.replace(config, client_id=client_id, will=None)

@@ -8,27 +8,26 @@ import ipaddress
 import json
 import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
-from .redaction import MASK, mask_uri_credentials
+from .redaction import CERTIFICATE_DATA, MASK, SECRET_SETTINGS, mask_uri_credentials, shown_setting
 from .topics import filter_error, topic_name_error
 
 __all__ = ["EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES",
-           "SECTION_NAME", "describe_unknown_keys", "environment_variables"]
+           "OptionKind", "SECTION_NAME", "describe_unknown_keys", "environment_variables", "option_kinds"]
 
 DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_CONCURRENT_JOBS = 10_000
 MAX_KEEP_ALIVE = 65535
-#: What ``repr()``, ``redacted_dict()`` and ``check-config`` show instead of ``cadata``.
-CERTIFICATE_DATA = "<certificate data>"
 _URI_SCHEMES = ("mqtt", "mqtts", "ws", "wss")
-_SECRET_FIELDS = frozenset({"password"})
 # Environment variable names the manual uses that are not simply PREFIX + FIELD.
 _ENV_ALIASES = {"CA_FILE": "cafile", "CA_PATH": "capath", "CA_DATA": "cadata"}
 _CONFIG_FILE_LIMIT = 10 * 1024 * 1024
@@ -128,7 +127,7 @@ class EventListenerConfig:
     def redacted_dict(self) -> Dict[str, Any]:
         """All settings as a dict, safe to log or print: the password and URI credentials masked,
         certificate data replaced by ``"<certificate data>"``."""
-        return {f.name: _shown_value(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: shown_setting(f.name, getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     # -- alternative constructors ---------------------------------------------------------------
 
@@ -170,25 +169,12 @@ class EventListenerConfig:
 # -- validation ---------------------------------------------------------------------------------
 
 
-def _shown_value(name: str, value: Any) -> Any:
-    """``value`` of the option ``name`` as it may be shown: secrets masked, certificate data elided."""
-    if value is None:
-        return None
-    if name in _SECRET_FIELDS:
-        return MASK
-    if name == "cadata" and isinstance(value, str):
-        return CERTIFICATE_DATA
-    if isinstance(value, str) and "://" in value:
-        return mask_uri_credentials(value)
-    return value
-
-
 def _fail(name: str, value: Any, why: str) -> ConfigError:
-    if name in _SECRET_FIELDS:
+    if name in SECRET_SETTINGS:
         shown = MASK
     else:
         # repr first: it escapes line breaks, which would otherwise end the URI the masking sees.
-        shown = mask_uri_credentials(repr(_shown_value(name, value)))
+        shown = mask_uri_credentials(repr(shown_setting(name, value)))
     return ConfigError(f"Invalid {name}: {shown} ({why})")
 
 
@@ -417,44 +403,58 @@ def describe_unknown_keys(names: Iterable[str]) -> str:
     return ", ".join(described)
 
 
-_KIND_WORDS = {"bool": "true/false", "int": "an integer", "float": "a number", "Dict": "a JSON object"}
+@dataclass(frozen=True)
+class OptionKind:
+    """What one option holds, read from :class:`EventListenerConfig`'s type hints."""
+
+    #: The value's type without ``Optional``: ``str``, ``int``, ``float``, ``bool`` or ``dict``.
+    type: type
+    #: True when None is a valid value (``Optional[...]``).
+    optional: bool
+
+
+def _kind_of(hint: Any) -> OptionKind:
+    args = typing.get_args(hint)
+    optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args
+    if optional:
+        (hint,) = [arg for arg in args if arg is not type(None)]
+    return OptionKind(typing.get_origin(hint) or hint, optional)
+
+
+_OPTION_KINDS: Mapping[str, OptionKind] = types.MappingProxyType(
+    {name: _kind_of(hint) for name, hint in typing.get_type_hints(EventListenerConfig).items()
+     if name in EventListenerConfig.field_names()})
+
+
+def option_kinds() -> Mapping[str, OptionKind]:
+    """``{option: OptionKind}`` for every option, in declaration order (computed once, from the type hints)."""
+    return _OPTION_KINDS
+
+
+_KIND_WORDS = {bool: "true/false", int: "an integer", float: "a number", dict: "a JSON object"}
 _BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
-def _field_kinds() -> Dict[str, str]:
-    kinds: Dict[str, str] = {}
-    for f in dataclasses.fields(EventListenerConfig):
-        annotation = str(f.type)
-        for kind in ("bool", "int", "float", "Dict"):
-            if kind in annotation:
-                kinds[f.name] = kind
-                break
-        else:
-            kinds[f.name] = "str"
-    return kinds
-
-
-def _convert(name: str, kind: str, raw: str, variable: str) -> Any:
+def _convert(name: str, kind: type, raw: str, variable: str) -> Any:
     try:
-        if kind == "bool":
+        if kind is bool:
             return _BOOL_WORDS[raw.strip().lower()]
-        if kind == "int":
+        if kind is int:
             return int(raw)
-        if kind == "float":
+        if kind is float:
             return float(raw)
-        if kind == "Dict":
+        if kind is dict:
             return json.loads(raw)
     except (KeyError, ValueError):
-        shown = MASK if name in _SECRET_FIELDS else repr(raw)
+        shown = MASK if name in SECRET_SETTINGS else repr(raw)
         raise ConfigError(f"Invalid {variable}: {shown} (expected {_KIND_WORDS[kind]} for {name})") from None
     return raw
 
 
 def _read_environment(prefix: str, environ: Mapping[str, str]) -> Dict[str, Any]:
-    kinds = _field_kinds()
     values: Dict[str, Any] = {}
     for name, variable in environment_variables(prefix, environ).items():
-        values[name] = _convert(name, kinds[name], environ[variable], variable)
+        values[name] = _convert(name, _OPTION_KINDS[name].type, environ[variable], variable)
     return values
 
 

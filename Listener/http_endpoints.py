@@ -1,33 +1,49 @@
-"""Health, readiness and metrics over HTTP, for probes and Prometheus: a tiny HTTP/1.1 server, no framework.
+"""Health, readiness and metrics over HTTP, for probes and Prometheus, served by the standard library's ``http.server``.
 
 ``GET /healthz``       200 while the listener is connected and subscribed, else 503
 ``GET /readyz``        the same, and 503 while it drains (stop requested, finishing jobs in flight)
 ``GET /metrics``       Prometheus text format (needs the ``prometheus`` extra: ``prometheus-client``), else 501
 ``GET /metrics.json``  ``listener.metrics()`` as JSON, always
 
+The server runs on daemon threads (one accepting per bound address, one per connection); every answer is
+computed on the listener's event loop (``asyncio.run_coroutine_threadsafe``), so the listener's state is
+never read from another thread. A loop that does not answer within ``LOOP_TIMEOUT`` gets 503.
+
 One request per connection (``Connection: close``). Requests are bounded: the request line and headers
-must arrive within ``read_timeout`` seconds and ``max_header_bytes`` bytes, bodies are never read, and at
-most ``max_connections`` connections are served at once, so a slow or hostile client cannot hang or bloat
-the listener. The server binds the address it is given (``config.http_host``, loopback by default).
+must arrive within ``read_timeout`` seconds (a deadline for the whole head, not per read) and
+``max_header_bytes`` bytes, bodies are never read, and at most ``max_connections`` connections are served
+at once, so a slow or hostile client cannot hang or bloat the listener. The server binds the address it is
+given (``config.http_host``, loopback by default).
 
 When those slots are all taken, ``probe_slots`` more are kept for the probes: a connection there gets
 ``read_timeout`` (at most ``PROBE_READ_TIMEOUT``) to send its request, and ``/healthz`` and ``/readyz``
 are answered as usual; any other path, or any connection beyond the probe slots too, gets
 ``503`` with ``Retry-After: 1`` and the body ``{"status": "busy", ...}``, never the ``"unavailable"``
-body of a listener that is not ready. So a full server cannot make a probe see "not ready".
+body of a listener that is not ready. So a full server cannot make a probe see "not ready". At most
+``max_connections`` such "busy" answers are in progress at once; beyond that a connection is closed unanswered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import io
 import json
 import logging
-from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Protocol, Set, Tuple
+import socket
+import socketserver
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, Protocol, Tuple
+from urllib.parse import urlsplit
 
 from ._version import __version__
 
 if TYPE_CHECKING:  # pragma: no cover
+    from _typeshed import WriteableBuffer
     from prometheus_client.registry import CollectorRegistry
 
 __all__ = [
@@ -42,6 +58,8 @@ METRIC_PREFIX = "mqtt_listener"
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 READ_TIMEOUT = 5.0
 WRITE_TIMEOUT = 5.0
+#: How long a connection's thread waits for the event loop to compute an answer.
+LOOP_TIMEOUT = 2.0
 MAX_HEADER_BYTES = 8 * 1024
 MAX_CONNECTIONS = 64
 PROBE_SLOTS = 4
@@ -50,10 +68,9 @@ PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 LINGER_SECONDS = 1.0
 OVERFLOW_LINGER_SECONDS = 0.25
 LINGER_BYTES = 64 * 1024
+_POLL_INTERVAL = 0.1
 _INSTALL_HINT = "Prometheus metrics need prometheus-client: pip install 'mqtt-event-listener[prometheus]'\n"
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
-            503: "Service Unavailable", 505: "HTTP Version Not Supported"}
+_REGULAR, _PROBE, _BUSY = "regular", "probe", "busy"
 
 
 class ListenerStatus(Protocol):
@@ -75,12 +92,6 @@ class ListenerStatus(Protocol):
         """The counters snapshot (``ListenerMetrics.snapshot`` shape)."""
 
 
-class _BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 Response = Tuple[int, str, bytes, Dict[str, str]]
 
 
@@ -97,9 +108,10 @@ class HttpEndpoints:
         self.probe_slots = probe_slots
         self.host = ""
         self.port = 0
-        self._server: Optional[asyncio.Server] = None
-        self._connections: Set["asyncio.Task[Any]"] = set()
-        self._probe_connections: Set["asyncio.Task[Any]"] = set()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._servers: List["_Server"] = []
+        self._lock = threading.Lock()
+        self._slots: Dict[str, Dict[socket.socket, threading.Thread]] = {_REGULAR: {}, _PROBE: {}, _BUSY: {}}
         self._registry: Optional["CollectorRegistry"] = _prometheus_registry(listener)
 
     @property
@@ -108,36 +120,49 @@ class HttpEndpoints:
         return self._registry is not None
 
     async def _start(self, host: str, port: int) -> None:
-        server = await self._bind(host, port)
-        ports = {sock.getsockname()[1] for sock in server.sockets}
-        if port == 0 and len(ports) > 1:
-            # A name with several addresses (localhost: ::1 and 127.0.0.1) got one free port per address;
-            # serve them all on the first one so ``port`` is the whole truth.
-            chosen = int(server.sockets[0].getsockname()[1])
-            server.close()
-            await server.wait_closed()
-            server = await self._bind(host, chosen)
-        self._server = server
+        self._loop = asyncio.get_running_loop()
+        infos = await self._loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        addresses = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
+        try:
+            for family, sockaddr in addresses:
+                # A name with several addresses (localhost: 127.0.0.1 and ::1) is served on one port: the first
+                # address's, when port 0 let the system choose it.
+                chosen = self._servers[0].server_address[1] if self._servers else port
+                address = (sockaddr[0], chosen, *sockaddr[2:])
+                try:
+                    self._servers.append(_Server(self, family, address))
+                except OSError as exc:  # say which address, as asyncio's servers do
+                    raise OSError(exc.errno, f"error while attempting to bind on address {address[:2]!r}: "
+                                             f"{str(exc.strerror or exc).lower()}") from None
+        except BaseException:
+            for server in self._servers:
+                server.server_close()
+            self._servers = []
+            raise
         self.host = host
-        self.port = int(server.sockets[0].getsockname()[1])
-
-    async def _bind(self, host: str, port: int) -> asyncio.Server:
-        # ``limit`` bounds every readline(): a header line can never grow past max_header_bytes.
-        return await asyncio.start_server(self._accept, host, port, limit=self.max_header_bytes, reuse_address=True)
+        self.port = int(self._servers[0].server_address[1])
+        for server in self._servers:
+            threading.Thread(target=server.serve_forever, args=(_POLL_INTERVAL,), daemon=True,
+                             name=f"listener-http:{self.port}").start()
 
     async def close(self) -> None:
         """Stop accepting, drop the connections being served, and release the port. Safe to call twice."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        serving = self._connections | self._probe_connections
-        for task in serving:
-            task.cancel()
-        if serving:
-            await asyncio.wait(serving, timeout=WRITE_TIMEOUT)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(server.wait_closed(), WRITE_TIMEOUT)
+        servers, self._servers = self._servers, []
+        if servers:
+            await asyncio.to_thread(self._shut_down, servers)
+
+    def _shut_down(self, servers: List["_Server"]) -> None:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        with self._lock:
+            serving = [item for slots in self._slots.values() for item in slots.items()]
+        for sock, _ in serving:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked reading or writing it
+        deadline = time.monotonic() + WRITE_TIMEOUT
+        for _, thread in serving:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     async def __aenter__(self) -> "HttpEndpoints":
         return self
@@ -145,102 +170,43 @@ class HttpEndpoints:
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
 
-    # -- one connection ----------------------------------------------------------------------------
+    # -- connections (server threads) ---------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is None:  # pragma: no cover - start_server always runs the callback in a task
-            writer.close()
-            return
-        if len(self._connections) < self.max_connections:
-            slots, probes_only = self._connections, False
-        elif len(self._probe_connections) < self.probe_slots:
-            slots, probes_only = self._probe_connections, True
-        else:
-            # A short linger only: these connections are not counted, so they must not stay long.
-            await self._finish(reader, writer, _busy_response(), head_only=False, linger=OVERFLOW_LINGER_SECONDS)
-            return
-        slots.add(task)
+    def _admit(self, sock: socket.socket, thread: threading.Thread) -> Optional[str]:
+        """Take a slot for a new connection: regular, then probe, then busy; None when even those are full."""
+        with self._lock:
+            for kind, limit in ((_REGULAR, self.max_connections), (_PROBE, self.probe_slots),
+                                (_BUSY, self.max_connections)):
+                if len(self._slots[kind]) < limit:
+                    self._slots[kind][sock] = thread
+                    return kind
+        return None
+
+    def _release(self, kind: str, sock: socket.socket) -> None:
+        with self._lock:
+            self._slots[kind].pop(sock, None)
+
+    def _answer_from_thread(self, method: str, path: str) -> Response:
+        """``respond`` computed on the event loop, for a connection thread."""
+        loop = self._loop
+        if loop is None:
+            return _unavailable("endpoints not started")
+
+        async def on_loop() -> Response:
+            return self.respond(method, path)
+
         try:
-            await self._serve(reader, writer, probes_only)
-        except asyncio.CancelledError:
-            # close() cancels the connections being served. Not re-raised: this task belongs to asyncio's
-            # stream machinery, which (Python 3.11) reports a cancelled connection task as an error.
-            writer.close()
-        except Exception:  # a bug of ours must cost one request, not an unhandled-exception log per client
-            logger.exception("HTTP endpoint connection failed")
-            writer.close()
-        finally:
-            slots.discard(task)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, probes_only: bool = False) -> None:
-        head_only = False
-        timeout = min(self.read_timeout, PROBE_READ_TIMEOUT) if probes_only else self.read_timeout
+            future = asyncio.run_coroutine_threadsafe(on_loop(), loop)
+        except RuntimeError:  # the loop is closed: the listener is gone
+            return _unavailable("listener stopped")
         try:
-            method, path = await asyncio.wait_for(self._read_request(reader), timeout)
-        except asyncio.TimeoutError:
-            response = _text_response(408, "Request not received in time\n")
-        except _BadRequest as exc:
-            response = _text_response(exc.status, f"{exc}\n")
-        except (OSError, asyncio.IncompleteReadError):
-            writer.close()
-            return
-        else:
-            head_only = method == "HEAD"
-            response = self.respond(method, path) if not probes_only or path in PROBE_PATHS else _busy_response()
-        await self._finish(reader, writer, response, head_only,
-                           linger=OVERFLOW_LINGER_SECONDS if probes_only else LINGER_SECONDS)
-
-    async def _read_request(self, reader: asyncio.StreamReader) -> Tuple[str, str]:
-        """Read the request line and headers (bounded); return the method and the path without query."""
-        total = 0
-        lines: List[bytes] = []
-        while True:
-            try:
-                line = await reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError:
-                raise _BadRequest(431, "Request header too large") from None
-            except asyncio.IncompleteReadError as exc:
-                if not exc.partial and not lines:
-                    raise
-                raise _BadRequest(400, "Incomplete request") from None
-            total += len(line)
-            if total > self.max_header_bytes:
-                raise _BadRequest(431, "Request header too large")
-            if line in (b"\r\n", b"\n"):
-                if not lines:
-                    continue  # tolerate a stray empty line before the request line (RFC 9112 §2.2)
-                break
-            lines.append(line)
-        parts = lines[0].decode("latin-1").split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            raise _BadRequest(400, "Malformed request line")
-        method, target, version = parts
-        if version not in ("HTTP/1.0", "HTTP/1.1"):
-            raise _BadRequest(505, "Only HTTP/1.0 and HTTP/1.1 are supported")
-        return method, target.split("?", 1)[0].split("#", 1)[0]
-
-    async def _finish(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, response: Response,
-                      head_only: bool, linger: float = LINGER_SECONDS) -> None:
-        status, content_type, body, extra = response
-        headers = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close",
-                   "Cache-Control": "no-store", **extra}
-        head = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n"
-        head += "".join(f"{name}: {value}\r\n" for name, value in headers.items()) + "\r\n"
-        try:
-            writer.write(head.encode("latin-1") + (b"" if head_only else body))
-            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
-            if writer.can_write_eof():
-                writer.write_eof()
-                # Closing with unread request bytes makes the kernel send a reset, which can destroy the
-                # response before the client reads it: discard what is left, within a small budget.
-                await asyncio.wait_for(_discard(reader, LINGER_BYTES), linger)
-        except (OSError, asyncio.TimeoutError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(OSError, asyncio.TimeoutError):
-                await asyncio.wait_for(writer.wait_closed(), WRITE_TIMEOUT)
+            return future.result(LOOP_TIMEOUT)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            logger.warning("HTTP endpoint %s: the event loop did not answer within %.1f s", path, LOOP_TIMEOUT)
+            return _unavailable("listener did not answer in time")
+        except concurrent.futures.CancelledError:
+            return _unavailable("listener stopped")
 
     # -- routing -----------------------------------------------------------------------------------
 
@@ -283,12 +249,196 @@ class HttpEndpoints:
         return 200, PROMETHEUS_CONTENT_TYPE, generate_latest(self._registry), {}
 
 
-async def _discard(reader: asyncio.StreamReader, budget: int) -> None:
-    while budget > 0:
-        chunk = await reader.read(min(budget, 16 * 1024))
-        if not chunk:
+class _Server(socketserver.TCPServer):
+    """One bound address; each accepted connection gets a slot (see ``HttpEndpoints._admit``) and a thread."""
+
+    allow_reuse_address = True
+    request_queue_size = 100
+
+    def __init__(self, endpoints: HttpEndpoints, family: int, address: Tuple[Any, ...]) -> None:
+        self.endpoints = endpoints
+        self.address_family = family
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:  # as asyncio does: an IPv6 socket does not take the IPv4 port
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        super().server_bind()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(target=self._serve, args=(request, client_address), daemon=True,
+                                  name=f"listener-http:{self.server_address[1]}:connection")
+        kind = self.endpoints._admit(request, thread)
+        if kind is None:
+            self.shutdown_request(request)
             return
-        budget -= len(chunk)
+        thread.start()
+
+    def _serve(self, sock: socket.socket, client_address: Any) -> None:
+        endpoints = self.endpoints
+        with endpoints._lock:
+            kind = next(kind for kind, slots in endpoints._slots.items() if sock in slots)
+        try:
+            _Handler(sock, client_address, self, kind)
+        except Exception:  # a bug of ours must cost one request, not an unhandled-exception report per client
+            logger.exception("HTTP endpoint connection failed")
+        finally:
+            _linger_and_close(sock, LINGER_SECONDS if kind == _REGULAR else OVERFLOW_LINGER_SECONDS)
+            endpoints._release(kind, sock)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        logger.exception("HTTP endpoint connection failed")
+
+
+class _RequestTimeout(Exception):
+    """The request head did not arrive before its deadline."""
+
+
+class _HeadTooLarge(Exception):
+    """The request head is larger than ``max_header_bytes``."""
+
+
+class _DeadlineSocketReader(io.RawIOBase):
+    """Socket reads that share one deadline, so a client trickling bytes cannot extend it."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: "WriteableBuffer") -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise _RequestTimeout()
+        self._sock.settimeout(remaining)
+        try:
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            raise _RequestTimeout() from None
+
+
+class _HeadReader(io.BufferedReader):
+    """A buffered reader whose lines, together, may not exceed ``limit`` bytes (the request head's budget)."""
+
+    def __init__(self, raw: io.RawIOBase, limit: int) -> None:
+        super().__init__(raw)
+        self._left = limit
+
+    def readline(self, size: Optional[int] = -1) -> bytes:
+        cap = self._left + 1
+        line = super().readline(cap if size is None or size < 0 else min(size, cap))
+        self._left -= len(line)
+        if self._left < 0:
+            raise _HeadTooLarge()
+        return line
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One connection, one request: the standard library parses it; the answer comes from the event loop."""
+
+    server: _Server
+    raw_requestline: bytes
+    protocol_version = "HTTP/1.1"
+    server_version = "mqtt-event-listener/" + __version__
+    sys_version = ""
+    error_content_type = "text/plain; charset=utf-8"
+    error_message_format = "%(code)d %(message)s\n"
+
+    def __init__(self, request: Any, client_address: Any, server: _Server, kind: str = _REGULAR) -> None:
+        self.kind = kind
+        super().__init__(request, client_address, server)
+
+    def setup(self) -> None:
+        super().setup()
+        # What the error paths need before (or without) a parsed request line.
+        self.requestline, self.request_version, self.command = "", "HTTP/1.1", ""
+        endpoints = self.server.endpoints
+        timeout = endpoints.read_timeout if self.kind == _REGULAR else min(endpoints.read_timeout, PROBE_READ_TIMEOUT)
+        self.rfile.close()
+        self.rfile = _HeadReader(_DeadlineSocketReader(self.connection, time.monotonic() + timeout),
+                                 endpoints.max_header_bytes)
+
+    def handle(self) -> None:
+        try:
+            if self.kind == _BUSY:
+                self._reply(_busy_response())
+            else:
+                self.handle_one_request()
+        except _RequestTimeout:
+            self._refuse(HTTPStatus.REQUEST_TIMEOUT, "Request not received in time")
+        except _HeadTooLarge:
+            self._refuse(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Request header too large")
+        except OSError:  # the client went away, or close() shut the connection
+            pass
+
+    def parse_request(self) -> bool:
+        if self.raw_requestline in (b"\r\n", b"\n"):
+            self.raw_requestline = self.rfile.readline(65537)  # one empty line before the request line (RFC 9112 §2.2)
+        return super().parse_request()
+
+    def flush_headers(self) -> None:
+        self.connection.settimeout(WRITE_TIMEOUT)  # reading had the head's deadline; writing has its own
+        super().flush_headers()
+
+    def send_response_only(self, code: int, message: Optional[str] = None) -> None:
+        if self.request_version == "HTTP/0.9":  # never answer without a status line, even to a malformed request
+            self.request_version = "HTTP/1.1"
+        super().send_response_only(code, message)
+
+    def _refuse(self, status: HTTPStatus, message: str) -> None:
+        with contextlib.suppress(OSError):
+            self.send_error(status, message)
+
+    def _dispatch(self) -> None:
+        if self.request_version == "HTTP/0.9":
+            self._refuse(HTTPStatus.BAD_REQUEST, "HTTP/0.9 is not supported")
+            return
+        path = urlsplit(self.path).path
+        if self.kind == _PROBE and path not in PROBE_PATHS:
+            response = _busy_response()
+        else:
+            response = self.server.endpoints._answer_from_thread(self.command, path)
+        self._reply(response)
+
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = do_CONNECT = _dispatch
+
+    def _reply(self, response: Response) -> None:
+        status, content_type, body, extra = response
+        self.send_response(status)
+        headers = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "close",
+                   "Cache-Control": "no-store", **extra}
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("%s " + format, self.address_string(), *args)
+
+
+def _linger_and_close(sock: socket.socket, linger: float) -> None:
+    """Half-close, then read what the client still sends (bounded) before closing.
+
+    Closing with unread request bytes makes the kernel send a reset, which can destroy the response before
+    the client reads it.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        deadline, budget = time.monotonic() + linger, LINGER_BYTES
+        while budget > 0 and (remaining := deadline - time.monotonic()) > 0:
+            sock.settimeout(remaining)
+            chunk = sock.recv(min(budget, 16 * 1024))
+            if not chunk:
+                break
+            budget -= len(chunk)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def _json_response(status: int, body: Mapping[str, Any], extra: Optional[Dict[str, str]] = None) -> Response:
@@ -299,6 +449,10 @@ def _json_response(status: int, body: Mapping[str, Any], extra: Optional[Dict[st
 def _busy_response() -> Response:
     """Every slot taken: try again in a second (not the "unavailable" answer of a listener that is not ready)."""
     return _json_response(503, {"status": "busy", "error": "too many connections, retry later"}, {"Retry-After": "1"})
+
+
+def _unavailable(reason: str) -> Response:
+    return _json_response(503, {"status": "unavailable", "error": reason})
 
 
 def _text_response(status: int, text: str) -> Response:

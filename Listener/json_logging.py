@@ -6,49 +6,36 @@
     {"timestamp": "2025-01-01T12:00:00.123+00:00", "level": "INFO", "logger": "Listener.event_listener",
      "message": "Job task-1 completed", "job_id": "task-1", "event": "job_completed"}
 
-Masking (the manual's §13.5.2 SecureFormatter, made stricter): the secrets given to the formatter, the
-password of every ``scheme://user:password@`` URI, and the value of ``password=...``, ``token: ...``,
-``"secret": "..."``, ``api_key=...``-like assignments, in the message, the exception text and the context fields.
+Masking (the manual's §13.5.2 SecureFormatter, made stricter; all of it in :mod:`Listener.redaction`): the
+secrets given to the formatter, the password of every ``scheme://user:password@`` URI, and the value of
+``password=...``, ``token: ...``, ``"secret": "..."``, ``api_key=...``-like assignments, in the message, the
+exception text and the context fields.
+
+:func:`configure_logging` is the one set-up, text or JSON, through :func:`logging.config.dictConfig`
+(:func:`logging_config` is the dictionary it applies): one stream handler on the root logger with the
+chosen formatter and the :class:`~Listener.redaction.SecretRedactingFilter`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
-import re
+import logging.config
 import sys
 import traceback
 from datetime import datetime, timezone
 from typing import Any, Dict, Iterable, Optional, TextIO, Tuple
 
-from .redaction import MASK, redact
+from .redaction import SecretRedactingFilter, mask_secrets
 
 __all__ = [
-    "CONTEXT_FIELDS", "JsonLogFormatter", "RedactingTextFormatter", "configure_json_logging", "configure_text_logging",
-    "mask_secrets",
+    "CONTEXT_FIELDS", "JsonLogFormatter", "LOG_FORMATS", "RedactingTextFormatter", "configure_json_logging",
+    "configure_logging", "configure_text_logging", "logging_config", "mask_secrets",
 ]
 
 #: Record attributes copied into the JSON object when a record has them (``logger.info(..., extra={...})``).
 CONTEXT_FIELDS: Tuple[str, ...] = ("job_id", "topic", "event", "status", "duration_ms")
-
-# ``password=hunter2``, ``token: abc``, ``"secret": "x y"``, ``api_key='k'``, ``client_key=...`` (not ``monkey=``).
-_SECRET_ASSIGNMENT = re.compile(
-    r"""(?P<name>\b(?:[A-Za-z0-9]+[_.-])*"""
-    r"""(?:password|passwd|passphrase|pwd|token|secret|api[_-]?key|access[_-]?key|private[_-]?key|key)\b)"""
-    r"""(?P<sep>["']?\s*[:=]\s*)"""
-    r"""(?:(?P<quote>["'])(?P<quoted>.*?)(?P=quote)|(?P<bare>[^\s"',;&}\]]+))""",
-    re.IGNORECASE,
-)
-
-
-def mask_secrets(text: str, secrets: Tuple[str, ...] = ()) -> str:
-    """``text`` with the given secrets, URI passwords and ``password=...``-like values replaced by ``***``."""
-
-    def _mask(match: re.Match[str]) -> str:
-        quote = match.group("quote") or ""
-        return f"{match.group('name')}{match.group('sep')}{quote}{MASK}{quote}"
-
-    return _SECRET_ASSIGNMENT.sub(_mask, redact(text, secrets))
 
 
 def _record_message(record: logging.LogRecord) -> str:
@@ -124,38 +111,63 @@ class RedactingTextFormatter(logging.Formatter):
         return mask_secrets(super().format(record), self.secrets)
 
 
-_HANDLER_MARK = "_listener_json_logging"
+#: The ``log_format`` values :func:`configure_logging` takes (``mqtt-listener run --log-format``).
+LOG_FORMATS = ("text", "json")
+
+
+class _ListenerHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler :func:`configure_logging` installs (its type tells it from the application's handlers)."""
+
+
+def logging_config(log_format: str = "text", level: str | int = "INFO", secrets: Iterable[str] = (),
+                   stream: Optional[TextIO] = None, *, include_traceback: bool = False) -> Dict[str, Any]:
+    """The :func:`logging.config.dictConfig` dictionary :func:`configure_logging` applies.
+
+    Raises:
+        ValueError: ``log_format`` is not one of :data:`LOG_FORMATS`.
+    """
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"log_format must be one of {', '.join(LOG_FORMATS)}, got {log_format!r}")
+    kept = tuple(secret for secret in secrets if secret)
+    # Factories bound with functools.partial: dictConfig would otherwise read a secret like "ext://..." as a reference.
+    formatter = (functools.partial(JsonLogFormatter, kept, include_traceback=include_traceback)
+                 if log_format == "json" else functools.partial(RedactingTextFormatter, kept))
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": functools.partial(SecretRedactingFilter, kept)}},
+        "formatters": {"listener": {"()": formatter}},
+        "handlers": {"listener": {"()": _ListenerHandler, "stream": stream if stream is not None else sys.stderr,
+                                  "formatter": "listener", "filters": ["redact"]}},
+        "root": {"level": level.upper() if isinstance(level, str) else level, "handlers": ["listener"]},
+    }
+
+
+def configure_logging(log_format: str = "text", level: str | int = "INFO", secrets: Iterable[str] = (),
+                      stream: Optional[TextIO] = None, *, include_traceback: bool = False) -> logging.Handler:
+    """Send every log record to ``stream`` (stderr by default) as text or JSON lines, secrets masked.
+
+    Applies :func:`logging_config` with :func:`logging.config.dictConfig`: one handler on the root logger,
+    the root level set. Calling it again replaces the handler it installed before; handlers the application
+    attached to the root logger stay attached (dictConfig closes the handlers configured before it, as always:
+    a stream handler goes on working). Loggers keep their levels. Returns the handler.
+    """
+    config = logging_config(log_format, level, secrets, stream, include_traceback=include_traceback)
+    root = logging.getLogger()
+    others = [handler for handler in root.handlers if not isinstance(handler, _ListenerHandler)]
+    logging.config.dictConfig(config)
+    for handler in others:
+        root.addHandler(handler)
+    return next(handler for handler in root.handlers if isinstance(handler, _ListenerHandler))
 
 
 def configure_json_logging(level: str | int = "INFO", secrets: Iterable[str] = (),
                            stream: Optional[TextIO] = None, *, include_traceback: bool = False) -> logging.Handler:
-    """Send every log record to ``stream`` (stderr by default) as JSON lines, secrets masked.
-
-    Installs one handler on the root logger and sets the root level. Calling it again replaces the
-    handler it installed before (other handlers are left alone). Returns the handler.
-    """
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(JsonLogFormatter(secrets, include_traceback=include_traceback))
-    setattr(handler, _HANDLER_MARK, True)
-    _install(handler, level)
-    return handler
+    """:func:`configure_logging` in the JSON format (:class:`JsonLogFormatter`)."""
+    return configure_logging("json", level, secrets, stream, include_traceback=include_traceback)
 
 
 def configure_text_logging(level: str | int = "INFO", secrets: Iterable[str] = (),
                            stream: Optional[TextIO] = None) -> logging.Handler:
-    """Like :func:`configure_json_logging`, in the plain text format (:class:`RedactingTextFormatter`)."""
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(RedactingTextFormatter(secrets))
-    setattr(handler, _HANDLER_MARK, True)
-    _install(handler, level)
-    return handler
-
-
-def _install(handler: logging.Handler, level: str | int) -> None:
-    root = logging.getLogger()
-    for existing in list(root.handlers):
-        if getattr(existing, _HANDLER_MARK, False):
-            root.removeHandler(existing)
-            existing.close()
-    root.addHandler(handler)
-    root.setLevel(level.upper() if isinstance(level, str) else level)
+    """:func:`configure_logging` in the plain text format (:class:`RedactingTextFormatter`)."""
+    return configure_logging("text", level, secrets, stream)

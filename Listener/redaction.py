@@ -1,14 +1,26 @@
-"""Keeping secrets out of reprs, log lines, exception messages and MQTT payloads."""
+"""Keeping secrets out of reprs, log lines, exception messages and MQTT payloads: the one place that masks.
+
+- :func:`redact`: given secrets (raw or percent-encoded) and URI passwords;
+- :func:`mask_secrets`: that, plus the value of ``password=...``, ``token: ...``-like assignments;
+- :func:`shown_setting`: one configuration option as it may be shown (``check-config``, ``repr(config)``);
+- :class:`SecretRedactingFilter`: the logging filter doing :func:`mask_secrets` on every record it sees.
+"""
 
 from __future__ import annotations
 
 import logging
 import re
+from typing import Any, Iterable
 from urllib.parse import quote, urlsplit, urlunsplit
 
-__all__ = ["MASK", "SecretRedactingFilter", "mask_uri_credentials", "redact", "split_uri_credentials"]
+__all__ = ["CERTIFICATE_DATA", "MASK", "SECRET_SETTINGS", "SecretRedactingFilter", "mask_secrets",
+           "mask_uri_credentials", "redact", "shown_setting", "split_uri_credentials"]
 
 MASK = "***"
+#: What ``repr()``, ``redacted_dict()`` and ``check-config`` show instead of ``cadata``.
+CERTIFICATE_DATA = "<certificate data>"
+#: Configuration options whose value is never shown.
+SECRET_SETTINGS = frozenset({"password"})
 
 # The start of a URI: ``scheme://``.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
@@ -85,15 +97,49 @@ def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
     return mask_uri_credentials(text)
 
 
-class SecretRedactingFilter(logging.Filter):
-    """A logging filter that rewrites records so no URI credentials or known secrets reach a handler.
+# ``password=hunter2``, ``token: abc``, ``"secret": "x y"``, ``api_key='k'``, ``client_key=...`` (not ``monkey=``).
+_SECRET_ASSIGNMENT = re.compile(
+    r"""(?P<name>\b(?:[A-Za-z0-9]+[_.-])*"""
+    r"""(?:password|passwd|passphrase|pwd|token|secret|api[_-]?key|access[_-]?key|private[_-]?key|key)\b)"""
+    r"""(?P<sep>["']?\s*[:=]\s*)"""
+    r"""(?:(?P<quote>["'])(?P<quoted>.*?)(?P=quote)|(?P<bare>[^\s"',;&}\]]+))""",
+    re.IGNORECASE,
+)
 
-    It is attached to the third-party ``amqtt`` loggers, whose debug lines can print broker URIs.
+
+def mask_secrets(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` with the given secrets, URI passwords and ``password=...``-like values replaced by ``***``."""
+
+    def _mask(match: re.Match[str]) -> str:
+        quote = match.group("quote") or ""
+        return f"{match.group('name')}{match.group('sep')}{quote}{MASK}{quote}"
+
+    return _SECRET_ASSIGNMENT.sub(_mask, redact(text, secrets))
+
+
+def shown_setting(name: str, value: Any) -> Any:
+    """``value`` of the option ``name`` as it may be shown: secrets masked, certificate data elided."""
+    if value is None:
+        return None
+    if name in SECRET_SETTINGS:
+        return MASK
+    if name == "cadata" and isinstance(value, str):
+        return CERTIFICATE_DATA
+    if isinstance(value, str) and "://" in value:
+        return mask_uri_credentials(value)
+    return value
+
+
+class SecretRedactingFilter(logging.Filter):
+    """A logging filter that rewrites records so no secrets reach a handler (:func:`mask_secrets`).
+
+    The handler that ``mqtt-listener run`` and :func:`Listener.json_logging.configure_logging` install has
+    one, and so do the third-party ``amqtt`` loggers, whose debug lines can print broker URIs.
     """
 
-    def __init__(self, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
         super().__init__()
-        self.secrets = secrets
+        self.secrets: tuple[str, ...] = tuple(secret for secret in secrets if secret)
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Render the message once, redact it, and drop the arguments that held it."""
@@ -101,7 +147,7 @@ class SecretRedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken format string is the emitter's bug; leave the record as it is
             return True
-        cleaned = redact(message, self.secrets)
+        cleaned = mask_secrets(message, self.secrets)
         if cleaned != message or record.args:
             record.msg, record.args = cleaned, None
         return True

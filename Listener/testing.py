@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Set, Tuple, Type, Union
 
+import tomli_w
+
 from ._memory_transport import MemoryBroker, MemoryClient, MemoryMessage
 from ._test_brokers import BrokerAddress, running_broker
-from ._toml_writer import dumps as toml_dumps
 from .config import EventListenerConfig
 from .event_listener import EventListener
 from .jobs import JobStatus
@@ -233,7 +234,7 @@ class TestListener:
             raise ValueError(f"cannot publish to {topic!r}: it {problem}"
                              + ("; pass topic= (the config's topic is a filter)" if topic == self.config.topic else ""))
         data = payload.encode("utf-8") if isinstance(payload, str) else \
-            bytes(payload) if isinstance(payload, (bytes, bytearray)) else toml_dumps(payload).encode("utf-8")
+            bytes(payload) if isinstance(payload, (bytes, bytearray)) else tomli_w.dumps(payload).encode("utf-8")
         deliveries: List[_Delivery] = []
 
         def tag(copy: bytes) -> bytes:

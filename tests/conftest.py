@@ -1,3 +1,39 @@
-"""The suite loads the package's own pytest plugin here, after pytest-cov has started (see pytest.ini)."""
+"""Suite-wide set-up: the package's own pytest plugin, and the kind markers applied by directory.
+
+The ``listener`` plugin is loaded here, after pytest-cov has started (see pytest.ini).
+
+Each test gets the marker of its directory (``DIRECTORY_MARKERS``): ``tests/unit`` → ``unit``,
+``tests/integration`` → ``integration``, ``tests/mqtt`` → ``mqtt_integration``, and ``tests/property`` →
+``integration`` (the property suites drive a listener through a mocked or in-memory client, no broker).
+A test that names its kind itself (``@pytest.mark.unit`` on a test in ``tests/mqtt`` that needs no broker)
+keeps only the kinds it names. ``slow`` is never applied by directory: mark slow tests one by one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+import pytest
 
 pytest_plugins = ["Listener.pytest_plugin", "pytester"]
+
+DIRECTORY_MARKERS = {"unit": "unit", "integration": "integration", "mqtt": "mqtt_integration",
+                     "property": "integration"}
+KINDS = frozenset(DIRECTORY_MARKERS.values())
+_TESTS = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
+    """Add each test's directory marker unless it names its kind itself."""
+    for item in items:
+        if any(mark.name in KINDS for mark in item.iter_markers()):
+            continue
+        try:
+            directory = item.path.relative_to(_TESTS).parts[0]
+        except ValueError:  # a test outside this folder (pytester runs)
+            continue
+        marker = DIRECTORY_MARKERS.get(directory)
+        if marker is not None:
+            item.add_marker(marker)

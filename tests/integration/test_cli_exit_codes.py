@@ -14,7 +14,6 @@ import pytest
 
 from Listener import EventListener, cli
 
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 

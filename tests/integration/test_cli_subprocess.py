@@ -8,11 +8,7 @@ import sys
 from pathlib import Path
 from typing import List
 
-import pytest
-
 from Listener import __version__
-
-pytestmark = pytest.mark.integration
 
 
 def cli(*args: str) -> "subprocess.CompletedProcess[str]":

@@ -7,12 +7,8 @@ import asyncio
 import threading
 from typing import Any, Dict, List
 
-import pytest
-
 from Listener.intake import LARGE_PAYLOAD_BYTES
 from tests.integration.test_listener_mocked import make_listener, published_json
-
-pytestmark = pytest.mark.integration
 
 
 def big_document(size: int) -> bytes:

@@ -14,8 +14,6 @@ import pytest
 
 from Listener import EventListener, EventListenerConfig, JobStatus, ReturnType, SafeConfigParser, create_return_type
 
-pytestmark = pytest.mark.integration
-
 
 async def wait_forever() -> Any:
     """A deliver_message that never delivers (until cancelled)."""

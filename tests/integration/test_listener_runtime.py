@@ -14,8 +14,6 @@ import pytest
 from Listener import EventListener, JobStatus
 from tests.integration.test_listener_mocked import make_listener, published_json, wait_forever
 
-pytestmark = pytest.mark.integration
-
 
 def feed(listener: EventListener, *payloads: str) -> "asyncio.Queue[Any]":
     """Make the mocked client deliver ``payloads``, then wait forever."""

@@ -26,8 +26,6 @@ from Listener import (
     create_return_type,
 )
 
-pytestmark = pytest.mark.integration
-
 
 async def wait_forever() -> Any:
     """A deliver_message that never delivers (until cancelled)."""
@@ -139,6 +137,7 @@ def test_helper_functions() -> None:
     assert error.topic == "errors" and error.qos == 1 and error.data["error_type"] == "processing_error"
 
 
+@pytest.mark.integration
 @pytest.mark.unit
 async def test_job_lifecycle(event_listener: EventListener) -> None:
     """§9.3.2 TestJobManagement.test_job_lifecycle."""

@@ -14,8 +14,6 @@ from Listener import EventListener, EventListenerConfig, JobStatus, ReturnType
 from Listener.echoes import OwnMessages, RecentPublications
 from Listener.metrics import ListenerMetrics
 
-pytestmark = pytest.mark.integration
-
 
 def make_listener(**overrides: Any) -> EventListener:
     options: Dict[str, Any] = {"host": "test-host", "topic": "events/#", "error_topic": "events/errors",

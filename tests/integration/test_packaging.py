@@ -16,7 +16,6 @@ from types import ModuleType
 
 import pytest
 
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,6 +112,7 @@ def load_audit() -> ModuleType:
     return module
 
 
+@pytest.mark.integration
 @pytest.mark.unit
 def test_audit_verdicts() -> None:
     audit = load_audit()

@@ -25,7 +25,6 @@ from Listener.workers import ThreadWorkers
 from tests.integration.test_listener_mocked import make_listener, published_json
 from tests.integration.test_listener_runtime import feed
 
-pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUND = 10.0  # every wait in this file ends within this many seconds, whatever the listener does

@@ -7,15 +7,13 @@ import datetime
 from typing import Any, Dict
 
 import pytest
+from tomli_w import dumps
 
 from Listener import EventListenerConfig, JobStatus, create_return_type
 from Listener._memory_transport import MemoryBroker, MemoryClient, MemoryMessage
 from Listener._test_brokers import running_broker
-from Listener._toml_writer import dumps
 from Listener.safe_config_parser import SafeConfigParser
 from Listener.testing import JobOutcome, TestListener, running_listener
-
-pytestmark = pytest.mark.integration
 
 
 def test_toml_writer_round_trips_through_the_listeners_parser() -> None:
@@ -30,7 +28,7 @@ def test_toml_writer_special_floats_and_refusals() -> None:
     assert parsed["a"] == float("inf") and parsed["b"] == float("-inf") and parsed["c"] != parsed["c"]
     with pytest.raises(TypeError, match="NoneType"):
         dumps({"a": None})
-    with pytest.raises(TypeError, match="keys are strings"):
+    with pytest.raises(TypeError, match="string is required"):
         dumps({"a": {1: 2}})
 
 

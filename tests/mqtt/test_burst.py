@@ -10,7 +10,7 @@ import pytest
 
 from Listener import EventListener, JobStatus
 
-pytestmark = [pytest.mark.mqtt_integration, pytest.mark.slow]
+pytestmark = pytest.mark.slow
 BURST = 2000
 
 

@@ -27,7 +27,6 @@ import pytest
 from Listener import cli as cli_module
 from tests.support.brokers import BrokerEndpoint, MqttProbe, free_port
 
-pytestmark = pytest.mark.mqtt_integration
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 20.0

@@ -7,12 +7,8 @@ import json
 import threading
 from typing import Any, Callable, Dict, List, Set
 
-import pytest
-
 from Listener import JobStatus
 from tests.support.brokers import MqttProbe
-
-pytestmark = pytest.mark.mqtt_integration
 
 
 class Overlap:

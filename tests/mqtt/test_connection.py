@@ -20,7 +20,7 @@ from Listener import EventListener
 from tests.mqtt.conftest import listener_config
 from tests.support.brokers import BrokerEndpoint, TlsMaterial, free_port
 
-pytestmark = pytest.mark.mqtt_integration
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

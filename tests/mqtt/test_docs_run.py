@@ -20,7 +20,6 @@ import Listener
 import Listener.testing
 from Listener.testing import BrokerAddress
 
-pytestmark = pytest.mark.mqtt_integration
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 FRAGMENT = "<!-- fragment -->"

@@ -20,7 +20,6 @@ import pytest
 from Listener.testing import BrokerAddress
 from tests.support.brokers import BrokerEndpoint, MqttProbe
 
-pytestmark = pytest.mark.mqtt_integration
 
 EXAMPLES = Path(__file__).resolve().parent.parent.parent / "examples"
 TIMEOUT = 30.0

@@ -28,7 +28,7 @@ from tests.mqtt.conftest import listener_config
 from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial
 from tests.support.proxy import TcpProxy
 
-pytestmark = [pytest.mark.mqtt_integration, pytest.mark.timeout(60)]
+pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parents[2]
 
 #: Reconnect quickly and forever: the tests decide when the listener may come back.

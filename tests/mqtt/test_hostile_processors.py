@@ -13,7 +13,7 @@ from Listener import JobStatus, containment
 from tests.mqtt.test_faults import body, publish_jobs, results_for
 from tests.support.brokers import MqttProbe
 
-pytestmark = [pytest.mark.mqtt_integration, pytest.mark.timeout(60)]
+pytestmark = pytest.mark.timeout(60)
 
 AFTER = ["after-1", "after-2", "after-3", "after-4"]
 

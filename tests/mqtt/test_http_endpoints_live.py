@@ -11,7 +11,6 @@ import pytest
 
 from tests.support.brokers import BrokerEndpoint
 
-pytestmark = pytest.mark.mqtt_integration
 
 IO_TIMEOUT = 5.0
 

@@ -11,8 +11,6 @@ import pytest
 from Listener import EventListener, JobStatus, create_return_type
 from tests.support.brokers import MqttProbe
 
-pytestmark = pytest.mark.mqtt_integration
-
 
 def body(message: Any) -> Dict[str, Any]:
     return json.loads(message.payload.decode("utf-8"))  # type: ignore[no-any-return]

@@ -18,7 +18,6 @@ import pytest
 from Listener import EventListener, ReturnType
 from tests.support.brokers import BrokerEndpoint, MqttProbe
 
-pytestmark = pytest.mark.mqtt_integration
 
 WAIT = 10.0
 

@@ -20,7 +20,7 @@ from tests.mqtt.test_faults import RECONNECTING, body, eventually, job_finished,
 from tests.support.brokers import MosquittoBroker, MqttProbe
 from tests.support.proxy import TcpProxy
 
-pytestmark = [pytest.mark.mqtt_integration, pytest.mark.timeout(90)]
+pytestmark = pytest.mark.timeout(90)
 
 
 def error_events(watcher: MqttProbe, topic: str) -> List[Dict[str, Any]]:

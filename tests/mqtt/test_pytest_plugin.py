@@ -9,8 +9,6 @@ import pytest
 
 from tests.support.brokers import BrokerEndpoint, find_binary
 
-pytestmark = pytest.mark.mqtt_integration
-
 
 USER_TESTS = (Path(__file__).parent.parent / "support" / "sample_user_tests.py").read_text(encoding="utf-8")
 KIND_TEST = '''

@@ -20,7 +20,6 @@ import pytest
 from tests.support.brokers import (COMPOSE_PASSWORD_FILE, BrokerEndpoint, MosquittoBroker, MqttProbe,
                                    session_folder)
 
-pytestmark = pytest.mark.mqtt_integration
 
 ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 20.0

@@ -15,14 +15,13 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Tuple, Union
 
 import pytest
+from tomli_w import dumps as toml_dumps
 
 from Listener import EventListener, create_return_type
-from Listener._toml_writer import dumps as toml_dumps
 from Listener.testing import TestListener
 from tests.mqtt.conftest import listener_config
 from tests.support.brokers import BrokerEndpoint, MqttProbe
 
-pytestmark = pytest.mark.mqtt_integration
 
 Payload = Union[bytes, str, Dict[str, Any]]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

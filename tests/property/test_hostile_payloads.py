@@ -22,7 +22,6 @@ from tests.property.support import (
     error_events, events_on, jsonable, make_listener, publications, strict_json,
 )
 
-pytestmark = pytest.mark.integration
 
 DEPTH = 10_000
 Calls = List[Tuple[Dict[str, Any], str]]

@@ -12,7 +12,6 @@ from collections import OrderedDict
 from datetime import timedelta, timezone
 from typing import Any, Callable, Dict, List, Tuple
 
-import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
@@ -22,7 +21,6 @@ from tests.property.support import (
     error_events, events_on, expected_outcome, jsonable, make_listener, publications, strict_json, toml_document,
 )
 
-pytestmark = pytest.mark.integration
 
 Calls = List[Tuple[Dict[str, Any], str]]
 

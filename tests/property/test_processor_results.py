@@ -23,8 +23,6 @@ from tests.property.support import (
     make_listener, publications,
 )
 
-pytestmark = pytest.mark.integration
-
 
 class Unprintable:
     """An object no one can turn into text."""

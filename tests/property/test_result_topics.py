@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,8 +14,6 @@ from tests.property.support import (
     ERROR_TOPIC, RESULTS_TOPIC, TOPIC, check_error_shape, check_every_publication_is_strict_json, error_events,
     make_listener, publications,
 )
-
-pytestmark = pytest.mark.integration
 
 
 def publishable(topic: str) -> bool:

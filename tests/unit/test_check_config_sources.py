@@ -14,8 +14,6 @@ from Listener import ConfigError, EventListenerConfig
 from Listener.cli import EXIT_FAILURE, EXIT_OK, main
 from Listener.config import describe_unknown_keys, environment_variables
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

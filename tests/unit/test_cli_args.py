@@ -24,7 +24,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "pw-Zq81-never-shown"
@@ -197,6 +196,7 @@ def processor_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
           "NOT_CALLABLE = 42\n")
     write(tmp_path / "cli_unit_broken.py", "import not_a_real_dependency_xyz\n")
     write(tmp_path / "cli_unit_raises.py", "raise RuntimeError('import-time failure')\n")
+    write(tmp_path / "cli_unit_attribute.py", "import os\nos.no_such_function_xyz()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     return "cli_unit_processors"
 
@@ -217,6 +217,9 @@ def test_load_processor_finds_functions_and_nested_attributes(processor_module: 
     ("cli_unit_processors:NOT_CALLABLE", "is not callable"),
     ("cli_unit_broken:process", "ModuleNotFoundError: No module named 'not_a_real_dependency_xyz'"),
     ("cli_unit_raises:process", "RuntimeError: import-time failure"),
+    # An AttributeError raised by the module's own code is an import failure, not a missing processor.
+    ("cli_unit_attribute:process", "importing processor module 'cli_unit_attribute' failed: AttributeError"),
+    ("cli_unit_processors:not-a-name", "must look like"),
 ])
 def test_load_processor_errors_are_clear(processor_module: str, spec: str, expected: str) -> None:
     with pytest.raises(CliError) as info:

@@ -19,8 +19,6 @@ from Listener import EventListener, EventListenerConfig, JobStatus
 from Listener.jobs import JobStore
 from Listener.safe_config_parser import MAX_FILE_BYTES, ConfigParseError, ConfigSource, ParsedConfig, SafeConfigParser
 
-pytestmark = pytest.mark.unit
-
 
 def make_listener(**overrides: Any) -> EventListener:
     listener = EventListener(EventListenerConfig(host="test-host", client_id="compat-tests", **overrides))

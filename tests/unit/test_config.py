@@ -14,7 +14,6 @@ from Listener import ConfigError, EventListenerConfig
 from Listener.config import DUPLICATE_ACTIONS, MAX_PAYLOAD_BYTES
 from Listener.redaction import MASK, SecretRedactingFilter, mask_uri_credentials, redact, split_uri_credentials
 
-pytestmark = pytest.mark.unit
 
 PASSWORD = "pw-Zq81-never-shown"
 
@@ -766,3 +765,14 @@ def test_from_env_valid_conversion_invalid_value() -> None:
     with pytest.raises(ConfigError, match="port") as info:
         EventListenerConfig.from_env(environ={"MQTT_PORT": "70000", "MQTT_PASSWORD": PASSWORD})
     assert PASSWORD not in str(info.value)
+
+
+def test_option_kinds_come_from_the_type_hints() -> None:
+    kinds = config_module.option_kinds()
+    assert list(kinds) == list(EventListenerConfig.field_names())
+    assert kinds["port"] == config_module.OptionKind(int, optional=False)
+    assert kinds["password"] == config_module.OptionKind(str, optional=True)
+    assert kinds["http_port"] == config_module.OptionKind(int, optional=True)
+    assert kinds["will"] == config_module.OptionKind(dict, optional=True)
+    assert kinds["custom_topics"] == config_module.OptionKind(dict, optional=False)
+    assert kinds["keep_job_input"].type is bool and kinds["job_timeout"].type is float

@@ -15,8 +15,6 @@ from Listener.cli import EXIT_FAILURE, EXIT_OK, main
 from Listener.config_checks import config_warnings, covered_own_topics, file_problems, own_topics, uri_conflict
 from Listener.errors import ConfigError
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.fixture(autouse=True)
 def no_mqtt_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

@@ -17,7 +17,6 @@ from Listener import EventListenerConfig
 from Listener.cli import EXIT_OK, main
 from tests.support.brokers import COMPOSE_MOSQUITTO_CONFIG, COMPOSE_PASSWORD_FILE, adapt_compose_config
 
-pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
 import json
 import sys
+import threading
 import time
 from typing import Any, AsyncIterator, Dict, Tuple
 
 import pytest
 
+from Listener import http_endpoints
 from Listener.http_endpoints import HttpEndpoints, metric_families, start_http_endpoints
 from Listener.metrics import ListenerMetrics
 
-pytestmark = pytest.mark.unit
 
 IO_TIMEOUT = 5.0
 
@@ -242,6 +245,73 @@ async def test_a_client_that_never_finishes_its_request_gets_408(server: HttpEnd
     response = await exchange(server.port, b"GET /healthz HTTP/1.1\r\nHost: slow")
     assert parse(response)[0] == 408
     assert time.monotonic() - started < 3.0  # read_timeout is 0.5 s in these tests
+
+
+async def test_a_client_trickling_its_request_cannot_extend_the_deadline(server: HttpEndpoints) -> None:
+    """The head has one deadline (read_timeout), not one per read: a byte every 0.2 s still gets 408."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), IO_TIMEOUT)
+    started = time.monotonic()
+    first = b""
+    try:
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: slow\r\n":
+            writer.write(bytes([byte]))
+            await writer.drain()
+            with contextlib.suppress(asyncio.TimeoutError):  # the pause between bytes, or the server's answer
+                first = await asyncio.wait_for(reader.read(1), 0.2)
+            if first or time.monotonic() - started > 3.0:
+                break
+        response = first + await asyncio.wait_for(reader.read(), IO_TIMEOUT)
+    finally:
+        writer.close()
+    assert parse(response)[0] == 408
+    assert time.monotonic() - started < 3.0  # read_timeout is 0.5 s; the whole request would take 7 s
+
+
+def test_an_event_loop_that_does_not_answer_in_time_gives_503(fake: FakeListener,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Answers are computed on the listener's loop; a loop blocked past LOOP_TIMEOUT must not hang the client."""
+    monkeypatch.setattr(http_endpoints, "LOOP_TIMEOUT", 0.2)
+    blocked = threading.Event()
+
+    async def scenario() -> Tuple[int, bytes]:
+        endpoints = await start_http_endpoints(fake, "127.0.0.1", 0)
+
+        def client() -> Tuple[int, bytes]:
+            connection = http.client.HTTPConnection("127.0.0.1", endpoints.port, timeout=IO_TIMEOUT)
+            try:
+                connection.request("GET", "/healthz")
+                answer = connection.getresponse()
+                return answer.status, answer.read()
+            finally:
+                blocked.set()
+                connection.close()
+
+        try:
+            pending = asyncio.ensure_future(asyncio.to_thread(client))
+            await asyncio.sleep(0)
+            blocked.wait(IO_TIMEOUT)  # blocks the loop (on purpose) until the client has its answer
+            return await asyncio.wait_for(pending, IO_TIMEOUT)
+        finally:
+            await endpoints.close()
+
+    status, body = asyncio.run(scenario())
+    assert status == 503
+    assert json.loads(body)["status"] == "unavailable"
+
+
+async def test_a_standard_http_client_gets_the_answer(server: HttpEndpoints) -> None:
+    def fetch() -> Tuple[int, str, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=IO_TIMEOUT)
+        try:
+            connection.request("GET", "/readyz")
+            answer = connection.getresponse()
+            return answer.status, answer.getheader("Cache-Control") or "", answer.read()
+        finally:
+            connection.close()
+
+    status, cache_control, body = await asyncio.to_thread(fetch)
+    assert (status, cache_control) == (200, "no-store")
+    assert json.loads(body) == {"status": "ok", "ready": True, "draining": False}
 
 
 async def test_a_client_that_sends_nothing_and_leaves_is_just_dropped(server: HttpEndpoints) -> None:

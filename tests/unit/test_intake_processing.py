@@ -16,7 +16,6 @@ from Listener.intake import MAX_JOB_ID_LENGTH, RejectedMessage, decode_payload, 
 from Listener.processing import call_processor, describe_exception, is_async_callable
 from Listener.safe_config_parser import SafeConfigParser
 
-pytestmark = pytest.mark.unit
 
 MIB = 1024 * 1024
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")

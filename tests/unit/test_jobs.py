@@ -16,7 +16,6 @@ from Listener.jobs import (
     JobStore,
 )
 
-pytestmark = pytest.mark.unit
 
 CREATED, EXISTS, FULL = InsertOutcome.CREATED, InsertOutcome.EXISTS, InsertOutcome.FULL
 

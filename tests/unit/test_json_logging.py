@@ -11,10 +11,10 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
-from Listener.json_logging import (JsonLogFormatter, RedactingTextFormatter, configure_json_logging,
-                                   configure_text_logging, mask_secrets)
+from Listener import redaction
+from Listener.json_logging import (JsonLogFormatter, RedactingTextFormatter, configure_json_logging, configure_logging,
+                                   configure_text_logging, logging_config, mask_secrets)
 
-pytestmark = pytest.mark.unit
 
 SECRET = "pw-Zq81-never-shown"
 
@@ -198,3 +198,33 @@ def test_configure_text_logging_replaces_the_json_handler(clean_root: logging.Lo
     assert not [h for h in clean_root.handlers if isinstance(h.formatter, JsonLogFormatter)]
     logging.getLogger("Listener.x").warning("secret=%s", "abc")
     assert stream.getvalue().rstrip().endswith("WARNING Listener.x: secret=***")
+
+
+def test_one_dictconfig_set_up_with_the_one_redaction_filter() -> None:
+    config = logging_config("json", "debug", secrets=[SECRET, ""])
+    assert config["version"] == 1 and config["disable_existing_loggers"] is False
+    assert config["root"] == {"level": "DEBUG", "handlers": ["listener"]}
+    assert config["handlers"]["listener"]["filters"] == ["redact"]
+    assert isinstance(config["filters"]["redact"]["()"](), redaction.SecretRedactingFilter)
+    assert isinstance(config["formatters"]["listener"]["()"](), JsonLogFormatter)
+    assert isinstance(logging_config("text")["formatters"]["listener"]["()"](), RedactingTextFormatter)
+    with pytest.raises(ValueError, match="log_format"):
+        logging_config("xml")
+
+
+def test_configure_logging_keeps_the_applications_handlers_and_logger_levels(clean_root: logging.Logger) -> None:
+    theirs, ours = io.StringIO(), io.StringIO()
+    application = logging.StreamHandler(theirs)
+    clean_root.addHandler(application)
+    logging.getLogger("amqtt.example").setLevel(logging.ERROR)
+    try:
+        handler = configure_logging("text", "INFO", secrets=["ext://sys.stdout"], stream=ours)
+        assert application in clean_root.handlers and handler in clean_root.handlers
+        assert handler.filters and isinstance(handler.filters[0], redaction.SecretRedactingFilter)
+        assert logging.getLogger("amqtt.example").level == logging.ERROR
+        logging.getLogger("Listener.x").info("connecting with token=abc to ext://sys.stdout")
+    finally:
+        logging.getLogger("amqtt.example").setLevel(logging.NOTSET)
+    # The filter rewrote the record before any handler formatted it: the application's handler is masked too.
+    assert "token=***" in theirs.getvalue() and "abc" not in theirs.getvalue()
+    assert ours.getvalue().rstrip().endswith("INFO Listener.x: connecting with token=*** to ***")

@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.proxy import TcpProxy
 
-pytestmark = [pytest.mark.unit, pytest.mark.timeout(30)]
+pytestmark = pytest.mark.timeout(30)
 
 
 class EchoServer:

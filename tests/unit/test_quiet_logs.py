@@ -13,7 +13,6 @@ import pytest
 
 from Listener.quiet_logs import NOISY_LOGGERS, quiet_third_party_loggers, restore_third_party_loggers
 
-pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +62,7 @@ NOISE = """
 """
 
 
+@pytest.mark.unit
 @pytest.mark.integration
 def test_basicconfig_info_shows_our_lines_and_their_warnings_but_not_their_info() -> None:
     output = _run(NOISE.format(before="", after=""))
@@ -71,6 +71,7 @@ def test_basicconfig_info_shows_our_lines_and_their_warnings_but_not_their_info(
     assert "Listener.event_listener INFO ours" in output
 
 
+@pytest.mark.unit
 @pytest.mark.integration
 def test_a_level_set_before_the_import_is_respected() -> None:
     output = _run(NOISE.format(before='logging.getLogger("amqtt").setLevel(logging.INFO)', after=""))
@@ -78,6 +79,7 @@ def test_a_level_set_before_the_import_is_respected() -> None:
     assert "noise from transitions.core" not in output
 
 
+@pytest.mark.unit
 @pytest.mark.integration
 def test_the_documented_way_back_shows_them_again() -> None:
     restore = "from Listener.quiet_logs import restore_third_party_loggers; restore_third_party_loggers()"
@@ -119,6 +121,7 @@ LISTENER_WITH_EMBEDDED_BROKER = """
 """
 
 
+@pytest.mark.unit
 @pytest.mark.integration
 def test_a_listener_with_an_embedded_broker_logs_only_its_own_info_lines() -> None:
     output = _run(LISTENER_WITH_EMBEDDED_BROKER)

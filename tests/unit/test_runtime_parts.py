@@ -15,8 +15,6 @@ from Listener.processing import JobTimeoutError, call_processor
 from Listener.publisher import MAX_STRIKES, ConnectionLost, NotConnected, Publication, Publisher, RefusedTopic
 from Listener.workers import ThreadWorkers
 
-pytestmark = pytest.mark.unit
-
 
 # -- worker threads ------------------------------------------------------------------------------
 

@@ -27,7 +27,6 @@ from Listener.safe_config_parser import (
     validate_required_fields,
 )
 
-pytestmark = pytest.mark.unit
 
 VALID_TOML = """
 title = "Example"

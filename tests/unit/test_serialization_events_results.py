@@ -25,8 +25,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-pytestmark = pytest.mark.unit
-
 
 def _no_constants(token: str) -> Any:
     raise AssertionError(f"not valid JSON: {token}")

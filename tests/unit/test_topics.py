@@ -8,8 +8,6 @@ import pytest
 
 from Listener.topics import filter_covers, filter_error, strip_share_prefix, topic_matches, topic_name_error
 
-pytestmark = pytest.mark.unit
-
 
 # -- filter_error -----------------------------------------------------------------------------------
 

@@ -7,12 +7,8 @@ import asyncio
 import time
 from typing import Any, List
 
-import pytest
-
 from Listener import EventListenerConfig
 from Listener.transport import AmqttClient, build_client_config, create_client, endpoint_label, secrets
-
-pytestmark = pytest.mark.unit
 
 
 def test_the_manuals_public_default_password_is_not_masked_in_text() -> None:

@@ -21,7 +21,6 @@ from Listener.errors import ConfigError
 from Listener.json_logging import JsonLogFormatter, RedactingTextFormatter, mask_secrets
 from Listener.redaction import SecretRedactingFilter, mask_uri_credentials, redact
 
-pytestmark = pytest.mark.unit
 
 SLASH_URI = "mqtt://user:aB3/xYz9+Q==@host:1883"
 SLASH_PARTS = ("aB3", "xYz9", "Q==")
