@@ -9,7 +9,6 @@ import signal
 from typing import Any, Dict, List
 from unittest.mock import MagicMock
 
-import pytest
 
 from Listener import EventListener, JobStatus
 from tests.integration.test_listener_mocked import make_listener, published_json, wait_forever
