@@ -11,9 +11,8 @@ from tomli_w import dumps
 
 from Listener import EventListenerConfig, JobStatus, create_return_type
 from Listener._memory_transport import MemoryBroker, MemoryClient, MemoryMessage
-from Listener._test_brokers import running_broker
 from Listener.safe_config_parser import SafeConfigParser
-from Listener.testing import JobOutcome, TestListener, running_listener
+from Listener.testing import JobOutcome, TestListener, running_broker, running_listener
 
 
 def test_toml_writer_round_trips_through_the_listeners_parser() -> None:

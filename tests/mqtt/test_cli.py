@@ -7,7 +7,6 @@ Every wait is bounded, and every process is killed in ``finally``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -481,40 +480,66 @@ def test_publish_in_process(probe: Any, unique_topic: str, mqtt_endpoint: Broker
     probe().publish(f"{unique_topic}/in", b"", retain=True)  # clear the retained message
 
 
-async def test_run_service_in_process_with_the_embedded_broker_until_sigterm(unique_topic: str, processor_dir: Path,
-                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_service_in_process_with_the_embedded_broker_until_sigterm(unique_topic: str, processor_dir: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``main(["run", ...])`` in this process (signal handlers need the main thread); a helper thread plays
+    the user: it sends a job through the embedded broker, reads the result, then sends SIGTERM."""
     monkeypatch.syspath_prepend(str(processor_dir))
+    for name in list(os.environ):
+        if name.startswith("MQTT_"):
+            monkeypatch.delenv(name)
     port = free_port()
-    overrides = cli_module.parse_overrides(["host=127.0.0.1", f"port={port}", "reconnect_retries=0",
-                                            f"topic={unique_topic}/jobs", f"results_topic={unique_topic}/results",
-                                            f"error_topic={unique_topic}/error", f"log_topic={unique_topic}/log"],
-                                           ["username", "password"])
-    config = cli_module.load_config(None, overrides, environ={})
-    processor = cli_module.load_processor("cli_test_processors:echo")
-    service = asyncio.create_task(cli_module._run_service(config, processor, embedded_broker=True))
-    probe: Optional[MqttProbe] = None
+    settings = ["host=127.0.0.1", f"port={port}", "reconnect_retries=0", f"topic={unique_topic}/jobs",
+                f"results_topic={unique_topic}/results", f"error_topic={unique_topic}/error",
+                f"log_topic={unique_topic}/log"]
+    argv = ["run", "cli_test_processors:echo", "--embedded-broker", "--unset", "username", "--unset", "password"]
+    for setting in settings:
+        argv += ["--set", setting]
+    returned = threading.Event()
+    results: List[Any] = []
+    failures: List[BaseException] = []
+
+    def user() -> None:
+        probe: Optional[MqttProbe] = None
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    assert not returned.is_set(), "the command returned before its broker listened"
+                    assert time.monotonic() < deadline, "the embedded broker never listened"
+                    time.sleep(0.05)
+            probe = MqttProbe(BrokerEndpoint("127.0.0.1", port))
+            probe.subscribe(f"{unique_topic}/results")
+            # Retained, so the job waits for the listener's subscription instead of racing it.
+            probe.publish(f"{unique_topic}/jobs", 'job_id = "svc-1"\nvalue = 7', 1, True)
+            results.extend(probe.wait_for(1, 10.0, f"{unique_topic}/results"))
+        except BaseException as exc:  # reported by the main thread
+            failures.append(exc)
+        finally:
+            if probe is not None:
+                probe.close()
+            # The listener is inside run(), so the command's signal handlers are installed: a real SIGTERM drains
+            # it. Still running EXIT_TIMEOUT s later: a second SIGTERM stops it at once (exit 1, the test fails).
+            if not returned.is_set():
+                os.kill(os.getpid(), signal.SIGTERM)
+                if not returned.wait(EXIT_TIMEOUT):
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+    late_signals: List[int] = []
+    # A SIGTERM sent just as main() returns (its handlers removed) must not end pytest: this one records it.
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: late_signals.append(signum))
+    driver = threading.Thread(target=user, daemon=True)
+    driver.start()
     try:
-        deadline = time.monotonic() + READY_TIMEOUT
-        while True:
-            assert not service.done(), service
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the embedded broker never listened"
-                await asyncio.sleep(0.05)
-        probe = await asyncio.to_thread(MqttProbe, BrokerEndpoint("127.0.0.1", port))
-        await asyncio.to_thread(probe.subscribe, f"{unique_topic}/results")
-        # Retained, so the job waits for the listener's subscription instead of racing it.
-        await asyncio.to_thread(probe.publish, f"{unique_topic}/jobs", 'job_id = "svc-1"\nvalue = 7', 1, True)
-        [message] = await asyncio.to_thread(probe.wait_for, 1, 10.0, f"{unique_topic}/results")
-        assert json.loads(message.payload)["value"] == 7
-        # The listener is inside run(), so the command's signal handlers are installed: a real SIGTERM drains it.
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert await asyncio.wait_for(service, EXIT_TIMEOUT) == 0
+        code = cli_module.main(argv)
     finally:
-        if probe is not None:
-            await asyncio.to_thread(probe.close)
-        if not service.done():
-            service.cancel()
-            await asyncio.wait({service}, timeout=EXIT_TIMEOUT)
+        returned.set()
+        driver.join(EXIT_TIMEOUT)
+        signal.signal(signal.SIGTERM, previous)
+    assert not failures, failures
+    assert code == 0
+    [message] = results
+    assert json.loads(message.payload)["value"] == 7

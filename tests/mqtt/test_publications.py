@@ -167,7 +167,7 @@ async def test_a_large_backlog_is_not_mistaken_for_a_dead_connection(
 
     def flood() -> None:
         for i in range(count):
-            sender._client.publish(jobs, f'job_id = "b-{i}"', 0)
+            sender.publish_nowait(jobs, f'job_id = "b-{i}"', 0)
         sender.publish(jobs, 'job_id = "last"', qos=1)  # acknowledged: the broker has all of them
 
     await asyncio.to_thread(flood)
@@ -197,7 +197,7 @@ async def test_stop_logs_how_many_queued_messages_the_grace_period_dropped(
 
     def flood() -> None:
         for i in range(count):
-            sender._client.publish(jobs, f'job_id = "q-{i}"', 0)
+            sender.publish_nowait(jobs, f'job_id = "q-{i}"', 0)
         sender.publish(jobs, 'job_id = "q-last"', qos=1)
 
     await asyncio.to_thread(flood)

@@ -486,6 +486,10 @@ class MqttProbe:
         if not info.is_published():
             raise AssertionError(f"publish to {topic} not acknowledged within {timeout} s")
 
+    def publish_nowait(self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False) -> None:
+        """Queue a publication and return at once (floods: thousands of QoS 0 messages without a wait each)."""
+        self._client.publish(topic, payload, qos, retain)
+
     def messages(self, topic: Optional[str] = None) -> List[Any]:
         """Every message received so far (on ``topic``, if given), in arrival order."""
         with self._condition:

@@ -1,15 +1,14 @@
 """Drop-in behaviours of the first public release (1.0.x) that its users' code and test suite rely on,
 and the duplicate rules the manual states ("skip" ignores duplicates silently; a duplicate changes nothing
-of the first job)."""
+of the first job). The parser's own first-release behaviours (ParsedConfig defaults, _sanitize_path,
+_parse_toml_file) are in test_safe_config_parser.py."""
 
 from __future__ import annotations
 
 import asyncio
-import builtins
 import json
 import logging
 import uuid
-from pathlib import Path
 from typing import Any, Dict, List
 from unittest.mock import AsyncMock
 
@@ -17,7 +16,6 @@ import pytest
 
 from Listener import EventListener, EventListenerConfig, JobStatus
 from Listener.jobs import JobStore
-from Listener.safe_config_parser import MAX_FILE_BYTES, ConfigParseError, ConfigSource, ParsedConfig, SafeConfigParser
 
 
 def make_listener(**overrides: Any) -> EventListener:
@@ -70,83 +68,6 @@ async def test_assigning_false_while_running_stops_the_listener() -> None:
     await asyncio.wait_for(run, 5)
     assert listener.is_running is False
     listener.client.disconnect.assert_awaited_once()
-
-
-# -- 3. ParsedConfig defaults ---------------------------------------------------------------------------
-
-
-def test_parsed_config_validation_errors_default_to_none() -> None:
-    parsed = ParsedConfig({"a": 1}, ConfigSource.DICT_OBJECT, "Dictionary object")
-    assert parsed.validation_errors is None
-    assert parsed.is_valid is True
-
-
-# -- 4. _sanitize_path ----------------------------------------------------------------------------------
-
-
-def test_sanitize_path_refuses_a_missing_path(tmp_path: Path) -> None:
-    with pytest.raises(ConfigParseError, match="does not exist"):
-        SafeConfigParser()._sanitize_path(tmp_path / "missing.toml")
-
-
-def test_sanitize_path_refuses_a_directory(tmp_path: Path) -> None:
-    with pytest.raises(ConfigParseError, match="not a file"):
-        SafeConfigParser()._sanitize_path(str(tmp_path))
-
-
-def test_sanitize_path_refuses_a_file_over_10_mib(tmp_path: Path) -> None:
-    big = tmp_path / "big.toml"
-    with open(big, "wb") as handle:
-        handle.truncate(MAX_FILE_BYTES + 1)  # sparse: no 10 MiB written
-    with pytest.raises(ConfigParseError, match="too large"):
-        SafeConfigParser()._sanitize_path(big)
-
-
-def test_sanitize_path_accepts_a_file(tmp_path: Path) -> None:
-    path = tmp_path / "ok.toml"
-    path.write_text("a = 1\n", encoding="utf-8")
-    assert SafeConfigParser()._sanitize_path(str(path)) == path.resolve()
-
-
-# -- 5. _parse_toml_file reads through builtins.open ----------------------------------------------------
-
-
-def test_parse_toml_file_reports_permission_denied_from_open_even_for_a_missing_path(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def deny(*_args: Any, **_kwargs: Any) -> Any:
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(builtins, "open", deny)
-    with pytest.raises(ConfigParseError, match="Permission denied"):
-        SafeConfigParser()._parse_toml_file(tmp_path / "does-not-exist.toml")
-
-
-def test_parse_toml_file_reports_other_os_errors_with_their_message(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text("a = 1\n", encoding="utf-8")
-
-    def broken(*_args: Any, **_kwargs: Any) -> Any:
-        raise OSError("Disk quota exceeded on the test volume")
-
-    monkeypatch.setattr(builtins, "open", broken)
-    with pytest.raises(ConfigParseError, match="Disk quota exceeded on the test volume"):
-        SafeConfigParser()._parse_toml_file(path)
-
-
-def test_parse_toml_file_opens_the_file_with_builtins_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "config.toml"
-    path.write_text('name = "x"\n', encoding="utf-8")
-    real_open = builtins.open
-    opened: List[Any] = []
-
-    def recording_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        opened.append(file)
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "open", recording_open)
-    assert SafeConfigParser()._parse_toml_file(path) == {"name": "x"}
-    assert [Path(p) for p in opened] == [path]
 
 
 # -- duplicates -----------------------------------------------------------------------------------------

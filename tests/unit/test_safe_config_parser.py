@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import stat
@@ -766,3 +767,80 @@ def test_dots_that_are_not_a_long_key_are_accepted(document: str) -> None:
 def test_keys_with_too_many_dotted_parts_are_refused_before_parsing(document: str) -> None:
     with pytest.raises(ConfigParseError, match="Invalid TOML syntax: a key has .* dotted parts, limit 64"):
         SafeConfigParser().parse_config_from_string(document)
+
+
+# -- first release (1.0.x) behaviours: ParsedConfig defaults ------------------------------------------
+
+
+def test_parsed_config_validation_errors_default_to_none() -> None:
+    parsed = ParsedConfig({"a": 1}, ConfigSource.DICT_OBJECT, "Dictionary object")
+    assert parsed.validation_errors is None
+    assert parsed.is_valid is True
+
+
+# -- _sanitize_path ----------------------------------------------------------------------------------
+
+
+def test_sanitize_path_refuses_a_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigParseError, match="does not exist"):
+        SafeConfigParser()._sanitize_path(tmp_path / "missing.toml")
+
+
+def test_sanitize_path_refuses_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigParseError, match="not a file"):
+        SafeConfigParser()._sanitize_path(str(tmp_path))
+
+
+def test_sanitize_path_refuses_a_file_over_10_mib(tmp_path: Path) -> None:
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as handle:
+        handle.truncate(MAX_FILE_BYTES + 1)  # sparse: no 10 MiB written
+    with pytest.raises(ConfigParseError, match="too large"):
+        SafeConfigParser()._sanitize_path(big)
+
+
+def test_sanitize_path_accepts_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text("a = 1\n", encoding="utf-8")
+    assert SafeConfigParser()._sanitize_path(str(path)) == path.resolve()
+
+
+# -- _parse_toml_file reads through builtins.open ----------------------------------------------------
+
+
+def test_parse_toml_file_reports_permission_denied_from_open_even_for_a_missing_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def deny(*_args: Any, **_kwargs: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(builtins, "open", deny)
+    with pytest.raises(ConfigParseError, match="Permission denied"):
+        SafeConfigParser()._parse_toml_file(tmp_path / "does-not-exist.toml")
+
+
+def test_parse_toml_file_reports_other_os_errors_with_their_message(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("a = 1\n", encoding="utf-8")
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise OSError("Disk quota exceeded on the test volume")
+
+    monkeypatch.setattr(builtins, "open", broken)
+    with pytest.raises(ConfigParseError, match="Disk quota exceeded on the test volume"):
+        SafeConfigParser()._parse_toml_file(path)
+
+
+def test_parse_toml_file_opens_the_file_with_builtins_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('name = "x"\n', encoding="utf-8")
+    real_open = builtins.open
+    opened: List[Any] = []
+
+    def recording_open(file: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", recording_open)
+    assert SafeConfigParser()._parse_toml_file(path) == {"name": "x"}
+    assert [Path(p) for p in opened] == [path]

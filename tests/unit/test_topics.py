@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from Listener.topics import filter_covers, filter_error, strip_share_prefix, topic_matches, topic_name_error
+from Listener.topics import (PublishOptions, filter_covers, filter_error, strip_share_prefix, subscriptions,
+                             topic_matches, topic_name_error)
 
 
 # -- filter_error -----------------------------------------------------------------------------------
@@ -229,3 +230,13 @@ def test_filter_covers_agrees_with_topic_matches(wide: str, narrow: str, topic: 
     # When wide covers narrow, no topic may match narrow without matching wide.
     if filter_covers(wide, narrow) and topic_matches(narrow, topic):
         assert topic_matches(wide, topic)
+
+
+# -- PublishOptions and subscriptions ------------------------------------------------------------
+
+
+def test_publish_options_and_subscriptions_follow_custom_topics() -> None:
+    custom = {"out/#": {"qos": 2, "retain": True}, "in/x": {"qos": 1}}
+    options = PublishOptions(1, False, custom)
+    assert options("out/a") == (2, True) and options("other") == (1, False) and options("out/a") == (2, True)
+    assert subscriptions("in/#", 0, custom) == [("in/#", 0), ("out/#", 2)]

@@ -1,12 +1,10 @@
-"""Unit tests for Listener.serialization, Listener.events and Listener.results."""
+"""Unit tests for Listener.serialization: results and events as strict JSON."""
 
 from __future__ import annotations
 
 import base64
 import enum
-import json
 import sys
-import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from decimal import Decimal
@@ -15,25 +13,15 @@ from uuid import UUID, uuid4
 
 import pytest
 
-from Listener import ReturnType, create_error_result, create_return_type
-from Listener.events import ErrorType, error_event, log_event, utc_timestamp
+from Listener import ReturnType
 from Listener import serialization
 from Listener.serialization import ResultEncodingError, to_json_bytes
+from tests.unit.helpers import strict_loads
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
-
-
-def _no_constants(token: str) -> Any:
-    raise AssertionError(f"not valid JSON: {token}")
-
-
-def strict_loads(payload: bytes) -> Any:
-    """Parse JSON the way a strict consumer would: NaN / Infinity / -Infinity tokens fail the test."""
-    assert isinstance(payload, bytes)
-    return json.loads(payload.decode("utf-8"), parse_constant=_no_constants)
 
 
 class Colour(enum.Enum):
@@ -236,124 +224,3 @@ def test_huge_integer_is_an_encoding_error() -> None:
     # Python refuses to print ints with more than 4300 digits by default.
     with pytest.raises(ResultEncodingError):
         to_json_bytes(Decimal("1e5000"))
-
-
-# -- events ----------------------------------------------------------------------------------------
-
-ERROR_KEYS = {"job_id", "status", "error_type", "error_message", "topic", "timestamp"}
-LOG_KEYS = {"event", "level", "job_id", "status", "timestamp"}
-
-
-def assert_utc_iso(timestamp: str) -> None:
-    parsed = datetime.fromisoformat(timestamp)
-    assert parsed.tzinfo is not None and parsed.utcoffset() == timedelta(0)
-    assert abs(datetime.now(timezone.utc) - parsed) < timedelta(minutes=5)
-
-
-def test_utc_timestamp() -> None:
-    assert_utc_iso(utc_timestamp())
-
-
-@pytest.mark.parametrize("error_type", [ErrorType.INVALID_PAYLOAD, ErrorType.PAYLOAD_TOO_LARGE,
-                                        ErrorType.MISSING_JOB_ID, ErrorType.DUPLICATE_JOB,
-                                        ErrorType.PROCESSING_ERROR, ErrorType.PUBLISH_ERROR])
-def test_error_event_shape(error_type: str) -> None:
-    body = error_event("job-1", error_type, "went wrong", "jobs/in")
-    assert set(body) == ERROR_KEYS
-    assert body["job_id"] == "job-1" and body["status"] == "error"
-    assert body["error_type"] == error_type and body["error_message"] == "went wrong"
-    assert body["topic"] == "jobs/in"
-    assert_utc_iso(body["timestamp"])
-    assert strict_loads(to_json_bytes(body)) == body
-
-
-def test_error_types_are_the_spec_values() -> None:
-    values = {v for k, v in vars(ErrorType).items() if k.isupper()}
-    assert values == {"invalid_payload", "payload_too_large", "missing_job_id", "duplicate_job",
-                      "processing_error", "publish_error", "timeout"}
-
-
-def test_error_event_without_job_id_is_null() -> None:
-    body = error_event(None, ErrorType.INVALID_PAYLOAD, "bad TOML", "t")
-    assert body["job_id"] is None
-    assert b'"job_id":null' in to_json_bytes(body)
-
-
-def test_log_event_shape_without_duration() -> None:
-    body = log_event("listener_started", "INFO")
-    assert set(body) == LOG_KEYS
-    assert (body["event"], body["level"], body["job_id"], body["status"]) == ("listener_started", "INFO", None, None)
-    assert_utc_iso(body["timestamp"])
-
-
-def test_log_event_shape_with_duration() -> None:
-    body = log_event("job_completed", "INFO", job_id="j-9", status="completed", duration_ms=12.345678)
-    assert set(body) == LOG_KEYS | {"duration_ms"}
-    assert body["job_id"] == "j-9" and body["status"] == "completed"
-    assert body["duration_ms"] == 12.346
-    assert log_event("x", "INFO", duration_ms=0.0)["duration_ms"] == 0.0
-
-
-def test_log_event_extra_fields() -> None:
-    body = log_event("connection_down", "WARNING", reason="timeout")
-    assert set(body) == LOG_KEYS | {"reason"} and body["reason"] == "timeout"
-
-
-# -- results ---------------------------------------------------------------------------------------
-
-
-def test_return_type_defaults() -> None:
-    before = int(time.time())
-    result = ReturnType(data={"v": 1})
-    after = int(time.time())
-    assert result.data == {"v": 1}
-    assert result.topic == "" and result.qos == 0 and result.retain is False and result.job_id is None
-    assert isinstance(result.message_id, int) and before <= result.message_id <= after
-    assert isinstance(result.timestamp, datetime)
-
-
-def test_return_type_manual_full_construction() -> None:
-    job_id = "job-123"
-    data = {"status": "processed", "data": {"x": 1}}
-    now = datetime.now()
-    result = ReturnType(data=data, topic="results/processed", qos=1, retain=False,
-                        message_id=int(time.time()), timestamp=now, job_id=job_id)
-    assert (result.data, result.topic, result.qos, result.retain, result.timestamp, result.job_id) == (
-        data, "results/processed", 1, False, now, job_id)
-    result.job_id = "other"  # a plain mutable dataclass
-    assert result.job_id == "other"
-
-
-def test_create_return_type_defaults() -> None:
-    before = datetime.now()
-    result = create_return_type({"a": 1}, "out/topic")
-    assert isinstance(result, ReturnType)
-    assert result.data == {"a": 1} and result.topic == "out/topic"
-    assert result.job_id is None and result.qos == 0 and result.retain is False
-    assert before <= result.timestamp <= datetime.now()
-    assert abs(result.message_id - time.time()) < 60
-
-
-def test_create_return_type_all_arguments() -> None:
-    result = create_return_type({"a": 1}, "out", "job-7", 2, True)
-    assert (result.job_id, result.qos, result.retain) == ("job-7", 2, True)
-    result = create_return_type(data={}, topic="t", job_id="j", qos=1, retain=False)
-    assert (result.job_id, result.qos, result.retain) == ("j", 1, False)
-
-
-def test_create_error_result() -> None:
-    result = create_error_result("job-5", "division by zero")
-    assert isinstance(result, ReturnType)
-    assert result.topic == "errors" and result.qos == 1 and result.retain is False and result.job_id == "job-5"
-    assert set(result.data) == {"job_id", "status", "error_type", "error_message", "timestamp"}
-    assert result.data["job_id"] == "job-5"
-    assert result.data["status"] == "error"
-    assert result.data["error_type"] == "processing_error"
-    assert result.data["error_message"] == "division by zero"
-    datetime.fromisoformat(result.data["timestamp"])
-    assert strict_loads(to_json_bytes(result.data)) == result.data
-
-
-def test_create_error_result_custom_type() -> None:
-    result = create_error_result("job-6", "bad input", error_type="validation_error")
-    assert result.data["error_type"] == "validation_error"

@@ -1,150 +1,15 @@
-"""The listener's runtime parts on their own: worker threads, the delivery queue, the publisher, metrics."""
+"""Unit tests for Listener.publisher: the outbox, the in-flight bound, timeouts and refused topics."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any, List, Optional, Tuple
 from unittest.mock import AsyncMock
 
 import pytest
 
-from Listener.delivery import DeliveryQueue
 from Listener.metrics import ListenerMetrics
-from Listener.processing import JobTimeoutError, call_processor
 from Listener.publisher import MAX_STRIKES, ConnectionLost, NotConnected, Publication, Publisher, RefusedTopic
-from Listener.workers import ThreadWorkers
-
-
-# -- worker threads ------------------------------------------------------------------------------
-
-
-async def test_workers_run_calls_off_the_loop_thread() -> None:
-    workers = ThreadWorkers(2)
-    names = await asyncio.gather(*(workers.run(lambda: threading.current_thread().name) for _ in range(4)))
-    assert threading.current_thread().name not in names
-    assert workers.threads <= 2
-    workers.shutdown()
-
-
-async def test_workers_pass_exceptions_through() -> None:
-    workers = ThreadWorkers(1)
-
-    def boom() -> None:
-        raise KeyError("nope")
-
-    with pytest.raises(KeyError):
-        await workers.run(boom)
-    assert await workers.run(lambda x: x + 1, 1) == 2
-
-
-async def test_workers_use_up_to_size_threads_at_once() -> None:
-    workers = ThreadWorkers(3)
-    barrier = threading.Barrier(3, timeout=5)
-    # Only passes if three calls run at the same time on three threads.
-    assert await asyncio.gather(*(workers.run(barrier.wait) for _ in range(3))) is not None
-    assert workers.threads == 3
-
-
-async def test_a_hung_call_is_abandoned_and_replaced() -> None:
-    workers = ThreadWorkers(1)
-    release = threading.Event()
-    with pytest.raises(asyncio.TimeoutError):
-        await workers.run(release.wait, timeout=0.1)
-    assert workers.abandoned == 1
-    # The only slot was stuck: a new worker must take the next call.
-    assert await asyncio.wait_for(workers.run(lambda: "next"), 5) == "next"
-    release.set()
-
-
-async def test_a_cancelled_call_is_abandoned() -> None:
-    workers = ThreadWorkers(1)
-    release = threading.Event()
-    started = threading.Event()
-
-    def hang() -> None:
-        started.set()
-        release.wait(10)
-
-    task = asyncio.ensure_future(workers.run(hang))
-    await asyncio.to_thread(started.wait, 5)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert workers.abandoned == 1
-    assert await asyncio.wait_for(workers.run(lambda: 7), 5) == 7
-    release.set()
-
-
-async def test_idle_workers_exit_and_shutdown_refuses_new_calls() -> None:
-    workers = ThreadWorkers(2, idle_timeout=0.05)
-    await workers.run(lambda: None)
-
-    async def no_threads() -> None:
-        while workers.threads:
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(no_threads(), 5)
-    assert await workers.run(lambda: "again") == "again"
-    workers.shutdown()
-    with pytest.raises(RuntimeError, match="shut down"):
-        await workers.run(lambda: None)
-
-
-async def test_call_processor_times_out_async_and_sync_processors() -> None:
-    async def slow(data: Any, job_id: str) -> None:
-        await asyncio.sleep(10)
-
-    with pytest.raises(JobTimeoutError, match="Timed out after 0.05 s"):
-        await call_processor(slow, {}, "a", timeout=0.05)
-    release = threading.Event()
-    with pytest.raises(JobTimeoutError):
-        await call_processor(lambda d, j: release.wait(10), {}, "b", workers=ThreadWorkers(1), timeout=0.05)
-    with pytest.raises(JobTimeoutError):
-        await call_processor(lambda d, j: release.wait(10), {}, "c", timeout=0.05)
-    release.set()
-
-
-async def test_a_timeout_error_raised_by_the_processor_is_not_a_job_timeout() -> None:
-    async def raises(data: Any, job_id: str) -> None:
-        raise TimeoutError("its own")
-
-    with pytest.raises(TimeoutError) as caught:
-        await call_processor(raises, {}, "a", timeout=5)
-    assert not isinstance(caught.value, JobTimeoutError)
-
-
-# -- delivery queue ------------------------------------------------------------------------------
-
-
-async def test_delivery_queue_holds_acknowledged_messages_at_the_window() -> None:
-    arrivals: List[int] = []
-    queue = DeliveryQueue(2, on_arrival=lambda: arrivals.append(1))
-    await queue.put("a")
-    await queue.put("b")
-    third = asyncio.ensure_future(queue.put("c"))
-    await asyncio.sleep(0)
-    assert not third.done() and queue.qsize() == 2
-    queue.put_nowait("qos0")  # never held back
-    assert queue.qsize() == 3
-    assert queue.take() == "a"
-    assert queue.take() == "b"
-    await asyncio.wait_for(third, 1)
-    assert [queue.take(), queue.take(), queue.take()] == ["qos0", "c", None]
-    assert len(arrivals) == 4
-
-
-async def test_closed_delivery_queue_takes_no_more_acknowledged_messages() -> None:
-    queue = DeliveryQueue(5)
-    await queue.put("kept")
-    queue.close()
-    blocked = asyncio.ensure_future(queue.put("stays with the broker"))
-    await asyncio.sleep(0.01)
-    assert queue.take() == "kept" and queue.take() is None
-    assert not blocked.done()
-    blocked.cancel()
-
-
-# -- publisher -----------------------------------------------------------------------------------
 
 
 def make_publisher(connected: List[bool], client: Any, limit: int = 10) -> Publisher:
@@ -283,42 +148,3 @@ async def test_a_publication_that_only_met_a_down_connection_is_never_dropped() 
         assert await publisher.flush() == 0  # NotConnected: nothing was sent, no strike
     connected[0] = True
     assert await publisher.flush() == 1
-
-
-# -- metrics -------------------------------------------------------------------------------------
-
-
-def test_histogram_is_cumulative() -> None:
-    metrics = ListenerMetrics()
-    for seconds in (0.0005, 0.003, 0.003, 2.0, 100.0):
-        metrics.observe_duration(seconds)
-    histogram = metrics.histogram()
-    assert histogram["count"] == 5
-    assert histogram["buckets"]["0.001"] == 1 and histogram["buckets"]["0.005"] == 3
-    assert histogram["buckets"]["2.5"] == 4 and histogram["buckets"]["+Inf"] == 5
-    assert histogram["sum"] == pytest.approx(102.0065)
-
-
-async def test_run_inline_processors_are_called_on_the_loop_thread() -> None:
-    from Listener import run_inline
-
-    @run_inline
-    def quick(data: Any, job_id: str) -> str:
-        return threading.current_thread().name
-
-    assert await call_processor(quick, {}, "j", workers=ThreadWorkers(1)) == threading.current_thread().name
-
-
-async def test_delivery_queue_waiters_never_overtake() -> None:
-    queue = DeliveryQueue(1)
-    await queue.put("a")
-    b = asyncio.ensure_future(queue.put("b"))
-    await asyncio.sleep(0)
-    assert queue.take() == "a"  # frees the place: reserved for b, which has not run yet
-    c = asyncio.ensure_future(queue.put("c"))
-    await asyncio.sleep(0)
-    await asyncio.wait_for(b, 1)
-    assert not c.done()
-    assert queue.take() == "b"
-    await asyncio.wait_for(c, 1)
-    assert queue.take() == "c"

@@ -1,11 +1,8 @@
-"""Unit tests for Listener.intake (payload → job data and id) and Listener.processing (calling processors)."""
+"""Unit tests for Listener.intake: payload → job data and job id."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import re
-import threading
 from pathlib import Path
 from typing import Any, Dict
 
@@ -13,7 +10,6 @@ import pytest
 
 from Listener.events import ErrorType
 from Listener.intake import MAX_JOB_ID_LENGTH, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
-from Listener.processing import call_processor, describe_exception, is_async_callable
 from Listener.safe_config_parser import SafeConfigParser
 
 
@@ -170,178 +166,3 @@ def test_rejected_message_carries_job_id() -> None:
     error = RejectedMessage("duplicate_job", "seen before", job_id="j-1")
     assert (error.error_type, error.message, error.job_id) == ("duplicate_job", "seen before", "j-1")
     assert str(error) == "seen before"
-
-
-# -- is_async_callable ----------------------------------------------------------------------------
-
-
-def sync_processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
-    return {"job_id": job_id, "thread": threading.get_ident()}
-
-
-async def async_processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
-    return {"job_id": job_id, "thread": threading.get_ident()}
-
-
-class Worker:
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    async def handle(self, data: Dict[str, Any], job_id: str) -> str:
-        self.seen.append(job_id)
-        return f"async:{job_id}"
-
-    def handle_sync(self, data: Dict[str, Any], job_id: str) -> str:
-        self.seen.append(job_id)
-        return f"sync:{job_id}"
-
-
-class AsyncCallable:
-    async def __call__(self, data: Dict[str, Any], job_id: str) -> str:
-        return f"called:{job_id}"
-
-
-class SyncCallable:
-    def __call__(self, data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
-        return {"job_id": job_id, "thread": threading.get_ident()}
-
-
-class SyncCallableWithFuncAttribute:
-    """A sync callable object that happens to keep an async function in an attribute named ``func``."""
-
-    def __init__(self) -> None:
-        self.func = async_processor
-
-    def __call__(self, data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
-        return {"job_id": job_id, "thread": threading.get_ident()}
-
-
-def test_is_async_callable() -> None:
-    worker = Worker()
-    assert is_async_callable(async_processor)
-    assert not is_async_callable(sync_processor)
-    assert is_async_callable(worker.handle)
-    assert not is_async_callable(worker.handle_sync)
-    assert is_async_callable(functools.partial(async_processor))
-    assert is_async_callable(functools.partial(functools.partial(async_processor), {}))
-    assert not is_async_callable(functools.partial(sync_processor, {}))
-    assert is_async_callable(AsyncCallable())
-    assert not is_async_callable(SyncCallable())
-    assert is_async_callable(lambda d, j: None) is False
-    assert not is_async_callable(print)
-    assert not is_async_callable(None)
-
-
-def test_sync_callable_with_a_func_attribute_is_not_async() -> None:
-    # Only functools.partial objects should be unwrapped through ``.func``.
-    assert not is_async_callable(SyncCallableWithFuncAttribute())
-
-
-# -- call_processor -------------------------------------------------------------------------------
-
-
-async def test_sync_processor_runs_off_the_event_loop_thread() -> None:
-    loop_thread = threading.get_ident()
-    result = await call_processor(sync_processor, {"a": 1}, "job-1")
-    assert result["job_id"] == "job-1"
-    assert result["thread"] != loop_thread
-
-
-async def test_sync_callable_object_runs_off_the_event_loop_thread() -> None:
-    loop_thread = threading.get_ident()
-    result = await call_processor(SyncCallable(), {}, "job-2")
-    assert result["thread"] != loop_thread
-
-
-async def test_sync_callable_with_func_attribute_runs_off_the_event_loop_thread() -> None:
-    loop_thread = threading.get_ident()
-    result = await call_processor(SyncCallableWithFuncAttribute(), {}, "job-3")
-    assert result == {"job_id": "job-3", "thread": result["thread"]}
-    assert result["thread"] != loop_thread
-
-
-async def test_async_processor_is_awaited_on_the_loop() -> None:
-    loop_thread = threading.get_ident()
-    result = await call_processor(async_processor, {}, "job-4")
-    assert result == {"job_id": "job-4", "thread": loop_thread}
-
-
-async def test_async_variants_are_awaited() -> None:
-    worker = Worker()
-    assert await call_processor(worker.handle, {}, "m") == "async:m"
-    assert await call_processor(functools.partial(Worker.handle, worker), {}, "p") == "async:p"
-    assert await call_processor(AsyncCallable(), {}, "c") == "called:c"
-    assert await call_processor(worker.handle_sync, {}, "s") == "sync:s"
-    assert worker.seen == ["m", "p", "s"]
-
-
-async def test_processor_receives_data_and_job_id() -> None:
-    seen = []
-
-    def record(data: Dict[str, Any], job_id: str) -> None:
-        seen.append((data, job_id))
-
-    data = {"x": 1, "_topic": "jobs/in"}
-    assert await call_processor(record, data, "job-5") is None
-    assert seen == [(data, "job-5")] and seen[0][0] is data
-
-
-async def test_sync_function_returning_an_awaitable_is_awaited() -> None:
-    def returns_coroutine(data: Dict[str, Any], job_id: str) -> Any:
-        return async_processor(data, job_id)
-
-    result = await call_processor(returns_coroutine, {}, "job-6")
-    assert result["job_id"] == "job-6"
-
-
-async def test_exceptions_propagate() -> None:
-    def boom(data: Dict[str, Any], job_id: str) -> None:
-        raise ValueError("sync boom")
-
-    async def aboom(data: Dict[str, Any], job_id: str) -> None:
-        raise KeyError("async boom")
-
-    with pytest.raises(ValueError, match="sync boom"):
-        await call_processor(boom, {}, "j")
-    with pytest.raises(KeyError, match="async boom"):
-        await call_processor(aboom, {}, "j")
-
-
-async def test_slow_sync_processor_does_not_block_the_loop() -> None:
-    loop = asyncio.get_running_loop()
-    started = asyncio.Event()
-    release = threading.Event()
-
-    def blocking(data: Dict[str, Any], job_id: str) -> str:
-        loop.call_soon_threadsafe(started.set)
-        assert release.wait(timeout=30)
-        return "done"
-
-    task = asyncio.ensure_future(call_processor(blocking, {}, "slow"))
-    await started.wait()  # the loop keeps serving callbacks while the processor blocks its own thread
-    assert not task.done()
-    release.set()
-    assert await task == "done"
-
-
-# -- describe_exception ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("exc,expected", [
-    (ValueError("bad value"), "ValueError: bad value"),
-    (ValueError(), "ValueError"),
-    (KeyError("k"), "KeyError: 'k'"),
-    (RuntimeError(""), "RuntimeError"),
-    (ZeroDivisionError("division by zero"), "ZeroDivisionError: division by zero"),
-    (asyncio.CancelledError(), "CancelledError"),
-])
-def test_describe_exception(exc: BaseException, expected: str) -> None:
-    assert describe_exception(exc) == expected
-
-
-def test_describe_exception_has_no_traceback() -> None:
-    try:
-        raise TypeError("inner")
-    except TypeError as exc:
-        text = describe_exception(exc)
-    assert text == "TypeError: inner" and "Traceback" not in text and "\n" not in text

@@ -1,0 +1,71 @@
+"""Unit tests for Listener.session: a session's lifetime, the client slot and the client adapters."""
+
+from __future__ import annotations
+
+import asyncio
+from unittest.mock import AsyncMock, MagicMock
+
+import pytest
+
+from Listener import EventListenerConfig
+from Listener.session import AmqttAdapter, ClientSlot, ForeignClientAdapter, Session, adapt
+from tests.unit.helpers import wait_forever
+
+
+async def test_a_session_connects_subscribes_and_disconnects_and_is_not_reentrant() -> None:
+    client = AsyncMock()
+    client.subscribe.return_value = [1]
+    session = Session(adapt(client), EventListenerConfig(topic="a/#", qos=1), "h:1", [("a/#", 1)])
+    async with session as entered:
+        assert entered is session
+        client.connect.assert_awaited_once()
+        client.subscribe.assert_awaited_once_with([("a/#", 1)])
+        with pytest.raises(RuntimeError, match="opened once"):
+            await session.__aenter__()
+    client.disconnect.assert_awaited_once()
+
+
+async def test_a_refused_subscription_ends_opening_with_a_connection_error() -> None:
+    client = AsyncMock()
+    client.subscribe.return_value = [0x80]
+    with pytest.raises(ConnectionError, match="refused the subscription to t"):
+        async with Session(adapt(client), EventListenerConfig(topic="t"), "h:1", [("t", 0)]):
+            pass  # pragma: no cover - never entered
+
+
+def test_only_the_listeners_own_client_gets_the_amqtt_adapter() -> None:
+    slot = ClientSlot(EventListenerConfig())
+    assert isinstance(slot.adapter, AmqttAdapter) and slot.owned
+    assert slot.adapter is slot.adapter  # wrapped once
+    mock = MagicMock()
+    slot.client = mock
+    assert isinstance(slot.adapter, ForeignClientAdapter) and slot.adapter.client is mock and not slot.owned
+    assert slot.is_connected()  # a client the user assigned is taken as connected
+    slot.client = None
+    assert slot.current is None and slot.owned
+
+
+async def test_a_foreign_clients_delivery_is_cancelled_when_the_intake_closes() -> None:
+    client = AsyncMock()
+    client.deliver_message.side_effect = wait_forever
+    adapter = ForeignClientAdapter(client)
+    waiting = asyncio.ensure_future(adapter.next_message())
+    await asyncio.sleep(0.01)
+    adapter.close_intake()
+    assert await asyncio.wait_for(waiting, 2) is None
+    assert await adapter.next_message() is None  # closed: nothing more is asked of the client
+    assert client.deliver_message.await_count == 1
+
+
+async def test_a_foreign_client_that_fails_to_deliver_ends_its_connection() -> None:
+    client = AsyncMock()
+    client.deliver_message.side_effect = RuntimeError("Session is not initialized.")
+    assert await ForeignClientAdapter(client).next_message() is None
+
+
+async def test_the_amqtt_adapter_hands_out_queued_messages_then_ends_with_the_connection() -> None:
+    slot = ClientSlot(EventListenerConfig())
+    adapter = slot.adapter
+    assert isinstance(adapter, AmqttAdapter)
+    assert adapter.closed and await adapter.next_message() is None  # never connected
+    assert adapter.queued == 0 and adapter.drop_queued() == []

@@ -1,0 +1,81 @@
+"""Unit tests for Listener.workers: the thread pool that runs synchronous processors."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from Listener.workers import ThreadWorkers
+
+
+async def test_workers_run_calls_off_the_loop_thread() -> None:
+    workers = ThreadWorkers(2)
+    names = await asyncio.gather(*(workers.run(lambda: threading.current_thread().name) for _ in range(4)))
+    assert threading.current_thread().name not in names
+    assert workers.threads <= 2
+    workers.shutdown()
+
+
+async def test_workers_pass_exceptions_through() -> None:
+    workers = ThreadWorkers(1)
+
+    def boom() -> None:
+        raise KeyError("nope")
+
+    with pytest.raises(KeyError):
+        await workers.run(boom)
+    assert await workers.run(lambda x: x + 1, 1) == 2
+
+
+async def test_workers_use_up_to_size_threads_at_once() -> None:
+    workers = ThreadWorkers(3)
+    barrier = threading.Barrier(3, timeout=5)
+    # Only passes if three calls run at the same time on three threads.
+    assert await asyncio.gather(*(workers.run(barrier.wait) for _ in range(3))) is not None
+    assert workers.threads == 3
+
+
+async def test_a_hung_call_is_abandoned_and_replaced() -> None:
+    workers = ThreadWorkers(1)
+    release = threading.Event()
+    with pytest.raises(asyncio.TimeoutError):
+        await workers.run(release.wait, timeout=0.1)
+    assert workers.abandoned == 1
+    # The only slot was stuck: a new worker must take the next call.
+    assert await asyncio.wait_for(workers.run(lambda: "next"), 5) == "next"
+    release.set()
+
+
+async def test_a_cancelled_call_is_abandoned() -> None:
+    workers = ThreadWorkers(1)
+    release = threading.Event()
+    started = threading.Event()
+
+    def hang() -> None:
+        started.set()
+        release.wait(10)
+
+    task = asyncio.ensure_future(workers.run(hang))
+    await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert workers.abandoned == 1
+    assert await asyncio.wait_for(workers.run(lambda: 7), 5) == 7
+    release.set()
+
+
+async def test_idle_workers_exit_and_shutdown_refuses_new_calls() -> None:
+    workers = ThreadWorkers(2, idle_timeout=0.05)
+    await workers.run(lambda: None)
+
+    async def no_threads() -> None:
+        while workers.threads:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(no_threads(), 5)
+    assert await workers.run(lambda: "again") == "again"
+    workers.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        await workers.run(lambda: None)
