@@ -11,8 +11,6 @@ from unittest.mock import AsyncMock
 import pytest
 
 from Listener import EventListener, EventListenerConfig, JobStatus, ReturnType
-from Listener.echoes import OwnMessages, RecentPublications
-from Listener.metrics import ListenerMetrics
 
 
 def make_listener(**overrides: Any) -> EventListener:
@@ -58,35 +56,6 @@ async def test_the_echo_of_a_return_type_result_is_dropped_and_counted() -> None
     await listener.process_message(payload, processor, topic="events/other")
     assert listener.metrics()["errors"] == {"invalid_payload": 1}
     assert published_topics(listener) == ["events/processed", "events/errors", "events/logs"]
-
-
-def test_publications_the_subscription_cannot_bring_back_are_not_remembered() -> None:
-    metrics = ListenerMetrics()
-    own = OwnMessages(frozenset({"jobs/results"}), ("jobs/+",), metrics)
-    own.remember("elsewhere/x", b'{"n": 1}')  # not covered by the subscription: nothing to remember
-    own.remember("jobs/results", b"{}")  # an own topic: ignored whatever it carries
-    own.remember("jobs/in", b'{"n": 2}')  # covered: remembered
-    assert len(own) == 1
-    assert own.is_own(b'{"n": 2}', "jobs/in") and not own.is_own(b'{"n": 3}', "jobs/in")
-    assert metrics.own_echoes_ignored == 1
-
-
-def test_recent_publications_expire_and_stay_bounded() -> None:
-    now = [0.0]
-    recent = RecentPublications(limit=3, ttl=10.0, clock=lambda: now[0])
-    recent.remember("a", b"1")
-    assert recent.is_echo("a", b"1") and recent.is_echo("a", bytearray(b"1"))
-    assert not recent.is_echo("a", b"2") and not recent.is_echo("b", b"1")
-    now[0] = 9.0
-    recent.remember("a", b"1")  # refreshed: lives until 19
-    recent.remember("b", b"1")
-    now[0] = 15.0
-    assert recent.is_echo("a", b"1") and recent.is_echo("b", b"1")
-    for n in range(10):
-        recent.remember("c", str(n).encode())
-    assert len(recent) == 3 and not recent.is_echo("a", b"1") and recent.is_echo("c", b"9")
-    now[0] = 100.0
-    assert not recent.is_echo("c", b"9") and len(recent) == 0
 
 
 # -- input_data of finished jobs --------------------------------------------------------------------
