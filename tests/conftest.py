@@ -11,8 +11,9 @@ keeps only the kinds it names. ``slow`` is never applied by directory: mark slow
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 import pytest
 
@@ -37,3 +38,21 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
         marker = DIRECTORY_MARKERS.get(directory)
         if marker is not None:
             item.add_marker(marker)
+
+
+@pytest.fixture
+def root_logger() -> Iterator[logging.Logger]:
+    """The root logger, put back afterwards: the CLI's main() and configure_logging() install handlers on it
+    and change its level, and ``--log-level DEBUG`` turns amqtt's and transitions' loggers back on."""
+    from Listener.quiet_logs import NOISY_LOGGERS
+
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    third_party = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
+    yield root
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
+    for name, saved in third_party.items():
+        logging.getLogger(name).setLevel(saved)

@@ -3,7 +3,6 @@ and a ``run()`` that ended by an error (even ``SystemExit``), exit non-zero with
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -15,19 +14,10 @@ import pytest
 from Listener import EventListener, cli
 
 
+pytestmark = pytest.mark.usefixtures("root_logger")  # main() installs a root log handler
+
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() installs a root log handler: undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import signal
 import socket
@@ -25,6 +24,9 @@ import pytest
 
 from Listener import cli as cli_module
 from tests.support.brokers import BrokerEndpoint, MqttProbe, free_port
+
+
+pytestmark = pytest.mark.usefixtures("root_logger")  # main() installs a root log handler
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,18 +153,6 @@ class CliProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(10)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """The in-process tests run main(), which installs a root log handler: undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
 
 
 @pytest.fixture

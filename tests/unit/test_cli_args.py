@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import runpy
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 
 from Listener import __version__
 from Listener.cli import (EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, build_parser, load_config, load_processor, main,
                           parse_overrides, parse_set_value, render_settings)
-from Listener.quiet_logs import NOISY_LOGGERS
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
+
+
+pytestmark = pytest.mark.usefixtures("root_logger")  # main() installs a root log handler
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,21 +41,6 @@ def no_mqtt_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("MQTT_"):
             monkeypatch.delenv(name)
-
-
-@pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
-    """main() installs a handler on the root logger (bound to the captured stderr): undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    third_party = {name: logging.getLogger(name).level for name in NOISY_LOGGERS}
-    yield
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-    for name, saved in third_party.items():
-        logging.getLogger(name).setLevel(saved)
 
 
 # -- the parser ---------------------------------------------------------------------------------------

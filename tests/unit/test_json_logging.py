@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Iterator
+from typing import Any, Dict
 
 import pytest
 
@@ -163,24 +163,13 @@ def test_text_formatter_masks_the_same_way() -> None:
 # -- installing it ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def clean_root() -> Iterator[logging.Logger]:
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield root
-    for handler in list(root.handlers):
-        if handler not in handlers:
-            root.removeHandler(handler)
-    root.setLevel(level)
-
-
-def test_configure_json_logging_installs_one_handler_and_is_idempotent(clean_root: logging.Logger) -> None:
+def test_configure_json_logging_installs_one_handler_and_is_idempotent(root_logger: logging.Logger) -> None:
     first, second = io.StringIO(), io.StringIO()
     configure_json_logging("debug", secrets=[SECRET], stream=first)
     handler = configure_json_logging("INFO", secrets=[SECRET], stream=second)
-    ours = [h for h in clean_root.handlers if isinstance(h.formatter, JsonLogFormatter)]
+    ours = [h for h in root_logger.handlers if isinstance(h.formatter, JsonLogFormatter)]
     assert ours == [handler]
-    assert clean_root.level == logging.INFO
+    assert root_logger.level == logging.INFO
     logging.getLogger("Listener.somewhere").info("using %s", SECRET, extra={"job_id": "j-1", "event": "x"})
     logging.getLogger("Listener.somewhere").debug("not shown")
     assert first.getvalue() == ""
@@ -191,11 +180,11 @@ def test_configure_json_logging_installs_one_handler_and_is_idempotent(clean_roo
     assert body["logger"] == "Listener.somewhere"
 
 
-def test_configure_text_logging_replaces_the_json_handler(clean_root: logging.Logger) -> None:
+def test_configure_text_logging_replaces_the_json_handler(root_logger: logging.Logger) -> None:
     stream = io.StringIO()
     configure_json_logging(stream=io.StringIO())
     configure_text_logging(logging.WARNING, secrets=[SECRET], stream=stream)
-    assert not [h for h in clean_root.handlers if isinstance(h.formatter, JsonLogFormatter)]
+    assert not [h for h in root_logger.handlers if isinstance(h.formatter, JsonLogFormatter)]
     logging.getLogger("Listener.x").warning("secret=%s", "abc")
     assert stream.getvalue().rstrip().endswith("WARNING Listener.x: secret=***")
 
@@ -212,14 +201,14 @@ def test_one_dictconfig_set_up_with_the_one_redaction_filter() -> None:
         logging_config("xml")
 
 
-def test_configure_logging_keeps_the_applications_handlers_and_logger_levels(clean_root: logging.Logger) -> None:
+def test_configure_logging_keeps_the_applications_handlers_and_logger_levels(root_logger: logging.Logger) -> None:
     theirs, ours = io.StringIO(), io.StringIO()
     application = logging.StreamHandler(theirs)
-    clean_root.addHandler(application)
+    root_logger.addHandler(application)
     logging.getLogger("amqtt.example").setLevel(logging.ERROR)
     try:
         handler = configure_logging("text", "INFO", secrets=["ext://sys.stdout"], stream=ours)
-        assert application in clean_root.handlers and handler in clean_root.handlers
+        assert application in root_logger.handlers and handler in root_logger.handlers
         assert handler.filters and isinstance(handler.filters[0], redaction.SecretRedactingFilter)
         assert logging.getLogger("amqtt.example").level == logging.ERROR
         logging.getLogger("Listener.x").info("connecting with token=abc to ext://sys.stdout")
