@@ -137,14 +137,27 @@ class AmqttAdapter(_Adapter):
             await self._message_or_loss()
 
     async def _message_or_loss(self) -> None:
-        """Wait until a message arrives, the connection ends, or the intake closes (FIRST_COMPLETED)."""
-        if self._lost is None or self._lost.done():
-            self._lost = asyncio.ensure_future(self.client.wait_closed())
+        """Wait until a message arrives, the connection ends, or the intake closes (FIRST_COMPLETED).
+
+        All three resolve the one ``_arrival`` future: the watch on the connection's end is made once per
+        connection and wakes it from a done callback. A fixed-rate stream waits once per message, so
+        this wait is kept to one future and one wake-up (``asyncio.wait`` would add a waiter, two
+        callbacks and a second loop iteration every time).
+        """
+        lost = self._lost
+        if lost is None or lost.done():
+            self._lost = lost = asyncio.ensure_future(self.client.wait_closed())
+            lost.add_done_callback(self._on_lost)
         self._arrival = arrival = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait({arrival, self._lost}, return_when=asyncio.FIRST_COMPLETED)
+            await arrival
         finally:
             self._arrival = None
+
+    def _on_lost(self, lost: "asyncio.Future[None]") -> None:
+        if not lost.cancelled():
+            lost.exception()  # retrieved: a failed watch only means "look again", as asyncio.wait treated it
+        self._wake()
 
     def close_intake(self) -> None:
         self._intake_closed = True

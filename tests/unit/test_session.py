@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, List
 from unittest.mock import AsyncMock, MagicMock
 
 import pytest
@@ -69,3 +70,62 @@ async def test_the_amqtt_adapter_hands_out_queued_messages_then_ends_with_the_co
     assert isinstance(adapter, AmqttAdapter)
     assert adapter.closed and await adapter.next_message() is None  # never connected
     assert adapter.queued == 0 and adapter.drop_queued() == []
+
+
+class IdleClient:
+    """What the amqtt adapter uses of its client: a delivery queue and the end of the connection."""
+
+    def __init__(self) -> None:
+        self.on_wakeup: Any = None
+        self.connection_closed = False
+        self.messages: List[str] = []
+        self.watches = 0
+        self.ended: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+
+    def take_message(self) -> Any:
+        return self.messages.pop(0) if self.messages else None
+
+    def arrive(self, message: str) -> None:
+        self.messages.append(message)
+        self.on_wakeup()
+
+    def close_intake(self) -> None:
+        pass
+
+    async def wait_closed(self) -> None:
+        self.watches += 1
+        await self.ended
+
+
+async def test_an_arriving_message_wakes_the_waiting_consumer_in_one_loop_pass() -> None:
+    # The wait between two messages of a slow stream is paid once per message: one future, one wake-up.
+    client = IdleClient()
+    adapter = AmqttAdapter(client)  # type: ignore[arg-type]
+    for message in ("first", "second", "third"):
+        taking = asyncio.ensure_future(adapter.next_message())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not taking.done()  # idle: waiting for a message
+        client.arrive(message)
+        await asyncio.sleep(0)
+        assert taking.done() and taking.result() == message
+    assert client.watches == 1  # the end of the connection is watched once, not once per wait
+    adapter.release()
+
+
+async def test_the_waiting_consumer_wakes_when_the_connection_ends_or_the_intake_closes() -> None:
+    client = IdleClient()
+    adapter = AmqttAdapter(client)  # type: ignore[arg-type]
+    taking = asyncio.ensure_future(adapter.next_message())
+    await asyncio.sleep(0)
+    client.connection_closed = True
+    client.ended.set_result(None)
+    assert await asyncio.wait_for(taking, 1.0) is None
+
+    client = IdleClient()
+    adapter = AmqttAdapter(client)  # type: ignore[arg-type]
+    taking = asyncio.ensure_future(adapter.next_message())
+    await asyncio.sleep(0)
+    adapter.close_intake()
+    assert await asyncio.wait_for(taking, 1.0) is None
+    adapter.release()
