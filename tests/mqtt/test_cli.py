@@ -301,15 +301,23 @@ def test_system_exit_in_an_async_processor_with_job_timeout_fails_the_job_not_th
     assert listener.wait() == 0, listener.output()
 
 
+def service_with_a_stuck_job(cli: Callable[..., CliProcess], processor: str, job_id: str, probe: Any,
+                             unique_topic: str, mqtt_endpoint: BrokerEndpoint, tmp_path: Path) -> CliProcess:
+    """`run` with ``processor``, one job sent, returned once the processor has started it (its marker file)."""
+    marker = tmp_path / "started"
+    listener = cli("run", processor, *connection_options(mqtt_endpoint), *topic_options(unique_topic),
+                   "--log-format", "json", extra_env={"CLI_TEST_MARKER": str(marker)})
+    listener.wait_for_event("listener_started")
+    probe().publish(f"{unique_topic}/jobs", f'job_id = "{job_id}"')
+    wait_for_file(marker, listener)
+    return listener
+
+
 def test_a_second_signal_ends_the_process_when_the_processor_swallows_cancellation(
         cli: Callable[..., CliProcess], probe: Any, unique_topic: str, mqtt_endpoint: BrokerEndpoint,
         tmp_path: Path) -> None:
-    marker = tmp_path / "started"
-    listener = cli("run", "cli_test_processors:swallows", *connection_options(mqtt_endpoint),
-                   *topic_options(unique_topic), "--log-format", "json", extra_env={"CLI_TEST_MARKER": str(marker)})
-    listener.wait_for_event("listener_started")
-    probe().publish(f"{unique_topic}/jobs", 'job_id = "stubborn"')
-    wait_for_file(marker, listener)
+    listener = service_with_a_stuck_job(cli, "cli_test_processors:swallows", "stubborn", probe, unique_topic,
+                                        mqtt_endpoint, tmp_path)
     listener.process.send_signal(signal.SIGTERM)
     listener.wait_for_message("SIGTERM received")
     listener.process.send_signal(signal.SIGTERM)
@@ -320,12 +328,8 @@ def test_a_second_signal_ends_the_process_when_the_processor_swallows_cancellati
 def test_a_second_signal_ends_the_process_even_when_the_processor_blocks_the_event_loop(
         cli: Callable[..., CliProcess], probe: Any, unique_topic: str, mqtt_endpoint: BrokerEndpoint,
         tmp_path: Path) -> None:
-    marker = tmp_path / "started"
-    listener = cli("run", "cli_test_processors:blocks", *connection_options(mqtt_endpoint),
-                   *topic_options(unique_topic), "--log-format", "json", extra_env={"CLI_TEST_MARKER": str(marker)})
-    listener.wait_for_event("listener_started")
-    probe().publish(f"{unique_topic}/jobs", 'job_id = "blocker"')
-    wait_for_file(marker, listener)
+    listener = service_with_a_stuck_job(cli, "cli_test_processors:blocks", "blocker", probe, unique_topic,
+                                        mqtt_endpoint, tmp_path)
     # The loop is held up, so no log line can confirm that a signal was seen: signal until the process ends,
     # as an operator would. Signals pending at the same time count once, hence the pause between them.
     first = time.monotonic()
