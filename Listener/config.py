@@ -20,13 +20,18 @@ from .redaction import CERTIFICATE_DATA, MASK, SECRET_SETTINGS, mask_uri_credent
 from .topics import filter_error, topic_name_error
 
 __all__ = ["EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES",
-           "OptionKind", "SECTION_NAME", "describe_unknown_keys", "environment_variables", "option_kinds"]
+           "MAX_RETRIES", "MAX_RETRY_DELAY", "OptionKind", "SECTION_NAME", "describe_unknown_keys",
+           "environment_variables", "option_kinds"]
 
 DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_CONCURRENT_JOBS = 10_000
 MAX_KEEP_ALIVE = 65535
+#: Most retries of one job (``max_retries``).
+MAX_RETRIES = 100
+#: Longest wait, in seconds, before a retry: the cap of the doubling delays and the most ``retry_backoff`` may be.
+MAX_RETRY_DELAY = 300.0
 _URI_SCHEMES = ("mqtt", "mqtts", "ws", "wss")
 # Environment variable names the manual uses that are not simply PREFIX + FIELD.
 _ENV_ALIASES = {"CA_FILE": "cafile", "CA_PATH": "capath", "CA_DATA": "cadata"}
@@ -92,6 +97,8 @@ class EventListenerConfig:
     http_host: str = "127.0.0.1"
     http_port: Optional[int] = None
     keep_job_input: bool = False
+    max_retries: int = 0
+    retry_backoff: float = 1.0
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -345,7 +352,16 @@ def _check_jobs(cfg: EventListenerConfig) -> None:
         raise _fail("http_host", cfg.http_host, "must be a host name or address")
 
 
-_CHECKS = (_check_types, _check_connection, _check_timing, _check_qos, _check_topics, _check_will, _check_jobs)
+def _check_retries(cfg: EventListenerConfig) -> None:
+    if not _is_int(cfg.max_retries) or not 0 <= cfg.max_retries <= MAX_RETRIES:
+        raise _fail("max_retries", cfg.max_retries, f"must be an integer from 0 (no retries) to {MAX_RETRIES}")
+    if not _is_number(cfg.retry_backoff) or not 0 <= cfg.retry_backoff <= MAX_RETRY_DELAY:
+        raise _fail("retry_backoff", cfg.retry_backoff,
+                    f"must be a number of seconds from 0 (retry at once) to {MAX_RETRY_DELAY:g}")
+
+
+_CHECKS = (_check_types, _check_connection, _check_timing, _check_qos, _check_topics, _check_will, _check_jobs,
+           _check_retries)
 
 
 # -- reading files and the environment ------------------------------------------------------------

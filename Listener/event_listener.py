@@ -86,6 +86,7 @@ class EventListener:
         self._runner = Runner(config, endpoint, self._slot, self._filters, self._publisher, self._events, metrics,
                               self._tracker, self._pipeline.finishing,
                               lambda payload, topic: self._process_message(payload, topic=topic, pipelined=True))
+        self._pipeline.stop_requested = lambda: self._runner.stopping
 
     # -- the client and the state ------------------------------------------------------------------
 

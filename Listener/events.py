@@ -47,9 +47,10 @@ def utc_timestamp() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
-def error_event(job_id: Optional[str], error_type: str, error_message: str, topic: str) -> Dict[str, Any]:
-    """An error event: what went wrong with which message, without a stack trace."""
-    return {
+def error_event(job_id: Optional[str], error_type: str, error_message: str, topic: str,
+                **fields: Any) -> Dict[str, Any]:
+    """An error event: what went wrong with which message, without a stack trace (``fields``: optional extras)."""
+    body: Dict[str, Any] = {
         "job_id": job_id,
         "status": "error",
         "error_type": str(error_type),
@@ -57,6 +58,8 @@ def error_event(job_id: Optional[str], error_type: str, error_message: str, topi
         "topic": topic,
         "timestamp": utc_timestamp(),
     }
+    body.update(fields)
+    return body
 
 
 def log_event(event: str, level: str, job_id: Optional[str] = None, status: Optional[str] = None,
@@ -113,8 +116,10 @@ class EventSink:
         if publish and level >= self.level and self.log_topic:
             await self._send(self.log_topic, log_event(event, logging.getLevelName(level), job_id, status, duration_ms))
 
-    async def error(self, job_id: Optional[str], error_type: ErrorType, message: str, topic: Optional[str]) -> None:
-        """Count and publish an error event on ``error_topic`` (its message redacted)."""
+    async def error(self, job_id: Optional[str], error_type: ErrorType, message: str, topic: Optional[str],
+                    **fields: Any) -> None:
+        """Count and publish an error event on ``error_topic`` (its message redacted; ``fields`` added as they are)."""
         error_type = ErrorType(error_type)
         self._metrics.errors[error_type.value] += 1
-        await self._send(self.error_topic, error_event(job_id, error_type.value, self.redact(message), topic or ""))
+        await self._send(self.error_topic, error_event(job_id, error_type.value, self.redact(message), topic or "",
+                                                       **fields))

@@ -43,6 +43,11 @@ class JobTracker:
             self.job_finished.set()
         return updated
 
+    async def start_attempt(self, job_id: str) -> int:
+        """Mark the job RUNNING for one more run of its processor; how many runs it has had (0: unknown id)."""
+        async with self.lock:
+            return self.store.start_attempt(job_id)
+
     async def mark_job_duplicate(self, job_id: str) -> bool:
         """Record that ``job_id`` arrived again (a running job keeps running)."""
         async with self.lock:

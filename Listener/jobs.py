@@ -46,6 +46,8 @@ class JobInfo:
     topic: Optional[str] = None
     #: How many times the same job id arrived again after this job was created.
     duplicate_count: int = 0
+    #: How many times the processor has been started for this job (``max_retries`` allows more than one).
+    attempts: int = 0
 
 
 class InsertOutcome(enum.Enum):
@@ -84,6 +86,9 @@ class JobStoreBackend(Protocol):
 
     def mark_duplicate(self, job_id: str) -> bool:
         """Record that ``job_id`` arrived again (a RUNNING job keeps running); False when unknown."""
+
+    def start_attempt(self, job_id: str) -> int:
+        """Mark the job RUNNING and count one more start of its processor; its ``attempts`` (0 when unknown)."""
 
     def cleanup_expired(self, now: Optional[datetime] = None) -> int:
         """Remove finished jobs older than the TTL; return how many were removed."""
@@ -163,6 +168,15 @@ class JobStore:
             job.completed_at = None
             self._finished.pop(job_id, None)
         return True
+
+    def start_attempt(self, job_id: str) -> int:
+        """Mark the job RUNNING and count one more start of its processor; its ``attempts`` (0 when unknown)."""
+        job = self.jobs.get(job_id)
+        if job is None:
+            return 0
+        self.set_status(job_id, JobStatus.RUNNING)
+        job.attempts += 1
+        return job.attempts
 
     def mark_duplicate(self, job_id: str) -> bool:
         """Record that ``job_id`` arrived again.

@@ -25,6 +25,8 @@ class ListenerMetrics:
         self.own_messages_ignored = 0
         self.own_echoes_ignored = 0
         self.jobs_finished: Counter[str] = Counter()
+        #: Retries started (a job run three times counts two).
+        self.jobs_retried = 0
         self.errors: Counter[str] = Counter()
         self.publishes = 0
         self.publish_errors = 0
@@ -59,6 +61,7 @@ class ListenerMetrics:
             "own_echoes_ignored": self.own_echoes_ignored,
             "jobs": dict(jobs_by_status),
             "jobs_finished": dict(self.jobs_finished),
+            "jobs_retried": self.jobs_retried,
             "errors": dict(self.errors),
             "processing_seconds": self.histogram(),
             "publishes": self.publishes,

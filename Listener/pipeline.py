@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable, Dict, Optional, Set, Union
+from typing import Any, Callable, Dict, Optional, Set, Tuple, Union
 
-from .config import EventListenerConfig
+from .backoff import backoff_delay
+from .config import MAX_RETRY_DELAY, EventListenerConfig
 from .config_checks import own_topics, subscription_filters
 from .echoes import OwnMessages
 from .events import ErrorType, EventSink
@@ -36,6 +37,8 @@ class Pipeline:
 
     ``finishing`` holds the jobs whose QoS 1/2 result awaits the broker's acknowledgement (the job
     becomes COMPLETED then). ``observe_job``, when set, is called with each job id about to be admitted.
+    ``stop_requested`` gives the event ``stop()`` sets during ``run()`` (None outside it): a job waiting
+    to be retried gives up when it is set.
     """
 
     def __init__(self, config: EventListenerConfig, parser: SafeConfigParser, tracker: JobTracker,
@@ -53,6 +56,7 @@ class Pipeline:
         self._wait_when_full = wait_when_full
         self.finishing: Set["asyncio.Future[None]"] = set()
         self.observe_job: Optional[Callable[[str], None]] = None
+        self.stop_requested: Callable[[], Optional[asyncio.Event]] = lambda: None
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -158,19 +162,35 @@ class Pipeline:
 
     async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str],
                        pipelined: bool) -> Any:
-        """Run the processor for an admitted job, publish its result, record the outcome."""
+        """Run the processor for an admitted job, publish its result, record the outcome.
+
+        A processor that raises or times out is run again after a backoff, up to ``max_retries`` times;
+        the job stays RUNNING meanwhile. A result that cannot be published is not retried.
+        """
         started = time.perf_counter()
-        await self._tracker.update_job_status(job_id, JobStatus.RUNNING)
+        attempt = 0
         try:
-            result = None if func is None else await call_processor(
-                func, data, job_id, workers=self._workers, timeout=self._config.job_timeout)
+            while True:
+                attempt += 1
+                await self._tracker.start_attempt(job_id)
+                try:
+                    result = None if func is None else await call_processor(
+                        func, data, job_id, workers=self._workers, timeout=self._config.job_timeout)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # noqa: B036 - a processor's failure, whatever it is, fails only its job
+                    if attempt > self._config.max_retries or self._stopping():
+                        raise
+                    if not await self._wait_to_retry(job_id, exc, topic, attempt):
+                        await self._cancelled(job_id, topic, "stop() came while it waited to be retried")
+                        return None
             publication = self.publication_for(result, job_id)
         except asyncio.CancelledError:
-            await self._tracker.update_job_status(job_id, JobStatus.FAILED, error="Cancelled: listener stopped")
-            self._metrics.jobs_finished[_FAILED] += 1
+            await self._cancelled(job_id, topic, None)
             raise
-        except BaseException as exc:  # noqa: B036 - a processor's failure, whatever it is, fails only its job
-            await self._fail(job_id, exc, topic, time.perf_counter() - started)
+        except BaseException as exc:  # noqa: B036 - a failure of the processor or of its result fails only its job
+            await self._fail(job_id, exc, topic, time.perf_counter() - started, attempt)
             return None
         if publication is None:
             await self._complete(job_id, result, topic, started, None, None)
@@ -209,16 +229,63 @@ class Pipeline:
             await self._events.log(logging.INFO, "job_completed", "Job %s completed", job_id, job_id=job_id,
                                    status=_COMPLETED, duration_ms=elapsed * 1000, topic=topic)
 
-    async def _fail(self, job_id: str, exc: BaseException, topic: Optional[str], elapsed: float) -> None:
+    async def _fail(self, job_id: str, exc: BaseException, topic: Optional[str], elapsed: float, attempt: int) -> None:
         """Record a job's failure (or timeout), publish the error event and the log event."""
-        timed_out = isinstance(exc, JobTimeoutError)
-        reason = str(exc) if timed_out else self._events.redact(describe_exception(exc))
+        error_type, reason = self._reason(exc)
         await self._tracker.update_job_status(job_id, JobStatus.FAILED, error=reason)
         self._metrics.jobs_finished[_FAILED] += 1
         self._metrics.observe_duration(elapsed)
-        await self._events.error(job_id, ErrorType.TIMEOUT if timed_out else ErrorType.PROCESSING_ERROR, reason, topic)
-        await self._events.log(logging.ERROR, "job_failed", "Job %s failed: %s", job_id, reason, job_id=job_id,
+        text, fields = self._attempt_text(reason, attempt, None)
+        await self._events.error(job_id, error_type, text, topic, **fields)
+        await self._events.log(logging.ERROR, "job_failed", "Job %s failed: %s", job_id, text, job_id=job_id,
                                status=_FAILED, duration_ms=elapsed * 1000, topic=topic)
+
+    async def _wait_to_retry(self, job_id: str, exc: BaseException, topic: Optional[str], attempt: int) -> bool:
+        """Report a failed attempt and wait its backoff: True to run the job again, False if stop() came first."""
+        delay = backoff_delay(attempt, MAX_RETRY_DELAY, base=self._config.retry_backoff)
+        error_type, reason = self._reason(exc)
+        text, fields = self._attempt_text(reason, attempt, delay)
+        await self._events.error(job_id, error_type, text, topic, **fields)
+        await self._events.log(logging.WARNING, "job_retry", "Job %s failed: %s", job_id, text, job_id=job_id,
+                               status=JobStatus.RUNNING.value, topic=topic)
+        stopping = self.stop_requested()
+        if stopping is None:
+            await asyncio.sleep(delay)
+        else:
+            try:
+                await asyncio.wait_for(stopping.wait(), delay)
+                return False
+            except asyncio.TimeoutError:
+                pass
+        self._metrics.jobs_retried += 1
+        return True
+
+    async def _cancelled(self, job_id: str, topic: Optional[str], why: Optional[str]) -> None:
+        """Record a job ended by stop(): cancelled while it ran, or (``why``) before a retry."""
+        await self._tracker.update_job_status(job_id, JobStatus.FAILED, error="Cancelled: listener stopped")
+        self._metrics.jobs_finished[_FAILED] += 1
+        if why is not None:
+            await self._events.log(logging.WARNING, "job_failed", "Job %s cancelled: %s", job_id, why, job_id=job_id,
+                                   status=_FAILED, topic=topic)
+
+    def _stopping(self) -> bool:
+        stopping = self.stop_requested()
+        return stopping is not None and stopping.is_set()
+
+    def _reason(self, exc: BaseException) -> Tuple[ErrorType, str]:
+        if isinstance(exc, JobTimeoutError):
+            return ErrorType.TIMEOUT, str(exc)
+        return ErrorType.PROCESSING_ERROR, self._events.redact(describe_exception(exc))
+
+    def _attempt_text(self, reason: str, attempt: int, retry_in: Optional[float]) -> Tuple[str, Dict[str, Any]]:
+        """The error message and the event's extra fields saying which attempt failed (none without retries)."""
+        if not self._config.max_retries:
+            return reason, {}
+        of = self._config.max_retries + 1
+        fields = {"attempt": attempt, "max_attempts": of, "will_retry": retry_in is not None}
+        if retry_in is None:
+            return f"{reason} (attempt {attempt} of {of})", fields
+        return f"{reason} (attempt {attempt} of {of}; retrying in {retry_in:.2f} s)", fields
 
     def publication_for(self, result: Any, job_id: str) -> Optional[Publication]:
         """Where and how a processor's result is published; raises for results that cannot be."""

@@ -11,9 +11,9 @@ import asyncio
 import contextlib
 import enum
 import logging
-import random
 from typing import Any, Awaitable, Callable, Optional, Sequence, Set, Tuple
 
+from .backoff import backoff_delay
 from .config import EventListenerConfig
 from .containment import cancel
 from .events import EventSink
@@ -45,15 +45,6 @@ class State(str, enum.Enum):
     DRAINING = "draining"
     #: ``run()`` returned (it may be called again).
     STOPPED = "stopped"
-
-
-def backoff_delay(attempt: int, cap: float, jitter: Callable[[], float] = random.random) -> float:
-    """Seconds to wait after the ``attempt``-th failed connection attempt in a row.
-
-    min(``cap``, 2^(attempt-1)), less up to a quarter at random, so that many listeners cut off by
-    the same outage do not all come back at the same instant.
-    """
-    return min(cap, 2.0 ** (attempt - 1)) * (1.0 - 0.25 * jitter())
 
 
 class Runner:
@@ -90,6 +81,11 @@ class Runner:
     def active(self) -> bool:
         """True from :meth:`run` until it returns."""
         return self.state not in (State.IDLE, State.STOPPED)
+
+    @property
+    def stopping(self) -> Optional[asyncio.Event]:
+        """During :meth:`run`, the event :meth:`stop` sets (jobs waiting to retry watch it); else None."""
+        return self._stop if self.active else None
 
     @property
     def in_flight(self) -> int:

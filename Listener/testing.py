@@ -50,7 +50,7 @@ class JobOutcome:
         status: the job's status once the message was handled (COMPLETED, FAILED, DUPLICATE …), or None
             when no job was created (the payload was rejected).
         result: the decoded JSON result published for this message, or None.
-        error: the decoded error event published for this message, or None.
+        error: the decoded error event published for this message (with retries, the last one), or None.
     """
 
     job_id: Optional[str]
@@ -276,7 +276,8 @@ class TestListener:
     async def _outcome(self, delivery: _Delivery) -> JobOutcome:
         events = {self.config.error_topic, self.config.log_topic}
         result = next((_decode(m.data) for m in delivery.publications if m.topic not in events), None)
-        error = next((_decode(m.data) for m in delivery.publications if m.topic == self.config.error_topic), None)
+        errors = [m for m in delivery.publications if m.topic == self.config.error_topic]
+        error = _decode(errors[-1].data) if errors else None  # with retries: the last attempt's
         job_id = delivery.job_id
         if job_id is None and isinstance(error, dict):
             job_id = error.get("job_id")

@@ -776,3 +776,29 @@ def test_option_kinds_come_from_the_type_hints() -> None:
     assert kinds["will"] == config_module.OptionKind(dict, optional=True)
     assert kinds["custom_topics"] == config_module.OptionKind(dict, optional=False)
     assert kinds["keep_job_input"].type is bool and kinds["job_timeout"].type is float
+
+
+def test_retry_settings_default_to_no_retries_and_a_one_second_backoff() -> None:
+    cfg = EventListenerConfig()
+    assert cfg.max_retries == 0 and cfg.retry_backoff == 1.0
+    assert EventListenerConfig(max_retries=config_module.MAX_RETRIES, retry_backoff=0).retry_backoff == 0
+
+
+@pytest.mark.parametrize("name, value, why", [
+    ("max_retries", -1, "integer from 0"),
+    ("max_retries", config_module.MAX_RETRIES + 1, "to 100"),
+    ("max_retries", 2.0, "integer"),
+    ("max_retries", True, "integer"),
+    ("retry_backoff", -0.5, "from 0"),
+    ("retry_backoff", float("inf"), "number of seconds"),
+    ("retry_backoff", config_module.MAX_RETRY_DELAY + 1, "to 300"),
+    ("retry_backoff", "1", "number of seconds"),
+])
+def test_invalid_retry_settings_name_the_field(name: str, value: Any, why: str) -> None:
+    with pytest.raises(ConfigError, match=f"Invalid {name}: .*{why}"):
+        EventListenerConfig(**{name: value})
+
+
+def test_retry_settings_from_the_environment() -> None:
+    cfg = EventListenerConfig.from_env(environ={"MQTT_MAX_RETRIES": "3", "MQTT_RETRY_BACKOFF": "0.25"})
+    assert cfg.max_retries == 3 and cfg.retry_backoff == 0.25

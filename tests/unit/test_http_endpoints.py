@@ -410,3 +410,12 @@ def test_respond_routes_without_io(fake: FakeListener) -> None:
     assert endpoints.respond("GET", "/readyz")[0] == 200
     assert endpoints.respond("PATCH", "/readyz")[0] == 405
     assert endpoints.respond("GET", "/")[0] == 404
+
+
+def test_metric_families_carry_the_retries_counter() -> None:
+    counters = ListenerMetrics()
+    counters.jobs_retried = 4
+    snapshot = counters.snapshot({}, in_flight=0, queue_depth=0, connected=True, ready=True, draining=False)
+    assert snapshot["jobs_retried"] == 4
+    retried = [family for family in metric_families(snapshot) if family.name == "mqtt_listener_jobs_retried"]
+    assert [(family.type, [sample.value for sample in family.samples]) for family in retried] == [("counter", [4.0])]

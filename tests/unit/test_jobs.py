@@ -331,3 +331,16 @@ def test_len_and_iteration() -> None:
     assert "y" in store
     assert store.max_jobs == 10
     assert store.ttl == timedelta(seconds=60)
+
+
+def test_start_attempt_marks_running_and_counts_each_start() -> None:
+    store = JobStore(max_jobs=2, ttl_seconds=60)
+    assert store.start_attempt("missing") == 0 and "missing" not in store.jobs
+    store.insert("a", {"v": 1})
+    assert store.get("a").attempts == 0  # type: ignore[union-attr]
+    assert [store.start_attempt("a") for _ in range(3)] == [1, 2, 3]
+    job = store.get("a")
+    assert job is not None and (job.status, job.attempts, job.completed_at) == (JobStatus.RUNNING, 3, None)
+    store.set_status("a", JobStatus.COMPLETED, result=1)
+    assert store.snapshot()["a"].attempts == 3  # kept once finished, and in the copies queries return
+    assert store.restart("a", {"v": 2}).attempts == 0  # a reprocessed job counts its own runs
