@@ -290,6 +290,7 @@ class SqliteJobStore(JobStore):
         self._writer: Optional[_Writer] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._interrupted: Set[str] = set()
+        self._opening: "Optional[asyncio.Future[None]]" = None
 
     @property
     def is_open(self) -> bool:
@@ -315,6 +316,16 @@ class SqliteJobStore(JobStore):
             self.on_error = on_error
         if self._writer is not None:
             return
+        if self._opening is None:  # callers that come meanwhile wait for the same opening
+            self._opening = asyncio.ensure_future(self._open())
+        opening = self._opening
+        try:
+            await asyncio.shield(opening)
+        finally:
+            if opening.done() and self._opening is opening:
+                self._opening = None
+
+    async def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
         connection, rows = await asyncio.to_thread(_open_database, self.path, self.max_jobs)
         self._load(rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import AsyncIterator, Callable, List
@@ -188,6 +189,17 @@ async def test_a_missing_or_unusable_directory_is_refused_by_name(tmp_path: Path
     with pytest.raises(JobStoreError, match=r"dir\.db"):
         (tmp_path / "dir.db").mkdir()
         await SqliteJobStore(tmp_path / "dir.db", 10, 60).open()
+
+
+async def test_concurrent_opens_open_once(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.db", 10, 60)
+    await asyncio.gather(store.open(), store.open(), store.open())
+    writer = store._writer
+    await store.open()
+    assert writer is not None and store._writer is writer
+    assert [t.name for t in threading.enumerate()].count("job-store-writer[jobs.db]") == 1
+    await store.close()
+    assert not store.is_open
 
 
 async def test_durable_before_open_raises(tmp_path: Path) -> None:
