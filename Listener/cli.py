@@ -38,6 +38,7 @@ from ._version import __version__
 from .config import LOG_LEVELS, EventListenerConfig, environment_variables, option_kinds
 from .config_checks import config_warnings, file_problems
 from .errors import ConfigError
+from .job_store import check_job_store
 from .json_logging import LOG_FORMATS, configure_logging
 from .processing import describe_exception
 from .quiet_logs import restore_third_party_loggers
@@ -427,6 +428,9 @@ def _command_check_config(args: argparse.Namespace) -> int:
         _fail(_blame(str(exc), args.file, environment_variables() if args.with_env else {}))
         return EXIT_FAILURE
     problems = file_problems(config)
+    store_problem = check_job_store(config.job_store)
+    if store_problem:
+        problems.append(store_problem)
     for problem in problems:
         _fail(f"{args.file}: {problem}")
     if problems:

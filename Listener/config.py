@@ -16,6 +16,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
+from .job_store import job_store_problem
 from .redaction import CERTIFICATE_DATA, MASK, SECRET_SETTINGS, mask_uri_credentials, shown_setting
 from .topics import filter_error, topic_name_error
 
@@ -99,6 +100,8 @@ class EventListenerConfig:
     keep_job_input: bool = False
     max_retries: int = 0
     retry_backoff: float = 1.0
+    #: ``"memory"``, or ``"sqlite:///jobs.db"`` (relative path) / ``"sqlite:////abs/jobs.db"`` (absolute).
+    job_store: str = "memory"
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -195,7 +198,7 @@ def _is_number(value: Any) -> bool:
 
 def _check_types(cfg: EventListenerConfig) -> None:
     for name in ("host", "client_id", "topic", "error_topic", "log_topic", "results_topic", "job_id_field",
-                 "duplicate_action", "log_topic_level", "http_host"):
+                 "duplicate_action", "log_topic_level", "http_host", "job_store"):
         value = getattr(cfg, name)
         if not isinstance(value, str):
             raise _fail(name, value, f"must be a string, got {type(value).__name__}")
@@ -350,6 +353,9 @@ def _check_jobs(cfg: EventListenerConfig) -> None:
         raise _fail("http_port", cfg.http_port, "must be an integer from 0 to 65535 (0 = any free port), or None")
     if not cfg.http_host:
         raise _fail("http_host", cfg.http_host, "must be a host name or address")
+    problem = job_store_problem(cfg.job_store)
+    if problem:
+        raise _fail("job_store", cfg.job_store, problem)
 
 
 def _check_retries(cfg: EventListenerConfig) -> None:

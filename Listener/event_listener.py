@@ -12,7 +12,7 @@ import logging
 import signal
 from collections import Counter
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, Optional, Type, Union
+from typing import Any, Callable, Dict, Iterable, Optional, Set, Type, Union
 
 from ._version import __version__
 from .config import EventListenerConfig
@@ -20,7 +20,8 @@ from .config_checks import check_before_start
 from .events import EventSink
 from .intake import Payload, find_job_id, generate_job_id
 from .job_tracking import JobTracker
-from .jobs import JobInfo, JobStatus, JobStore
+from .job_store import create_job_store
+from .jobs import JobInfo, JobStatus
 from .metrics import ListenerMetrics
 from .pipeline import Pipeline
 from .processing import Processor
@@ -71,7 +72,10 @@ class EventListener:
         self._http: Any = None
         self._slot = ClientSlot(config)
         self._metrics = metrics = ListenerMetrics()
-        self._tracker = JobTracker(JobStore(config.max_jobs_in_memory, config.job_cleanup_interval, config.keep_job_input))
+        store = create_job_store(config.job_store, config.max_jobs_in_memory, config.job_cleanup_interval,
+                                 config.keep_job_input)
+        self._tracker = JobTracker(store)
+        self._store_reports: Set["asyncio.Future[None]"] = set()
         self._workers = ThreadWorkers(config.max_concurrent_jobs, name=f"{config.client_id}-worker")
         self._publisher = Publisher(lambda: self.client, self._slot.is_connected, metrics, lambda: endpoint,
                                     PUBLISH_TIMEOUT, MAX_PUBLISHES_IN_FLIGHT,
@@ -178,6 +182,7 @@ class EventListener:
             http, self._http = self._http, None
             if http is not None:
                 await http.close()
+            await self._tracker.store.close()
             self.remove_signal_handlers()
             self._running = False
 
@@ -185,10 +190,21 @@ class EventListener:
         """Refuse missing certificate files by name; warn about likely mistakes; start the HTTP endpoints."""
         check_before_start(self.config, self._slot.owned, self._endpoint,
                            lambda warning: logger.warning("Configuration: %s", self._events.redact(warning)))
+        await self._open_job_store()
         if self.config.http_port is not None:
             from .http_endpoints import start_http_endpoints  # only services that ask for it load the server
 
             self._http = await start_http_endpoints(self, self.config.http_host, self.config.http_port)
+
+    async def _open_job_store(self) -> None:
+        """Open the job store (a SQLite file is created, checked and loaded; raises JobStoreError naming it)."""
+        await self._tracker.store.open(on_error=self._job_store_failed)
+
+    def _job_store_failed(self, message: str) -> None:
+        """Writing the job store failed (the writer retries): an ERROR log event, on the event loop."""
+        task = asyncio.ensure_future(self._events.log(logging.ERROR, "job_store_error", "%s", message))
+        self._store_reports.add(task)
+        task.add_done_callback(self._store_reports.discard)
 
     def stop(self) -> None:
         """Stop gracefully: take no new message, let the jobs in flight finish, disconnect.
@@ -230,6 +246,7 @@ class EventListener:
         if self._runner.active:
             await asyncio.wait_for(self._runner.finished.wait(), self.config.shutdown_grace_period + DISCONNECT_TIMEOUT)
         await self._disconnect()
+        await self._tracker.store.close()
 
     # -- the manual's MQTT operations --------------------------------------------------------------
 
@@ -262,8 +279,11 @@ class EventListener:
         """Process one message as a job and return what the processor returned (None if rejected).
 
         ``data`` may be a dict, or a TOML document as str/bytes. ``func`` defaults to the processor
-        given to :meth:`run`; with none, the job simply completes without a result.
+        given to :meth:`run`; with none, the job simply completes without a result. A SQLite job store
+        is opened by the first call (or by :meth:`run`) and closed when :meth:`run` returns.
         """
+        if not self._runner.active:
+            await self._open_job_store()
         return await self._process_message(data, func, topic=topic)
 
     async def _process_message(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor] = None,

@@ -6,7 +6,7 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Dict, Iterator, Optional, Protocol
+from typing import Any, Callable, Dict, Iterator, Optional, Protocol
 
 __all__ = ["JobInfo", "JobStatus", "JobStore", "JobStoreBackend", "InsertOutcome", "ACTIVE_STATUSES",
            "FINISHED_STATUSES"]
@@ -46,7 +46,7 @@ class JobInfo:
     topic: Optional[str] = None
     #: How many times the same job id arrived again after this job was created.
     duplicate_count: int = 0
-    #: How many times the processor has been started for this job (``max_retries`` allows more than one).
+    #: How many times the processor was started for this job (a job a crash interrupted runs again).
     attempts: int = 0
 
 
@@ -93,11 +93,28 @@ class JobStoreBackend(Protocol):
     def cleanup_expired(self, now: Optional[datetime] = None) -> int:
         """Remove finished jobs older than the TTL; return how many were removed."""
 
+    async def open(self, on_error: Optional[Callable[[str], None]] = None) -> None:
+        """Make the store ready (a durable store opens its file); called when ``run()`` starts.
+
+        ``on_error`` is called on the event loop with a message whenever a later write fails.
+        """
+
+    async def close(self) -> None:
+        """Write what is not yet written and release the store; called when ``run()`` returns."""
+
     def reindex(self) -> None:
         """Take note of a ``jobs`` mapping replaced or edited by hand."""
 
     def snapshot(self, *statuses: JobStatus) -> Dict[str, JobInfo]:
         """Copies of the stored jobs (all, or those with one of ``statuses``)."""
+
+    async def durable(self) -> None:
+        """Return once every change made so far is on disk (at once for a store without a disk).
+
+        The acknowledgement path awaits it before it acknowledges a message, so that a job the broker
+        will not redeliver is recorded. Raises :class:`~Listener.job_store.JobStoreError` when the
+        changes cannot be written (then the message must not be acknowledged).
+        """
 
 
 class JobStore:
@@ -136,7 +153,8 @@ class JobStore:
             return InsertOutcome.EXISTS
         if len(self.jobs) >= self.max_jobs and not self._make_room():
             return InsertOutcome.FULL
-        self.jobs[job_id] = JobInfo(job_id=job_id, status=JobStatus.PENDING, input_data=data, topic=topic)
+        job = self.jobs[job_id] = JobInfo(job_id=job_id, status=JobStatus.PENDING, input_data=data, topic=topic)
+        self._changed(job)
         return InsertOutcome.CREATED
 
     def restart(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None) -> JobInfo:
@@ -146,6 +164,7 @@ class JobStore:
         job = JobInfo(job_id=job_id, status=JobStatus.PENDING, input_data=data, topic=topic,
                       duplicate_count=old.duplicate_count + 1)
         self.jobs[job_id] = job
+        self._changed(job)
         return job
 
     def set_status(self, job_id: str, status: JobStatus, result: Any = None, error: Optional[str] = None) -> bool:
@@ -167,6 +186,7 @@ class JobStore:
         else:
             job.completed_at = None
             self._finished.pop(job_id, None)
+        self._changed(job)
         return True
 
     def start_attempt(self, job_id: str) -> int:
@@ -174,8 +194,8 @@ class JobStore:
         job = self.jobs.get(job_id)
         if job is None:
             return 0
-        self.set_status(job_id, JobStatus.RUNNING)
         job.attempts += 1
+        self.set_status(job_id, JobStatus.RUNNING)
         return job.attempts
 
     def mark_duplicate(self, job_id: str) -> bool:
@@ -190,11 +210,13 @@ class JobStore:
             return False
         job.duplicate_count += 1
         if job.status is JobStatus.RUNNING:
+            self._changed(job)
             return True
         if job.status in FINISHED_STATUSES and job.completed_at is not None:
             job.status = JobStatus.DUPLICATE
             if job_id not in self._finished:  # a job put into ``jobs`` by hand
                 self._finished[job_id] = None
+            self._changed(job)
             return True
         self.set_status(job_id, JobStatus.DUPLICATE)
         return True
@@ -202,7 +224,10 @@ class JobStore:
     def remove(self, job_id: str) -> bool:
         """Forget a job. False when the id is unknown."""
         self._finished.pop(job_id, None)
-        return self.jobs.pop(job_id, None) is not None
+        if self.jobs.pop(job_id, None) is None:
+            return False
+        self._removed(job_id)
+        return True
 
     def _make_room(self) -> bool:
         """Evict the oldest finished job; False when every stored job is active."""
@@ -212,6 +237,7 @@ class JobStore:
             # The index can be stale when users edit ``jobs`` directly; trust the dict.
             if job is not None and job.status in FINISHED_STATUSES:
                 del self.jobs[job_id]
+                self._removed(job_id)
                 return True
         return False
 
@@ -228,16 +254,35 @@ class JobStore:
         ]
         for job_id in expired:
             del self.jobs[job_id]
-        self.reindex()
+            self._removed(job_id)
+        self._index_finished()
         return len(expired)
 
     def reindex(self) -> None:
         """Rebuild the eviction index from ``jobs`` (after the dict was replaced or edited by hand)."""
+        self._index_finished()
+
+    def _index_finished(self) -> None:
         finished = sorted(
             (job for job in self.jobs.values() if job.status in FINISHED_STATUSES),
             key=lambda job: job.completed_at or job.started_at,
         )
         self._finished = OrderedDict((job.job_id, None) for job in finished)
+
+    async def open(self, on_error: Optional[Callable[[str], None]] = None) -> None:
+        """Nothing to open: the memory store is ready when created (and never fails to write)."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    async def durable(self) -> None:
+        """Return at once: the memory store keeps nothing on disk (see :meth:`JobStoreBackend.durable`)."""
+
+    def _changed(self, job: JobInfo) -> None:
+        """Hook: ``job`` was created or changed (a durable store records it)."""
+
+    def _removed(self, job_id: str) -> None:
+        """Hook: the job ``job_id`` was forgotten (a durable store deletes it)."""
 
     def count_active(self) -> int:
         """How many jobs are PENDING or RUNNING."""

@@ -12,7 +12,9 @@ and CPU figures are its own, not what earlier scenarios left behind) made of:
 Each scenario prints one JSON line: msg/s, p50/p99 latency (ms), the listener process's CPU seconds,
 RSS delta and bytes per tracked job, the largest event-loop lag, the issue's target and whether it was
 met. Trivial-processor scenarios are also run through a bare amqtt receive->publish loop (the
-"ceiling") and reported as a ratio to it. The script reports; it never fails on a missed target.
+"ceiling") and reported as a ratio to it; a scenario with the SQLite job store is reported as a ratio to
+the same traffic with the memory store (``ratio_to_memory_store``). The script reports; it never fails
+on a missed target.
 
     python scripts/bench.py                      # everything (about 5 minutes on 2 cores)
     python scripts/bench.py --quick              # small counts, under a minute
@@ -39,6 +41,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -91,6 +94,8 @@ class Scenario:
     budget_rate: float = 250.0  # the slowest rate (msg/s) waited for before giving up
     ceiling: bool = False  # also measured through the bare amqtt loop
     rss_points: int = 0  # RSS samples spread over the run (the soak)
+    job_store: str = "memory"  # or "sqlite": a fresh database file in a temporary directory
+    compare_to: Optional[str] = None  # the memory-store scenario its msg/s is compared with
 
     @property
     def jobs_limit(self) -> int:
@@ -119,6 +124,8 @@ def catalogue(quick: bool, factor: float) -> List[Scenario]:
         Scenario("trivial-qos0-manual", "trivial", 0, "manual", n(20_000, 2_000), ceiling=True),
         Scenario("trivial-qos1-small", "trivial", 1, "small", n(10_000, 1_000), ceiling=True),
         Scenario("trivial-qos1-manual", "trivial", 1, "manual", n(10_000, 1_000), ceiling=True),
+        Scenario("sqlite-qos1-small", "trivial", 1, "small", n(10_000, 1_000), job_store="sqlite",
+                 compare_to="trivial-qos1-small"),
         Scenario("echo-async-qos0-small", "echo_async", 0, "small", n(20_000, 2_000), ceiling=True),
         Scenario("inline-qos0-small", "inline", 0, "small", n(20_000, 2_000), ceiling=True),
         Scenario("async50-c1", "async50", 0, "small", n(200, 40), budget_rate=15.0),
@@ -163,6 +170,9 @@ TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
     "fixed500-qos1": ("p99_ms <= 20, rss_per_job_beyond_payload <= 1536 B, lost == 0",
                       lambda r: _at_most(r, "p99_ms", 20) and _at_most(r, "rss_per_job_beyond_payload", 1536)
                       and _no_loss(r)),
+    "sqlite-qos1-small": ("ratio_to_memory_store >= 0.7, lost == 0",
+                          lambda r: None if r.get("ratio_to_memory_store") is None
+                          else r["ratio_to_memory_store"] >= 0.7 and _no_loss(r)),
     "soak-200k": ("RSS within +-10% of the first of 10 points, lost == 0", lambda r: _soak_flat(r) and _no_loss(r)),
     "ceiling": ("none (the bare amqtt receive->publish loop the trivial scenarios are compared with)", lambda r: None),
 }
@@ -639,6 +649,7 @@ class Runner:
     job: Job
     children: Children = field(default_factory=Children)
     profile: Optional[cProfile.Profile] = None
+    store_dir: Optional[str] = None  # the SQLite job store's temporary directory, removed after the run
 
     @property
     def topics(self) -> Dict[str, str]:
@@ -705,6 +716,8 @@ class Runner:
                 measured = await self.run_listener()
         finally:
             await self.children.close()
+            if self.store_dir is not None:
+                shutil.rmtree(self.store_dir, ignore_errors=True)
         if self.profile is not None:
             print_profile(self.profile)
         return row_for(self.job, measured)
@@ -721,6 +734,9 @@ class Runner:
             "max_concurrent_jobs": sc.max_concurrent_jobs, "max_jobs_in_memory": sc.jobs_limit,
             "shutdown_grace_period": 5.0,
         }
+        if sc.job_store == "sqlite":
+            self.store_dir = tempfile.mkdtemp(prefix="bench-jobs-")
+            wanted["job_store"] = f"sqlite:///{os.path.join(self.store_dir, 'jobs.db')}"
         known = {f.name for f in dataclasses.fields(EventListenerConfig)}
         return EventListenerConfig(**{k: v for k, v in wanted.items() if k in known})
 
@@ -875,6 +891,13 @@ def add_ratio(row: Dict[str, Any], ceiling: Optional[Dict[str, Any]]) -> None:
             row["cpu_ratio_to_ceiling"] = round(row["cpu_us_per_msg"] / ceiling["cpu_us_per_msg"], 2)
 
 
+def add_store_ratio(row: Dict[str, Any], memory: Optional[Dict[str, Any]]) -> None:
+    """``ratio_to_memory_store``: msg/s with the SQLite store over msg/s of the same traffic with the memory store."""
+    if memory and memory.get("msg_per_s") and "error" not in row and "error" not in memory:
+        row["memory_store_msg_per_s"] = memory["msg_per_s"]
+        row["ratio_to_memory_store"] = round(row["msg_per_s"] / memory["msg_per_s"], 3)
+
+
 def orchestrate(args: argparse.Namespace, scenarios: List[Scenario], endpoint: Endpoint) -> List[Dict[str, Any]]:
     """Run the chosen scenarios one after the other (each trivial one after its ceiling); return the rows."""
     run_id = os.urandom(4).hex()
@@ -892,6 +915,7 @@ def orchestrate(args: argparse.Namespace, scenarios: List[Scenario], endpoint: E
         job = Job(scenario, "listener", endpoint, run_id, slack, idle, profile=bool(args.profile))
         row = run_job(job) if args.profile else run_repeated(job, args.repeat)
         add_ratio(row, ceilings.get(scenario.ceiling_name()) if scenario.ceiling else None)
+        add_store_ratio(row, next((r for r in rows if r["scenario"] == scenario.compare_to), None))
         emit(row, rows)
     return rows
 

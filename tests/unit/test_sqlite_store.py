@@ -1,0 +1,280 @@
+"""The SQLite job store's own behaviour: restarts, bad files, grouped commits, a reader alongside,
+failed writes; and the ``job_store`` option (config validation, ``check-config``, ``run()``)."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import AsyncIterator, Callable, List
+
+import pytest
+
+from Listener import EventListener, EventListenerConfig, JobStatus
+from Listener.cli import main
+from Listener.errors import ConfigError
+from Listener.job_store import JobStoreError, check_job_store, sqlite_path
+from Listener.jobs import InsertOutcome
+from Listener.sqlite_store import INTERRUPTED, SqliteJobStore
+
+
+@pytest.fixture
+async def open_store(tmp_path: Path) -> AsyncIterator[Callable[..., "asyncio.Future[SqliteJobStore]"]]:
+    opened: List[SqliteJobStore] = []
+
+    async def make(max_jobs: int = 10, ttl_seconds: float = 60, path: Path = tmp_path / "jobs.db") -> SqliteJobStore:
+        store = SqliteJobStore(path, max_jobs, ttl_seconds)
+        await store.open()
+        opened.append(store)
+        return store
+
+    yield make  # type: ignore[misc]
+    for store in opened:
+        await store.close()
+
+
+def rows(path: Path) -> List[tuple]:  # type: ignore[type-arg]
+    reader = sqlite3.connect(str(path))
+    try:
+        return list(reader.execute("SELECT job_id, status, attempts, error FROM jobs ORDER BY job_id"))
+    finally:
+        reader.close()
+
+
+async def test_a_finished_job_is_a_duplicate_after_reopening_and_an_interrupted_one_runs_again(
+        open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], tmp_path: Path) -> None:
+    first = await open_store()
+    for job_id in ("done", "running", "pending"):
+        first.insert(job_id, {"id": job_id})
+    first.start_attempt("done")
+    first.set_status("done", JobStatus.COMPLETED, result={"ok": 1})
+    first.start_attempt("running")
+    await first.close()  # as a crash would leave it: "running" and "pending" never finished
+
+    second = await open_store()
+    done, running = second.jobs["done"], second.jobs["running"]
+    assert (done.status, done.result, done.attempts) == (JobStatus.COMPLETED, {"ok": 1}, 1)
+    assert (running.status, running.error, running.attempts) == (JobStatus.PENDING, INTERRUPTED, 1)
+    assert second.is_interrupted("running") and second.is_interrupted("pending") and not second.is_interrupted("done")
+    assert second.insert("done", {"id": "done"}) is InsertOutcome.EXISTS  # the pipeline applies duplicate_action
+    assert second.insert("running", {"id": "again"}) is InsertOutcome.CREATED
+    second.start_attempt("running")
+    resumed = second.jobs["running"]
+    assert (resumed.status, resumed.input_data, resumed.error, resumed.attempts) == (
+        JobStatus.RUNNING, {"id": "again"}, None, 2)
+    assert second.insert("running", None) is InsertOutcome.EXISTS  # resumed once, then a duplicate like any job
+    await second.durable()
+    assert rows(tmp_path / "jobs.db") == [("done", "completed", 1, None), ("pending", "pending", 0, INTERRUPTED),
+                                          ("running", "running", 2, None)]
+
+
+async def test_opening_loads_the_newest_jobs_and_deletes_the_rest(
+        open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], tmp_path: Path) -> None:
+    first = await open_store(max_jobs=10)
+    for n in range(6):
+        first.insert(f"j{n}", None)
+        first.set_status(f"j{n}", JobStatus.COMPLETED)
+        first.jobs[f"j{n}"].started_at = datetime(2025, 1, 1) + timedelta(minutes=n)
+        first._changed(first.jobs[f"j{n}"])
+    await first.close()
+    second = await open_store(max_jobs=3)
+    assert list(second.jobs) == ["j3", "j4", "j5"]  # oldest first, as if they had arrived in this order
+    assert [row[0] for row in rows(tmp_path / "jobs.db")] == ["j3", "j4", "j5"]
+    second.insert("new", None)  # the store is full of finished jobs: the oldest goes, in memory and in the file
+    await second.durable()
+    assert [row[0] for row in rows(tmp_path / "jobs.db")] == ["j4", "j5", "new"]
+
+
+async def test_interrupted_jobs_expire_and_make_room(open_store: Callable[..., "asyncio.Future[SqliteJobStore]"]) -> None:
+    first = await open_store(max_jobs=2)
+    first.insert("a", None)
+    first.insert("b", None)
+    await first.close()
+    second = await open_store(max_jobs=2)
+    assert second.insert("c", None) is InsertOutcome.CREATED  # an interrupted job gave way
+    assert len(second.jobs) == 2 and "c" in second.jobs
+    assert second.cleanup_expired(now=datetime.now() + timedelta(seconds=120)) == 1
+    assert list(second.jobs) == ["c"]
+
+
+async def test_commits_are_grouped(open_store: Callable[..., "asyncio.Future[SqliteJobStore]"]) -> None:
+    store = await open_store(max_jobs=5000)
+    for n in range(2000):  # one turn of the event loop: one batch, one transaction
+        store.insert(f"j{n}", {"n": n})
+        store.start_attempt(f"j{n}")
+    await store.durable()
+    assert store.commits == 1
+    for n in range(200):  # many turns: the writer takes what queued while it committed, together
+        store.set_status(f"j{n}", JobStatus.COMPLETED, result=n)
+        await asyncio.sleep(0)
+    await store.durable()
+    assert 2 <= store.commits < 1 + 200
+
+
+async def test_a_second_connection_reads_the_file_while_the_store_writes(
+        open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], tmp_path: Path) -> None:
+    store = await open_store()
+    reader = sqlite3.connect(str(tmp_path / "jobs.db"))
+    try:
+        assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        store.insert("a", {"x": 1})
+        await store.durable()
+        reader.execute("BEGIN")  # a long read transaction does not block the writer (WAL)
+        assert reader.execute("SELECT status FROM jobs").fetchall() == [("pending",)]
+        store.set_status("a", JobStatus.COMPLETED)
+        await asyncio.wait_for(store.durable(), 10)
+        reader.execute("COMMIT")
+        assert reader.execute("SELECT status FROM jobs").fetchall() == [("completed",)]
+    finally:
+        reader.close()
+
+
+async def test_a_failing_write_is_reported_retried_and_durable_raises_meanwhile(
+        open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], tmp_path: Path) -> None:
+    store = await open_store()
+    reported: List[str] = []
+    await store.open(on_error=reported.append)
+    other = sqlite3.connect(str(tmp_path / "jobs.db"), isolation_level=None)
+    try:
+        other.execute("ALTER TABLE jobs RENAME TO hidden")  # every write now fails: no such table
+        store.insert("a", None)
+        with pytest.raises(JobStoreError, match="jobs.db.*no such table: jobs"):
+            await asyncio.wait_for(store.durable(), 10)
+        assert reported and "Cannot write job store" in reported[0]
+        with pytest.raises(JobStoreError):
+            await store.durable()
+        other.execute("ALTER TABLE hidden RENAME TO jobs")
+        for _ in range(200):  # the writer retries on its own; bounded wait for it to succeed
+            try:
+                await asyncio.wait_for(store.durable(), 10)
+                break
+            except JobStoreError:
+                await asyncio.sleep(0.05)
+        await store.durable()
+    finally:
+        other.close()
+    assert rows(tmp_path / "jobs.db") == [("a", "pending", 0, None)]
+
+
+async def test_a_corrupt_file_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(JobStoreError, match=r"jobs\.db.*not a (SQLite )?database"):
+        await SqliteJobStore(path, 10, 60).open()
+    assert "corrupt" in (check_job_store(f"sqlite:///{path}") or "")
+
+
+async def test_a_locked_file_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("Listener.sqlite_store.BUSY_TIMEOUT", 0.1)
+    path = tmp_path / "jobs.db"
+    holder = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        holder.execute("PRAGMA journal_mode=WAL")
+        holder.execute("CREATE TABLE t (x)")
+        holder.execute("BEGIN EXCLUSIVE")
+        with pytest.raises(JobStoreError, match=r"jobs\.db.*locked.*another listener"):
+            await SqliteJobStore(path, 10, 60).open()
+    finally:
+        holder.close()
+
+
+async def test_a_missing_or_unusable_directory_is_refused_by_name(tmp_path: Path) -> None:
+    with pytest.raises(JobStoreError, match=r"no-such-dir.*does not exist"):
+        await SqliteJobStore(tmp_path / "no-such-dir" / "jobs.db", 10, 60).open()
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(JobStoreError, match=r"a-file"):
+        await SqliteJobStore(tmp_path / "a-file" / "jobs.db", 10, 60).open()
+    with pytest.raises(JobStoreError, match=r"dir\.db"):
+        (tmp_path / "dir.db").mkdir()
+        await SqliteJobStore(tmp_path / "dir.db", 10, 60).open()
+
+
+async def test_concurrent_opens_open_once(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.db", 10, 60)
+    await asyncio.gather(store.open(), store.open(), store.open())
+    writer = store._writer
+    await store.open()
+    assert writer is not None and store._writer is writer
+    assert [t.name for t in threading.enumerate()].count("job-store-writer[jobs.db]") == 1
+    await store.close()
+    assert not store.is_open
+
+
+async def test_durable_before_open_raises(tmp_path: Path) -> None:
+    store = SqliteJobStore(tmp_path / "jobs.db", 10, 60)
+    store.insert("early", None)  # kept in memory, written when it opens
+    with pytest.raises(JobStoreError, match="not open"):
+        await store.durable()
+    await store.open()
+    await store.durable()
+    await store.close()
+    assert rows(tmp_path / "jobs.db") == [("early", "pending", 0, None)]
+
+
+def test_job_store_setting_is_validated() -> None:
+    assert EventListenerConfig(job_store="sqlite:///jobs.db").job_store == "sqlite:///jobs.db"
+    assert sqlite_path("sqlite:///data/jobs.db") == Path("data/jobs.db")
+    assert sqlite_path("sqlite:////var/lib/jobs.db") == Path("/var/lib/jobs.db")
+    assert sqlite_path("memory") is None
+    with pytest.raises(ConfigError, match=r"job_store.*redis:// is not supported yet"):
+        EventListenerConfig(job_store="redis://localhost:6379/0")
+    with pytest.raises(ConfigError, match=r"job_store.*must be \"memory\" or"):
+        EventListenerConfig(job_store="postgres://db")
+    for empty in ("sqlite:///", "sqlite:///:memory:", "sqlite:///dir/"):
+        with pytest.raises(ConfigError, match="needs a file path"):
+            EventListenerConfig(job_store=empty)
+    with pytest.raises(ConfigError, match="job_store.*must be a string"):
+        EventListenerConfig(job_store=None)  # type: ignore[arg-type]
+
+
+def test_check_job_store_creates_nothing(tmp_path: Path) -> None:
+    new = tmp_path / "new.db"
+    assert check_job_store(f"sqlite:///{new}") is None and not new.exists()
+    assert "does not exist" in (check_job_store(f"sqlite:///{tmp_path}/missing/jobs.db") or "")
+    assert check_job_store("memory") is None
+
+
+async def test_an_existing_good_database_passes_the_check(open_store: Callable[..., "asyncio.Future[SqliteJobStore]"],
+                                                          tmp_path: Path) -> None:
+    store = await open_store()
+    store.insert("a", None)
+    await store.close()
+    assert check_job_store(f"sqlite:///{tmp_path / 'jobs.db'}") is None
+
+
+def test_check_config_reports_an_unusable_job_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"garbage" * 200)
+    config = tmp_path / "listener.toml"
+    config.write_text(f'job_store = "sqlite:///{bad}"\n')
+    assert main(["check-config", str(config)]) == 1
+    assert "bad.db" in capsys.readouterr().err
+    config.write_text(f'job_store = "sqlite:///{tmp_path / "fresh.db"}"\n')
+    assert main(["check-config", str(config)]) == 0
+    assert not (tmp_path / "fresh.db").exists()
+
+
+async def test_run_refuses_a_corrupt_job_store_before_connecting(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.db"
+    bad.write_bytes(b"garbage" * 200)
+    listener = EventListener(EventListenerConfig(job_store=f"sqlite:///{bad}", port=1, reconnect_retries=0))
+    with pytest.raises(JobStoreError, match=r"bad\.db"):
+        await asyncio.wait_for(listener.run(), 10)
+    assert not listener.is_running
+
+
+async def test_a_write_failure_during_a_run_becomes_an_error_log_event(tmp_path: Path) -> None:
+    listener = EventListener(EventListenerConfig(job_store=f"sqlite:///{tmp_path / 'jobs.db'}"))
+    logged: List[str] = []
+    listener._events.log = lambda level, event, text, *args, **fields: _record(logged, event, text % args)  # type: ignore
+    await listener.process_message({"job_id": "a"})
+    listener._job_store_failed("Cannot write job store 'x': disk full; retrying")
+    await asyncio.sleep(0)
+    assert logged == ["job_store_error: Cannot write job store 'x': disk full; retrying"]
+    await listener.__aexit__(None, None, None)
+
+
+async def _record(logged: List[str], event: str, text: str) -> None:
+    logged.append(f"{event}: {text}")
