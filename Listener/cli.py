@@ -32,6 +32,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from urllib.parse import urlsplit
 
+import tomli
 import tomli_w
 
 from ._version import __version__
@@ -45,11 +46,6 @@ from .quiet_logs import restore_third_party_loggers
 from .redaction import mask_secrets, shown_setting
 from .safe_config_parser import SafeConfigParser
 from .topics import topic_name_error
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
 
 __all__ = ["CliError", "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "load_config", "load_processor",
            "main", "parse_overrides", "parse_set_value", "render_settings"]
@@ -166,8 +162,8 @@ def parse_set_value(name: str, raw: str) -> Any:
     something else (``--set client_id=123`` is the string ``"123"``); a quoted TOML string is unquoted.
     """
     try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except (tomllib.TOMLDecodeError, KeyError):
+        value = tomli.loads(f"v = {raw}")["v"]
+    except (tomli.TOMLDecodeError, KeyError):
         return raw
     kind = option_kinds().get(name)
     if kind is not None and kind.type is str and not isinstance(value, str):

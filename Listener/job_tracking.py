@@ -37,7 +37,10 @@ class JobTracker:
     async def update_job_status(self, job_id: str, status: JobStatus, result: Any = None,
                                 error: Optional[str] = None) -> bool:
         """Set a job's status (and result or error); False when the id is unknown."""
-        async with self.lock:
+        if self.lock.locked():
+            async with self.lock:
+                updated = self.store.set_status(job_id, status, result, error)
+        else:  # only the event loop writes and nothing is awaited here: a free lock needs no round trip
             updated = self.store.set_status(job_id, status, result, error)
         if updated and status is not JobStatus.PENDING and status is not JobStatus.RUNNING:
             self.job_finished.set()

@@ -124,22 +124,18 @@ class Pipeline:
         (in the run loop) or drop the job."""
         if self.observe_job is not None:
             self.observe_job(job_id)
-        tracker, store = self._tracker, self._tracker.store
+        tracker = self._tracker
         warned = False
         while True:
-            async with tracker.lock:
-                # Cleared under the lock, before looking: a job finishing after this look sets it again.
-                tracker.job_finished.clear()
-                outcome = store.insert(job_id, data, topic)
-                if outcome is InsertOutcome.CREATED:
-                    return True
-                if outcome is InsertOutcome.EXISTS:
-                    existing = store.jobs[job_id]
-                    if self._config.duplicate_action == "reprocess" and existing.status is not JobStatus.RUNNING:
-                        store.restart(job_id, data, topic)
-                        return True
-                    store.mark_duplicate(job_id)
-                    break
+            if tracker.lock.locked():  # someone holds it (``job_lock``): wait for it
+                async with tracker.lock:
+                    outcome = self._insert(job_id, data, topic)
+            else:  # the loop is the only writer and nothing is awaited: a free lock needs no round trip
+                outcome = self._insert(job_id, data, topic)
+            if outcome is InsertOutcome.CREATED:
+                return True
+            if outcome is InsertOutcome.EXISTS:
+                break
             if not self._wait_when_full():
                 await self._events.log(logging.WARNING, "job_store_full", "Job store full (%d active jobs); job %s dropped",
                                        self._config.max_jobs_in_memory, job_id, job_id=job_id, topic=topic)
@@ -159,6 +155,19 @@ class Pipeline:
         await self._events.log(level, "duplicate_job", "Duplicate job %s not processed", job_id,
                                job_id=job_id, status=_DUPLICATE, topic=topic)
         return False
+
+    def _insert(self, job_id: str, data: Dict[str, Any], topic: Optional[str]) -> InsertOutcome:
+        """Insert the job, or restart it (``reprocess``) or mark it duplicate; called holding the job lock."""
+        tracker, store = self._tracker, self._tracker.store
+        # Cleared before looking: a job finishing after this look sets it again.
+        tracker.job_finished.clear()
+        outcome = store.insert(job_id, data, topic)
+        if outcome is InsertOutcome.EXISTS:
+            if self._config.duplicate_action == "reprocess" and store.jobs[job_id].status is not JobStatus.RUNNING:
+                store.restart(job_id, data, topic)
+                return InsertOutcome.CREATED
+            store.mark_duplicate(job_id)
+        return outcome
 
     async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str],
                        pipelined: bool) -> Any:

@@ -35,18 +35,13 @@ import logging
 import os
 import re
 import stat
-import sys
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union, overload
 
 from .errors import ConfigError, ConfigParseError, ConfigValidationError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
+from .toml_parsing import loads as toml_loads
 
 __all__ = [
     "ConfigError",
@@ -490,7 +485,7 @@ class SafeConfigParser:
             raise self._parse_error(
                 f"Invalid TOML syntax: a key has {too_long} dotted parts, limit {MAX_KEY_PARTS}")
         try:
-            data: Dict[str, Any] = tomllib.loads(text)
+            data: Dict[str, Any] = toml_loads(text)
         except RecursionError:
             raise self._parse_error("Invalid TOML syntax: nesting too deep") from None
         except ValueError as exc:  # TOMLDecodeError, or int() refusing a number with too many digits
@@ -545,7 +540,7 @@ _KEY_START = re.compile(r"[{,\[]")
 def _longest_dotted_key(text: str) -> int:
     """The most dotted parts in one key or table header (a cheap over-estimate, scanning only suspect lines).
 
-    tomllib's time and memory grow much faster than the number of parts of a dotted key
+    TOML parsers' time and memory grow much faster than the number of parts of a dotted key
     (``a.a.a…`` of 10 KB takes ~100 MiB), so such keys are refused before parsing.
     """
     if text.count(".") < MAX_KEY_PARTS:

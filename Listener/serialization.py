@@ -1,4 +1,12 @@
-"""JSON encoding of results and events: every TOML value and common Python type, always valid JSON."""
+"""JSON encoding of results and events: every TOML value and common Python type, always valid JSON.
+
+Encoded with the compiled ``orjson`` (many times faster than ``json`` for a typical result). What it
+cannot write the way this module promises goes through ``json`` with the same conversions instead, so
+the output never depends on which encoder wrote it: a ``null`` in orjson's output may stand for a
+non-finite float (which orjson writes as ``null``, and this module as a string), and orjson refuses
+some values ``json`` takes (integers beyond 64 bits, keys that are not strings, very deep nesting).
+Every error message comes from the ``json`` pass.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,8 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Dict
 from uuid import UUID
+
+import orjson
 
 __all__ = ["ResultEncodingError", "event_json_bytes", "to_json_bytes"]
 
@@ -59,6 +69,9 @@ def _finite(value: Any) -> Any:
     return value
 
 
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS  # both through _default
+
+
 def _dumps(value: Any, allow_nan: bool) -> str:
     return json.dumps(value, default=_default, allow_nan=allow_nan, separators=(",", ":"), ensure_ascii=False)
 
@@ -69,6 +82,17 @@ def to_json_bytes(value: Any) -> bytes:
     Raises:
         ResultEncodingError: the value (or something inside it) has no JSON form.
     """
+    try:
+        encoded = orjson.dumps(value, default=_default, option=_ORJSON_OPTIONS)
+    except (TypeError, ValueError, RecursionError):  # JSONEncodeError is a TypeError
+        encoded = b"null"
+    if b"null" not in encoded:
+        return encoded
+    return _json_bytes(value)
+
+
+def _json_bytes(value: Any) -> bytes:
+    """:func:`to_json_bytes` through ``json``: non-finite floats as strings, and the error messages."""
     try:
         try:
             text = _dumps(value, allow_nan=False)

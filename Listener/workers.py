@@ -5,6 +5,10 @@ interpreter joins executor threads at exit, so one hung job could block the pool
 Here each worker is a daemon thread; a job that times out (or is cancelled) is *abandoned*: its
 thread no longer counts towards the pool size, a new worker takes its place, and the thread
 exits by itself if the call ever returns.
+
+Each call is one hand-off to a worker and one back. Results travel back in batches: a worker that
+finishes a call while the loop has not yet taken the previous results adds its own to them instead
+of waking the loop again, so concurrent calls finishing together cost one wake-up.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import contextvars
 import queue
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = ["CallTimeoutError", "ThreadWorkers"]
 
@@ -35,6 +39,9 @@ class _Call:
         self.loop = loop
         self.future = future
         self.state = _QUEUED
+
+
+_Outcome = Tuple["asyncio.Future[Any]", Any, Optional[BaseException]]
 
 
 def _settle(future: "asyncio.Future[Any]", result: Any, error: Optional[BaseException]) -> None:
@@ -60,6 +67,8 @@ class ThreadWorkers:
         self._idle = 0
         self._unclaimed = 0
         self._closed = False
+        #: Outcomes not yet handed to their loop, per loop; a loop has an entry while a wake-up is pending.
+        self._finished: Dict[asyncio.AbstractEventLoop, List[_Outcome]] = {}
 
     async def run(self, func: Callable[..., Any], *args: Any, timeout: Optional[float] = None) -> Any:
         """Run ``func(*args)`` on a worker thread and return its result.
@@ -127,15 +136,31 @@ class ThreadWorkers:
                 result, error = call.context.run(call.func, *call.args), None
             except BaseException as exc:  # noqa: B036 - handed to the waiting coroutine, whatever it is
                 result, error = None, exc
+            loop = call.loop
             with self._lock:
                 abandoned = call.state == _ABANDONED
                 call.state = _DONE
+                if not abandoned:
+                    batch = self._finished.get(loop)
+                    wake = batch is None
+                    if batch is None:
+                        batch = self._finished[loop] = []
+                    batch.append((call.future, result, error))
             if abandoned:
                 return  # already replaced by another worker
-            try:
-                call.loop.call_soon_threadsafe(_settle, call.future, result, error)
-            except RuntimeError:  # the loop is closed: nobody waits any more
-                pass
+            if wake:
+                try:
+                    loop.call_soon_threadsafe(self._hand_back, loop)
+                except RuntimeError:  # the loop is closed: nobody waits any more
+                    with self._lock:
+                        self._finished.pop(loop, None)
+
+    def _hand_back(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On ``loop``: settle every outcome that finished for it since the last wake-up."""
+        with self._lock:
+            batch = self._finished.pop(loop, [])
+        for future, result, error in batch:
+            _settle(future, result, error)
 
     def _next_call(self) -> Optional[_Call]:
         """Wait for a call to run; None when this worker should exit (shut down, or idle too long)."""

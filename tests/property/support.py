@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from typing import Any, Dict, List, Optional, Tuple
 from unittest.mock import AsyncMock
 
-from Listener import EventListener, EventListenerConfig
+import tomli
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from Listener import EventListener, EventListenerConfig
 
 TOPIC = "jobs/x"
 ERROR_TOPIC = "out/error"
@@ -118,7 +114,7 @@ def expected_outcome(payload: bytes, max_payload: int = MAX_PAYLOAD, job_id_fiel
     except UnicodeDecodeError:
         return Expected("invalid_payload")
     try:
-        data = tomllib.loads(text)
+        data = tomli.loads(text)
     except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError, and so is int()'s digit limit
         return Expected("invalid_payload")
     value = data.get(job_id_field)

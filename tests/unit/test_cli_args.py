@@ -12,15 +12,11 @@ from pathlib import Path
 from typing import Any, Dict
 
 import pytest
+import tomli
 
 from Listener import __version__
 from Listener.cli import (EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, build_parser, load_config, load_processor, main,
                           parse_overrides, parse_set_value, render_settings)
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 pytestmark = pytest.mark.usefixtures("root_logger")  # main() installs a root log handler
@@ -262,7 +258,7 @@ def test_check_config_prints_the_effective_settings_as_toml(tmp_path: Path, caps
     assert "configuration is valid" in captured.err
     assert 'password = "***"' in captured.out
     assert "# connect_timeout is not set" in captured.out
-    settings = tomllib.loads(captured.out)  # the output is TOML itself
+    settings = tomli.loads(captured.out)  # the output is TOML itself
     assert settings["host"] == "broker.local"
     assert settings["port"] == 8883
     assert settings["uri"] == "mqtts://bob:***@broker.local:8883"
@@ -325,7 +321,7 @@ def test_check_config_of_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_render_settings_quotes_keys_and_special_floats() -> None:
     text = render_settings({"a": float("inf"), "b": {"x/y": [1, "two"]}, "c": b"raw", "d": None})
-    assert tomllib.loads(text) == {"a": float("inf"), "b": {"x/y": [1, "two"]}, "c": "raw"}
+    assert tomli.loads(text) == {"a": float("inf"), "b": {"x/y": [1, "two"]}, "c": "raw"}
 
 
 # -- publish refusals (no broker needed: they happen before connecting) --------------------------------

@@ -262,7 +262,7 @@ def test_huge_string_is_rejected_before_parsing(parser: SafeConfigParser, monkey
     def fail(_text: str) -> Dict[str, Any]:
         raise AssertionError("a too large document must not be parsed")
 
-    monkeypatch.setattr("Listener.safe_config_parser.tomllib.loads", fail)
+    monkeypatch.setattr("Listener.safe_config_parser.toml_loads", fail)
     with pytest.raises(ConfigParseError, match="too large"):
         parser.parse_config_from_string("a = 1\n" * (MAX_STRING_BYTES // 3))
 

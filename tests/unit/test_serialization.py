@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import sys
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as dtime, timedelta, timezone
 from decimal import Decimal
@@ -12,16 +11,12 @@ from typing import Any, Dict, List
 from uuid import UUID, uuid4
 
 import pytest
+import tomli
 
 from Listener import ReturnType
 from Listener import serialization
 from Listener.serialization import ResultEncodingError, to_json_bytes
 from tests.unit.helpers import strict_loads
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
 
 
 class Colour(enum.Enum):
@@ -135,7 +130,7 @@ def test_return_type_is_serialisable() -> None:
 
 
 def test_nested_toml_document_with_datetimes() -> None:
-    document = tomllib.loads(
+    document = tomli.loads(
         'job_id = "t-1"\n'
         "odt = 1979-05-27T07:32:00-08:00\n"
         "ldt = 1979-05-27T07:32:00.999999\n"
@@ -224,3 +219,58 @@ def test_huge_integer_is_an_encoding_error() -> None:
     # Python refuses to print ints with more than 4300 digits by default.
     with pytest.raises(ResultEncodingError):
         to_json_bytes(Decimal("1e5000"))
+
+
+class Label(str):
+    pass
+
+
+class Ratio(float):
+    pass
+
+
+def _nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("value", [
+    {"job_id": "j-1", "sent": 1736418600.123, "ok": True, "n": -3, "text": "é€ \"quoted\" \\ \n"},
+    {"when": datetime(2024, 5, 6, 7, 8, 9, 123000, tzinfo=timezone.utc), "day": date(2024, 1, 2), "at": dtime(1, 2)},
+    {"s": {3, 1, 2}, "b": b"raw", "blob": b"\xff\x00", "d": Decimal("2.50"), "td": timedelta(seconds=3)},
+    {"p": Point(1, 2), "c": Colour.RED, "id": UUID("12345678-1234-5678-1234-567812345678"), "t": (1, (2, 3))},
+    {"label": Label("x"), "ratio": Ratio(0.5)},
+    {"none": None, "nan": float("nan")},
+    {1: "int key", None: "none key", 1.5: "float key"},
+    {"big": 2 ** 70, "small": -(2 ** 70)},
+    _nested(300),
+])
+def test_compiled_encoder_writes_what_json_writes(value: Any) -> None:
+    # Whatever orjson can or cannot do, the result decodes to what the json encoder gives.
+    assert strict_loads(to_json_bytes(value)) == strict_loads(serialization._json_bytes(value))
+
+
+def test_common_results_skip_the_json_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    def forbidden(value: Any) -> bytes:
+        raise AssertionError("the json encoder was used")
+
+    monkeypatch.setattr(serialization, "_json_bytes", forbidden)
+    payload = to_json_bytes({"job_id": "j", "values": [1, 2.5, "x"], "at": datetime(2024, 1, 1), "tags": {"b"}})
+    assert payload == b'{"job_id":"j","values":[1,2.5,"x"],"at":"2024-01-01T00:00:00","tags":["b"]}'
+
+
+def test_a_null_in_the_output_is_checked_for_non_finite_floats() -> None:
+    # orjson writes NaN as null; the json pass tells it apart from a real None.
+    assert strict_loads(to_json_bytes({"a": None, "b": float("inf")})) == {"a": None, "b": "Infinity"}
+    assert strict_loads(to_json_bytes([None])) == [None]
+
+
+def test_error_messages_are_the_json_encoders() -> None:
+    with pytest.raises(ResultEncodingError, match=r"^Object of type object is not JSON serializable$"):
+        to_json_bytes({"x": object()})
+    with pytest.raises(ResultEncodingError, match="lone surrogate"):
+        to_json_bytes({"text": "\ud800"})
+    with pytest.raises(ResultEncodingError, match="keys must be str"):
+        to_json_bytes({(1, 2): "tuple key"})

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
+from typing import Any, List
 
 import pytest
 
-from Listener.workers import ThreadWorkers
+from Listener.workers import _DONE, ThreadWorkers, _Call
 
 
 async def test_workers_run_calls_off_the_loop_thread() -> None:
@@ -79,3 +81,56 @@ async def test_idle_workers_exit_and_shutdown_refuses_new_calls() -> None:
     workers.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         await workers.run(lambda: None)
+
+
+async def test_calls_finishing_together_wake_the_loop_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    loop = asyncio.get_running_loop()
+    workers = ThreadWorkers(3)
+    wakeups: List[Any] = []
+    real = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        wakeups.append(callback)
+        return real(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    barrier = threading.Barrier(3, timeout=5)
+    calls = [asyncio.ensure_future(workers.run(barrier.wait)) for _ in range(3)]
+    await asyncio.sleep(0)  # the three calls are handed to the workers
+    # Hold the loop, as a busy one would, until all three outcomes wait for it (bounded).
+    deadline = time.monotonic() + 5
+    while len(workers._finished.get(loop, ())) < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert sorted(await asyncio.wait_for(asyncio.gather(*calls), 5)) == [0, 1, 2]
+    assert len(wakeups) == 1  # one hand-back for the three results
+    assert workers._finished == {}
+    workers.shutdown()
+
+
+async def test_results_hand_back_in_finishing_order_one_at_a_time() -> None:
+    workers = ThreadWorkers(1)
+    done: List[int] = []
+
+    async def one(n: int) -> None:
+        done.append(await workers.run(lambda: n))
+
+    await asyncio.wait_for(asyncio.gather(*(one(n) for n in range(20))), 5)
+    assert done == list(range(20))
+    workers.shutdown()
+
+
+def test_a_result_for_a_closed_loop_is_dropped() -> None:
+    workers = ThreadWorkers(1)
+    loop = asyncio.new_event_loop()
+    release = threading.Event()
+    call = _Call(release.wait, (10,), loop, loop.create_future())
+    workers._submit(call)
+    loop.close()
+    release.set()
+    deadline = time.monotonic() + 5
+    while (call.state != _DONE or workers._finished) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert call.state == _DONE
+    assert workers._finished == {}  # not kept for a loop that will never take it
+    assert workers.threads == 1
+    workers.shutdown()
