@@ -19,10 +19,11 @@ from .errors import ConfigError
 from .redaction import CERTIFICATE_DATA, MASK, SECRET_SETTINGS, mask_uri_credentials, shown_setting
 from .topics import filter_error, topic_name_error
 
-__all__ = ["EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES",
+__all__ = ["ACK_POLICIES", "EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES",
            "OptionKind", "SECTION_NAME", "describe_unknown_keys", "environment_variables", "option_kinds"]
 
 DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
+ACK_POLICIES = ("after_processing", "on_receipt")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_CONCURRENT_JOBS = 10_000
@@ -92,6 +93,8 @@ class EventListenerConfig:
     http_host: str = "127.0.0.1"
     http_port: Optional[int] = None
     keep_job_input: bool = False
+    ack_policy: str = "after_processing"
+    max_pending_messages: int = 10_000
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -188,7 +191,7 @@ def _is_number(value: Any) -> bool:
 
 def _check_types(cfg: EventListenerConfig) -> None:
     for name in ("host", "client_id", "topic", "error_topic", "log_topic", "results_topic", "job_id_field",
-                 "duplicate_action", "log_topic_level", "http_host"):
+                 "duplicate_action", "log_topic_level", "http_host", "ack_policy"):
         value = getattr(cfg, name)
         if not isinstance(value, str):
             raise _fail(name, value, f"must be a string, got {type(value).__name__}")
@@ -343,6 +346,10 @@ def _check_jobs(cfg: EventListenerConfig) -> None:
         raise _fail("http_port", cfg.http_port, "must be an integer from 0 to 65535 (0 = any free port), or None")
     if not cfg.http_host:
         raise _fail("http_host", cfg.http_host, "must be a host name or address")
+    if cfg.ack_policy not in ACK_POLICIES:
+        raise _fail("ack_policy", cfg.ack_policy, f"must be one of {', '.join(ACK_POLICIES)}")
+    if not _is_int(cfg.max_pending_messages) or cfg.max_pending_messages <= 0:
+        raise _fail("max_pending_messages", cfg.max_pending_messages, "must be an integer > 0")
 
 
 _CHECKS = (_check_types, _check_connection, _check_timing, _check_qos, _check_topics, _check_will, _check_jobs)

@@ -54,6 +54,8 @@ START_TIMEOUT = 20.0
 SUMMARY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 IDLE_TIMEOUT = 10.0
+#: max_inflight_messages of the bench's own mosquitto (see BrokerContext).
+BENCH_BROKER_INFLIGHT = 1000
 LAG_PERIOD = 0.010
 MIB = 1024 * 1024
 MANUAL_BODY = """task_type = "data_processing"
@@ -91,6 +93,7 @@ class Scenario:
     budget_rate: float = 250.0  # the slowest rate (msg/s) waited for before giving up
     ceiling: bool = False  # also measured through the bare amqtt loop
     rss_points: int = 0  # RSS samples spread over the run (the soak)
+    ack_policy: str = "after_processing"  # or "on_receipt" (acknowledged when queued)
 
     @property
     def jobs_limit(self) -> int:
@@ -125,6 +128,10 @@ def catalogue(quick: bool, factor: float) -> List[Scenario]:
         Scenario("async50-c100", "async50", 0, "small", n(10_000, 1_000), max_concurrent_jobs=100, budget_rate=333.0),
         Scenario("sync50-t16", "sync50", 0, "small", n(2_500, 250), max_concurrent_jobs=16, budget_rate=83.0),
         Scenario("fixed500-qos1", "trivial", 1, "small", n(10_000, 1_000), rate=500.0),
+        Scenario("acks-qos1-on-receipt", "trivial", 1, "small", n(10_000, 1_000), ack_policy="on_receipt"),
+        Scenario("acks-qos1-after-processing", "trivial", 1, "small", n(10_000, 1_000)),
+        Scenario("flood50k-qos1", "async50", 1, "small", n(50_000, 5_000), max_concurrent_jobs=100, budget_rate=333.0,
+                 rss_points=10),
         Scenario("soak-200k", "trivial", 0, "small", soak, rate=1000.0,
                  max_jobs_in_memory=max(100, soak // 40), rss_points=10),
     ]
@@ -164,6 +171,11 @@ TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
                       lambda r: _at_most(r, "p99_ms", 20) and _at_most(r, "rss_per_job_beyond_payload", 1536)
                       and _no_loss(r)),
     "soak-200k": ("RSS within +-10% of the first of 10 points, lost == 0", lambda r: _soak_flat(r) and _no_loss(r)),
+    "acks-qos1-on-receipt": ("none (reference: ack_policy on_receipt, acknowledged when queued)", lambda r: None),
+    "acks-qos1-after-processing": ("none (ratio_to_on_receipt: the cost of acknowledging after the job)",
+                                   lambda r: None),
+    "flood50k-qos1": ("RSS within +-10% of the first of 10 points (the unacknowledged window bounds it), lost == 0",
+                      lambda r: _soak_flat(r) and _no_loss(r)),
     "ceiling": ("none (the bare amqtt receive->publish loop the trivial scenarios are compared with)", lambda r: None),
 }
 
@@ -276,7 +288,9 @@ class BrokerContext:
 
         self._folder = session_folder()
         # MosquittoBroker sets set_tcp_nodelay true and max_queued_messages 0 (unlimited), as a bench needs.
-        self._broker = MosquittoBroker(self._folder)
+        # With ack_policy after_processing the broker's in-flight limit (default 20) caps the QoS 1 jobs running
+        # at once: raised so that max_concurrent_jobs=100 scenarios can run 100.
+        self._broker = MosquittoBroker(self._folder, max_inflight=BENCH_BROKER_INFLIGHT)
         self._broker.start()
         return Endpoint("127.0.0.1", self._broker.plain_port,
                         description=f"{_mosquitto_version(self._broker.binary)}, own, loopback")
@@ -719,7 +733,7 @@ class Runner:
             "client_id": f"bench-listener-{self.job.run_id}-{sc.name}"[:64], "topic": topics["jobs"], "qos": sc.qos,
             "default_qos": sc.qos, "results_topic": topics["results"], "error_topic": topics["errors"], "log_topic": "",
             "max_concurrent_jobs": sc.max_concurrent_jobs, "max_jobs_in_memory": sc.jobs_limit,
-            "shutdown_grace_period": 5.0,
+            "shutdown_grace_period": 5.0, "ack_policy": sc.ack_policy,
         }
         known = {f.name for f in dataclasses.fields(EventListenerConfig)}
         return EventListenerConfig(**{k: v for k, v in wanted.items() if k in known})
@@ -793,6 +807,7 @@ def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
         "scenario": sc.name, "kind": job.kind, "processor": sc.processor, "qos": sc.qos, "payload": sc.payload,
         "payload_bytes": size, "rate": sc.rate or "max",
         "max_concurrent_jobs": sc.max_concurrent_jobs if job.kind == "listener" else None,
+        "ack_policy": sc.ack_policy if job.kind == "listener" and sc.qos else None,
         "messages": sc.count, "received": received, "lost": sc.count - received,
         "duplicates": got["duplicates"], "errors": got["errors"],
         "msg_per_s": round(received / span, 1) if span > 0 else 0.0,
@@ -892,8 +907,19 @@ def orchestrate(args: argparse.Namespace, scenarios: List[Scenario], endpoint: E
         job = Job(scenario, "listener", endpoint, run_id, slack, idle, profile=bool(args.profile))
         row = run_job(job) if args.profile else run_repeated(job, args.repeat)
         add_ratio(row, ceilings.get(scenario.ceiling_name()) if scenario.ceiling else None)
+        add_ack_ratio(row, rows)
         emit(row, rows)
     return rows
+
+
+def add_ack_ratio(row: Dict[str, Any], rows: List[Dict[str, Any]]) -> None:
+    """``ratio_to_on_receipt`` on the after_processing row: its msg/s over the on_receipt row's of the same run."""
+    if row.get("scenario") != "acks-qos1-after-processing" or "error" in row:
+        return
+    reference = next((r for r in rows if r.get("scenario") == "acks-qos1-on-receipt" and r.get("msg_per_s")), None)
+    if reference is not None:
+        row["on_receipt_msg_per_s"] = reference["msg_per_s"]
+        row["ratio_to_on_receipt"] = round(row["msg_per_s"] / reference["msg_per_s"], 3)
 
 
 def environment(endpoint: Endpoint) -> Dict[str, Any]:
