@@ -20,11 +20,12 @@ from .job_store import job_store_problem
 from .redaction import CERTIFICATE_DATA, MASK, SECRET_SETTINGS, mask_uri_credentials, shown_setting
 from .topics import filter_error, topic_name_error
 
-__all__ = ["EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS", "MAX_PAYLOAD_BYTES",
-           "MAX_RETRIES", "MAX_RETRY_DELAY", "OptionKind", "SECTION_NAME", "describe_unknown_keys",
+__all__ = ["ACK_POLICIES", "EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS",
+           "MAX_PAYLOAD_BYTES", "MAX_RETRIES", "MAX_RETRY_DELAY", "OptionKind", "SECTION_NAME", "describe_unknown_keys",
            "environment_variables", "option_kinds"]
 
 DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
+ACK_POLICIES = ("after_processing", "on_receipt")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_CONCURRENT_JOBS = 10_000
@@ -102,6 +103,8 @@ class EventListenerConfig:
     retry_backoff: float = 1.0
     #: ``"memory"``, or ``"sqlite:///jobs.db"`` (relative path) / ``"sqlite:////abs/jobs.db"`` (absolute).
     job_store: str = "memory"
+    ack_policy: str = "after_processing"
+    max_pending_messages: int = 10_000
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -198,7 +201,7 @@ def _is_number(value: Any) -> bool:
 
 def _check_types(cfg: EventListenerConfig) -> None:
     for name in ("host", "client_id", "topic", "error_topic", "log_topic", "results_topic", "job_id_field",
-                 "duplicate_action", "log_topic_level", "http_host", "job_store"):
+                 "duplicate_action", "log_topic_level", "http_host", "job_store", "ack_policy"):
         value = getattr(cfg, name)
         if not isinstance(value, str):
             raise _fail(name, value, f"must be a string, got {type(value).__name__}")
@@ -356,6 +359,10 @@ def _check_jobs(cfg: EventListenerConfig) -> None:
     problem = job_store_problem(cfg.job_store)
     if problem:
         raise _fail("job_store", cfg.job_store, problem)
+    if cfg.ack_policy not in ACK_POLICIES:
+        raise _fail("ack_policy", cfg.ack_policy, f"must be one of {', '.join(ACK_POLICIES)}")
+    if not _is_int(cfg.max_pending_messages) or cfg.max_pending_messages <= 0:
+        raise _fail("max_pending_messages", cfg.max_pending_messages, "must be an integer > 0")
 
 
 def _check_retries(cfg: EventListenerConfig) -> None:

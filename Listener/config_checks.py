@@ -18,7 +18,7 @@ from .config import EventListenerConfig
 from .topics import topic_matches
 
 __all__ = ["check_before_start", "config_warnings", "covered_own_topics", "file_problems", "own_topics",
-           "subscription_filters", "uri_conflict"]
+           "session_loses_messages", "subscription_filters", "uri_conflict"]
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(EventListenerConfig)}
 #: Options naming files (or, for capath, a directory) the TLS set-up reads.
@@ -85,7 +85,19 @@ def config_warnings(config: EventListenerConfig) -> List[str]:
     conflict = uri_conflict(config)
     if conflict:
         warnings.append(conflict)
+    lost = session_loses_messages(config)
+    if lost:
+        warnings.append(lost)
     return warnings
+
+
+def session_loses_messages(config: EventListenerConfig) -> str | None:
+    """A warning when a QoS 1/2 subscription uses a clean session: what is in flight is lost on restart."""
+    highest = max([config.qos, *(options.get("qos", 0) for options in config.custom_topics.values())])
+    if highest < 1 or not config.cleansession:
+        return None
+    return (f"qos {highest} with cleansession=True: messages in flight are lost when the listener restarts "
+            f"(the broker forgets the session); at-least-once delivery needs cleansession=False and a fixed client_id")
 
 
 def file_problems(config: EventListenerConfig) -> List[str]:

@@ -1,15 +1,31 @@
 """A delivery queue that holds back acknowledgements: the listener's bounded intake.
 
-amqtt acknowledges an incoming QoS 1 message (PUBACK) or completes a QoS 2 one (PUBCOMP) right
-after putting it into the session's delivery queue, and that queue is unbounded: under load it
-fills with messages the broker already considers delivered, all lost if the process dies.
+amqtt runs each incoming PUBLISH in its own task, puts the message into the session's delivery queue
+(``await put()`` for QoS 1/2, ``put_nowait()`` for QoS 0) and sends the PUBACK (QoS 1) or PUBCOMP
+(QoS 2) as soon as ``put()`` returns. Its own queue is unbounded and ``put()`` returns at once.
+``DeliveryQueue`` replaces it, with one of two acknowledgement policies:
 
-``DeliveryQueue`` replaces it. Acknowledged flows call ``await put()``, which waits while
-``window`` messages are already queued, so the acknowledgement waits too and the broker stops
-sending once its in-flight window is full: at most ``window`` acknowledged-but-unprocessed
-messages exist. QoS 0 messages (amqtt calls ``put_nowait``) carry no acknowledgement and are
-never held back. ``close()`` stops accepting acknowledged messages for good (used when stopping:
-what is queued gets processed, what is not yet acknowledged stays with the broker).
+- ``on_receipt``: ``put()`` waits while ``window`` messages are queued, then returns: a message is
+  acknowledged when it enters the queue, so at most ``window`` acknowledged-but-unprocessed messages
+  exist (the listener's behaviour before ``ack_policy`` existed).
+- ``after_processing`` (``hold_acks=True``): ``put()`` queues the message at once and then waits until
+  the message is *settled* (its job finished, see :class:`Ticket`) and every message that arrived
+  before it was released too: acknowledgements go out strictly in arrival order (MQTT 3.1.1 §4.6),
+  for a prefix of settled messages only. At most ``max_pending`` messages are queued or awaiting their
+  acknowledgement; past that, ``put()`` waits before queueing (the broker's in-flight limit then stops it
+  sending more). A ``put()`` cancelled while waiting (the connection ended) releases nothing: the broker
+  redelivers that message on the next connection, and the copy already queued is processed anyway
+  (the job store treats the redelivery as a duplicate).
+
+With a durable job store, ``barrier`` (the store's ``durable()``) is awaited before a run of settled
+messages is released: a message the broker will not redeliver has its job's outcome on disk. One
+commit covers every message settled meanwhile, and a failing barrier is retried (the store reports the
+failure) while those messages stay unacknowledged.
+
+QoS 0 messages carry no acknowledgement and are never held back; once ``max_pending`` messages are
+queued, further QoS 0 messages are dropped and ``on_drop`` is called for each. ``close()`` stops
+accepting acknowledged messages for good (used when stopping: what is queued gets processed, what is
+not yet queued stays with the broker).
 """
 
 from __future__ import annotations
@@ -17,33 +33,113 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from typing import Any, Callable, Deque, Optional
+import logging
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
 
-__all__ = ["DeliveryQueue"]
+__all__ = ["DeliveryQueue", "Ticket"]
+
+logger = logging.getLogger("Listener.delivery")
+
+#: Seconds between tries of a failing ``barrier`` (doubling up to the last).
+BARRIER_RETRY = (0.05, 2.0)
+
+
+class _Entry:
+    """One held acknowledgement in the ledger: released once settled and first in line."""
+
+    __slots__ = ("released", "settled")
+
+    def __init__(self) -> None:
+        self.settled = False
+        self.released: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+
+
+class Ticket:
+    """The acknowledgement of one message taken from a ``hold_acks`` queue: settle it when its job is done.
+
+    :meth:`settle` is idempotent. :meth:`defer` hands settling over to a future (a job whose QoS 1/2
+    result awaits the broker's acknowledgement): the ticket then settles when that future completes,
+    and never if it is cancelled; a later :meth:`settle` does nothing.
+    """
+
+    __slots__ = ("_deferred", "_entry", "_queue")
+
+    def __init__(self, queue: "DeliveryQueue", entry: _Entry) -> None:
+        self._queue = queue
+        self._entry = entry
+        self._deferred = False
+
+    def defer(self, until: "asyncio.Future[Any]") -> None:
+        """Settle when ``until`` is done, unless it was cancelled (then the message stays unacknowledged)."""
+        self._deferred = True
+        until.add_done_callback(self._on_done)
+
+    def _on_done(self, until: "asyncio.Future[Any]") -> None:
+        if not until.cancelled():
+            self._queue._settle(self._entry)
+
+    def settle(self) -> None:
+        """The message's job is finished: its acknowledgement may go out once those before it went."""
+        if not self._deferred:
+            self._queue._settle(self._entry)
+
+    def withhold(self) -> None:
+        """Never acknowledge this message (its job was cut short): the broker redelivers it to a later session."""
+        self._deferred = True
+
+    @property
+    def settled(self) -> bool:
+        """True once settled (released, or waiting for an earlier message)."""
+        return self._entry.settled
 
 
 class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
-    """amqtt's delivery queue with a window on acknowledged messages and an arrival callback."""
+    """amqtt's delivery queue with held-back acknowledgements, a bound, and an arrival callback."""
 
-    def __init__(self, window: int, on_arrival: Optional[Callable[[], None]] = None) -> None:
+    def __init__(self, window: int, on_arrival: Optional[Callable[[], None]] = None, *, hold_acks: bool = False,
+                 max_pending: int = 10_000, on_drop: Optional[Callable[[], None]] = None) -> None:
         super().__init__()
         self.window = max(1, window)
+        self.hold_acks = hold_acks
+        self.max_pending = max(1, max_pending)
         self.closed = False
         self.on_arrival = on_arrival
+        self.on_drop = on_drop
+        self.dropped = 0
         self._ack_waiters: Deque["asyncio.Future[None]"] = deque()
         self._reserved = 0
+        self._ledger: Deque[_Entry] = deque()
+        self._tickets: Dict[int, _Entry] = {}
+        #: Awaited before settled messages are released (a durable job store's ``durable()``), or None.
+        self.barrier: Optional[Callable[[], Awaitable[None]]] = None
+        self._recording: Deque[_Entry] = deque()  # settled, released once the barrier passed
+        self._releaser: Optional["asyncio.Task[None]"] = None
+
+    # -- QoS 0 -----------------------------------------------------------------------------------
 
     def put_nowait(self, item: Any) -> None:
+        """Queue a QoS 0 message, or drop it when ``max_pending`` messages are queued already."""
+        if self.qsize() >= self.max_pending:
+            self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
+            return
+        self._enqueue(item)
+
+    def _enqueue(self, item: Any) -> None:
         super().put_nowait(item)
         if self.on_arrival is not None:
             self.on_arrival()
 
+    # -- QoS 1/2 ---------------------------------------------------------------------------------
+
     async def put(self, item: Any) -> None:
-        """Queue an acknowledged message once there is room (the caller acknowledges it afterwards).
+        """Queue an acknowledged message once there is room; with ``hold_acks``, return only once its
+        acknowledgement is released. The caller (amqtt) acknowledges it when this returns.
 
         Waiters are served strictly first come, first served, so messages keep their arrival order.
         """
-        if self.closed or self._ack_waiters or self.qsize() + self._reserved >= self.window:
+        if self.closed or self._ack_waiters or not self._has_room():
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._ack_waiters.append(waiter)
             try:
@@ -57,26 +153,107 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
                         self._ack_waiters.remove(waiter)
                 raise
             self._reserved -= 1
-        self.put_nowait(item)
+        if not self.hold_acks:
+            self._enqueue(item)
+            return
+        entry = _Entry()
+        self._ledger.append(entry)
+        self._tickets[id(item)] = entry
+        self._enqueue(item)
+        # Cancelled (the connection ended): nothing is released for this message; its entry stays in the
+        # ledger until its job settles it, so later messages are still released in order.
+        await entry.released
 
-    def get_nowait(self) -> Any:
-        item = super().get_nowait()
-        self._wake_putters()
-        return item
+    def _has_room(self) -> bool:
+        if self.hold_acks:
+            return len(self._ledger) + len(self._recording) + self._reserved < self.max_pending
+        return self.qsize() + self._reserved < self.window
 
     def _wake_putters(self) -> None:
         # One waiter per free place, each with the place reserved for it (no thundering herd, no overtaking).
-        while self._ack_waiters and not self.closed and self.qsize() + self._reserved < self.window:
+        while self._ack_waiters and not self.closed and self._has_room():
             waiter = self._ack_waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
                 self._reserved += 1
+
+    def _settle(self, entry: _Entry) -> None:
+        entry.settled = True
+        ledger = self._ledger
+        released = False
+        while ledger and ledger[0].settled:
+            head = ledger.popleft()
+            released = True
+            if self.barrier is not None:
+                self._recording.append(head)
+            elif not head.released.done():
+                head.released.set_result(None)
+        if not released:
+            return
+        if self._recording and self._releaser is None:
+            self._releaser = asyncio.get_running_loop().create_task(self._release_recorded(self.barrier))
+        self._wake_putters()
+
+    async def _release_recorded(self, barrier: Optional[Callable[[], Awaitable[None]]]) -> None:
+        """Release the settled messages in order, each run once ``barrier`` passed after it settled."""
+        try:
+            while self._recording:
+                batch = list(self._recording)
+                self._recording.clear()
+                delay = BARRIER_RETRY[0]
+                while barrier is not None:
+                    try:
+                        await barrier()
+                        break
+                    except Exception as exc:  # the store reports it; keep the acknowledgements until it recovers
+                        logger.debug("Acknowledgements held: the job store is not recorded yet (%s)", exc)
+                        await asyncio.sleep(delay)
+                        delay = min(2 * delay, BARRIER_RETRY[1])
+                for head in batch:
+                    if not head.released.done():
+                        head.released.set_result(None)
+                self._wake_putters()
+        finally:
+            self._releaser = None
+
+    async def released(self) -> None:
+        """Return once the settled messages waiting for the barrier are released."""
+        releaser = self._releaser
+        if releaser is not None:
+            await asyncio.shield(releaser)
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages queued or processed whose acknowledgement is still held back (``hold_acks``)."""
+        return len(self._ledger) + len(self._recording)
+
+    # -- taking ----------------------------------------------------------------------------------
+
+    def get_nowait(self) -> Any:
+        item = super().get_nowait()
+        if not self.hold_acks:
+            self._wake_putters()
+        return item
 
     def take(self) -> Any:
         """The next message, or None when the queue is empty."""
         if self.empty():
             return None
         return self.get_nowait()
+
+    def ticket(self, message: Any) -> Optional[Ticket]:
+        """The acknowledgement of a message just taken (None when nothing is held back for it)."""
+        entry = self._tickets.pop(id(message), None)
+        return None if entry is None else Ticket(self, entry)
+
+    def drain(self) -> List[Any]:
+        """Take every queued message (stopping): they stay unacknowledged."""
+        taken: List[Any] = []
+        while not self.empty():
+            message = self.get_nowait()
+            self._tickets.pop(id(message), None)
+            taken.append(message)
+        return taken
 
     def close(self) -> None:
         """Accept no more acknowledged messages (they stay unacknowledged, with the broker)."""

@@ -17,6 +17,7 @@ from typing import Any, Callable, Dict, Iterable, Optional, Set, Type, Union
 from ._version import __version__
 from .config import EventListenerConfig
 from .config_checks import check_before_start
+from .delivery import Ticket
 from .events import EventSink
 from .intake import Payload, find_job_id, generate_job_id
 from .job_tracking import JobTracker
@@ -89,7 +90,8 @@ class EventListener:
         self._filters = subscriptions(config.topic, config.qos, config.custom_topics)
         self._runner = Runner(config, endpoint, self._slot, self._filters, self._publisher, self._events, metrics,
                               self._tracker, self._pipeline.finishing,
-                              lambda payload, topic: self._process_message(payload, topic=topic, pipelined=True))
+                              lambda payload, topic, ticket: self._process_message(payload, topic=topic, pipelined=True,
+                                                                                   ticket=ticket))
         self._pipeline.stop_requested = lambda: self._runner.stopping
 
     # -- the client and the state ------------------------------------------------------------------
@@ -287,8 +289,10 @@ class EventListener:
         return await self._process_message(data, func, topic=topic)
 
     async def _process_message(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor] = None,
-                               *, topic: Optional[str] = None, pipelined: bool = False) -> Any:
-        return await self._pipeline.process(data, func if func is not None else self._processor, topic, pipelined)
+                               *, topic: Optional[str] = None, pipelined: bool = False,
+                               ticket: Optional[Ticket] = None) -> Any:
+        return await self._pipeline.process(data, func if func is not None else self._processor, topic, pipelined,
+                                            ticket)
 
     # -- jobs ------------------------------------------------------------------------------------
 

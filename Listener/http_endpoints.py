@@ -465,6 +465,7 @@ _COUNTERS = (
     ("messages_received", "Messages received from the broker."),
     ("messages_rejected", "Messages rejected before becoming a job (invalid payload, missing job id, too large)."),
     ("jobs_retried", "Retries of failed jobs started (max_retries)."),
+    ("messages_dropped", "QoS 0 messages dropped because max_pending_messages were already waiting."),
     ("publishes", "Messages the listener published (results and events)."),
     ("publish_errors", "Publications that failed."),
     ("publishes_retried", "Publications retried after a failure."),

@@ -46,6 +46,14 @@ class JobTracker:
             self.job_finished.set()
         return updated
 
+    async def interrupt_job(self, job_id: str) -> bool:
+        """Record a job cut short by stopping (FAILED, run again when its message is redelivered)."""
+        async with self.lock:
+            interrupted = self.store.interrupt(job_id)
+        if interrupted:
+            self.job_finished.set()
+        return interrupted
+
     async def start_attempt(self, job_id: str) -> int:
         """Mark the job RUNNING for one more run of its processor; how many runs it has had (0: unknown id)."""
         async with self.lock:

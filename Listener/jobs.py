@@ -6,10 +6,14 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, Callable, Dict, Iterator, Optional, Protocol
+from typing import Any, Callable, Dict, Iterator, Optional, Protocol, Set
 
-__all__ = ["JobInfo", "JobStatus", "JobStore", "JobStoreBackend", "InsertOutcome", "ACTIVE_STATUSES",
+__all__ = ["CANCELLED", "JobInfo", "JobStatus", "JobStore", "JobStoreBackend", "InsertOutcome", "ACTIVE_STATUSES",
            "FINISHED_STATUSES"]
+
+
+#: The error of a job cancelled by stopping (its message stays unacknowledged: it runs again when redelivered).
+CANCELLED = "Cancelled: listener stopped"
 
 
 class JobStatus(enum.Enum):
@@ -71,6 +75,8 @@ class JobStoreBackend(Protocol):
     jobs: Dict[str, JobInfo]
     max_jobs: int
     ttl: timedelta
+    #: Whether jobs outlive the process (then a message is acknowledged only once :meth:`durable` passed).
+    persistent: bool
 
     def get(self, job_id: str) -> Optional[JobInfo]:
         """The job with this id, or None."""
@@ -86,6 +92,9 @@ class JobStoreBackend(Protocol):
 
     def mark_duplicate(self, job_id: str) -> bool:
         """Record that ``job_id`` arrived again (a RUNNING job keeps running); False when unknown."""
+
+    def interrupt(self, job_id: str, error: str = CANCELLED) -> bool:
+        """Record a job cut short by stopping: FAILED, and run again when its message is redelivered."""
 
     def start_attempt(self, job_id: str) -> int:
         """Mark the job RUNNING and count one more start of its processor; its ``attempts`` (0 when unknown)."""
@@ -129,6 +138,9 @@ class JobStore:
     (the listener guards it with ``job_lock``).
     """
 
+    #: Jobs live in this process only.
+    persistent = False
+
     def __init__(self, max_jobs: int, ttl_seconds: float, keep_input: bool = False) -> None:
         self.jobs: Dict[str, JobInfo] = {}
         self.max_jobs = max_jobs
@@ -136,6 +148,7 @@ class JobStore:
         #: Keep a finished job's ``input_data``; by default it is dropped, so held jobs cost little memory.
         self.keep_input = keep_input
         self._finished: OrderedDict[str, None] = OrderedDict()
+        self._interrupted: Set[str] = set()  # cut short: run again when their message comes again
 
     def __len__(self) -> int:
         return len(self.jobs)
@@ -148,7 +161,20 @@ class JobStore:
         return self.jobs.get(job_id)
 
     def insert(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None) -> InsertOutcome:
-        """Store a new PENDING job unless the id exists or no slot can be freed."""
+        """Store a new PENDING job unless the id exists or no slot can be freed.
+
+        An interrupted job (see :meth:`interrupt`) is not a duplicate: it starts again, its ``attempts`` kept.
+        """
+        if job_id in self._interrupted:
+            self._interrupted.discard(job_id)
+            old = self.jobs.get(job_id)
+            if old is not None and old.status is not JobStatus.RUNNING:
+                self._finished.pop(job_id, None)
+                job = self.jobs[job_id] = JobInfo(job_id=job_id, status=JobStatus.PENDING, input_data=data,
+                                                  topic=topic, duplicate_count=old.duplicate_count,
+                                                  attempts=old.attempts)
+                self._changed(job)
+                return InsertOutcome.CREATED
         if job_id in self.jobs:
             return InsertOutcome.EXISTS
         if len(self.jobs) >= self.max_jobs and not self._make_room():
@@ -221,11 +247,24 @@ class JobStore:
         self.set_status(job_id, JobStatus.DUPLICATE)
         return True
 
+    def interrupt(self, job_id: str, error: str = CANCELLED) -> bool:
+        """Record a job cut short by stopping: FAILED with ``error``, and run again (not a duplicate) when its
+        message, left unacknowledged, is redelivered. False when the id is unknown."""
+        if not self.set_status(job_id, JobStatus.FAILED, error=error):
+            return False
+        self._interrupted.add(job_id)
+        return True
+
+    def is_interrupted(self, job_id: str) -> bool:
+        """True for a job cut short (or found unfinished in a durable store) whose message has not come again."""
+        return job_id in self._interrupted
+
     def remove(self, job_id: str) -> bool:
         """Forget a job. False when the id is unknown."""
         self._finished.pop(job_id, None)
         if self.jobs.pop(job_id, None) is None:
             return False
+        self._interrupted.discard(job_id)
         self._removed(job_id)
         return True
 
@@ -237,6 +276,7 @@ class JobStore:
             # The index can be stale when users edit ``jobs`` directly; trust the dict.
             if job is not None and job.status in FINISHED_STATUSES:
                 del self.jobs[job_id]
+                self._interrupted.discard(job_id)
                 self._removed(job_id)
                 return True
         return False
@@ -254,6 +294,7 @@ class JobStore:
         ]
         for job_id in expired:
             del self.jobs[job_id]
+            self._interrupted.discard(job_id)
             self._removed(job_id)
         self._index_finished()
         return len(expired)

@@ -22,6 +22,7 @@ class ListenerMetrics:
     def __init__(self) -> None:
         self.messages_received = 0
         self.messages_rejected = 0
+        self.messages_dropped = 0
         self.own_messages_ignored = 0
         self.own_echoes_ignored = 0
         self.jobs_finished: Counter[str] = Counter()
@@ -57,6 +58,7 @@ class ListenerMetrics:
         return {
             "messages_received": self.messages_received,
             "messages_rejected": self.messages_rejected,
+            "messages_dropped": self.messages_dropped,
             "own_messages_ignored": self.own_messages_ignored,
             "own_echoes_ignored": self.own_echoes_ignored,
             "jobs": dict(jobs_by_status),

@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Optional, Set, Tuple, Union
 from .backoff import backoff_delay
 from .config import MAX_RETRY_DELAY, EventListenerConfig
 from .config_checks import own_topics, subscription_filters
+from .delivery import Ticket
 from .echoes import OwnMessages
 from .events import ErrorType, EventSink
 from .intake import Payload, RejectedMessage, decode_payload_off_loop, resolve_job_id
@@ -92,11 +93,13 @@ class Pipeline:
     # -- one message -----------------------------------------------------------------------------
 
     async def process(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor], topic: Optional[str],
-                      pipelined: bool = False) -> Any:
+                      pipelined: bool = False, ticket: Optional[Ticket] = None) -> Any:
         """Process one message as a job; returns what the processor returned (None if rejected or skipped).
 
         ``pipelined`` (the run loop): a QoS 1/2 result's acknowledgement is awaited in the background,
         so the next job can start meanwhile; the job becomes COMPLETED once the result is acknowledged.
+        ``ticket`` (the message's held-back acknowledgement) is then deferred until that happens; otherwise
+        the caller settles it when this returns.
         """
         if topic is not None and self._own.is_own(None if isinstance(data, dict) else data, topic):
             return None
@@ -117,7 +120,7 @@ class Pipeline:
             fields["_topic"] = topic
         if not await self.admit(job_id, fields, topic):
             return None
-        return await self._execute(job_id, fields, func, topic, pipelined)
+        return await self._execute(job_id, fields, func, topic, pipelined, ticket)
 
     async def admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str]) -> bool:
         """Create the job, or apply the duplicate policy; while the store is full of active jobs, wait
@@ -170,7 +173,7 @@ class Pipeline:
         return outcome
 
     async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str],
-                       pipelined: bool) -> Any:
+                       pipelined: bool, ticket: Optional[Ticket] = None) -> Any:
         """Run the processor for an admitted job, publish its result, record the outcome.
 
         A processor that raises or times out is run again after a backoff, up to ``max_retries`` times;
@@ -193,6 +196,8 @@ class Pipeline:
                         raise
                     if not await self._wait_to_retry(job_id, exc, topic, attempt):
                         await self._cancelled(job_id, topic, "stop() came while it waited to be retried")
+                        if ticket is not None:
+                            ticket.withhold()
                         return None
             publication = self.publication_for(result, job_id)
         except asyncio.CancelledError:
@@ -210,6 +215,8 @@ class Pipeline:
             finishing = asyncio.ensure_future(self._complete(job_id, result, topic, started, publication, sending))
             self.finishing.add(finishing)
             finishing.add_done_callback(self.finishing.discard)
+            if ticket is not None:
+                ticket.defer(finishing)
             return result
         sent = await self._publisher.deliver(publication, job_id=job_id)
         await self._complete(job_id, result, topic, started, publication, sent)
@@ -271,7 +278,7 @@ class Pipeline:
 
     async def _cancelled(self, job_id: str, topic: Optional[str], why: Optional[str]) -> None:
         """Record a job ended by stop(): cancelled while it ran, or (``why``) before a retry."""
-        await self._tracker.update_job_status(job_id, JobStatus.FAILED, error="Cancelled: listener stopped")
+        await self._tracker.interrupt_job(job_id)
         self._metrics.jobs_finished[_FAILED] += 1
         if why is not None:
             await self._events.log(logging.WARNING, "job_failed", "Job %s cancelled: %s", job_id, why, job_id=job_id,

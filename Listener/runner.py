@@ -16,6 +16,8 @@ from typing import Any, Awaitable, Callable, Optional, Sequence, Set, Tuple
 from .backoff import backoff_delay
 from .config import EventListenerConfig
 from .containment import cancel
+from .delivery import Ticket
+from .drops import DropReporter
 from .events import EventSink
 from .job_tracking import JobTracker
 from .metrics import ListenerMetrics
@@ -28,8 +30,11 @@ __all__ = ["Runner", "State", "backoff_delay"]
 logger = logging.getLogger("Listener.event_listener")
 
 _MAX_CLEANUP_PERIOD = 60.0
-#: Handles one message: ``(payload, topic)``.
-Handler = Callable[[Any, str], Awaitable[Any]]
+#: Seconds stopping waits for the durable job store to record what finished, before acknowledging it.
+ACKS_RELEASED_TIMEOUT = 5.0
+#: Handles one message: ``(payload, topic, ticket)``; the ticket (None when no acknowledgement is held
+#: back) is settled by the run loop when the call returns, unless the handler deferred it.
+Handler = Callable[[Any, str, Optional[Ticket]], Awaitable[Any]]
 
 
 class State(str, enum.Enum):
@@ -76,6 +81,7 @@ class Runner:
         self._inline_jobs = 0
         self._slot_freed = asyncio.Event()
         self._grace_timer: Optional[asyncio.TimerHandle] = None
+        self._drops = DropReporter(metrics, events, config.max_pending_messages)
 
     @property
     def active(self) -> bool:
@@ -158,6 +164,9 @@ class Runner:
             cleanup.cancel()
             await self._wind_down()
             if self._session is not None:
+                with contextlib.suppress(asyncio.TimeoutError):  # recorded jobs are acknowledged before the DISCONNECT
+                    await asyncio.wait_for(self._session.adapter.acks_released(), ACKS_RELEASED_TIMEOUT)
+                await asyncio.sleep(0)  # acknowledgements just released go out before the DISCONNECT
                 await self._session.close()
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
@@ -172,7 +181,11 @@ class Runner:
         attempt = 0
         started = False
         while not self._stop.is_set():
-            session = self._session = Session(self._slot.for_new_connection(), self._config, self._endpoint, self._filters)
+            adapter = self._slot.for_new_connection()
+            adapter.on_drop(self._drops.record)
+            if self._tracker.store.persistent:
+                adapter.hold_acks_until(self._tracker.store.durable)
+            session = self._session = Session(adapter, self._config, self._endpoint, self._filters)
             try:
                 if not await self._unless_stopped(session.open()):
                     return
@@ -276,14 +289,15 @@ class Runner:
             message = await session.next_message()
             if message is None:
                 return
+            ticket = session.ticket(message)
             if limit == 1:
                 self._inline_jobs += 1
                 try:
-                    await self._contained(message.data, message.topic)
+                    await self._contained(message.data, message.topic, ticket)
                 finally:
                     self._inline_jobs -= 1
             else:
-                task = asyncio.create_task(self._contained(message.data, message.topic))
+                task = asyncio.create_task(self._contained(message.data, message.topic, ticket))
                 self._in_flight.add(task)
                 task.add_done_callback(self._job_done)
 
@@ -291,13 +305,16 @@ class Runner:
         self._in_flight.discard(task)
         self._slot_freed.set()
 
-    async def _contained(self, payload: Any, topic: str) -> None:
+    async def _contained(self, payload: Any, topic: str, ticket: Optional[Ticket]) -> None:
+        """Handle one message; settle its ticket unless cancelled (a job cut short stays unacknowledged)."""
         try:
-            await self._handle(payload, topic)
+            await self._handle(payload, topic, ticket)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug of ours must cost one message, not the listener
             logger.exception("Unexpected error while handling a message on %r", topic)
+        if ticket is not None:
+            ticket.settle()
 
     # -- winding down ----------------------------------------------------------------------------
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from types import TracebackType
-from typing import Any, List, Optional, Protocol, Sequence, Tuple, Type
+from typing import Any, Awaitable, Callable, List, Optional, Protocol, Sequence, Tuple, Type
 
 from .config import EventListenerConfig
 from .containment import cancel
+from .delivery import Ticket
 from .transport import (
     DEFAULT_CONNECT_TIMEOUT, AmqttClient, BrokerRefusedConnection, connection_error, new_client, open_connection,
 )
@@ -73,6 +74,18 @@ class ClientAdapter(Protocol):
 
     def drop_queued(self) -> List[Any]:
         """Forget the messages not handed out yet (stopping); returns them."""
+
+    def ticket(self, message: Any) -> Optional[Ticket]:
+        """The held-back acknowledgement of a message just handed out (None when there is none to hold)."""
+
+    def on_drop(self, callback: Callable[[], None]) -> None:
+        """Have ``callback`` called for each QoS 0 message dropped because the intake is full."""
+
+    def hold_acks_until(self, barrier: Callable[[], Awaitable[None]]) -> None:
+        """Await ``barrier`` (a durable job store's ``durable()``) before releasing held acknowledgements."""
+
+    async def acks_released(self) -> None:
+        """Return once the acknowledgements waiting for that barrier went out to the client."""
 
 
 class _Adapter:
@@ -178,6 +191,19 @@ class AmqttAdapter(_Adapter):
     def drop_queued(self) -> List[Any]:
         return list(self.client.drop_queued_messages())
 
+    def ticket(self, message: Any) -> Optional[Ticket]:
+        ticket: Optional[Ticket] = self.client.ticket(message)
+        return ticket
+
+    def on_drop(self, callback: Callable[[], None]) -> None:
+        self.client.on_drop = callback
+
+    def hold_acks_until(self, barrier: Callable[[], Awaitable[None]]) -> None:
+        self.client.hold_acks_until(barrier)
+
+    async def acks_released(self) -> None:
+        await self.client.acks_released()
+
     def release(self) -> None:
         """Stop watching for the end of the connection (the session is over)."""
         if self._lost is not None and not self._lost.done():
@@ -242,6 +268,18 @@ class ForeignClientAdapter(_Adapter):
 
     def drop_queued(self) -> List[Any]:
         return []
+
+    def ticket(self, message: Any) -> Optional[Ticket]:
+        return None  # a client the listener did not create acknowledges on its own terms
+
+    def on_drop(self, callback: Callable[[], None]) -> None:
+        return None
+
+    def hold_acks_until(self, barrier: Callable[[], Awaitable[None]]) -> None:
+        return None
+
+    async def acks_released(self) -> None:
+        return None
 
     def release(self) -> None:
         return None
@@ -392,6 +430,10 @@ class Session:
     async def next_message(self) -> Any:
         """The next message, or None when the connection ended (or the intake closed) and none is left."""
         return await self.adapter.next_message()
+
+    def ticket(self, message: Any) -> Optional[Ticket]:
+        """The held-back acknowledgement of ``message`` (``ack_policy = "after_processing"``), or None."""
+        return self.adapter.ticket(message)
 
     async def wait_closed(self) -> None:
         """Return when the connection ends."""

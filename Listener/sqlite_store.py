@@ -25,10 +25,10 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from .job_store import JobStoreError
-from .jobs import ACTIVE_STATUSES, InsertOutcome, JobInfo, JobStatus, JobStore
+from .jobs import ACTIVE_STATUSES, CANCELLED, JobInfo, JobStatus, JobStore
 from .serialization import ResultEncodingError, to_json_bytes
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "SqliteJobStore", "check_existing_database"]
@@ -276,6 +276,9 @@ class SqliteJobStore(JobStore):
     :meth:`durable` raises meanwhile, so nothing is acknowledged that is not on disk.
     """
 
+    #: Jobs are kept in the file: they outlive the process.
+    persistent = True
+
     def __init__(self, path: Path, max_jobs: int, ttl_seconds: float, keep_input: bool = False) -> None:
         super().__init__(max_jobs, ttl_seconds, keep_input)
         self.path = Path(path)
@@ -289,7 +292,6 @@ class SqliteJobStore(JobStore):
         self._waiters: Deque[Tuple[int, "asyncio.Future[None]"]] = deque()
         self._writer: Optional[_Writer] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._interrupted: Set[str] = set()
         self._opening: "Optional[asyncio.Future[None]]" = None
 
     @property
@@ -359,29 +361,14 @@ class SqliteJobStore(JobStore):
                 job.status, job.error = JobStatus.PENDING, INTERRUPTED
                 self._interrupted.add(job.job_id)
                 self._dirty[job.job_id] = job
+            elif job.status is JobStatus.FAILED and job.error == CANCELLED:  # stopped mid-job, left unacknowledged
+                self._interrupted.add(job.job_id)
             loaded.append(job)
         for job in reversed(loaded):  # oldest first, as if they had arrived in this run
             self.jobs[job.job_id] = job
         self._index_finished()
 
     # -- what changes ----------------------------------------------------------------------------
-
-    def insert(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None) -> InsertOutcome:
-        """As :meth:`JobStore.insert`; a job interrupted by a crash starts again (PENDING, attempts kept)."""
-        if job_id in self._interrupted:
-            self._interrupted.discard(job_id)
-            old = self.jobs.get(job_id)
-            if old is not None and old.status in ACTIVE_STATUSES:
-                job = self.jobs[job_id] = JobInfo(job_id=job_id, status=JobStatus.PENDING, input_data=data,
-                                                  topic=topic, duplicate_count=old.duplicate_count,
-                                                  attempts=old.attempts)
-                self._changed(job)
-                return InsertOutcome.CREATED
-        return super().insert(job_id, data, topic)
-
-    def is_interrupted(self, job_id: str) -> bool:
-        """True for a job found unfinished when the file was opened, whose message has not come again."""
-        return job_id in self._interrupted
 
     def _make_room(self) -> bool:
         if super()._make_room():
@@ -415,7 +402,6 @@ class SqliteJobStore(JobStore):
 
     def _removed(self, job_id: str) -> None:
         self._dirty[job_id] = None
-        self._interrupted.discard(job_id)
         if not self._flush_scheduled:
             self._schedule()
 

@@ -28,6 +28,7 @@ import tomli_w
 from ._memory_transport import MemoryBroker, MemoryClient, MemoryMessage
 from ._test_brokers import BrokerAddress, running_broker
 from .config import EventListenerConfig
+from .delivery import Ticket
 from .event_listener import EventListener
 from .jobs import JobStatus
 from .processing import Processor
@@ -87,15 +88,15 @@ class _ObservedListener(EventListener):
         self._pipeline.observe_job = _observe_job
 
     async def _process_message(self, data: Any, func: Optional[Processor] = None, *, topic: Optional[str] = None,
-                               pipelined: bool = False) -> Any:
+                               pipelined: bool = False, ticket: Optional[Ticket] = None) -> Any:
         delivery = getattr(data, "delivery", None)
         if not isinstance(delivery, _Delivery):
-            return await super()._process_message(data, func, topic=topic, pipelined=pipelined)
+            return await super()._process_message(data, func, topic=topic, pipelined=pipelined, ticket=ticket)
         token = _CURRENT.set(delivery)  # copied into the tasks the pipeline starts for this message
         finishing = self._pipeline.finishing
         before = set(finishing)
         try:
-            return await super()._process_message(data, func, topic=topic, pipelined=pipelined)
+            return await super()._process_message(data, func, topic=topic, pipelined=pipelined, ticket=ticket)
         except BaseException as exc:
             delivery.failure = exc
             raise

@@ -20,7 +20,7 @@ import ssl
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set
 from urllib.parse import unquote, urlsplit
 
 from amqtt.client import MQTTClient
@@ -28,7 +28,7 @@ from amqtt.session import Session
 
 from .config import EventListenerConfig
 from .deadlines import settle_within
-from .delivery import DeliveryQueue
+from .delivery import DeliveryQueue, Ticket
 from .redaction import SecretRedactingFilter, redact, split_uri_credentials
 
 __all__ = [
@@ -64,18 +64,26 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
     """amqtt's ``MQTTClient`` with credentials passed outside the URI, a bounded delivery queue
     read without a task per message, and ways to see and force the end of the connection.
 
-    ``delivery_window`` bounds the acknowledged-but-unread messages (see :mod:`Listener.delivery`);
-    ``on_wakeup`` is called whenever a message arrives or the connection ends.
+    ``delivery_window`` bounds the acknowledged-but-unread messages; with ``hold_acks`` acknowledgements
+    wait for :meth:`ticket` to be settled instead, and ``max_pending`` bounds the intake (see
+    :mod:`Listener.delivery`). ``on_wakeup`` is called whenever a message arrives or the connection ends,
+    ``on_drop`` for each QoS 0 message dropped because ``max_pending`` messages were queued.
     """
 
     def __init__(self, client_id: str, config: Dict[str, Any], username: Optional[str] = None,
                  password: Optional[str] = None, delivery_window: int = 1,
-                 on_wakeup: Optional[Callable[[], None]] = None) -> None:
+                 on_wakeup: Optional[Callable[[], None]] = None, *, hold_acks: bool = False,
+                 max_pending: int = 10_000) -> None:
         super().__init__(client_id, config)
         self._username = username
         self._password = password
         self.delivery_window = delivery_window
+        self.hold_acks = hold_acks
+        self.max_pending = max_pending
         self.on_wakeup = on_wakeup
+        self.on_drop: Optional[Callable[[], None]] = None
+        #: Awaited before acknowledgements held back are released (a durable job store's ``durable()``).
+        self.ack_barrier: Optional[Callable[[], Awaitable[None]]] = None
         self._deliveries: Optional[DeliveryQueue] = None
         self.bytes_received = 0
         self._last_traffic = 0.0
@@ -87,13 +95,19 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         session.username = self._username
         session.password = self._password
         if self._deliveries is None:
-            self._deliveries = DeliveryQueue(self.delivery_window, self._wake)
+            self._deliveries = DeliveryQueue(self.delivery_window, self._wake, hold_acks=self.hold_acks,
+                                             max_pending=self.max_pending, on_drop=self._dropped)
+        self._deliveries.barrier = self.ack_barrier
         session.delivered_message_queue = self._deliveries
         return session
 
     def _wake(self, *_: Any) -> None:
         if self.on_wakeup is not None:
             self.on_wakeup()
+
+    def _dropped(self) -> None:
+        if self.on_drop is not None:
+            self.on_drop()
 
     def adopt_deliveries(self, previous: "AmqttClient") -> None:
         """Take over the delivery queue of the client of the previous connection (call before connecting).
@@ -104,6 +118,8 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         queue = previous._deliveries
         if queue is not None and not queue.closed:
             queue.on_arrival = self._wake
+            queue.on_drop = self._dropped
+            queue.barrier = self.ack_barrier
             self._deliveries = queue
 
     async def connect(self, *args: Any, **kwargs: Any) -> Any:
@@ -147,15 +163,24 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         """The next received message (an amqtt ``ApplicationMessage``), or None when none is waiting."""
         return self._deliveries.take() if self._deliveries is not None else None
 
+    def ticket(self, message: Any) -> Optional[Ticket]:
+        """The held acknowledgement of a message just taken (None when it is not held back)."""
+        return self._deliveries.ticket(message) if self._deliveries is not None else None
+
+    def hold_acks_until(self, barrier: Optional[Callable[[], Awaitable[None]]]) -> None:
+        """Await ``barrier`` before releasing held acknowledgements (see :class:`DeliveryQueue`)."""
+        self.ack_barrier = barrier
+        if self._deliveries is not None:
+            self._deliveries.barrier = barrier
+
+    async def acks_released(self) -> None:
+        """Return once the acknowledgements waiting for the barrier are released."""
+        if self._deliveries is not None:
+            await self._deliveries.released()
+
     def drop_queued_messages(self) -> List[Any]:
         """Empty the delivery queue (the listener is stopping); returns the messages dropped."""
-        dropped: List[Any] = []
-        while self._deliveries is not None:
-            message = self._deliveries.take()
-            if message is None:
-                break
-            dropped.append(message)
-        return dropped
+        return self._deliveries.drain() if self._deliveries is not None else []
 
     @property
     def queued_messages(self) -> int:
@@ -338,7 +363,8 @@ def create_client(config: EventListenerConfig, on_wakeup: Optional[Callable[[], 
     _, username, password = credentials(config)
     _guard_amqtt_logs(secrets(config))
     return AmqttClient(config.client_id, build_client_config(config), username, password,
-                       delivery_window=config.max_concurrent_jobs, on_wakeup=on_wakeup)
+                       delivery_window=config.max_concurrent_jobs, on_wakeup=on_wakeup,
+                       hold_acks=config.ack_policy == "after_processing", max_pending=config.max_pending_messages)
 
 
 def new_client(config: EventListenerConfig) -> AmqttClient:

@@ -57,6 +57,8 @@ START_TIMEOUT = 20.0
 SUMMARY_TIMEOUT = 60.0
 STOP_TIMEOUT = 15.0
 IDLE_TIMEOUT = 10.0
+#: max_inflight_messages of the bench's own mosquitto (see BrokerContext).
+BENCH_BROKER_INFLIGHT = 1000
 LAG_PERIOD = 0.010
 MIB = 1024 * 1024
 MANUAL_BODY = """task_type = "data_processing"
@@ -95,7 +97,9 @@ class Scenario:
     ceiling: bool = False  # also measured through the bare amqtt loop
     rss_points: int = 0  # RSS samples spread over the run (the soak)
     job_store: str = "memory"  # or "sqlite": a fresh database file in a temporary directory
-    compare_to: Optional[str] = None  # the memory-store scenario its msg/s is compared with
+    compare_to: Optional[str] = None  # the scenario of the same run its msg/s is compared with
+    compared_as: str = "memory_store"  # names the ratio: ratio_to_<compared_as>, <compared_as>_msg_per_s
+    ack_policy: str = "after_processing"  # or "on_receipt" (acknowledged when queued)
 
     @property
     def jobs_limit(self) -> int:
@@ -132,6 +136,11 @@ def catalogue(quick: bool, factor: float) -> List[Scenario]:
         Scenario("async50-c100", "async50", 0, "small", n(10_000, 1_000), max_concurrent_jobs=100, budget_rate=333.0),
         Scenario("sync50-t16", "sync50", 0, "small", n(2_500, 250), max_concurrent_jobs=16, budget_rate=83.0),
         Scenario("fixed500-qos1", "trivial", 1, "small", n(10_000, 1_000), rate=500.0),
+        Scenario("acks-qos1-on-receipt", "trivial", 1, "small", n(10_000, 1_000), ack_policy="on_receipt"),
+        Scenario("acks-qos1-after-processing", "trivial", 1, "small", n(10_000, 1_000),
+                 compare_to="acks-qos1-on-receipt", compared_as="on_receipt"),
+        Scenario("flood50k-qos1", "async50", 1, "small", n(50_000, 5_000), max_concurrent_jobs=100, budget_rate=333.0,
+                 max_jobs_in_memory=2_000, rss_points=10),  # few jobs held: the RSS shows what the intake holds
         Scenario("soak-200k", "trivial", 0, "small", soak, rate=1000.0,
                  max_jobs_in_memory=max(100, soak // 40), rss_points=10),
     ]
@@ -174,6 +183,11 @@ TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
                           lambda r: None if r.get("ratio_to_memory_store") is None
                           else r["ratio_to_memory_store"] >= 0.7 and _no_loss(r)),
     "soak-200k": ("RSS within +-10% of the first of 10 points, lost == 0", lambda r: _soak_flat(r) and _no_loss(r)),
+    "acks-qos1-on-receipt": ("none (reference: ack_policy on_receipt, acknowledged when queued)", lambda r: None),
+    "acks-qos1-after-processing": ("none (ratio_to_on_receipt: the cost of acknowledging after the job)",
+                                   lambda r: None),
+    "flood50k-qos1": ("RSS within +-10% of the first of 10 points (the unacknowledged window bounds it), lost == 0",
+                      lambda r: _soak_flat(r) and _no_loss(r)),
     "ceiling": ("none (the bare amqtt receive->publish loop the trivial scenarios are compared with)", lambda r: None),
 }
 
@@ -286,7 +300,9 @@ class BrokerContext:
 
         self._folder = session_folder()
         # MosquittoBroker sets set_tcp_nodelay true and max_queued_messages 0 (unlimited), as a bench needs.
-        self._broker = MosquittoBroker(self._folder)
+        # With ack_policy after_processing the broker's in-flight limit (default 20) caps the QoS 1 jobs running
+        # at once: raised so that max_concurrent_jobs=100 scenarios can run 100.
+        self._broker = MosquittoBroker(self._folder, max_inflight=BENCH_BROKER_INFLIGHT)
         self._broker.start()
         return Endpoint("127.0.0.1", self._broker.plain_port,
                         description=f"{_mosquitto_version(self._broker.binary)}, own, loopback")
@@ -732,7 +748,7 @@ class Runner:
             "client_id": f"bench-listener-{self.job.run_id}-{sc.name}"[:64], "topic": topics["jobs"], "qos": sc.qos,
             "default_qos": sc.qos, "results_topic": topics["results"], "error_topic": topics["errors"], "log_topic": "",
             "max_concurrent_jobs": sc.max_concurrent_jobs, "max_jobs_in_memory": sc.jobs_limit,
-            "shutdown_grace_period": 5.0,
+            "shutdown_grace_period": 5.0, "ack_policy": sc.ack_policy,
         }
         if sc.job_store == "sqlite":
             self.store_dir = tempfile.mkdtemp(prefix="bench-jobs-")
@@ -809,6 +825,7 @@ def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
         "scenario": sc.name, "kind": job.kind, "processor": sc.processor, "qos": sc.qos, "payload": sc.payload,
         "payload_bytes": size, "rate": sc.rate or "max",
         "max_concurrent_jobs": sc.max_concurrent_jobs if job.kind == "listener" else None,
+        "ack_policy": sc.ack_policy if job.kind == "listener" and sc.qos else None,
         "messages": sc.count, "received": received, "lost": sc.count - received,
         "duplicates": got["duplicates"], "errors": got["errors"],
         "msg_per_s": round(received / span, 1) if span > 0 else 0.0,
@@ -891,11 +908,13 @@ def add_ratio(row: Dict[str, Any], ceiling: Optional[Dict[str, Any]]) -> None:
             row["cpu_ratio_to_ceiling"] = round(row["cpu_us_per_msg"] / ceiling["cpu_us_per_msg"], 2)
 
 
-def add_store_ratio(row: Dict[str, Any], memory: Optional[Dict[str, Any]]) -> None:
-    """``ratio_to_memory_store``: msg/s with the SQLite store over msg/s of the same traffic with the memory store."""
-    if memory and memory.get("msg_per_s") and "error" not in row and "error" not in memory:
-        row["memory_store_msg_per_s"] = memory["msg_per_s"]
-        row["ratio_to_memory_store"] = round(row["msg_per_s"] / memory["msg_per_s"], 3)
+def add_comparison(row: Dict[str, Any], scenario: Scenario, rows: List[Dict[str, Any]]) -> None:
+    """``ratio_to_<compared_as>``: the row's msg/s over that of ``scenario.compare_to`` in the same run
+    (the SQLite store against the memory store, ack after processing against ack on receipt)."""
+    reference = next((r for r in rows if r["scenario"] == scenario.compare_to), None)
+    if reference and reference.get("msg_per_s") and "error" not in row and "error" not in reference:
+        row[f"{scenario.compared_as}_msg_per_s"] = reference["msg_per_s"]
+        row[f"ratio_to_{scenario.compared_as}"] = round(row["msg_per_s"] / reference["msg_per_s"], 3)
 
 
 def orchestrate(args: argparse.Namespace, scenarios: List[Scenario], endpoint: Endpoint) -> List[Dict[str, Any]]:
@@ -915,7 +934,7 @@ def orchestrate(args: argparse.Namespace, scenarios: List[Scenario], endpoint: E
         job = Job(scenario, "listener", endpoint, run_id, slack, idle, profile=bool(args.profile))
         row = run_job(job) if args.profile else run_repeated(job, args.repeat)
         add_ratio(row, ceilings.get(scenario.ceiling_name()) if scenario.ceiling else None)
-        add_store_ratio(row, next((r for r in rows if r["scenario"] == scenario.compare_to), None))
+        add_comparison(row, scenario, rows)
         emit(row, rows)
     return rows
 

@@ -11,6 +11,10 @@ Options (all optional; without them the process behaves as it always did):
   --signals             call listener.install_signal_handlers() (SIGTERM/SIGINT stop the listener gracefully)
   --grace SECONDS       shutdown_grace_period
   --max-concurrent N    max_concurrent_jobs
+  --ack-policy POLICY   ack_policy (after_processing or on_receipt)
+  --runs-file PATH      the processor appends "<job_id> <pid>" to PATH (O_APPEND) for every run
+  --sleep-from-payload  a job's own "sleep" key (seconds) overrides JOB_SECONDS
+  --quiet               print no STARTED/DONE lines (bursts of thousands of jobs)
 The processor prints "STARTED <job_id>" when a job starts and "DONE <job_id>" when it ends, and the
 process prints "EXITED" when run() has returned.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import threading
 import time
@@ -50,7 +55,20 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--signals", action="store_true")
     parser.add_argument("--grace", type=float, default=None)
     parser.add_argument("--max-concurrent", type=int, default=None)
+    parser.add_argument("--ack-policy", default=None)
+    parser.add_argument("--runs-file", default=None)
+    parser.add_argument("--sleep-from-payload", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
+
+
+def record_run(path: str, job_id: str) -> None:
+    """Append one line per run; O_APPEND keeps lines whole across processes and a SIGKILL."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{job_id} {os.getpid()}\n".encode())
+    finally:
+        os.close(fd)
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -60,6 +78,8 @@ async def main(args: argparse.Namespace) -> None:
         extra["shutdown_grace_period"] = args.grace
     if args.max_concurrent is not None:
         extra["max_concurrent_jobs"] = args.max_concurrent
+    if args.ack_policy is not None:
+        extra["ack_policy"] = args.ack_policy
     prefix = args.prefix
     config = EventListenerConfig(
         host=args.host, port=args.port, username=None, password=None,
@@ -72,11 +92,20 @@ async def main(args: argparse.Namespace) -> None:
     listener = EventListener(config)
     job_seconds = args.job_seconds
 
+    runs_file = args.runs_file
+    loud = not args.quiet
+
     def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
-        say(f"STARTED {job_id}")
-        time.sleep(job_seconds)
-        say(f"DONE {job_id}")
-        return {"job_id": job_id, "slept": job_seconds}
+        if runs_file is not None:
+            record_run(runs_file, job_id)
+        if loud:
+            say(f"STARTED {job_id}")
+        seconds = float(data.get("sleep", job_seconds)) if args.sleep_from_payload else job_seconds
+        if seconds:
+            time.sleep(seconds)
+        if loud:
+            say(f"DONE {job_id}")
+        return {"job_id": job_id, "slept": seconds}
 
     if args.signals:
         listener.install_signal_handlers()

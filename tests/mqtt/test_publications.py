@@ -161,7 +161,8 @@ async def test_a_large_backlog_is_not_mistaken_for_a_dead_connection(
     count = 20_000
     broker = broker_factory()
     listener, _ = await start_listener(None, endpoint=broker.plain, keep_alive=2, ping_delay=1,
-                                       max_jobs_in_memory=count + 10, **RECONNECTING)
+                                       max_jobs_in_memory=count + 10, max_pending_messages=count + 10,
+                                       **RECONNECTING)
     sender = probe(endpoint=broker.plain)
     jobs = f"{unique_topic}/jobs"
 

@@ -195,6 +195,9 @@ class MosquittoBroker:
     always saves everything.
 
     ``max_packet_size`` (bytes): mosquitto disconnects a client that sends a bigger packet.
+    ``max_inflight`` sets ``max_inflight_messages`` (QoS 1/2 messages sent to a client and not yet
+    acknowledged; mosquitto's default is 20, 0 means no limit); ``max_queued`` sets ``max_queued_messages``
+    (the compose configuration's 0, no limit, otherwise).
     """
 
     folder: Path
@@ -203,6 +206,8 @@ class MosquittoBroker:
     tls: Optional[TlsMaterial] = None
     persistence: bool = False
     max_packet_size: Optional[int] = None
+    max_inflight: Optional[int] = None
+    max_queued: Optional[int] = None
     plain_port: int = field(default_factory=free_port)
     auth_port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
@@ -267,8 +272,13 @@ class MosquittoBroker:
         ]
         if self.max_packet_size is not None:
             lines.append(f"max_packet_size {int(self.max_packet_size)}")
+        if self.max_inflight is not None:
+            lines.append(f"max_inflight_messages {int(self.max_inflight)}")
         lines = adapt_compose_config(COMPOSE_MOSQUITTO_CONFIG.read_text(encoding="utf-8"), lines,
                                      {1883: self.plain_port, 1884: self.auth_port}, self.password_path)
+        if self.max_queued is not None:
+            lines = [line for line in lines if not line.startswith("max_queued_messages ")]
+            lines.insert(0, f"max_queued_messages {int(self.max_queued)}")
         if self.tls is not None:
             for path in (self.tls.server_key, self.tls.ca_key, self.tls.client_key):
                 Path(path).chmod(0o644)
@@ -531,15 +541,18 @@ def broker_factory() -> Iterator[BrokerFactory]:
     ``broker_factory(persistence=False)`` returns a started :class:`MosquittoBroker` (anonymous listener on
     ``.port`` / ``.plain_port``, password listener on ``.auth_port``); with ``persistence=True`` it keeps
     sessions and queued messages across restarts; ``max_packet_size=N`` makes it disconnect a client that
-    sends a packet above N bytes. Every broker is killed and its folder removed afterwards.
+    sends a packet above N bytes; ``max_inflight=N`` / ``max_queued=N`` set mosquitto's ``max_inflight_messages``
+    / ``max_queued_messages``. Every broker is killed and its folder removed afterwards.
     Not available with an external broker (MQTT_HOST/MQTT_PORT set): the test is skipped.
     """
     if os.getenv("MQTT_HOST") and os.getenv("MQTT_PORT"):
         pytest.skip("needs brokers the tests start (MQTT_HOST/MQTT_PORT point at an external broker)")
     made: List[MosquittoBroker] = []
 
-    def make(persistence: bool = False, max_packet_size: Optional[int] = None) -> MosquittoBroker:
-        broker = MosquittoBroker(session_folder() / "broker", persistence=persistence, max_packet_size=max_packet_size)
+    def make(persistence: bool = False, max_packet_size: Optional[int] = None, max_inflight: Optional[int] = None,
+             max_queued: Optional[int] = None) -> MosquittoBroker:
+        broker = MosquittoBroker(session_folder() / "broker", persistence=persistence, max_packet_size=max_packet_size,
+                                 max_inflight=max_inflight, max_queued=max_queued)
         made.append(broker)
         broker.start()
         return broker

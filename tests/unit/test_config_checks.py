@@ -46,7 +46,8 @@ def test_the_manual_5_1_2_layout_covers_error_and_log_topics() -> None:
     ({}, []),  # the defaults: topic "test" and test/error, test/log, test/results
     ({"topic": "test/#"}, ["error_topic", "log_topic", "results_topic"]),
     ({"topic": "#"}, ["error_topic", "log_topic", "results_topic"]),
-    ({"topic": "jobs", "custom_topics": {"test/+": {"qos": 1}}}, ["error_topic", "log_topic", "results_topic"]),
+    ({"topic": "jobs", "custom_topics": {"test/+": {"qos": 1}}, "cleansession": False},
+     ["error_topic", "log_topic", "results_topic"]),
     ({"topic": "test/#", "log_topic": ""}, ["error_topic", "results_topic"]),
     ({"topic": "$share/g/test/#"}, ["error_topic", "log_topic", "results_topic"]),
     ({"topic": "test/error/#"}, ["error_topic"]),  # "#" also matches its parent level
@@ -156,3 +157,17 @@ async def test_run_names_the_missing_file_before_connecting() -> None:
     message = str(info.value)
     assert "certfile '/no/such/cert.pem': no such file" in message and "keyfile '/no/such/key.pem'" in message
     assert not listener.is_running
+
+
+@pytest.mark.parametrize("overrides, warned", [
+    ({}, False),  # QoS 0: nothing in flight to lose
+    ({"qos": 1}, True),
+    ({"qos": 2, "cleansession": False}, False),
+    ({"custom_topics": {"jobs/+": {"qos": 2}}}, True),
+])
+def test_qos_with_a_clean_session_is_warned_about(overrides: dict, warned: bool) -> None:
+    config = EventListenerConfig(**overrides)
+    found = [w for w in config_warnings(config) if "cleansession=True" in w]
+    assert bool(found) is warned
+    if warned:
+        assert "cleansession=False and a fixed client_id" in found[0]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import List
+from typing import Any, List
 
-from Listener.delivery import DeliveryQueue
+from Listener.delivery import DeliveryQueue, Ticket
 
 
 async def test_delivery_queue_holds_acknowledged_messages_at_the_window() -> None:
@@ -49,3 +49,173 @@ async def test_delivery_queue_waiters_never_overtake() -> None:
     assert queue.take() == "b"
     await asyncio.wait_for(c, 1)
     assert queue.take() == "c"
+
+
+# -- ack_policy = "after_processing": the ordered ledger ----------------------------------------
+
+
+async def _queued(queue: DeliveryQueue, *items: str) -> List["asyncio.Task[None]"]:
+    """Start amqtt's put() for each item (one task each, as amqtt does) and let them queue."""
+    puts = [asyncio.ensure_future(queue.put(item)) for item in items]
+    for _ in range(3):
+        await asyncio.sleep(0)
+    return puts
+
+
+def _taken(queue: DeliveryQueue) -> List[Ticket]:
+    tickets = []
+    while (message := queue.take()) is not None:
+        ticket = queue.ticket(message)
+        assert ticket is not None
+        tickets.append(ticket)
+    return tickets
+
+
+async def test_held_acknowledgements_are_released_in_arrival_order_only() -> None:
+    queue = DeliveryQueue(1, hold_acks=True)
+    puts = await _queued(queue, "a", "b", "c")
+    assert queue.qsize() == 3  # queued ahead at once (pipelining), whatever the window
+    a, b, c = _taken(queue)
+    c.settle()
+    b.settle()
+    await asyncio.sleep(0)
+    assert not any(put.done() for put in puts)  # b and c finished first: nothing may overtake a
+    assert queue.unacknowledged == 3
+    a.settle()
+    await asyncio.wait_for(asyncio.gather(*puts), 1)
+    assert queue.unacknowledged == 0
+    a.settle()  # idempotent
+
+
+async def test_release_stops_at_the_first_unsettled_message() -> None:
+    queue = DeliveryQueue(1, hold_acks=True)
+    puts = await _queued(queue, "a", "b", "c")
+    a, b, c = _taken(queue)
+    a.settle()
+    c.settle()
+    await asyncio.wait_for(puts[0], 1)
+    await asyncio.sleep(0)
+    assert not puts[1].done() and not puts[2].done()
+    b.settle()
+    await asyncio.wait_for(asyncio.gather(puts[1], puts[2]), 1)
+
+
+async def test_a_deferred_ticket_settles_with_its_future_and_never_when_it_is_cancelled() -> None:
+    queue = DeliveryQueue(1, hold_acks=True)
+    puts = await _queued(queue, "a", "b")
+    a, b = _taken(queue)
+    acknowledged: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+    a.defer(acknowledged)
+    a.settle()  # the run loop's settle after the handler returned: the result is not acknowledged yet
+    await asyncio.sleep(0)
+    assert not a.settled and not puts[0].done()
+    acknowledged.set_result(None)
+    await asyncio.wait_for(puts[0], 1)
+    cut_short: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+    b.defer(cut_short)
+    cut_short.cancel()
+    await asyncio.sleep(0.01)
+    assert not b.settled and not puts[1].done()  # stopped before the result was acknowledged: stays with the broker
+    puts[1].cancel()
+
+
+async def test_a_cancelled_put_releases_nothing_and_does_not_block_the_ones_after_it() -> None:
+    """The connection ended: amqtt cancels the put() of what it received; a later message (the next
+    connection) is still released once the earlier ones' jobs are done."""
+    queue = DeliveryQueue(1, hold_acks=True)
+    old = await _queued(queue, "old")
+    old[0].cancel()
+    await asyncio.sleep(0)
+    new = await _queued(queue, "new")
+    first, second = _taken(queue)
+    second.settle()
+    await asyncio.sleep(0)
+    assert not new[0].done()  # "old" is still being processed: arrival order holds across connections
+    first.settle()
+    await asyncio.wait_for(new[0], 1)
+    assert old[0].cancelled() and queue.unacknowledged == 0
+
+
+async def test_unacknowledged_messages_are_capped_by_max_pending() -> None:
+    queue = DeliveryQueue(1, hold_acks=True, max_pending=2)
+    puts = await _queued(queue, "a", "b", "c")
+    assert queue.qsize() == 2 and queue.unacknowledged == 2  # c waits: amqtt neither queues nor acknowledges it
+    a, b = _taken(queue)
+    b.settle()
+    await asyncio.sleep(0)
+    assert queue.qsize() == 0 and not puts[2].done()
+    a.settle()
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert queue.take() == "c"
+    assert puts[0].done() and puts[1].done() and not puts[2].done()
+    puts[2].cancel()
+
+
+async def test_closed_hold_acks_queue_queues_nothing_more_but_releases_what_finishes() -> None:
+    queue = DeliveryQueue(1, hold_acks=True)
+    puts = await _queued(queue, "a")
+    queue.close()
+    late = await _queued(queue, "late")
+    (a,) = _taken(queue)
+    assert queue.take() is None  # "late" stays with the broker
+    a.settle()
+    await asyncio.wait_for(puts[0], 1)
+    assert not late[0].done()
+    late[0].cancel()
+
+
+async def test_qos0_messages_beyond_max_pending_are_dropped_and_counted() -> None:
+    dropped: List[int] = []
+    queue = DeliveryQueue(1, hold_acks=True, max_pending=2, on_drop=lambda: dropped.append(1))
+    for item in ("a", "b", "c", "d"):
+        queue.put_nowait(item)
+    assert queue.qsize() == 2 and queue.dropped == 2 and len(dropped) == 2
+    assert queue.take() == "a" and queue.ticket("a") is None  # QoS 0: nothing held back
+    queue.put_nowait("e")
+    assert [queue.take(), queue.take(), queue.take()] == ["b", "e", None]
+
+
+async def test_on_receipt_queue_drops_qos0_beyond_max_pending_too() -> None:
+    queue = DeliveryQueue(4, max_pending=1)
+    queue.put_nowait("a")
+    queue.put_nowait("b")
+    await queue.put("acknowledged")  # QoS 1/2 is bounded by the window, never dropped
+    assert queue.dropped == 1 and queue.qsize() == 2
+    assert queue.ticket("acknowledged") is None
+
+
+async def test_drain_forgets_the_tickets_of_what_it_takes() -> None:
+    queue = DeliveryQueue(1, hold_acks=True)
+    puts = await _queued(queue, "a", "b")
+    assert queue.drain() == ["a", "b"]
+    assert queue.ticket("a") is None and queue.unacknowledged == 2  # never acknowledged
+    for put in puts:
+        put.cancel()
+
+
+async def test_a_pipelined_qos1_result_defers_the_ticket_until_the_broker_acknowledged_it() -> None:
+    """The run loop settles a ticket when the handler returns; the pipeline has deferred it to the result's
+    acknowledgement by then, so the message's PUBACK waits for the result's."""
+    from tests.unit.helpers import mocked_listener
+
+    listener = mocked_listener(default_qos=1)
+    acknowledged = asyncio.Event()
+
+    async def publish(*_: Any, **__: Any) -> None:
+        await acknowledged.wait()
+
+    listener.client.publish.side_effect = publish
+    queue = DeliveryQueue(1, hold_acks=True)
+    puts = await _queued(queue, "message")
+    (ticket,) = _taken(queue)
+    returned = await asyncio.wait_for(listener._process_message(
+        {"job_id": "r-1"}, lambda data, job_id: {"ok": True}, topic="test/topic", pipelined=True, ticket=ticket), 5)
+    assert returned == {"ok": True}
+    ticket.settle()  # what the run loop does next
+    await asyncio.sleep(0.01)
+    assert not ticket.settled and not puts[0].done()
+    acknowledged.set()
+    await asyncio.wait_for(puts[0], 5)
+    status = await listener.get_job_status("r-1")
+    assert status is not None and status.status.value == "completed"

@@ -127,6 +127,7 @@ async def test_metrics_text_has_the_expected_families(server: HttpEndpoints, fak
 
     fake.counters.messages_received = 3
     fake.counters.messages_rejected = 1
+    fake.counters.messages_dropped = 7
     fake.counters.jobs_finished["completed"] = 2
     fake.counters.errors["invalid_payload"] = 1
     fake.counters.observe_duration(0.02)
@@ -137,6 +138,7 @@ async def test_metrics_text_has_the_expected_families(server: HttpEndpoints, fak
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
     text = body.decode()
     for name in ("mqtt_listener_messages_received_total 3.0", "mqtt_listener_messages_rejected_total 1.0",
+                 "mqtt_listener_messages_dropped_total 7.0",
                  'mqtt_listener_jobs_finished_total{status="completed"} 2.0',
                  'mqtt_listener_errors_total{error_type="invalid_payload"} 1.0',
                  'mqtt_listener_jobs{status="completed"} 2.0', "mqtt_listener_ready 1.0",

@@ -1,0 +1,43 @@
+"""Unit tests for Listener.drops: QoS 0 drops counted at once, reported at most once per period."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, List, Tuple
+
+from Listener.drops import DropReporter
+from Listener.metrics import ListenerMetrics
+
+
+class FakeEvents:
+    def __init__(self) -> None:
+        self.logged: List[Tuple[int, str, str]] = []
+
+    async def log(self, level: int, event: str, message: str, *args: Any, **_: Any) -> None:
+        self.logged.append((level, event, message % args))
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_every_drop_is_counted_and_reports_are_rate_limited() -> None:
+    metrics, events, clock = ListenerMetrics(), FakeEvents(), Clock()
+    reporter = DropReporter(metrics, events, 500, every=0.05, clock=clock)  # type: ignore[arg-type]
+    reporter.record()  # the first drop after a quiet period is reported at once
+    for _ in range(9):
+        reporter.record()
+    await asyncio.sleep(0)
+    assert metrics.messages_dropped == 10
+    assert [(level, event) for level, event, _ in events.logged] == [(logging.WARNING, "messages_dropped")]
+    assert events.logged[0][2].startswith("1 QoS 0 message(s) dropped") and "500" in events.logged[0][2]
+    clock.now += 0.05  # the period ends: the nine since are reported even though no drop follows
+    await asyncio.sleep(0.1)
+    assert len(events.logged) == 2 and events.logged[1][2].startswith("9 QoS 0 message(s) dropped")
+    await asyncio.sleep(0.1)
+    assert len(events.logged) == 2  # nothing new, nothing reported
