@@ -198,8 +198,7 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         """Release the settled messages in order, each run once ``barrier`` passed after it settled."""
         try:
             while self._recording:
-                batch = list(self._recording)
-                self._recording.clear()
+                covered = len(self._recording)  # settled before the barrier was asked: covered by it
                 delay = BARRIER_RETRY[0]
                 while barrier is not None:
                     try:
@@ -209,7 +208,8 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
                         logger.debug("Acknowledgements held: the job store is not recorded yet (%s)", exc)
                         await asyncio.sleep(delay)
                         delay = min(2 * delay, BARRIER_RETRY[1])
-                for head in batch:
+                for _ in range(covered):
+                    head = self._recording.popleft()
                     if not head.released.done():
                         head.released.set_result(None)
                 self._wake_putters()

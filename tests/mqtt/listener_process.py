@@ -12,6 +12,7 @@ Options (all optional; without them the process behaves as it always did):
   --grace SECONDS       shutdown_grace_period
   --max-concurrent N    max_concurrent_jobs
   --ack-policy POLICY   ack_policy (after_processing or on_receipt)
+  --job-store URL       job_store ("memory", or "sqlite:////abs/path.db")
   --runs-file PATH      the processor appends "<job_id> <pid>" to PATH (O_APPEND) for every run
   --sleep-from-payload  a job's own "sleep" key (seconds) overrides JOB_SECONDS
   --quiet               print no STARTED/DONE lines (bursts of thousands of jobs)
@@ -56,6 +57,7 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--grace", type=float, default=None)
     parser.add_argument("--max-concurrent", type=int, default=None)
     parser.add_argument("--ack-policy", default=None)
+    parser.add_argument("--job-store", default=None)
     parser.add_argument("--runs-file", default=None)
     parser.add_argument("--sleep-from-payload", action="store_true")
     parser.add_argument("--quiet", action="store_true")
@@ -80,6 +82,8 @@ async def main(args: argparse.Namespace) -> None:
         extra["max_concurrent_jobs"] = args.max_concurrent
     if args.ack_policy is not None:
         extra["ack_policy"] = args.ack_policy
+    if args.job_store is not None:
+        extra["job_store"] = args.job_store
     prefix = args.prefix
     config = EventListenerConfig(
         host=args.host, port=args.port, username=None, password=None,

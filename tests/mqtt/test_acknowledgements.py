@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Set
@@ -81,14 +82,17 @@ async def test_acknowledgements_wait_for_earlier_messages_finishing_later(
     assert sorted(second.started_jobs()) == ["fast", "slow"]
 
 
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
 async def test_sigterm_leaves_the_unfinished_jobs_with_the_broker_for_the_next_session(
         broker_factory: BrokerFactory, processes: Callable[..., ListenerProcess], probe: Callable[..., MqttProbe],
-        unique_topic: str) -> None:
+        unique_topic: str, tmp_path: Path, store: str) -> None:
     """SIGTERM with a stuck job and one queued behind it: the grace period (1 s) ends, neither is acknowledged,
-    and the next process with the same client id runs both. A job that finished before is not redelivered."""
+    and the next process with the same client id runs both. A job that finished before is not redelivered.
+    With the SQLite store the cancelled job is in the file, FAILED "Cancelled", and still runs again."""
     broker = broker_factory()
     client_id = f"term-{os.urandom(4).hex()}"
-    options = ("--client-id", client_id, "--persistent", "--sleep-from-payload")
+    options = ("--client-id", client_id, "--persistent", "--sleep-from-payload",
+               "--job-store", "memory" if store == "memory" else f"sqlite:///{tmp_path / 'jobs.db'}")
     first = processes(broker.plain, unique_topic, 0.0, *options, "--signals", "--grace", "1")
     await asyncio.to_thread(first.wait_line, "READY")
     sender = probe(endpoint=broker.plain)
@@ -115,21 +119,31 @@ def _runs(path: Path) -> Dict[str, List[int]]:
     return found
 
 
+def _completed_in(database: Path) -> Set[str]:
+    """Job ids the SQLite store recorded COMPLETED (read as an operator would, with a second connection)."""
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as reader:
+        return {row[0] for row in reader.execute("SELECT job_id FROM jobs WHERE status = 'completed'")}
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
 @pytest.mark.parametrize("concurrency", [1, 16])
 async def test_sigkill_mid_burst_loses_no_job(
         broker_factory: BrokerFactory, processes: Callable[..., ListenerProcess], probe: Callable[..., MqttProbe],
-        unique_topic: str, tmp_path: Path, concurrency: int) -> None:
+        unique_topic: str, tmp_path: Path, concurrency: int, store: str) -> None:
     """3,000 QoS 1 jobs, persistent session, SIGKILL mid-burst, restart: every job has a result, and a job ran
     twice only if it was unacknowledged at the kill: among the last ones the first process started, no more
-    than the broker's in-flight limit."""
+    than the broker's in-flight limit. With the SQLite store, no job recorded COMPLETED before the kill runs
+    again."""
     broker = broker_factory(max_inflight=BROKER_INFLIGHT)
     runs = tmp_path / "runs.txt"
+    database = tmp_path / "jobs.db"
     results = f"{unique_topic}/results"
     watcher = probe(results, endpoint=broker.plain)
     client_id = f"burst-{os.urandom(4).hex()}"
     options = ("--client-id", client_id, "--persistent", "--max-concurrent", str(concurrency),
-               "--runs-file", str(runs), "--quiet")
+               "--runs-file", str(runs), "--quiet",
+               "--job-store", "memory" if store == "memory" else f"sqlite:///{database}")
     job_ids = [f"b-{i:04d}" for i in range(3000)]
     first = processes(broker.plain, unique_topic, 0.0, *options)
     await asyncio.to_thread(first.wait_line, "READY")
@@ -142,6 +156,7 @@ async def test_sigkill_mid_burst_loses_no_job(
     first.process.send_signal(signal.SIGKILL)
     first.kill()
     first_runs = [line.split()[0] for line in runs.read_text().splitlines()]
+    completed_before = _completed_in(database) if store == "sqlite" else set()
     await asyncio.wait_for(sending, 60)
 
     second = processes(broker.plain, unique_topic, 0.0, *options)
@@ -155,9 +170,12 @@ async def test_sigkill_mid_burst_loses_no_job(
     assert not missing(), f"{len(missing())} jobs without a result, e.g. {sorted(missing())[:10]}"
     by_job = _runs(runs)
     twice = sorted(job for job, pids in by_job.items() if len(pids) > 1)
-    print(f"concurrency {concurrency}: first process ran {len(first_runs)} jobs before SIGKILL; "
-          f"{len(twice)} ran again after the restart")
+    print(f"{store} store, concurrency {concurrency}: first process ran {len(first_runs)} jobs before SIGKILL "
+          f"({len(completed_before)} recorded COMPLETED); {len(twice)} ran again after the restart")
     assert set(by_job) == wanted  # none lost
+    assert not completed_before & set(twice), sorted(completed_before & set(twice))
+    if store == "sqlite":
+        assert completed_before, "the store recorded nothing before the kill: the check above proved nothing"
     assert all(len(pids) <= 2 for pids in by_job.values())
     assert len(twice) <= BROKER_INFLIGHT, twice
     assert set(twice) <= set(first_runs[-BROKER_INFLIGHT:]), (twice, first_runs[-BROKER_INFLIGHT:])

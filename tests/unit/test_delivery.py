@@ -219,3 +219,66 @@ async def test_a_pipelined_qos1_result_defers_the_ticket_until_the_broker_acknow
     await asyncio.wait_for(puts[0], 5)
     status = await listener.get_job_status("r-1")
     assert status is not None and status.status.value == "completed"
+
+
+async def test_with_a_barrier_settled_messages_are_released_once_it_passed_in_one_group() -> None:
+    """A durable job store: acknowledgements wait for its commit, and one commit covers every message
+    settled meanwhile."""
+    queue = DeliveryQueue(1, hold_acks=True)
+    commits: List["asyncio.Future[None]"] = []
+
+    async def barrier() -> None:
+        commit: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        commits.append(commit)
+        await commit
+
+    queue.barrier = barrier
+    puts = await _queued(queue, "a", "b", "c")
+    a, b, c = _taken(queue)
+    a.settle()
+    b.settle()
+    await asyncio.sleep(0)
+    assert len(commits) == 1 and not any(put.done() for put in puts)  # settled, not recorded yet
+    assert queue.unacknowledged == 3
+    c.settle()  # settled while the first commit runs: the next one covers it
+    commits[0].set_result(None)
+    await asyncio.wait_for(asyncio.gather(puts[0], puts[1]), 1)
+    await asyncio.sleep(0)
+    assert not puts[2].done() and len(commits) == 2
+    commits[1].set_result(None)
+    await asyncio.wait_for(puts[2], 1)
+    await asyncio.wait_for(queue.released(), 1)
+    assert queue.unacknowledged == 0
+
+
+async def test_a_failing_barrier_keeps_the_acknowledgements_until_it_passes() -> None:
+    queue = DeliveryQueue(1, hold_acks=True)
+    outcomes = [OSError("disk full"), OSError("disk full"), None]
+
+    async def barrier() -> None:
+        outcome = outcomes.pop(0)
+        if outcome is not None:
+            raise outcome
+
+    queue.barrier = barrier
+    puts = await _queued(queue, "a")
+    (a,) = _taken(queue)
+    a.settle()
+    await asyncio.sleep(0.01)
+    assert outcomes and not puts[0].done()
+    await asyncio.wait_for(puts[0], 2)
+    assert outcomes == []
+
+
+async def test_a_withheld_ticket_is_never_acknowledged() -> None:
+    """A job stop() cut short while it waited for a retry: its message goes back to the broker."""
+    queue = DeliveryQueue(1, hold_acks=True)
+    puts = await _queued(queue, "a", "b")
+    a, b = _taken(queue)
+    a.withhold()
+    a.settle()
+    b.settle()
+    await asyncio.sleep(0.01)
+    assert not puts[0].done() and not puts[1].done()
+    for put in puts:
+        put.cancel()

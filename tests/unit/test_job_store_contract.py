@@ -15,7 +15,7 @@ from typing import Any, AsyncIterator, Dict, List, Optional
 import pytest
 
 from Listener import EventListener, EventListenerConfig, JobStatus
-from Listener.jobs import InsertOutcome, JobStore
+from Listener.jobs import CANCELLED, InsertOutcome, JobStore
 from Listener.sqlite_store import SqliteJobStore, job_row
 
 
@@ -254,3 +254,27 @@ async def test_the_listeners_queries_work_the_same(backend: Backend) -> None:
     assert sorted(listener.jobs) == ["bad", "ok"]
     await backend.check_persisted(listener._tracker.store)
     await listener.__aexit__(None, None, None)
+
+
+async def test_an_interrupted_job_runs_again_when_its_message_returns(backend: Backend) -> None:
+    """stop() cut the job short (its message stays unacknowledged): FAILED "Cancelled", yet not a duplicate
+    when the message is redelivered; its attempts are kept. A job that merely failed stays a duplicate."""
+    store = await backend.make()
+    store.insert("cut", {"v": 1})
+    store.start_attempt("cut")
+    store.insert("failed", {"v": 1})
+    store.start_attempt("failed")
+    store.set_status("failed", JobStatus.FAILED, error="ValueError: no")
+    assert store.interrupt("cut") and not store.interrupt("unknown")
+    cut = store.get("cut")
+    assert cut is not None and (cut.status, cut.error) == (JobStatus.FAILED, CANCELLED)
+    assert store.is_interrupted("cut") and not store.is_interrupted("failed")
+    await backend.check_persisted(store)
+    assert store.insert("failed", {"v": 2}) is EXISTS
+    assert store.insert("cut", {"v": 2}) is CREATED
+    again = store.get("cut")
+    assert again is not None and (again.status, again.input_data, again.attempts, again.error) == (
+        JobStatus.PENDING, {"v": 2}, 1, None)
+    assert not store.is_interrupted("cut")
+    assert store.insert("cut", {"v": 3}) is EXISTS  # only the first redelivery runs it again
+    await backend.check_persisted(store)
