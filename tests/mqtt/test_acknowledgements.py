@@ -173,12 +173,16 @@ async def test_sigkill_mid_burst_loses_no_job(
     print(f"{store} store, concurrency {concurrency}: first process ran {len(first_runs)} jobs before SIGKILL "
           f"({len(completed_before)} recorded COMPLETED); {len(twice)} ran again after the restart")
     assert set(by_job) == wanted  # none lost
-    assert not completed_before & set(twice), sorted(completed_before & set(twice))
-    if store == "sqlite":
-        assert completed_before, "the store recorded nothing before the kill: the check above proved nothing"
     assert all(len(pids) <= 2 for pids in by_job.values())
-    assert len(twice) <= BROKER_INFLIGHT, twice
-    assert set(twice) <= set(first_runs[-BROKER_INFLIGHT:]), (twice, first_runs[-BROKER_INFLIGHT:])
+    if store == "sqlite":
+        # What ran again had run before the kill without its outcome committed (an acknowledgement waits for
+        # the commit, so this can exceed the broker's in-flight limit); nothing recorded COMPLETED ran again.
+        assert completed_before, "the store recorded nothing before the kill: the checks below prove nothing"
+        assert not completed_before & set(twice), sorted(completed_before & set(twice))
+        assert set(twice) <= set(first_runs) - completed_before
+    else:
+        assert len(twice) <= BROKER_INFLIGHT, twice
+        assert set(twice) <= set(first_runs[-BROKER_INFLIGHT:]), (twice, first_runs[-BROKER_INFLIGHT:])
 
 
 def _rss_mb() -> float:
