@@ -15,7 +15,7 @@ from typing import Any, Awaitable, Callable, Optional, Sequence, Set, Tuple
 
 from .backoff import backoff_delay
 from .config import EventListenerConfig
-from .containment import cancel
+from .containment import cancel, cancelled_by_listener
 from .delivery import Ticket
 from .drops import DropReporter
 from .events import EventSink
@@ -340,7 +340,8 @@ class Runner:
             return
         _, pending = await asyncio.wait(waiting, timeout=self._config.shutdown_grace_period)
         for task in pending:
-            cancel(task)
+            if not cancelled_by_listener(task):  # once is enough: a job that survives it is abandoned soon after
+                cancel(task)
         if pending:
             await asyncio.wait(pending)
 

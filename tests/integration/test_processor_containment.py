@@ -253,9 +253,11 @@ async def test_a_cancelled_processor_that_cleans_up_briefly_is_not_abandoned() -
     assert type(caught.value).__name__ == "JobTimeoutError" and cleaned == ["t"]
 
 
-async def test_a_swallowing_processor_that_gives_up_in_time_keeps_its_result() -> None:
-    """Swallowing once and then returning within ABANDON_AFTER is not abandoned either."""
-    listener = make_listener(shutdown_grace_period=0.05)
+@pytest.mark.parametrize("concurrency", [1, 4])
+async def test_a_swallowing_processor_that_gives_up_in_time_keeps_its_result(concurrency: int) -> None:
+    """Swallowing once and then returning within ABANDON_AFTER is not abandoned either (nor cancelled a
+    second time when the grace period ends)."""
+    listener = make_listener(shutdown_grace_period=0.05, max_concurrent_jobs=concurrency)
     feed(listener, 'job_id = "late"')
     started = asyncio.Event()
 
