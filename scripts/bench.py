@@ -749,6 +749,9 @@ class Runner:
             "default_qos": sc.qos, "results_topic": topics["results"], "error_topic": topics["errors"], "log_topic": "",
             "max_concurrent_jobs": sc.max_concurrent_jobs, "max_jobs_in_memory": sc.jobs_limit,
             "shutdown_grace_period": 5.0, "ack_policy": sc.ack_policy,
+            # A QoS 0 burst is published faster than it is processed: hold all of it, as the ceiling's
+            # unbounded queue does (past max_pending_messages the listener would drop QoS 0 messages).
+            "max_pending_messages": max(10_000, sc.count) if sc.qos == 0 else 10_000,
         }
         if sc.job_store == "sqlite":
             self.store_dir = tempfile.mkdtemp(prefix="bench-jobs-")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any, Dict, List
 from unittest.mock import MagicMock
 
@@ -12,6 +11,7 @@ from Listener import EventListener, JobStatus
 from Listener.processing import JobTimeoutError
 from Listener.testing import TestListener
 from tests.unit.helpers import mocked_listener, wait_forever
+from tests.support.flaky import Flaky
 
 SPEC_ERROR_FIELDS = {"job_id", "status", "error_type", "error_message", "topic", "timestamp"}
 
@@ -20,29 +20,14 @@ def published_json(listener: EventListener, topic: str) -> List[Dict[str, Any]]:
     return [json.loads(call.args[1]) for call in listener.client.publish.call_args_list if call.args[0] == topic]
 
 
-class Flaky:
-    """A processor failing its first ``failures`` calls; records when each call started."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.calls: List[float] = []
-
-    def __call__(self, data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
-        self.calls.append(time.monotonic())
-        if len(self.calls) <= self.failures:
-            raise ConnectionResetError(f"upstream down (call {len(self.calls)})")
-        return {"done": job_id, "calls": len(self.calls)}
-
-
 async def test_failing_twice_then_succeeding_completes_on_the_third_attempt() -> None:
     listener = mocked_listener(max_retries=2, retry_backoff=0.01)
     processor = Flaky(failures=2)
-    assert await asyncio.wait_for(listener.process_message({"job_id": "f-1"}, processor), 5) == {"done": "f-1",
-                                                                                                 "calls": 3}
+    expected = {"job_id": "f-1", "attempts": 3}
+    assert await asyncio.wait_for(listener.process_message({"job_id": "f-1"}, processor), 5) == expected
     job = await listener.get_job_status("f-1")
-    assert job is not None and (job.status, job.attempts, job.result) == (JobStatus.COMPLETED, 3, {"done": "f-1",
-                                                                                                   "calls": 3})
-    assert published_json(listener, "test/results") == [{"done": "f-1", "calls": 3}]  # once
+    assert job is not None and (job.status, job.attempts, job.result) == (JobStatus.COMPLETED, 3, expected)
+    assert published_json(listener, "test/results") == [{"job_id": "f-1", "attempts": 3}]  # once
     errors = published_json(listener, "test/error")
     assert [(e["attempt"], e["max_attempts"], e["will_retry"]) for e in errors] == [(1, 3, True), (2, 3, True)]
     assert all(e["error_type"] == "processing_error" and e["job_id"] == "f-1" for e in errors)
@@ -132,7 +117,7 @@ async def test_a_job_waiting_to_be_retried_stays_running_and_its_duplicate_is_sk
     await asyncio.wait_for(waiting_to_retry(), 5)
     assert (await listener.get_running_jobs()).keys() == {"d-1"}
     assert await listener.process_message({"job_id": "d-1"}, processor) is None  # the duplicate
-    assert await asyncio.wait_for(first, 5) == {"done": "d-1", "calls": 2}
+    assert await asyncio.wait_for(first, 5) == {"job_id": "d-1", "attempts": 2}
     assert len(processor.calls) == 2
     job = await listener.get_job_status("d-1")
     assert job is not None and (job.status, job.duplicate_count, job.attempts) == (JobStatus.COMPLETED, 1, 2)

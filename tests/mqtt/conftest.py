@@ -18,6 +18,7 @@ import pytest
 from Listener import EventListener, EventListenerConfig
 from tests.support.brokers import (BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial, broker_factory,
                                    generate_tls_material, session_folder)
+from tests.support.listener_processes import ListenerProcess
 from tests.support.proxy import TcpProxy
 
 __all__ = ["broker_factory", "listener_config", "proxy_factory"]  # broker_factory is a fixture defined in brokers.py
@@ -177,3 +178,20 @@ async def start_listener(mqtt_endpoint: BrokerEndpoint, unique_topic: str) -> As
             await asyncio.wait_for(task, READY_TIMEOUT)
         except Exception:  # the test may have ended the listener on purpose
             pass
+
+
+@pytest.fixture
+def processes() -> Iterator[Callable[..., ListenerProcess]]:
+    """Listener subprocesses (tests/mqtt/listener_process.py) on a given endpoint; all killed afterwards."""
+    made: List[ListenerProcess] = []
+
+    def start(endpoint: BrokerEndpoint, prefix: str, job_seconds: float = 0.0, *options: str) -> ListenerProcess:
+        process = ListenerProcess(endpoint, prefix, job_seconds, *options)
+        made.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in made:
+            process.kill()

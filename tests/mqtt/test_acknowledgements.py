@@ -16,13 +16,13 @@ import signal
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Set
+from typing import Any, Callable, Dict, List, Set
 
 import psutil
 import pytest
 
-from tests.mqtt.test_faults import ListenerProcess
-from tests.support.brokers import BrokerEndpoint, BrokerFactory, MqttProbe
+from tests.support.brokers import BrokerFactory, MqttProbe
+from tests.support.listener_processes import ListenerProcess
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,23 +32,6 @@ BROKER_INFLIGHT = 20
 
 def body(message: Any) -> Dict[str, Any]:
     return dict(json.loads(message.payload))
-
-
-@pytest.fixture
-def processes() -> Iterator[Callable[..., ListenerProcess]]:
-    """Listener subprocesses (tests/mqtt/listener_process.py) on a given endpoint; all killed afterwards."""
-    made: List[ListenerProcess] = []
-
-    def start(endpoint: BrokerEndpoint, prefix: str, job_seconds: float = 0.0, *options: str) -> ListenerProcess:
-        process = ListenerProcess(endpoint, prefix, job_seconds, *options)
-        made.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in made:
-            process.kill()
 
 
 async def publish(sender: MqttProbe, topic: str, payloads: List[str], qos: int = 1) -> None:

@@ -8,28 +8,26 @@ Every wait is bounded and waits for an event or a state, never a fixed sleep.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import replace
-from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 
 from Listener import EventListener, JobStatus
 from tests.mqtt.conftest import listener_config
 from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial
+from tests.support.listener_processes import ListenerProcess
 from tests.support.proxy import TcpProxy
 
 pytestmark = pytest.mark.timeout(60)
-ROOT = Path(__file__).resolve().parents[2]
 
 #: Reconnect quickly and forever: the tests decide when the listener may come back.
 RECONNECTING: Dict[str, Any] = dict(reconnect_retries=-1, reconnect_max_interval=0.5, connect_timeout=2)
@@ -422,64 +420,11 @@ async def test_connection_failures_are_bounded_and_never_show_the_password(
 # -- the listener process killed or signalled -----------------------------------------------------------
 
 
-class ListenerProcess:
-    """A listener subprocess (tests/mqtt/listener_process.py) whose output lines are collected by threads."""
-
-    def __init__(self, endpoint: BrokerEndpoint, prefix: str, job_seconds: float = 0.0, *options: str) -> None:
-        self.lines: List[str] = []
-        self.errors: List[str] = []
-        self._condition = threading.Condition()
-        self.process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "tests.mqtt.listener_process", endpoint.host, str(endpoint.port), prefix,
-             str(job_seconds), *options],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        threading.Thread(target=self._read, args=(self.process.stdout, self.lines), daemon=True).start()
-        threading.Thread(target=self._read, args=(self.process.stderr, self.errors), daemon=True).start()
-
-    def _read(self, stream: Any, into: List[str]) -> None:
-        for line in stream:
-            with self._condition:
-                into.append(line.rstrip("\n"))
-                self._condition.notify_all()
-
-    def wait_line(self, line: str, timeout: float = 20.0) -> None:
-        """Block until the process printed ``line``; AssertionError (with its stderr) after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        with self._condition:
-            while line not in self.lines:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.process.poll() is not None and line not in self.lines):
-                    raise AssertionError(f"no {line!r} from the listener process; stdout {self.lines}, "
-                                         f"stderr {self.errors[-20:]}")
-                self._condition.wait(min(remaining, 0.2))
-
-    def started_jobs(self) -> List[str]:
-        """Job ids the processor started, in order."""
-        with self._condition:
-            return [line.split(" ", 1)[1] for line in self.lines if line.startswith("STARTED ")]
-
-    def kill(self) -> None:
-        """SIGKILL (idempotent) and reap."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(10)
-
-
 @pytest.fixture
-def listener_processes(mqtt_endpoint: BrokerEndpoint) -> Iterator[Callable[..., ListenerProcess]]:
+def listener_processes(processes: Callable[..., ListenerProcess],
+                       mqtt_endpoint: BrokerEndpoint) -> Callable[..., ListenerProcess]:
     """Start listener subprocesses on the session broker; every one is killed after the test."""
-    made: List[ListenerProcess] = []
-
-    def start(prefix: str, job_seconds: float = 0.0, *options: str) -> ListenerProcess:
-        process = ListenerProcess(mqtt_endpoint, prefix, job_seconds, *options)
-        made.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in made:
-            process.kill()
+    return functools.partial(processes, mqtt_endpoint)
 
 
 async def test_sigterm_lets_the_job_in_flight_finish_and_publish_before_exit(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from typing import Any, Callable, Dict, List
 
 from Listener import EventListener, JobStatus
 from tests.support.brokers import MqttProbe
+from tests.support.flaky import Flaky
 
 
 def body(message: Any) -> Dict[str, Any]:
@@ -26,20 +26,6 @@ async def job_finished(listener: EventListener, job_id: str, timeout: float = 10
     await asyncio.wait_for(poll(), timeout)
 
 
-class Flaky:
-    """Fails its first ``failures`` calls (on the worker thread), then returns a result; records call times."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.calls: List[float] = []
-
-    def __call__(self, data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
-        self.calls.append(time.monotonic())
-        if len(self.calls) <= self.failures:
-            raise ConnectionResetError(f"database unreachable (call {len(self.calls)})")
-        return {"job_id": job_id, "attempts": len(self.calls)}
-
-
 async def test_failing_twice_then_succeeding_completes_on_attempt_three(
         start_listener: Callable[..., Any], probe: Any, unique_topic: str) -> None:
     processor = Flaky(failures=2)
@@ -52,7 +38,7 @@ async def test_failing_twice_then_succeeding_completes_on_attempt_three(
     errors = [body(m) for m in await wait_for(watcher, 2, f"{unique_topic}/error")]
     assert [(e["job_id"], e["attempt"], e["max_attempts"], e["will_retry"]) for e in errors] == [
         ("r-1", 1, 3, True), ("r-1", 2, 3, True)]
-    assert "database unreachable (call 2) (attempt 2 of 3; retrying in" in errors[1]["error_message"]
+    assert "upstream down (call 2) (attempt 2 of 3; retrying in" in errors[1]["error_message"]
     job = await listener.get_job_status("r-1")
     assert job is not None and (job.status, job.attempts) == (JobStatus.COMPLETED, 3)
     # Everything for the job is out once it is COMPLETED (its QoS 1 result acknowledged): one result, two errors.
@@ -82,10 +68,10 @@ async def test_always_failing_ends_failed_after_max_retries_plus_one_attempts_wi
     # Each wait is retry_backoff × 2^(n-1) less at most a quarter (jitter); no upper bound on a loaded machine.
     assert gaps[0] >= 0.75 * backoff and gaps[1] >= 0.75 * 2 * backoff, gaps
     assert [(e["attempt"], e["will_retry"]) for e in errors] == [(1, True), (2, True), (3, False)]
-    assert errors[2]["error_message"] == "ConnectionResetError: database unreachable (call 3) (attempt 3 of 3)"
+    assert errors[2]["error_message"] == "ConnectionResetError: upstream down (call 3) (attempt 3 of 3)"
     job = await listener.get_job_status("r-2")
     assert job is not None and (job.status, job.attempts) == (JobStatus.FAILED, 3)
-    assert job.error == "ConnectionResetError: database unreachable (call 3)"
+    assert job.error == "ConnectionResetError: upstream down (call 3)"
     assert listener.metrics()["jobs_finished"] == {"failed": 1}
 
 
