@@ -157,6 +157,13 @@ def _at_most(row: Dict[str, Any], key: str, limit: float) -> bool:
     return row.get(key) is not None and bool(row[key] <= limit)
 
 
+def _ratio_at_least(row: Dict[str, Any], limit: float) -> Optional[bool]:
+    """None without a ceiling run to compare with."""
+    if row.get("ratio_to_ceiling") is None:
+        return None
+    return bool(row["ratio_to_ceiling"] >= limit) and _no_loss(row)
+
+
 def _soak_flat(row: Dict[str, Any]) -> bool:
     points = row.get("rss_points_mb") or []
     if len(points) < 2:
@@ -166,10 +173,14 @@ def _soak_flat(row: Dict[str, Any]) -> bool:
 
 
 TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
-    "trivial": ("ratio_to_ceiling >= 0.9, lost == 0",
-                lambda r: None if r.get("ratio_to_ceiling") is None else r["ratio_to_ceiling"] >= 0.9 and _no_loss(r)),
-    "echo-async-qos0-small": ("none (for comparison: the trivial processor as async def, no worker thread)",
-                              lambda r: None),
+    "trivial-qos0-small": ("ratio_to_ceiling >= 0.85, cpu_ratio_to_ceiling <= 1.6, lost == 0",
+                           lambda r: _ratio_at_least(r, 0.85) and _at_most(r, "cpu_ratio_to_ceiling", 1.6)),
+    "trivial-qos0-manual": ("ratio_to_ceiling >= 0.75, rss_per_job_beyond_payload <= 1536 B, lost == 0",
+                            lambda r: _ratio_at_least(r, 0.75) and _at_most(r, "rss_per_job_beyond_payload", 1536)),
+    "trivial-qos1-small": ("ratio_to_ceiling >= 1.0, lost == 0", lambda r: _ratio_at_least(r, 1.0)),
+    "trivial-qos1-manual": ("none (reported beside the small QoS 1 row)", lambda r: None),
+    "echo-async-qos0-small": ("ratio_to_ceiling >= 1.0 (the processor as async def, no worker thread), lost == 0",
+                              lambda r: _ratio_at_least(r, 1.0)),
     "inline-qos0-small": ("none (for comparison: the trivial processor marked @run_inline, no worker thread)",
                           lambda r: None),
     "async50-c1": ("none (reference: one 50 ms job at a time is at most 20 msg/s)", lambda r: None),
@@ -195,8 +206,8 @@ TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
 def judge(row: Dict[str, Any]) -> None:
     """Add the issue's ``target`` for this scenario and whether it was ``met`` (None: no target)."""
     key = row["scenario"]
-    if key.startswith(("trivial-", "ceiling-")):
-        key = key.split("-")[0]
+    if key.startswith("ceiling-"):
+        key = "ceiling"
     text, check = TARGETS.get(key, ("none", lambda r: None))
     row["target"] = text
     row["met"] = None if "error" in row else check(row)
