@@ -228,9 +228,10 @@ class Pipeline:
         """Report a publication problem if there was one, then mark the job COMPLETED."""
         try:
             problem = await sent if isinstance(sent, asyncio.Future) else sent
-        except asyncio.CancelledError:  # stopping ran out of grace before the broker acknowledged it
-            await self._tracker.update_job_status(job_id, JobStatus.COMPLETED, result=result)
-            self._metrics.jobs_finished[_COMPLETED] += 1
+        except asyncio.CancelledError:  # stopping ran out of grace before the broker acknowledged the result
+            # Not COMPLETED: the result may not have reached the broker. The message stays unacknowledged,
+            # and the job runs again when it is redelivered.
+            await self._cancelled(job_id, topic, None)
             raise
         if problem is not None and publication is not None:
             reason = f"Could not publish the result of job {job_id} to {publication.topic}: {problem}"

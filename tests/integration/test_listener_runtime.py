@@ -208,3 +208,37 @@ async def test_the_next_job_starts_while_a_qos1_result_awaits_its_acknowledgemen
     listener.stop()
     await asyncio.wait_for(run, 5)
     assert await listener.is_job_completed("p1") and await listener.is_job_completed("p2")
+
+
+async def test_a_result_unacknowledged_when_the_grace_period_ends_leaves_its_job_to_run_again() -> None:
+    """A QoS 1 result whose PUBACK never came before the grace period ended: the job is not COMPLETED (the
+    result may not have reached the broker) but cut short, so when its message is redelivered it runs again
+    instead of being skipped as a duplicate."""
+    listener = make_listener(default_qos=1, shutdown_grace_period=0.1)
+    feed(listener, 'job_id = "r1"')
+    sent = asyncio.Event()
+
+    async def publish(topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        if topic == "test/results":
+            sent.set()
+            await asyncio.Event().wait()  # the broker never acknowledges it
+
+    listener.client.publish.side_effect = publish
+    calls: List[str] = []
+
+    def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        calls.append(job_id)
+        return {"job_id": job_id}
+
+    run = asyncio.create_task(listener.run(processor))
+    await asyncio.wait_for(sent.wait(), 10)
+    listener.stop()
+    await asyncio.wait_for(run, 10)
+    job = await listener.get_job_status("r1")
+    assert job is not None and (job.status, job.error) == (JobStatus.FAILED, "Cancelled: listener stopped")
+
+    listener.client.publish.side_effect = None
+    assert await listener.process_message({"job_id": "r1"}, processor) == {"job_id": "r1"}
+    assert calls == ["r1", "r1"]
+    job = await listener.get_job_status("r1")
+    assert job is not None and job.status is JobStatus.COMPLETED
