@@ -269,6 +269,34 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
             with contextlib.suppress(Exception):
                 await handler.stop()
 
+    async def publish(self, topic: str, message: bytes, qos: Optional[int] = None, retain: Optional[bool] = None,
+                      ack_timeout: Optional[int] = None) -> Any:
+        """amqtt's ``publish``; a QoS 0 message on a plain or TLS socket is written directly instead.
+
+        amqtt builds packet and message objects, takes a write lock, drains the socket and re-arms its
+        keep-alive timer for every packet: for a QoS 0 PUBLISH, which needs none of that, it was about a
+        fifth of the listener's CPU per message. The bytes written are the same PUBLISH packet; the
+        socket is drained only when its buffer fills up. Anything else goes through amqtt.
+        """
+        stream = self._qos0_stream() if qos == 0 else None
+        if stream is None:
+            return await super().publish(topic, message, qos, retain, ack_timeout)
+        stream.write(qos0_publish_packet(topic, message, bool(retain)))
+        transport = stream.transport
+        if transport.get_write_buffer_size() > _DRAIN_ABOVE:
+            await stream.drain()
+        return None
+
+    def _qos0_stream(self) -> Optional[asyncio.StreamWriter]:
+        """The connection's asyncio stream when a QoS 0 PUBLISH may be written to it directly, else None."""
+        writer = getattr(self._handler, "writer", None)
+        stream = getattr(writer, "_writer", None)
+        if not isinstance(stream, asyncio.StreamWriter) or getattr(writer, "is_closed", True):
+            return None  # websockets, or no connection: amqtt decides (and raises)
+        if stream.transport.is_closing() or not self.is_connected():
+            return None
+        return stream
+
     def is_connected(self) -> bool:
         """True while the MQTT session is established and amqtt has not seen it end.
 
@@ -279,6 +307,28 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         session = self.session
         return (session is not None and bool(session.transitions.is_connected())
                 and self._connected_state.is_set())
+
+
+#: Bytes waiting in the socket's buffer above which a direct QoS 0 write waits for it to drain.
+_DRAIN_ABOVE = 64 * 1024
+
+
+def qos0_publish_packet(topic: str, payload: bytes, retain: bool) -> bytes:
+    """An MQTT 3.1.1 PUBLISH packet at QoS 0 (§3.3): fixed header, topic name, payload.
+
+    The topic is one the publisher has already checked (``topics.topic_name_error``): at most 65,535
+    bytes of UTF-8.
+    """
+    name = topic.encode("utf-8")
+    remaining = 2 + len(name) + len(payload)
+    header = bytearray((0x31 if retain else 0x30,))
+    while True:  # the remaining length, 7 bits per byte, least significant first
+        remaining, digit = divmod(remaining, 128)
+        header.append(digit | 0x80 if remaining else digit)
+        if not remaining:
+            break
+    header += len(name).to_bytes(2, "big")
+    return bytes(header) + name + payload
 
 
 def _retrieve_outcome(ping: "asyncio.Future[Any]") -> None:

@@ -212,3 +212,21 @@ async def test_stop_logs_how_many_queued_messages_the_grace_period_dropped(
     assert len(lines) == 1, lines
     match = re.match(r"Dropped (\d+) received message", lines[0])
     assert match is not None and int(match.group(1)) == count + 1 - processed > 0
+
+
+async def test_direct_qos0_writes_reach_the_broker_whole_even_past_the_socket_buffer(
+        start_listener: Callable[..., Any], probe: Callable[..., Any], unique_topic: str) -> None:
+    """QoS 0 publications skip amqtt's packet machinery (one write each). A burst larger than the socket's
+    buffer waits for it to drain, and every message arrives whole and in order; once the connection is
+    closed, a QoS 0 publish goes back through amqtt, which refuses it."""
+    listener, _ = await start_listener()
+    topic = f"{unique_topic}/direct"
+    watcher = probe(topic)
+    payloads = [bytes([65 + i]) * 1_500_000 for i in range(4)]
+    for payload in payloads:
+        await asyncio.wait_for(listener.client.publish(topic, payload, qos=0, retain=False), 30)
+    received = await asyncio.to_thread(watcher.wait_for, 4, 30.0, topic)
+    assert [m.payload for m in received] == payloads
+    await listener.client.disconnect()
+    with pytest.raises(Exception):
+        await asyncio.wait_for(listener.client.publish(topic, b"late", qos=0, retain=False), 10)

@@ -7,8 +7,13 @@ import asyncio
 import time
 from typing import Any, List
 
+import pytest
+from amqtt.mqtt.publish import PublishPacket
+
 from Listener import EventListenerConfig
-from Listener.transport import AmqttClient, build_client_config, create_client, endpoint_label, secrets
+from Listener.transport import (
+    AmqttClient, build_client_config, create_client, endpoint_label, qos0_publish_packet, secrets,
+)
 
 
 def test_the_manuals_public_default_password_is_not_masked_in_text() -> None:
@@ -129,3 +134,13 @@ async def test_bytes_received_but_not_yet_read_count_as_life() -> None:
     assert not watchdog.done() and client.dropped_at == []
     client.unread = 0
     assert await asyncio.wait_for(watchdog, 2.0) is True
+
+
+@pytest.mark.parametrize("topic, payload, retain", [
+    ("a/b", b"x", False), ("t", b"y" * 200, True), ("r" * 300, b"z" * 20_000, False), ("é/ü", b"", False),
+    ("big", b"p" * 2_097_152, False),
+])
+def test_the_direct_qos0_publish_packet_is_the_one_amqtt_builds(topic: str, payload: bytes, retain: bool) -> None:
+    """Same bytes as amqtt's PublishPacket: the remaining length's 1 to 4 bytes, the retain flag, UTF-8 topics."""
+    expected = PublishPacket.build(topic, payload, None, False, 0, retain).to_bytes()
+    assert qos0_publish_packet(topic, payload, retain) == expected
