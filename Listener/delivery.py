@@ -205,6 +205,9 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
                         await barrier()
                         break
                     except Exception as exc:  # the store reports it; keep the acknowledgements until it recovers
+                        if self.closed:  # stopping (or stopped): these stay unacknowledged, the broker redelivers them
+                            logger.debug("Acknowledgements withheld at stop: the job store did not record them (%s)", exc)
+                            return
                         logger.debug("Acknowledgements held: the job store is not recorded yet (%s)", exc)
                         await asyncio.sleep(delay)
                         delay = min(2 * delay, BARRIER_RETRY[1])

@@ -282,3 +282,23 @@ async def test_a_withheld_ticket_is_never_acknowledged() -> None:
     assert not puts[0].done() and not puts[1].done()
     for put in puts:
         put.cancel()
+
+
+async def test_a_failing_barrier_at_stop_gives_up_and_leaves_the_messages_unacknowledged() -> None:
+    """Stopping (intake closed), or the store already closed: no endless retry in the background; the
+    messages stay with the broker."""
+    queue = DeliveryQueue(1, hold_acks=True)
+    attempts: List[int] = []
+
+    async def barrier() -> None:
+        attempts.append(1)
+        raise OSError("job store is not open")
+
+    queue.barrier = barrier
+    puts = await _queued(queue, "a")
+    (a,) = _taken(queue)
+    queue.close()
+    a.settle()
+    await asyncio.wait_for(queue.released(), 1)
+    assert attempts == [1] and not puts[0].done()
+    puts[0].cancel()
