@@ -262,3 +262,44 @@ async def test_a_worker_that_can_never_start_makes_the_group_give_up(
     assert "Restarting worker" in caplog.text
     assert overrides["password"] not in caplog.text
     assert all(not worker.alive for worker in supervisor.workers)
+
+
+async def test_a_worker_exiting_with_a_usage_error_is_not_restarted(
+        tmp_path: Path, mqtt_endpoint: BrokerEndpoint, monkeypatch: pytest.MonkeyPatch,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.chdir(tmp_path)
+    overrides = {"host": mqtt_endpoint.host, "port": mqtt_endpoint.port, "username": None, "password": None}
+    config = EventListenerConfig(client_id="usage", **overrides)  # type: ignore[arg-type]
+    # The CLI checks the processor before starting workers; called directly, every worker fails to import it (exit 2).
+    supervisor = Supervisor(WorkerLaunch("no_such_worker_module:work", None, overrides, "text", "WARNING"), config, 2,
+                            restart_base=0.05, quick_exit=30.0, max_quick_failures=5)
+    assert await asyncio.wait_for(supervisor.run(), 60) == 1
+    assert supervisor.gave_up is not None and "usage error" in supervisor.gave_up
+    assert all(worker.restarts == 0 for worker in supervisor.workers)
+    assert "no_such_worker_module" in capfd.readouterr().err  # the worker's own message, on the shared stderr
+
+
+def test_workers_drain_and_exit_when_the_supervisor_is_killed(group: Callable[..., CliProcess],
+                                                              unique_topic: str, mqtt_endpoint: BrokerEndpoint) -> None:
+    listeners = group(2, mqtt_endpoint, unique_topic)
+    wait_count(listeners, "listener_started", 2)
+    pids = list(_worker_pids(listeners).values())
+    listeners.process.kill()  # SIGKILL: no signal is forwarded; the workers' stdin closes
+    listeners.wait(20)
+    deadline = time.monotonic() + 20.0
+    alive = pids
+    while alive:
+        assert time.monotonic() < deadline, f"workers {alive} still running 20 s after the supervisor died"
+        alive = [pid for pid in pids if _running(pid)]
+        time.sleep(0.05)
+    assert any("The supervisor is gone" in str(body.get("message")) for body in listeners.events()), listeners.output()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:  # a zombie has exited
+        return handle.read().split(") ")[-1][:1] != "Z"
