@@ -4,7 +4,8 @@
 create (``connect``, ``subscribe``, ``publish``, ``deliver_message``, ``disconnect``), so assigning one
 to ``listener.client`` runs the listener's real pipeline without a network. :class:`MemoryBroker`
 routes like Mosquitto 2: every subscription whose filter matches gets its own copy, at the lower of
-the publication's and the subscription's QoS, and retained messages go to new subscriptions.
+the publication's and the subscription's QoS, and retained messages go to new subscriptions. A shared
+subscription (``$share/<group>/<filter>``) gets one copy per group, taken by its clients in turn.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class MemoryBroker:
         self._clients: List[MemoryClient] = []
         self._on_publish = on_publish
         self.retained: Dict[str, MemoryMessage] = {}
+        self._turns: Dict[str, int] = {}  # shared subscription -> deliveries so far (whose turn it is)
 
     def attach(self, client: "MemoryClient") -> None:
         """A client connected."""
@@ -64,11 +66,22 @@ class MemoryBroker:
             else:
                 self.retained.pop(message.topic, None)
         copies = 0
+        shared: Dict[str, List[Tuple[MemoryClient, int]]] = {}
         for client in list(self._clients):
             for topic_filter, granted in client.subscriptions:
-                if topic_matches(topic_filter, message.topic):
-                    client.receive(MemoryMessage(message.topic, wrap(message.data), min(message.qos, granted), False))
-                    copies += 1
+                if not topic_matches(topic_filter, message.topic):
+                    continue
+                if topic_filter.startswith("$share/"):
+                    shared.setdefault(topic_filter, []).append((client, granted))
+                    continue
+                client.receive(MemoryMessage(message.topic, wrap(message.data), min(message.qos, granted), False))
+                copies += 1
+        for topic_filter, members in shared.items():
+            turn = self._turns.get(topic_filter, 0)
+            self._turns[topic_filter] = turn + 1
+            client, granted = members[turn % len(members)]
+            client.receive(MemoryMessage(message.topic, wrap(message.data), min(message.qos, granted), False))
+            copies += 1
         return copies
 
 

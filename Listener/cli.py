@@ -29,7 +29,7 @@ import pkgutil
 import re
 import sys
 import uuid
-from typing import Any, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, TextIO, Tuple
 from urllib.parse import urlsplit
 
 import tomli
@@ -61,8 +61,12 @@ BROKER_SHUTDOWN_TIMEOUT = 10.0
 DISCONNECT_TIMEOUT = 5.0
 #: Seconds after a second SIGTERM/SIGINT before the process is ended with os._exit if still running.
 FORCED_EXIT_AFTER = 5.0
+#: Most processes ``run --workers`` starts.
+MAX_WORKERS = 64
 
 Processor = Callable[..., Any]
+#: Runs beside the listener while it serves (a ``--workers`` child reports its status with one); cancelled at the end.
+Companion = Callable[[Any], Awaitable[None]]
 
 EPILOG = """\
 settings (the first that sets an option wins):
@@ -75,6 +79,7 @@ examples:
   mqtt-listener check-config listener.toml --with-env
   mqtt-listener run myapp.jobs:process --config listener.toml --log-format json
   mqtt-listener run myapp.jobs:process --embedded-broker --unset username --unset password
+  mqtt-listener run myapp.jobs:process --config listener.toml --workers 4
   mqtt-listener publish --topic test --data 'job_id = "task-001"'
 
 exit codes: 0 success; 1 failure at run time (broker unreachable or refusing, invalid file for
@@ -110,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(run)
     run.add_argument("--embedded-broker", action="store_true",
                      help="start amqtt's broker in this process on the configured (loopback) host and port")
+    run.add_argument("--workers", type=_worker_count, default=1, metavar="N",
+                     help="run N listener processes in one shared subscription group, restarted when they die "
+                          "(default 1: this process only)")
     run.add_argument("--log-format", choices=LOG_FORMATS, default="text",
                      help="log lines as text (default) or one JSON object per line")
     run.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS, default="INFO", metavar="LEVEL",
@@ -144,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"seconds to wait for the connection and the acknowledgement (default {PUBLISH_TIMEOUT:g})")
     _add_config_options(publish)
     return parser
+
+
+def _worker_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to {MAX_WORKERS}, got {text!r}")
+    return count
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -306,7 +324,8 @@ async def _start_embedded_broker(host: str, port: int) -> Any:
     return broker
 
 
-async def _run_service(config: EventListenerConfig, processor: Processor, embedded_broker: bool) -> int:
+async def _run_service(config: EventListenerConfig, processor: Processor, embedded_broker: bool,
+                       companion: Optional[Companion] = None) -> int:
     from .event_listener import EventListener
 
     task = asyncio.current_task()
@@ -317,6 +336,7 @@ async def _run_service(config: EventListenerConfig, processor: Processor, embedd
     signals = listener.install_signal_handlers(on_second_signal=lambda: _cancel(task), exit_after=FORCED_EXIT_AFTER,
                                                before_exit=_before_forced_exit)
     broker: Any = None
+    beside = asyncio.ensure_future(companion(listener)) if companion is not None else None
     try:
         if embedded_broker:
             broker = await _start_embedded_broker(*_embedded_broker_address(config))
@@ -345,6 +365,10 @@ async def _run_service(config: EventListenerConfig, processor: Processor, embedd
         return EXIT_FAILURE
     finally:
         listener.remove_signal_handlers()
+        if beside is not None:
+            beside.cancel()
+            with contextlib.suppress(BaseException):
+                await beside
         if broker is not None:
             try:
                 await asyncio.wait_for(broker.shutdown(), BROKER_SHUTDOWN_TIMEOUT)
@@ -354,14 +378,23 @@ async def _run_service(config: EventListenerConfig, processor: Processor, embedd
 
 
 def _command_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config, parse_overrides(args.overrides, args.unset))
+    overrides = parse_overrides(args.overrides, args.unset)
+    config = load_config(args.config, overrides)
     secrets = _secrets(config)
     configure_logging(args.log_format, args.log_level, secrets)
     if logging.getLogger().getEffectiveLevel() <= logging.DEBUG:
         restore_third_party_loggers()  # quiet by default (Listener.quiet_logs); --log-level DEBUG shows amqtt's lines
     if args.embedded_broker:
+        if args.workers > 1 or config.share_group is not None:
+            raise CliError("--embedded-broker cannot serve --workers or share_group: amqtt's broker does not "
+                           "implement $share subscriptions (every worker would get every message); use Mosquitto")
         _embedded_broker_address(config)  # refuse a non-loopback address before importing anything
     processor = load_processor(args.processor)
+    if args.workers > 1:
+        from .supervisor import WorkerLaunch, run_supervisor
+
+        launch = WorkerLaunch(args.processor, args.config, overrides, args.log_format, args.log_level)
+        return run_supervisor(launch, config, args.workers)
     try:
         return asyncio.run(_run_service(config, processor, args.embedded_broker))
     except SystemExit as exc:  # nothing the processor raises gets here (it fails its job); exit non-zero anyway

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from .errors import ConfigError
 from .job_store import job_store_problem
 from .redaction import CERTIFICATE_DATA, MASK, SECRET_SETTINGS, mask_uri_credentials, shown_setting
-from .topics import filter_error, topic_name_error
+from .topics import filter_error, share_group_error, topic_name_error
 
 __all__ = ["ACK_POLICIES", "EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS",
            "MAX_PAYLOAD_BYTES", "MAX_RETRIES", "MAX_RETRY_DELAY", "OptionKind", "SECTION_NAME", "describe_unknown_keys",
@@ -105,6 +105,8 @@ class EventListenerConfig:
     job_store: str = "memory"
     ack_policy: str = "after_processing"
     max_pending_messages: int = 10_000
+    #: Subscribe as ``$share/<share_group>/<filter>``: listeners of one group split the messages (None: not shared).
+    share_group: Optional[str] = None
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -205,7 +207,7 @@ def _check_types(cfg: EventListenerConfig) -> None:
         value = getattr(cfg, name)
         if not isinstance(value, str):
             raise _fail(name, value, f"must be a string, got {type(value).__name__}")
-    for name in ("username", "password", "uri", "cafile", "capath", "cadata", "certfile", "keyfile"):
+    for name in ("username", "password", "uri", "cafile", "capath", "cadata", "certfile", "keyfile", "share_group"):
         value = getattr(cfg, name)
         if value is not None and not isinstance(value, str):
             raise _fail(name, value, f"must be a string or None, got {type(value).__name__}")
@@ -314,6 +316,17 @@ def _check_topics(cfg: EventListenerConfig) -> None:
             raise _fail(label + "['retain']", options.get("retain"), "must be true or false")
 
 
+def _check_share_group(cfg: EventListenerConfig) -> None:
+    if cfg.share_group is None:
+        return
+    problem = share_group_error(cfg.share_group)
+    if problem:
+        raise _fail("share_group", cfg.share_group, problem)
+    for label, topic_filter in [("topic", cfg.topic)] + [(f"custom_topics[{f!r}]", f) for f in cfg.custom_topics]:
+        if topic_filter.startswith("$share/"):
+            raise _fail(label, topic_filter, "already has a $share/ prefix; with share_group set, give the plain filter")
+
+
 def _check_will(cfg: EventListenerConfig) -> None:
     will = cfg.will
     if will is None:
@@ -373,8 +386,8 @@ def _check_retries(cfg: EventListenerConfig) -> None:
                     f"must be a number of seconds from 0 (retry at once) to {MAX_RETRY_DELAY:g}")
 
 
-_CHECKS = (_check_types, _check_connection, _check_timing, _check_qos, _check_topics, _check_will, _check_jobs,
-           _check_retries)
+_CHECKS = (_check_types, _check_connection, _check_timing, _check_qos, _check_topics, _check_share_group, _check_will,
+           _check_jobs, _check_retries)
 
 
 # -- reading files and the environment ------------------------------------------------------------

@@ -33,7 +33,7 @@ from .safe_config_parser import SafeConfigParser
 from .serialization import to_json_bytes
 from .session import DISCONNECT_TIMEOUT, ClientSlot, connect, disconnect, subscribe
 from .signals import StopSignals
-from .topics import subscriptions
+from .topics import shared_filters, subscriptions
 from .transport import endpoint_label, secrets
 from .workers import ThreadWorkers
 
@@ -87,7 +87,8 @@ class EventListener:
                                  lambda topic, body: self._pipeline.publish_event(topic, body))
         self._pipeline = Pipeline(config, self.config_parser, self._tracker, self._publisher, self._events, metrics,
                                   self._workers, wait_when_full=lambda: self._runner.active)
-        self._filters = subscriptions(config.topic, config.qos, config.custom_topics)
+        # Own-message detection (pipeline) keeps matching on the real filters; only the SUBSCRIBE is shared.
+        self._filters = shared_filters(subscriptions(config.topic, config.qos, config.custom_topics), config.share_group)
         self._runner = Runner(config, endpoint, self._slot, self._filters, self._publisher, self._events, metrics,
                               self._tracker, self._pipeline.finishing,
                               lambda payload, topic, ticket: self._process_message(payload, topic=topic, pipelined=True,

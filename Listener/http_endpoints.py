@@ -528,7 +528,10 @@ class _SnapshotCollector:
         self.listener = listener
 
     def collect(self) -> Iterator[Any]:
-        """One snapshot, all families."""
+        """One snapshot, all families (a status with its own ``metric_families()``, such as a worker group's, gives them)."""
+        own = getattr(self.listener, "metric_families", None)
+        if callable(own):
+            return iter(own())
         return metric_families(self.listener.metrics())
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 __all__ = [
     "PublishOptions",
     "filter_covers",
     "filter_error",
+    "share_group_error",
+    "shared_filters",
     "strip_share_prefix",
     "subscriptions",
     "topic_matches",
@@ -36,6 +38,25 @@ def _common_error(topic: str) -> str | None:
     if len(topic.encode("utf-8", "surrogatepass")) > _MAX_TOPIC_BYTES:
         return "is longer than 65535 bytes"
     return None
+
+
+def share_group_error(group: str) -> str | None:
+    """Explain why ``group`` cannot name a shared subscription group, or return None when it can."""
+    if not isinstance(group, str):
+        return f"must be a string, got {type(group).__name__}"
+    if not group:
+        return "must not be empty"
+    for char, name in (("/", "'/'"), ("+", "the wildcard '+'"), ("#", "the wildcard '#'"), ("\x00", "a NUL character")):
+        if char in group:
+            return f"must not contain {name} (it is one level of $share/<group>/<filter>)"
+    return _common_error(group)
+
+
+def shared_filters(filters: Sequence[Tuple[str, int]], group: str | None) -> List[Tuple[str, int]]:
+    """``filters`` as sent in the SUBSCRIBE: each as ``$share/<group>/<filter>`` when ``group`` is set."""
+    if group is None:
+        return list(filters)
+    return [(f"{_SHARE_PREFIX}{group}/{topic_filter}", qos) for topic_filter, qos in filters]
 
 
 def filter_error(topic_filter: str) -> str | None:
