@@ -20,6 +20,7 @@ on a missed target.
     python scripts/bench.py --quick              # small counts, under a minute
     python scripts/bench.py --scenario trivial-qos1-small --scenario fixed500-qos1
     python scripts/bench.py --ceiling            # only the bare amqtt loop
+    python scripts/bench.py --processes 2 --processes 4   # a 5 ms processor in 1, 2 and 4 processes
     python scripts/bench.py --profile trivial-qos0-small   # cProfile top 25 to stderr
 """
 
@@ -100,6 +101,7 @@ class Scenario:
     compare_to: Optional[str] = None  # the scenario of the same run its msg/s is compared with
     compared_as: str = "memory_store"  # names the ratio: ratio_to_<compared_as>, <compared_as>_msg_per_s
     ack_policy: str = "after_processing"  # or "on_receipt" (acknowledged when queued)
+    processes: int = 0  # > 0: `mqtt-listener run` processes (--workers N) instead of a listener in the runner
 
     @property
     def jobs_limit(self) -> int:
@@ -143,7 +145,22 @@ def catalogue(quick: bool, factor: float) -> List[Scenario]:
                  max_jobs_in_memory=2_000, rss_points=10),  # few jobs held: the RSS shows what the intake holds
         Scenario("soak-200k", "trivial", 0, "small", soak, rate=1000.0,
                  max_jobs_in_memory=max(100, soak // 40), rss_points=10),
+        *(scaling(processes, n(4_000, 800)) for processes in SCALING_PROCESSES),
+        Scenario("scale-trivial-p1", "trivial", 1, "small", n(10_000, 1_000), processes=1),
+        Scenario("scale-trivial-p2", "trivial", 1, "small", n(10_000, 1_000), processes=2,
+                 compare_to="scale-trivial-p1", compared_as="one_process"),
     ]
+
+
+#: The worker counts of the 5 ms scaling scenarios in a full run (``--processes N`` chooses others).
+SCALING_PROCESSES = (1, 2, 4)
+
+
+def scaling(processes: int, count: int) -> Scenario:
+    """A plain ``def`` processor that takes 5 ms, at QoS 1, through ``processes`` listener processes."""
+    return Scenario(f"scale-sync5-p{processes}", "sync5", 1, "small", count, processes=processes,
+                    budget_rate=150.0 * processes,
+                    compare_to=None if processes == 1 else "scale-sync5-p1", compared_as="one_process")
 
 
 # -- targets ---------------------------------------------------------------------------------------
@@ -162,6 +179,13 @@ def _ratio_at_least(row: Dict[str, Any], limit: float) -> Optional[bool]:
     if row.get("ratio_to_ceiling") is None:
         return None
     return bool(row["ratio_to_ceiling"] >= limit) and _no_loss(row)
+
+
+def _scaled(row: Dict[str, Any], limit: float) -> Optional[bool]:
+    """None without the one-process run to compare with."""
+    if row.get("ratio_to_one_process") is None:
+        return None
+    return bool(row["ratio_to_one_process"] >= limit) and _no_loss(row)
 
 
 def _soak_flat(row: Dict[str, Any]) -> bool:
@@ -199,6 +223,12 @@ TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
                                    lambda r: None),
     "flood50k-qos1": ("RSS within +-10% of the first of 10 points (the unacknowledged window bounds it), lost == 0",
                       lambda r: _soak_flat(r) and _no_loss(r)),
+    "scale-sync5-p1": ("none (reference: one process, one 5 ms job at a time, at most 200 msg/s)", lambda r: None),
+    "scale-sync5-p2": ("ratio_to_one_process >= 1.8, lost == 0", lambda r: _scaled(r, 1.8)),
+    "scale-sync5-p4": ("ratio_to_one_process >= 3.2, lost == 0", lambda r: _scaled(r, 3.2)),
+    "scale-trivial-p1": ("none (reference for scale-trivial-p2)", lambda r: None),
+    "scale-trivial-p2": ("none (a trivial processor on 2 cores: the broker and the clients share them)",
+                         lambda r: None),
     "ceiling": ("none (the bare amqtt receive->publish loop the trivial scenarios are compared with)", lambda r: None),
 }
 
@@ -693,8 +723,9 @@ class Runner:
                 "prefix": job_prefix(self.job.run_id, sc.name), "idle_timeout": self.job.idle_timeout}
 
     async def measure(self, serve: Callable[[], Awaitable[None]], progress: Progress,
-                      jobs_held: Callable[[], int]) -> Measurement:
-        """Start the children and the server (``serve``), send the traffic, measure this process meanwhile."""
+                      jobs_held: Callable[[], int], cpu_seconds: Callable[[], float] = time.process_time) -> Measurement:
+        """Start the children and the server (``serve``), send the traffic, measure the server meanwhile
+        (its CPU with ``cpu_seconds``: this process's, unless the server runs in other processes)."""
         spec = self.child_spec()
         collector = await self.children.spawn("collector", spec)
         publisher = await self.children.spawn("publisher", spec)
@@ -704,7 +735,7 @@ class Runner:
         gc.collect()
         lag = LoopLag()
         sampler = RssSampler(progress, self.job.scenario.count, self.job.scenario.rss_points)
-        rss_before, cpu_before = rss_bytes(), time.process_time()
+        rss_before, cpu_before = rss_bytes(), cpu_seconds()
         lag.start()
         sampler.start()
         if self.profile is not None:
@@ -716,7 +747,7 @@ class Runner:
         finally:
             if self.profile is not None:
                 self.profile.disable()
-        cpu = time.process_time() - cpu_before
+        cpu = cpu_seconds() - cpu_before
         result = Measurement(summary, None, round(cpu, 3), await lag.stop(), await sampler.stop(), rss_before)
         gc.collect()
         result.rss_after, result.jobs_held = rss_bytes(), jobs_held()
@@ -739,6 +770,8 @@ class Runner:
         try:
             if self.job.kind == "ceiling":
                 measured = await self.run_ceiling()
+            elif self.job.scenario.processes:
+                measured = await self.run_processes()
             else:
                 measured = await self.run_listener()
         finally:
@@ -795,6 +828,28 @@ class Runner:
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    async def run_processes(self) -> Measurement:
+        """The scenario through ``mqtt-listener run`` (``--workers N``) processes: see scripts/bench_group.py."""
+        from bench_group import ListenerGroup
+
+        from tests.support.brokers import free_port
+
+        sc, ep, topics = self.job.scenario, self.job.endpoint, self.topics
+        settings: Dict[str, Any] = {
+            "host": ep.host, "port": ep.port, "username": ep.username, "password": None,
+            "client_id": f"bench-{self.job.run_id}-{sc.name}"[:60], "topic": topics["jobs"], "qos": sc.qos,
+            "default_qos": sc.qos, "results_topic": topics["results"], "error_topic": topics["errors"], "log_topic": "",
+            "max_concurrent_jobs": sc.max_concurrent_jobs, "max_jobs_in_memory": sc.jobs_limit,
+            "shutdown_grace_period": 5.0, "ack_policy": sc.ack_policy,
+        }
+        if ep.password is not None:
+            del settings["password"]  # from MQTT_PASSWORD, never on a command line
+        group = ListenerGroup(sc.processor, sc.processes, settings, free_port(), ep.password, ROOT)
+        try:
+            return await self.measure(lambda: group.start(START_TIMEOUT), Progress(), lambda: 0, group.cpu_seconds)
+        finally:
+            await group.stop(2 * STOP_TIMEOUT)
+
     async def run_ceiling(self) -> Measurement:
         """The scenario's traffic through a bare amqtt receive->publish loop, with no listener logic."""
         from amqtt.client import MQTTClient
@@ -840,6 +895,7 @@ def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
         "payload_bytes": size, "rate": sc.rate or "max",
         "max_concurrent_jobs": sc.max_concurrent_jobs if job.kind == "listener" else None,
         "ack_policy": sc.ack_policy if job.kind == "listener" and sc.qos else None,
+        "processes": sc.processes or None,
         "messages": sc.count, "received": received, "lost": sc.count - received,
         "duplicates": got["duplicates"], "errors": got["errors"],
         "msg_per_s": round(received / span, 1) if span > 0 else 0.0,
@@ -929,6 +985,8 @@ def add_comparison(row: Dict[str, Any], scenario: Scenario, rows: List[Dict[str,
     if reference and reference.get("msg_per_s") and "error" not in row and "error" not in reference:
         row[f"{scenario.compared_as}_msg_per_s"] = reference["msg_per_s"]
         row[f"ratio_to_{scenario.compared_as}"] = round(row["msg_per_s"] / reference["msg_per_s"], 3)
+        if scenario.processes > 1:  # how much of N times the one-process rate N processes reach
+            row["scaling_efficiency"] = round(row["msg_per_s"] / reference["msg_per_s"] / scenario.processes, 3)
 
 
 def orchestrate(args: argparse.Namespace, scenarios: List[Scenario], endpoint: Endpoint) -> List[Dict[str, Any]]:
@@ -968,6 +1026,11 @@ def select(args: argparse.Namespace) -> List[Scenario]:
     """The scenarios asked for, in catalogue order."""
     factor = args.messages / DEFAULT_MESSAGES if args.messages else 1.0
     everything = catalogue(args.quick, factor)
+    if args.processes:
+        if min(args.processes) < 1:
+            raise SystemExit("--processes must be at least 1")
+        count = next(s.count for s in everything if s.name == "scale-sync5-p1")
+        return [scaling(processes, count) for processes in sorted({1, *args.processes})]
     names = [s.name for s in everything]
     wanted = [args.profile] if args.profile else (args.scenario or names)
     unknown = sorted(set(wanted) - set(names))
@@ -991,6 +1054,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-ceiling", action="store_true", help="skip the ceiling runs (no ratio_to_ceiling)")
     parser.add_argument("--profile", metavar="NAME", help="run one scenario under cProfile; top 25 to stderr")
     parser.add_argument("--json-out", metavar="FILE", help="also write the environment and every line to FILE")
+    parser.add_argument("--processes", type=int, action="append", metavar="N",
+                        help="run only the 5 ms scaling scenario, with 1 and with N listener processes "
+                             "(mqtt-listener run --workers N; repeatable)")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
     parser.add_argument("--role", choices=("runner", "publisher", "collector"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
