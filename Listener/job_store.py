@@ -2,7 +2,8 @@
 
 ``"memory"`` (the default) keeps jobs in a dict; ``"sqlite:///jobs.db"`` (a path relative to the working
 directory) or ``"sqlite:////var/lib/listener/jobs.db"`` (four slashes: an absolute path) keeps them in
-a SQLite file as well (see :mod:`Listener.sqlite_store`).
+a SQLite file as well (see :mod:`Listener.sqlite_store`); ``"redis://[[user]:password@]host:port/db"``
+keeps them in Redis, shared by every listener using it (see :mod:`Listener.redis_store`, the ``[redis]`` extra).
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Optional
 
 from .jobs import JobStore
 
-__all__ = ["JobStoreError", "MEMORY", "SQLITE_PREFIX", "check_job_store", "create_job_store", "job_store_problem",
-           "sqlite_path"]
+__all__ = ["JobStoreError", "MEMORY", "REDIS_SCHEMES", "SQLITE_PREFIX", "check_job_store", "create_job_store",
+           "job_store_problem", "sqlite_path"]
 
 MEMORY = "memory"
 SQLITE_PREFIX = "sqlite:///"
+REDIS_SCHEMES = ("redis://", "rediss://")
 
 
 class JobStoreError(OSError):
@@ -35,10 +37,15 @@ def job_store_problem(value: str) -> Optional[str]:
         if "\x00" in path:
             return "the path must not contain a NUL character"
         return None
-    scheme = value.partition("://")[0] if "://" in value else ""
-    if scheme == "redis":
-        return "redis:// is not supported yet; use \"memory\" or \"sqlite:///path/to/jobs.db\""
-    return "must be \"memory\" or \"sqlite:///path/to/jobs.db\""
+    if value.startswith(REDIS_SCHEMES):
+        from .redis_store import parse_redis_url
+
+        try:
+            parse_redis_url(value)
+        except ValueError as exc:
+            return str(exc)
+        return None
+    return "must be \"memory\", \"sqlite:///path/to/jobs.db\" or \"redis://host:6379/0\""
 
 
 def sqlite_path(value: str) -> Optional[Path]:
@@ -50,6 +57,10 @@ def sqlite_path(value: str) -> Optional[Path]:
 
 def create_job_store(job_store: str, max_jobs: int, ttl_seconds: float, keep_input: bool = False) -> JobStore:
     """The store a ``job_store`` setting names; a SQLite store is opened later (see ``SqliteJobStore.open``)."""
+    if job_store.startswith(REDIS_SCHEMES):
+        from .redis_store import RedisJobStore  # redis-py itself is imported when the store opens
+
+        return RedisJobStore(job_store, max_jobs, ttl_seconds, keep_input)
     path = sqlite_path(job_store)
     if path is None:
         return JobStore(max_jobs, ttl_seconds, keep_input)
@@ -62,8 +73,12 @@ def check_job_store(job_store: str) -> Optional[str]:
     """For ``check-config``: why the store could not be opened, or None. Creates no file.
 
     An existing database is opened read-only and checked; for a new one, the directory must exist and
-    be writable.
+    be writable. A Redis store must answer a PING within a few seconds.
     """
+    if job_store.startswith(REDIS_SCHEMES):
+        from .redis_store import check_redis
+
+        return check_redis(job_store)
     path = sqlite_path(job_store)
     if path is None:
         return None

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, cast
 
-from .jobs import InsertOutcome, JobInfo, JobStatus, JobStoreBackend
+from .jobs import InsertOutcome, JobInfo, JobStatus, JobStoreBackend, SharedJobStore
 
 __all__ = ["JobTracker"]
 
@@ -26,10 +26,14 @@ class JobTracker:
 
     async def create_job(self, job_id: str, data: Optional[Dict[str, Any]]) -> bool:
         """Create a PENDING job; False (and the job marked DUPLICATE) when the id exists, False when full."""
-        async with self.lock:
-            outcome = self.store.insert(job_id, data)
-            if outcome is InsertOutcome.EXISTS:
-                self.store.mark_duplicate(job_id)
+        shared = self.shared
+        if shared is not None:  # claimed in the shared store (which counts the duplicate itself)
+            outcome = await shared.claim(job_id, data, None)
+        else:
+            async with self.lock:
+                outcome = self.store.insert(job_id, data)
+                if outcome is InsertOutcome.EXISTS:
+                    self.store.mark_duplicate(job_id)
         if outcome is InsertOutcome.FULL:
             logger.warning("Job store full (%d active jobs); job %s not created", self.store.max_jobs, job_id)
         return outcome is InsertOutcome.CREATED
@@ -64,8 +68,16 @@ class JobTracker:
         async with self.lock:
             return self.store.mark_duplicate(job_id)
 
+    @property
+    def shared(self) -> Optional[SharedJobStore]:
+        """The store when several processes share it (Redis): the queries then read it."""
+        return cast(SharedJobStore, self.store) if getattr(self.store, "shared", False) else None
+
     async def get_job_status(self, job_id: str) -> Optional[JobInfo]:
         """A copy of the job's information, or None when it is not (or no longer) in memory."""
+        shared = self.shared
+        if shared is not None:
+            return await shared.fetch(job_id)
         async with self.lock:
             job = self.store.get(job_id)
             return replace(job) if job is not None else None
@@ -82,11 +94,17 @@ class JobTracker:
 
     async def job_exists(self, job_id: str) -> bool:
         """True when a job with this id is in memory."""
+        shared = self.shared
+        if shared is not None:
+            return await shared.fetch(job_id) is not None
         async with self.lock:
             return job_id in self.store.jobs
 
     async def jobs_with(self, *statuses: JobStatus) -> Dict[str, JobInfo]:
         """Copies of the jobs with one of ``statuses`` (every job when none is given)."""
+        shared = self.shared
+        if shared is not None:
+            return await shared.fetch_all(*statuses)
         async with self.lock:
             return self.store.snapshot(*statuses)
 

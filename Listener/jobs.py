@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any, Callable, Dict, Iterator, Optional, Protocol, Set
 
 __all__ = ["CANCELLED", "JobInfo", "JobStatus", "JobStore", "JobStoreBackend", "InsertOutcome", "ACTIVE_STATUSES",
-           "FINISHED_STATUSES"]
+           "FINISHED_STATUSES", "SharedJobStore"]
 
 
 #: The error of a job cancelled by stopping (its message stays unacknowledged: it runs again when redelivered).
@@ -126,6 +126,23 @@ class JobStoreBackend(Protocol):
         """
 
 
+class SharedJobStore(JobStoreBackend, Protocol):
+    """A store shared by several processes (Redis): admission claims ids in it, queries read it.
+
+    Its ``shared`` attribute is True (a plain :class:`JobStore`'s is False, and it has none of these).
+    """
+
+    async def claim(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str],
+                    reprocess: bool = False) -> InsertOutcome:
+        """Create the job's record unless one holds its id, atomically for every process sharing the store."""
+
+    async def fetch(self, job_id: str) -> Optional[JobInfo]:
+        """A copy of the job's shared record, or None."""
+
+    async def fetch_all(self, *statuses: JobStatus) -> Dict[str, JobInfo]:
+        """Copies of every process's jobs (those with one of ``statuses``)."""
+
+
 class JobStore:
     """A dict of jobs bounded by ``max_jobs``, evicting the oldest finished jobs first.
 
@@ -140,6 +157,8 @@ class JobStore:
 
     #: Jobs live in this process only.
     persistent = False
+    #: Not shared with other processes (see :class:`SharedJobStore`).
+    shared = False
 
     def __init__(self, max_jobs: int, ttl_seconds: float, keep_input: bool = False) -> None:
         self.jobs: Dict[str, JobInfo] = {}

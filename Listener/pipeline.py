@@ -4,6 +4,7 @@ processor, publish the result, record the outcome. Nothing here knows about conn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Callable, Dict, Optional, Set, Tuple, Union
@@ -16,7 +17,8 @@ from .echoes import OwnMessages
 from .events import ErrorType, EventSink
 from .intake import Payload, RejectedMessage, decode_payload_off_loop, resolve_job_id
 from .job_tracking import JobTracker
-from .jobs import InsertOutcome, JobStatus
+from .job_store import JobStoreError
+from .jobs import InsertOutcome, JobStatus, SharedJobStore
 from .metrics import ListenerMetrics
 from .processing import JobTimeoutError, Processor, call_processor, describe_exception
 from .publisher import Publication, Publisher, RefusedTopic
@@ -30,6 +32,10 @@ __all__ = ["Pipeline"]
 
 logger = logging.getLogger("Listener.event_listener")
 
+#: Seconds between looks at a shared store full of active jobs (other processes' jobs free its slots).
+SHARED_FULL_RECHECK = 0.5
+#: Longest wait between tries to claim a job id in a shared store that cannot be reached.
+SHARED_STORE_RETRY = 5.0
 _COMPLETED, _FAILED, _DUPLICATE = JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.DUPLICATE.value
 
 
@@ -118,19 +124,28 @@ class Pipeline:
             return None
         if topic is not None:
             fields["_topic"] = topic
-        if not await self.admit(job_id, fields, topic):
+        if not await self.admit(job_id, fields, topic, ticket):
             return None
         return await self._execute(job_id, fields, func, topic, pipelined, ticket)
 
-    async def admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str]) -> bool:
+    async def admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str],
+                    ticket: Optional[Ticket] = None) -> bool:
         """Create the job, or apply the duplicate policy; while the store is full of active jobs, wait
         (in the run loop) or drop the job."""
         if self.observe_job is not None:
             self.observe_job(job_id)
         tracker = self._tracker
+        shared = tracker.shared
         warned = False
         while True:
-            if tracker.lock.locked():  # someone holds it (``job_lock``): wait for it
+            if shared is not None:
+                claimed = await self._claim(shared, job_id, data, topic)
+                if claimed is None:  # stop() came while the store was unreachable: the broker keeps the message
+                    if ticket is not None:
+                        ticket.withhold()
+                    return False
+                outcome = claimed
+            elif tracker.lock.locked():  # someone holds it (``job_lock``): wait for it
                 async with tracker.lock:
                     outcome = self._insert(job_id, data, topic)
             else:  # the loop is the only writer and nothing is awaited: a free lock needs no round trip
@@ -148,7 +163,11 @@ class Pipeline:
                 await self._events.log(logging.WARNING, "job_store_full",
                                        "Job store full of active jobs; waiting to admit job %s", job_id,
                                        job_id=job_id, topic=topic)
-            await tracker.job_finished.wait()
+            if shared is None:
+                await tracker.job_finished.wait()
+            else:  # other processes' jobs finish without telling this one: look again soon
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(tracker.job_finished.wait(), SHARED_FULL_RECHECK)
         self._metrics.jobs_finished[_DUPLICATE] += 1
         if self._config.duplicate_action == "error":
             await self._events.error(job_id, ErrorType.DUPLICATE_JOB, f"Job {job_id} was already received", topic)
@@ -158,6 +177,35 @@ class Pipeline:
         await self._events.log(level, "duplicate_job", "Duplicate job %s not processed", job_id,
                                job_id=job_id, status=_DUPLICATE, topic=topic)
         return False
+
+    async def _claim(self, store: SharedJobStore, job_id: str, data: Dict[str, Any],
+                     topic: Optional[str]) -> Optional[InsertOutcome]:
+        """Claim the id in a shared store. While the store cannot be reached, the job waits: reported once
+        (an error event naming the store), retried with backoff; its message stays unacknowledged until
+        its record is written. None when stop() came meanwhile; outside the run loop the error is raised."""
+        failures = 0
+        while True:
+            self._tracker.job_finished.clear()
+            try:
+                return await store.claim(job_id, data, topic, self._config.duplicate_action == "reprocess")
+            except JobStoreError as exc:
+                if not self._wait_when_full():
+                    raise
+                failures += 1
+                if failures == 1:
+                    text = f"{exc}: job {job_id} waits until the store records it (its message stays unacknowledged)"
+                    await self._events.error(job_id, ErrorType.PROCESSING_ERROR, text, topic)
+                    await self._events.log(logging.ERROR, "job_store_error", "%s", text, job_id=job_id, topic=topic)
+            delay = backoff_delay(failures, SHARED_STORE_RETRY, base=0.2)
+            stopping = self.stop_requested()
+            if stopping is None:
+                await asyncio.sleep(delay)
+                continue
+            try:
+                await asyncio.wait_for(stopping.wait(), delay)
+                return None
+            except asyncio.TimeoutError:
+                pass
 
     def _insert(self, job_id: str, data: Dict[str, Any], topic: Optional[str]) -> InsertOutcome:
         """Insert the job, or restart it (``reprocess``) or mark it duplicate; called holding the job lock."""

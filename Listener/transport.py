@@ -362,8 +362,16 @@ PUBLIC_DEFAULT_PASSWORD = next(f.default for f in dataclasses.fields(EventListen
 
 def secrets(config: EventListenerConfig) -> tuple[str, ...]:
     """The secret strings to mask wherever they appear in text: the password(s) in use."""
-    found = (credentials(config)[2], config.password)
+    found = (credentials(config)[2], config.password, _job_store_password(config.job_store))
     return tuple(dict.fromkeys(s for s in found if s and s != PUBLIC_DEFAULT_PASSWORD))
+
+
+def _job_store_password(job_store: str) -> Optional[str]:
+    """The password in a ``redis://`` job store URL, or None."""
+    if "://" not in job_store or "@" not in job_store:
+        return None
+    _, _, password = split_uri_credentials(job_store)
+    return unquote(password) if password else None
 
 
 def build_client_config(config: EventListenerConfig, cafile: Optional[str] = None) -> Dict[str, Any]:

@@ -12,7 +12,8 @@ Options (all optional; without them the process behaves as it always did):
   --grace SECONDS       shutdown_grace_period
   --max-concurrent N    max_concurrent_jobs
   --ack-policy POLICY   ack_policy (after_processing or on_receipt)
-  --job-store URL       job_store ("memory", or "sqlite:////abs/path.db")
+  --job-store URL       job_store ("memory", "sqlite:////abs/path.db" or "redis://host:port/db")
+  --duplicate-action A  duplicate_action (skip, error or reprocess)
   --runs-file PATH      the processor appends "<job_id> <pid>" to PATH (O_APPEND) for every run
   --sleep-from-payload  a job's own "sleep" key (seconds) overrides JOB_SECONDS
   --quiet               print no STARTED/DONE lines (bursts of thousands of jobs)
@@ -58,6 +59,7 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-concurrent", type=int, default=None)
     parser.add_argument("--ack-policy", default=None)
     parser.add_argument("--job-store", default=None)
+    parser.add_argument("--duplicate-action", default=None)
     parser.add_argument("--runs-file", default=None)
     parser.add_argument("--sleep-from-payload", action="store_true")
     parser.add_argument("--quiet", action="store_true")
@@ -84,6 +86,8 @@ async def main(args: argparse.Namespace) -> None:
         extra["ack_policy"] = args.ack_policy
     if args.job_store is not None:
         extra["job_store"] = args.job_store
+    if args.duplicate_action is not None:
+        extra["duplicate_action"] = args.duplicate_action
     prefix = args.prefix
     config = EventListenerConfig(
         host=args.host, port=args.port, username=None, password=None,

@@ -1,8 +1,9 @@
 """One contract for every job store: each behaviour runs against every store in ``STORES``.
 
 A store is added by writing a :class:`Backend` (how to create it, reopen it, and check what it wrote)
-and listing it in ``STORES`` (a Redis store, later, the same way). For a store with a file, every test
-ends by checking, through a second connection, that the file holds exactly the jobs in memory.
+and listing it in ``STORES``. For a store with a file (or a Redis database), every test ends by checking,
+through a second connection, that it holds exactly the jobs in memory. The Redis store runs against a
+real ``redis-server`` (skipped, saying so, only where the binary is not installed).
 """
 
 from __future__ import annotations
@@ -16,7 +17,11 @@ import pytest
 
 from Listener import EventListener, EventListenerConfig, JobStatus
 from Listener.jobs import CANCELLED, InsertOutcome, JobStore
+from Listener.redis_store import RedisJobStore, record_fields
 from Listener.sqlite_store import SqliteJobStore, job_row
+from tests.support.redis_server import RedisServer, redis_server, unique_prefix
+
+__all__ = ["redis_server"]  # the fixture, for pytest
 
 
 CREATED, EXISTS, FULL = InsertOutcome.CREATED, InsertOutcome.EXISTS, InsertOutcome.FULL
@@ -76,11 +81,48 @@ class SqliteBackend(Backend):
         assert rows == {row[0]: row for row in expected}
 
 
-STORES = {"memory": Backend, "sqlite": SqliteBackend}
+class RedisBackend(Backend):
+    name = "redis"
+    server: RedisServer
+
+    def __init__(self, tmp_path: Path) -> None:
+        super().__init__(tmp_path)
+        self.prefix = unique_prefix("contract")
+
+    def setting(self) -> str:
+        return self.server.url(self.prefix)
+
+    async def make(self, max_jobs: int = 10, ttl_seconds: float = 60, keep_input: bool = False) -> JobStore:
+        store = RedisJobStore(self.setting(), max_jobs, ttl_seconds, keep_input)
+        await store.open()
+        self.opened.append(store)
+        return store
+
+    async def check_persisted(self, store: JobStore) -> None:
+        import redis
+
+        await store.durable()
+        reader = redis.Redis(port=self.server.port, decode_responses=True)  # a second connection
+        try:
+            keys = reader.keys(f"{self.prefix}:job:*")
+            records = {key.split(":job:", 1)[1]: reader.hgetall(key) for key in keys}
+            ids = set(reader.zrange(f"{self.prefix}:ids", 0, -1))
+        finally:
+            reader.close()
+        interrupted = getattr(store, "_interrupted", set())
+        expected = {fields["job_id"]: fields for fields in
+                    (record_fields(job, job.job_id in interrupted) for job in store.jobs.values())}
+        assert records == expected
+        assert ids == set(expected)
+
+
+STORES = {"memory": Backend, "sqlite": SqliteBackend, "redis": RedisBackend}
 
 
 @pytest.fixture(params=sorted(STORES))
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    if request.param == "redis":
+        RedisBackend.server = request.getfixturevalue("redis_server")
     made = STORES[request.param](tmp_path)
     yield made
     await made.close()

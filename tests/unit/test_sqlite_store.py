@@ -218,9 +218,10 @@ def test_job_store_setting_is_validated() -> None:
     assert sqlite_path("sqlite:///data/jobs.db") == Path("data/jobs.db")
     assert sqlite_path("sqlite:////var/lib/jobs.db") == Path("/var/lib/jobs.db")
     assert sqlite_path("memory") is None
-    with pytest.raises(ConfigError, match=r"job_store.*redis:// is not supported yet"):
-        EventListenerConfig(job_store="redis://localhost:6379/0")
-    with pytest.raises(ConfigError, match=r"job_store.*must be \"memory\" or"):
+    assert EventListenerConfig(job_store="redis://localhost:6379/0").job_store == "redis://localhost:6379/0"
+    with pytest.raises(ConfigError, match=r"job_store.*database must be a number"):
+        EventListenerConfig(job_store="redis://localhost:6379/zero")
+    with pytest.raises(ConfigError, match=r"job_store.*must be \"memory\", \"sqlite:"):
         EventListenerConfig(job_store="postgres://db")
     for empty in ("sqlite:///", "sqlite:///:memory:", "sqlite:///dir/"):
         with pytest.raises(ConfigError, match="needs a file path"):

@@ -1,0 +1,230 @@
+"""The Redis job store against a real ``redis-server``: what only a shared store does (atomic claims across
+clients, every worker's jobs in the queries, one limit for all, TTLs) and how it fails (unreachable at
+start, a wrong password), never showing the password. The contract it shares with the other stores is
+in tests/unit/test_job_store_contract.py; Redis lost and back mid-run is in tests/mqtt/test_redis_store_live.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Dict, List
+
+import pytest
+import redis
+
+from Listener import EventListener, EventListenerConfig, JobStatus
+from Listener.cli import EXIT_FAILURE, EXIT_OK, main
+from Listener.job_store import JobStoreError, check_job_store, job_store_problem
+from Listener.jobs import InsertOutcome
+from Listener.redis_store import ACTIVE_LEASE, RedisJobStore, parse_redis_url
+from Listener.transport import secrets
+from tests.support.brokers import free_port
+from tests.support.redis_server import RedisFactory, RedisServer, redis_factory, redis_server, unique_prefix
+
+__all__ = ["redis_factory", "redis_server"]  # the fixtures, for pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+CREATED, EXISTS, FULL = InsertOutcome.CREATED, InsertOutcome.EXISTS, InsertOutcome.FULL
+
+
+@pytest.fixture
+async def stores(redis_server: RedisServer) -> AsyncIterator[Callable[..., Any]]:
+    """``make(max_jobs=10, ttl=60, prefix=None)``: an open store (its own client); all closed afterwards."""
+    made: List[RedisJobStore] = []
+    shared = unique_prefix("store")
+
+    async def make(max_jobs: int = 10, ttl: float = 60, prefix: str = "") -> RedisJobStore:
+        store = RedisJobStore(redis_server.url(prefix or shared), max_jobs, ttl)
+        await store.open()
+        made.append(store)
+        return store
+
+    make.prefix = shared  # type: ignore[attr-defined]
+    yield make
+    for store in made:
+        await store.close()
+
+
+def reader(server: RedisServer) -> "redis.Redis[str]":
+    return redis.Redis(port=server.port, password=server.password, decode_responses=True)
+
+
+async def test_a_finished_record_expires_after_the_ttl_an_active_one_holds_a_lease(
+        stores: Any, redis_server: RedisServer) -> None:
+    store = await stores(ttl=30)
+    assert await store.claim("a", {"x": 1}, "t") is CREATED
+    store.start_attempt("a")
+    await store.durable()
+    check = reader(redis_server)
+    key = f"{stores.prefix}:job:a"
+    active_ttl = check.pttl(key)
+    assert 0 < active_ttl <= ACTIVE_LEASE * 1000  # a worker that dies does not hold the id for ever
+    store.set_status("a", JobStatus.COMPLETED, result={"y": 2})
+    await store.durable()
+    finished_ttl = check.pttl(key)
+    assert 25_000 < finished_ttl <= 30_000
+    assert check.hget(key, "status") == "completed" and check.hget(key, "result") == '{"y":2}'
+    assert check.zscore(f"{stores.prefix}:finished", "a") is not None
+    check.close()
+
+
+async def test_a_claim_is_atomic_across_clients(stores: Any) -> None:
+    first, second = await stores(max_jobs=1000), await stores(max_jobs=1000)
+    ids = [f"job-{n}" for n in range(60)]
+    outcomes = await asyncio.gather(*(store.claim(job_id, {"n": job_id}, None)
+                                      for job_id in ids for store in (first, second)))
+    by_id: Dict[str, List[InsertOutcome]] = {}
+    for index, outcome in enumerate(outcomes):
+        by_id.setdefault(ids[index // 2], []).append(outcome)
+    assert all(sorted(o.value for o in got) == ["created", "exists"] for got in by_id.values()), by_id
+    assert not set(first.jobs) & set(second.jobs)
+    assert set(first.jobs) | set(second.jobs) == set(ids)
+
+
+async def test_a_duplicate_counts_in_the_record_and_an_interrupted_job_runs_again_elsewhere(stores: Any) -> None:
+    first, second = await stores(), await stores()
+    assert await first.claim("done", None, None) is CREATED
+    first.start_attempt("done")
+    first.set_status("done", JobStatus.COMPLETED, result=1)
+    assert await first.claim("cut", None, None) is CREATED
+    first.start_attempt("cut")
+    first.interrupt("cut")
+    await first.durable()
+    assert await second.claim("done", None, None) is EXISTS
+    record = await second.fetch("done")
+    assert record is not None and (record.status, record.result, record.duplicate_count) == (JobStatus.DUPLICATE, 1, 1)
+    assert await second.claim("cut", {"v": 2}, None) is CREATED  # stop() cut it short: it runs again
+    assert second.jobs["cut"].attempts == 1
+    assert await first.claim("cut", None, None) is EXISTS  # only once
+
+
+async def test_reprocess_does_not_run_a_job_running_elsewhere(stores: Any) -> None:
+    first, second = await stores(), await stores()
+    assert await first.claim("r", None, None) is CREATED
+    first.start_attempt("r")
+    await first.durable()
+    assert await second.claim("r", None, None, reprocess=True) is EXISTS
+    first.set_status("r", JobStatus.COMPLETED)
+    await first.durable()
+    assert await second.claim("r", None, None, reprocess=True) is CREATED
+
+
+async def test_the_limit_counts_every_workers_records(stores: Any, redis_server: RedisServer) -> None:
+    first, second = await stores(max_jobs=3), await stores(max_jobs=3)
+    assert await first.claim("a", None, None) is CREATED
+    assert await first.claim("b", None, None) is CREATED
+    assert await second.claim("c", None, None) is CREATED
+    assert await second.claim("d", None, None) is FULL  # three active records, two workers
+    assert await first.claim("d", None, None) is FULL
+    first.set_status("a", JobStatus.COMPLETED)
+    await first.durable()
+    assert await second.claim("d", None, None) is CREATED  # "a", finished, was evicted to make room
+    check = reader(redis_server)
+    assert not check.exists(f"{stores.prefix}:job:a")
+    assert sorted(check.zrange(f"{stores.prefix}:ids", 0, -1)) == ["b", "c", "d"]
+    check.close()
+
+
+async def test_queries_see_every_listeners_jobs(redis_server: RedisServer) -> None:
+    url = redis_server.url(unique_prefix("queries"))
+    one = EventListener(EventListenerConfig(job_store=url, client_id="one"))
+    two = EventListener(EventListenerConfig(job_store=url, client_id="two"))
+
+    def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        if data.get("fail"):
+            raise ValueError("asked to fail")
+        return {"by": job_id}
+
+    try:
+        assert await one.process_message({"job_id": "from-one"}, processor) == {"by": "from-one"}
+        assert await two.process_message({"job_id": "from-two", "fail": True}, processor) is None
+        assert await two.process_message({"job_id": "from-one"}, processor) is None  # a duplicate across listeners
+        seen = await two.get_job_status("from-one")
+        assert seen is not None and (seen.status, seen.result, seen.duplicate_count) == (
+            JobStatus.DUPLICATE, {"by": "from-one"}, 1)
+        assert await one.is_job_completed("from-two") and await one.job_exists("from-two")
+        assert sorted(await one.get_all_jobs()) == ["from-one", "from-two"]
+        assert list(await one.get_failed_jobs()) == ["from-two"]
+        assert list(one.jobs) == ["from-one"]  # listener.jobs: this process's jobs only
+    finally:
+        await one.__aexit__(None, None, None)
+        await two.__aexit__(None, None, None)
+
+
+async def test_unreachable_at_start_is_a_clear_error_without_the_password() -> None:
+    url = f"redis://:hunter2-secret@127.0.0.1:{free_port()}/0"
+    listener = EventListener(EventListenerConfig(job_store=url, reconnect_retries=0))
+    with pytest.raises(JobStoreError) as raised:
+        await asyncio.wait_for(listener.run(lambda data, job_id: None), 20)
+    text = str(raised.value)
+    assert "Cannot open job store redis://:***@127.0.0.1:" in text and "hunter2-secret" not in text
+    problem = check_job_store(url)
+    assert problem is not None and "127.0.0.1" in problem and "hunter2-secret" not in problem
+    assert "hunter2-secret" not in repr(listener.config)
+
+
+async def test_a_wrong_password_is_refused_by_name_and_never_shown(redis_factory: RedisFactory,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    server = redis_factory.start(password="right-pw-4711")
+    wrong = server.url(unique_prefix("auth"), password="wrong-pw-0815")
+    caplog.set_level(logging.DEBUG)
+    store = RedisJobStore(wrong, 10, 60)
+    with pytest.raises(JobStoreError) as raised:
+        await store.open()
+    assert f"127.0.0.1:{server.port}" in str(raised.value) and "wrong-pw-0815" not in str(raised.value)
+    problem = check_job_store(wrong)
+    assert problem is not None and "wrong-pw-0815" not in problem
+    assert "wrong-pw-0815" not in caplog.text
+    assert check_job_store(server.url(unique_prefix("auth"))) is None
+    right = RedisJobStore(server.url(unique_prefix("auth")), 10, 60)
+    await right.open()
+    assert await right.claim("a", None, None) is CREATED
+    await right.close()
+
+
+def test_the_url_forms() -> None:
+    parsed = parse_redis_url("rediss://user:p%40ss@cache.example:6380/2?prefix=orders")
+    assert (parsed.prefix, parsed.password) == ("orders", "p@ss")
+    assert parsed.label == "rediss://user:***@cache.example:6380/2" and "prefix" not in parsed.url
+    assert parse_redis_url("redis://localhost").prefix == "mqtt-listener"
+    assert job_store_problem("redis://localhost:6379/0") is None
+    assert "database must be a number" in (job_store_problem("redis://localhost:6379/zero") or "")
+    assert "needs a host" in (job_store_problem("redis:///0") or "")
+    assert "unknown URL parameter" in (job_store_problem("redis://h/0?ttl=5") or "")
+    assert "port" in (job_store_problem("redis://h:99999/0") or "")
+
+
+def test_check_config_pings_the_store_and_masks_its_password(redis_server: RedisServer, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(f'job_store = "{redis_server.url(unique_prefix("cfg"))}"\n', encoding="utf-8")
+    assert main(["check-config", str(good)]) == EXIT_OK
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'job_store = "redis://:hunter3-secret@127.0.0.1:{free_port()}/0"\n', encoding="utf-8")
+    assert main(["check-config", str(bad)]) == EXIT_FAILURE
+    captured = capsys.readouterr()
+    assert "job_store redis://:***@127.0.0.1:" in captured.err
+    assert "hunter3-secret" not in captured.out + captured.err
+
+
+def test_the_redis_password_is_one_of_the_secrets_masked_in_events() -> None:
+    config = EventListenerConfig(job_store="redis://worker:p%40ss-w0rd@cache:6379/0")
+    assert "p@ss-w0rd" in secrets(config)
+    assert "p%40ss-w0rd" not in repr(config) and "p@ss-w0rd" not in repr(config)
+
+
+async def test_a_duplicate_claimed_before_the_first_outcome_is_written_is_still_recorded(stores: Any) -> None:
+    """The same process finishes a job and receives its id again before the background write: the claim
+    must see the outcome (else the late write of COMPLETED undoes the DUPLICATE the claim recorded)."""
+    store = await stores()
+    assert await store.claim("x", None, None) is CREATED
+    store.start_attempt("x")
+    store.set_status("x", JobStatus.COMPLETED, result=5)  # not written yet
+    assert await store.claim("x", None, None) is EXISTS
+    await store.durable()
+    record = await store.fetch("x")
+    assert record is not None and (record.status, record.result, record.duplicate_count) == (
+        JobStatus.DUPLICATE, 5, 1)

@@ -1,0 +1,149 @@
+"""A real ``redis-server`` for the tests, on a free loopback port, without persistence.
+
+``redis_server`` (session scope) is shared: each test takes its own key prefix with ``redis_url()``.
+``redis_factory`` gives a test private servers it may stop and restart on the same port (or protect with
+a password). Readiness is awaited by PING, never slept for; every server still running when the
+interpreter exits is killed by an ``atexit`` hook.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterator, List, Optional
+
+import pytest
+
+from .brokers import find_binary, free_port
+
+__all__ = ["REDIS_BINARY", "RedisFactory", "RedisServer", "needs_redis", "redis_factory", "redis_server", "unique_prefix"]
+
+REDIS_BINARY = find_binary("redis-server")
+START_TIMEOUT = 10.0
+_LIVE: Dict[int, "RedisServer"] = {}
+_LOCK = threading.Lock()
+_PREFIXES = itertools.count(1)
+
+#: Skips a test when ``redis-server`` is not installed (CI installs it, so there they run).
+needs_redis = pytest.mark.skipif(REDIS_BINARY is None, reason="redis-server is not installed (.ci/run installs it)")
+
+
+def _kill_leftovers() -> None:
+    with _LOCK:
+        leftovers = list(_LIVE.values())
+    for server in leftovers:
+        server.stop()
+
+
+atexit.register(_kill_leftovers)
+
+
+def _ping(port: int, password: Optional[str]) -> bool:
+    """True when a PING (after AUTH, with a password) on ``port`` answers PONG."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            if password is not None:
+                sock.sendall(f"AUTH {password}\r\n".encode())
+                if not sock.recv(64).startswith(b"+OK"):
+                    return False
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class RedisServer:
+    """One ``redis-server`` process (started by :meth:`start`; :meth:`stop` ends it within seconds)."""
+
+    password: Optional[str] = None
+    port: int = field(default_factory=free_port)
+    process: Optional["subprocess.Popen[bytes]"] = None
+
+    def url(self, prefix: Optional[str] = None, password: Optional[str] = None, db: int = 0) -> str:
+        """A ``job_store`` setting for this server (``password`` overrides the right one; ``prefix`` per test)."""
+        secret = self.password if password is None else password
+        auth = f":{secret}@" if secret else ""
+        query = f"?prefix={prefix}" if prefix else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}{query}"
+
+    def start(self) -> None:
+        if REDIS_BINARY is None:
+            raise RuntimeError("redis-server is not installed")
+        args: List[str] = [REDIS_BINARY, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                           "--appendonly", "no", "--daemonize", "no", "--logfile", ""]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
+        with _LOCK:
+            _LIVE[id(self)] = self
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _ping(self.port, self.password):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """End the server (SIGTERM, then SIGKILL after 5 s)."""
+        process, self.process = self.process, None
+        with _LOCK:
+            _LIVE.pop(id(self), None)
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+    def restart(self) -> None:
+        """Start again on the same port (its data is gone: there is no persistence)."""
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One server for the session (tests use their own ``prefix``; see :func:`unique_prefix`)."""
+    if REDIS_BINARY is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+def unique_prefix(name: str = "t") -> str:
+    """A key prefix no other test of this process uses."""
+    return f"test-{name}-{next(_PREFIXES)}-{time.monotonic_ns()}"
+
+
+@pytest.fixture
+def redis_factory() -> Iterator["RedisFactory"]:
+    """Private servers a test may stop and restart; all stopped at the end of the test."""
+    if REDIS_BINARY is None:
+        pytest.skip("redis-server is not installed (.ci/run installs it)")
+    factory = RedisFactory()
+    yield factory
+    for server in factory.servers:
+        server.stop()
+
+
+class RedisFactory:
+    """Starts :class:`RedisServer` instances for one test."""
+
+    def __init__(self) -> None:
+        self.servers: List[RedisServer] = []
+
+    def start(self, password: Optional[str] = None) -> RedisServer:
+        server = RedisServer(password=password)
+        server.start()
+        self.servers.append(server)
+        return server
