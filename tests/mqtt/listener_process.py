@@ -61,6 +61,7 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--job-store", default=None)
     parser.add_argument("--duplicate-action", default=None)
     parser.add_argument("--runs-file", default=None)
+    parser.add_argument("--share-group", default=None)
     parser.add_argument("--sleep-from-payload", action="store_true")
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
@@ -88,6 +89,8 @@ async def main(args: argparse.Namespace) -> None:
         extra["job_store"] = args.job_store
     if args.duplicate_action is not None:
         extra["duplicate_action"] = args.duplicate_action
+    if args.share_group is not None:
+        extra["share_group"] = args.share_group
     prefix = args.prefix
     config = EventListenerConfig(
         host=args.host, port=args.port, username=None, password=None,

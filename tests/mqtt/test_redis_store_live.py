@@ -60,6 +60,41 @@ def test_one_job_id_received_by_two_listener_processes(store: str, mqtt_endpoint
     assert all(worker.process.poll() is None for worker in workers)
 
 
+@pytest.mark.parametrize("store", ["redis", "memory"])
+def test_one_job_id_published_twice_to_a_share_group(store: str, mqtt_endpoint: BrokerEndpoint, unique_topic: str,
+                                                     probe: Any, processes: Any, redis_server: RedisServer,
+                                                     tmp_path: Path) -> None:
+    """Two workers of one share group; every id is published twice, and the broker hands the two copies to
+    the workers in turn. Redis: each id runs once in all; memory: an id whose copies reached both workers
+    runs twice (documented in docs/scaling.md)."""
+    runs = tmp_path / "runs.txt"
+    setting = redis_server.url(unique_prefix("group")) if store == "redis" else "memory"
+    options = ("--job-store", setting, "--duplicate-action", "error", "--runs-file", str(runs), "--quiet",
+               "--share-group", f"g{unique_prefix('g')[-8:]}")
+    workers = [processes(mqtt_endpoint, unique_topic, 0.0, *options) for _ in range(2)]
+    for worker in workers:
+        worker.wait_line("READY")
+    watcher = probe(f"{unique_topic}/results", f"{unique_topic}/error")
+    sender = probe()
+    for n in range(JOBS):
+        for _ in range(2):
+            sender.publish(f"{unique_topic}/jobs", f'job_id = "j{n}"\n', qos=1)
+    # Each copy reaches one worker: it answers with a result or a duplicate_job error event.
+    watcher.wait_for(2 * JOBS, timeout=60)
+    lines = runs.read_text().split()
+    ran, pids = Counter(lines[0::2]), set(lines[1::2])
+    results = watcher.messages(f"{unique_topic}/results")
+    errors = [json.loads(m.payload) for m in watcher.messages(f"{unique_topic}/error")]
+    assert len(pids) == 2  # both workers ran jobs: the group split the stream
+    if store == "redis":
+        assert ran == Counter({f"j{n}": 1 for n in range(JOBS)})
+        assert len(results) == JOBS and len(errors) == JOBS
+        assert {e["error_type"] for e in errors} == {"duplicate_job"}
+    else:  # the copies that reached different workers ran twice: what the Redis store prevents
+        assert set(ran) == {f"j{n}" for n in range(JOBS)} and sum(ran.values()) > JOBS
+        assert len(results) + len(errors) == 2 * JOBS
+
+
 async def until(check: Callable[[], Any], timeout: float = 20.0) -> None:
     async def poll() -> None:
         while not await check():
