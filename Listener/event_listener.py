@@ -92,7 +92,9 @@ class EventListener:
         self._runner = Runner(config, endpoint, self._slot, self._filters, self._publisher, self._events, metrics,
                               self._tracker, self._pipeline.finishing,
                               lambda payload, topic, ticket: self._process_message(payload, topic=topic, pipelined=True,
-                                                                                   ticket=ticket))
+                                                                                   ticket=ticket),
+                              lambda batch: self._pipeline.process_batch(batch, self._processor),
+                              lambda: self._pipeline.batch_size(self._processor))
         self._pipeline.stop_requested = lambda: self._runner.stopping
 
     # -- the client and the state ------------------------------------------------------------------

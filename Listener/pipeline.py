@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
-from typing import Any, Callable, Dict, Optional, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
 from .backoff import backoff_delay
+from .batches import ALONE_AFTER_SLOW, MAX_BATCH, SLOW_JOB_S, Halt, Outcome, run_in_order
 from .config import MAX_RETRY_DELAY, EventListenerConfig
 from .config_checks import own_topics, subscription_filters
 from .delivery import Ticket
@@ -20,7 +22,8 @@ from .job_tracking import JobTracker
 from .job_store import JobStoreError
 from .jobs import InsertOutcome, JobStatus, SharedJobStore
 from .metrics import ListenerMetrics
-from .processing import JobTimeoutError, Processor, call_processor, describe_exception
+from .processing import (JobTimeoutError, Processor, call_processor, describe_exception, is_async_callable,
+                         settle_result)
 from .publisher import Publication, Publisher, RefusedTopic
 from .results import ReturnType
 from .safe_config_parser import SafeConfigParser
@@ -37,6 +40,15 @@ SHARED_FULL_RECHECK = 0.5
 #: Longest wait between tries to claim a job id in a shared store that cannot be reached.
 SHARED_STORE_RETRY = 5.0
 _COMPLETED, _FAILED, _DUPLICATE = JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.DUPLICATE.value
+
+
+class _Admitted(NamedTuple):
+    """A job admitted into a batch, waiting for its turn."""
+
+    job_id: str
+    data: Dict[str, Any]
+    topic: str
+    ticket: Optional[Ticket]
 
 
 class Pipeline:
@@ -64,6 +76,7 @@ class Pipeline:
         self.finishing: Set["asyncio.Future[None]"] = set()
         self.observe_job: Optional[Callable[[str], None]] = None
         self.stop_requested: Callable[[], Optional[asyncio.Event]] = lambda: None
+        self._alone = 0  # jobs still to run one at a time after a batch with a slow job
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -117,10 +130,7 @@ class Pipeline:
                 fields = await decode_payload_off_loop(data, self._parser, self._config.max_payload_bytes)
             job_id = resolve_job_id(fields, self._config.job_id_field, self._config.allow_job_id_generation)
         except RejectedMessage as rejection:
-            self._metrics.messages_rejected += 1
-            await self._events.error(rejection.job_id, rejection.error_type, rejection.message, topic)
-            await self._events.log(logging.WARNING, "payload_rejected", "Rejected message on %r: %s: %s", topic,
-                                   rejection.error_type, rejection.message, job_id=rejection.job_id, topic=topic)
+            await self._rejected(rejection, topic)
             return None
         if topic is not None:
             fields["_topic"] = topic
@@ -128,10 +138,116 @@ class Pipeline:
             return None
         return await self._execute(job_id, fields, func, topic, pipelined, ticket)
 
-    async def admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str],
-                    ticket: Optional[Ticket] = None) -> bool:
+    async def _rejected(self, rejection: RejectedMessage, topic: Optional[str]) -> None:
+        self._metrics.messages_rejected += 1
+        await self._events.error(rejection.job_id, rejection.error_type, rejection.message, topic)
+        await self._events.log(logging.WARNING, "payload_rejected", "Rejected message on %r: %s: %s", topic,
+                               rejection.error_type, rejection.message, job_id=rejection.job_id, topic=topic)
+
+    # -- several queued messages (see Listener.batches) ------------------------------------------
+
+    def batch_size(self, func: Optional[Processor]) -> int:
+        """How many queued messages the run loop may hand to :meth:`process_batch` at once (1: none)."""
+        if (func is None or self._config.max_concurrent_jobs != 1 or self._config.job_timeout is not None
+                or is_async_callable(func) or getattr(func, "__listener_inline__", False)):
+            return 1
+        if self._alone:
+            self._alone -= 1
+            return 1
+        return MAX_BATCH
+
+    async def process_batch(self, messages: Sequence[Tuple[Payload, str, Optional[Ticket]]],
+                            func: Optional[Processor]) -> None:
+        """Process queued messages in order, as :meth:`process` (pipelined) would one after another, but
+        running the admitted jobs of a plain ``def`` processor several per hand-off to a worker thread.
+
+        Anything but a fresh job (a rejected message, a duplicate, a full job store) first finishes the
+        jobs gathered before it, so that events, duplicates and results come out as one by one.
+        The caller settles the tickets once this returns (those of QoS 1/2 results are deferred).
+        """
+        lane: List[_Admitted] = []
+
+        async def finish_gathered() -> None:
+            if lane:
+                jobs = lane[:]
+                lane.clear()
+                await self._run_batch(jobs, func)
+
+        try:
+            for payload, topic, ticket in messages:
+                if self._own.is_own(payload, topic):
+                    continue
+                self._metrics.messages_received += 1
+                try:
+                    fields = await decode_payload_off_loop(payload, self._parser, self._config.max_payload_bytes)
+                    job_id = resolve_job_id(fields, self._config.job_id_field, self._config.allow_job_id_generation)
+                except RejectedMessage as rejection:
+                    await finish_gathered()
+                    await self._rejected(rejection, topic)
+                    continue
+                fields["_topic"] = topic
+                if job_id in self._tracker.store.jobs:  # a duplicate, or a job to run again: as one by one
+                    await finish_gathered()
+                if await self.admit(job_id, fields, topic, ticket, finish_gathered if lane else None):
+                    lane.append(_Admitted(job_id, fields, topic, ticket))
+            await finish_gathered()
+        except asyncio.CancelledError:  # stopping: jobs gathered but not handed over yet are cut short too
+            await self._cut_short(lane)
+            raise
+
+    async def _run_batch(self, jobs: List[_Admitted], func: Optional[Processor]) -> None:
+        """Run admitted jobs in order, several per hand-off; then publish and record each as :meth:`_execute`.
+
+        The first job of a batch is RUNNING from the hand-off (it starts at once); the others stay
+        PENDING until their outcome is back on the loop, which then records the start, the result and
+        the true duration the worker measured. A job that raised goes through :meth:`_execute`'s
+        failure and retry path before the jobs after it run. If the wait is cancelled (the grace period
+        of ``stop()`` ran out), jobs not yet started are not run; every job of the batch is recorded
+        as cut short and its message left unacknowledged, to run again when redelivered.
+        """
+        handed = 0  # jobs[:handed] are in _execute's hands, which records their cancellation itself
+        try:
+            while handed < len(jobs):
+                rest = jobs[handed:]
+                if len(rest) == 1 or func is None:
+                    for job in rest:
+                        handed += 1
+                        await self._execute(job.job_id, job.data, func, job.topic, True, job.ticket)
+                    return
+                await self._tracker.start_attempt(rest[0].job_id)
+                halt = Halt()
+                work = [(contextvars.copy_context(), job.data, job.job_id) for job in rest]
+                try:
+                    outcomes = await self._workers.run(run_in_order, func, work, halt)
+                except asyncio.CancelledError:
+                    halt.set = True
+                    raise
+                except Exception as exc:  # the workers are shut down: the first job fails, as it would alone
+                    now = time.perf_counter()
+                    outcomes = [Outcome(None, exc, now, now)]
+                slow = False
+                for index, (job, outcome) in enumerate(zip(rest, outcomes)):
+                    slow = slow or outcome.ended - outcome.started > SLOW_JOB_S
+                    handed += 1
+                    await self._execute(job.job_id, job.data, func, job.topic, True, job.ticket, outcome, index == 0)
+                if slow:
+                    self._alone = ALONE_AFTER_SLOW
+        except asyncio.CancelledError:
+            await self._cut_short(jobs[handed:])
+            raise
+
+    async def _cut_short(self, jobs: Sequence[_Admitted]) -> None:
+        """Record admitted jobs that stopping cut short (run or not): unacknowledged, to run again."""
+        for job in jobs:
+            if job.ticket is not None:
+                job.ticket.withhold()
+            await self._cancelled(job.job_id, job.topic, None)
+
+    async def admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str], ticket: Optional[Ticket] = None,
+                    before_waiting: Optional[Callable[[], Awaitable[None]]] = None) -> bool:
         """Create the job, or apply the duplicate policy; while the store is full of active jobs, wait
-        (in the run loop) or drop the job."""
+        (in the run loop) or drop the job. ``before_waiting`` (jobs gathered for a batch, which could
+        not finish while this waits) is awaited first, once, and the insert tried again."""
         if self.observe_job is not None:
             self.observe_job(job_id)
         tracker = self._tracker
@@ -154,6 +270,10 @@ class Pipeline:
                 return True
             if outcome is InsertOutcome.EXISTS:
                 break
+            if before_waiting is not None:
+                await before_waiting()
+                before_waiting = None
+                continue
             if not self._wait_when_full():
                 await self._events.log(logging.WARNING, "job_store_full", "Job store full (%d active jobs); job %s dropped",
                                        self._config.max_jobs_in_memory, job_id, job_id=job_id, topic=topic)
@@ -221,21 +341,30 @@ class Pipeline:
         return outcome
 
     async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str],
-                       pipelined: bool, ticket: Optional[Ticket] = None) -> Any:
+                       pipelined: bool, ticket: Optional[Ticket] = None, first: Optional[Outcome] = None,
+                       first_started: bool = False) -> Any:
         """Run the processor for an admitted job, publish its result, record the outcome.
 
         A processor that raises or times out is run again after a backoff, up to ``max_retries`` times;
         the job stays RUNNING meanwhile. A result that cannot be published is not retried.
+        ``first``: the first attempt already ran in a batch (``first_started``: and was recorded).
         """
-        started = time.perf_counter()
+        started = time.perf_counter() if first is None else first.started
         attempt = 0
         try:
             while True:
                 attempt += 1
-                await self._tracker.start_attempt(job_id)
+                ran, first = first, None
+                if ran is None or not first_started:
+                    await self._tracker.start_attempt(job_id)
                 try:
-                    result = None if func is None else await call_processor(
-                        func, data, job_id, workers=self._workers, timeout=self._config.job_timeout)
+                    if ran is not None:
+                        if ran.error is not None:
+                            raise ran.error
+                        result = await settle_result(ran.result)
+                    else:
+                        result = None if func is None else await call_processor(
+                            func, data, job_id, workers=self._workers, timeout=self._config.job_timeout)
                     break
                 except asyncio.CancelledError:
                     raise

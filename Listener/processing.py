@@ -13,7 +13,7 @@ from .results import ReturnType
 from .workers import CallTimeoutError, ThreadWorkers
 
 __all__ = ["JobTimeoutError", "Processor", "ProcessorInterrupted", "ProcessorResult", "call_processor",
-           "describe_exception", "is_async_callable", "run_inline"]
+           "describe_exception", "is_async_callable", "run_inline", "settle_result"]
 
 ProcessorResult = Optional[Union[ReturnType, Dict[str, Any]]]
 #: A message processor: ``(data, job_id)`` to a result, a dict, or None; plain or ``async def``.
@@ -74,6 +74,13 @@ async def call_processor(func: Processor, data: Dict[str, Any], job_id: str, *,
         result = await _within(asyncio.to_thread(call_contained, func, data, job_id), timeout)
     if inspect.isawaitable(result):
         result = await _within(result, timeout)
+    return result
+
+
+async def settle_result(result: Any) -> Any:
+    """What a sync processor's return value ends as: awaited (within no time limit) when it is awaitable."""
+    if inspect.isawaitable(result):
+        result = await _within(result, None)
     return result
 
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-from typing import Any, Awaitable, Callable, Optional, Sequence, Set, Tuple
+from typing import Any, Awaitable, Callable, List, Optional, Sequence, Set, Tuple
 
 from .backoff import backoff_delay
 from .config import EventListenerConfig
@@ -35,6 +35,8 @@ ACKS_RELEASED_TIMEOUT = 5.0
 #: Handles one message: ``(payload, topic, ticket)``; the ticket (None when no acknowledgement is held
 #: back) is settled by the run loop when the call returns, unless the handler deferred it.
 Handler = Callable[[Any, str, Optional[Ticket]], Awaitable[Any]]
+#: Handles several queued messages in order, as ``Handler`` would one after another (tickets settled after).
+BatchHandler = Callable[[List[Tuple[Any, str, Optional[Ticket]]]], Awaitable[Any]]
 
 
 class State(str, enum.Enum):
@@ -57,7 +59,8 @@ class Runner:
 
     def __init__(self, config: EventListenerConfig, endpoint: str, slot: ClientSlot, filters: Sequence[Tuple[str, int]],
                  publisher: Publisher, events: EventSink, metrics: ListenerMetrics, tracker: JobTracker,
-                 finishing: Set["asyncio.Future[None]"], handle: Handler) -> None:
+                 finishing: Set["asyncio.Future[None]"], handle: Handler,
+                 handle_batch: Optional[BatchHandler] = None, batch_size: Callable[[], int] = lambda: 1) -> None:
         self._config = config
         self._endpoint = endpoint
         self._slot = slot
@@ -68,6 +71,8 @@ class Runner:
         self._tracker = tracker
         self._finishing = finishing
         self._handle = handle
+        self._handle_batch = handle_batch
+        self._batch_size = batch_size
         self.state = State.IDLE
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.ready = asyncio.Event()
@@ -291,6 +296,15 @@ class Runner:
                 return
             ticket = session.ticket(message)
             if limit == 1:
+                if session.adapter.queued and self._handle_batch is not None:
+                    batch = await self._take_batch(session, (message.data, message.topic, ticket))
+                    if len(batch) > 1:
+                        self._inline_jobs += len(batch)
+                        try:
+                            await self._contained_batch(batch)
+                        finally:
+                            self._inline_jobs -= len(batch)
+                        continue
                 self._inline_jobs += 1
                 try:
                     await self._contained(message.data, message.topic, ticket)
@@ -300,6 +314,32 @@ class Runner:
                 task = asyncio.create_task(self._contained(message.data, message.topic, ticket))
                 self._in_flight.add(task)
                 task.add_done_callback(self._job_done)
+
+    async def _take_batch(self, session: Session,
+                          first: Tuple[Any, str, Optional[Ticket]]) -> List[Tuple[Any, str, Optional[Ticket]]]:
+        """``first`` and the messages already queued behind it, up to the pipeline's batch size."""
+        batch = [first]
+        size = self._batch_size()
+        while len(batch) < size and session.adapter.queued:
+            message = await session.next_message()
+            if message is None:
+                break
+            batch.append((message.data, message.topic, session.ticket(message)))
+        return batch
+
+    async def _contained_batch(self, batch: List[Tuple[Any, str, Optional[Ticket]]]) -> None:
+        """:meth:`_contained` for several queued messages handled together (``max_concurrent_jobs = 1``)."""
+        handle_batch = self._handle_batch
+        try:
+            if handle_batch is not None:
+                await handle_batch(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours must cost these messages, not the listener
+            logger.exception("Unexpected error while handling %d messages", len(batch))
+        for _, _, ticket in batch:
+            if ticket is not None:
+                ticket.settle()
 
     def _job_done(self, task: "asyncio.Task[None]") -> None:
         self._in_flight.discard(task)

@@ -95,6 +95,45 @@ async def test_one_at_a_time_keeps_arrival_order(start_listener: Callable[..., A
     assert overlap.order == ids and overlap.peak == 1
 
 
+async def test_a_backlog_for_a_plain_def_processor_runs_in_order_in_fewer_thread_hand_offs(
+        start_listener: Callable[..., Any], probe: Any, unique_topic: str) -> None:
+    """Messages queued behind a running plain ``def`` job are handed to its worker thread in batches."""
+    overlap = Overlap()
+    first_running, release = threading.Event(), threading.Event()
+
+    def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        overlap.enter(job_id)
+        if job_id.endswith("0000"):
+            first_running.set()
+            release.wait(10)
+        overlap.leave()
+        return {"job_id": job_id}
+
+    listener, _ = await start_listener(processor, qos=1)
+    hops = 0
+    run = listener._workers.run
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal hops
+        hops += 1
+        return await run(*args, **kwargs)
+    listener._workers.run = counted  # type: ignore[method-assign]
+    watcher = probe(f"{unique_topic}/results")
+    ids = publish_jobs(probe(), f"{unique_topic}/jobs", 15)
+    assert await asyncio.to_thread(first_running.wait, 10)
+
+    async def backlog() -> None:
+        while listener.metrics()["queue_depth"] + len(listener.jobs) < 15:
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(backlog(), 10)
+    release.set()
+    done = await results(watcher, f"{unique_topic}/results", 15)
+    assert [r["job_id"] for r in done] == ids
+    assert overlap.order == ids and overlap.peak == 1
+    assert hops <= 2  # the first job (alone, or with what had arrived), then all queued behind it at once
+    assert all(job.status is JobStatus.COMPLETED for job in (await listener.get_all_jobs()).values())
+
+
 @pytest.mark.parametrize("ack_policy, queued", [("on_receipt", 2), ("after_processing", 20)])
 async def test_backpressure_holds_messages_at_the_broker(start_listener: Callable[..., Any], probe: Any,
                                                          unique_topic: str, ack_policy: str, queued: int) -> None:
