@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, NamedTuple, Set
 
 import pytest
 import redis
@@ -28,36 +29,51 @@ pytestmark = pytest.mark.timeout(120)
 JOBS = 30
 
 
+class TwoListeners(NamedTuple):
+    """What two listener processes did with every copy of jobs j0…j<JOBS-1>."""
+
+    ran: "Counter[str]"  # runs per job id
+    pids: Set[str]  # the processes that ran a job
+    results: int
+    errors: List[Dict[str, Any]]
+
+
+def run_two_listeners(store: str, copies: int, endpoint: BrokerEndpoint, topic: str, probe: Any, processes: Any,
+                      redis_server: RedisServer, runs: Path, *options: str) -> TwoListeners:
+    """Start two listener processes (``store``: "redis" or "memory"), publish ``copies`` of each job, and
+    wait until every copy that reaches a process is answered (a result or a duplicate_job error event)."""
+    setting = redis_server.url(unique_prefix("dedupe")) if store == "redis" else "memory"
+    workers = [processes(endpoint, topic, 0.0, "--job-store", setting, "--duplicate-action", "error",
+                         "--runs-file", str(runs), "--quiet", *options) for _ in range(2)]
+    for worker in workers:
+        worker.wait_line("READY")
+    watcher = probe(f"{topic}/results", f"{topic}/error")
+    sender = probe()
+    for n in range(JOBS):
+        for _ in range(copies):
+            sender.publish(f"{topic}/jobs", f'job_id = "j{n}"\n', qos=1)
+    watcher.wait_for(2 * JOBS, timeout=60)
+    assert all(worker.process.poll() is None for worker in workers)
+    lines = runs.read_text().split()
+    return TwoListeners(Counter(lines[0::2]), set(lines[1::2]), len(watcher.messages(f"{topic}/results")),
+                        [json.loads(m.payload) for m in watcher.messages(f"{topic}/error")])
+
+
 @pytest.mark.parametrize("store", ["redis", "memory"])
 def test_one_job_id_received_by_two_listener_processes(store: str, mqtt_endpoint: BrokerEndpoint, unique_topic: str,
                                                        probe: Any, processes: Any, redis_server: RedisServer,
                                                        tmp_path: Path) -> None:
     """Both processes subscribe to the same topic, so both receive every message (as two workers of a share
     group do when the same id is published twice). Redis: each id runs once in all; memory: once per process."""
-    runs = tmp_path / "runs.txt"
-    setting = redis_server.url(unique_prefix("dedupe")) if store == "redis" else "memory"
-    options = ("--job-store", setting, "--duplicate-action", "error", "--runs-file", str(runs), "--quiet")
-    workers = [processes(mqtt_endpoint, unique_topic, 0.0, *options) for _ in range(2)]
-    for worker in workers:
-        worker.wait_line("READY")
-    watcher = probe(f"{unique_topic}/results", f"{unique_topic}/error")
-    sender = probe()
-    for n in range(JOBS):
-        sender.publish(f"{unique_topic}/jobs", f'job_id = "j{n}"\n', qos=1)
-    # Every message reaches both processes: each answers with a result or a duplicate_job error event.
-    watcher.wait_for(2 * JOBS, timeout=60)
-    lines = runs.read_text().split()
-    ran = Counter(lines[0::2])
-    results = watcher.messages(f"{unique_topic}/results")
-    errors = [json.loads(m.payload) for m in watcher.messages(f"{unique_topic}/error")]
+    seen = run_two_listeners(store, 1, mqtt_endpoint, unique_topic, probe, processes, redis_server,
+                             tmp_path / "runs.txt")
     if store == "redis":
-        assert ran == Counter({f"j{n}": 1 for n in range(JOBS)})
-        assert len(results) == JOBS and len(errors) == JOBS
-        assert {e["error_type"] for e in errors} == {"duplicate_job"}
+        assert seen.ran == Counter({f"j{n}": 1 for n in range(JOBS)})
+        assert seen.results == JOBS and len(seen.errors) == JOBS
+        assert {e["error_type"] for e in seen.errors} == {"duplicate_job"}
     else:
-        assert ran == Counter({f"j{n}": 2 for n in range(JOBS)})  # the memory store: per process
-        assert len(results) == 2 * JOBS and errors == []
-    assert all(worker.process.poll() is None for worker in workers)
+        assert seen.ran == Counter({f"j{n}": 2 for n in range(JOBS)})  # the memory store: per process
+        assert seen.results == 2 * JOBS and seen.errors == []
 
 
 @pytest.mark.parametrize("store", ["redis", "memory"])
@@ -67,32 +83,16 @@ def test_one_job_id_published_twice_to_a_share_group(store: str, mqtt_endpoint: 
     """Two workers of one share group; every id is published twice, and the broker hands the two copies to
     the workers in turn. Redis: each id runs once in all; memory: an id whose copies reached both workers
     runs twice (documented in docs/scaling.md)."""
-    runs = tmp_path / "runs.txt"
-    setting = redis_server.url(unique_prefix("group")) if store == "redis" else "memory"
-    options = ("--job-store", setting, "--duplicate-action", "error", "--runs-file", str(runs), "--quiet",
-               "--share-group", f"g{unique_prefix('g')[-8:]}")
-    workers = [processes(mqtt_endpoint, unique_topic, 0.0, *options) for _ in range(2)]
-    for worker in workers:
-        worker.wait_line("READY")
-    watcher = probe(f"{unique_topic}/results", f"{unique_topic}/error")
-    sender = probe()
-    for n in range(JOBS):
-        for _ in range(2):
-            sender.publish(f"{unique_topic}/jobs", f'job_id = "j{n}"\n', qos=1)
-    # Each copy reaches one worker: it answers with a result or a duplicate_job error event.
-    watcher.wait_for(2 * JOBS, timeout=60)
-    lines = runs.read_text().split()
-    ran, pids = Counter(lines[0::2]), set(lines[1::2])
-    results = watcher.messages(f"{unique_topic}/results")
-    errors = [json.loads(m.payload) for m in watcher.messages(f"{unique_topic}/error")]
-    assert len(pids) == 2  # both workers ran jobs: the group split the stream
+    seen = run_two_listeners(store, 2, mqtt_endpoint, unique_topic, probe, processes, redis_server,
+                             tmp_path / "runs.txt", "--share-group", f"g{uuid.uuid4().hex[:8]}")
+    assert len(seen.pids) == 2  # both workers ran jobs: the group split the stream
     if store == "redis":
-        assert ran == Counter({f"j{n}": 1 for n in range(JOBS)})
-        assert len(results) == JOBS and len(errors) == JOBS
-        assert {e["error_type"] for e in errors} == {"duplicate_job"}
+        assert seen.ran == Counter({f"j{n}": 1 for n in range(JOBS)})
+        assert seen.results == JOBS and len(seen.errors) == JOBS
+        assert {e["error_type"] for e in seen.errors} == {"duplicate_job"}
     else:  # the copies that reached different workers ran twice: what the Redis store prevents
-        assert set(ran) == {f"j{n}" for n in range(JOBS)} and sum(ran.values()) > JOBS
-        assert len(results) + len(errors) == 2 * JOBS
+        assert set(seen.ran) == {f"j{n}" for n in range(JOBS)} and sum(seen.ran.values()) > JOBS
+        assert seen.results + len(seen.errors) == 2 * JOBS
 
 
 async def until(check: Callable[[], Any], timeout: float = 20.0) -> None:
