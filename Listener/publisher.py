@@ -124,6 +124,7 @@ class Publisher:
             raise RefusedTopic(f"Topic {topic!r} {problem}")
         if not self._connected():
             raise NotConnected(f"Not connected to MQTT broker at {self._endpoint()}")
+        losses = self._metrics.connection_losses
         try:
             await self._send(self._client(), topic, payload, qos, retain, slot_held)
         except asyncio.CancelledError:
@@ -131,7 +132,9 @@ class Publisher:
                 raise
             raise ConnectionLost(f"Connection to {self._endpoint()} lost before the broker took it") from None
         except Exception as exc:
-            if self._connected():
+            # Connected again by now, but on another connection than the one it went out on: amqtt then fails
+            # the old wait in its own way (a PUBACK timeout, an AttributeError of its torn-down session).
+            if self._connected() and self._metrics.connection_losses == losses:
                 raise
             raise ConnectionLost(
                 f"Connection to {self._endpoint()} lost before the broker took it ({describe_exception(exc)})") from None

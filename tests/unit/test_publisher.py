@@ -45,6 +45,25 @@ async def test_publisher_reports_what_it_cannot_keep_or_send() -> None:
     assert await publisher.deliver(Publication("t/3", b"3", 1, False)) == "RuntimeError: broker said no"
 
 
+async def test_a_publication_failing_after_its_connection_was_lost_is_kept_even_if_connected_again() -> None:
+    """Regression: amqtt fails a QoS 1 publish of a connection that was lost with an AttributeError of its
+    torn-down session, after the listener has reconnected. That is a lost connection, not a refusal: the
+    publication is kept for the new connection, not reported as a publish error."""
+    metrics = ListenerMetrics()
+    client = AsyncMock()
+
+    async def lost_meanwhile(*args: Any) -> None:
+        metrics.connection_losses += 1  # the connection went down and came back while this waited
+        raise AttributeError("'NoneType' object has no attribute 'inflight_out'")
+
+    client.publish.side_effect = lost_meanwhile
+    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=1.0)
+    assert await publisher.deliver(Publication("t/1", b"1", 1, False)) is None
+    assert publisher.pending == 1 and metrics.publish_errors == 0
+    client.publish.side_effect = None
+    assert await publisher.flush() == 1
+
+
 async def test_publisher_bounds_qos1_publications_in_flight() -> None:
     gate = asyncio.Event()
     in_flight = 0
