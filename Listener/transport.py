@@ -40,6 +40,8 @@ logger = logging.getLogger("Listener.transport")
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
 ABORT_TIMEOUT = 5.0
+#: Seconds a clean disconnect waits, after its DISCONNECT, for the broker to close the connection.
+DISCONNECT_LINGER = 2.0
 _CONNACK_REASONS = {
     1: "unacceptable protocol version",
     2: "client identifier rejected",
@@ -268,6 +270,49 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         if handler is not None and handler.writer is not None:
             with contextlib.suppress(Exception):
                 await handler.stop()
+
+    async def disconnect(self) -> None:
+        """amqtt's ``disconnect``, except that the socket is closed only after the broker closed its side.
+
+        amqtt writes the DISCONNECT and closes the socket at once. Whatever the broker sent meanwhile (the
+        next in-flight messages, answering the acknowledgements that just went out) is then unread, so the
+        kernel answers the close with a reset instead of a FIN, and mosquitto drops the connection without
+        reading what it had not read yet: the last results (QoS 0 ones are never acknowledged) and the
+        DISCONNECT itself, so it also publishes the will. Here the DISCONNECT is followed by a half-close,
+        and amqtt's reader goes on reading (and discarding: the intake is closed) until the broker closes
+        the connection, for at most ``DISCONNECT_LINGER`` seconds.
+        """
+        handler = self._handler
+        stream = self._qos0_stream()
+        if handler is None or stream is None or self.session is None:
+            await super().disconnect()  # not connected, or websockets: amqtt's way
+            return
+        await self.cancel_tasks()
+        closing = self._disconnect_task
+        if closing is not None and not closing.done():
+            closing.cancel()
+        await handler.mqtt_disconnect()
+        self._connected_state.clear()
+        await self._until_broker_closed(handler, stream)
+        await handler.stop()
+        self.session.transitions.disconnect()
+
+    @staticmethod
+    async def _until_broker_closed(handler: Any, stream: asyncio.StreamWriter) -> None:
+        """Half-close the socket (TLS cannot: the broker closes after the DISCONNECT anyway) and wait until
+        amqtt's reader saw the end of the connection, bounded by ``DISCONNECT_LINGER``."""
+        keepalive = getattr(handler, "_keepalive_task", None)
+        if keepalive is not None:
+            keepalive.cancel()  # no PINGREQ after the half-close
+        reader, stopped = getattr(handler, "_reader_task", None), getattr(handler, "_reader_stopped", None)
+        if not isinstance(reader, asyncio.Task) or reader.done() or not isinstance(stopped, asyncio.Event):
+            return
+        with contextlib.suppress(Exception):
+            await stream.drain()
+            if stream.can_write_eof():
+                stream.write_eof()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stopped.wait(), DISCONNECT_LINGER)
 
     async def publish(self, topic: str, message: bytes, qos: Optional[int] = None, retain: Optional[bool] = None,
                       ack_timeout: Optional[int] = None) -> Any:

@@ -158,7 +158,10 @@ async def test_broker_killed_mid_job_and_restarted_on_the_same_port(
     assert_each_result_once(messages)
     assert processor.processed_twice() == []
     job = await listener.get_job_status("mid")
-    assert job is not None and job.status is JobStatus.COMPLETED
+    # Its PUBACK went out just before the kill; if mosquitto had not saved that yet, it redelivers "mid" after
+    # the restart (docs/reliability.md: a lost PUBACK means a resend, skipped by job id): then the record says
+    # DUPLICATE, once. Either way it ran once (above).
+    assert job is not None and (job.status, job.duplicate_count) in {(JobStatus.COMPLETED, 0), (JobStatus.DUPLICATE, 1)}
     metrics = listener.metrics()
     assert metrics["connection_losses"] >= 1 and metrics["reconnects"] >= 1
     assert metrics["publishes_retried"] >= 1 and metrics["publish_errors"] == 0

@@ -144,3 +144,60 @@ def test_the_direct_qos0_publish_packet_is_the_one_amqtt_builds(topic: str, payl
     """Same bytes as amqtt's PublishPacket: the remaining length's 1 to 4 bytes, the retain flag, UTF-8 topics."""
     expected = PublishPacket.build(topic, payload, None, False, 0, retain).to_bytes()
     assert qos0_publish_packet(topic, payload, retain) == expected
+
+
+async def _read_packet(reader: asyncio.StreamReader) -> bytes:
+    """One MQTT packet: fixed header byte, remaining length, body."""
+    head = await reader.readexactly(1)
+    length, shift, encoded = 0, 0, b""
+    while True:
+        byte = await reader.readexactly(1)
+        encoded += byte
+        length |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if not byte[0] & 0x80:
+            break
+    return head + encoded + await reader.readexactly(length)
+
+
+async def test_disconnect_closes_the_socket_only_after_the_broker_closed_its_side() -> None:
+    """Closing a socket with unread bytes sends a reset, and mosquitto then drops the connection without reading
+    what it had not read yet (the last QoS 0 results and the DISCONNECT, so it published the will). So after its
+    DISCONNECT the client half-closes and reads on, whatever the broker still sends, until the broker closes."""
+    after_disconnect: List[bytes] = []
+    half_closed = asyncio.Event()
+    outcome: List[str] = []
+
+    async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_packet(reader)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        try:
+            while not after_disconnect or after_disconnect[-1] != b"\xe0\x00":
+                after_disconnect.append(await _read_packet(reader))
+            outcome.append("eof" if await reader.read() == b"" else "more data")
+            half_closed.set()
+            # Still sending (a message that was in flight): the client must read it, not reset the connection.
+            writer.write(qos0_publish_packet("t/late", b"in flight", False))
+            await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            outcome.append(type(exc).__name__)
+            half_closed.set()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(broker, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = create_client(EventListenerConfig(host="127.0.0.1", port=port, keep_alive=60))
+        await client.connect(f"mqtt://127.0.0.1:{port}")
+        received = client.bytes_received
+        closing = asyncio.create_task(client.disconnect())
+        await asyncio.wait_for(half_closed.wait(), 5)
+        assert outcome == ["eof"] and after_disconnect == [b"\xe0\x00"]
+        await asyncio.wait_for(closing, 5)
+        # The late message was read before the socket closed (so the close sent no reset).
+        assert client.bytes_received == received + len(qos0_publish_packet("t/late", b"in flight", False))
+        assert not client.is_connected()
+    finally:
+        server.close()
+        await server.wait_closed()
