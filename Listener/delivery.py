@@ -106,6 +106,7 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         self.on_arrival = on_arrival
         self.on_drop = on_drop
         self.dropped = 0
+        self.after_close = 0  # QoS 0 messages that arrived once the intake was closed, not taken
         self._ack_waiters: Deque["asyncio.Future[None]"] = deque()
         self._reserved = 0
         self._ledger: Deque[_Entry] = deque()
@@ -118,7 +119,12 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
     # -- QoS 0 -----------------------------------------------------------------------------------
 
     def put_nowait(self, item: Any) -> None:
-        """Queue a QoS 0 message, or drop it when ``max_pending`` messages are queued already."""
+        """Queue a QoS 0 message, or drop it when ``max_pending`` messages are queued already, or when the
+        intake is closed (stopping: otherwise a steady QoS 0 stream would keep the drain busy until the
+        grace period ran out, and the job then running would be cut short)."""
+        if self.closed:
+            self.after_close += 1
+            return
         if self.qsize() >= self.max_pending:
             self.dropped += 1
             if self.on_drop is not None:

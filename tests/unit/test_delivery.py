@@ -36,6 +36,17 @@ async def test_closed_delivery_queue_takes_no_more_acknowledged_messages() -> No
     blocked.cancel()
 
 
+async def test_closed_delivery_queue_takes_no_more_qos0_messages() -> None:
+    """Regression: QoS 0 messages arriving after stop() were still queued and taken, so a steady stream kept
+    the drain going until the grace period ran out (and cut short the job then running)."""
+    queue = DeliveryQueue(5)
+    queue.put_nowait("before")
+    queue.close()
+    queue.put_nowait("after")
+    assert queue.take() == "before" and queue.take() is None
+    assert queue.after_close == 1 and queue.dropped == 0
+
+
 async def test_delivery_queue_waiters_never_overtake() -> None:
     queue = DeliveryQueue(1)
     await queue.put("a")
