@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install mosquitto demo test test-unit test-integration test-mqtt lint typecheck security coverage bench clean
+.PHONY: help install mosquitto redis-server demo test test-unit test-integration test-mqtt lint typecheck security coverage bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -25,10 +25,15 @@ mosquitto:  ## Install the mosquitto broker the tests start (Debian, needs root)
 		echo "mosquitto not found: installing it with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto >/dev/null; }
 
+redis-server:  ## Install the redis-server the Redis job store tests start (Debian, needs root) when it is missing
+	@command -v redis-server >/dev/null 2>&1 || test -x /usr/bin/redis-server || { \
+		echo "redis-server not found: installing it with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+
 demo: $(STAMP)  ## Run the demo: embedded broker, a listener, a few jobs (or MQTT_HOST/MQTT_PORT)
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP) mosquitto  ## Run every test (unit, integration, real-broker, slow) with coverage >= 90%
+test: $(STAMP) mosquitto redis-server  ## Run every test (unit, integration, real-broker, slow) with coverage >= 90%
 	$(PYTEST) --cov=Listener --cov-report=term-missing --cov-fail-under=90
 
 test-unit: $(STAMP)  ## Fast unit tests only (no broker)
@@ -54,7 +59,7 @@ security: $(STAMP)  ## bandit over the library, then pip-audit of .venv (reporte
 		$(BIN)/python scripts/audit.py; \
 	fi
 
-coverage: $(STAMP) mosquitto  ## Coverage report (terminal + htmlcov/), failing under 90%
+coverage: $(STAMP) mosquitto redis-server  ## Coverage report (terminal + htmlcov/), failing under 90%
 	$(PYTEST) --cov=Listener --cov-report=term-missing --cov-report=html --cov-fail-under=90
 
 bench: $(STAMP) mosquitto  ## Benchmark through a real mosquitto: one JSON line per scenario (docs/performance.md)
