@@ -78,19 +78,10 @@ def record_run(path: str, job_id: str) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     """Run a listener until it is stopped (by a signal, with ``--signals``) or killed."""
-    extra: Dict[str, Any] = {}
-    if args.grace is not None:
-        extra["shutdown_grace_period"] = args.grace
-    if args.max_concurrent is not None:
-        extra["max_concurrent_jobs"] = args.max_concurrent
-    if args.ack_policy is not None:
-        extra["ack_policy"] = args.ack_policy
-    if args.job_store is not None:
-        extra["job_store"] = args.job_store
-    if args.duplicate_action is not None:
-        extra["duplicate_action"] = args.duplicate_action
-    if args.share_group is not None:
-        extra["share_group"] = args.share_group
+    options = {"grace": "shutdown_grace_period", "max_concurrent": "max_concurrent_jobs", "ack_policy": "ack_policy",
+               "job_store": "job_store", "duplicate_action": "duplicate_action", "share_group": "share_group"}
+    extra: Dict[str, Any] = {field: getattr(args, option) for option, field in options.items()
+                             if getattr(args, option) is not None}
     prefix = args.prefix
     config = EventListenerConfig(
         host=args.host, port=args.port, username=None, password=None,
