@@ -85,12 +85,13 @@ def test_one_job_id_published_twice_to_a_share_group(store: str, mqtt_endpoint: 
     runs twice (documented in docs/scaling.md)."""
     seen = run_two_listeners(store, 2, mqtt_endpoint, unique_topic, probe, processes, redis_server,
                              tmp_path / "runs.txt", "--share-group", f"g{uuid.uuid4().hex[:8]}")
-    assert len(seen.pids) == 2  # both workers ran jobs: the group split the stream
     if store == "redis":
+        # (One worker may run every job: with the copies handed out in turn, the other gets the second copies.)
         assert seen.ran == Counter({f"j{n}": 1 for n in range(JOBS)})
         assert seen.results == JOBS and len(seen.errors) == JOBS
         assert {e["error_type"] for e in seen.errors} == {"duplicate_job"}
     else:  # the copies that reached different workers ran twice: what the Redis store prevents
+        assert len(seen.pids) == 2  # both workers ran jobs: the group split the stream
         assert set(seen.ran) == {f"j{n}" for n in range(JOBS)} and sum(seen.ran.values()) > JOBS
         assert seen.results + len(seen.errors) == 2 * JOBS
 
