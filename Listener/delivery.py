@@ -1,9 +1,11 @@
 """A delivery queue that holds back acknowledgements: the listener's bounded intake.
 
-amqtt runs each incoming PUBLISH in its own task, puts the message into the session's delivery queue
-(``await put()`` for QoS 1/2, ``put_nowait()`` for QoS 0) and sends the PUBACK (QoS 1) or PUBCOMP
-(QoS 2) as soon as ``put()`` returns. Its own queue is unbounded and ``put()`` returns at once.
-``DeliveryQueue`` replaces it, with one of two acknowledgement policies:
+Every incoming message goes into the session's delivery queue: a QoS 0 one with ``put_nowait()``; a
+QoS 1 one with ``offer()`` by the listener's own reader (:mod:`Listener.wire_handler`), which sends
+the PUBACK when ``offer()`` calls back; a QoS 2 one with ``await put()`` by amqtt, which sends the
+PUBCOMP once ``put()`` returns. amqtt's own queue is unbounded and its ``put()`` returns at once.
+``DeliveryQueue`` replaces it, with one of two acknowledgement policies (``offer()`` calls back when
+``put()`` would return):
 
 - ``on_receipt``: ``put()`` waits while ``window`` messages are queued, then returns: a message is
   acknowledged when it enters the queue, so at most ``window`` acknowledged-but-unprocessed messages
@@ -47,11 +49,11 @@ BARRIER_RETRY = (0.05, 2.0)
 class _Entry:
     """One held acknowledgement in the ledger: released once settled and first in line."""
 
-    __slots__ = ("released", "settled")
+    __slots__ = ("on_release", "settled")
 
-    def __init__(self) -> None:
+    def __init__(self, on_release: Callable[[], None]) -> None:
         self.settled = False
-        self.released: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+        self.on_release = on_release
 
 
 class Ticket:
@@ -139,36 +141,64 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
 
     # -- QoS 1/2 ---------------------------------------------------------------------------------
 
+    def offer(self, item: Any, acknowledge: Callable[[], None]) -> Optional[Awaitable[None]]:
+        """Queue an acknowledged message without waiting: ``acknowledge`` is called when its
+        acknowledgement may go out (at once without ``hold_acks``, else when it is released).
+
+        When there is no room yet (or earlier messages wait for it), the message's turn is reserved
+        now, so it keeps its arrival order, and the awaitable returned queues it once there is room:
+        the caller runs it (as a task, which may be cancelled when the connection ends: then nothing is
+        acknowledged). None when the message was queued at once.
+        """
+        if self.closed or self._ack_waiters or not self._has_room():
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._ack_waiters.append(waiter)
+            return self._admit_in_turn(waiter, item, acknowledge)
+        self._admit(item, acknowledge)
+        return None
+
+    async def _admit_in_turn(self, waiter: "asyncio.Future[None]", item: Any, acknowledge: Callable[[], None]) -> None:
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._reserved -= 1
+                self._wake_putters()  # it was this one's turn: pass it on
+            else:
+                with contextlib.suppress(ValueError):
+                    self._ack_waiters.remove(waiter)
+            raise
+        self._reserved -= 1
+        self._admit(item, acknowledge)
+
+    def _admit(self, item: Any, acknowledge: Callable[[], None]) -> None:
+        if not self.hold_acks:
+            self._enqueue(item)
+            acknowledge()
+            return
+        entry = _Entry(acknowledge)
+        self._ledger.append(entry)
+        self._tickets[id(item)] = entry
+        self._enqueue(item)
+
     async def put(self, item: Any) -> None:
         """Queue an acknowledged message once there is room; with ``hold_acks``, return only once its
         acknowledgement is released. The caller (amqtt) acknowledges it when this returns.
 
         Waiters are served strictly first come, first served, so messages keep their arrival order.
+        Cancelled (the connection ended), nothing is released for this message; its entry stays in the
+        ledger until its job settles it, so later messages are still released in order.
         """
-        if self.closed or self._ack_waiters or not self._has_room():
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._ack_waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled():
-                    self._reserved -= 1
-                    self._wake_putters()  # it was this one's turn: pass it on
-                else:
-                    with contextlib.suppress(ValueError):
-                        self._ack_waiters.remove(waiter)
-                raise
-            self._reserved -= 1
-        if not self.hold_acks:
-            self._enqueue(item)
-            return
-        entry = _Entry()
-        self._ledger.append(entry)
-        self._tickets[id(item)] = entry
-        self._enqueue(item)
-        # Cancelled (the connection ended): nothing is released for this message; its entry stays in the
-        # ledger until its job settles it, so later messages are still released in order.
-        await entry.released
+        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def release() -> None:
+            if not released.done():
+                released.set_result(None)
+
+        waiting = self.offer(item, release)
+        if waiting is not None:
+            await waiting
+        await released
 
     def _has_room(self) -> bool:
         if self.hold_acks:
@@ -192,8 +222,8 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
             released = True
             if self.barrier is not None:
                 self._recording.append(head)
-            elif not head.released.done():
-                head.released.set_result(None)
+            else:
+                head.on_release()
         if not released:
             return
         if self._recording and self._releaser is None:
@@ -218,9 +248,7 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
                         await asyncio.sleep(delay)
                         delay = min(2 * delay, BARRIER_RETRY[1])
                 for _ in range(covered):
-                    head = self._recording.popleft()
-                    if not head.released.done():
-                        head.released.set_result(None)
+                    self._recording.popleft().on_release()
                 self._wake_putters()
         finally:
             self._releaser = None

@@ -24,11 +24,13 @@ from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set
 from urllib.parse import unquote, urlsplit
 
 from amqtt.client import MQTTClient
+from amqtt.mqtt.protocol.client_handler import ClientProtocolHandler
 from amqtt.session import Session
 
 from .config import EventListenerConfig
 from .deadlines import settle_within
 from .delivery import DeliveryQueue, Ticket
+from .wire_handler import WireHandler
 from .redaction import SecretRedactingFilter, redact, split_uri_credentials
 
 __all__ = [
@@ -89,6 +91,17 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         self._deliveries: Optional[DeliveryQueue] = None
         self.bytes_received = 0
         self._last_traffic = 0.0
+
+    @property
+    def _handler(self) -> Any:
+        return self.__dict__.get("_wire_handler")
+
+    @_handler.setter
+    def _handler(self, handler: Any) -> None:
+        # amqtt makes a new ClientProtocolHandler for every connection, right before using it.
+        if type(handler) is ClientProtocolHandler:
+            handler = WireHandler(handler.plugins_manager)
+        self.__dict__["_wire_handler"] = handler
 
     def _init_session(self, uri: Optional[str] = None, cleansession: Optional[bool] = None,
                       cafile: Optional[str] = None, capath: Optional[str] = None,
@@ -316,31 +329,39 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
 
     async def publish(self, topic: str, message: bytes, qos: Optional[int] = None, retain: Optional[bool] = None,
                       ack_timeout: Optional[int] = None) -> Any:
-        """amqtt's ``publish``; a QoS 0 message on a plain or TLS socket is written directly instead.
+        """amqtt's ``publish``; at QoS 0 and 1 on a plain or TLS socket the packet is written directly.
 
-        amqtt builds packet and message objects, takes a write lock, drains the socket and re-arms its
-        keep-alive timer for every packet: for a QoS 0 PUBLISH, which needs none of that, it was about a
-        fifth of the listener's CPU per message. The bytes written are the same PUBLISH packet; the
-        socket is drained only when its buffer fills up. Anything else goes through amqtt.
+        amqtt builds packet and message objects, takes a write lock, drains the socket, re-arms its
+        keep-alive timer and, at QoS 1, waits for the PUBACK under a timer of its own, for every packet.
+        Here the same PUBLISH bytes go out with whatever else this turn of the event loop writes (see
+        :mod:`Listener.wire_handler`); a QoS 1 publication then waits for its PUBACK, which the
+        caller bounds in time. The socket is drained only when its buffer fills up. QoS 2 and
+        websockets go through amqtt.
         """
-        stream = self._qos0_stream() if qos == 0 else None
-        if stream is None:
+        handler = self._wire() if qos in (0, 1) else None
+        if handler is None:
             return await super().publish(topic, message, qos, retain, ack_timeout)
-        stream.write(qos0_publish_packet(topic, message, bool(retain)))
-        transport = stream.transport
-        if transport.get_write_buffer_size() > _DRAIN_ABOVE:
-            await stream.drain()
+        acked = handler.send_publish(topic, message, int(qos or 0), bool(retain))
+        if handler.buffered() > _DRAIN_ABOVE:
+            stream = handler.stream
+            handler.flush()
+            if stream is not None:
+                await stream.drain()
+        if acked is not None:
+            await acked
         return None
 
-    def _qos0_stream(self) -> Optional[asyncio.StreamWriter]:
-        """The connection's asyncio stream when a QoS 0 PUBLISH may be written to it directly, else None."""
-        writer = getattr(self._handler, "writer", None)
-        stream = getattr(writer, "_writer", None)
-        if not isinstance(stream, asyncio.StreamWriter) or getattr(writer, "is_closed", True):
+    def _wire(self) -> Optional[WireHandler]:
+        """The connection's handler when it may write packets directly (an open plain or TLS socket), else None."""
+        handler = self._handler
+        if not isinstance(handler, WireHandler) or handler.stream is None or not self.is_connected():
             return None  # websockets, or no connection: amqtt decides (and raises)
-        if stream.transport.is_closing() or not self.is_connected():
-            return None
-        return stream
+        return handler
+
+    def _qos0_stream(self) -> Optional[asyncio.StreamWriter]:
+        """The connection's open asyncio stream (plain or TLS), else None."""
+        handler = self._wire()
+        return handler.stream if handler is not None else None
 
     def is_connected(self) -> bool:
         """True while the MQTT session is established and amqtt has not seen it end.
@@ -356,24 +377,6 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
 
 #: Bytes waiting in the socket's buffer above which a direct QoS 0 write waits for it to drain.
 _DRAIN_ABOVE = 64 * 1024
-
-
-def qos0_publish_packet(topic: str, payload: bytes, retain: bool) -> bytes:
-    """An MQTT 3.1.1 PUBLISH packet at QoS 0 (§3.3): fixed header, topic name, payload.
-
-    The topic is one the publisher has already checked (``topics.topic_name_error``): at most 65,535
-    bytes of UTF-8.
-    """
-    name = topic.encode("utf-8")
-    remaining = 2 + len(name) + len(payload)
-    header = bytearray((0x31 if retain else 0x30,))
-    while True:  # the remaining length, 7 bits per byte, least significant first
-        remaining, digit = divmod(remaining, 128)
-        header.append(digit | 0x80 if remaining else digit)
-        if not remaining:
-            break
-    header += len(name).to_bytes(2, "big")
-    return bytes(header) + name + payload
 
 
 def _retrieve_outcome(ping: "asyncio.Future[Any]") -> None:

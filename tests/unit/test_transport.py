@@ -7,13 +7,11 @@ import asyncio
 import time
 from typing import Any, List
 
-import pytest
-from amqtt.mqtt.publish import PublishPacket
-
 from Listener import EventListenerConfig
 from Listener.transport import (
-    AmqttClient, build_client_config, create_client, endpoint_label, qos0_publish_packet, secrets,
+    AmqttClient, build_client_config, create_client, endpoint_label, secrets,
 )
+from Listener.packets import publish_packet
 
 
 def test_the_manuals_public_default_password_is_not_masked_in_text() -> None:
@@ -136,16 +134,6 @@ async def test_bytes_received_but_not_yet_read_count_as_life() -> None:
     assert await asyncio.wait_for(watchdog, 2.0) is True
 
 
-@pytest.mark.parametrize("topic, payload, retain", [
-    ("a/b", b"x", False), ("t", b"y" * 200, True), ("r" * 300, b"z" * 20_000, False), ("é/ü", b"", False),
-    ("big", b"p" * 2_097_152, False),
-])
-def test_the_direct_qos0_publish_packet_is_the_one_amqtt_builds(topic: str, payload: bytes, retain: bool) -> None:
-    """Same bytes as amqtt's PublishPacket: the remaining length's 1 to 4 bytes, the retain flag, UTF-8 topics."""
-    expected = PublishPacket.build(topic, payload, None, False, 0, retain).to_bytes()
-    assert qos0_publish_packet(topic, payload, retain) == expected
-
-
 async def _read_packet(reader: asyncio.StreamReader) -> bytes:
     """One MQTT packet: fixed header byte, remaining length, body."""
     head = await reader.readexactly(1)
@@ -177,7 +165,7 @@ async def test_disconnect_closes_the_socket_only_after_the_broker_closed_its_sid
             outcome.append("eof" if await reader.read() == b"" else "more data")
             half_closed.set()
             # Still sending (a message that was in flight): the client must read it, not reset the connection.
-            writer.write(qos0_publish_packet("t/late", b"in flight", False))
+            writer.write(publish_packet("t/late", b"in flight", 0, False))
             await writer.drain()
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             outcome.append(type(exc).__name__)
@@ -196,7 +184,7 @@ async def test_disconnect_closes_the_socket_only_after_the_broker_closed_its_sid
         assert outcome == ["eof"] and after_disconnect == [b"\xe0\x00"]
         await asyncio.wait_for(closing, 5)
         # The late message was read before the socket closed (so the close sent no reset).
-        assert client.bytes_received == received + len(qos0_publish_packet("t/late", b"in flight", False))
+        assert client.bytes_received == received + len(publish_packet("t/late", b"in flight", 0, False))
         assert not client.is_connected()
     finally:
         server.close()

@@ -1,0 +1,273 @@
+"""The packets the listener reads and writes itself (``Listener.wire_handler``), against a scripted broker on a
+real loopback socket: what arrives in pieces, acknowledgements and their order, a PUBACK awaited, a connection
+that ends, bytes that are not MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any, AsyncIterator, Callable, List, Optional
+
+import pytest
+
+from Listener import EventListenerConfig
+from Listener.packets import publish_packet, puback_packet
+from Listener.transport import AmqttClient, create_client
+from Listener.wire_handler import WireHandler
+
+pytestmark = pytest.mark.unit
+
+WAIT = 5.0
+
+
+async def read_packet(reader: asyncio.StreamReader) -> bytes:
+    """One MQTT packet: fixed header byte, remaining length, body."""
+    head = await reader.readexactly(1)
+    length, shift, encoded = 0, 0, b""
+    while True:
+        byte = await reader.readexactly(1)
+        encoded += byte
+        length |= (byte[0] & 0x7F) << shift
+        shift += 7
+        if not byte[0] & 0x80:
+            break
+    return head + encoded + await reader.readexactly(length)
+
+
+class ScriptedBroker:
+    """Accepts connections, answers CONNECT with CONNACK, records every later packet, sends what it is told."""
+
+    def __init__(self) -> None:
+        self.received: List[bytes] = []
+        self.arrived = asyncio.Event()
+        self.writers: List[asyncio.StreamWriter] = []
+        self.connected = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.port = 0
+        self._server: Optional[asyncio.AbstractServer] = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_packet(reader)  # CONNECT
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        self.writers.append(writer)
+        self.connected.set()
+        try:
+            while True:
+                packet = await read_packet(reader)
+                if packet == b"\xe0\x00":  # DISCONNECT: close, as a broker does
+                    writer.close()
+                    return
+                self.received.append(packet)
+                self.arrived.set()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            self.closed.set()
+
+    async def send(self, data: bytes, chunks: int = 1, connection: int = -1) -> None:
+        writer = self.writers[connection]
+        cuts = sorted(random.Random(len(data)).sample(range(1, len(data)), chunks - 1)) if chunks > 1 else []
+        for start, end in zip([0, *cuts], [*cuts, len(data)]):
+            writer.write(data[start:end])
+            await writer.drain()
+            await asyncio.sleep(0)  # let the client read what came so far
+
+    async def wait_for(self, condition: Callable[[], bool]) -> None:
+        async def until() -> None:
+            while not condition():
+                self.arrived.clear()
+                await self.arrived.wait()
+        await asyncio.wait_for(until(), WAIT)
+
+    async def stop(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        if self._server is not None:
+            self._server.close()
+
+
+@pytest.fixture
+async def broker() -> AsyncIterator[ScriptedBroker]:
+    scripted = ScriptedBroker()
+    await scripted.start()
+    yield scripted
+    await scripted.stop()
+
+
+async def connected_client(broker: ScriptedBroker, **options: Any) -> AmqttClient:
+    client = create_client(EventListenerConfig(host="127.0.0.1", port=broker.port, keep_alive=60, **options))
+    await client.connect(f"mqtt://127.0.0.1:{broker.port}")
+    assert isinstance(client._handler, WireHandler)
+    return client
+
+
+async def take(client: AmqttClient, count: int) -> List[Any]:
+    """The next ``count`` messages the client received."""
+    taken: List[Any] = []
+
+    async def until() -> None:
+        while len(taken) < count:
+            message = client.take_message()
+            if message is None:
+                await asyncio.sleep(0.005)
+            else:
+                taken.append(message)
+    await asyncio.wait_for(until(), WAIT)
+    return taken
+
+
+@pytest.mark.parametrize("chunks", [1, 7, 300])
+async def test_packets_arriving_in_any_pieces_are_all_received_and_acknowledged_in_order(
+        broker: ScriptedBroker, chunks: int) -> None:
+    client = await connected_client(broker, ack_policy="on_receipt", max_concurrent_jobs=100)
+    try:
+        packets = [publish_packet(f"jobs/{i}", b"x" * (i * 37 % 300), 1 if i % 3 else 0, False, i + 1)
+                   for i in range(60)]
+        await broker.send(b"".join(packets), chunks)
+        messages = await take(client, 60)
+        assert [(m.topic, bytes(m.data), m.qos) for m in messages] == [
+            (f"jobs/{i}", b"x" * (i * 37 % 300), 1 if i % 3 else 0) for i in range(60)]
+        acks = [puback_packet(i + 1) for i in range(60) if i % 3]
+        await broker.wait_for(lambda: len(broker.received) >= len(acks))
+        assert broker.received == acks
+    finally:
+        await client.disconnect()
+
+
+async def test_held_acknowledgements_go_out_when_settled_and_in_arrival_order(broker: ScriptedBroker) -> None:
+    client = await connected_client(broker, ack_policy="after_processing")
+    try:
+        await broker.send(b"".join(publish_packet("jobs", b"%d" % i, 1, False, 10 + i) for i in range(3)))
+        messages = await take(client, 3)
+        tickets = [client.ticket(message) for message in messages]
+        assert all(ticket is not None for ticket in tickets)
+        tickets[1].settle()  # type: ignore[union-attr]
+        tickets[2].settle()  # type: ignore[union-attr]
+        await asyncio.sleep(0.05)
+        assert broker.received == []  # the first message is not done: nothing may be acknowledged
+        tickets[0].settle()  # type: ignore[union-attr]
+        await broker.wait_for(lambda: len(broker.received) == 3)
+        assert broker.received == [puback_packet(10), puback_packet(11), puback_packet(12)]
+    finally:
+        await client.disconnect()
+
+
+async def test_a_message_settled_after_its_connection_ended_is_not_acknowledged_on_the_next_one(
+        broker: ScriptedBroker) -> None:
+    """Packet ids belong to a connection: a PUBACK on the next one would acknowledge another message there."""
+    first = await connected_client(broker, ack_policy="after_processing")
+    await broker.send(publish_packet("jobs", b"old", 1, False, 5))
+    [old] = await take(first, 1)
+    ticket = first.ticket(old)
+    first.drop_connection()
+    await first.wait_closed()
+    broker.connected.clear()
+    second = create_client(EventListenerConfig(host="127.0.0.1", port=broker.port, keep_alive=60,
+                                               ack_policy="after_processing"))
+    second.adopt_deliveries(first)
+    await second.connect(f"mqtt://127.0.0.1:{broker.port}")
+    try:
+        await broker.send(publish_packet("jobs", b"new", 1, False, 6))
+        [new] = await take(second, 1)
+        assert ticket is not None
+        ticket.settle()
+        second_ticket = second.ticket(new)
+        assert second_ticket is not None
+        second_ticket.settle()
+        await broker.wait_for(lambda: len(broker.received) >= 1)
+        await asyncio.sleep(0.05)
+        assert broker.received == [puback_packet(6)]
+    finally:
+        await second.disconnect()
+
+
+async def test_a_qos1_publish_returns_once_its_puback_arrives(broker: ScriptedBroker) -> None:
+    client = await connected_client(broker)
+    try:
+        publishing = asyncio.create_task(client.publish("results/a", b"payload", qos=1))
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        sent = broker.received[0]
+        packet_id = int.from_bytes(sent[-9:-7], "big")
+        assert sent == publish_packet("results/a", b"payload", 1, False, packet_id)
+        await broker.send(puback_packet(packet_id ^ 0x0100))  # no publication awaits that one: ignored
+        await asyncio.sleep(0.05)
+        assert not publishing.done()
+        await broker.send(puback_packet(packet_id))
+        assert await asyncio.wait_for(publishing, WAIT) is None
+    finally:
+        await client.disconnect()
+
+
+async def test_a_qos1_publish_ends_when_the_connection_ends_before_its_puback(broker: ScriptedBroker) -> None:
+    client = await connected_client(broker)
+    publishing = asyncio.create_task(client.publish("results/a", b"payload", qos=1))
+    await broker.wait_for(lambda: len(broker.received) == 1)
+    broker.writers[-1].close()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(publishing, WAIT)
+    await asyncio.wait_for(client.wait_closed(), WAIT)
+    assert not client.is_connected()
+
+
+async def test_bytes_that_are_not_mqtt_close_the_connection_with_a_warning(
+        broker: ScriptedBroker, caplog: pytest.LogCaptureFixture) -> None:
+    client = await connected_client(broker)
+    with caplog.at_level(logging.WARNING, "Listener.transport"):
+        await broker.send(b"\x30\xff\xff\xff\xff\x01")
+        await asyncio.wait_for(client.wait_closed(), WAIT)
+    assert "malformed packet" in caplog.text and "four bytes" in caplog.text
+    await asyncio.wait_for(broker.closed.wait(), WAIT)
+
+
+async def test_a_qos0_message_with_the_dup_flag_is_ignored(broker: ScriptedBroker,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    client = await connected_client(broker)
+    try:
+        with caplog.at_level(logging.WARNING, "Listener.transport"):
+            duplicate = bytearray(publish_packet("jobs", b"dup", 0, False))
+            duplicate[0] |= 0x08
+            await broker.send(bytes(duplicate) + publish_packet("jobs", b"fine", 0, False))
+            [message] = await take(client, 1)
+        assert bytes(message.data) == b"fine" and client.take_message() is None
+        assert "DUP" in caplog.text
+    finally:
+        await client.disconnect()
+
+
+async def test_qos2_messages_still_go_through_amqtts_flow(broker: ScriptedBroker) -> None:
+    client = await connected_client(broker)
+    try:
+        qos2 = bytearray(publish_packet("jobs", b"two", 1, False, 42))
+        qos2[0] = 0x34  # QoS 2
+        await broker.send(bytes(qos2))
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        assert broker.received == [b"\x50\x02\x00\x2a"]  # PUBREC
+        await broker.send(b"\x62\x02\x00\x2a")  # PUBREL
+        [message] = await take(client, 1)
+        assert bytes(message.data) == b"two" and message.qos == 2
+        ticket = client.ticket(message)
+        assert ticket is not None
+        ticket.settle()
+        await broker.wait_for(lambda: len(broker.received) == 2)
+        assert broker.received[1] == b"\x70\x02\x00\x2a"  # PUBCOMP
+    finally:
+        await client.disconnect()
+
+
+async def test_what_was_written_before_an_amqtt_packet_goes_out_before_it(broker: ScriptedBroker) -> None:
+    """Direct writes wait for the end of the loop's turn; amqtt's own packets (here a SUBSCRIBE) flush them first."""
+    client = await connected_client(broker)
+    try:
+        await client.publish("results/first", b"1", qos=0)
+        subscribing = asyncio.create_task(client.subscribe([("jobs/#", 1)]))
+        await broker.wait_for(lambda: len(broker.received) == 2)
+        assert broker.received[0] == publish_packet("results/first", b"1", 0, False)
+        assert broker.received[1][0] >> 4 == 8  # SUBSCRIBE
+        packet_id = broker.received[1][2:4]
+        await broker.send(b"\x90\x03" + packet_id + b"\x01")  # SUBACK
+        assert await asyncio.wait_for(subscribing, WAIT) == [1]
+    finally:
+        await client.disconnect()
