@@ -62,8 +62,8 @@ security: $(STAMP)  ## bandit over the library, then pip-audit of .venv (reporte
 coverage: $(STAMP) mosquitto redis-server  ## Coverage report (terminal + htmlcov/), failing under 90%
 	$(PYTEST) --cov=Listener --cov-report=term-missing --cov-report=html --cov-fail-under=90
 
-bench: $(STAMP) mosquitto  ## Benchmark through a real mosquitto: one JSON line per scenario (docs/performance.md)
-	$(BIN)/python scripts/bench.py
+bench: $(STAMP) mosquitto  ## Benchmark through a real mosquitto: one JSON line per scenario (BENCH_ARGS="--repeat 3")
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:  ## Remove caches and build output (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .hypothesis htmlcov .coverage .coverage.* coverage.xml

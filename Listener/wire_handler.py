@@ -35,8 +35,8 @@ __all__ = ["WireHandler"]
 
 logger = logging.getLogger("Listener.transport")
 
-#: Bytes asked of the socket per read.
-_CHUNK = 256 * 1024
+#: Bytes asked of the socket per read: the packets in them are handled without letting other tasks run.
+_CHUNK = 64 * 1024
 #: amqtt's handler method for each packet type it keeps (by MQTT packet type number).
 _AMQTT_HANDLERS = {
     2: "handle_connack", 3: "handle_publish", 4: "handle_puback", 5: "handle_pubrec", 6: "handle_pubrel",
