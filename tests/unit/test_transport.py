@@ -12,6 +12,7 @@ from Listener.transport import (
     AmqttClient, build_client_config, create_client, endpoint_label, secrets,
 )
 from Listener.packets import publish_packet
+from tests.support.packets import read_packet
 
 
 def test_the_manuals_public_default_password_is_not_masked_in_text() -> None:
@@ -134,20 +135,6 @@ async def test_bytes_received_but_not_yet_read_count_as_life() -> None:
     assert await asyncio.wait_for(watchdog, 2.0) is True
 
 
-async def _read_packet(reader: asyncio.StreamReader) -> bytes:
-    """One MQTT packet: fixed header byte, remaining length, body."""
-    head = await reader.readexactly(1)
-    length, shift, encoded = 0, 0, b""
-    while True:
-        byte = await reader.readexactly(1)
-        encoded += byte
-        length |= (byte[0] & 0x7F) << shift
-        shift += 7
-        if not byte[0] & 0x80:
-            break
-    return head + encoded + await reader.readexactly(length)
-
-
 async def test_disconnect_closes_the_socket_only_after_the_broker_closed_its_side() -> None:
     """Closing a socket with unread bytes sends a reset, and mosquitto then drops the connection without reading
     what it had not read yet (the last QoS 0 results and the DISCONNECT, so it published the will). So after its
@@ -157,11 +144,11 @@ async def test_disconnect_closes_the_socket_only_after_the_broker_closed_its_sid
     outcome: List[str] = []
 
     async def broker(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_packet(reader)  # CONNECT
+        await read_packet(reader)  # CONNECT
         writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
         try:
             while not after_disconnect or after_disconnect[-1] != b"\xe0\x00":
-                after_disconnect.append(await _read_packet(reader))
+                after_disconnect.append(await read_packet(reader))
             outcome.append("eof" if await reader.read() == b"" else "more data")
             half_closed.set()
             # Still sending (a message that was in flight): the client must read it, not reset the connection.

@@ -15,24 +15,11 @@ from Listener import EventListenerConfig
 from Listener.packets import publish_packet, puback_packet
 from Listener.transport import AmqttClient, create_client
 from Listener.wire_handler import WireHandler
+from tests.support.packets import read_packet
 
 pytestmark = pytest.mark.unit
 
 WAIT = 5.0
-
-
-async def read_packet(reader: asyncio.StreamReader) -> bytes:
-    """One MQTT packet: fixed header byte, remaining length, body."""
-    head = await reader.readexactly(1)
-    length, shift, encoded = 0, 0, b""
-    while True:
-        byte = await reader.readexactly(1)
-        encoded += byte
-        length |= (byte[0] & 0x7F) << shift
-        shift += 7
-        if not byte[0] & 0x80:
-            break
-    return head + encoded + await reader.readexactly(length)
 
 
 class ScriptedBroker:
