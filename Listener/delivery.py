@@ -33,7 +33,6 @@ not yet queued stays with the broker).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 import logging
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
@@ -141,33 +140,26 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
 
     # -- QoS 1/2 ---------------------------------------------------------------------------------
 
-    def offer(self, item: Any, acknowledge: Callable[[], None]) -> Optional[Awaitable[None]]:
+    def offer(self, item: Any, acknowledge: Callable[[], None]) -> "Optional[asyncio.Future[None]]":
         """Queue an acknowledged message without waiting: ``acknowledge`` is called when its
         acknowledgement may go out (at once without ``hold_acks``, else when it is released).
 
-        When there is no room yet (or earlier messages wait for it), the message's turn is reserved
-        now, so it keeps its arrival order, and the awaitable returned queues it once there is room:
-        the caller runs it (as a task, which may be cancelled when the connection ends: then nothing is
-        acknowledged). None when the message was queued at once.
+        When there is no room yet (or earlier messages wait for it), the message's turn is reserved now,
+        so it keeps its arrival order, and the future returned is done once the message is queued.
+        Cancel that future (the connection ended) and the message is neither queued nor acknowledged.
+        None when the message was queued at once.
         """
         if self.closed or self._ack_waiters or not self._has_room():
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._ack_waiters.append(waiter)
-            return self._admit_in_turn(waiter, item, acknowledge)
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._ack_waiters.append(turn)
+            turn.add_done_callback(lambda _: self._take_turn(turn, item, acknowledge))
+            return turn
         self._admit(item, acknowledge)
         return None
 
-    async def _admit_in_turn(self, waiter: "asyncio.Future[None]", item: Any, acknowledge: Callable[[], None]) -> None:
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self._reserved -= 1
-                self._wake_putters()  # it was this one's turn: pass it on
-            else:
-                with contextlib.suppress(ValueError):
-                    self._ack_waiters.remove(waiter)
-            raise
+    def _take_turn(self, turn: "asyncio.Future[None]", item: Any, acknowledge: Callable[[], None]) -> None:
+        if turn.cancelled():
+            return  # never given its place (``_wake_putters`` skips it)
         self._reserved -= 1
         self._admit(item, acknowledge)
 
@@ -195,9 +187,9 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
             if not released.done():
                 released.set_result(None)
 
-        waiting = self.offer(item, release)
-        if waiting is not None:
-            await waiting
+        turn = self.offer(item, release)
+        if turn is not None:
+            await turn  # cancelled with this task: nothing is queued (unless its turn had come: then it is)
         await released
 
     def _has_room(self) -> bool:

@@ -55,6 +55,7 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         self._flush_scheduled = False
         self._acks: Dict[int, "asyncio.Future[None]"] = {}
         self._handling: Set["asyncio.Task[Any]"] = set()
+        self._waiting: Set["asyncio.Future[None]"] = set()
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -154,8 +155,8 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
             pass  # the connection broke: handled below like its end
         except Exception as exc:  # amqtt's reader ends the same way on anything unexpected
             logger.warning("Unexpected error reading from the broker, closing the connection: %r", exc)
-        for task in list(self._handling):
-            task.cancel()
+        for pending in [*self._handling, *self._waiting]:
+            pending.cancel()
         await self.handle_connection_closed()
         self._reader_stopped.set()
         await self.stop()
@@ -196,9 +197,10 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
                 return
             queue.put_nowait(message)
             return
-        waiting = queue.offer(message, self._acknowledge_later(publish.packet_id))
-        if waiting is not None:
-            self._start(waiting)
+        turn = queue.offer(message, self._acknowledge_later(publish.packet_id))
+        if turn is not None:  # no room yet: it waits for its turn, unless the connection ends first
+            self._waiting.add(turn)
+            turn.add_done_callback(self._waiting.discard)
 
     def _acknowledge_later(self, packet_id: int) -> Callable[[], None]:
         # Written by this handler, so only ever on the connection the message came on (a later one has

@@ -258,3 +258,36 @@ async def test_what_was_written_before_an_amqtt_packet_goes_out_before_it(broker
         assert await asyncio.wait_for(subscribing, WAIT) == [1]
     finally:
         await client.disconnect()
+
+
+async def test_messages_beyond_the_window_wait_unacknowledged_and_keep_their_order(broker: ScriptedBroker) -> None:
+    """``on_receipt`` acknowledges a message when it is queued, and queues at most ``max_concurrent_jobs``."""
+    client = await connected_client(broker, ack_policy="on_receipt", max_concurrent_jobs=1)
+    try:
+        await broker.send(b"".join(publish_packet("jobs", b"%d" % i, 1, False, i) for i in (1, 2, 3)))
+        await broker.wait_for(lambda: len(broker.received) >= 1)
+        await asyncio.sleep(0.05)
+        assert broker.received == [puback_packet(1)]
+        taken = []
+        for acknowledged in (2, 3):
+            [message] = await take(client, 1)
+            taken.append(bytes(message.data))
+            await broker.wait_for(lambda: len(broker.received) >= acknowledged)
+        taken += [bytes(m.data) for m in await take(client, 1)]
+        assert taken == [b"1", b"2", b"3"]
+        assert broker.received == [puback_packet(1), puback_packet(2), puback_packet(3)]
+    finally:
+        await client.disconnect()
+
+
+async def test_messages_waiting_for_room_when_the_connection_ends_are_neither_queued_nor_acknowledged(
+        broker: ScriptedBroker) -> None:
+    client = await connected_client(broker, ack_policy="on_receipt", max_concurrent_jobs=1)
+    await broker.send(b"".join(publish_packet("jobs", b"%d" % i, 1, False, i) for i in (1, 2, 3)))
+    await broker.wait_for(lambda: len(broker.received) >= 1)
+    client.drop_connection()
+    await asyncio.wait_for(client.wait_closed(), WAIT)
+    [first] = await take(client, 1)
+    await asyncio.sleep(0.05)
+    assert bytes(first.data) == b"1" and client.take_message() is None  # 2 and 3 stay with the broker
+    assert broker.received == [puback_packet(1)]
