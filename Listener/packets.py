@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-__all__ = ["MalformedPacket", "PUBACK", "PUBLISH", "Publish", "parse_publish", "puback_packet", "publish_packet",
-           "split_packet"]
+__all__ = ["MalformedPacket", "OversizePayload", "PUBACK", "PUBLISH", "PublishHead", "parse_publish_head",
+           "puback_packet", "publish_packet", "split_packet"]
 
 PUBLISH = 3
 PUBACK = 4
@@ -19,17 +19,6 @@ _MAX_LENGTH_BYTES = 4
 
 class MalformedPacket(ValueError):
     """The broker sent bytes that are not an MQTT 3.1.1 packet."""
-
-
-class Publish(NamedTuple):
-    """An incoming PUBLISH packet, decoded."""
-
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    dup: bool
-    packet_id: Optional[int]
 
 
 def publish_packet(topic: str, payload: bytes, qos: int, retain: bool, packet_id: int = 0) -> bytes:
@@ -59,8 +48,8 @@ def puback_packet(packet_id: int) -> bytes:
 
 
 def split_packet(buffer: bytearray, start: int) -> Optional[tuple[int, int]]:
-    """Where the packet starting at ``start`` has its body: ``(body start, body end)``, or None when the
-    buffer does not hold all of it yet.
+    """Where the body of the packet starting at ``start`` begins and ends: ``(body start, body end)``, once
+    its fixed header is in the buffer (the body may not be, yet); None while the fixed header is not.
 
     Raises:
         MalformedPacket: the remaining length takes more than four bytes.
@@ -78,13 +67,23 @@ def split_packet(buffer: bytearray, start: int) -> Optional[tuple[int, int]]:
         shift += 7
         if shift >= 7 * _MAX_LENGTH_BYTES:
             raise MalformedPacket("remaining length longer than four bytes")
-    if end - position < length:
-        return None
     return position, position + length
 
 
-def parse_publish(flags: int, body: bytes) -> Publish:
-    """Decode a PUBLISH packet from its fixed header's flags (low four bits) and its body.
+class PublishHead(NamedTuple):
+    """What precedes the payload of a PUBLISH packet, and where its payload starts."""
+
+    topic: str
+    qos: int
+    retain: bool
+    dup: bool
+    packet_id: Optional[int]
+    payload_start: int
+
+
+def parse_publish_head(flags: int, buffer: bytearray, start: int, end: int) -> Optional[PublishHead]:
+    """Decode the topic and packet id of a PUBLISH packet whose body starts at ``start`` and ends at ``end``
+    (the fixed header's flags are its low four bits); None while the buffer does not hold them yet.
 
     Raises:
         MalformedPacket: QoS 3, a body too short for its topic and packet id, or a topic not UTF-8.
@@ -92,16 +91,35 @@ def parse_publish(flags: int, body: bytes) -> Publish:
     qos = (flags >> 1) & 0x03
     if qos == 3:
         raise MalformedPacket("PUBLISH with QoS 3")
-    size = len(body)
-    if size < 2:
+    if end - start < 2:
         raise MalformedPacket("PUBLISH without a topic name")
-    topic_end = 2 + ((body[0] << 8) | body[1])
+    available = len(buffer)
+    if available < start + 2:
+        return None
+    topic_end = start + 2 + ((buffer[start] << 8) | buffer[start + 1])
     payload_start = topic_end + (2 if qos else 0)
-    if payload_start > size:
+    if payload_start > end:
         raise MalformedPacket("PUBLISH shorter than its topic name and packet id")
+    if available < payload_start:
+        return None
     try:
-        topic = body[2:topic_end].decode("utf-8")
+        topic = buffer[start + 2:topic_end].decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedPacket("PUBLISH topic name is not UTF-8") from None
-    packet_id = ((body[topic_end] << 8) | body[topic_end + 1]) if qos else None
-    return Publish(topic, body[payload_start:], qos, bool(flags & 0x01), bool(flags & 0x08), packet_id)
+    packet_id = ((buffer[topic_end] << 8) | buffer[topic_end + 1]) if qos else None
+    return PublishHead(topic, qos, bool(flags & 0x01), bool(flags & 0x08), packet_id, payload_start)
+
+
+class OversizePayload(bytes):
+    """Stands for the payload of a message larger than the listener accepts, which was never kept in memory:
+    empty, but ``len()`` is the size it had (what the size check reports)."""
+
+    size: int
+
+    def __new__(cls, size: int) -> "OversizePayload":
+        payload = super().__new__(cls, b"")
+        payload.size = size
+        return payload
+
+    def __len__(self) -> int:
+        return self.size

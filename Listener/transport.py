@@ -71,13 +71,16 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
     ``delivery_window`` bounds the acknowledged-but-unread messages; with ``hold_acks`` acknowledgements
     wait for :meth:`ticket` to be settled instead, and ``max_pending`` bounds the intake (see
     :mod:`Listener.delivery`). ``on_wakeup`` is called whenever a message arrives or the connection ends,
-    ``on_drop`` for each QoS 0 message dropped because ``max_pending`` messages were queued.
+    ``on_drop`` for each QoS 0 message dropped because ``max_pending`` messages were queued. A QoS 0/1
+    message whose payload is over ``max_payload`` bytes is never held in memory (see
+    :class:`~Listener.wire_handler.WireHandler`).
     """
 
     def __init__(self, client_id: str, config: Dict[str, Any], username: Optional[str] = None,
                  password: Optional[str] = None, delivery_window: int = 1,
                  on_wakeup: Optional[Callable[[], None]] = None, *, hold_acks: bool = False,
-                 max_pending: int = 10_000) -> None:
+                 max_pending: int = 10_000, max_payload: Optional[int] = None) -> None:
+        self.max_payload = max_payload
         super().__init__(client_id, config)
         self._username = username
         self._password = password
@@ -100,7 +103,7 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
     def _handler(self, handler: Any) -> None:
         # amqtt makes a new ClientProtocolHandler for every connection, right before using it.
         if type(handler) is ClientProtocolHandler:
-            handler = WireHandler(handler.plugins_manager)
+            handler = WireHandler(handler.plugins_manager, max_payload=getattr(self, "max_payload", None))
         self.__dict__["_wire_handler"] = handler
 
     def _init_session(self, uri: Optional[str] = None, cleansession: Optional[bool] = None,
@@ -470,7 +473,8 @@ def create_client(config: EventListenerConfig, on_wakeup: Optional[Callable[[], 
     _guard_amqtt_logs(secrets(config))
     return AmqttClient(config.client_id, build_client_config(config), username, password,
                        delivery_window=config.max_concurrent_jobs, on_wakeup=on_wakeup,
-                       hold_acks=config.ack_policy == "after_processing", max_pending=config.max_pending_messages)
+                       hold_acks=config.ack_policy == "after_processing", max_pending=config.max_pending_messages,
+                       max_payload=config.max_payload_bytes)
 
 
 def new_client(config: EventListenerConfig) -> AmqttClient:

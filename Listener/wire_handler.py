@@ -29,7 +29,10 @@ from amqtt.mqtt.puback import PubackPacket
 from amqtt.session import IncomingApplicationMessage
 
 from .delivery import DeliveryQueue
-from .packets import PUBACK, PUBLISH, MalformedPacket, parse_publish, puback_packet, publish_packet, split_packet
+from .packets import (
+    PUBACK, PUBLISH, MalformedPacket, OversizePayload, PublishHead, parse_publish_head, puback_packet, publish_packet,
+    split_packet,
+)
 
 __all__ = ["WireHandler"]
 
@@ -44,11 +47,26 @@ _AMQTT_HANDLERS = {
 }
 
 
+class _Skipping:
+    """A PUBLISH whose payload is over the size limit, being discarded as its bytes arrive."""
+
+    __slots__ = ("head", "left", "size")
+
+    def __init__(self, head: PublishHead, size: int) -> None:
+        self.head = head
+        self.size = size
+        self.left = size
+
+
 class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
     """amqtt's ``ClientProtocolHandler`` with QoS 0/1 PUBLISH and PUBACK read and written directly."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, max_payload: Optional[int] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        #: Payloads larger than this are discarded as they arrive; the message is delivered with an
+        #: :class:`OversizePayload` in their place, which the listener rejects for its size.
+        self.max_payload = max_payload
+        self._skipping: Optional[_Skipping] = None
         self._unread = bytearray()
         self._outgoing: List[bytes] = []
         self._outgoing_size = 0
@@ -168,16 +186,40 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
 
     def _handle_packets(self, queue: DeliveryQueue) -> None:
         buffer = self._unread
-        start, size = 0, len(buffer)
+        start = 0
         try:
-            while size - start >= 2:
-                where = split_packet(buffer, start)
+            while True:
+                skipping = self._skipping
+                if skipping is not None:
+                    discarded = min(skipping.left, len(buffer) - start)
+                    skipping.left -= discarded
+                    start += discarded
+                    if skipping.left:
+                        break
+                    self._skipping = None
+                    self._receive(queue, skipping.head, OversizePayload(skipping.size))
+                    continue
+                where = split_packet(buffer, start) if len(buffer) - start >= 2 else None
                 if where is None:
                     break
                 body_start, body_end = where
-                kind = buffer[start] >> 4
-                if kind == PUBLISH and buffer[start] & 0x06 != 0x04:  # QoS 0 or 1 (QoS 2: amqtt's flow)
-                    self._receive(queue, buffer[start] & 0x0F, bytes(buffer[body_start:body_end]))
+                first = buffer[start]
+                kind = first >> 4
+                if kind == PUBLISH and first & 0x06 != 0x04:  # QoS 0 or 1 (QoS 2: amqtt's flow)
+                    head = parse_publish_head(first & 0x0F, buffer, body_start, body_end)
+                    if head is None:
+                        break
+                    size = body_end - head.payload_start
+                    if self.max_payload is not None and size > self.max_payload:
+                        # Rejected for its size anyway: never hold it (the broker may allow up to 256 MiB).
+                        self._skipping = _Skipping(head, size)
+                        start = head.payload_start
+                        continue
+                    if body_end > len(buffer):
+                        break
+                    self._receive(queue, head, bytes(buffer[head.payload_start:body_end]))
+                elif body_end > len(buffer):
+                    break
                 elif kind == PUBACK and body_end - body_start == 2:
                     self._acknowledged((buffer[body_start] << 8) | buffer[body_start + 1])
                 else:
@@ -186,18 +228,15 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         finally:
             del buffer[:start]
 
-    def _receive(self, queue: DeliveryQueue, flags: int, body: bytes) -> None:
-        publish = parse_publish(flags, body)
-        message = IncomingApplicationMessage(publish.packet_id, publish.topic, publish.qos, publish.payload,
-                                             publish.retain)
-        if publish.packet_id is None:
-            if publish.dup:
-                logger.warning("A QoS 0 message with the DUP flag set was ignored (MQTT-3.3.1-2), topic %r",
-                               publish.topic)
+    def _receive(self, queue: DeliveryQueue, head: PublishHead, payload: bytes) -> None:
+        message = IncomingApplicationMessage(head.packet_id, head.topic, head.qos, payload, head.retain)
+        if head.packet_id is None:
+            if head.dup:
+                logger.warning("A QoS 0 message with the DUP flag set was ignored (MQTT-3.3.1-2), topic %r", head.topic)
                 return
             queue.put_nowait(message)
             return
-        turn = queue.offer(message, self._acknowledge_later(publish.packet_id))
+        turn = queue.offer(message, self._acknowledge_later(head.packet_id))
         if turn is not None:  # no room yet: it waits for its turn, unless the connection ends first
             self._waiting.add(turn)
             turn.add_done_callback(self._waiting.discard)

@@ -291,3 +291,38 @@ async def test_messages_waiting_for_room_when_the_connection_ends_are_neither_qu
     await asyncio.sleep(0.05)
     assert bytes(first.data) == b"1" and client.take_message() is None  # 2 and 3 stay with the broker
     assert broker.received == [puback_packet(1)]
+
+
+async def test_a_payload_over_the_limit_is_discarded_as_it_arrives_and_the_message_still_delivered(
+        broker: ScriptedBroker) -> None:
+    """The listener rejects it for its size; holding all of it first (up to 256 MiB) would let one message exhaust
+    memory. The message comes with an empty payload that has the size it had, and is acknowledged as usual."""
+    client = await connected_client(broker, ack_policy="on_receipt", max_payload_bytes=1000)
+    handler: Any = client._handler
+    try:
+        big = publish_packet("jobs/big", b"b" * 3_000_000, 1, False, 77)
+        held: List[int] = []
+        for start in range(0, len(big), 50_000):
+            broker.writers[-1].write(big[start:start + 50_000])
+            await broker.writers[-1].drain()
+            await asyncio.sleep(0.001)
+            held.append(handler.unread)
+        await broker.send(publish_packet("jobs/next", b"small", 1, False, 78))
+        first, second = await take(client, 2)
+        assert (first.topic, len(first.data), bytes(first.data)) == ("jobs/big", 3_000_000, b"")
+        assert (second.topic, bytes(second.data)) == ("jobs/next", b"small")
+        assert max(held) < 100_000  # never more than about a read's worth
+        await broker.wait_for(lambda: len(broker.received) == 2)
+        assert broker.received == [puback_packet(77), puback_packet(78)]
+    finally:
+        await client.disconnect()
+
+
+async def test_a_payload_at_the_limit_is_kept_whole(broker: ScriptedBroker) -> None:
+    client = await connected_client(broker, max_payload_bytes=1000)
+    try:
+        await broker.send(publish_packet("t" * 5000, b"x" * 1000, 0, False), chunks=9)
+        [message] = await take(client, 1)
+        assert bytes(message.data) == b"x" * 1000 and message.topic == "t" * 5000
+    finally:
+        await client.disconnect()
