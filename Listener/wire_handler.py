@@ -125,9 +125,13 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         packet_id = self._free_packet_id()
         acked: asyncio.Future[None] = self._loop.create_future()
         self._acks[packet_id] = acked
-        acked.add_done_callback(lambda _: self._acks.pop(packet_id, None))
+        acked.add_done_callback(lambda done: self._forget(packet_id, done))
         self.write(publish_packet(topic, payload, 1, retain, packet_id))
         return acked
+
+    def _forget(self, packet_id: int, acked: "asyncio.Future[None]") -> None:
+        if self._acks.get(packet_id) is acked:  # not a later publication that got the id since
+            del self._acks[packet_id]
 
     def _free_packet_id(self) -> int:
         session = self.session

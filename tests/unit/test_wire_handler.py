@@ -326,3 +326,21 @@ async def test_a_payload_at_the_limit_is_kept_whole(broker: ScriptedBroker) -> N
         assert bytes(message.data) == b"x" * 1000 and message.topic == "t" * 5000
     finally:
         await client.disconnect()
+
+
+async def test_a_packet_id_given_again_at_once_keeps_its_new_publication(broker: ScriptedBroker) -> None:
+    """The PUBACK's bookkeeping runs a moment after it arrives; by then the id may belong to a new publication."""
+    client = await connected_client(broker)
+    handler: Any = client._handler
+    try:
+        first = handler.send_publish("results/a", b"1", 1, False)
+        [packet_id] = list(handler._acks)
+        handler._acknowledged(packet_id)
+        handler.session._packet_id = packet_id - 1  # the id counter comes round to it again
+        second = handler.send_publish("results/b", b"2", 1, False)
+        await asyncio.sleep(0)  # the first one's done-callback runs
+        assert first.done() and handler._acks == {packet_id: second}
+        await broker.send(puback_packet(packet_id))
+        await asyncio.wait_for(second, WAIT)
+    finally:
+        await client.disconnect()
