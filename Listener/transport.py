@@ -345,13 +345,17 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         if handler is None:
             return await super().publish(topic, message, qos, retain, ack_timeout)
         acked = handler.send_publish(topic, message, int(qos or 0), bool(retain))
-        if handler.buffered() > _DRAIN_ABOVE:
-            stream = handler.stream
-            handler.flush()
-            if stream is not None:
-                await stream.drain()
-        if acked is not None:
-            await acked
+        try:
+            if handler.buffered() > _DRAIN_ABOVE:
+                stream = handler.stream
+                handler.flush()
+                if stream is not None:
+                    await stream.drain()
+            if acked is not None:
+                await acked
+        finally:
+            if acked is not None and not acked.done():
+                acked.cancel()  # given up on (timed out, or the drain failed): stop tracking its packet id
         return None
 
     def _wire(self) -> Optional[WireHandler]:

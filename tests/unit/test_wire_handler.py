@@ -344,3 +344,16 @@ async def test_a_packet_id_given_again_at_once_keeps_its_new_publication(broker:
         await asyncio.wait_for(second, WAIT)
     finally:
         await client.disconnect()
+
+
+async def test_a_qos1_publish_given_up_on_stops_tracking_its_packet_id(broker: ScriptedBroker) -> None:
+    client = await connected_client(broker)
+    handler: Any = client._handler
+    try:
+        broker.writers[-1].transport.pause_reading()  # the broker stops reading: the client's drain waits
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.publish("results/a", b"x" * 20_000_000, qos=1), 0.3)
+        await asyncio.sleep(0)
+        assert handler._acks == {}
+    finally:
+        client.drop_connection()
