@@ -5,6 +5,7 @@ that ends, bytes that are not MQTT."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from typing import Any, AsyncIterator, Callable, List, Optional
@@ -91,6 +92,16 @@ async def connected_client(broker: ScriptedBroker, **options: Any) -> AmqttClien
     return client
 
 
+@contextlib.asynccontextmanager
+async def connected(broker: ScriptedBroker, **options: Any) -> AsyncIterator[AmqttClient]:
+    """:func:`connected_client`, disconnected cleanly afterwards."""
+    client = await connected_client(broker, **options)
+    try:
+        yield client
+    finally:
+        await client.disconnect()
+
+
 async def take(client: AmqttClient, count: int) -> List[Any]:
     """The next ``count`` messages the client received."""
     taken: List[Any] = []
@@ -109,8 +120,7 @@ async def take(client: AmqttClient, count: int) -> List[Any]:
 @pytest.mark.parametrize("chunks", [1, 7, 300])
 async def test_packets_arriving_in_any_pieces_are_all_received_and_acknowledged_in_order(
         broker: ScriptedBroker, chunks: int) -> None:
-    client = await connected_client(broker, ack_policy="on_receipt", max_concurrent_jobs=100)
-    try:
+    async with connected(broker, ack_policy="on_receipt", max_concurrent_jobs=100) as client:
         packets = [publish_packet(f"jobs/{i}", b"x" * (i * 37 % 300), 1 if i % 3 else 0, False, i + 1)
                    for i in range(60)]
         await broker.send(b"".join(packets), chunks)
@@ -120,13 +130,10 @@ async def test_packets_arriving_in_any_pieces_are_all_received_and_acknowledged_
         acks = [puback_packet(i + 1) for i in range(60) if i % 3]
         await broker.wait_for(lambda: len(broker.received) >= len(acks))
         assert broker.received == acks
-    finally:
-        await client.disconnect()
 
 
 async def test_held_acknowledgements_go_out_when_settled_and_in_arrival_order(broker: ScriptedBroker) -> None:
-    client = await connected_client(broker, ack_policy="after_processing")
-    try:
+    async with connected(broker, ack_policy="after_processing") as client:
         await broker.send(b"".join(publish_packet("jobs", b"%d" % i, 1, False, 10 + i) for i in range(3)))
         messages = await take(client, 3)
         tickets = [client.ticket(message) for message in messages]
@@ -138,8 +145,6 @@ async def test_held_acknowledgements_go_out_when_settled_and_in_arrival_order(br
         tickets[0].settle()  # type: ignore[union-attr]
         await broker.wait_for(lambda: len(broker.received) == 3)
         assert broker.received == [puback_packet(10), puback_packet(11), puback_packet(12)]
-    finally:
-        await client.disconnect()
 
 
 async def test_a_message_settled_after_its_connection_ended_is_not_acknowledged_on_the_next_one(
@@ -172,8 +177,7 @@ async def test_a_message_settled_after_its_connection_ended_is_not_acknowledged_
 
 
 async def test_a_qos1_publish_returns_once_its_puback_arrives(broker: ScriptedBroker) -> None:
-    client = await connected_client(broker)
-    try:
+    async with connected(broker) as client:
         publishing = asyncio.create_task(client.publish("results/a", b"payload", qos=1))
         await broker.wait_for(lambda: len(broker.received) == 1)
         sent = broker.received[0]
@@ -184,8 +188,6 @@ async def test_a_qos1_publish_returns_once_its_puback_arrives(broker: ScriptedBr
         assert not publishing.done()
         await broker.send(puback_packet(packet_id))
         assert await asyncio.wait_for(publishing, WAIT) is None
-    finally:
-        await client.disconnect()
 
 
 async def test_a_qos1_publish_ends_when_the_connection_ends_before_its_puback(broker: ScriptedBroker) -> None:
@@ -211,8 +213,7 @@ async def test_bytes_that_are_not_mqtt_close_the_connection_with_a_warning(
 
 async def test_a_qos0_message_with_the_dup_flag_is_ignored(broker: ScriptedBroker,
                                                            caplog: pytest.LogCaptureFixture) -> None:
-    client = await connected_client(broker)
-    try:
+    async with connected(broker) as client:
         with caplog.at_level(logging.WARNING, "Listener.transport"):
             duplicate = bytearray(publish_packet("jobs", b"dup", 0, False))
             duplicate[0] |= 0x08
@@ -220,13 +221,10 @@ async def test_a_qos0_message_with_the_dup_flag_is_ignored(broker: ScriptedBroke
             [message] = await take(client, 1)
         assert bytes(message.data) == b"fine" and client.take_message() is None
         assert "DUP" in caplog.text
-    finally:
-        await client.disconnect()
 
 
 async def test_qos2_messages_still_go_through_amqtts_flow(broker: ScriptedBroker) -> None:
-    client = await connected_client(broker)
-    try:
+    async with connected(broker) as client:
         qos2 = bytearray(publish_packet("jobs", b"two", 1, False, 42))
         qos2[0] = 0x34  # QoS 2
         await broker.send(bytes(qos2))
@@ -240,14 +238,11 @@ async def test_qos2_messages_still_go_through_amqtts_flow(broker: ScriptedBroker
         ticket.settle()
         await broker.wait_for(lambda: len(broker.received) == 2)
         assert broker.received[1] == b"\x70\x02\x00\x2a"  # PUBCOMP
-    finally:
-        await client.disconnect()
 
 
 async def test_what_was_written_before_an_amqtt_packet_goes_out_before_it(broker: ScriptedBroker) -> None:
     """Direct writes wait for the end of the loop's turn; amqtt's own packets (here a SUBSCRIBE) flush them first."""
-    client = await connected_client(broker)
-    try:
+    async with connected(broker) as client:
         await client.publish("results/first", b"1", qos=0)
         subscribing = asyncio.create_task(client.subscribe([("jobs/#", 1)]))
         await broker.wait_for(lambda: len(broker.received) == 2)
@@ -256,14 +251,11 @@ async def test_what_was_written_before_an_amqtt_packet_goes_out_before_it(broker
         packet_id = broker.received[1][2:4]
         await broker.send(b"\x90\x03" + packet_id + b"\x01")  # SUBACK
         assert await asyncio.wait_for(subscribing, WAIT) == [1]
-    finally:
-        await client.disconnect()
 
 
 async def test_messages_beyond_the_window_wait_unacknowledged_and_keep_their_order(broker: ScriptedBroker) -> None:
     """``on_receipt`` acknowledges a message when it is queued, and queues at most ``max_concurrent_jobs``."""
-    client = await connected_client(broker, ack_policy="on_receipt", max_concurrent_jobs=1)
-    try:
+    async with connected(broker, ack_policy="on_receipt", max_concurrent_jobs=1) as client:
         await broker.send(b"".join(publish_packet("jobs", b"%d" % i, 1, False, i) for i in (1, 2, 3)))
         await broker.wait_for(lambda: len(broker.received) >= 1)
         await asyncio.sleep(0.05)
@@ -276,8 +268,6 @@ async def test_messages_beyond_the_window_wait_unacknowledged_and_keep_their_ord
         taken += [bytes(m.data) for m in await take(client, 1)]
         assert taken == [b"1", b"2", b"3"]
         assert broker.received == [puback_packet(1), puback_packet(2), puback_packet(3)]
-    finally:
-        await client.disconnect()
 
 
 async def test_messages_waiting_for_room_when_the_connection_ends_are_neither_queued_nor_acknowledged(
@@ -297,9 +287,8 @@ async def test_a_payload_over_the_limit_is_discarded_as_it_arrives_and_the_messa
         broker: ScriptedBroker) -> None:
     """The listener rejects it for its size; holding all of it first (up to 256 MiB) would let one message exhaust
     memory. The message comes with an empty payload that has the size it had, and is acknowledged as usual."""
-    client = await connected_client(broker, ack_policy="on_receipt", max_payload_bytes=1000)
-    handler: Any = client._handler
-    try:
+    async with connected(broker, ack_policy="on_receipt", max_payload_bytes=1000) as client:
+        handler: Any = client._handler
         big = publish_packet("jobs/big", b"b" * 3_000_000, 1, False, 77)
         held: List[int] = []
         for start in range(0, len(big), 50_000):
@@ -314,25 +303,19 @@ async def test_a_payload_over_the_limit_is_discarded_as_it_arrives_and_the_messa
         assert max(held) < 100_000  # never more than about a read's worth
         await broker.wait_for(lambda: len(broker.received) == 2)
         assert broker.received == [puback_packet(77), puback_packet(78)]
-    finally:
-        await client.disconnect()
 
 
 async def test_a_payload_at_the_limit_is_kept_whole(broker: ScriptedBroker) -> None:
-    client = await connected_client(broker, max_payload_bytes=1000)
-    try:
+    async with connected(broker, max_payload_bytes=1000) as client:
         await broker.send(publish_packet("t" * 5000, b"x" * 1000, 0, False), chunks=9)
         [message] = await take(client, 1)
         assert bytes(message.data) == b"x" * 1000 and message.topic == "t" * 5000
-    finally:
-        await client.disconnect()
 
 
 async def test_a_packet_id_given_again_at_once_keeps_its_new_publication(broker: ScriptedBroker) -> None:
     """The PUBACK's bookkeeping runs a moment after it arrives; by then the id may belong to a new publication."""
-    client = await connected_client(broker)
-    handler: Any = client._handler
-    try:
+    async with connected(broker) as client:
+        handler: Any = client._handler
         first = handler.send_publish("results/a", b"1", 1, False)
         [packet_id] = list(handler._acks)
         handler._acknowledged(packet_id)
@@ -342,8 +325,6 @@ async def test_a_packet_id_given_again_at_once_keeps_its_new_publication(broker:
         assert first.done() and handler._acks == {packet_id: second}
         await broker.send(puback_packet(packet_id))
         await asyncio.wait_for(second, WAIT)
-    finally:
-        await client.disconnect()
 
 
 async def test_a_qos1_publish_given_up_on_stops_tracking_its_packet_id(broker: ScriptedBroker) -> None:
