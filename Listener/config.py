@@ -30,6 +30,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_CONCURRENT_JOBS = 10_000
 MAX_KEEP_ALIVE = 65535
+#: Most own publications in flight (their packet ids come from a block of 1,024: see Listener.wire_handler).
+MAX_INFLIGHT_PUBLICATIONS = 1000
 #: Most retries of one job (``max_retries``).
 MAX_RETRIES = 100
 #: Longest wait, in seconds, before a retry: the cap of the doubling delays and the most ``retry_backoff`` may be.
@@ -107,6 +109,8 @@ class EventListenerConfig:
     max_pending_messages: int = 10_000
     #: Subscribe as ``$share/<share_group>/<filter>``: listeners of one group split the messages (None: not shared).
     share_group: Optional[str] = None
+    #: The listener's own QoS 1/2 publications (results, events) awaiting the broker's acknowledgement at once.
+    max_inflight_publications: int = 20
 
     def __post_init__(self) -> None:
         for check in _CHECKS:
@@ -376,6 +380,9 @@ def _check_jobs(cfg: EventListenerConfig) -> None:
         raise _fail("ack_policy", cfg.ack_policy, f"must be one of {', '.join(ACK_POLICIES)}")
     if not _is_int(cfg.max_pending_messages) or cfg.max_pending_messages <= 0:
         raise _fail("max_pending_messages", cfg.max_pending_messages, "must be an integer > 0")
+    if not _is_int(cfg.max_inflight_publications) or not 1 <= cfg.max_inflight_publications <= MAX_INFLIGHT_PUBLICATIONS:
+        raise _fail("max_inflight_publications", cfg.max_inflight_publications,
+                    f"must be an integer from 1 to {MAX_INFLIGHT_PUBLICATIONS}")
 
 
 def _check_retries(cfg: EventListenerConfig) -> None:

@@ -1,9 +1,10 @@
 """A delivery queue that holds back acknowledgements: the listener's bounded intake.
 
 Every incoming message goes into the session's delivery queue: a QoS 0 one with ``put_nowait()``; a
-QoS 1 one with ``offer()`` by the listener's own reader (:mod:`Listener.wire_handler`), which sends
-the PUBACK when ``offer()`` calls back; a QoS 2 one with ``await put()`` by amqtt, which sends the
-PUBCOMP once ``put()`` returns. amqtt's own queue is unbounded and its ``put()`` returns at once.
+QoS 1 or 2 one with ``offer()`` by the listener's own reader (:mod:`Listener.wire_handler`), which sends
+the PUBACK (QoS 1) or PUBREC (QoS 2) when ``offer()`` calls back; over websockets, where amqtt reads
+the packets, a QoS 1/2 one with ``await put()``, amqtt sending the PUBACK/PUBCOMP once ``put()`` returns.
+amqtt's own queue is unbounded and its ``put()`` returns at once.
 ``DeliveryQueue`` replaces it, with one of two acknowledgement policies (``offer()`` calls back when
 ``put()`` would return):
 
@@ -36,6 +37,8 @@ import asyncio
 from collections import deque
 import logging
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
+
+from .qos2_receipts import QoS2Receipts
 
 __all__ = ["DeliveryQueue", "Ticket"]
 
@@ -116,6 +119,8 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         self.barrier: Optional[Callable[[], Awaitable[None]]] = None
         self._recording: Deque[_Entry] = deque()  # settled, released once the barrier passed
         self._releaser: Optional["asyncio.Task[None]"] = None
+        #: The QoS 2 messages received whose flow is not over: kept with the queue, across reconnects.
+        self.receipts = QoS2Receipts()
 
     # -- QoS 0 -----------------------------------------------------------------------------------
 

@@ -43,8 +43,6 @@ __all__ = ["EventListener", "EventListenerConfig", "JobInfo", "JobStatus", "Retu
 logger = logging.getLogger("Listener.event_listener")
 
 PUBLISH_TIMEOUT = 10.0
-#: QoS 1/2 publications awaiting their acknowledgement at once (amqtt loses PUBACKs with thousands).
-MAX_PUBLISHES_IN_FLIGHT = 64
 
 
 class EventListener:
@@ -79,7 +77,7 @@ class EventListener:
         self._store_reports: Set["asyncio.Future[None]"] = set()
         self._workers = ThreadWorkers(config.max_concurrent_jobs, name=f"{config.client_id}-worker")
         self._publisher = Publisher(lambda: self.client, self._slot.is_connected, metrics, lambda: endpoint,
-                                    PUBLISH_TIMEOUT, MAX_PUBLISHES_IN_FLIGHT,
+                                    PUBLISH_TIMEOUT, config.max_inflight_publications,
                                     watched=lambda: self._slot.owned and self._runner.active,
                                     on_dropped=lambda *dropped: self._pipeline.report_dropped(*dropped))
         self._events = EventSink(logger, secrets(config), config.log_topic, config.error_topic,

@@ -469,6 +469,7 @@ _COUNTERS = (
     ("publishes", "Messages the listener published (results and events)."),
     ("publish_errors", "Publications that failed."),
     ("publishes_retried", "Publications retried after a failure."),
+    ("publishes_refused", "Publications the broker refused for a passing reason (quota exceeded), tried again."),
     ("reconnects", "Successful reconnections after a lost connection."),
     ("connection_losses", "Times the broker connection was lost."),
     ("abandoned_threads", "Processor threads still running after their job was given up."),

@@ -32,6 +32,7 @@ class ListenerMetrics:
         self.publishes = 0
         self.publish_errors = 0
         self.publishes_retried = 0
+        self.publishes_refused = 0
         self.reconnects = 0
         self.connection_losses = 0
         self.abandoned_threads = 0
@@ -69,6 +70,7 @@ class ListenerMetrics:
             "publishes": self.publishes,
             "publish_errors": self.publish_errors,
             "publishes_retried": self.publishes_retried,
+            "publishes_refused": self.publishes_refused,
             "reconnects": self.reconnects,
             "connection_losses": self.connection_losses,
             "abandoned_threads": self.abandoned_threads,

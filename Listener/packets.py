@@ -1,18 +1,34 @@
 """The MQTT 3.1.1 packets the listener reads and writes itself, as bytes.
 
-Only the ones every message crosses: PUBLISH at QoS 0 and 1 (§3.3) and PUBACK (§3.4). Everything
-else (CONNECT, SUBSCRIBE, pings, QoS 2) goes through amqtt's packet classes.
+Only the ones every message crosses: PUBLISH (§3.3) and its acknowledgements PUBACK, PUBREC, PUBREL and
+PUBCOMP (§3.4–3.7). Everything else (CONNECT, SUBSCRIBE, pings) goes through amqtt's packet classes.
+
+Brokers speaking MQTT 5 to a 3.1.1 client (Mosquitto 2.0 among them) may add a reason code after the packet
+id of an acknowledgement; :func:`parse_ack` reads it, because a code of 0x80 or more means the publication
+was *not* taken (0x97: the broker's quota of QoS 2 messages in flight from this client is used up).
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-__all__ = ["MalformedPacket", "OversizePayload", "PUBACK", "PUBLISH", "PublishHead", "parse_publish_head",
-           "puback_packet", "publish_packet", "split_packet"]
+__all__ = ["FAILURE", "MalformedPacket", "OversizePayload", "PUBACK", "PUBCOMP", "PUBLISH", "PUBREC", "PUBREL",
+           "PublicationRefused", "PublishHead", "REASONS", "parse_ack", "parse_publish_head", "puback_packet",
+           "pubcomp_packet", "publish_packet", "pubrec_packet", "pubrel_packet", "reason_text", "split_packet"]
 
 PUBLISH = 3
 PUBACK = 4
+PUBREC = 5
+PUBREL = 6
+PUBCOMP = 7
+#: The lowest reason code that reports a failure (MQTT 5 §2.4).
+FAILURE = 0x80
+#: What the failure codes a broker may put in a PUBACK or PUBREC mean (MQTT 5 §3.4.2.1).
+REASONS = {
+    0x80: "unspecified error", 0x83: "implementation specific error", 0x87: "not authorized",
+    0x90: "topic name invalid", 0x91: "packet identifier in use", 0x92: "packet identifier not found",
+    0x97: "quota exceeded", 0x99: "payload format invalid",
+}
 #: Four bytes of remaining length at most (§2.2.3): 256 MiB.
 _MAX_LENGTH_BYTES = 4
 
@@ -21,8 +37,16 @@ class MalformedPacket(ValueError):
     """The broker sent bytes that are not an MQTT 3.1.1 packet."""
 
 
+class PublicationRefused(Exception):
+    """The broker answered a publication with a failure reason code: it did not take the message."""
+
+    def __init__(self, reason_code: int, packet: str) -> None:
+        super().__init__(f"refused by the broker in its {packet}: {reason_text(reason_code)}")
+        self.reason_code = reason_code
+
+
 def publish_packet(topic: str, payload: bytes, qos: int, retain: bool, packet_id: int = 0) -> bytes:
-    """A PUBLISH packet at QoS 0 or 1: fixed header, topic name, packet id (QoS 1), payload.
+    """A PUBLISH packet: fixed header, topic name, packet id (QoS 1 and 2), payload.
 
     The topic is one the publisher has already checked (``topics.topic_name_error``): at most 65,535
     bytes of UTF-8.
@@ -45,6 +69,39 @@ def publish_packet(topic: str, payload: bytes, qos: int, retain: bool, packet_id
 def puback_packet(packet_id: int) -> bytes:
     """The PUBACK acknowledging the QoS 1 PUBLISH ``packet_id``."""
     return b"\x40\x02" + packet_id.to_bytes(2, "big")
+
+
+def pubrec_packet(packet_id: int) -> bytes:
+    """The PUBREC by which a receiver takes over the QoS 2 PUBLISH ``packet_id``."""
+    return b"\x50\x02" + packet_id.to_bytes(2, "big")
+
+
+def pubrel_packet(packet_id: int) -> bytes:
+    """The PUBREL that releases the QoS 2 publication ``packet_id`` (its fixed header's flags are 0010)."""
+    return b"\x62\x02" + packet_id.to_bytes(2, "big")
+
+
+def pubcomp_packet(packet_id: int) -> bytes:
+    """The PUBCOMP that ends the QoS 2 flow ``packet_id``."""
+    return b"\x70\x02" + packet_id.to_bytes(2, "big")
+
+
+def parse_ack(buffer: bytearray, start: int, end: int) -> tuple[int, int]:
+    """``(packet id, reason code)`` of a PUBACK, PUBREC, PUBREL or PUBCOMP whose body is ``buffer[start:end]``;
+    the reason code is 0 (success) when the broker sent none, as MQTT 3.1.1 brokers never do.
+
+    Raises:
+        MalformedPacket: a body shorter than a packet id.
+    """
+    if end - start < 2:
+        raise MalformedPacket("acknowledgement without a packet id")
+    packet_id = (buffer[start] << 8) | buffer[start + 1]
+    return packet_id, buffer[start + 2] if end - start > 2 else 0
+
+
+def reason_text(code: int) -> str:
+    """``"quota exceeded (0x97)"``: a reason code as a person reads it."""
+    return f"{REASONS.get(code, 'error')} (0x{code:02X})"
 
 
 def split_packet(buffer: bytearray, start: int) -> Optional[tuple[int, int]]:

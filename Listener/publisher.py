@@ -7,6 +7,11 @@ publication here waits for a slot (at most ``max_in_flight`` QoS 1/2 ones at a t
 that fails because the connection is down is kept (up to ``outbox_limit``) and sent again by
 :meth:`Publisher.flush` after the listener reconnects.
 
+A broker may also refuse a QoS 1/2 publication in its acknowledgement (a reason code of 0x80 or more,
+:class:`~Listener.packets.PublicationRefused`): never counted as delivered. A refusal that passes with
+time (0x97 quota exceeded: too many QoS 2 messages in flight from this client; 0x91 packet identifier in
+use) is tried again after a short back-off, within ``timeout``; any other is reported at once.
+
 Brokers answer some publications by dropping the connection. Those whose topic is the reason are
 refused before sending (:func:`~Listener.topics.topic_name_error`); for the rest (a packet above the
 broker's size limit, an ACL that disconnects) a kept publication whose sending was cut short by a lost
@@ -20,8 +25,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Deque, Optional
 
+from .backoff import backoff_delay
 from .deadlines import bounded
 from .metrics import ListenerMetrics
+from .packets import PublicationRefused
 from .processing import describe_exception
 from .topics import topic_name_error
 
@@ -42,6 +49,10 @@ class Publication:
 DropReporter = Callable[[Publication, Optional[str], str], Awaitable[None]]
 #: Attempts cut short by a lost connection after which a kept publication is dropped and reported.
 MAX_STRIKES = 2
+#: Reason codes of a refusal that passes with time: quota exceeded, packet identifier in use.
+PASSING_REFUSALS = frozenset((0x97, 0x91))
+#: First and longest wait (seconds) before a publication refused for a passing reason is tried again.
+REFUSAL_BACKOFF = (0.05, 1.0)
 
 
 class NotConnected(ConnectionError):
@@ -86,7 +97,7 @@ class Publisher:
     """Sends publications through the listener's current client."""
 
     def __init__(self, client: Callable[[], Any], connected: Callable[[], bool], metrics: ListenerMetrics,
-                 describe_endpoint: Callable[[], str], timeout: float = 10.0, max_in_flight: int = 64,
+                 describe_endpoint: Callable[[], str], timeout: float = 10.0, max_in_flight: int = 20,
                  outbox_limit: int = 10_000, watched: Callable[[], bool] = lambda: False,
                  on_dropped: DropReporter = _ignore_drop) -> None:
         self._client = client
@@ -117,6 +128,7 @@ class Publisher:
             NotConnected: there is no connection; nothing was sent.
             ConnectionLost: the connection ended before the publication was through.
             asyncio.TimeoutError: the broker did not take it within ``timeout`` seconds.
+            PublicationRefused: the broker refused it (for a passing reason: still, after ``timeout`` seconds).
             Exception: whatever the client raised.
         """
         problem = topic_name_error(topic)
@@ -126,11 +138,16 @@ class Publisher:
             raise NotConnected(f"Not connected to MQTT broker at {self._endpoint()}")
         losses = self._metrics.connection_losses
         try:
-            await self._send(self._client(), topic, payload, qos, retain, slot_held)
+            if qos:
+                await self._send_until_taken(topic, payload, qos, retain, slot_held)
+            else:
+                await self._send(self._client(), topic, payload, qos, retain, slot_held)
         except asyncio.CancelledError:
             if _cancelled_by_caller():
                 raise
             raise ConnectionLost(f"Connection to {self._endpoint()} lost before the broker took it") from None
+        except PublicationRefused:
+            raise
         except Exception as exc:
             # Connected again by now, but on another connection than the one it went out on: amqtt then fails
             # the old wait in its own way (a PUBACK timeout, an AttributeError of its torn-down session).
@@ -139,6 +156,25 @@ class Publisher:
             raise ConnectionLost(
                 f"Connection to {self._endpoint()} lost before the broker took it ({describe_exception(exc)})") from None
         self._metrics.publishes += 1
+
+    async def _send_until_taken(self, topic: str, payload: bytes, qos: int, retain: bool, slot_held: bool) -> None:
+        """Send a QoS 1/2 publication again while the broker refuses it for a passing reason, within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.timeout
+        refusals = 0
+        while True:
+            try:
+                await self._send(self._client(), topic, payload, qos, retain, slot_held)
+                return
+            except PublicationRefused as refused:
+                refusals += 1
+                delay = backoff_delay(refusals, REFUSAL_BACKOFF[1], base=REFUSAL_BACKOFF[0])
+                if refused.reason_code not in PASSING_REFUSALS or loop.time() + delay > give_up:
+                    raise
+                self._metrics.publishes_refused += 1
+            await asyncio.sleep(delay)
+            if not self._connected():
+                raise NotConnected(f"Not connected to MQTT broker at {self._endpoint()}")
 
     async def _send(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool, slot_held: bool) -> None:
         if qos and slot_held:

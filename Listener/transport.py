@@ -79,8 +79,10 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
     def __init__(self, client_id: str, config: Dict[str, Any], username: Optional[str] = None,
                  password: Optional[str] = None, delivery_window: int = 1,
                  on_wakeup: Optional[Callable[[], None]] = None, *, hold_acks: bool = False,
-                 max_pending: int = 10_000, max_payload: Optional[int] = None) -> None:
+                 max_pending: int = 10_000, max_payload: Optional[int] = None,
+                 label: str = "the MQTT broker") -> None:
         self.max_payload = max_payload
+        self.label = label
         super().__init__(client_id, config)
         self._username = username
         self._password = password
@@ -103,7 +105,8 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
     def _handler(self, handler: Any) -> None:
         # amqtt makes a new ClientProtocolHandler for every connection, right before using it.
         if type(handler) is ClientProtocolHandler:
-            handler = WireHandler(handler.plugins_manager, max_payload=getattr(self, "max_payload", None))
+            handler = WireHandler(handler.plugins_manager, max_payload=getattr(self, "max_payload", None),
+                                  label=getattr(self, "label", "the MQTT broker"))
         self.__dict__["_wire_handler"] = handler
 
     def _init_session(self, uri: Optional[str] = None, cleansession: Optional[bool] = None,
@@ -332,16 +335,18 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
 
     async def publish(self, topic: str, message: bytes, qos: Optional[int] = None, retain: Optional[bool] = None,
                       ack_timeout: Optional[int] = None) -> Any:
-        """amqtt's ``publish``; at QoS 0 and 1 on a plain or TLS socket the packet is written directly.
+        """amqtt's ``publish``; on a plain or TLS socket the packet is written directly.
 
         amqtt builds packet and message objects, takes a write lock, drains the socket, re-arms its
-        keep-alive timer and, at QoS 1, waits for the PUBACK under a timer of its own, for every packet.
-        Here the same PUBLISH bytes go out with whatever else this turn of the event loop writes (see
-        :mod:`Listener.wire_handler`); a QoS 1 publication then waits for its PUBACK, which the
-        caller bounds in time. The socket is drained only when its buffer fills up. QoS 2 and
-        websockets go through amqtt.
+        keep-alive timer and, at QoS 1 and 2, waits for each acknowledgement under a 5 s timer of its own,
+        for every packet; it also takes a PUBREC refusing the message (reason code 0x80 or more) for a
+        success. Here the same PUBLISH bytes go out with whatever else this turn of the event loop writes
+        (see :mod:`Listener.wire_handler`); a QoS 1/2 publication then waits until the broker took it,
+        which the caller bounds in time, and raises
+        :class:`~Listener.packets.PublicationRefused` when it did not. The socket is drained only when
+        its buffer fills up. Websockets go through amqtt.
         """
-        handler = self._wire() if qos in (0, 1) else None
+        handler = self._wire() if qos in (0, 1, 2) else None  # no QoS given: amqtt applies its defaults
         if handler is None:
             return await super().publish(topic, message, qos, retain, ack_timeout)
         acked = handler.send_publish(topic, message, int(qos or 0), bool(retain))
@@ -478,7 +483,7 @@ def create_client(config: EventListenerConfig, on_wakeup: Optional[Callable[[], 
     return AmqttClient(config.client_id, build_client_config(config), username, password,
                        delivery_window=config.max_concurrent_jobs, on_wakeup=on_wakeup,
                        hold_acks=config.ack_policy == "after_processing", max_pending=config.max_pending_messages,
-                       max_payload=config.max_payload_bytes)
+                       max_payload=config.max_payload_bytes, label=endpoint_label(config))
 
 
 def new_client(config: EventListenerConfig) -> AmqttClient:

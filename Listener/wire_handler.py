@@ -1,18 +1,27 @@
 """amqtt's client protocol handler, with the packets every message crosses handled in place.
 
 amqtt reads each packet with several awaits and a timer, builds packet objects, and runs it in a task
-of its own; each PUBACK it sends takes a write lock and drains the socket. At QoS 1 that made up most of
-the listener's CPU per message. :class:`WireHandler` keeps amqtt's handler for everything else and
-changes three things on a plain or TLS socket (websockets keep amqtt's way):
+of its own; each acknowledgement it sends takes a write lock and drains the socket; and it answers a
+QoS 2 PUBLISH with PUBREC on arrival, so the broker hands the message over before its job ran.
+:class:`WireHandler` keeps amqtt's handler for everything else (CONNECT, SUBSCRIBE, pings) and changes
+four things on a plain or TLS socket (websockets keep amqtt's way):
 
-- **Reading**: one read per chunk of bytes; the PUBLISH (QoS 0 and 1) and PUBACK packets in it are
-  handled right there, without a task. Other packets (SUBACK, PINGRESP, QoS 2 flows...) are decoded
-  by amqtt and handled by it, in a task each as before.
-- **Acknowledging**: a QoS 1 message goes into the delivery queue with :meth:`DeliveryQueue.offer`,
-  which calls back when its PUBACK may go out; the PUBACK is only written if the connection the
-  message came on is still the open one (the broker redelivers the others).
-- **Writing**: PUBLISH and PUBACK bytes written in one turn of the event loop leave in one socket
-  write, at the end of that turn; amqtt's own packets first flush what is waiting, so order is kept.
+- **Reading**: one read per chunk of bytes; PUBLISH (QoS 0, 1 and 2) and the acknowledgements PUBACK,
+  PUBREC, PUBREL and PUBCOMP in it are handled right there, without a task. Other packets (SUBACK,
+  PINGRESP...) are decoded by amqtt and handled by it, in a task each as before.
+- **Acknowledging**: a QoS 1 or 2 message goes into the delivery queue with :meth:`DeliveryQueue.offer`,
+  which calls back when its PUBACK (QoS 1) or PUBREC (QoS 2) may go out; it is only written if the
+  connection the message came on is still the open one (the broker redelivers the others). A QoS 2
+  message resent before its PUBREC reached the broker is never queued twice (:mod:`Listener.qos2_receipts`).
+  A PUBREL is answered with PUBCOMP at once, for any packet id: also one the broker resends after a
+  reconnect, for a message a previous connection (or process) released.
+- **Publishing**: a QoS 1 publication is through at its PUBACK; a QoS 2 one at its PUBCOMP, after the
+  PUBREC is answered with PUBREL. An acknowledgement with a failure reason code (0x80 or more: brokers
+  speaking MQTT 5 send them to 3.1.1 clients too) fails it with :class:`PublicationRefused`: the broker
+  did not take it. A PUBACK answering a QoS 2 publication is the broker's downgrade to QoS 1
+  (RabbitMQ's MQTT plugin does this): the publication is through, and one WARNING per connection says so.
+- **Writing**: packets written in one turn of the event loop leave in one socket write, at the end of
+  that turn; amqtt's own packets first flush what is waiting, so order is kept.
 """
 
 from __future__ import annotations
@@ -22,17 +31,20 @@ import logging
 from typing import Any, Callable, Dict, List, Optional, Set
 
 from amqtt.adapters import BufferReader
+from amqtt.errors import AMQTTError, NoDataError
 from amqtt.mqtt import packet_class
+from amqtt.mqtt.connack import ConnackPacket
 from amqtt.mqtt.packet import MQTTFixedHeader
 from amqtt.mqtt.protocol.client_handler import ClientProtocolHandler
-from amqtt.mqtt.puback import PubackPacket
 from amqtt.session import IncomingApplicationMessage
 
 from .delivery import DeliveryQueue
 from .packets import (
-    PUBACK, PUBLISH, MalformedPacket, OversizePayload, PublishHead, parse_publish_head, puback_packet, publish_packet,
+    FAILURE, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, MalformedPacket, OversizePayload, PublicationRefused,
+    PublishHead, parse_ack, parse_publish_head, puback_packet, pubcomp_packet, publish_packet, pubrel_packet,
     split_packet,
 )
+from .qos2_receipts import Receipt
 
 __all__ = ["WireHandler"]
 
@@ -40,10 +52,13 @@ logger = logging.getLogger("Listener.transport")
 
 #: Bytes asked of the socket per read: the packets in them are handled without letting other tasks run.
 _CHUNK = 64 * 1024
+#: Packet ids of the listener's own publications: one fixed block, so that the QoS 2 publications a previous
+#: connection (or a process killed meanwhile) left in the broker's session are known without being remembered.
+#: amqtt's own packets (SUBSCRIBE) count up from 1 and never reach it.
+OWN_PACKET_IDS = range(64_512, 65_536)
 #: amqtt's handler method for each packet type it keeps (by MQTT packet type number).
 _AMQTT_HANDLERS = {
-    2: "handle_connack", 3: "handle_publish", 4: "handle_puback", 5: "handle_pubrec", 6: "handle_pubrel",
-    7: "handle_pubcomp", 9: "handle_suback", 11: "handle_unsuback", 13: "handle_pingresp", 14: "handle_disconnect",
+    2: "handle_connack", 9: "handle_suback", 11: "handle_unsuback", 13: "handle_pingresp", 14: "handle_disconnect",
 }
 
 
@@ -59,19 +74,30 @@ class _Skipping:
 
 
 class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
-    """amqtt's ``ClientProtocolHandler`` with QoS 0/1 PUBLISH and PUBACK read and written directly."""
+    """amqtt's ``ClientProtocolHandler`` with PUBLISH and its acknowledgements read and written directly.
 
-    def __init__(self, *args: Any, max_payload: Optional[int] = None, **kwargs: Any) -> None:
+    ``label`` names the broker in log lines (``host:port``, never credentials).
+    """
+
+    def __init__(self, *args: Any, max_payload: Optional[int] = None, label: str = "the MQTT broker",
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         #: Payloads larger than this are discarded as they arrive; the message is delivered with an
         #: :class:`OversizePayload` in their place, which the listener rejects for its size.
         self.max_payload = max_payload
+        self.label = label
+        #: What the CONNACK said: whether the broker kept this client's session (None before it came).
+        self.session_present: Optional[bool] = None
         self._skipping: Optional[_Skipping] = None
         self._unread = bytearray()
         self._outgoing: List[bytes] = []
         self._outgoing_size = 0
         self._flush_scheduled = False
-        self._acks: Dict[int, "asyncio.Future[None]"] = {}
+        self._acks: Dict[int, "asyncio.Future[None]"] = {}  # QoS 1 publications awaiting their PUBACK
+        self._exactly_once: Dict[int, "asyncio.Future[None]"] = {}  # QoS 2 ones awaiting PUBREC, then PUBCOMP
+        self._released_out: Set[int] = set()  # QoS 2 ones released (PUBREL sent): awaiting PUBCOMP
+        self._last_id = OWN_PACKET_IDS[-1]
+        self._downgrade_reported = False
         self._handling: Set["asyncio.Task[Any]"] = set()
         self._waiting: Set["asyncio.Future[None]"] = set()
 
@@ -118,35 +144,78 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         await super()._send_packet(packet)
 
     def send_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> "Optional[asyncio.Future[None]]":
-        """Write a QoS 0 or 1 PUBLISH; for QoS 1, the future of its PUBACK (cancelled if the connection ends)."""
+        """Write a PUBLISH; for QoS 1 and 2, the future that is done when the broker took it (PUBACK, or
+        PUBCOMP), fails with :class:`PublicationRefused`, or is cancelled when the connection ends."""
         if not qos:
             self.write(publish_packet(topic, payload, 0, retain))
             return None
         packet_id = self._free_packet_id()
         acked: asyncio.Future[None] = self._loop.create_future()
-        self._acks[packet_id] = acked
-        acked.add_done_callback(lambda done: self._forget(packet_id, done))
-        self.write(publish_packet(topic, payload, 1, retain, packet_id))
+        waiting = self._acks if qos == 1 else self._exactly_once
+        waiting[packet_id] = acked
+        self._released_out.discard(packet_id)
+        acked.add_done_callback(lambda done: self._forget(waiting, packet_id, done))
+        self.write(publish_packet(topic, payload, qos, retain, packet_id))
         return acked
 
-    def _forget(self, packet_id: int, acked: "asyncio.Future[None]") -> None:
-        if self._acks.get(packet_id) is acked:  # not a later publication that got the id since
-            del self._acks[packet_id]
+    def _forget(self, waiting: Dict[int, "asyncio.Future[None]"], packet_id: int, acked: "asyncio.Future[None]") -> None:
+        if waiting.get(packet_id) is acked:  # not a later publication that got the id since
+            del waiting[packet_id]
+            self._released_out.discard(packet_id)
 
     def _free_packet_id(self) -> int:
-        session = self.session
-        if session is None:
+        """The next id of :data:`OWN_PACKET_IDS` no publication awaits, round the block."""
+        if self.session is None:
             raise ConnectionError("Not connected")
-        for _ in range(65_535):
-            packet_id: int = session.next_packet_id
-            if packet_id not in self._acks:
+        first, last = OWN_PACKET_IDS[0], OWN_PACKET_IDS[-1]
+        packet_id = self._last_id
+        for _ in OWN_PACKET_IDS:
+            packet_id = packet_id + 1 if packet_id < last else first
+            if packet_id not in self._acks and packet_id not in self._exactly_once:
+                self._last_id = packet_id
                 return packet_id
-        raise RuntimeError("No free MQTT packet id: 65,535 publications await their PUBACK")
+        raise RuntimeError(f"No free MQTT packet id: {len(OWN_PACKET_IDS)} publications await their acknowledgement")
 
     def _stop_waiters(self) -> None:
         super()._stop_waiters()
-        for acked in list(self._acks.values()):
+        for acked in [*self._acks.values(), *self._exactly_once.values()]:
             acked.cancel()
+
+    async def mqtt_connect(self) -> Optional[int]:
+        """amqtt's CONNECT exchange, keeping what its CONNACK says of the session.
+
+        When the broker kept no session, packet ids start afresh: a QoS 2 message held from an earlier
+        connection is no longer the one a PUBLISH with its packet id brings.
+        """
+        await self._send_packet(self._build_connect_packet())
+        if self.reader is None:
+            raise AMQTTError("Reader is not initialized.")
+        try:
+            connack = await ConnackPacket.from_stream(self.reader)
+        except NoDataError as exc:
+            raise ConnectionError from exc
+        self.session_present = bool(connack.session_parent)
+        queue = getattr(self.session, "delivered_message_queue", None)
+        if not self.session_present and isinstance(queue, DeliveryQueue):
+            queue.receipts.forget_all()
+        if self.session_present and connack.return_code == 0:
+            self._release_what_the_session_holds()
+        code: Optional[int] = connack.return_code
+        return code
+
+    def _release_what_the_session_holds(self) -> None:
+        """PUBREL every own packet id, before anything else is published on this connection.
+
+        The broker holds each QoS 2 publication it received until its PUBREL, and counts it against the
+        client's quota of QoS 2 messages in flight (Mosquitto: 20) for as long as the session lasts. A
+        connection that ended, or a process killed, between a PUBLISH and its PUBREL leaves such messages
+        behind; unreleased, they fill the quota and every later QoS 2 result is refused. MQTT-4.4.0-1 asks
+        the client to send those PUBRELs again; no process remembers which they were, but they can only
+        have come from :data:`OWN_PACKET_IDS`. A PUBREL for an id the broker does not hold is answered
+        with PUBCOMP and changes nothing. Releasing delivers what was left: at least once, never lost.
+        """
+        logger.debug("%s kept this client's session: releasing the QoS 2 publications it may hold", self.label)
+        self.write(b"".join(pubrel_packet(packet_id) for packet_id in OWN_PACKET_IDS))
 
     async def stop(self) -> None:
         self.flush()
@@ -209,7 +278,7 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
                 body_start, body_end = where
                 first = buffer[start]
                 kind = first >> 4
-                if kind == PUBLISH and first & 0x06 != 0x04:  # QoS 0 or 1 (QoS 2: amqtt's flow)
+                if kind == PUBLISH:
                     head = parse_publish_head(first & 0x0F, buffer, body_start, body_end)
                     if head is None:
                         break
@@ -224,8 +293,14 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
                     self._receive(queue, head, bytes(buffer[head.payload_start:body_end]))
                 elif body_end > len(buffer):
                     break
-                elif kind == PUBACK and body_end - body_start == 2:
-                    self._acknowledged((buffer[body_start] << 8) | buffer[body_start + 1])
+                elif kind == PUBACK:
+                    self._acknowledged(*parse_ack(buffer, body_start, body_end))
+                elif kind == PUBREC:
+                    self._received(*parse_ack(buffer, body_start, body_end))
+                elif kind == PUBREL:
+                    self._released(queue, parse_ack(buffer, body_start, body_end)[0])
+                elif kind == PUBCOMP:
+                    self._completed(parse_ack(buffer, body_start, body_end)[0])
                 else:
                     self._hand_to_amqtt(bytes(buffer[start:body_end]))
                 start = body_end
@@ -234,33 +309,87 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
 
     def _receive(self, queue: DeliveryQueue, head: PublishHead, payload: bytes) -> None:
         message = IncomingApplicationMessage(head.packet_id, head.topic, head.qos, payload, head.retain)
-        if head.packet_id is None:
+        packet_id = head.packet_id
+        if packet_id is None:
             if head.dup:
                 logger.warning("A QoS 0 message with the DUP flag set was ignored (MQTT-3.3.1-2), topic %r", head.topic)
                 return
             queue.put_nowait(message)
             return
-        turn = queue.offer(message, self._acknowledge_later(head.packet_id))
+        receipt: Optional[Receipt] = None
+        if head.qos == 1:
+            acknowledge = self._acknowledge_later(packet_id)
+        else:
+            receipt = queue.receipts.arrived(packet_id, self.write)
+            if receipt is None:
+                return  # the broker resent a message held already: never a second job
+            acknowledge = receipt.release
+        turn = queue.offer(message, acknowledge)
         if turn is not None:  # no room yet: it waits for its turn, unless the connection ends first
             self._waiting.add(turn)
             turn.add_done_callback(self._waiting.discard)
+            if receipt is not None:
+                turn.add_done_callback(lambda waited: self._not_queued(queue, receipt, waited))
+
+    @staticmethod
+    def _not_queued(queue: DeliveryQueue, receipt: Receipt, turn: "asyncio.Future[None]") -> None:
+        if turn.cancelled():  # its connection ended first: the resend will be a first arrival
+            queue.receipts.abandon(receipt)
 
     def _acknowledge_later(self, packet_id: int) -> Callable[[], None]:
         # Written by this handler, so only ever on the connection the message came on (a later one has
         # its own packet ids): once this one has closed, the PUBACK is dropped and the broker redelivers.
         return lambda: self.write(puback_packet(packet_id))
 
-    def _acknowledged(self, packet_id: int) -> None:
+    def _released(self, queue: DeliveryQueue, packet_id: int) -> None:
+        """The broker's PUBREL: the QoS 2 flow of a message received is over (whichever connection it came on)."""
+        queue.receipts.completed(packet_id)
+        self.write(pubcomp_packet(packet_id))
+
+    def _acknowledged(self, packet_id: int, reason: int) -> None:
         acked = self._acks.pop(packet_id, None)
-        if acked is not None:
-            if not acked.done():
-                acked.set_result(None)
-            return
-        waiter = self._puback_waiters.get(packet_id)  # a publication amqtt sent (QoS 2 paths, websockets)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(PubackPacket.build(packet_id))
-        elif waiter is None:
+        if acked is None:
+            acked = self._exactly_once.pop(packet_id, None)
+            if acked is not None and reason < FAILURE:
+                self._downgraded()
+        if acked is None:
             logger.debug("PUBACK for packet id %d, which no publication awaits", packet_id)
+        elif not acked.done():
+            if reason >= FAILURE:
+                acked.set_exception(PublicationRefused(reason, "PUBACK"))
+            else:
+                acked.set_result(None)
+
+    def _received(self, packet_id: int, reason: int) -> None:
+        """The broker's PUBREC: it has the QoS 2 publication (answered with PUBREL), or refused it."""
+        if reason >= FAILURE:
+            refused = self._exactly_once.pop(packet_id, None)
+            if refused is not None and not refused.done():
+                refused.set_exception(PublicationRefused(reason, "PUBREC"))
+            return
+        # Also for a publication given up on meanwhile: the broker would keep it in flight for good.
+        if packet_id in self._exactly_once:
+            self._released_out.add(packet_id)
+        self.write(pubrel_packet(packet_id))
+
+    def _completed(self, packet_id: int) -> None:
+        """The broker's PUBCOMP: a QoS 2 publication released by this connection is through.
+
+        A PUBCOMP for an id not released here (answering :meth:`_release_what_the_session_holds`, while a new
+        publication already has the id) says nothing of the new one."""
+        if packet_id not in self._released_out:
+            return
+        self._released_out.discard(packet_id)
+        acked = self._exactly_once.pop(packet_id, None)
+        if acked is not None and not acked.done():
+            acked.set_result(None)
+
+    def _downgraded(self) -> None:
+        if not self._downgrade_reported:
+            self._downgrade_reported = True
+            logger.warning("%s answered a QoS 2 publication with PUBACK: it takes QoS 2 publications at QoS 1 "
+                           "(RabbitMQ's MQTT plugin does), so a subscriber may get a result twice. They are "
+                           "taken as delivered; said once per connection.", self.label)
 
     def _hand_to_amqtt(self, packet: bytes) -> None:
         self._start(self._amqtt_handles(packet))

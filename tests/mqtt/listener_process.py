@@ -17,6 +17,8 @@ Options (all optional; without them the process behaves as it always did):
   --runs-file PATH      the processor appends "<job_id> <pid>" to PATH (O_APPEND) for every run
   --sleep-from-payload  a job's own "sleep" key (seconds) overrides JOB_SECONDS
   --quiet               print no STARTED/DONE lines (bursts of thousands of jobs)
+  --qos N               QoS of the job subscription (default 1)
+  --result-qos N        results are published at QoS N (default: the config's default_qos, 0)
 The processor prints "STARTED <job_id>" when a job starts and "DONE <job_id>" when it ends, and the
 process prints "EXITED" when run() has returned.
 """
@@ -32,7 +34,7 @@ import time
 import uuid
 from typing import Any, Dict, List, Optional
 
-from Listener import EventListener, EventListenerConfig
+from Listener import EventListener, EventListenerConfig, create_return_type
 
 
 _OUTPUT_LOCK = threading.Lock()
@@ -64,6 +66,8 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--share-group", default=None)
     parser.add_argument("--sleep-from-payload", action="store_true")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--qos", type=int, default=1)
+    parser.add_argument("--result-qos", type=int, default=None)
     return parser.parse_args(argv)
 
 
@@ -87,7 +91,7 @@ async def main(args: argparse.Namespace) -> None:
         host=args.host, port=args.port, username=None, password=None,
         client_id=args.client_id or f"proc-{uuid.uuid4().hex[:12]}", cleansession=not args.persistent,
         topic=f"{prefix}/jobs", results_topic=f"{prefix}/results", error_topic=f"{prefix}/error",
-        log_topic=f"{prefix}/log", keep_alive=5, qos=1,
+        log_topic=f"{prefix}/log", keep_alive=5, qos=args.qos,
         will={"topic": f"{prefix}/status", "message": "listener_offline", "qos": 1, "retain": False},
         **extra,
     )
@@ -97,7 +101,7 @@ async def main(args: argparse.Namespace) -> None:
     runs_file = args.runs_file
     loud = not args.quiet
 
-    def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+    def processor(data: Dict[str, Any], job_id: str) -> Any:
         if runs_file is not None:
             record_run(runs_file, job_id)
         if loud:
@@ -107,7 +111,10 @@ async def main(args: argparse.Namespace) -> None:
             time.sleep(seconds)
         if loud:
             say(f"DONE {job_id}")
-        return {"job_id": job_id, "slept": seconds}
+        result = {"job_id": job_id, "slept": seconds}
+        if args.result_qos is not None:
+            return create_return_type(result, "", qos=args.result_qos)
+        return result
 
     if args.signals:
         listener.install_signal_handlers()

@@ -112,13 +112,15 @@ def _completed_in(database: Path) -> Set[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("store", ["memory", "sqlite"])
 @pytest.mark.parametrize("concurrency", [1, 16])
+@pytest.mark.parametrize("qos", [1, 2])
 async def test_sigkill_mid_burst_loses_no_job(
         broker_factory: BrokerFactory, processes: Callable[..., ListenerProcess], probe: Callable[..., MqttProbe],
-        unique_topic: str, tmp_path: Path, concurrency: int, store: str) -> None:
-    """3,000 QoS 1 jobs, persistent session, SIGKILL mid-burst, restart: every job has a result, and a job ran
-    twice only if it was unacknowledged at the kill: among the last ones the first process started, no more
-    than the broker's in-flight limit. With the SQLite store, no job recorded COMPLETED before the kill runs
-    again."""
+        unique_topic: str, tmp_path: Path, concurrency: int, store: str, qos: int) -> None:
+    """3,000 jobs at QoS 1 (results at QoS 0) or QoS 2 (results at QoS 2 too), persistent session, SIGKILL
+    mid-burst, restart: every job has a result, and a job ran twice only if it was unacknowledged at the kill:
+    among the last ones the first process started, no more than the broker's in-flight limit. With the SQLite
+    store, no job recorded COMPLETED before the kill runs again. At QoS 2 the PUBREC is the acknowledgement
+    (the broker hands the message over with it), so it waits for the job as a QoS 1 PUBACK does."""
     broker = broker_factory(max_inflight=BROKER_INFLIGHT)
     runs = tmp_path / "runs.txt"
     database = tmp_path / "jobs.db"
@@ -126,13 +128,14 @@ async def test_sigkill_mid_burst_loses_no_job(
     watcher = probe(results, endpoint=broker.plain)
     client_id = f"burst-{os.urandom(4).hex()}"
     options = ("--client-id", client_id, "--persistent", "--max-concurrent", str(concurrency),
-               "--runs-file", str(runs), "--quiet",
-               "--job-store", "memory" if store == "memory" else f"sqlite:///{database}")
+               "--runs-file", str(runs), "--quiet", "--qos", str(qos),
+               "--job-store", "memory" if store == "memory" else f"sqlite:///{database}",
+               *(("--result-qos", "2") if qos == 2 else ()))
     job_ids = [f"b-{i:04d}" for i in range(3000)]
     first = processes(broker.plain, unique_topic, 0.0, *options)
     await asyncio.to_thread(first.wait_line, "READY")
     sending = asyncio.ensure_future(publish(probe(endpoint=broker.plain), f"{unique_topic}/jobs",
-                                            [f'job_id = "{job_id}"' for job_id in job_ids]))
+                                            [f'job_id = "{job_id}"' for job_id in job_ids], qos=qos))
     for _ in range(600):  # at most 30 s: kill once a few hundred jobs ran
         if runs.exists() and len(runs.read_text().splitlines()) >= 300:
             break
@@ -154,7 +157,7 @@ async def test_sigkill_mid_burst_loses_no_job(
     assert not missing(), f"{len(missing())} jobs without a result, e.g. {sorted(missing())[:10]}"
     by_job = _runs(runs)
     twice = sorted(job for job, pids in by_job.items() if len(pids) > 1)
-    print(f"{store} store, concurrency {concurrency}: first process ran {len(first_runs)} jobs before SIGKILL "
+    print(f"QoS {qos}, {store} store, concurrency {concurrency}: first process ran {len(first_runs)} jobs before SIGKILL "
           f"({len(completed_before)} recorded COMPLETED); {len(twice)} ran again after the restart")
     assert set(by_job) == wanted  # none lost
     assert all(len(pids) <= 2 for pids in by_job.values())

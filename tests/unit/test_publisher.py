@@ -9,6 +9,7 @@ from unittest.mock import AsyncMock
 import pytest
 
 from Listener.metrics import ListenerMetrics
+from Listener.packets import PublicationRefused
 from Listener.publisher import MAX_STRIKES, ConnectionLost, NotConnected, Publication, Publisher, RefusedTopic
 
 
@@ -167,3 +168,37 @@ async def test_a_publication_that_only_met_a_down_connection_is_never_dropped() 
         assert await publisher.flush() == 0  # NotConnected: nothing was sent, no strike
     connected[0] = True
     assert await publisher.flush() == 1
+
+
+async def test_a_publication_refused_for_a_passing_reason_is_sent_again_until_taken() -> None:
+    """Mosquitto refuses QoS 2 publications past its in-flight quota with PUBREC 0x97: not a delivery, not a failure."""
+    metrics = ListenerMetrics()
+    client = AsyncMock()
+    client.publish.side_effect = [PublicationRefused(0x97, "PUBREC"), PublicationRefused(0x97, "PUBREC"), None]
+    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=5.0)
+    assert await publisher.deliver(Publication("t/1", b"1", 2, False)) is None
+    assert client.publish.call_count == 3 and metrics.publishes == 1
+    assert metrics.publishes_refused == 2 and metrics.publish_errors == 0
+
+
+async def test_a_publication_refused_for_good_is_reported_never_counted_as_delivered() -> None:
+    metrics = ListenerMetrics()
+    client = AsyncMock()
+    client.publish.side_effect = PublicationRefused(0x87, "PUBACK")
+    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=5.0)
+    reason = await publisher.deliver(Publication("t/1", b"1", 1, False))
+    assert reason is not None and "not authorized (0x87)" in reason
+    assert client.publish.call_count == 1 and metrics.publishes == 0 and metrics.publish_errors == 1
+    assert publisher.pending == 0  # not kept for a reconnect either: the broker said no
+
+
+async def test_a_passing_refusal_that_lasts_is_reported_within_the_timeout() -> None:
+    metrics = ListenerMetrics()
+    client = AsyncMock()
+    client.publish.side_effect = PublicationRefused(0x97, "PUBREC")
+    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=0.5)
+    started = asyncio.get_running_loop().time()
+    reason = await publisher.deliver(Publication("t/1", b"1", 2, False))
+    assert reason is not None and "quota exceeded (0x97)" in reason
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert client.publish.call_count >= 2 and metrics.publishes == 0 and metrics.publish_errors == 1

@@ -13,9 +13,10 @@ from typing import Any, AsyncIterator, Callable, List, Optional
 import pytest
 
 from Listener import EventListenerConfig
-from Listener.packets import publish_packet, puback_packet
+from Listener.packets import (PublicationRefused, pubcomp_packet, publish_packet, puback_packet, pubrec_packet,
+                              pubrel_packet)
 from Listener.transport import AmqttClient, create_client
-from Listener.wire_handler import WireHandler
+from Listener.wire_handler import OWN_PACKET_IDS, WireHandler
 from tests.support.packets import read_packet
 
 pytestmark = pytest.mark.unit
@@ -27,7 +28,11 @@ class ScriptedBroker:
     """Accepts connections, answers CONNECT with CONNACK, records every later packet, sends what it is told."""
 
     def __init__(self) -> None:
+        #: What the CONNACK says of the client's session (MQTT 3.1.1 §3.2.2.2).
+        self.session_present = False
         self.received: List[bytes] = []
+        #: For each packet received, the index (in ``writers``) of the connection it came on.
+        self.received_on: List[int] = []
         self.arrived = asyncio.Event()
         self.writers: List[asyncio.StreamWriter] = []
         self.connected = asyncio.Event()
@@ -41,8 +46,9 @@ class ScriptedBroker:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_packet(reader)  # CONNECT
-        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted
+        writer.write(b"\x20\x02" + bytes([int(self.session_present)]) + b"\x00")  # CONNACK, accepted
         self.writers.append(writer)
+        connection = len(self.writers) - 1
         self.connected.set()
         try:
             while True:
@@ -51,6 +57,7 @@ class ScriptedBroker:
                     writer.close()
                     return
                 self.received.append(packet)
+                self.received_on.append(connection)
                 self.arrived.set()
         except (asyncio.IncompleteReadError, ConnectionError):
             self.closed.set()
@@ -223,21 +230,210 @@ async def test_a_qos0_message_with_the_dup_flag_is_ignored(broker: ScriptedBroke
         assert "DUP" in caplog.text
 
 
-async def test_qos2_messages_still_go_through_amqtts_flow(broker: ScriptedBroker) -> None:
-    async with connected(broker) as client:
-        qos2 = bytearray(publish_packet("jobs", b"two", 1, False, 42))
-        qos2[0] = 0x34  # QoS 2
-        await broker.send(bytes(qos2))
-        await broker.wait_for(lambda: len(broker.received) == 1)
-        assert broker.received == [b"\x50\x02\x00\x2a"]  # PUBREC
-        await broker.send(b"\x62\x02\x00\x2a")  # PUBREL
+def qos2_publish(topic: str, payload: bytes, packet_id: int, dup: bool = False) -> bytes:
+    packet = bytearray(publish_packet(topic, payload, 2, False, packet_id))
+    if dup:
+        packet[0] |= 0x08
+    return bytes(packet)
+
+
+async def resends(client: AmqttClient, count: int) -> None:
+    """Wait until the client has seen ``count`` resends of QoS 2 messages it holds."""
+    async def until() -> None:
+        while client._deliveries is None or client._deliveries.receipts.resends < count:
+            await asyncio.sleep(0.005)
+    await asyncio.wait_for(until(), WAIT)
+
+
+async def settle(client: AmqttClient, message: Any) -> None:
+    ticket = client.ticket(message)
+    assert ticket is not None
+    ticket.settle()
+
+
+async def test_a_qos2_message_gets_its_pubrec_only_once_settled_and_a_pubrel_its_pubcomp_at_once(
+        broker: ScriptedBroker) -> None:
+    """The broker hands a QoS 2 message over at the PUBREC: not before the job is done (a crash would lose it)."""
+    async with connected(broker, ack_policy="after_processing") as client:
+        await broker.send(qos2_publish("jobs", b"two", 42))
         [message] = await take(client, 1)
         assert bytes(message.data) == b"two" and message.qos == 2
-        ticket = client.ticket(message)
-        assert ticket is not None
-        ticket.settle()
+        await asyncio.sleep(0.05)
+        assert broker.received == []  # no PUBREC while its job runs
+        await settle(client, message)
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        assert broker.received == [pubrec_packet(42)]
+        await broker.send(pubrel_packet(42))
         await broker.wait_for(lambda: len(broker.received) == 2)
-        assert broker.received[1] == b"\x70\x02\x00\x2a"  # PUBCOMP
+        assert broker.received[1] == pubcomp_packet(42)
+
+
+async def test_on_receipt_answers_a_qos2_message_with_pubrec_when_it_is_queued(broker: ScriptedBroker) -> None:
+    async with connected(broker, ack_policy="on_receipt") as client:
+        await broker.send(qos2_publish("jobs", b"two", 9))
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        assert broker.received == [pubrec_packet(9)]
+        [message] = await take(client, 1)
+        assert bytes(message.data) == b"two"
+
+
+async def test_qos1_and_qos2_acknowledgements_go_out_in_arrival_order(broker: ScriptedBroker) -> None:
+    async with connected(broker, ack_policy="after_processing", max_concurrent_jobs=3) as client:
+        await broker.send(publish_packet("jobs", b"a", 1, False, 1) + qos2_publish("jobs", b"b", 2)
+                          + publish_packet("jobs", b"c", 1, False, 3))
+        first, second, third = await take(client, 3)
+        await settle(client, third)
+        await settle(client, second)
+        await asyncio.sleep(0.05)
+        assert broker.received == []  # the first one holds the others back
+        await settle(client, first)
+        await broker.wait_for(lambda: len(broker.received) == 3)
+        assert broker.received == [puback_packet(1), pubrec_packet(2), puback_packet(3)]
+
+
+async def test_the_same_qos2_packet_id_before_its_pubrel_is_the_same_message(broker: ScriptedBroker) -> None:
+    """Until the PUBREL, a PUBLISH with the packet id is a resend (MQTT-4.3.3-2): never a second job."""
+    async with connected(broker, ack_policy="after_processing") as client:
+        await broker.send(qos2_publish("jobs", b"once", 7))
+        [message] = await take(client, 1)
+        await broker.send(qos2_publish("jobs", b"once", 7, dup=True))
+        await resends(client, 1)
+        await settle(client, message)
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        assert broker.received == [pubrec_packet(7)]
+        await broker.send(qos2_publish("jobs", b"once", 7, dup=True))  # PUBREC lost? answered again, not run again
+        await broker.wait_for(lambda: len(broker.received) == 2)
+        assert broker.received[1] == pubrec_packet(7) and client.take_message() is None
+        await broker.send(pubrel_packet(7) + qos2_publish("jobs", b"next", 7))  # after the PUBREL: a new message
+        [new] = await take(client, 1)
+        assert bytes(new.data) == b"next"
+
+
+async def reconnected(broker: ScriptedBroker, first: AmqttClient, **options: Any) -> AmqttClient:
+    """A second client taking over ``first``'s deliveries after its connection was dropped (as the listener does)."""
+    first.drop_connection()
+    await first.wait_closed()
+    second = create_client(EventListenerConfig(host="127.0.0.1", port=broker.port, keep_alive=60, **options))
+    second.adopt_deliveries(first)
+    await second.connect(f"mqtt://127.0.0.1:{broker.port}")
+    return second
+
+
+async def test_a_qos2_message_resent_after_a_reconnect_runs_once_and_is_answered_on_the_new_connection(
+        broker: ScriptedBroker) -> None:
+    first = await connected_client(broker, ack_policy="after_processing", cleansession=False)
+    await broker.send(qos2_publish("jobs", b"held", 11))
+    [message] = await take(first, 1)
+    broker.session_present = True
+    second = await reconnected(broker, first, ack_policy="after_processing", cleansession=False)
+    try:
+        await broker.send(qos2_publish("jobs", b"held", 11, dup=True))  # the broker never got a PUBREC
+        await resends(second, 1)
+        assert second.take_message() is None  # still the first copy's job
+        await broker.wait_for(lambda: len(broker.received) == len(OWN_PACKET_IDS))  # the session's release
+        del broker.received[:], broker.received_on[:]
+        await settle(first, message)
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        assert broker.received == [pubrec_packet(11)] and broker.received_on == [1]
+    finally:
+        await second.disconnect()
+
+
+async def test_without_a_kept_session_a_packet_id_held_before_is_a_new_message(broker: ScriptedBroker) -> None:
+    first = await connected_client(broker, ack_policy="after_processing")
+    await broker.send(qos2_publish("jobs", b"old", 11))
+    [old] = await take(first, 1)
+    second = await reconnected(broker, first, ack_policy="after_processing")  # CONNACK: no session kept
+    try:
+        await broker.send(qos2_publish("jobs", b"new", 11))
+        [new] = await take(second, 1)
+        assert bytes(new.data) == b"new"
+        await settle(first, old)  # the old connection's PUBREC goes nowhere
+        await settle(second, new)
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        assert broker.received == [pubrec_packet(11)]
+    finally:
+        await second.disconnect()
+
+
+async def test_a_pubrel_for_a_packet_id_never_seen_is_answered_with_pubcomp(broker: ScriptedBroker) -> None:
+    """After a restart the broker resends PUBREL for what the dead process released: the flow must end."""
+    async with connected(broker) as client:
+        assert client.take_message() is None
+        await broker.send(pubrel_packet(300))
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        assert broker.received == [pubcomp_packet(300)]
+
+
+async def test_a_qos2_message_waiting_for_room_when_its_connection_ends_is_new_when_resent(
+        broker: ScriptedBroker) -> None:
+    first = await connected_client(broker, ack_policy="after_processing", max_pending_messages=1, cleansession=False)
+    await broker.send(qos2_publish("jobs", b"a", 1) + qos2_publish("jobs", b"b", 2))
+    [a] = await take(first, 1)
+    broker.session_present = True
+    second = await reconnected(broker, first, ack_policy="after_processing", max_pending_messages=1,
+                               cleansession=False)
+    try:
+        await settle(first, a)
+        await broker.send(qos2_publish("jobs", b"b", 2, dup=True))
+        [b] = await take(second, 1)
+        assert bytes(b.data) == b"b"
+    finally:
+        await second.disconnect()
+
+
+async def test_a_qos2_publication_is_released_at_its_pubrec_and_through_at_its_pubcomp(broker: ScriptedBroker) -> None:
+    async with connected(broker) as client:
+        publishing = asyncio.create_task(client.publish("results/a", b"payload", qos=2))
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        sent = broker.received[0]
+        packet_id = int.from_bytes(sent[-9:-7], "big")
+        assert sent == publish_packet("results/a", b"payload", 2, False, packet_id)
+        await broker.send(pubrec_packet(packet_id))
+        await broker.wait_for(lambda: len(broker.received) == 2)
+        assert broker.received[1] == pubrel_packet(packet_id)
+        assert not publishing.done()
+        await broker.send(pubcomp_packet(packet_id))
+        assert await asyncio.wait_for(publishing, WAIT) is None
+
+
+@pytest.mark.parametrize(("qos", "answer"), [(2, pubrec_packet), (1, puback_packet)])
+async def test_an_acknowledgement_with_a_failure_reason_code_is_not_a_delivery(
+        broker: ScriptedBroker, qos: int, answer: Callable[[int], bytes]) -> None:
+    """Mosquitto answers a QoS 2 publication over its quota with PUBREC 0x97, also to a 3.1.1 client."""
+    async with connected(broker) as client:
+        publishing = asyncio.create_task(client.publish("results/a", b"payload", qos=qos))
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        packet_id = int.from_bytes(broker.received[0][-9:-7], "big")
+        await broker.send(b"%c\x03" % answer(packet_id)[0] + packet_id.to_bytes(2, "big") + b"\x97")
+        with pytest.raises(PublicationRefused, match=r"quota exceeded \(0x97\)") as refused:
+            await asyncio.wait_for(publishing, WAIT)
+        assert refused.value.reason_code == 0x97
+        await asyncio.sleep(0.05)
+        assert len(broker.received) == 1  # no PUBREL for a refused message
+
+
+async def test_a_puback_answering_a_qos2_publication_is_a_downgrade_said_once_per_connection(
+        broker: ScriptedBroker, caplog: pytest.LogCaptureFixture) -> None:
+    """RabbitMQ's MQTT plugin takes QoS 2 publications at QoS 1."""
+    async with connected(broker) as client:
+        for expected in (1, 2):
+            publishing = asyncio.create_task(client.publish("results/a", b"payload", qos=2))
+            await broker.wait_for(lambda: len(broker.received) == expected)
+            await broker.send(puback_packet(int.from_bytes(broker.received[-1][-9:-7], "big")))
+            assert await asyncio.wait_for(publishing, WAIT) is None
+    downgrades = [r for r in caplog.records if "answered a QoS 2 publication with PUBACK" in r.getMessage()]
+    assert len(downgrades) == 1 and downgrades[0].levelno == logging.WARNING
+    assert f"127.0.0.1:{broker.port}" in downgrades[0].getMessage()
+
+
+async def test_a_pubrec_no_publication_awaits_is_still_released(broker: ScriptedBroker) -> None:
+    """Given up on (timed out) or not, a message the broker holds must not stay in its flight window for good."""
+    async with connected(broker) as client:
+        assert client.take_message() is None
+        await broker.send(pubrec_packet(500))
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        assert broker.received == [pubrel_packet(500)]
 
 
 async def test_what_was_written_before_an_amqtt_packet_goes_out_before_it(broker: ScriptedBroker) -> None:
@@ -318,8 +514,8 @@ async def test_a_packet_id_given_again_at_once_keeps_its_new_publication(broker:
         handler: Any = client._handler
         first = handler.send_publish("results/a", b"1", 1, False)
         [packet_id] = list(handler._acks)
-        handler._acknowledged(packet_id)
-        handler.session._packet_id = packet_id - 1  # the id counter comes round to it again
+        handler._acknowledged(packet_id, 0)
+        handler._last_id = packet_id - 1  # the id counter comes round to it again
         second = handler.send_publish("results/b", b"2", 1, False)
         await asyncio.sleep(0)  # the first one's done-callback runs
         assert first.done() and handler._acks == {packet_id: second}
@@ -338,3 +534,28 @@ async def test_a_qos1_publish_given_up_on_stops_tracking_its_packet_id(broker: S
         assert handler._acks == {}
     finally:
         client.drop_connection()
+
+
+async def test_a_kept_session_gets_a_pubrel_for_every_own_packet_id_before_anything_else(broker: ScriptedBroker) -> None:
+    """QoS 2 publications a killed process left unreleased fill the broker's quota for good (Mosquitto: 20)."""
+    broker.session_present = True
+    async with connected(broker, cleansession=False) as client:
+        publishing = asyncio.create_task(client.publish("results/a", b"new", qos=2))
+        await broker.wait_for(lambda: len(broker.received) == len(OWN_PACKET_IDS) + 1)
+        assert broker.received[:-1] == [pubrel_packet(packet_id) for packet_id in OWN_PACKET_IDS]
+        packet_id = int.from_bytes(broker.received[-1][-5:-3], "big")
+        assert broker.received[-1] == publish_packet("results/a", b"new", 2, False, packet_id)
+        await broker.send(pubcomp_packet(packet_id))  # answers the PUBREL sent before: says nothing of the new one
+        await asyncio.sleep(0.05)
+        assert not publishing.done()
+        await broker.send(pubrec_packet(packet_id))
+        await broker.wait_for(lambda: broker.received[-1] == pubrel_packet(packet_id))
+        await broker.send(pubcomp_packet(packet_id))
+        assert await asyncio.wait_for(publishing, WAIT) is None
+
+
+async def test_without_a_kept_session_nothing_is_released(broker: ScriptedBroker) -> None:
+    async with connected(broker, cleansession=False) as client:
+        await client.publish("results/a", b"x", qos=0)
+        await broker.wait_for(lambda: len(broker.received) == 1)
+        assert broker.received == [publish_packet("results/a", b"x", 0, False)]
