@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -27,7 +26,9 @@ from amqtt.client import MQTTClient
 from amqtt.mqtt.protocol.client_handler import ClientProtocolHandler
 from amqtt.session import Session
 
-from .config import EventListenerConfig
+# PUBLIC_DEFAULT_PASSWORD: public knowledge, and masking every "test" in a log made topics like
+# ``test/results`` and job ids like ``test-1`` unreadable. Still never printed as a field value.
+from .config import PUBLIC_DEFAULT_PASSWORD, EventListenerConfig
 from .deadlines import settle_within
 from .delivery import DeliveryQueue, Ticket
 from .wire_handler import WireHandler
@@ -403,16 +404,14 @@ def endpoint_label(config: EventListenerConfig) -> str:
 
 
 def credentials(config: EventListenerConfig) -> tuple[str, Optional[str], Optional[str]]:
-    """(URI without user info, username, password): credentials in an explicit URI win."""
+    """(URI without user info, username, password): credentials in an explicit URI win; an empty
+    ``username`` means none at all (the password is not sent without it)."""
     clean, user, password = split_uri_credentials(config.uri or "")
     if user is not None:
         return clean, unquote(user), unquote(password) if password is not None else None
+    if not config.username:
+        return clean, None, None
     return clean, config.username, config.password
-
-
-#: The manual's default password: public knowledge, and masking every "test" in a log made topics
-#: like ``test/results`` and job ids like ``test-1`` unreadable. Still never printed as a field value.
-PUBLIC_DEFAULT_PASSWORD = next(f.default for f in dataclasses.fields(EventListenerConfig) if f.name == "password")
 
 
 def secrets(config: EventListenerConfig) -> tuple[str, ...]:
