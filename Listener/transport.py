@@ -19,10 +19,11 @@ import ssl
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set
 from urllib.parse import unquote, urlsplit
 
 from amqtt.client import MQTTClient
+from amqtt.errors import NoDataError
 from amqtt.mqtt.protocol.client_handler import ClientProtocolHandler
 from amqtt.session import Session
 
@@ -35,8 +36,8 @@ from .wire_handler import WireHandler
 from .redaction import SecretRedactingFilter, redact, split_uri_credentials
 
 __all__ = [
-    "AmqttClient", "BrokerRefusedConnection", "build_client_config", "connection_error", "create_client", "credentials",
-    "endpoint_label", "new_client", "open_connection", "secrets", "tls_bundle",
+    "CLOSED_DURING_CONNECT", "AmqttClient", "BrokerRefusedConnection", "build_client_config", "connection_error",
+    "create_client", "credentials", "endpoint_label", "new_client", "open_connection", "secrets", "tls_bundle",
 ]
 
 logger = logging.getLogger("Listener.transport")
@@ -45,6 +46,11 @@ DEFAULT_CONNECT_TIMEOUT = 30.0
 ABORT_TIMEOUT = 5.0
 #: Seconds a clean disconnect waits, after its DISCONNECT, for the broker to close the connection.
 DISCONNECT_LINGER = 2.0
+#: What a connection closed by the broker after CONNECT, without a CONNACK, usually means.
+CLOSED_DURING_CONNECT = (
+    "the broker closed the connection during CONNECT, without a CONNACK. Likely causes: a password sent "
+    "without a user name, an authentication or ACL plugin refusing this client, a client id the broker "
+    "refuses, or a listener that expects TLS (then use mqtts:// and cafile); the broker's log says which")
 _CONNACK_REASONS = {
     1: "unacceptable protocol version",
     2: "client identifier rejected",
@@ -65,6 +71,27 @@ class BrokerRefusedConnection(ConnectionError):
         self.return_code = return_code
 
 
+if TYPE_CHECKING:
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _LoggerAdapter = logging.LoggerAdapter
+
+
+class _ConnectFailuresAtDebug(_LoggerAdapter):
+    """amqtt's client logger, with its warnings about a failed connection attempt lowered to DEBUG.
+
+    The listener reports each failure itself, once, with the reason and without secrets; amqtt's
+    lines (``Connection failed: ConnectError(ConnectionError())``) repeated it at every attempt.
+    """
+
+    _REPORTED_BY_THE_LISTENER = ("Connection failed:", "Connection rejected with code")
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if level == logging.WARNING and isinstance(msg, str) and msg.startswith(self._REPORTED_BY_THE_LISTENER):
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+
 class AmqttClient(MQTTClient):  # type: ignore[misc]
     """amqtt's ``MQTTClient`` with credentials passed outside the URI, a bounded delivery queue
     read without a task per message, and ways to see and force the end of the connection.
@@ -83,6 +110,7 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
                  max_pending: int = 10_000, max_payload: Optional[int] = None) -> None:
         self.max_payload = max_payload
         super().__init__(client_id, config)
+        self.logger = _ConnectFailuresAtDebug(logging.getLogger("amqtt.client"), {})
         self._username = username
         self._password = password
         self.delivery_window = delivery_window
@@ -582,14 +610,35 @@ async def open_connection(config: EventListenerConfig, client: Any, timeout: flo
         if failure is not None:
             if isinstance(client, AmqttClient):
                 await asyncio.wait({asyncio.ensure_future(client.abort_connection())}, timeout=ABORT_TIMEOUT)
-            raise connection_error(config, failure) from None
+            raise connection_error(config, failure, connecting=True) from None
 
 
-def connection_error(config: EventListenerConfig, exc: BaseException) -> ConnectionError:
-    """A ConnectionError naming host and port and the reason, with every secret removed."""
-    message = redact(f"Cannot connect to MQTT broker at {endpoint_label(config)}: {_describe(exc)}", secrets(config))
+def connection_error(config: EventListenerConfig, exc: BaseException, *, connecting: bool = False) -> ConnectionError:
+    """A ConnectionError naming host and port and the reason, with every secret removed.
+
+    ``connecting``: ``exc`` ended a connection attempt (so a connection closed without data was closed
+    during CONNECT).
+    """
+    reason = CLOSED_DURING_CONNECT if connecting and _closed_by_peer(exc) else _describe(exc)
+    message = redact(f"Cannot connect to MQTT broker at {endpoint_label(config)}: {reason}", secrets(config))
     code = _return_code(exc)
     return BrokerRefusedConnection(message, code) if code is not None else ConnectionError(message)
+
+
+def _closed_by_peer(exc: BaseException) -> bool:
+    """True when the chain of ``exc`` shows the broker closed (or reset) an open connection.
+
+    amqtt reports a connection closed before the CONNACK as ``ConnectError`` from ``ConnectionError``
+    from ``NoDataError``; a TCP connection refused is a ``ConnectionRefusedError`` instead.
+    """
+    seen: Set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (NoDataError, ConnectionResetError, asyncio.IncompleteReadError)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _return_code(exc: BaseException) -> Optional[int]:
