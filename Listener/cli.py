@@ -443,7 +443,8 @@ def _blame(message: str, file: str, variables: Dict[str, str]) -> str:
         return f"environment: {message}"
     invalid = re.match(r"Invalid (\w+)", message)
     if invalid is not None and invalid.group(1) in variables:
-        return f"environment variable {variables[invalid.group(1)]}: {message}"
+        # The variable after the message: "MQTT_PASSWORD: Invalid" would read as a secret assignment and be masked.
+        return f"{message} (from environment variable {variables[invalid.group(1)]})"
     return message if file in message else f"{file}: {message}"
 
 

@@ -17,12 +17,12 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .job_store import job_store_problem
-from .redaction import CERTIFICATE_DATA, MASK, SECRET_SETTINGS, mask_uri_credentials, shown_setting
+from .redaction import CERTIFICATE_DATA, MASK, SECRET_SETTINGS, mask_uri_credentials, shown_setting, split_uri_credentials
 from .topics import filter_error, share_group_error, topic_name_error
 
 __all__ = ["ACK_POLICIES", "EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS",
-           "MAX_PAYLOAD_BYTES", "MAX_RETRIES", "MAX_RETRY_DELAY", "OptionKind", "SECTION_NAME", "describe_unknown_keys",
-           "environment_variables", "option_kinds"]
+           "MAX_PAYLOAD_BYTES", "MAX_RETRIES", "MAX_RETRY_DELAY", "OptionKind", "PUBLIC_DEFAULT_PASSWORD", "SECTION_NAME",
+           "describe_unknown_keys", "environment_variables", "option_kinds"]
 
 DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
 ACK_POLICIES = ("after_processing", "on_receipt")
@@ -49,6 +49,10 @@ class EventListenerConfig:
     Every field has a default, so ``EventListenerConfig()`` is valid. Invalid values raise
     :class:`~Listener.errors.ConfigError` (a ``ValueError``) naming the field and the value.
     ``repr()`` and ``str()`` never show the password or URI credentials.
+
+    Credentials: user name and password in an explicit ``uri`` win. Otherwise an empty or None
+    ``username`` means no credentials at all (the default password is then not sent either), and
+    any other password without a username is a ``ConfigError``: MQTT 3.1.1 forbids it.
     """
 
     # Connection
@@ -185,6 +189,11 @@ class EventListenerConfig:
         return cls(**values)
 
 
+#: The manual's default password: public knowledge. It is not sent without a username, so that
+#: ``username = ""`` alone means an anonymous connection.
+PUBLIC_DEFAULT_PASSWORD: Optional[str] = EventListenerConfig.password  # the field's default
+
+
 # -- validation ---------------------------------------------------------------------------------
 
 
@@ -258,6 +267,20 @@ def _check_uri(uri: str) -> None:
         raise _fail("uri", uri, "has no host")
     if port is not None and not 1 <= port <= 65535:
         raise _fail("uri", uri, "port must be from 1 to 65535")
+
+
+def _check_credentials(cfg: EventListenerConfig) -> None:
+    """A password needs a user name (MQTT 3.1.1 §3.1.2.9; Mosquitto closes the connection without a CONNACK)."""
+    if cfg.uri is not None:
+        _, uri_user, uri_password = split_uri_credentials(cfg.uri)
+        if uri_user is None and uri_password:
+            raise _fail("uri", cfg.uri, "has a password but no user name; MQTT does not allow a password without "
+                                        "a user name: add the user name, or remove the password")
+        if uri_user is not None:
+            return  # the uri's credentials are sent, username and password are not
+    if not cfg.username and cfg.password and cfg.password != PUBLIC_DEFAULT_PASSWORD:
+        raise ConfigError(f"Invalid password: {MASK} (a password without a username: MQTT does not allow it; "
+                          f"set username as well, or leave password unset to connect without credentials)")
 
 
 def _check_timing(cfg: EventListenerConfig) -> None:
@@ -393,8 +416,8 @@ def _check_retries(cfg: EventListenerConfig) -> None:
                     f"must be a number of seconds from 0 (retry at once) to {MAX_RETRY_DELAY:g}")
 
 
-_CHECKS = (_check_types, _check_connection, _check_timing, _check_qos, _check_topics, _check_share_group, _check_will,
-           _check_jobs, _check_retries)
+_CHECKS = (_check_types, _check_connection, _check_credentials, _check_timing, _check_qos, _check_topics,
+           _check_share_group, _check_will, _check_jobs, _check_retries)
 
 
 # -- reading files and the environment ------------------------------------------------------------

@@ -4,6 +4,10 @@ A processor may publish its result (a ``ReturnType``) to a topic the listener's 
 covers, such as the manual's ``events/processed`` under ``topic = "events/#"``. The broker then sends
 that JSON result back, and without this memory it would be rejected as an invalid job and reported.
 Only a digest of each payload is kept, for a bounded number of publications and a bounded time.
+
+Only results (and ``_publish_result``) are remembered; events go to the listener's own topics, which
+are never jobs. A message sent with ``_send_message`` to a subscribed topic is a job when it comes back,
+as in the first release, whose users and tests publish jobs to their own listener that way.
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class RecentPublications:
 
 
 class OwnMessages:
-    """Tells the listener's own messages from jobs: those on its own topics, and echoes of its publications.
+    """Tells the listener's own messages from jobs: those on its own topics, and echoes of its results.
 
     Taking them as jobs would answer each with an error event, which may come back in turn.
 
@@ -114,7 +118,7 @@ class OwnMessages:
         return False
 
     def remember(self, topic: str, payload: bytes) -> None:
-        """Note a publication the subscription will bring back, so that its echo is dropped."""
+        """Note a result the subscription will bring back, so that its echo is dropped."""
         echoes = self._echoes.get(topic)
         if echoes is None:
             echoes = topic not in self.own_topics and any(topic_matches(f, topic) for f in self._filters)

@@ -268,12 +268,17 @@ class EventListener:
 
     async def _send_message(self, topic: str, data: Union[str, bytes, bytearray, Dict[str, Any], Any],
                             qos: Optional[int] = None, retain: Optional[bool] = None) -> None:
-        """Publish ``data`` (str is UTF-8 encoded, bytes sent as they are, anything else as JSON)."""
+        """Publish ``data`` (str is UTF-8 encoded, bytes sent as they are, anything else as JSON).
+
+        A message sent to a topic this listener subscribes to is processed as a job when it comes back
+        (the first release's behaviour), unless the topic is its ``error_topic``, ``log_topic`` or
+        ``results_topic``.
+        """
         await self._pipeline.send_message(topic, data, qos, retain)
 
     async def _publish_result(self, data: Any, topic: Optional[str] = None) -> None:
-        """Publish a result as JSON to ``topic`` (``results_topic`` when empty)."""
-        await self._pipeline.send_message(topic or self.config.results_topic, to_json_bytes(data))
+        """Publish a result as JSON to ``topic`` (``results_topic`` when empty); its echo is not a job."""
+        await self._pipeline.send_message(topic or self.config.results_topic, to_json_bytes(data), result=True)
 
     # -- processing one message ------------------------------------------------------------------
 

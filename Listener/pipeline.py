@@ -80,8 +80,13 @@ class Pipeline:
 
     # -- publishing ------------------------------------------------------------------------------
 
-    async def send_message(self, topic: str, data: Any, qos: Optional[int] = None, retain: Optional[bool] = None) -> None:
-        """Publish ``data`` (str is UTF-8 encoded, bytes sent as they are, anything else as JSON)."""
+    async def send_message(self, topic: str, data: Any, qos: Optional[int] = None, retain: Optional[bool] = None,
+                           *, result: bool = False) -> None:
+        """Publish ``data`` (str is UTF-8 encoded, bytes sent as they are, anything else as JSON).
+
+        Only a ``result`` is remembered as the listener's own: a message sent to a topic its
+        subscription covers otherwise comes back as a job, as in the first release.
+        """
         if isinstance(data, str):
             payload = data.encode("utf-8")
         elif isinstance(data, (bytes, bytearray)):
@@ -92,7 +97,8 @@ class Pipeline:
             default_qos, default_retain = self._options(topic)
             qos = default_qos if qos is None else qos
             retain = default_retain if retain is None else retain
-        self._own.remember(topic, payload)
+        if result:
+            self._own.remember(topic, payload)
         await self._publisher.publish(topic, payload, qos, retain)
 
     async def publish_event(self, topic: str, body: Dict[str, Any]) -> None:

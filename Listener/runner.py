@@ -11,7 +11,8 @@ import asyncio
 import contextlib
 import enum
 import logging
-from typing import Any, Awaitable, Callable, List, Optional, Sequence, Set, Tuple
+import time
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
 from .backoff import backoff_delay
 from .config import EventListenerConfig
@@ -25,13 +26,15 @@ from .publisher import Publisher
 from .session import ClientSlot, Session
 from .transport import BrokerRefusedConnection
 
-__all__ = ["Runner", "State", "backoff_delay"]
+__all__ = ["RepeatedFailures", "Runner", "State", "backoff_delay"]
 
 logger = logging.getLogger("Listener.event_listener")
 
 _MAX_CLEANUP_PERIOD = 60.0
 #: Seconds stopping waits for the durable job store to record what finished, before acknowledging it.
 ACKS_RELEASED_TIMEOUT = 5.0
+#: Seconds after which a connection failure logged at WARNING, and failing the same way since, is logged again.
+FAILURE_REMINDER_INTERVAL = 300.0
 #: Handles one message: ``(payload, topic, ticket)``; the ticket (None when no acknowledgement is held
 #: back) is settled by the run loop when the call returns, unless the handler deferred it.
 Handler = Callable[[Any, str, Optional[Ticket]], Awaitable[Any]]
@@ -52,6 +55,34 @@ class State(str, enum.Enum):
     DRAINING = "draining"
     #: ``run()`` returned (it may be called again).
     STOPPED = "stopped"
+
+
+class RepeatedFailures:
+    """Which failed connection attempts to log at WARNING: the first one with a given reason, and then the
+    same again only as a reminder, every ``remind_every`` seconds; the others at DEBUG.
+
+    A broker that closes every CONNECT, or that is down, fails each retry the same way: one clear line
+    says so, instead of one identical line per attempt.
+    """
+
+    def __init__(self, remind_every: float = FAILURE_REMINDER_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.remind_every = remind_every
+        self._clock = clock
+        self._warned: Dict[str, float] = {}  # reason -> when it was last logged at WARNING
+
+    def level(self, reason: str) -> int:
+        """The level to log this failure at."""
+        now = self._clock()
+        warned = self._warned.get(reason)
+        if warned is not None and now - warned < self.remind_every:
+            return logging.DEBUG
+        self._warned = {reason: now}
+        return logging.WARNING
+
+    def reset(self) -> None:
+        """A connection succeeded: the next failure is news again."""
+        self._warned.clear()
 
 
 class Runner:
@@ -185,6 +216,7 @@ class Runner:
         """Connect, consume until the connection drops, reconnect with backoff; until stopped."""
         attempt = 0
         started = False
+        failures = RepeatedFailures()
         while not self._stop.is_set():
             adapter = self._slot.for_new_connection()
             adapter.on_drop(self._drops.record)
@@ -206,12 +238,13 @@ class Runner:
                         raise ConnectionError(f"{exc} (gave up after {attempt} attempts)") from None
                     raise
                 delay = backoff_delay(attempt, float(self._config.reconnect_max_interval))
-                await self._events.log(logging.WARNING, "connection_retry", "Connecting failed (%s); retry %d in %.1f s",
-                                       exc, attempt, delay, publish=False)
+                await self._events.log(failures.level(str(exc)), "connection_retry",
+                                       "Connecting failed (%s); retry %d in %.1f s", exc, attempt, delay, publish=False)
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), delay)
                 continue
             attempt = 0
+            failures.reset()
             if not self._stop.is_set():
                 self.state = State.RUNNING
             self.ready.set()

@@ -346,11 +346,14 @@ class ClientSlot:
 
 
 async def connect(adapter: ClientAdapter, config: EventListenerConfig, endpoint: str) -> None:
-    """Open the MQTT connection (raises ConnectionError naming host and port, never a secret)."""
+    """Open the MQTT connection (raises ConnectionError naming host and port, never a secret).
+
+    The failure is raised, not logged: the run loop reports it once per run of identical failures.
+    """
     try:
         await adapter.connect(config, float(config.connect_timeout or DEFAULT_CONNECT_TIMEOUT))
     except ConnectionError as error:
-        logger.warning("%s", error)
+        logger.debug("%s", error)
         raise
     logger.info("Connected to MQTT broker at %s", endpoint)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -20,22 +19,25 @@ import ssl
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set
 from urllib.parse import unquote, urlsplit
 
 from amqtt.client import MQTTClient
+from amqtt.errors import NoDataError
 from amqtt.mqtt.protocol.client_handler import ClientProtocolHandler
 from amqtt.session import Session
 
-from .config import EventListenerConfig
+# PUBLIC_DEFAULT_PASSWORD: public knowledge, and masking every "test" in a log made topics like
+# ``test/results`` and job ids like ``test-1`` unreadable. Still never printed as a field value.
+from .config import PUBLIC_DEFAULT_PASSWORD, EventListenerConfig
 from .deadlines import settle_within
 from .delivery import DeliveryQueue, Ticket
 from .wire_handler import WireHandler
 from .redaction import SecretRedactingFilter, redact, split_uri_credentials
 
 __all__ = [
-    "AmqttClient", "BrokerRefusedConnection", "build_client_config", "connection_error", "create_client", "credentials",
-    "endpoint_label", "new_client", "open_connection", "secrets", "tls_bundle",
+    "CLOSED_DURING_CONNECT", "AmqttClient", "BrokerRefusedConnection", "build_client_config", "connection_error",
+    "create_client", "credentials", "endpoint_label", "new_client", "open_connection", "secrets", "tls_bundle",
 ]
 
 logger = logging.getLogger("Listener.transport")
@@ -44,6 +46,11 @@ DEFAULT_CONNECT_TIMEOUT = 30.0
 ABORT_TIMEOUT = 5.0
 #: Seconds a clean disconnect waits, after its DISCONNECT, for the broker to close the connection.
 DISCONNECT_LINGER = 2.0
+#: What a connection closed by the broker after CONNECT, without a CONNACK, usually means.
+CLOSED_DURING_CONNECT = (
+    "the broker closed the connection during CONNECT, without a CONNACK. Likely causes: a password sent "
+    "without a user name, an authentication or ACL plugin refusing this client, a client id the broker "
+    "refuses, or a listener that expects TLS (then use mqtts:// and cafile); the broker's log says which")
 _CONNACK_REASONS = {
     1: "unacceptable protocol version",
     2: "client identifier rejected",
@@ -62,6 +69,27 @@ class BrokerRefusedConnection(ConnectionError):
     def __init__(self, message: str, return_code: Optional[int] = None) -> None:
         super().__init__(message)
         self.return_code = return_code
+
+
+if TYPE_CHECKING:
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _LoggerAdapter = logging.LoggerAdapter
+
+
+class _ConnectFailuresAtDebug(_LoggerAdapter):
+    """amqtt's client logger, with its warnings about a failed connection attempt lowered to DEBUG.
+
+    The listener reports each failure itself, once, with the reason and without secrets; amqtt's
+    lines (``Connection failed: ConnectError(ConnectionError())``) repeated it at every attempt.
+    """
+
+    _REPORTED_BY_THE_LISTENER = ("Connection failed:", "Connection rejected with code")
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if level == logging.WARNING and isinstance(msg, str) and msg.startswith(self._REPORTED_BY_THE_LISTENER):
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
 
 
 class AmqttClient(MQTTClient):  # type: ignore[misc]
@@ -84,6 +112,7 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         self.max_payload = max_payload
         self.label = label
         super().__init__(client_id, config)
+        self.logger = _ConnectFailuresAtDebug(logging.getLogger("amqtt.client"), {})
         self._username = username
         self._password = password
         self.delivery_window = delivery_window
@@ -408,16 +437,14 @@ def endpoint_label(config: EventListenerConfig) -> str:
 
 
 def credentials(config: EventListenerConfig) -> tuple[str, Optional[str], Optional[str]]:
-    """(URI without user info, username, password): credentials in an explicit URI win."""
+    """(URI without user info, username, password): credentials in an explicit URI win; an empty
+    ``username`` means none at all (the password is not sent without it)."""
     clean, user, password = split_uri_credentials(config.uri or "")
     if user is not None:
         return clean, unquote(user), unquote(password) if password is not None else None
+    if not config.username:
+        return clean, None, None
     return clean, config.username, config.password
-
-
-#: The manual's default password: public knowledge, and masking every "test" in a log made topics
-#: like ``test/results`` and job ids like ``test-1`` unreadable. Still never printed as a field value.
-PUBLIC_DEFAULT_PASSWORD = next(f.default for f in dataclasses.fields(EventListenerConfig) if f.name == "password")
 
 
 def secrets(config: EventListenerConfig) -> tuple[str, ...]:
@@ -588,14 +615,35 @@ async def open_connection(config: EventListenerConfig, client: Any, timeout: flo
         if failure is not None:
             if isinstance(client, AmqttClient):
                 await asyncio.wait({asyncio.ensure_future(client.abort_connection())}, timeout=ABORT_TIMEOUT)
-            raise connection_error(config, failure) from None
+            raise connection_error(config, failure, connecting=True) from None
 
 
-def connection_error(config: EventListenerConfig, exc: BaseException) -> ConnectionError:
-    """A ConnectionError naming host and port and the reason, with every secret removed."""
-    message = redact(f"Cannot connect to MQTT broker at {endpoint_label(config)}: {_describe(exc)}", secrets(config))
+def connection_error(config: EventListenerConfig, exc: BaseException, *, connecting: bool = False) -> ConnectionError:
+    """A ConnectionError naming host and port and the reason, with every secret removed.
+
+    ``connecting``: ``exc`` ended a connection attempt (so a connection closed without data was closed
+    during CONNECT).
+    """
+    reason = CLOSED_DURING_CONNECT if connecting and _closed_by_peer(exc) else _describe(exc)
+    message = redact(f"Cannot connect to MQTT broker at {endpoint_label(config)}: {reason}", secrets(config))
     code = _return_code(exc)
     return BrokerRefusedConnection(message, code) if code is not None else ConnectionError(message)
+
+
+def _closed_by_peer(exc: BaseException) -> bool:
+    """True when the chain of ``exc`` shows the broker closed (or reset) an open connection.
+
+    amqtt reports a connection closed before the CONNACK as ``ConnectError`` from ``ConnectionError``
+    from ``NoDataError``; a TCP connection refused is a ``ConnectionRefusedError`` instead.
+    """
+    seen: Set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (NoDataError, ConnectionResetError, asyncio.IncompleteReadError)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _return_code(exc: BaseException) -> Optional[int]:

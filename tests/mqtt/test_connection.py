@@ -16,9 +16,11 @@ from typing import Any, Callable, Dict
 
 import pytest
 
-from Listener import EventListener
-from tests.mqtt.conftest import listener_config
-from tests.support.brokers import BrokerEndpoint, TlsMaterial, free_port
+from Listener import EventListener, EventListenerConfig
+from Listener.transport import (CLOSED_DURING_CONNECT, AmqttClient, BrokerRefusedConnection, build_client_config,
+                                open_connection)
+from tests.mqtt.conftest import listener_config, run_until_ready
+from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial, free_port
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,6 +75,79 @@ async def test_anonymous_client_refused_by_password_listener(mqtt_auth_endpoint:
     listener = EventListener(listener_config(replace(mqtt_auth_endpoint, username=None, password=None), unique_topic))
     with pytest.raises(ConnectionError, match="CONNACK return code 5"):
         await asyncio.wait_for(listener.run(), 20)
+
+
+# -- an empty username, and a connection closed during CONNECT (issue 21, item 5) -------------------------
+
+SECRET = "pw-closed-during-connect-5e1"
+
+
+def empty_username_file(tmp_path: Path, endpoint: BrokerEndpoint, prefix: str) -> Path:
+    """A configuration file saying "anonymous" the only way a file can: ``username = ""`` (the password is
+    left at the manual's default, "test")."""
+    path = tmp_path / "listener.toml"
+    path.write_text(f'host = "{endpoint.host}"\nport = {endpoint.port}\nusername = ""\ntopic = "{prefix}/jobs"\n'
+                    f'results_topic = "{prefix}/results"\nerror_topic = "{prefix}/error"\nlog_topic = "{prefix}/log"\n'
+                    "reconnect_retries = 0\nconnect_timeout = 5\n", encoding="utf-8")
+    return path
+
+
+async def test_an_empty_username_connects_anonymously_and_sends_no_password(
+        broker_factory: Callable[..., MosquittoBroker], tmp_path: Path, unique_topic: str) -> None:
+    broker = broker_factory()
+    config = EventListenerConfig.from_file(empty_username_file(tmp_path, broker.plain, unique_topic))
+    assert (config.username, config.password) == ("", "test")
+    watcher = MqttProbe(broker.plain).subscribe(f"{unique_topic}/results")
+    sender = MqttProbe(broker.plain)
+    listener = EventListener(config)
+    try:
+        task = await run_until_ready(listener, lambda data, job_id: {"job_id": job_id, "anonymous": True})
+        try:
+            sender.publish(f"{unique_topic}/jobs", 'job_id = "anon-1"')
+            [message] = await asyncio.to_thread(watcher.wait_for, 1, 10.0, f"{unique_topic}/results")
+            assert json.loads(message.payload) == {"job_id": "anon-1", "anonymous": True}
+        finally:
+            listener.stop()
+            await asyncio.wait_for(task, 10)
+    finally:
+        watcher.close()
+        sender.close()
+    # The password listener refuses the same client with a CONNACK (not authorised): no password was sent.
+    refused = EventListener(EventListenerConfig.from_file(empty_username_file(tmp_path, broker.auth, unique_topic)))
+    with pytest.raises(BrokerRefusedConnection, match="CONNACK return code 5"):
+        await asyncio.wait_for(refused.run(), 20)
+    assert "password without username" not in broker.log_tail(200)
+
+
+async def test_a_password_without_a_username_is_closed_during_connect_and_said_so_without_the_password(
+        broker_factory: Callable[..., MosquittoBroker]) -> None:
+    # The configuration refuses it, so the CONNECT is made with an amqtt client built directly.
+    broker = broker_factory()
+    config = EventListenerConfig(host="127.0.0.1", port=broker.plain_port, username=None, password=None)
+    client = AmqttClient("no-username", build_client_config(config), username=None, password=SECRET)
+    with pytest.raises(ConnectionError) as info:
+        await open_connection(config, client, 10.0)
+    assert str(info.value) == f"Cannot connect to MQTT broker at 127.0.0.1:{broker.plain_port}: {CLOSED_DURING_CONNECT}"
+    assert not isinstance(info.value, BrokerRefusedConnection)
+    assert "password without username" in broker.log_tail(200)
+
+
+async def test_a_connection_closed_during_connect_is_reported_once_with_its_likely_causes(
+        mqtt_tls_endpoint: BrokerEndpoint, unique_topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    # A plain client on a TLS listener: Mosquitto reads the CONNECT as a TLS handshake and closes the connection.
+    caplog.set_level(logging.DEBUG)
+    plain = BrokerEndpoint("127.0.0.1", mqtt_tls_endpoint.port, "svc", SECRET)
+    listener = EventListener(listener_config(plain, unique_topic, reconnect_retries=2, reconnect_max_interval=0.05))
+    with pytest.raises(ConnectionError) as info:
+        await asyncio.wait_for(listener.run(), 30)
+    assert str(info.value) == (f"Cannot connect to MQTT broker at 127.0.0.1:{plain.port}: {CLOSED_DURING_CONNECT} "
+                               "(gave up after 3 attempts)")
+    shown = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    [once] = [text for text in shown if "during CONNECT" in text] or [shown]
+    assert once.startswith(f"Connecting failed (Cannot connect to MQTT broker at 127.0.0.1:{plain.port}: "
+                           f"{CLOSED_DURING_CONNECT}); retry 1 in ")
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("amqtt")], shown
+    assert SECRET not in caplog.text and SECRET not in str(info.value)
 
 
 async def test_unreachable_port_raises_connection_error_after_retries(unique_topic: str) -> None:

@@ -114,6 +114,23 @@ async def test_return_type_to_a_covered_topic_is_not_taken_back_as_an_invalid_jo
     assert sorted(await listener.get_all_jobs()) == ["job-0", "job-1", "job-2"]
 
 
+async def test_send_message_to_the_subscribed_topic_is_a_job_but_own_topics_stay_ignored(
+        start_listener: Callable[..., Any], probe: Any, unique_topic: str) -> None:
+    # The first release's suite publishes its jobs with the listener's own _send_message while run() runs.
+    watcher = probe(f"{unique_topic}/#")
+    listener, _ = await start_listener(echo_processor, topic=f"{unique_topic}/#")
+    await listener._send_message(topic=f"{unique_topic}/jobs", data='job_id = "sent"\nvalue = 1', qos=1, retain=False)
+    [result] = await wait_for(watcher, 1, f"{unique_topic}/results")
+    assert body(result) == {"job_id": "sent", "echo": 1}
+    await metric_reaches(listener, "own_messages_ignored", 1)  # the result came back on results_topic
+    # A job-like message sent to an own topic is still never a job.
+    await listener._send_message(f"{unique_topic}/error", 'job_id = "not-a-job"', 1, False)
+    await metric_reaches(listener, "own_messages_ignored", 2)
+    snapshot = listener.metrics()
+    assert snapshot["own_echoes_ignored"] == 0 and snapshot["errors"] == {}
+    assert list(await listener.get_all_jobs()) == ["sent"]
+
+
 async def test_uri_wins_over_a_disagreeing_host_and_the_start_warns(
         mqtt_endpoint: BrokerEndpoint, start_listener: Callable[..., Any], probe: Any, unique_topic: str,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -194,6 +194,10 @@ class MosquittoBroker:
     can make them: a change made in the instant before the kill may still be lost; a SIGTERM (``stop()``)
     always saves everything.
 
+    ``password_file``: a ``mosquitto_passwd`` file to use as it is (e.g. :data:`COMPOSE_PASSWORD_FILE`, whose
+    accounts are user/password and test/test; give ``username``/``password`` one of them), instead of a new
+    one made for ``username``/``password``.
+
     ``max_packet_size`` (bytes): mosquitto disconnects a client that sends a bigger packet.
     ``max_inflight`` sets ``max_inflight_messages`` (QoS 1/2 messages sent to a client and not yet
     acknowledged; mosquitto's default is 20, 0 means no limit); ``max_queued`` sets ``max_queued_messages``
@@ -208,6 +212,7 @@ class MosquittoBroker:
     max_packet_size: Optional[int] = None
     max_inflight: Optional[int] = None
     max_queued: Optional[int] = None
+    password_file: Optional[Path] = None
     plain_port: int = field(default_factory=free_port)
     auth_port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
@@ -249,10 +254,14 @@ class MosquittoBroker:
         return BrokerEndpoint("localhost", self.tls_port, tls=True, cafile=self.tls.ca_cert)
 
     def _write_password_file(self) -> None:
+        self.password_path = self.folder / "passwords"
+        if self.password_file is not None:
+            shutil.copyfile(self.password_file, self.password_path)
+            self.password_path.chmod(0o644)
+            return
         passwd = find_binary("mosquitto_passwd")
         if passwd is None:
             raise RuntimeError("mosquitto_passwd is not installed (it ships with the mosquitto package)")
-        self.password_path = self.folder / "passwords"
         subprocess.run([passwd, "-b", "-c", str(self.password_path), self.username, self.password],  # noqa: S603
                        check=True, capture_output=True)
         self.password_path.chmod(0o644)

@@ -72,7 +72,7 @@ def test_with_env_an_out_of_range_variable_is_blamed_on_the_variable(tmp_path: P
     monkeypatch.setenv("MQTT_PORT", "70000")
     assert main(["check-config", path, "--with-env"]) == EXIT_FAILURE
     err = capsys.readouterr().err
-    assert "environment variable MQTT_PORT: Invalid port" in err and "70000" in err
+    assert "Invalid port" in err and "70000" in err and err.rstrip().endswith("(from environment variable MQTT_PORT)")
     assert path not in err
 
 
@@ -96,3 +96,34 @@ def test_help_is_self_contained(capsys: pytest.CaptureFixture[str]) -> None:
     assert "docs/" not in out and ".md" not in out
     for needed in ("MQTT_HOST", "--set KEY=VALUE", "[mqtt] table", "check-config", "exit codes"):
         assert needed in out
+
+
+# -- credentials --------------------------------------------------------------------------------------
+
+SECRET = "pw-check-config-9f3"
+
+
+def test_an_empty_username_in_a_file_is_valid_and_means_no_credentials(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, 'username = ""\n')
+    assert main(["check-config", path]) == EXIT_OK
+    assert "configuration is valid" in capsys.readouterr().err
+
+
+def test_check_config_refuses_a_password_without_a_username_without_showing_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, f'username = ""\npassword = "{SECRET}"\n')
+    assert main(["check-config", path]) == EXIT_FAILURE
+    captured = capsys.readouterr()
+    assert f"{path}: Invalid password: *** (a password without a username" in captured.err
+    assert SECRET not in captured.err + captured.out
+
+
+def test_with_env_a_password_without_a_username_is_blamed_on_mqtt_password(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, 'username = ""\n')
+    monkeypatch.setenv("MQTT_PASSWORD", SECRET)
+    assert main(["check-config", path, "--with-env"]) == EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.startswith("mqtt-listener: Invalid password: *** (a password without a username")
+    assert err.rstrip().endswith("(from environment variable MQTT_PASSWORD)") and SECRET not in err

@@ -109,6 +109,22 @@ def test_overrides_accept_dashes_and_unset() -> None:
     assert values == {"shutdown_grace_period": 5, "port": 1884, "username": None, "password": None}
 
 
+def test_set_username_to_nothing_means_no_credentials() -> None:
+    from Listener.transport import credentials
+
+    values = parse_overrides(["username="])
+    assert values == {"username": ""}
+    assert credentials(load_config(None, values, environ={}))[1:] == (None, None)
+    assert credentials(load_config(None, parse_overrides([], ["username"]), environ={}))[1:] == (None, None)
+
+
+def test_set_a_password_without_a_username_is_a_usage_error_that_hides_it() -> None:
+    with pytest.raises(CliError) as info:
+        load_config(None, parse_overrides(["username=", "password=pw-cli-77"]), environ={})
+    assert info.value.code == EXIT_USAGE
+    assert "Invalid password: ***" in str(info.value) and "pw-cli-77" not in str(info.value)
+
+
 def test_unknown_keys_are_named_with_a_suggestion() -> None:
     with pytest.raises(CliError) as info:
         parse_overrides(["prot=1", "hots=a", "port=2"])

@@ -138,3 +138,29 @@ async def test_error_keeps_its_error_event_and_warning(caplog: pytest.LogCapture
     assert [r.levelno for r in caplog.records if "Duplicate job d-3" in r.getMessage()] == [logging.WARNING]
     job = await listener.get_job_status("d-3")
     assert job is not None and job.result == {"ok": True}
+
+
+# -- 5. _send_message to a subscribed topic is a job ----------------------------------------------------
+
+
+async def test_a_message_sent_to_the_listeners_own_topic_comes_back_as_a_job() -> None:
+    # The first release's suite publishes its jobs this way while run() runs (SPEC §11).
+    listener = make_listener(topic="jobs/#")
+    calls: List[str] = []
+    toml_text = 'job_id = "sent-1"\naction = "process_data"'
+    await listener._send_message("jobs/in", toml_text, 1, False)
+    [(topic, payload, qos, retain)] = [call.args for call in listener.client.publish.call_args_list]
+    assert (topic, payload, qos, retain) == ("jobs/in", toml_text.encode(), 1, False)
+    await listener._process_message(payload, lambda data, job_id: calls.append(job_id), topic="jobs/in")
+    assert calls == ["sent-1"]
+    assert listener.metrics()["own_echoes_ignored"] == 0
+    job = await listener.get_job_status("sent-1")
+    assert job is not None and job.status is JobStatus.COMPLETED
+
+
+async def test_a_result_sent_with_publish_result_is_still_the_listeners_own_echo() -> None:
+    listener = make_listener(topic="jobs/#")
+    await listener._publish_result({"job_id": "r-1", "ok": True}, "jobs/processed")
+    [(_, payload, _, _)] = [call.args for call in listener.client.publish.call_args_list]
+    assert await listener._process_message(payload, lambda data, job_id: None, topic="jobs/processed") is None
+    assert listener.metrics()["own_echoes_ignored"] == 1 and listener.metrics()["errors"] == {}

@@ -802,3 +802,79 @@ def test_invalid_retry_settings_name_the_field(name: str, value: Any, why: str) 
 def test_retry_settings_from_the_environment() -> None:
     cfg = EventListenerConfig.from_env(environ={"MQTT_MAX_RETRIES": "3", "MQTT_RETRY_BACKOFF": "0.25"})
     assert cfg.max_retries == 3 and cfg.retry_backoff == 0.25
+
+
+# -- credentials: an empty username means none; a password needs a username --------------------------
+
+
+def sent_credentials(cfg: EventListenerConfig) -> tuple:
+    from Listener.transport import credentials
+
+    return credentials(cfg)[1:]
+
+
+def test_the_defaults_send_the_manuals_test_credentials() -> None:
+    assert sent_credentials(EventListenerConfig()) == ("test", "test")
+    assert config_module.PUBLIC_DEFAULT_PASSWORD == "test"
+
+
+@pytest.mark.parametrize("username", ["", None])
+@pytest.mark.parametrize("password", ["test", "", None])
+def test_no_username_means_no_credentials_at_all(username: Any, password: Any) -> None:
+    # The default password "test" left in place is not sent: a password without a user name makes
+    # Mosquitto close the connection, and `username = ""` in a file clearly means "anonymous".
+    cfg = EventListenerConfig(username=username, password=password)
+    assert sent_credentials(cfg) == (None, None)
+    assert cfg.username == username and cfg.password == password  # what was given is kept
+
+
+@pytest.mark.parametrize("username", ["", None])
+def test_a_password_without_a_username_is_a_config_error_that_hides_it(username: Any) -> None:
+    message = config_error(username=username, password=PASSWORD)
+    assert PASSWORD not in message
+    assert message.startswith(f"Invalid password: {MASK}")
+    assert "without a username" in message and "set username" in message
+
+
+def test_a_username_alone_is_sent_without_a_password() -> None:
+    assert sent_credentials(EventListenerConfig(username="alice", password=None)) == ("alice", None)
+    assert sent_credentials(EventListenerConfig(username="alice", password="")) == ("alice", "")
+
+
+def test_uri_credentials_win_over_username_and_password() -> None:
+    cfg = EventListenerConfig(uri=f"mqtt://bob:{PASSWORD}@h:1883", username="", password="other-pw-42")
+    assert sent_credentials(cfg) == ("bob", PASSWORD)
+    cfg = EventListenerConfig(uri="mqtt://bob%40corp:p%2Fw@h:1883", username="alice", password="x")
+    assert sent_credentials(cfg) == ("bob@corp", "p/w")
+
+
+def test_a_uri_without_user_info_leaves_username_and_password_in_charge() -> None:
+    assert sent_credentials(EventListenerConfig(uri="mqtt://h:1883", username="")) == (None, None)
+    assert sent_credentials(EventListenerConfig(uri="mqtt://h:1883", username="u", password="p")) == ("u", "p")
+
+
+def test_a_uri_with_a_password_but_no_user_is_a_config_error_that_hides_it() -> None:
+    message = config_error(uri=f"mqtt://:{PASSWORD}@h:1883")
+    assert PASSWORD not in message
+    assert message.startswith("Invalid uri: 'mqtt://:***@h:1883'") and "no user name" in message
+
+
+def test_credentials_from_a_file(tmp_path: Any) -> None:
+    path = tmp_path / "listener.toml"
+    path.write_text('username = ""\n', encoding="utf-8")  # a file has no null: "" is how it says "none"
+    assert sent_credentials(EventListenerConfig.from_file(path)) == (None, None)
+    path.write_text(f'username = ""\npassword = "{PASSWORD}"\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="without a username") as info:
+        EventListenerConfig.from_file(path)
+    assert PASSWORD not in str(info.value)
+
+
+def test_credentials_from_the_environment() -> None:
+    cfg = EventListenerConfig.from_env(environ={"MQTT_USERNAME": ""})
+    assert cfg.username == "" and sent_credentials(cfg) == (None, None)
+    with pytest.raises(ConfigError, match="without a username") as info:
+        EventListenerConfig.from_env(environ={"MQTT_USERNAME": "", "MQTT_PASSWORD": PASSWORD})
+    assert PASSWORD not in str(info.value)
+    # An explicit username (a constructor argument) completes the environment's password.
+    assert sent_credentials(EventListenerConfig.from_env(environ={"MQTT_PASSWORD": PASSWORD}, username="svc")) == (
+        "svc", PASSWORD)

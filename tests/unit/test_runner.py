@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from typing import List
 
-from Listener.runner import State, backoff_delay
+import pytest
+
+from Listener.runner import RepeatedFailures, State, backoff_delay
 from tests.unit.helpers import mocked_listener, wait_forever
 
 
@@ -38,3 +42,49 @@ async def test_stop_before_run_makes_the_next_run_return_without_connecting() ->
     await asyncio.wait_for(listener.run(), 5)
     listener.client.connect.assert_not_awaited()
     assert listener.state is State.STOPPED
+
+
+# -- repeated connection failures are logged once ------------------------------------------------------
+
+
+def test_repeated_failures_warn_once_per_reason_then_remind() -> None:
+    now = [0.0]
+    failures = RepeatedFailures(remind_every=300.0, clock=lambda: now[0])
+    assert failures.level("closed during CONNECT") == logging.WARNING
+    now[0] = 10.0
+    assert failures.level("closed during CONNECT") == logging.DEBUG
+    assert failures.level("timed out") == logging.WARNING  # a new reason is news
+    assert failures.level("closed during CONNECT") == logging.WARNING  # and so is the old one coming back
+    now[0] = 309.0
+    assert failures.level("closed during CONNECT") == logging.DEBUG
+    now[0] = 310.0
+    assert failures.level("closed during CONNECT") == logging.WARNING  # a reminder, 300 s after the last warning
+    failures.reset()
+    assert failures.level("closed during CONNECT") == logging.WARNING  # connected in between: news again
+
+
+def connect_records(caplog: pytest.LogCaptureFixture, text: str) -> List[logging.LogRecord]:
+    return [r for r in caplog.records if text in r.getMessage()]
+
+
+async def test_the_same_connect_failure_at_every_attempt_is_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    listener = mocked_listener(reconnect_retries=3, reconnect_max_interval=0.01)
+    listener.client.connect.side_effect = ConnectionError("closed by the broker during CONNECT")
+    with pytest.raises(ConnectionError, match="gave up after 4 attempts"):
+        await asyncio.wait_for(listener.run(), 5)
+    retries = connect_records(caplog, "Connecting failed")
+    assert [r.levelno for r in retries] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+    shown = [r for r in caplog.records if r.levelno >= logging.WARNING and "during CONNECT" in r.getMessage()]
+    assert len(shown) == 1
+
+
+async def test_a_different_failure_reason_is_logged_again(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    listener = mocked_listener(reconnect_retries=3, reconnect_max_interval=0.01)
+    listener.client.connect.side_effect = [ConnectionError("refused"), ConnectionError("refused"),
+                                           ConnectionError("timed out"), ConnectionError("timed out")]
+    with pytest.raises(ConnectionError, match="timed out"):
+        await asyncio.wait_for(listener.run(), 5)
+    warned = [r.getMessage() for r in connect_records(caplog, "Connecting failed") if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and "refused" in warned[0] and "timed out" in warned[1]

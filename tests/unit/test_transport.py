@@ -4,12 +4,17 @@ watchdog against a client whose connection, pings and traffic the test controls.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, List
 
+import pytest
+from amqtt.errors import ConnectError, NoDataError
+
 from Listener import EventListenerConfig
 from Listener.transport import (
-    AmqttClient, build_client_config, create_client, endpoint_label, secrets,
+    CLOSED_DURING_CONNECT, AmqttClient, BrokerRefusedConnection, build_client_config, connection_error, create_client,
+    endpoint_label, new_client, secrets,
 )
 from Listener.packets import publish_packet
 from tests.support.packets import read_packet
@@ -29,6 +34,67 @@ def test_real_passwords_are_secrets_wherever_they_come_from() -> None:
 def test_endpoint_label_never_carries_credentials() -> None:
     assert endpoint_label(EventListenerConfig(uri="mqtts://u:p@broker.example")) == "broker.example:8883"
     assert endpoint_label(EventListenerConfig(host="h", port=1884)) == "h:1884"
+
+
+def amqtt_connect_error(cause: BaseException) -> ConnectError:
+    """The exception chain amqtt 0.12's ``connect()`` raises for ``cause``."""
+    try:
+        try:
+            raise cause
+        except BaseException as exc:
+            raise ConnectError(exc) from exc
+    except ConnectError as error:
+        return error
+
+
+def closed_before_connack() -> ConnectError:
+    """amqtt's chain when the broker closes the connection after CONNECT: ConnectError <- ConnectionError <- NoDataError."""
+    try:
+        raise NoDataError("No data to decode MQTT packet fixed header")
+    except NoDataError as no_data:
+        try:
+            raise ConnectionError from no_data
+        except ConnectionError as closed:
+            return amqtt_connect_error(closed)
+
+
+def test_a_connection_closed_during_connect_lists_the_likely_causes_without_secrets() -> None:
+    config = EventListenerConfig(host="h", port=1884, username="svc", password="pw-transport-31")
+    error = connection_error(config, closed_before_connack(), connecting=True)
+    assert type(error) is ConnectionError  # not a refusal: the run loop may retry it
+    assert str(error) == f"Cannot connect to MQTT broker at h:1884: {CLOSED_DURING_CONNECT}"
+    for cause in ("password sent without a user name", "ACL plugin", "client id", "expects TLS", "broker's log"):
+        assert cause in str(error)
+    assert "pw-transport-31" not in str(error)
+    reset = connection_error(config, amqtt_connect_error(ConnectionResetError(104, "Connection reset by peer")),
+                             connecting=True)
+    assert CLOSED_DURING_CONNECT in str(reset)
+
+
+def test_only_a_close_after_connect_is_described_as_one() -> None:
+    config = EventListenerConfig(host="h", port=1884)
+    refused = connection_error(config, amqtt_connect_error(ConnectionRefusedError(111, "Connect call failed")),
+                               connecting=True)
+    assert CLOSED_DURING_CONNECT not in str(refused) and "Connect call failed" in str(refused)
+    # A subscription whose connection ended is not a CONNECT problem.
+    assert CLOSED_DURING_CONNECT not in str(connection_error(config, closed_before_connack()))
+    refusal = ConnectError("Connection rejected by broker")
+    refusal.return_code = 5
+    error = connection_error(config, refusal, connecting=True)
+    assert isinstance(error, BrokerRefusedConnection) and "not authorised (CONNACK return code 5)" in str(error)
+
+
+def test_amqtts_own_connect_failure_warnings_go_to_debug(caplog: pytest.LogCaptureFixture) -> None:
+    # The listener reports each failure itself, once; amqtt repeated it at WARNING at every attempt.
+    caplog.set_level(logging.DEBUG, logger="amqtt.client")
+    client = new_client(EventListenerConfig())
+    client.logger.warning("Connection failed: %r", ConnectError(ConnectionError()))
+    client.logger.warning("Connection rejected with code '5'")
+    client.logger.warning("Disconnected from broker")
+    levels = {r.getMessage(): r.levelno for r in caplog.records if r.name == "amqtt.client"}
+    assert levels == {"Connection failed: ConnectError(ConnectionError())": logging.DEBUG,
+                      "Connection rejected with code '5'": logging.DEBUG,
+                      "Disconnected from broker": logging.WARNING}
 
 
 def test_amqtt_config_has_no_credentials_no_plugins_and_our_own_reconnect() -> None:
