@@ -1,27 +1,36 @@
 """``share_group`` proven at start against real brokers: Mosquitto 2 applies shared subscriptions (the probe passes
 in a few milliseconds, never becomes a job, and gets through a full in-flight window); amqtt's broker takes
-``$share/...`` as a literal filter, so ``run()`` fails with a clear error before it is ever ready. Every wait is
-bounded."""
+``$share/...`` as a literal filter, so ``run()`` fails with a clear error before it is ever ready, ``mqtt-listener
+run`` exits 2 (also with ``--workers 2``) and ``check-config`` says so. Every wait is bounded."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Dict, List
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable, Dict, Iterator, List
 
 import pytest
 from amqtt.broker import Broker
 
 from Listener import EventListener
+from Listener._test_brokers import BrokerAddress, running_broker
+from Listener.cli import main
 from Listener.share_probe import PROBE_PREFIX, REPUBLISH_AFTER, SharedSubscriptionUnsupported
 from tests.mqtt.conftest import StartListener, listener_config, run_until_ready
+from tests.mqtt.test_cli import ROOT, CliProcess, connection_options, topic_options
 from tests.support.brokers import BrokerEndpoint, MqttProbe, free_port
 
 #: run() connects, subscribes, publishes the probe, and gives its verdict one VERDICT_GRACE later: well within this.
 REFUSAL_TIMEOUT = 15.0
+PROCESSOR = '''
+def echo(data, job_id):
+    return {"job_id": job_id}
+'''
 
 
 def _probe_durations(caplog: pytest.LogCaptureFixture) -> List[float]:
@@ -131,3 +140,65 @@ async def test_on_amqtts_broker_run_fails_before_it_is_ever_ready(amqtt_broker: 
     assert "shared subscription" in message and f"127.0.0.1:{amqtt_broker.port}" in message and repr(group) in message
     assert "Mosquitto 2" in message and "remove share_group" in message
     assert not listener.is_ready and listener.state.value == "stopped"
+
+
+@pytest.fixture
+def embedded_broker() -> Iterator[BrokerAddress]:
+    """amqtt's broker in a thread of its own: it serves the command line's processes."""
+    with running_broker("embedded") as address:
+        yield address
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> Dict[str, str]:
+    (tmp_path / "share_probe_processors.py").write_text(PROCESSOR, encoding="utf-8")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one-process", "workers-2"])
+def test_mqtt_listener_run_exits_2_on_a_broker_without_shared_subscriptions(
+        embedded_broker: BrokerAddress, cli_env: Dict[str, str], unique_topic: str, workers: List[str]) -> None:
+    endpoint = BrokerEndpoint(embedded_broker.host, embedded_broker.port)
+    process = CliProcess(["run", "share_probe_processors:echo", *connection_options(endpoint),
+                          *topic_options(unique_topic), "--set", "share_group=pool", *workers], cli_env)
+    try:
+        assert process.wait(REFUSAL_TIMEOUT + 15) == 2, process.output()
+    finally:
+        process.kill()
+    output = process.output()
+    assert "does not apply MQTT shared subscriptions, which share_group 'pool' needs" in output
+    assert f"127.0.0.1:{embedded_broker.port}" in output and "Traceback" not in output
+    if workers:
+        assert "not restarting it" in output and "Restarting worker" not in output
+
+
+def _config_file(tmp_path: Path, host: str, port: int) -> str:
+    path = tmp_path / "listener.toml"
+    path.write_text(f'host = "{host}"\nport = {port}\ntopic = "jobs"\nshare_group = "pool"\n', encoding="utf-8")
+    return str(path)
+
+
+def test_check_config_reports_a_broker_without_shared_subscriptions(
+        embedded_broker: BrokerAddress, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", _config_file(tmp_path, embedded_broker.host, embedded_broker.port)]) == 1
+    err = capsys.readouterr().err
+    assert "does not apply MQTT shared subscriptions" in err and f"127.0.0.1:{embedded_broker.port}" in err
+    assert "configuration is valid" not in err
+
+
+def test_check_config_confirms_shared_subscriptions_on_mosquitto_and_only_warns_when_unreachable(
+        mqtt_endpoint: BrokerEndpoint, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    if mqtt_endpoint.username is not None:
+        pytest.skip("the config file carries no credentials")
+    assert main(["check-config", _config_file(tmp_path, mqtt_endpoint.host, mqtt_endpoint.port)]) == 0
+    err = capsys.readouterr().err
+    assert f"the broker at {mqtt_endpoint.host}:{mqtt_endpoint.port} applies shared subscriptions" in err
+    assert "configuration is valid" in err
+    closed = free_port()
+    assert main(["check-config", _config_file(tmp_path, "127.0.0.1", closed)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: share_group not verified: Cannot connect to MQTT broker at 127.0.0.1:{closed}" in err
+    assert "configuration is valid" in err
