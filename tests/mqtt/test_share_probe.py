@@ -23,7 +23,10 @@ from Listener.cli import main
 from Listener.share_probe import PROBE_PREFIX, REPUBLISH_AFTER, SharedSubscriptionUnsupported
 from tests.mqtt.conftest import StartListener, listener_config, run_until_ready
 from tests.mqtt.test_cli import ROOT, CliProcess, connection_options, topic_options
+from tests.mqtt.test_faults import (RECONNECTING, CountingProcessor, assert_each_result_once, eventually, publish_jobs,
+                                    results_for, via)
 from tests.support.brokers import BrokerEndpoint, MqttProbe, free_port
+from tests.support.proxy import TcpProxy
 
 #: run() connects, subscribes, publishes the probe, and gives its verdict one VERDICT_GRACE later: well within this.
 REFUSAL_TIMEOUT = 15.0
@@ -101,6 +104,36 @@ async def test_the_probe_passes_a_full_in_flight_window_of_held_jobs(
     finally:
         second.stop()
         await asyncio.wait_for(task, 20)
+
+
+async def test_after_a_reconnect_the_probe_runs_again_and_never_mixes_with_the_backlog(
+        proxy_factory: Callable[..., TcpProxy], start_listener: StartListener, probe: Callable[..., MqttProbe],
+        unique_topic: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The connection drops while one job runs and ten wait in the delivery queue: the next connection probes
+    again (a failover may have changed the broker) while that backlog is still queued, and every job runs once."""
+    caplog.set_level(logging.INFO, "Listener.share_probe")
+    proxy = proxy_factory()
+    processor = CountingProcessor(hold=("held",))
+    client_id = f"again-{uuid.uuid4().hex[:8]}"
+    probes = probe(f"{PROBE_PREFIX}/{client_id}/#")
+    errors, results = probe(f"{unique_topic}/error"), f"{unique_topic}/results"
+    watcher = probe(results)
+    listener, _ = await start_listener(processor, endpoint=via(proxy), client_id=client_id, cleansession=False,
+                                       qos=1, share_group=f"g-{uuid.uuid4().hex[:6]}", **RECONNECTING)
+    await asyncio.to_thread(probes.wait_for, 2, 10.0)
+    jobs = ["held"] + [f"q-{index}" for index in range(10)]
+    await publish_jobs(probe(), f"{unique_topic}/jobs", jobs)
+    assert await asyncio.to_thread(processor.started.wait, 10)
+    await eventually(lambda: listener.metrics()["queue_depth"] == 10, 10, "the backlog is queued")
+    proxy.cut()
+    await eventually(lambda: listener.metrics()["reconnects"] == 1 and listener.is_ready, 15, "reconnected")
+    assert len(await asyncio.to_thread(probes.wait_for, 4, 10.0)) == 4  # probed again on the new connection
+    assert len(_probe_durations(caplog)) == 2
+    processor.release.set()
+    assert_each_result_once(await results_for(watcher, results, jobs))
+    assert sorted(processor.calls) == sorted(jobs) and processor.processed_twice() == []  # no probe ran as a job
+    assert sorted(listener.jobs) == sorted(jobs)
+    assert errors.messages() == []  # and none was rejected as a payload
 
 
 # -- amqtt's broker: $share taken literally ---------------------------------------------------------------
