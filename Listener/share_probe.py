@@ -161,6 +161,8 @@ async def _await_probe(client: AmqttClient, caught: "Dict[str, asyncio.Future[An
                 raise ConnectionError(f"Connection to MQTT broker at {endpoint} lost during the share_group probe")
     finally:
         lost.cancel()
+        if lost.done() and not lost.cancelled():
+            lost.exception()  # retrieved: a failed watch has nothing to add to the verdict
 
 
 async def _publish(client: AmqttClient, topics: List[str], caught: "Dict[str, asyncio.Future[Any]]",
