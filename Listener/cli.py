@@ -8,8 +8,9 @@ configuration file, publish one job.
 Settings follow the library's precedence: ``--set`` (and the publish connection options) > ``MQTT_*``
 environment variables > ``--config`` file > defaults. Exit codes: 0 success, 1 failure at run time
 (broker unreachable or refusing, ``run`` ended by an error or by a second signal, invalid file for
-``check-config``), 2 usage error (bad arguments, invalid configuration, a processor that cannot be imported
-or that calls ``sys.exit()`` on import, an invalid TOML payload); 128 + N when ``run`` had to be ended
+``check-config``, or a ``share_group`` its broker does not apply), 2 usage error (bad arguments, invalid
+configuration, a processor that cannot be imported or that calls ``sys.exit()`` on import, an invalid TOML
+payload, a ``share_group`` the broker of ``run`` does not apply); 128 + N when ``run`` had to be ended
 ``FORCED_EXIT_AFTER`` seconds after a second signal N (143 for SIGTERM, 130 for SIGINT).
 """
 
@@ -59,6 +60,8 @@ EXIT_USAGE = 2
 PUBLISH_TIMEOUT = 10.0
 BROKER_SHUTDOWN_TIMEOUT = 10.0
 DISCONNECT_TIMEOUT = 5.0
+#: Longest ``check-config`` waits to connect to the broker (less when ``connect_timeout`` is shorter).
+CHECK_CONNECT_TIMEOUT = 5.0
 #: Seconds after a second SIGTERM/SIGINT before the process is ended with os._exit if still running.
 FORCED_EXIT_AFTER = 5.0
 #: Most processes ``run --workers`` starts.
@@ -83,7 +86,8 @@ examples:
   mqtt-listener publish --topic test --data 'job_id = "task-001"'
 
 exit codes: 0 success; 1 failure at run time (broker unreachable or refusing, invalid file for
-check-config); 2 usage error (bad arguments, invalid configuration, processor not importable).
+check-config); 2 usage error (bad arguments, invalid configuration, processor not importable, a
+share_group the broker does not apply).
 Each command has its own --help (mqtt-listener run --help).
 """
 
@@ -125,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate a configuration file and print the effective settings",
                                 description="Validate a TOML or JSON configuration file and print every setting "
-                                            "(secrets hidden). Exits 1 when the file is invalid.")
+                                            "(secrets hidden). Exits 1 when the file is invalid. With share_group "
+                                            "set, it also connects to the broker and checks that it applies shared "
+                                            "subscriptions (exit 1 when it does not; a broker it cannot reach is a "
+                                            "warning).")
     check.add_argument("file", metavar="FILE", help="the configuration file (TOML, or JSON by its .json suffix)")
     check.add_argument("--format", choices=("toml", "json"), default="toml", dest="output_format",
                        help="print the settings as TOML lines (default) or as one JSON object")
@@ -327,6 +334,7 @@ async def _start_embedded_broker(host: str, port: int) -> Any:
 async def _run_service(config: EventListenerConfig, processor: Processor, embedded_broker: bool,
                        companion: Optional[Companion] = None) -> int:
     from .event_listener import EventListener
+    from .share_probe import SharedSubscriptionUnsupported
 
     task = asyncio.current_task()
     if task is None:  # pragma: no cover - always inside asyncio.run()
@@ -353,6 +361,9 @@ async def _run_service(config: EventListenerConfig, processor: Processor, embedd
             task.uncancel()
         _fail("stopped at once by a second signal; the job in flight was abandoned", _secrets(config))
         return EXIT_FAILURE
+    except SharedSubscriptionUnsupported as exc:  # the configuration does not fit this broker: restarting cannot help
+        _fail(str(exc), _secrets(config))
+        return EXIT_USAGE
     except ConnectionError as exc:
         _fail(str(exc), _secrets(config))
         return EXIT_FAILURE
@@ -387,7 +398,8 @@ def _command_run(args: argparse.Namespace) -> int:
     if args.embedded_broker:
         if args.workers > 1 or config.share_group is not None:
             raise CliError("--embedded-broker cannot serve --workers or share_group: amqtt's broker does not "
-                           "implement $share subscriptions (every worker would get every message); use Mosquitto")
+                           "implement $share subscriptions (it takes $share/... as a plain filter: no worker would "
+                           "get any message); use Mosquitto")
         _embedded_broker_address(config)  # refuse a non-loopback address before importing anything
     processor = load_processor(args.processor)
     if args.workers > 1:
@@ -468,8 +480,34 @@ def _command_check_config(args: argparse.Namespace) -> int:
     print(render_settings(config.redacted_dict(), args.output_format))
     for warning in config_warnings(config):
         _fail(f"{args.file}: warning: {warning}")
+    if config.share_group is not None and not _share_group_applied(config, args.file):
+        return EXIT_FAILURE
     print(f"{PROG}: {args.file}: configuration is valid", file=sys.stderr)
     return EXIT_OK
+
+
+def _share_group_applied(config: EventListenerConfig, file: str) -> bool:
+    """Check ``share_group`` against the broker (as ``run`` does at each connection); print the outcome.
+
+    False only when the broker was reached and does not apply shared subscriptions: one that cannot be
+    reached, or that leaves the probe unanswered, is a warning (the file may be checked away from it).
+    """
+    from .share_probe import SharedSubscriptionUnsupported, check_share_group
+    from .transport import endpoint_label
+
+    secrets = _secrets(config)
+    timeout = min(float(config.connect_timeout or CHECK_CONNECT_TIMEOUT), CHECK_CONNECT_TIMEOUT)
+    try:
+        asyncio.run(check_share_group(config, timeout))
+    except SharedSubscriptionUnsupported as exc:
+        _fail(f"{file}: {exc}", secrets)
+        return False
+    except OSError as exc:  # ConnectionError and its kin: not verified, not disproved
+        _fail(f"{file}: warning: share_group not verified: {exc}", secrets)
+        return True
+    print(f"{PROG}: {file}: the broker at {endpoint_label(config)} applies shared subscriptions "
+          f"(share_group {config.share_group!r})", file=sys.stderr)
+    return True
 
 
 # -- publish ----------------------------------------------------------------------------------------

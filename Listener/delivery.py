@@ -121,13 +121,17 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         self._releaser: Optional["asyncio.Task[None]"] = None
         #: The QoS 2 messages received whose flow is not over: kept with the queue, across reconnects.
         self.receipts = QoS2Receipts()
+        self._intercepted: Dict[str, "asyncio.Future[Any]"] = {}  # topic -> its first QoS 0 message
 
     # -- QoS 0 -----------------------------------------------------------------------------------
 
     def put_nowait(self, item: Any) -> None:
         """Queue a QoS 0 message, or drop it when ``max_pending`` messages are queued already, or when the
         intake is closed (stopping: otherwise a steady QoS 0 stream would keep the drain busy until the
-        grace period ran out, and the job then running would be cut short)."""
+        grace period ran out, and the job then running would be cut short). A message on an intercepted
+        topic is never queued (see :meth:`intercept`)."""
+        if self._intercepted and self._caught(item):
+            return
         if self.closed:
             self.after_close += 1
             return
@@ -142,6 +146,26 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         super().put_nowait(item)
         if self.on_arrival is not None:
             self.on_arrival()
+
+    def intercept(self, topic: str) -> "asyncio.Future[Any]":
+        """Keep every QoS 0 message on ``topic`` out of the queue until :meth:`stop_intercepting`; the
+        future returned gets the first one. For the listener's own probes: they never become jobs, and
+        being QoS 0 they never enter the acknowledgement ledger."""
+        caught: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._intercepted[topic] = caught
+        return caught
+
+    def stop_intercepting(self, topic: str) -> None:
+        """Queue messages on ``topic`` again (its probe is over and unsubscribed)."""
+        self._intercepted.pop(topic, None)
+
+    def _caught(self, item: Any) -> bool:
+        caught = self._intercepted.get(getattr(item, "topic", ""))
+        if caught is None:
+            return False
+        if not caught.done():
+            caught.set_result(item)
+        return True
 
     # -- QoS 1/2 ---------------------------------------------------------------------------------
 

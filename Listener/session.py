@@ -17,6 +17,7 @@ from typing import Any, Awaitable, Callable, List, Optional, Protocol, Sequence,
 from .config import EventListenerConfig
 from .containment import cancel
 from .delivery import Ticket
+from .share_probe import verify_share_group
 from .transport import (
     DEFAULT_CONNECT_TIMEOUT, AmqttClient, BrokerRefusedConnection, connection_error, new_client, open_connection,
 )
@@ -44,6 +45,9 @@ class ClientAdapter(Protocol):
 
     async def subscribe(self, filters: Sequence[Tuple[str, int]]) -> Any:
         """Subscribe to every filter in one SUBSCRIBE; returns the granted QoS codes when known."""
+
+    async def verify_share_group(self, group: str, client_id: str, endpoint: str) -> None:
+        """Check that the broker applies ``$share/<group>/`` (``SharedSubscriptionUnsupported`` when it does not)."""
 
     async def disconnect(self) -> None:
         """Close the connection cleanly, when there is one."""
@@ -126,6 +130,9 @@ class AmqttAdapter(_Adapter):
 
     def is_connected(self) -> bool:
         return bool(self.client.is_connected())
+
+    async def verify_share_group(self, group: str, client_id: str, endpoint: str) -> None:
+        await verify_share_group(self.client, group, client_id, endpoint)
 
     @property
     def closed(self) -> bool:
@@ -226,6 +233,9 @@ class ForeignClientAdapter(_Adapter):
 
     def is_connected(self) -> bool:
         return self.client is not None
+
+    async def verify_share_group(self, group: str, client_id: str, endpoint: str) -> None:
+        return None  # a mock or an in-memory client: it decides what a share group does
 
     @property
     def closed(self) -> bool:
@@ -402,12 +412,21 @@ class Session:
         self._liveness: Optional["asyncio.Task[None]"] = None
 
     async def open(self) -> "Session":
-        """Connect and subscribe; start the liveness ping (the listener's own client only)."""
+        """Connect and subscribe, check that a ``share_group`` is applied; start the liveness ping (the
+        listener's own client only)."""
         if self._opened:
             raise RuntimeError("A Session is opened once; make a new one for a new connection")
         self._opened = True
         await connect(self.adapter, self._config, self.endpoint)
         await subscribe(self.adapter, self._config, self.endpoint, self._filters)
+        group = self._config.share_group
+        if group is not None:
+            # Every connection, not only the first: a reconnect may land on another broker (a failover).
+            try:
+                await self.adapter.verify_share_group(group, self._config.client_id, self.endpoint)
+            except Exception:
+                await disconnect(self.adapter)  # a retry starts on a fresh connection
+                raise
         if self.adapter.owned:
             self._liveness = asyncio.create_task(self.adapter.watch_liveness(float(self._config.keep_alive), self.endpoint),
                                                  name=f"listener[{self._config.client_id}].liveness")

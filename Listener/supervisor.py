@@ -9,9 +9,10 @@ endpoints answer for the group from those reports (:mod:`Listener.group_status`)
 
 Restarts: a worker that exits while the group is not stopping is started again after a backoff
 (:func:`Listener.backoff.backoff_delay`, from :data:`RESTART_BASE` doubling up to :data:`RESTART_CAP`
-seconds). A worker that exits with the usage-error code 2, or that fails :data:`MAX_QUICK_FAILURES` times in
-a row each within :data:`QUICK_EXIT_SECONDS` of its start (bad credentials, a broker refusing it), is not
-restarted again: the group stops and the parent exits 1.
+seconds). A worker that exits with the usage-error code 2 (an invalid configuration, a ``share_group`` the
+broker does not apply) is not restarted: the group stops and the parent exits 2 too. One that fails
+:data:`MAX_QUICK_FAILURES` times in a row each within :data:`QUICK_EXIT_SECONDS` of its start (bad
+credentials, a broker refusing it) is not restarted again either: the group stops and the parent exits 1.
 
 Signals: the first SIGTERM/SIGINT is forwarded to every worker (each finishes its jobs in flight); a second
 is forwarded again (each stops at once). The parent exits 0 when every worker exited 0.
@@ -146,6 +147,8 @@ class Supervisor:
         self.max_quick_failures = max_quick_failures
         #: Why the group gave up (None while it has not).
         self.gave_up: Optional[str] = None
+        #: The parent's exit code once the group gave up (2 when a worker exited with a usage error).
+        self.gave_up_code = 1
         self.signals_received = 0
         self._stopping = asyncio.Event()
         self._kill_timer: Optional[asyncio.TimerHandle] = None
@@ -187,7 +190,7 @@ class Supervisor:
                 await http.close()
         if self.gave_up is not None:
             print(f"mqtt-listener: {self.gave_up}", file=sys.stderr)
-            return 1
+            return self.gave_up_code
         failed = [f"worker {worker.index} ({_describe_exit(code)})" for worker, code in zip(self.workers, codes)
                   if code != 0]
         if failed:
@@ -223,9 +226,9 @@ class Supervisor:
                 with contextlib.suppress(ProcessLookupError):
                     worker.process.kill()
 
-    def _give_up(self, message: str) -> None:
+    def _give_up(self, message: str, code: int = 1) -> None:
         if self.gave_up is None:
-            self.gave_up = message
+            self.gave_up, self.gave_up_code = message, code
             logger.error("%s", message)
             self.stop()
 
@@ -241,7 +244,8 @@ class Supervisor:
             logger.warning("Worker %d (pid %s) ended unexpectedly (%s) after %.1f s", worker.index,
                            worker.process.pid if worker.process else "?", _describe_exit(code), lived)
             if code == _USAGE_ERROR:
-                self._give_up(f"worker {worker.index} exited with a usage error (exit code 2); not restarting it")
+                self._give_up(f"worker {worker.index} exited with a usage error (exit code 2); not restarting it",
+                              _USAGE_ERROR)
                 break
             if worker.quick_failures >= self.max_quick_failures:
                 self._give_up(f"worker {worker.index} failed {worker.quick_failures} times in a row, each within "

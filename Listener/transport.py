@@ -217,6 +217,21 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         """The held acknowledgement of a message just taken (None when it is not held back)."""
         return self._deliveries.ticket(message) if self._deliveries is not None else None
 
+    def intercept(self, topic: str) -> "asyncio.Future[Any]":
+        """The first QoS 0 message on ``topic``; none on it is queued (see :meth:`DeliveryQueue.intercept`).
+
+        Raises:
+            ConnectionError: no connection was opened yet (there is no delivery queue).
+        """
+        if self._deliveries is None:
+            raise ConnectionError("Not connected")
+        return self._deliveries.intercept(topic)
+
+    def stop_intercepting(self, topic: str) -> None:
+        """Queue messages on ``topic`` again."""
+        if self._deliveries is not None:
+            self._deliveries.stop_intercepting(topic)
+
     def hold_acks_until(self, barrier: Optional[Callable[[], Awaitable[None]]]) -> None:
         """Await ``barrier`` before releasing held acknowledgements (see :class:`DeliveryQueue`)."""
         self.ack_barrier = barrier

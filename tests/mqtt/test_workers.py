@@ -274,7 +274,7 @@ async def test_a_worker_exiting_with_a_usage_error_is_not_restarted(
     # The CLI checks the processor before starting workers; called directly, every worker fails to import it (exit 2).
     supervisor = Supervisor(WorkerLaunch("no_such_worker_module:work", None, overrides, "text", "WARNING"), config, 2,
                             restart_base=0.05, quick_exit=30.0, max_quick_failures=5)
-    assert await asyncio.wait_for(supervisor.run(), 60) == 1
+    assert await asyncio.wait_for(supervisor.run(), 60) == 2  # the group exits as its worker did
     assert supervisor.gave_up is not None and "usage error" in supervisor.gave_up
     assert all(worker.restarts == 0 for worker in supervisor.workers)
     assert "no_such_worker_module" in capfd.readouterr().err  # the worker's own message, on the shared stderr

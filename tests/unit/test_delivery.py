@@ -313,3 +313,37 @@ async def test_a_failing_barrier_at_stop_gives_up_and_leaves_the_messages_unackn
     await asyncio.wait_for(queue.released(), 1)
     assert attempts == [1] and not puts[0].done()
     puts[0].cancel()
+
+
+class _Message:
+    """What the queue reads of an incoming message: its topic."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+
+
+async def test_a_probe_message_is_intercepted_never_queued_and_takes_no_acknowledgement_turn() -> None:
+    arrivals: List[int] = []
+    queue = DeliveryQueue(1, on_arrival=lambda: arrivals.append(1), hold_acks=True, max_pending=1)
+    backlog = _Message("jobs/a")
+    acknowledged: List[str] = []
+    assert queue.offer(backlog, lambda: acknowledged.append("a")) is None  # a held QoS 1 job, the queue now full
+    caught = queue.intercept("probe/shared")
+    first, again = _Message("probe/shared"), _Message("probe/shared")
+    queue.put_nowait(first)
+    queue.put_nowait(again)  # a copy of a probe published twice: swallowed too
+    assert caught.done() and caught.result() is first
+    assert queue.qsize() == 1 and queue.dropped == 0 and len(arrivals) == 1  # no arrival, no drop: never queued
+    assert queue.unacknowledged == 1
+    taken = queue.take()
+    assert taken is backlog and queue.take() is None  # the backlog is untouched, the probe is not in it
+    ticket = queue.ticket(taken)
+    assert ticket is not None
+    ticket.settle()
+    assert acknowledged == ["a"]  # the probe took no turn in the acknowledgement order
+    queue.close()
+    queue.put_nowait(_Message("probe/shared"))  # caught even once the intake is closed
+    assert queue.after_close == 0
+    queue.stop_intercepting("probe/shared")
+    queue.put_nowait(_Message("probe/shared"))
+    assert queue.after_close == 1  # handled like any message again
