@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set
 
 from Listener import EventListener, create_return_type
 from Listener.results import ReturnType
@@ -108,14 +108,27 @@ def publish_errors(listener: EventListener) -> int:
     return int(listener.metrics()["publish_errors"])
 
 
+_UNFINISHED = frozenset({"pending", "running", "missing"})
+
+
 async def all_finished(listener: EventListener, job_ids: Iterable[str], timeout: float = 20.0) -> None:
-    """Wait until every one of ``job_ids`` is COMPLETED or FAILED: a job whose result is published at QoS 1 or 2
-    completes once the broker acknowledged the result (or the listener gave up on it)."""
+    """Wait until every one of ``job_ids`` is COMPLETED, FAILED or DUPLICATE (its message came again after it
+    finished): a job whose result is published at QoS 1 or 2 completes once the broker acknowledged the result
+    (or the listener gave up on it)."""
     pending = list(job_ids)
     deadline = time.monotonic() + timeout
     while pending:
-        pending = [job_id for job_id in pending if not await listener.is_job_completed(job_id)]
+        pending = [job_id for job_id in pending if (await statuses(listener, [job_id])) & _UNFINISHED]
         if pending and time.monotonic() > deadline:
             raise AssertionError(f"jobs not finished within {timeout} s: {pending}")
         if pending:
             await asyncio.sleep(0.02)
+
+
+async def statuses(listener: EventListener, job_ids: Iterable[str]) -> Set[str]:
+    """The set of statuses (``"completed"``, ``"failed"``, ...) of ``job_ids`` in the listener's job store."""
+    found: Set[str] = set()
+    for job_id in job_ids:
+        job = await listener.get_job_status(job_id)
+        found.add("missing" if job is None else job.status.value)
+    return found

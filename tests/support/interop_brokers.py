@@ -84,6 +84,9 @@ class BrokerTraits:
     will: bool
     #: A persistent session (clean session off) and the QoS 1 messages queued for it survive a broker restart.
     keeps_sessions: bool
+    #: ... even a SIGKILL: what the broker acknowledged is on disk (RabbitMQ). Mosquitto saves its database from
+    #: time to time, so messages on their way to a connected client at the kill are lost.
+    queues_survive_kill: bool = False
     #: Delivers a message at the subscription's QoS even when it was published at a lower one (MQTT 3.1.1
     #: §3.8.4 asks for the lower of the two).
     upgrades_qos: bool = False
@@ -282,7 +285,7 @@ class RabbitMqBroker(InteropBroker):
     start_timeout = 60.0  # a new node creates its database and enables its plugin first: about 10 s here
     stop_timeout = 30.0
     traits = BrokerTraits(shared_subscriptions=False, qos2=False, retained=True, will=True,
-                          keeps_sessions=True)
+                          keeps_sessions=True, queues_survive_kill=True)
 
     def __init__(self, folder: Path) -> None:
         super().__init__(folder)
