@@ -1,16 +1,14 @@
 """Fixtures of the interop tier: brokers this project did not write (tests/support/interop_brokers.py).
 
 ``interop_broker`` is one running broker per kind for the whole session (tests parametrized over it run
-kind by kind, so one broker runs at a time); ``interop_factory`` gives a test private brokers it may stop,
-kill and restart. A kind that cannot run on this machine is skipped with the reason, or fails under
-``make test-interop`` (``LISTENER_INTEROP_REQUIRED``). These tests ignore ``MQTT_HOST``/``MQTT_PORT``: they
-always start their own brokers.
+kind by kind); the tests that restart brokers have private ones (test_restarts.py). A kind that cannot run on
+this machine is skipped with the reason, or fails under ``make test-interop`` (``LISTENER_INTEROP_REQUIRED``).
+These tests ignore ``MQTT_HOST``/``MQTT_PORT``: they always start their own brokers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import shutil
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List, Optional, Tuple
 
 import pytest
@@ -29,35 +27,11 @@ def interop_broker(request: pytest.FixtureRequest) -> Iterator[InteropBroker]:
     """One running broker of each kind, shared by the session's tests (they use their own topics)."""
     kind = str(request.param)
     require(kind)
-    broker = make_broker(kind, session_folder() / kind)
+    broker = make_broker(kind, session_folder())
     broker.start()
     yield broker
     broker.stop()
     broker.close()
-    shutil.rmtree(broker.folder.parent, ignore_errors=True)
-
-
-InteropFactory = Callable[..., InteropBroker]
-
-
-@pytest.fixture
-def interop_factory() -> Iterator[InteropFactory]:
-    """``interop_factory(kind, persistence=False)``: a started private broker; each is closed after the test."""
-    made: List[InteropBroker] = []
-
-    def make(kind: str, persistence: bool = False) -> InteropBroker:
-        require(kind)
-        broker = make_broker(kind, session_folder() / kind, persistence=persistence)
-        made.append(broker)
-        broker.start()
-        return broker
-
-    try:
-        yield make
-    finally:
-        for broker in made:
-            broker.close()
-            shutil.rmtree(broker.folder.parent, ignore_errors=True)
 
 
 ProbeFactory = Callable[..., MqttProbe]

@@ -44,7 +44,7 @@ def private_broker(request: pytest.FixtureRequest) -> Iterator[InteropBroker]:
     """One broker per kind for this module's tests alone (they restart it); Mosquitto with persistence."""
     kind = str(request.param)
     require(kind)
-    broker = make_broker(kind, session_folder() / kind, persistence=True)
+    broker = make_broker(kind, session_folder(), persistence=True)
     broker.start()
     yield broker
     broker.close()

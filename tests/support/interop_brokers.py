@@ -415,8 +415,12 @@ def require(kind: str) -> None:
 
 
 def make_broker(kind: str, folder: Path, persistence: bool = False) -> InteropBroker:
-    """A broker of ``kind`` in ``folder``, not started yet (``persistence`` is for mosquitto; the others keep
-    what :class:`BrokerTraits` says whatever it is)."""
+    """A broker of ``kind`` in ``folder`` (one of its own, that others may read: mosquitto started as root reads
+    its files as its own user; see :func:`~tests.support.brokers.session_folder`), not started yet.
+
+    ``persistence`` is for mosquitto; the others keep what their :class:`BrokerTraits` say whatever it is.
+    :meth:`InteropBroker.close` removes ``folder``.
+    """
     if kind == "mosquitto":
         return MosquittoInterop(folder, persistence=persistence)
     brokers = {"amqtt": AmqttBroker, "aedes": AedesBroker, "rabbitmq": RabbitMqBroker}
