@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install mosquitto redis-server demo test test-unit test-integration test-mqtt lint typecheck security coverage bench clean
+.PHONY: help install mosquitto redis-server interop-brokers demo test test-unit test-integration test-mqtt test-interop lint typecheck security coverage bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -30,11 +30,21 @@ redis-server:  ## Install the redis-server the Redis job store tests start (Debi
 		echo "redis-server not found: installing it with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+interop-brokers: mosquitto  ## Install the brokers of the interop tier when missing: rabbitmq-server, nodejs and npm (Debian, needs root), then aedes (npm ci)
+	@{ command -v rabbitmq-server >/dev/null 2>&1 || test -x /usr/sbin/rabbitmq-server; } && \
+	{ command -v node >/dev/null 2>&1 || command -v nodejs >/dev/null 2>&1; } && command -v npm >/dev/null 2>&1 || { \
+		echo "rabbitmq-server, node or npm not found: installing them with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server \
+			$$(command -v node >/dev/null 2>&1 || command -v nodejs >/dev/null 2>&1 || echo nodejs) \
+			$$(command -v npm >/dev/null 2>&1 || echo npm) >/dev/null; }
+	@# Whether or not Debian starts the rabbitmq-server service it installs, the tests start isolated nodes of their own.
+	@test -d tests/support/aedes/node_modules/aedes || (cd tests/support/aedes && npm ci --no-audit --no-fund --loglevel=error)
+
 demo: $(STAMP)  ## Run the demo: embedded broker, a listener, a few jobs (or MQTT_HOST/MQTT_PORT)
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP) mosquitto redis-server  ## Run every test (unit, integration, real-broker, slow) with coverage >= 90%
-	$(PYTEST) --cov=Listener --cov-report=term-missing --cov-fail-under=90
+test: $(STAMP) mosquitto redis-server  ## Run every test but the interop tier (unit, integration, real-broker, slow) with coverage >= 90%
+	$(PYTEST) -m "not interop" --cov=Listener --cov-report=term-missing --cov-fail-under=90
 
 test-unit: $(STAMP)  ## Fast unit tests only (no broker)
 	$(PYTEST) -m unit
@@ -44,6 +54,9 @@ test-integration: $(STAMP)  ## Tests with a mocked MQTT client
 
 test-mqtt: $(STAMP) mosquitto  ## Tests against real Mosquitto brokers the suite starts
 	$(PYTEST) -m mqtt_integration
+
+test-interop: $(STAMP) interop-brokers  ## The interop tier: Mosquitto, amqtt's broker, Aedes and RabbitMQ, started by the tests
+	LISTENER_INTEROP_REQUIRED=1 $(PYTEST) -m interop tests/interop
 
 lint: $(STAMP)  ## flake8 and mypy --strict
 	$(BIN)/flake8 Listener tests scripts examples
@@ -60,7 +73,7 @@ security: $(STAMP)  ## bandit over the library, then pip-audit of .venv (reporte
 	fi
 
 coverage: $(STAMP) mosquitto redis-server  ## Coverage report (terminal + htmlcov/), failing under 90%
-	$(PYTEST) --cov=Listener --cov-report=term-missing --cov-report=html --cov-fail-under=90
+	$(PYTEST) -m "not interop" --cov=Listener --cov-report=term-missing --cov-report=html --cov-fail-under=90
 
 bench: $(STAMP) mosquitto  ## Benchmark through a real mosquitto: one JSON line per scenario (BENCH_ARGS="--repeat 3")
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)

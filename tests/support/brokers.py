@@ -27,8 +27,8 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 
 __all__ = [
-    "BrokerEndpoint", "BrokerFactory", "MosquittoBroker", "MqttProbe", "TlsMaterial", "broker_factory", "find_binary",
-    "free_port", "generate_tls_material", "kill_leftover_brokers", "session_folder",
+    "BrokerEndpoint", "BrokerFactory", "MosquittoBroker", "MqttProbe", "TlsMaterial", "accepts_tcp", "answers_connect",
+    "broker_factory", "find_binary", "free_port", "generate_tls_material", "kill_leftover_brokers", "session_folder",
 ]
 
 START_TIMEOUT = 10.0
@@ -184,6 +184,26 @@ def _mqtt_connect_packet(client_id: str) -> bytes:
     return b"\x10" + bytes([len(body)]) + body
 
 
+def accepts_tcp(port: int, host: str = "127.0.0.1") -> bool:
+    """True when something accepts a TCP connection on ``host:port`` right now."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def answers_connect(port: int, host: str = "127.0.0.1") -> bool:
+    """True when ``host:port`` answers an MQTT CONNECT with a CONNACK that accepts the connection."""
+    try:
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.sendall(_mqtt_connect_packet("readiness-probe"))
+            connack = sock.recv(4)
+            return connack[:1] == b"\x20" and connack[3:4] == b"\x00"
+    except OSError:
+        return False
+
+
 @dataclass
 class MosquittoBroker:
     """One mosquitto process with a plain anonymous, a password-file and (optionally) a TLS listener.
@@ -323,20 +343,11 @@ class MosquittoBroker:
 
     @staticmethod
     def _accepts(port: int) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            return False
+        return accepts_tcp(port)
 
     @staticmethod
     def _connack(port: int) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-                sock.sendall(_mqtt_connect_packet("readiness-probe"))
-                return sock.recv(4)[:1] == b"\x20"
-        except OSError:
-            return False
+        return answers_connect(port)
 
     def stop(self) -> None:
         """SIGTERM (mosquitto saves its database and exits), then SIGKILL if it has not exited within 5 s."""
