@@ -88,7 +88,17 @@ def config_warnings(config: EventListenerConfig) -> List[str]:
     lost = session_loses_messages(config)
     if lost:
         warnings.append(lost)
+    if config.max_inflight_publications > BROKER_QOS2_QUOTA:
+        warnings.append(
+            f"max_inflight_publications = {config.max_inflight_publications} is above the {BROKER_QOS2_QUOTA} QoS 2 "
+            f"messages Mosquitto takes in flight from a client by default; past its quota a broker drops QoS 2 "
+            f"publications while answering an MQTT 3.1.1 client as if it took them: raise the broker's limit "
+            f"(Mosquitto: max_inflight_messages) to at least {config.max_inflight_publications}, or lower this")
     return warnings
+
+
+#: QoS 2 messages in flight Mosquitto 2.0 takes from one client by default (its ``max_inflight_messages``).
+BROKER_QOS2_QUOTA = 20
 
 
 def session_loses_messages(config: EventListenerConfig) -> str | None:

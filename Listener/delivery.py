@@ -121,6 +121,9 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         self._releaser: Optional["asyncio.Task[None]"] = None
         #: The QoS 2 messages received whose flow is not over: kept with the queue, across reconnects.
         self.receipts = QoS2Receipts()
+        #: Set once the broker answered one of the listener's QoS 2 publications with PUBREC (RabbitMQ never
+        #: does): a session it kept may then hold QoS 2 publications worth releasing (see Listener.wire_handler).
+        self.broker_takes_qos2 = False
         self._intercepted: Dict[str, "asyncio.Future[Any]"] = {}  # topic -> its first QoS 0 message
 
     # -- QoS 0 -----------------------------------------------------------------------------------

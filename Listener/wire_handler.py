@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Dict, List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from amqtt.adapters import BufferReader
 from amqtt.errors import AMQTTError, NoDataError
@@ -96,6 +96,12 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         self._acks: Dict[int, "asyncio.Future[None]"] = {}  # QoS 1 publications awaiting their PUBACK
         self._exactly_once: Dict[int, "asyncio.Future[None]"] = {}  # QoS 2 ones awaiting PUBREC, then PUBCOMP
         self._released_out: Set[int] = set()  # QoS 2 ones released (PUBREL sent): awaiting PUBCOMP
+        self._leftovers_released = False
+        #: On a kept session of a broker not yet known to take QoS 2: the first QoS 2 publication (id, bytes),
+        #: until the broker answers it; the QoS 2 publications made meanwhile wait in ``_gated``.
+        self._first_qos2: Optional[Tuple[int, bytes]] = None
+        self._qos2_learned = False
+        self._gated: List[Tuple[str, bytes, bool, "asyncio.Future[None]"]] = []
         self._last_id = OWN_PACKET_IDS[-1]
         self._downgrade_reported = False
         self._handling: Set["asyncio.Task[Any]"] = set()
@@ -149,14 +155,24 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         if not qos:
             self.write(publish_packet(topic, payload, 0, retain))
             return None
-        packet_id = self._free_packet_id()
         acked: asyncio.Future[None] = self._loop.create_future()
+        if qos == 2 and self._first_qos2 is not None:
+            self._gated.append((topic, payload, retain, acked))
+        else:
+            self._start_publication(topic, payload, qos, retain, acked)
+        return acked
+
+    def _start_publication(self, topic: str, payload: bytes, qos: int, retain: bool,
+                           acked: "asyncio.Future[None]") -> None:
+        packet_id = self._free_packet_id()
         waiting = self._acks if qos == 1 else self._exactly_once
         waiting[packet_id] = acked
         self._released_out.discard(packet_id)
         acked.add_done_callback(lambda done: self._forget(waiting, packet_id, done))
-        self.write(publish_packet(topic, payload, qos, retain, packet_id))
-        return acked
+        packet = publish_packet(topic, payload, qos, retain, packet_id)
+        if qos == 2 and not self._qos2_learned and self.session_present:
+            self._first_qos2 = (packet_id, packet)  # see _learned_qos2
+        self.write(packet)
 
     def _forget(self, waiting: Dict[int, "asyncio.Future[None]"], packet_id: int, acked: "asyncio.Future[None]") -> None:
         if waiting.get(packet_id) is acked:  # not a later publication that got the id since
@@ -178,7 +194,7 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
 
     def _stop_waiters(self) -> None:
         super()._stop_waiters()
-        for acked in [*self._acks.values(), *self._exactly_once.values()]:
+        for acked in [*self._acks.values(), *self._exactly_once.values(), *(gated[3] for gated in self._gated)]:
             acked.cancel()
 
     async def mqtt_connect(self) -> Optional[int]:
@@ -198,13 +214,15 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         queue = getattr(self.session, "delivered_message_queue", None)
         if not self.session_present and isinstance(queue, DeliveryQueue):
             queue.receipts.forget_all()
-        if self.session_present and connack.return_code == 0:
-            self._release_what_the_session_holds()
+        if self.session_present and connack.return_code == 0 and isinstance(queue, DeliveryQueue):
+            if queue.broker_takes_qos2:
+                self._qos2_learned = True
+                self._release_leftovers()
         code: Optional[int] = connack.return_code
         return code
 
-    def _release_what_the_session_holds(self) -> None:
-        """PUBREL every own packet id, before anything else is published on this connection.
+    def _release_leftovers(self) -> None:
+        """PUBREL every own packet id no publication of this connection awaits (once per connection).
 
         The broker holds each QoS 2 publication it received until its PUBREL, and counts it against the
         client's quota of QoS 2 messages in flight (Mosquitto: 20) for as long as the session lasts. A
@@ -213,9 +231,18 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         the client to send those PUBRELs again; no process remembers which they were, but they can only
         have come from :data:`OWN_PACKET_IDS`. A PUBREL for an id the broker does not hold is answered
         with PUBCOMP and changes nothing. Releasing delivers what was left: at least once, never lost.
+
+        Only on a kept session of a broker known to take QoS 2 publications (it answered one with PUBREC,
+        on this connection or an earlier one): RabbitMQ's MQTT plugin, which downgrades QoS 2, stops
+        answering a connection that sends it a PUBREL. Until that is known, the first QoS 2 publication of
+        the connection goes out alone (see :meth:`_learned_qos2`).
         """
+        if self._leftovers_released or not self.session_present:
+            return
+        self._leftovers_released = True
         logger.debug("%s kept this client's session: releasing the QoS 2 publications it may hold", self.label)
-        self.write(b"".join(pubrel_packet(packet_id) for packet_id in OWN_PACKET_IDS))
+        self.write(b"".join(pubrel_packet(packet_id) for packet_id in OWN_PACKET_IDS
+                            if packet_id not in self._exactly_once))
 
     async def stop(self) -> None:
         self.flush()
@@ -296,7 +323,7 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
                 elif kind == PUBACK:
                     self._acknowledged(*parse_ack(buffer, body_start, body_end))
                 elif kind == PUBREC:
-                    self._received(*parse_ack(buffer, body_start, body_end))
+                    self._received(queue, *parse_ack(buffer, body_start, body_end))
                 elif kind == PUBREL:
                     self._released(queue, parse_ack(buffer, body_start, body_end)[0])
                 elif kind == PUBCOMP:
@@ -352,6 +379,8 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
             acked = self._exactly_once.pop(packet_id, None)
             if acked is not None and reason < FAILURE:
                 self._downgraded()
+            if self._first_qos2 is not None and self._first_qos2[0] == packet_id:
+                self._learned_qos2(None, None)
         if acked is None:
             logger.debug("PUBACK for packet id %d, which no publication awaits", packet_id)
         elif not acked.done():
@@ -360,8 +389,15 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
             else:
                 acked.set_result(None)
 
-    def _received(self, packet_id: int, reason: int) -> None:
+    def _received(self, queue: DeliveryQueue, packet_id: int, reason: int) -> None:
         """The broker's PUBREC: it has the QoS 2 publication (answered with PUBREL), or refused it."""
+        queue.broker_takes_qos2 = True
+        first = self._first_qos2
+        if first is not None and first[0] == packet_id:
+            resend = reason < FAILURE and packet_id in self._exactly_once
+            self._learned_qos2(queue, first[1] if resend else None)
+            if resend:
+                return  # its PUBREL follows the PUBREC of the copy
         if reason >= FAILURE:
             refused = self._exactly_once.pop(packet_id, None)
             if refused is not None and not refused.done():
@@ -372,10 +408,31 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
             self._released_out.add(packet_id)
         self.write(pubrel_packet(packet_id))
 
+    def _learned_qos2(self, queue: Optional[DeliveryQueue], resend: Optional[bytes]) -> None:
+        """The broker answered the first QoS 2 publication of a kept session: with PUBREC (``queue`` given: it
+        takes QoS 2, so the leftovers of earlier connections are released) or with PUBACK (a downgrade).
+
+        Leftovers fill the broker's quota, and Mosquitto drops a QoS 2 publication over its quota while
+        answering a 3.1.1 client with an ordinary PUBREC: the first publication may have been dropped. So once
+        the leftovers are released, it is sent again (``resend``) with its packet id and DUP set: a broker
+        that kept it takes the copy as the same message (MQTT-4.3.3-2), one that dropped it has room for it
+        now. Then the publications that waited go out.
+        """
+        self._first_qos2 = None
+        self._qos2_learned = True
+        if queue is not None:
+            self._release_leftovers()
+        if resend is not None:
+            self.write(bytes((resend[0] | 0x08,)) + resend[1:])
+        gated, self._gated = self._gated, []
+        for topic, payload, retain, acked in gated:
+            if not acked.done():
+                self._start_publication(topic, payload, 2, retain, acked)
+
     def _completed(self, packet_id: int) -> None:
         """The broker's PUBCOMP: a QoS 2 publication released by this connection is through.
 
-        A PUBCOMP for an id not released here (answering :meth:`_release_what_the_session_holds`, while a new
+        A PUBCOMP for an id not released here (answering :meth:`_release_leftovers`, while a new
         publication already has the id) says nothing of the new one."""
         if packet_id not in self._released_out:
             return

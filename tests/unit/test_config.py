@@ -878,3 +878,14 @@ def test_credentials_from_the_environment() -> None:
     # An explicit username (a constructor argument) completes the environment's password.
     assert sent_credentials(EventListenerConfig.from_env(environ={"MQTT_PASSWORD": PASSWORD}, username="svc")) == (
         "svc", PASSWORD)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1001, "20", True, 2.5, None])
+def test_max_inflight_publications_is_an_integer_from_1_to_1000(value: Any) -> None:
+    with pytest.raises(ConfigError, match="max_inflight_publications"):
+        EventListenerConfig(max_inflight_publications=value)
+
+
+def test_max_inflight_publications_defaults_to_mosquittos_qos2_quota() -> None:
+    assert EventListenerConfig().max_inflight_publications == 20
+    assert EventListenerConfig(max_inflight_publications=1000).max_inflight_publications == 1000

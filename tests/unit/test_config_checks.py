@@ -171,3 +171,11 @@ def test_qos_with_a_clean_session_is_warned_about(overrides: dict, warned: bool)
     assert bool(found) is warned
     if warned:
         assert "cleansession=False and a fixed client_id" in found[0]
+
+
+def test_more_publications_in_flight_than_mosquittos_qos2_quota_is_warned_about() -> None:
+    """Past its quota Mosquitto drops a QoS 2 publication and answers a 3.1.1 client with an ordinary PUBREC."""
+    assert not [w for w in config_warnings(EventListenerConfig()) if "max_inflight_publications" in w]
+    [warning] = [w for w in config_warnings(EventListenerConfig(max_inflight_publications=64))
+                 if "max_inflight_publications" in w]
+    assert "64" in warning and "max_inflight_messages" in warning

@@ -330,8 +330,6 @@ async def test_a_qos2_message_resent_after_a_reconnect_runs_once_and_is_answered
         await broker.send(qos2_publish("jobs", b"held", 11, dup=True))  # the broker never got a PUBREC
         await resends(second, 1)
         assert second.take_message() is None  # still the first copy's job
-        await broker.wait_for(lambda: len(broker.received) == len(OWN_PACKET_IDS))  # the session's release
-        del broker.received[:], broker.received_on[:]
         await settle(first, message)
         await broker.wait_for(lambda: len(broker.received) == 1)
         assert broker.received == [pubrec_packet(11)] and broker.received_on == [1]
@@ -536,26 +534,77 @@ async def test_a_qos1_publish_given_up_on_stops_tracking_its_packet_id(broker: S
         client.drop_connection()
 
 
-async def test_a_kept_session_gets_a_pubrel_for_every_own_packet_id_before_anything_else(broker: ScriptedBroker) -> None:
-    """QoS 2 publications a killed process left unreleased fill the broker's quota for good (Mosquitto: 20)."""
+def packet_id_of(publish: bytes, payload: bytes) -> int:
+    """The packet id of a QoS 1/2 PUBLISH carrying ``payload``."""
+    return int.from_bytes(publish[-len(payload) - 2:-len(payload)], "big")
+
+
+def with_dup(publish: bytes) -> bytes:
+    return bytes((publish[0] | 0x08,)) + publish[1:]
+
+
+async def test_a_kept_session_of_a_broker_taking_qos2_gets_a_pubrel_for_every_own_packet_id(
+        broker: ScriptedBroker) -> None:
+    """QoS 2 publications a killed process left unreleased fill the broker's quota for good (Mosquitto: 20), and
+    Mosquitto drops one over its quota while answering a 3.1.1 client with an ordinary PUBREC.
+
+    On a kept session, the first QoS 2 publication goes out alone. Its PUBREC shows the broker takes QoS 2:
+    every other own packet id is released, the first is sent again (DUP: the same message, or one with room
+    now), then the publications that waited. The next connection of the session releases them at once."""
     broker.session_present = True
-    async with connected(broker, cleansession=False) as client:
-        publishing = asyncio.create_task(client.publish("results/a", b"new", qos=2))
-        await broker.wait_for(lambda: len(broker.received) == len(OWN_PACKET_IDS) + 1)
-        assert broker.received[:-1] == [pubrel_packet(packet_id) for packet_id in OWN_PACKET_IDS]
-        packet_id = int.from_bytes(broker.received[-1][-5:-3], "big")
-        assert broker.received[-1] == publish_packet("results/a", b"new", 2, False, packet_id)
-        await broker.send(pubcomp_packet(packet_id))  # answers the PUBREL sent before: says nothing of the new one
-        await asyncio.sleep(0.05)
-        assert not publishing.done()
+    first = await connected_client(broker, cleansession=False)
+    one = asyncio.create_task(first.publish("results/a", b"one", qos=2))
+    await broker.wait_for(lambda: len(broker.received) == 1)
+    two = asyncio.create_task(first.publish("results/b", b"two", qos=2))
+    await asyncio.sleep(0.05)
+    assert len(broker.received) == 1  # "two" waits for the broker's answer to "one"
+    sent = broker.received[0]
+    first_id = packet_id_of(sent, b"one")
+    assert sent == publish_packet("results/a", b"one", 2, False, first_id)
+    await broker.send(pubrec_packet(first_id))
+    await broker.wait_for(lambda: len(broker.received) == len(OWN_PACKET_IDS) + 2)
+    assert broker.received[1:-2] == [pubrel_packet(other) for other in OWN_PACKET_IDS if other != first_id]
+    assert broker.received[-2] == with_dup(sent)
+    second_id = packet_id_of(broker.received[-1], b"two")
+    assert broker.received[-1] == publish_packet("results/b", b"two", 2, False, second_id)
+    for packet_id, publishing in ((first_id, one), (second_id, two)):
         await broker.send(pubrec_packet(packet_id))
         await broker.wait_for(lambda: broker.received[-1] == pubrel_packet(packet_id))
         await broker.send(pubcomp_packet(packet_id))
         assert await asyncio.wait_for(publishing, WAIT) is None
 
+    del broker.received[:], broker.received_on[:]
+    second = await reconnected(broker, first, cleansession=False)
+    try:
+        publishing = asyncio.create_task(second.publish("results/c", b"next", qos=2))
+        await broker.wait_for(lambda: len(broker.received) == len(OWN_PACKET_IDS) + 1)
+        assert broker.received[:-1] == [pubrel_packet(other) for other in OWN_PACKET_IDS]
+        packet_id = packet_id_of(broker.received[-1], b"next")
+        assert broker.received[-1] == publish_packet("results/c", b"next", 2, False, packet_id)
+        await broker.send(pubcomp_packet(packet_id))  # answers the PUBREL sent before: says nothing of the new one
+        await asyncio.sleep(0.05)
+        assert not publishing.done()
+        publishing.cancel()
+    finally:
+        await second.disconnect()
 
-async def test_without_a_kept_session_nothing_is_released(broker: ScriptedBroker) -> None:
-    async with connected(broker, cleansession=False) as client:
-        await client.publish("results/a", b"x", qos=0)
-        await broker.wait_for(lambda: len(broker.received) == 1)
-        assert broker.received == [publish_packet("results/a", b"x", 0, False)]
+
+async def test_a_broker_that_downgrades_qos2_is_never_sent_a_pubrel(broker: ScriptedBroker) -> None:
+    """RabbitMQ 3.10 answers QoS 2 with PUBACK and stops answering a connection that sends it a PUBREL."""
+    broker.session_present = True
+    first = await connected_client(broker, cleansession=False)
+    one = asyncio.create_task(first.publish("results/a", b"x", qos=2))
+    await broker.wait_for(lambda: len(broker.received) == 1)
+    two = asyncio.create_task(first.publish("results/b", b"y", qos=2))
+    await broker.send(puback_packet(packet_id_of(broker.received[0], b"x")))
+    assert await asyncio.wait_for(one, WAIT) is None
+    await broker.wait_for(lambda: len(broker.received) == 2)  # the one that waited goes out, alone
+    await broker.send(puback_packet(packet_id_of(broker.received[1], b"y")))
+    assert await asyncio.wait_for(two, WAIT) is None
+    second = await reconnected(broker, first, cleansession=False)
+    try:
+        await second.publish("results/c", b"z", qos=0)
+        await broker.wait_for(lambda: len(broker.received) == 3)
+        assert broker.received[2] == publish_packet("results/c", b"z", 0, False)
+    finally:
+        await second.disconnect()
