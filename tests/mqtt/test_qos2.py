@@ -94,8 +94,8 @@ async def test_qos2_publications_a_killed_listener_left_behind_never_cost_a_resu
     """A kept session holding 20 unreleased QoS 2 publications fills Mosquitto's quota. Mosquitto then drops
     every new QoS 2 publication while answering a 3.1.1 client with an ordinary PUBREC (with its default
     max_queued_messages), or drops the connection (with max_queued_messages 0, as in the compose file): results
-    were lost silently, or never got out. The listener releases them first: every result arrives once, and so do the 20 left behind
-    (at least once: a result a killed process had sent is not lost either)."""
+    were lost silently, or never got out. The listener releases them first: every result arrives once, and so
+    do the 20 left behind (at least once: a result a killed process had sent is not lost either)."""
     broker = broker_factory(max_queued=max_queued)
     client_id = f"left-{os.urandom(4).hex()}"
     results, errors = f"{unique_topic}/results", f"{unique_topic}/error"
