@@ -43,8 +43,8 @@ interop-brokers: mosquitto  ## Install the brokers of the interop tier when miss
 demo: $(STAMP)  ## Run the demo: embedded broker, a listener, a few jobs (or MQTT_HOST/MQTT_PORT)
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP) mosquitto redis-server  ## Run every test but the interop tier (unit, integration, real-broker, slow) with coverage >= 90%
-	$(PYTEST) -m "not interop" --cov=Listener --cov-report=term-missing --cov-fail-under=90
+test: $(STAMP) mosquitto redis-server interop-brokers  ## Run every test (unit, integration, real-broker, interop, slow) with coverage >= 90%
+	LISTENER_INTEROP_REQUIRED=1 $(PYTEST) --cov=Listener --cov-report=term-missing --cov-fail-under=90
 
 test-unit: $(STAMP)  ## Fast unit tests only (no broker)
 	$(PYTEST) -m unit
@@ -72,8 +72,8 @@ security: $(STAMP)  ## bandit over the library, then pip-audit of .venv (reporte
 		$(BIN)/python scripts/audit.py; \
 	fi
 
-coverage: $(STAMP) mosquitto redis-server  ## Coverage report (terminal + htmlcov/), failing under 90%
-	$(PYTEST) -m "not interop" --cov=Listener --cov-report=term-missing --cov-report=html --cov-fail-under=90
+coverage: $(STAMP) mosquitto redis-server interop-brokers  ## Coverage report (terminal + htmlcov/), failing under 90%
+	LISTENER_INTEROP_REQUIRED=1 $(PYTEST) --cov=Listener --cov-report=term-missing --cov-report=html --cov-fail-under=90
 
 bench: $(STAMP) mosquitto  ## Benchmark through a real mosquitto: one JSON line per scenario (BENCH_ARGS="--repeat 3")
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)

@@ -5,7 +5,7 @@ The ``listener`` plugin is loaded here, after pytest-cov has started (see pytest
 Each test gets the marker of its directory (``DIRECTORY_MARKERS``): ``tests/unit`` → ``unit``,
 ``tests/integration`` → ``integration``, ``tests/mqtt`` → ``mqtt_integration``, and ``tests/property`` →
 ``integration`` (the property suites drive a listener through a mocked or in-memory client, no broker), and
-``tests/interop`` → ``interop`` (brokers this project did not write; ``make test-interop`` runs them).
+``tests/interop`` → ``interop`` (brokers this project did not write; part of ``make test``, alone ``make test-interop``).
 A test that names its kind itself (``@pytest.mark.unit`` on a test in ``tests/mqtt`` that needs no broker)
 keeps only the kinds it names. ``slow`` is never applied by directory: mark slow tests one by one.
 """
