@@ -14,12 +14,11 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List, Opti
 import pytest
 
 from Listener import EventListener
-from tests.mqtt.conftest import READY_TIMEOUT, listener_config, run_until_ready, unique_topic
+from tests.mqtt.conftest import READY_TIMEOUT, listener_config, processes, run_until_ready, unique_topic
 from tests.support.brokers import BrokerEndpoint, MqttProbe, session_folder
 from tests.support.interop_brokers import KINDS, InteropBroker, make_broker, require
-from tests.support.listener_processes import ListenerProcess
 
-__all__ = ["unique_topic"]  # a fixture defined in tests/mqtt/conftest.py
+__all__ = ["processes", "unique_topic"]  # fixtures defined in tests/mqtt/conftest.py
 
 
 @pytest.fixture(scope="session", params=KINDS)
@@ -78,21 +77,3 @@ async def start_listener(unique_topic: str) -> AsyncIterator[StartListener]:
             await asyncio.wait_for(task, READY_TIMEOUT + 20)
         except Exception:  # noqa: S110 - the test may have ended the listener on purpose
             pass
-
-
-@pytest.fixture
-def listener_processes() -> Iterator[Callable[..., ListenerProcess]]:
-    """``listener_processes(endpoint, prefix, *options)``: listener subprocesses (tests/mqtt/listener_process.py),
-    all killed after the test."""
-    made: List[ListenerProcess] = []
-
-    def start(endpoint: BrokerEndpoint, prefix: str, *options: str) -> ListenerProcess:
-        process = ListenerProcess(endpoint, prefix, 0.0, *options)
-        made.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in made:
-            process.kill()

@@ -7,7 +7,7 @@ import json
 import threading
 import time
 from collections import Counter
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set
+from typing import Any, Dict, Iterable, List, Optional, Set
 
 from Listener import EventListener, create_return_type
 from Listener.results import ReturnType
@@ -87,15 +87,6 @@ def duplicates(messages: Iterable[Any]) -> Dict[str, int]:
     """Job ids with more than one result among ``messages``, with their counts."""
     counts = Counter(job_ids_of(messages))
     return {job_id: count for job_id, count in counts.items() if count > 1}
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait (without blocking the loop) until ``predicate()`` holds; AssertionError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 def received(listener: EventListener) -> int:

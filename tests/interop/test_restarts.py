@@ -26,8 +26,9 @@ from typing import Any, Callable, Dict, Iterator
 import pytest
 
 from tests.interop.conftest import StartListener
-from tests.interop.helpers import (CountingProcessor, all_finished, duplicates, eventually, job_ids_of, publish_errors,
-                                   publish_jobs, received, results_for, statuses)
+from tests.interop.helpers import (CountingProcessor, all_finished, duplicates, job_ids_of, publish_errors, publish_jobs,
+                                   received, results_for, statuses)
+from tests.support.waiting import eventually
 from tests.support.brokers import BrokerEndpoint, MqttProbe, session_folder
 from tests.support.interop_brokers import KINDS, InteropBroker, make_broker, require
 from tests.support.proxy import TcpProxy

@@ -19,14 +19,14 @@ pytestmark = pytest.mark.timeout(90)
 
 
 async def test_the_will_is_published_when_the_listener_is_killed_and_not_after_a_clean_stop(
-        interop_broker: InteropBroker, listener_processes: Callable[..., ListenerProcess],
+        interop_broker: InteropBroker, processes: Callable[..., ListenerProcess],
         probe: Callable[..., MqttProbe], unique_topic: str) -> None:
     assert interop_broker.traits.will  # every broker of the tier publishes wills
     status, results, fence = f"{unique_topic}/status", f"{unique_topic}/results", f"{unique_topic}/fence"
     watcher = probe(interop_broker.endpoint, status, results, fence, qos=1)
     sender = probe(interop_broker.endpoint)
 
-    stopped = listener_processes(interop_broker.endpoint, unique_topic, "--signals")
+    stopped = processes(interop_broker.endpoint, unique_topic, 0.0, "--signals")
     await asyncio.to_thread(stopped.wait_line, "READY", 30)
     await asyncio.to_thread(publish_jobs, sender, f"{unique_topic}/jobs", ["before-stop"])
     await results_for(watcher, results, ["before-stop"])
@@ -38,7 +38,7 @@ async def test_the_will_is_published_when_the_listener_is_killed_and_not_after_a
     await asyncio.to_thread(watcher.wait_for, 1, 10, fence)
     assert watcher.messages(status) == []
 
-    killed = listener_processes(interop_broker.endpoint, unique_topic)
+    killed = processes(interop_broker.endpoint, unique_topic)
     await asyncio.to_thread(killed.wait_line, "READY", 30)
     await asyncio.to_thread(publish_jobs, sender, f"{unique_topic}/jobs", ["before-kill"])
     await results_for(watcher, results, ["before-kill"])

@@ -26,6 +26,7 @@ from tests.mqtt.conftest import listener_config
 from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial
 from tests.support.listener_processes import ListenerProcess
 from tests.support.proxy import TcpProxy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,15 +45,6 @@ def body(message: Any) -> Dict[str, Any]:
 def via(proxy: TcpProxy) -> BrokerEndpoint:
     """The endpoint a listener uses to reach its broker through ``proxy``."""
     return BrokerEndpoint(proxy.host, proxy.port)
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Wait (without blocking the loop) until ``predicate()`` holds; AssertionError after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        await asyncio.sleep(0.02)
 
 
 async def job_finished(listener: EventListener, job_id: str, timeout: float = 10.0) -> None:
