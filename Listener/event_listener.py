@@ -79,7 +79,8 @@ class EventListener:
         self._publisher = Publisher(lambda: self.client, self._slot.is_connected, metrics, lambda: endpoint,
                                     PUBLISH_TIMEOUT, config.max_inflight_publications,
                                     watched=lambda: self._slot.owned and self._runner.active,
-                                    on_dropped=lambda *dropped: self._pipeline.report_dropped(*dropped))
+                                    on_dropped=lambda *dropped: self._pipeline.report_dropped(*dropped),
+                                    drop_stalled=self._drop_stalled_connection)
         self._events = EventSink(logger, secrets(config), config.log_topic, config.error_topic,
                                  logging.getLevelName(config.log_topic_level.upper()), metrics,
                                  lambda topic, body: self._pipeline.publish_event(topic, body))
@@ -202,6 +203,16 @@ class EventListener:
     async def _open_job_store(self) -> None:
         """Open the job store (a SQLite file is created, checked and loaded; raises JobStoreError naming it)."""
         await self._tracker.store.open(on_error=self._job_store_failed)
+
+    def _drop_stalled_connection(self) -> bool:
+        """Drop the connection a QoS 1/2 publication got no acknowledgement on, so that the runner reconnects
+        and the publication goes out again; only a connection the listener owns and reconnects."""
+        if not (self._slot.owned and self._runner.active):
+            return False
+        if self._slot.client.drop_connection():  # else dropped already, for another publication
+            logger.warning("No acknowledgement from MQTT broker at %s within %g s: dropping the connection, to send "
+                           "what it did not acknowledge again on the next one", self._endpoint, PUBLISH_TIMEOUT)
+        return True
 
     def _job_store_failed(self, message: str) -> None:
         """Writing the job store failed (the writer retries): an ERROR log event, on the event loop."""

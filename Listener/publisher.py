@@ -16,6 +16,11 @@ Brokers answer some publications by dropping the connection. Those whose topic i
 refused before sending (:func:`~Listener.topics.topic_name_error`); for the rest (a packet above the
 broker's size limit, an ACL that disconnects) a kept publication whose sending was cut short by a lost
 connection ``MAX_STRIKES`` times is dropped and reported, so it can never cause a reconnect loop.
+
+A QoS 1/2 publication the broker has not acknowledged within ``timeout`` on a connection that is still
+open (a broker shutting down stops answering before it closes) can only be sent again on a new
+connection (MQTT 3.1.1, 4.4): where ``drop_stalled`` drops the connection, it is kept like one cut short
+by a lost connection, instead of being reported lost.
 """
 
 from __future__ import annotations
@@ -99,8 +104,9 @@ class Publisher:
     def __init__(self, client: Callable[[], Any], connected: Callable[[], bool], metrics: ListenerMetrics,
                  describe_endpoint: Callable[[], str], timeout: float = 10.0, max_in_flight: int = 20,
                  outbox_limit: int = 10_000, watched: Callable[[], bool] = lambda: False,
-                 on_dropped: DropReporter = _ignore_drop) -> None:
+                 on_dropped: DropReporter = _ignore_drop, drop_stalled: Callable[[], bool] = lambda: False) -> None:
         self._client = client
+        self._drop_stalled = drop_stalled
         self._watched = watched
         self._connected = connected
         self._metrics = metrics
@@ -127,7 +133,8 @@ class Publisher:
             RefusedTopic: the topic is not one brokers accept; nothing was sent.
             NotConnected: there is no connection; nothing was sent.
             ConnectionLost: the connection ended before the publication was through.
-            asyncio.TimeoutError: the broker did not take it within ``timeout`` seconds.
+            asyncio.TimeoutError: the broker did not take it within ``timeout`` seconds (at QoS 1/2, when
+                ``drop_stalled`` did not drop the connection; else ConnectionLost).
             PublicationRefused: the broker refused it (for a passing reason: still, after ``timeout`` seconds).
             Exception: whatever the client raised.
         """
@@ -152,7 +159,10 @@ class Publisher:
             # Connected again by now, but on another connection than the one it went out on: amqtt then fails
             # the old wait in its own way (a PUBACK timeout, an AttributeError of its torn-down session).
             if self._connected() and self._metrics.connection_losses == losses:
-                raise
+                if not (qos and isinstance(exc, asyncio.TimeoutError) and self._drop_stalled()):
+                    raise
+                raise ConnectionLost(f"No acknowledgement from {self._endpoint()} within {self.timeout:g} s: "
+                                     "connection dropped, to send it again on the next one") from None
             raise ConnectionLost(
                 f"Connection to {self._endpoint()} lost before the broker took it ({describe_exception(exc)})") from None
         self._metrics.publishes += 1

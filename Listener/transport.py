@@ -316,13 +316,18 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
             for ping in pings:
                 ping.cancel()
 
-    def drop_connection(self) -> None:
-        """Abort the connection's socket at once (for a connection found dead: nothing is flushed)."""
+    def drop_connection(self) -> bool:
+        """Abort the connection's socket at once (for a connection found dead: nothing is flushed).
+
+        Returns whether there was an open socket to abort.
+        """
         handler = self._handler
         writer = getattr(getattr(handler, "writer", None), "_writer", None)
         transport = getattr(writer, "transport", None)
-        if transport is not None:
-            transport.abort()
+        if transport is None or transport.is_closing():
+            return False
+        transport.abort()
+        return True
 
     async def abort_connection(self) -> None:
         """Close the socket of a connection attempt that failed or was cancelled.

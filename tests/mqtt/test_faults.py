@@ -227,6 +227,34 @@ async def test_black_holed_connection_is_detected_and_replaced(
     assert processor.processed_twice() == []
 
 
+@pytest.mark.parametrize("qos", [1, 2])
+async def test_a_result_the_broker_leaves_unacknowledged_goes_out_again_on_the_next_connection(
+        proxy_factory: Callable[..., TcpProxy], start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
+        unique_topic: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, qos: int) -> None:
+    """A broker that keeps the connection open but acknowledges nothing (amqtt's broker does that for seconds
+    while it shuts down): once the publish timeout passes, the listener drops that connection and sends the
+    result again on the next one (MQTT 3.1.1 resends only after a reconnect), instead of reporting it lost."""
+    monkeypatch.setattr("Listener.event_listener.PUBLISH_TIMEOUT", 1.0)
+    proxy = proxy_factory()
+    processor = CountingProcessor(hold=("s-0",))
+    results, jobs = f"{unique_topic}/results", f"{unique_topic}/jobs"
+    listener, _ = await start_listener(processor, endpoint=via(proxy), qos=qos, default_qos=qos, **RECONNECTING)
+    watcher = probe(results)
+    await publish_jobs(probe(), jobs, ["s-0"])
+    assert await asyncio.to_thread(processor.started.wait, 10)
+
+    proxy.freeze()  # the job's acknowledgement went out before the processor ran; the result's never comes
+    processor.release.set()
+    await eventually(lambda: listener.metrics()["connection_losses"] >= 1, 10, "the stalled connection dropped")
+    proxy.thaw()
+    await results_for(watcher, results, ["s-0"])
+    await job_finished(listener, "s-0")
+    assert (await listener.get_job_status("s-0")).status == JobStatus.COMPLETED
+    assert listener.metrics()["publish_errors"] == 0
+    assert processor.processed_twice() == []
+    assert any("No acknowledgement from MQTT broker" in r.getMessage() for r in caplog.records)
+
+
 async def test_reset_connection_is_replaced(
         proxy_factory: Callable[..., TcpProxy], start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
         unique_topic: str) -> None:

@@ -97,6 +97,37 @@ async def test_publisher_times_out_a_hung_publish() -> None:
     assert await publisher.deliver(Publication("t", b"", 0, False)) == "timed out"
 
 
+@pytest.mark.parametrize("qos", [1, 2])
+async def test_an_unacknowledged_publication_is_kept_for_the_next_connection_when_the_stalled_one_is_dropped(
+        qos: int) -> None:
+    async def hang(*args: Any) -> None:
+        await asyncio.sleep(10)
+
+    client = AsyncMock()
+    client.publish.side_effect = hang
+    drops: List[bool] = []
+    metrics = ListenerMetrics()
+    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=0.05,
+                          drop_stalled=lambda: drops.append(True) or True)
+    assert await publisher.deliver(Publication("t", b"r", qos, False), job_id="j") is None
+    assert drops == [True] and publisher.pending == 1 and metrics.publish_errors == 0
+    with pytest.raises(ConnectionLost, match="No acknowledgement from h:1 within 0.05 s"):
+        await publisher.publish("t", b"r", qos, False)
+
+
+async def test_an_unacknowledged_publication_is_reported_when_the_connection_is_not_dropped() -> None:
+    async def hang(*args: Any) -> None:
+        await asyncio.sleep(10)
+
+    client = AsyncMock()
+    client.publish.side_effect = hang
+    metrics = ListenerMetrics()
+    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=0.05,
+                          drop_stalled=lambda: False)
+    assert await publisher.deliver(Publication("t", b"r", 1, False)) == "timed out"
+    assert publisher.pending == 0 and metrics.publish_errors == 1
+
+
 async def test_publisher_refuses_topics_brokers_disconnect_for_without_sending() -> None:
     """Issue 9 item 1: the topic rule applies to every publication, whatever path it takes."""
     client = AsyncMock()
