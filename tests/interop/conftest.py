@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List, Opti
 import pytest
 
 from Listener import EventListener
-from tests.mqtt.conftest import READY_TIMEOUT, listener_config, processes, run_until_ready, unique_topic
+from tests.mqtt.conftest import READY_TIMEOUT, listener_config, processes, run_until_ready, stop_listeners, unique_topic
 from tests.support.brokers import BrokerEndpoint, MqttProbe, session_folder
 from tests.support.interop_brokers import KINDS, InteropBroker, make_broker, require
 
@@ -71,9 +71,4 @@ async def start_listener(unique_topic: str) -> AsyncIterator[StartListener]:
         return listener, task
 
     yield start
-    for listener, task in running:
-        listener.stop()
-        try:
-            await asyncio.wait_for(task, READY_TIMEOUT + 20)
-        except Exception:  # noqa: S110 - the test may have ended the listener on purpose
-            pass
+    await stop_listeners(running, READY_TIMEOUT + 20)

@@ -172,11 +172,16 @@ async def start_listener(mqtt_endpoint: BrokerEndpoint, unique_topic: str) -> As
         return listener, task
 
     yield start
+    await stop_listeners(running, READY_TIMEOUT)
+
+
+async def stop_listeners(running: List[Tuple[EventListener, "asyncio.Task[None]"]], timeout: float) -> None:
+    """Stop each listener and wait (up to ``timeout`` s each) for its ``run()`` task to end."""
     for listener, task in running:
         listener.stop()
         try:
-            await asyncio.wait_for(task, READY_TIMEOUT)
-        except Exception:  # the test may have ended the listener on purpose
+            await asyncio.wait_for(task, timeout)
+        except Exception:  # noqa: S110 - the test may have ended the listener on purpose
             pass
 
 

@@ -11,7 +11,6 @@ running when the interpreter exits is killed by an ``atexit`` hook, whatever hap
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import signal
@@ -26,29 +25,21 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
+from .leftovers import Leftovers
+
 __all__ = [
     "BrokerEndpoint", "BrokerFactory", "MosquittoBroker", "MqttProbe", "TlsMaterial", "accepts_tcp", "answers_connect",
     "broker_factory", "find_binary", "free_port", "generate_tls_material", "kill_leftover_brokers", "session_folder",
 ]
 
 START_TIMEOUT = 10.0
-# Brokers started and not yet stopped, by id(): the atexit hook kills whatever is left.
-_LIVE_BROKERS: Dict[int, "MosquittoBroker"] = {}
-_LIVE_LOCK = threading.Lock()
+#: Brokers started and not yet stopped: killed at interpreter exit.
+_LIVE_BROKERS: "Leftovers[MosquittoBroker]" = Leftovers(lambda broker: broker.kill())
 
 
 def kill_leftover_brokers() -> None:
-    """SIGKILL every broker this process started and did not stop (registered with ``atexit``)."""
-    with _LIVE_LOCK:
-        leftovers = list(_LIVE_BROKERS.values())
-    for broker in leftovers:
-        try:
-            broker.kill()
-        except Exception:  # noqa: S110 - best effort at interpreter exit
-            pass
-
-
-atexit.register(kill_leftover_brokers)
+    """SIGKILL every broker this process started and did not stop (also done at interpreter exit)."""
+    _LIVE_BROKERS.end_all()
 
 
 def find_binary(name: str) -> Optional[str]:
@@ -325,8 +316,7 @@ class MosquittoBroker:
         with open(self.folder / "mosquitto.stderr", "ab") as stderr:
             self.process = subprocess.Popen([self.binary, "-c", str(self.config_path)],  # noqa: S603
                                             stdout=subprocess.DEVNULL, stderr=stderr)
-        with _LIVE_LOCK:
-            _LIVE_BROKERS[id(self)] = self
+        _LIVE_BROKERS.add(self)
         deadline = time.monotonic() + START_TIMEOUT
         for port in self._ports():
             while not self._accepts(port):
@@ -377,8 +367,7 @@ class MosquittoBroker:
         self.start()
 
     def _forget(self) -> None:
-        with _LIVE_LOCK:
-            _LIVE_BROKERS.pop(id(self), None)
+        _LIVE_BROKERS.discard(self)
 
     def log_tail(self, lines: int = 30) -> str:
         """The last ``lines`` lines of the broker's log (and of its stderr, where start-up errors go)."""

@@ -19,13 +19,11 @@ against the running broker, so a new broker version that changes one fails a tes
 
 from __future__ import annotations
 
-import atexit
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from typing import ClassVar, Dict, List, Optional
 import pytest
 
 from .brokers import BrokerEndpoint, MosquittoBroker, accepts_tcp, answers_connect, find_binary, free_port
+from .leftovers import Leftovers
 
 __all__ = [
     "AEDES_DIR", "AedesBroker", "AmqttBroker", "BrokerTraits", "InteropBroker", "KINDS", "MosquittoInterop",
@@ -52,22 +51,8 @@ AEDES_DIR = Path(__file__).resolve().parent / "aedes"
 #: user and that user's files.
 RABBITMQ_SERVER_SCRIPT = Path("/usr/lib/rabbitmq/bin/rabbitmq-server")
 
-# Brokers made and not yet closed, by id(): the atexit hook closes whatever is left.
-_LIVE: Dict[int, "InteropBroker"] = {}
-_LIVE_LOCK = threading.Lock()
-
-
-def _close_leftovers() -> None:
-    with _LIVE_LOCK:
-        leftovers = list(_LIVE.values())
-    for broker in leftovers:
-        try:
-            broker.close()
-        except Exception:  # noqa: S110 - best effort at interpreter exit
-            pass
-
-
-atexit.register(_close_leftovers)
+#: Brokers made and not yet closed: closed at interpreter exit.
+_LIVE: "Leftovers[InteropBroker]" = Leftovers(lambda broker: broker.close())
 
 
 @dataclass(frozen=True)
@@ -113,8 +98,7 @@ class InteropBroker:
         self.process: Optional["subprocess.Popen[bytes]"] = None
         self.log_path = folder / f"{self.kind}.log"
         self.starts = 0
-        with _LIVE_LOCK:
-            _LIVE[id(self)] = self
+        _LIVE.add(self)
 
     @property
     def endpoint(self) -> BrokerEndpoint:
@@ -193,8 +177,7 @@ class InteropBroker:
     def close(self) -> None:
         """Kill the broker and remove its folder (idempotent)."""
         self.kill()
-        with _LIVE_LOCK:
-            _LIVE.pop(id(self), None)
+        _LIVE.discard(self)
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def log_tail(self, lines: int = 40) -> str:

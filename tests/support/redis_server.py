@@ -8,39 +8,28 @@ interpreter exits is killed by an ``atexit`` hook.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import socket
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional
+from typing import Iterator, List, Optional
 
 import pytest
 
 from .brokers import find_binary, free_port
+from .leftovers import Leftovers
 
 __all__ = ["REDIS_BINARY", "RedisFactory", "RedisServer", "needs_redis", "redis_factory", "redis_server", "unique_prefix"]
 
 REDIS_BINARY = find_binary("redis-server")
 START_TIMEOUT = 10.0
-_LIVE: Dict[int, "RedisServer"] = {}
-_LOCK = threading.Lock()
+#: Servers started and not yet stopped: stopped at interpreter exit.
+_LIVE: "Leftovers[RedisServer]" = Leftovers(lambda server: server.stop())
 _PREFIXES = itertools.count(1)
 
 #: Skips a test when ``redis-server`` is not installed (CI installs it, so there they run).
 needs_redis = pytest.mark.skipif(REDIS_BINARY is None, reason="redis-server is not installed (.ci/run installs it)")
-
-
-def _kill_leftovers() -> None:
-    with _LOCK:
-        leftovers = list(_LIVE.values())
-    for server in leftovers:
-        server.stop()
-
-
-atexit.register(_kill_leftovers)
 
 
 def _ping(port: int, password: Optional[str]) -> bool:
@@ -80,8 +69,7 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
-        with _LOCK:
-            _LIVE[id(self)] = self
+        _LIVE.add(self)
         deadline = time.monotonic() + START_TIMEOUT
         while not _ping(self.port, self.password):
             if self.process.poll() is not None or time.monotonic() > deadline:
@@ -92,8 +80,7 @@ class RedisServer:
     def stop(self) -> None:
         """End the server (SIGTERM, then SIGKILL after 5 s)."""
         process, self.process = self.process, None
-        with _LOCK:
-            _LIVE.pop(id(self), None)
+        _LIVE.discard(self)
         if process is None or process.poll() is not None:
             return
         process.terminate()
