@@ -207,7 +207,7 @@ class EventListener:
     def _drop_stalled_connection(self) -> bool:
         """Drop the connection a QoS 1/2 publication got no acknowledgement on, so that the runner reconnects
         and the publication goes out again; only a connection the listener owns and reconnects."""
-        if not (self._slot.owned and self._runner.active):
+        if not (self._slot.owned and self._runner.active and self.config.auto_reconnect):
             return False
         if self._slot.client.drop_connection():  # else dropped already, for another publication
             logger.warning("No acknowledgement from MQTT broker at %s within %g s: dropping the connection, to send "

@@ -255,6 +255,25 @@ async def test_a_result_the_broker_leaves_unacknowledged_goes_out_again_on_the_n
     assert any("No acknowledgement from MQTT broker" in r.getMessage() for r in caplog.records)
 
 
+async def test_without_auto_reconnect_an_unacknowledged_result_is_reported_and_the_connection_kept(
+        proxy_factory: Callable[..., TcpProxy], start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
+        unique_topic: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dropping the stalled connection would end ``run()`` when the listener may not reconnect: it keeps it."""
+    monkeypatch.setattr("Listener.event_listener.PUBLISH_TIMEOUT", 1.0)
+    proxy = proxy_factory()
+    processor = CountingProcessor(hold=("s-0",))
+    jobs = f"{unique_topic}/jobs"
+    listener, task = await start_listener(processor, endpoint=via(proxy), qos=1, default_qos=1, auto_reconnect=False)
+    await publish_jobs(probe(), jobs, ["s-0"])
+    assert await asyncio.to_thread(processor.started.wait, 10)
+
+    proxy.freeze()
+    processor.release.set()
+    await eventually(lambda: listener.metrics()["publish_errors"] >= 1, 10, "the result reported lost")
+    assert listener.metrics()["connection_losses"] == 0 and not task.done()
+    proxy.thaw()
+
+
 async def test_reset_connection_is_replaced(
         proxy_factory: Callable[..., TcpProxy], start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
         unique_topic: str) -> None:
