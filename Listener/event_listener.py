@@ -78,7 +78,7 @@ class EventListener:
         self._workers = ThreadWorkers(config.max_concurrent_jobs, name=f"{config.client_id}-worker")
         self._publisher = Publisher(lambda: self.client, self._slot.is_connected, metrics, lambda: endpoint,
                                     PUBLISH_TIMEOUT, config.max_inflight_publications,
-                                    watched=lambda: self._slot.owned and self._runner.active,
+                                    watched=self._runs_own_connection,
                                     on_dropped=lambda *dropped: self._pipeline.report_dropped(*dropped),
                                     drop_stalled=self._drop_stalled_connection)
         self._events = EventSink(logger, secrets(config), config.log_topic, config.error_topic,
@@ -204,10 +204,14 @@ class EventListener:
         """Open the job store (a SQLite file is created, checked and loaded; raises JobStoreError naming it)."""
         await self._tracker.store.open(on_error=self._job_store_failed)
 
+    def _runs_own_connection(self) -> bool:
+        """Whether run() is serving a connection of the listener's own client (not one a user assigned)."""
+        return self._slot.owned and self._runner.active
+
     def _drop_stalled_connection(self) -> bool:
         """Drop the connection a QoS 1/2 publication got no acknowledgement on, so that the runner reconnects
         and the publication goes out again; only a connection the listener owns and reconnects."""
-        if not (self._slot.owned and self._runner.active and self.config.auto_reconnect):
+        if not (self._runs_own_connection() and self.config.auto_reconnect):
             return False
         if self._slot.client.drop_connection():  # else dropped already, for another publication
             logger.warning("No acknowledgement from MQTT broker at %s within %g s: dropping the connection, to send "

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
@@ -26,9 +27,11 @@ from tests.mqtt.conftest import listener_config
 from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial
 from tests.support.listener_processes import ListenerProcess
 from tests.support.proxy import TcpProxy
+from tests.support.redis_server import RedisServer, needs_redis, redis_server, unique_prefix
 from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(60)
+__all__ = ["redis_server"]  # the fixture, for pytest
 
 #: Reconnect quickly and forever: the tests decide when the listener may come back.
 RECONNECTING: Dict[str, Any] = dict(reconnect_retries=-1, reconnect_max_interval=0.5, connect_timeout=2)
@@ -227,24 +230,47 @@ async def test_black_holed_connection_is_detected_and_replaced(
     assert processor.processed_twice() == []
 
 
+async def finish_behind_a_frozen_proxy(proxy: TcpProxy, processor: CountingProcessor,
+                                       start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
+                                       unique_topic: str, monkeypatch: pytest.MonkeyPatch, **config: Any) -> Any:
+    """Start a listener (publish timeout 1 s) through ``proxy``, send it job ``s-0`` (which ``processor`` holds),
+    freeze the proxy and let the job finish: the connection stays open, and neither the job's acknowledgement
+    nor its result reaches the broker. Returns ``start_listener``'s (listener, task)."""
+    monkeypatch.setattr("Listener.event_listener.PUBLISH_TIMEOUT", 1.0)
+    started = await start_listener(processor, endpoint=via(proxy), **config)
+    await publish_jobs(probe(), f"{unique_topic}/jobs", ["s-0"])
+    assert await asyncio.to_thread(processor.started.wait, 10)
+    proxy.freeze()
+    processor.release.set()
+    return started
+
+
+def job_store_url(store: str, folder: Path, request: pytest.FixtureRequest) -> str:
+    """The ``job_store`` setting for ``store`` ("memory", "sqlite" or "redis": the session's redis-server)."""
+    if store == "sqlite":
+        return f"sqlite:///{folder / 'jobs.db'}"
+    if store == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url(unique_prefix("stalled"))
+    return "memory"
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite", pytest.param("redis", marks=needs_redis)])
 @pytest.mark.parametrize("qos", [1, 2])
 async def test_a_result_the_broker_leaves_unacknowledged_goes_out_again_on_the_next_connection(
         proxy_factory: Callable[..., TcpProxy], start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
-        unique_topic: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, qos: int) -> None:
+        unique_topic: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path,
+        request: pytest.FixtureRequest, qos: int, store: str) -> None:
     """A broker that keeps the connection open but acknowledges nothing (amqtt's broker does that for seconds
     while it shuts down): once the publish timeout passes, the listener drops that connection and sends the
     result again on the next one (MQTT 3.1.1 resends only after a reconnect), instead of reporting it lost."""
-    monkeypatch.setattr("Listener.event_listener.PUBLISH_TIMEOUT", 1.0)
     proxy = proxy_factory()
     processor = CountingProcessor(hold=("s-0",))
-    results, jobs = f"{unique_topic}/results", f"{unique_topic}/jobs"
-    listener, _ = await start_listener(processor, endpoint=via(proxy), qos=qos, default_qos=qos, **RECONNECTING)
+    results = f"{unique_topic}/results"
     watcher = probe(results)
-    await publish_jobs(probe(), jobs, ["s-0"])
-    assert await asyncio.to_thread(processor.started.wait, 10)
-
-    proxy.freeze()  # the job's acknowledgement went out before the processor ran; the result's never comes
-    processor.release.set()
+    listener, _ = await finish_behind_a_frozen_proxy(proxy, processor, start_listener, probe, unique_topic, monkeypatch,
+                                                     qos=qos, default_qos=qos,
+                                                     job_store=job_store_url(store, tmp_path, request), **RECONNECTING)
     await eventually(lambda: listener.metrics()["connection_losses"] >= 1, 10, "the stalled connection dropped")
     proxy.thaw()
     await results_for(watcher, results, ["s-0"])
@@ -259,16 +285,10 @@ async def test_without_auto_reconnect_an_unacknowledged_result_is_reported_and_t
         proxy_factory: Callable[..., TcpProxy], start_listener: Callable[..., Any], probe: Callable[..., MqttProbe],
         unique_topic: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Dropping the stalled connection would end ``run()`` when the listener may not reconnect: it keeps it."""
-    monkeypatch.setattr("Listener.event_listener.PUBLISH_TIMEOUT", 1.0)
     proxy = proxy_factory()
-    processor = CountingProcessor(hold=("s-0",))
-    jobs = f"{unique_topic}/jobs"
-    listener, task = await start_listener(processor, endpoint=via(proxy), qos=1, default_qos=1, auto_reconnect=False)
-    await publish_jobs(probe(), jobs, ["s-0"])
-    assert await asyncio.to_thread(processor.started.wait, 10)
-
-    proxy.freeze()
-    processor.release.set()
+    listener, task = await finish_behind_a_frozen_proxy(proxy, CountingProcessor(hold=("s-0",)), start_listener,
+                                                        probe, unique_topic, monkeypatch, qos=1, default_qos=1,
+                                                        auto_reconnect=False)
     await eventually(lambda: listener.metrics()["publish_errors"] >= 1, 10, "the result reported lost")
     assert listener.metrics()["connection_losses"] == 0 and not task.done()
     proxy.thaw()

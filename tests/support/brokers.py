@@ -29,17 +29,12 @@ from .leftovers import Leftovers
 
 __all__ = [
     "BrokerEndpoint", "BrokerFactory", "MosquittoBroker", "MqttProbe", "TlsMaterial", "accepts_tcp", "answers_connect",
-    "broker_factory", "find_binary", "free_port", "generate_tls_material", "kill_leftover_brokers", "session_folder",
+    "broker_factory", "find_binary", "free_port", "generate_tls_material", "session_folder",
 ]
 
 START_TIMEOUT = 10.0
 #: Brokers started and not yet stopped: killed at interpreter exit.
 _LIVE_BROKERS: "Leftovers[MosquittoBroker]" = Leftovers(lambda broker: broker.kill())
-
-
-def kill_leftover_brokers() -> None:
-    """SIGKILL every broker this process started and did not stop (also done at interpreter exit)."""
-    _LIVE_BROKERS.end_all()
 
 
 def find_binary(name: str) -> Optional[str]:

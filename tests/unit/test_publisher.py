@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 from unittest.mock import AsyncMock
 
 import pytest
@@ -87,28 +87,41 @@ async def test_publisher_bounds_qos1_publications_in_flight() -> None:
     await asyncio.wait_for(asyncio.gather(*sends), 2)
 
 
-async def test_publisher_times_out_a_hung_publish() -> None:
+def hung_client() -> AsyncMock:
+    """A client whose publish never returns (a broker that acknowledges nothing)."""
     async def hang(*args: Any) -> None:
         await asyncio.sleep(10)
 
     client = AsyncMock()
     client.publish.side_effect = hang
-    publisher = Publisher(lambda: client, lambda: True, ListenerMetrics(), lambda: "h:1", timeout=0.05)
+    return client
+
+
+def counting_drops(drops: List[bool]) -> Callable[[], bool]:
+    """A ``drop_stalled`` that drops (says True) and notes each call in ``drops``."""
+    def drop() -> bool:
+        drops.append(True)
+        return True
+    return drop
+
+
+async def test_publisher_times_out_a_hung_publish() -> None:
+    client = hung_client()
+    drops: List[bool] = []
+    publisher = Publisher(lambda: client, lambda: True, ListenerMetrics(), lambda: "h:1", timeout=0.05,
+                          drop_stalled=counting_drops(drops))
     assert await publisher.deliver(Publication("t", b"", 0, False)) == "timed out"
+    assert drops == [], "QoS 0 is never acknowledged: its timeout says nothing of the connection"
 
 
 @pytest.mark.parametrize("qos", [1, 2])
 async def test_an_unacknowledged_publication_is_kept_for_the_next_connection_when_the_stalled_one_is_dropped(
         qos: int) -> None:
-    async def hang(*args: Any) -> None:
-        await asyncio.sleep(10)
-
-    client = AsyncMock()
-    client.publish.side_effect = hang
+    client = hung_client()
     drops: List[bool] = []
     metrics = ListenerMetrics()
     publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=0.05,
-                          drop_stalled=lambda: drops.append(True) or True)
+                          drop_stalled=counting_drops(drops))
     assert await publisher.deliver(Publication("t", b"r", qos, False), job_id="j") is None
     assert drops == [True] and publisher.pending == 1 and metrics.publish_errors == 0
     with pytest.raises(ConnectionLost, match="No acknowledgement from h:1 within 0.05 s"):
@@ -116,11 +129,7 @@ async def test_an_unacknowledged_publication_is_kept_for_the_next_connection_whe
 
 
 async def test_an_unacknowledged_publication_is_reported_when_the_connection_is_not_dropped() -> None:
-    async def hang(*args: Any) -> None:
-        await asyncio.sleep(10)
-
-    client = AsyncMock()
-    client.publish.side_effect = hang
+    client = hung_client()
     metrics = ListenerMetrics()
     publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=0.05,
                           drop_stalled=lambda: False)
