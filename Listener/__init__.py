@@ -4,18 +4,18 @@
 """
 
 from ._version import __version__
-from .config import EventListenerConfig
+from .config.settings import EventListenerConfig
 from .errors import ConfigError, ConfigParseError, ConfigValidationError
 from .event_listener import EventListener
-from .jobs import JobInfo, JobStatus
-from .metrics import ListenerMetrics
-from .processing import JobTimeoutError, run_inline
+from .jobs.records import JobInfo, JobStatus
+from .ops.metrics import ListenerMetrics
+from .processing.processors import JobTimeoutError, run_inline
 from .results import ReturnType, create_error_result, create_return_type
-from .quiet_logs import quiet_third_party_loggers
-from .safe_config_parser import ConfigSource, ParsedConfig, SafeConfigParser
+from .ops.quiet_logs import quiet_third_party_loggers
+from .config.parser import ConfigSource, ParsedConfig, SafeConfigParser
 
 # amqtt and transitions log every connection and state change at INFO: quiet unless configured
-# (see Listener.quiet_logs for turning them back on).
+# (see Listener.ops.quiet_logs for turning them back on).
 quiet_third_party_loggers()
 
 __all__ = [

@@ -1,8 +1,8 @@
-"""``python -m Listener``: the ``mqtt-listener`` command line (see :mod:`Listener.cli`)."""
+"""``python -m Listener``: the ``mqtt-listener`` command line (see :mod:`Listener.cli.command`)."""
 
 import sys
 
-from .cli import main
+from .cli.command import main
 
 if __name__ == "__main__":
     sys.exit(main())

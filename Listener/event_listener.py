@@ -1,8 +1,8 @@
 """EventListener: receive TOML messages from MQTT, track each as a job, publish results as JSON.
 
-The public facade. The work is done by parts that never import it: :mod:`~Listener.session` (one
-broker connection), :mod:`~Listener.runner` (the run loop), :mod:`~Listener.pipeline` (one message end
-to end), :mod:`~Listener.events` (logs and events), :mod:`~Listener.job_tracking` (the job store).
+The public facade. The work is done by parts that never import it: :mod:`~Listener.mqtt.connection`
+(one broker connection), :mod:`~Listener.pipeline.runner` (the run loop), :mod:`~Listener.pipeline.message_pipeline`
+(one message end to end), :mod:`~Listener.ops.events` (logs and events), :mod:`~Listener.jobs.tracking` (the job store).
 """
 
 from __future__ import annotations
@@ -15,27 +15,27 @@ from types import TracebackType
 from typing import Any, Callable, Dict, Iterable, Optional, Set, Type, Union
 
 from ._version import __version__
-from .config import EventListenerConfig
-from .config_checks import check_before_start
-from .delivery import Ticket
-from .events import EventSink
-from .intake import Payload, find_job_id, generate_job_id
-from .job_tracking import JobTracker
-from .job_store import create_job_store
-from .jobs import JobInfo, JobStatus
-from .metrics import ListenerMetrics
-from .pipeline import Pipeline
-from .processing import Processor
-from .publisher import Publisher
+from .config.settings import EventListenerConfig
+from .config.checks import check_before_start
+from .mqtt.delivery_queue import Ticket
+from .ops.events import EventSink
+from .pipeline.payloads import Payload, find_job_id, generate_job_id
+from .jobs.tracking import JobTracker
+from .jobs.factory import create_job_store
+from .jobs.records import JobInfo, JobStatus
+from .ops.metrics import ListenerMetrics
+from .pipeline.message_pipeline import Pipeline
+from .processing.processors import Processor
+from .mqtt.publisher import Publisher
 from .results import ReturnType, create_error_result, create_return_type
-from .runner import Runner, State
-from .safe_config_parser import SafeConfigParser
-from .serialization import to_json_bytes
-from .session import DISCONNECT_TIMEOUT, ClientSlot, connect, disconnect, subscribe
-from .signals import StopSignals
-from .topics import shared_filters, subscriptions
-from .transport import endpoint_label, secrets
-from .workers import ThreadWorkers
+from .pipeline.runner import Runner, State
+from .config.parser import SafeConfigParser
+from .core.serialization import to_json_bytes
+from .mqtt.connection import DISCONNECT_TIMEOUT, ClientSlot, connect, disconnect, subscribe
+from .ops.signals import StopSignals
+from .core.topics import shared_filters, subscriptions
+from .mqtt.client import endpoint_label, secrets
+from .processing.workers import ThreadWorkers
 
 __all__ = ["EventListener", "EventListenerConfig", "JobInfo", "JobStatus", "ReturnType", "create_error_result",
            "create_return_type", "__version__"]
@@ -154,7 +154,7 @@ class EventListener:
         await asyncio.wait_for(self._runner.ready.wait(), timeout)
 
     def metrics(self) -> Dict[str, Any]:
-        """A snapshot of the listener's counters and state (JSON-ready; see :mod:`Listener.metrics`)."""
+        """A snapshot of the listener's counters and state (JSON-ready; see :mod:`Listener.ops.metrics`)."""
         by_status = Counter(job.status.value for job in self.jobs.values())
         current = self._slot.current
         self._metrics.abandoned_threads = self._workers.abandoned
@@ -196,7 +196,7 @@ class EventListener:
                            lambda warning: logger.warning("Configuration: %s", self._events.redact(warning)))
         await self._open_job_store()
         if self.config.http_port is not None:
-            from .http_endpoints import start_http_endpoints  # only services that ask for it load the server
+            from .ops.http_endpoints import start_http_endpoints  # only services that ask for it load the server
 
             self._http = await start_http_endpoints(self, self.config.http_host, self.config.http_port)
 

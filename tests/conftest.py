@@ -18,7 +18,7 @@ from typing import Iterator, List
 
 import pytest
 
-pytest_plugins = ["Listener.pytest_plugin", "pytester"]
+pytest_plugins = ["Listener.testing.pytest_plugin", "pytester"]
 
 DIRECTORY_MARKERS = {"unit": "unit", "integration": "integration", "mqtt": "mqtt_integration",
                      "property": "integration", "interop": "interop"}
@@ -45,7 +45,7 @@ def pytest_collection_modifyitems(items: List[pytest.Item]) -> None:
 def root_logger() -> Iterator[logging.Logger]:
     """The root logger, put back afterwards: the CLI's main() and configure_logging() install handlers on it
     and change its level, and ``--log-level DEBUG`` turns amqtt's and transitions' loggers back on."""
-    from Listener.quiet_logs import NOISY_LOGGERS
+    from Listener.ops.quiet_logs import NOISY_LOGGERS
 
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level

@@ -11,7 +11,8 @@ from typing import Any, Iterator, List
 
 import pytest
 
-from Listener import EventListener, cli
+from Listener import EventListener
+from Listener.cli import command as cli
 
 
 pytestmark = pytest.mark.usefixtures("root_logger")  # main() installs a root log handler

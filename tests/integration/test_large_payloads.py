@@ -7,7 +7,7 @@ import asyncio
 import threading
 from typing import Any, Dict, List
 
-from Listener.intake import LARGE_PAYLOAD_BYTES
+from Listener.pipeline.payloads import LARGE_PAYLOAD_BYTES
 from tests.integration.test_listener_mocked import make_listener, published_json
 
 

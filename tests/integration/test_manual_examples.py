@@ -45,7 +45,7 @@ def event_listener(sample_config: EventListenerConfig) -> EventListener:
 def test_public_surface_imports_as_documented() -> None:
     from Listener.event_listener import EventListener as E2, EventListenerConfig as C2, JobInfo as J2
     from Listener.event_listener import JobStatus as S2, ReturnType as R2
-    from Listener.safe_config_parser import (  # noqa: F401
+    from Listener.config.parser import (  # noqa: F401
         ConfigError as CE, ConfigParseError, ConfigSource, ConfigValidationError, ParsedConfig,
         SafeConfigParser as P2, validate_field_types, validate_required_fields)
 

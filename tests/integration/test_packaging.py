@@ -79,7 +79,7 @@ def test_the_wheel_builds_without_warnings_and_holds_what_help_refers_to(tmp_pat
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
-    assert "Listener/py.typed" in names and "Listener/quiet_logs.py" in names
+    assert "Listener/py.typed" in names and "Listener/ops/quiet_logs.py" in names
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in metadata
     assert "Classifier: License ::" not in metadata

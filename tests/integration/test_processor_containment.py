@@ -18,10 +18,11 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional
 
 import pytest
 
-from Listener import EventListener, JobStatus, containment, run_inline
-from Listener.processing import call_processor, describe_exception
-from Listener.containment import ProcessorInterrupted
-from Listener.workers import ThreadWorkers
+from Listener import EventListener, JobStatus, run_inline
+from Listener.processing import containment
+from Listener.processing.processors import call_processor, describe_exception
+from Listener.processing.containment import ProcessorInterrupted
+from Listener.processing.workers import ThreadWorkers
 from tests.integration.test_listener_mocked import make_listener, published_json
 from tests.integration.test_listener_runtime import feed
 
@@ -280,7 +281,8 @@ async def test_a_swallowing_processor_that_gives_up_in_time_keeps_its_result(con
 SWALLOWING_SCRIPT = """
 import asyncio, sys
 from unittest.mock import AsyncMock
-from Listener import EventListener, EventListenerConfig, containment
+from Listener import EventListener, EventListenerConfig
+from Listener.processing import containment
 
 containment.ABANDON_AFTER = 0.1
 

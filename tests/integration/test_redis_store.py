@@ -15,11 +15,11 @@ import pytest
 import redis
 
 from Listener import EventListener, EventListenerConfig, JobStatus
-from Listener.cli import EXIT_FAILURE, EXIT_OK, main
-from Listener.job_store import JobStoreError, check_job_store, job_store_problem
-from Listener.jobs import InsertOutcome
-from Listener.redis_store import ACTIVE_LEASE, RedisJobStore, parse_redis_url
-from Listener.transport import secrets
+from Listener.cli.command import EXIT_FAILURE, EXIT_OK, main
+from Listener.jobs.factory import JobStoreError, check_job_store, job_store_problem
+from Listener.jobs.records import InsertOutcome
+from Listener.jobs.redis import ACTIVE_LEASE, RedisJobStore, parse_redis_url
+from Listener.mqtt.client import secrets
 from tests.support.brokers import free_port
 from tests.support.redis_server import RedisFactory, RedisServer, redis_factory, redis_server, unique_prefix
 

@@ -8,7 +8,7 @@ from typing import Any, Dict, List
 from unittest.mock import MagicMock
 
 from Listener import EventListener, JobStatus
-from Listener.processing import JobTimeoutError
+from Listener.processing.processors import JobTimeoutError
 from Listener.testing import TestListener
 from tests.unit.helpers import mocked_listener, wait_forever
 from tests.support.flaky import Flaky

@@ -10,8 +10,8 @@ import pytest
 from tomli_w import dumps
 
 from Listener import EventListenerConfig, JobStatus, create_return_type
-from Listener._memory_transport import MemoryBroker, MemoryClient, MemoryMessage
-from Listener.safe_config_parser import SafeConfigParser
+from Listener.testing.memory_broker import MemoryBroker, MemoryClient, MemoryMessage
+from Listener.config.parser import SafeConfigParser
 from Listener.testing import JobOutcome, TestListener, running_broker, running_listener
 
 
@@ -122,7 +122,7 @@ def test_running_broker_refuses_unknown_kinds_and_external_without_address(monke
 
 def test_running_broker_says_when_mosquitto_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr("Listener._test_brokers.find_mosquitto", lambda: None)
+    monkeypatch.setattr("Listener.testing.brokers.find_mosquitto", lambda: None)
     with pytest.raises(RuntimeError, match="not installed"):
         with running_broker("mosquitto"):
             pass

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Set
 import psutil
 import pytest
 
-from Listener.batches import MAX_BATCH
+from Listener.processing.batches import MAX_BATCH
 from tests.support.brokers import BrokerFactory, MqttProbe
 from tests.support.listener_processes import ListenerProcess
 
@@ -169,7 +169,7 @@ async def test_sigkill_mid_burst_loses_no_job(
         assert set(twice) <= set(first_runs) - completed_before
     else:
         # What ran again was unacknowledged at the kill. Mosquitto 2.0.11 sends an acknowledging client somewhat
-        # more than its in-flight limit; one job at a time, a batch of those (Listener.batches) may have run on
+        # more than its in-flight limit; one job at a time, a batch of those (Listener.processing.batches) may have run on
         # the worker thread before the loop recorded and acknowledged them.
         bound = BROKER_INFLIGHT + (MAX_BATCH if concurrency == 1 else 0)
         assert len(twice) <= bound, twice

@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict
 import pytest
 
 from Listener import EventListener, EventListenerConfig
-from Listener.transport import (CLOSED_DURING_CONNECT, AmqttClient, BrokerRefusedConnection, build_client_config,
-                                open_connection)
+from Listener.mqtt.client import (CLOSED_DURING_CONNECT, AmqttClient, BrokerRefusedConnection, build_client_config,
+                                  open_connection)
 from tests.mqtt.conftest import listener_config, run_until_ready
 from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial, free_port
 

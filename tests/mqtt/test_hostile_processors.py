@@ -9,7 +9,8 @@ from typing import Any, Callable, Dict
 
 import pytest
 
-from Listener import JobStatus, containment
+from Listener import JobStatus
+from Listener.processing import containment
 from tests.mqtt.test_faults import body, publish_jobs, results_for
 from tests.support.brokers import MqttProbe
 

@@ -52,7 +52,7 @@ def test_fixtures_use_the_external_broker_of_mqtt_host_and_port(pytester: pytest
 
 
 def test_plugin_module_defines_fixtures_and_no_hooks() -> None:
-    import Listener.pytest_plugin as plugin
+    import Listener.testing.pytest_plugin as plugin
 
     hooks = [name for name in vars(plugin) if name.startswith("pytest_")]
     assert hooks == []

@@ -17,8 +17,8 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 from Listener import JobStatus, ReturnType, create_return_type
-from Listener.packets import publish_packet
-from Listener.wire_handler import OWN_PACKET_IDS
+from Listener.mqtt.packets import publish_packet
+from Listener.mqtt.wire_handler import OWN_PACKET_IDS
 from tests.mqtt.test_faults import RECONNECTING, CountingProcessor, body, eventually, job_finished, via
 from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe
 from tests.support.proxy import TcpProxy

@@ -18,9 +18,9 @@ import pytest
 from amqtt.broker import Broker
 
 from Listener import EventListener
-from Listener._test_brokers import BrokerAddress, running_broker
-from Listener.cli import main
-from Listener.share_probe import PROBE_PREFIX, REPUBLISH_AFTER, SharedSubscriptionUnsupported
+from Listener.testing.brokers import BrokerAddress, running_broker
+from Listener.cli.command import main
+from Listener.mqtt.share_probe import PROBE_PREFIX, REPUBLISH_AFTER, SharedSubscriptionUnsupported
 from tests.mqtt.conftest import StartListener, listener_config, run_until_ready
 from tests.mqtt.test_cli import ROOT, CliProcess, connection_options, topic_options
 from tests.mqtt.test_faults import (RECONNECTING, CountingProcessor, assert_each_result_once, eventually, publish_jobs,

@@ -1,5 +1,5 @@
 """Jobs over websockets (``uri = "ws://…"``), where amqtt still reads and writes every packet: the listener's own
-packet handling (``Listener.wire_handler``) only takes plain and TLS sockets. Against amqtt's broker, which
+packet handling (``Listener.mqtt.wire_handler``) only takes plain and TLS sockets. Against amqtt's broker, which
 serves websockets; the Mosquitto 2.0.11 of these machines does not start a websockets listener."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from amqtt.broker import Broker
 
 from Listener import EventListener
-from Listener.wire_handler import WireHandler
+from Listener.mqtt.wire_handler import WireHandler
 from tests.mqtt.conftest import listener_config, run_until_ready
 from tests.support.brokers import BrokerEndpoint, MqttProbe, free_port
 

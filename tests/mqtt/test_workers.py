@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 
 from Listener import EventListenerConfig
-from Listener.supervisor import Supervisor, WorkerLaunch
+from Listener.cli.supervisor import Supervisor, WorkerLaunch
 from tests.mqtt.conftest import StartListener
 from tests.mqtt.test_cli import ROOT, CliProcess, connection_options
 from tests.support.brokers import BrokerEndpoint, free_port

@@ -1,6 +1,6 @@
 """amqtt's broker in a process of its own, for the interop tests: ``python -m tests.support.amqtt_broker PORT``.
 
-The same broker as the ``embedded`` kind of ``Listener._test_brokers`` (a "default" tcp listener, anonymous
+The same broker as the ``embedded`` kind of ``Listener.testing.brokers`` (a "default" tcp listener, anonymous
 clients), but a separate process, so a test can SIGKILL it and start it again on the same port. It prints
 ``READY`` once listening and shuts down cleanly on SIGTERM or SIGINT.
 """

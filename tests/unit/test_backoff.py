@@ -1,11 +1,11 @@
-"""Unit tests for Listener.backoff: the one exponential backoff with jitter (reconnects and job retries)."""
+"""Unit tests for Listener.core.backoff: the one exponential backoff with jitter (reconnects and job retries)."""
 
 from __future__ import annotations
 
 import pytest
 
-from Listener import runner
-from Listener.backoff import backoff_delay
+from Listener.pipeline import runner
+from Listener.core.backoff import backoff_delay
 
 
 def test_base_scales_the_doubling_delays_up_to_the_cap() -> None:

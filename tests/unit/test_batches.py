@@ -1,4 +1,4 @@
-"""Unit tests for Listener.batches and the pipeline's batched hand-off of plain ``def`` jobs."""
+"""Unit tests for Listener.processing.batches and the pipeline's batched hand-off of plain ``def`` jobs."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional
 from unittest.mock import Mock
 
 from Listener import run_inline
-from Listener.batches import ALONE_AFTER_SLOW, MAX_BATCH, Halt, run_in_order
-from Listener.jobs import JobStatus
+from Listener.processing.batches import ALONE_AFTER_SLOW, MAX_BATCH, Halt, run_in_order
+from Listener.jobs.records import JobStatus
 from tests.unit.helpers import mocked_listener
 
 _marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from Listener import ConfigError, EventListenerConfig
-from Listener.cli import EXIT_FAILURE, EXIT_OK, main
-from Listener.config import describe_unknown_keys, environment_variables
+from Listener.cli.command import EXIT_FAILURE, EXIT_OK, main
+from Listener.config.settings import describe_unknown_keys, environment_variables
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Unit tests for Listener.cli without a broker: arguments, --set parsing, precedence, check-config, refusals."""
+"""Unit tests for Listener.cli.command without a broker: arguments, --set parsing, precedence, check-config, refusals."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import tomli
 
 from Listener import __version__
-from Listener.cli import (EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, build_parser, load_config, load_processor, main,
-                          parse_overrides, parse_set_value, render_settings)
+from Listener.cli.command import (EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError, build_parser, load_config, load_processor, main,
+                                  parse_overrides, parse_set_value, render_settings)
 
 
 pytestmark = pytest.mark.usefixtures("root_logger")  # main() installs a root log handler
@@ -110,7 +110,7 @@ def test_overrides_accept_dashes_and_unset() -> None:
 
 
 def test_set_username_to_nothing_means_no_credentials() -> None:
-    from Listener.transport import credentials
+    from Listener.mqtt.client import credentials
 
     values = parse_overrides(["username="])
     assert values == {"username": ""}

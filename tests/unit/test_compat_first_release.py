@@ -15,7 +15,7 @@ from unittest.mock import AsyncMock
 import pytest
 
 from Listener import EventListener, EventListenerConfig, JobStatus
-from Listener.jobs import JobStore
+from Listener.jobs.records import JobStore
 
 
 def make_listener(**overrides: Any) -> EventListener:

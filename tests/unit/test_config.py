@@ -1,4 +1,4 @@
-"""Unit tests for Listener.config: EventListenerConfig defaults, validation, redaction and loaders."""
+"""Unit tests for Listener.config.settings: EventListenerConfig defaults, validation, redaction and loaders."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any, Dict
 
 import pytest
 
-import Listener.config as config_module
+import Listener.config.settings as config_module
 from Listener import ConfigError, EventListenerConfig
-from Listener.config import DUPLICATE_ACTIONS, MAX_PAYLOAD_BYTES
-from Listener.redaction import MASK, SecretRedactingFilter, mask_uri_credentials, redact, split_uri_credentials
+from Listener.config.settings import DUPLICATE_ACTIONS, MAX_PAYLOAD_BYTES
+from Listener.core.redaction import MASK, SecretRedactingFilter, mask_uri_credentials, redact, split_uri_credentials
 
 
 PASSWORD = "pw-Zq81-never-shown"
@@ -808,7 +808,7 @@ def test_retry_settings_from_the_environment() -> None:
 
 
 def sent_credentials(cfg: EventListenerConfig) -> tuple:
-    from Listener.transport import credentials
+    from Listener.mqtt.client import credentials
 
     return credentials(cfg)[1:]
 

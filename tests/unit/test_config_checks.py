@@ -11,8 +11,8 @@ from typing import Iterator
 import pytest
 
 from Listener import EventListener, EventListenerConfig
-from Listener.cli import EXIT_FAILURE, EXIT_OK, main
-from Listener.config_checks import config_warnings, covered_own_topics, file_problems, own_topics, uri_conflict
+from Listener.cli.command import EXIT_FAILURE, EXIT_OK, main
+from Listener.config.checks import config_warnings, covered_own_topics, file_problems, own_topics, uri_conflict
 from Listener.errors import ConfigError
 
 

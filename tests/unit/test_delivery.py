@@ -1,11 +1,11 @@
-"""Unit tests for Listener.delivery: the bounded queue between the client and the listener."""
+"""Unit tests for Listener.mqtt.delivery_queue: the bounded queue between the client and the listener."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any, List
 
-from Listener.delivery import DeliveryQueue, Ticket
+from Listener.mqtt.delivery_queue import DeliveryQueue, Ticket
 
 
 async def test_delivery_queue_holds_acknowledged_messages_at_the_window() -> None:

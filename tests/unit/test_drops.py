@@ -1,4 +1,4 @@
-"""Unit tests for Listener.drops: QoS 0 drops counted at once, reported at most once per period."""
+"""Unit tests for Listener.ops.drops: QoS 0 drops counted at once, reported at most once per period."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 import logging
 from typing import Any, List, Tuple
 
-from Listener.drops import DropReporter
-from Listener.metrics import ListenerMetrics
+from Listener.ops.drops import DropReporter
+from Listener.ops.metrics import ListenerMetrics
 
 
 class FakeEvents:

@@ -1,9 +1,9 @@
-"""Listener.echoes: what the listener published recently, so that its own echo is not taken for a job."""
+"""Listener.pipeline.own_messages: what the listener published recently, so that its own echo is not taken for a job."""
 
 from __future__ import annotations
 
-from Listener.echoes import OwnMessages, RecentPublications
-from Listener.metrics import ListenerMetrics
+from Listener.pipeline.own_messages import OwnMessages, RecentPublications
+from Listener.ops.metrics import ListenerMetrics
 
 
 def test_publications_the_subscription_cannot_bring_back_are_not_remembered() -> None:

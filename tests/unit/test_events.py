@@ -1,4 +1,4 @@
-"""Unit tests for Listener.events: ErrorType, the error and log event bodies, and the EventSink."""
+"""Unit tests for Listener.ops.events: ErrorType, the error and log event bodies, and the EventSink."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from Listener.events import ErrorType, EventSink, error_event, log_event, utc_timestamp
-from Listener.metrics import ListenerMetrics
-from Listener.serialization import to_json_bytes
+from Listener.ops.events import ErrorType, EventSink, error_event, log_event, utc_timestamp
+from Listener.ops.metrics import ListenerMetrics
+from Listener.core.serialization import to_json_bytes
 from tests.unit.helpers import strict_loads
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from Listener import EventListenerConfig
-from Listener.cli import EXIT_OK, main
+from Listener.cli.command import EXIT_OK, main
 from tests.support.brokers import COMPOSE_MOSQUITTO_CONFIG, COMPOSE_PASSWORD_FILE, adapt_compose_config
 
 

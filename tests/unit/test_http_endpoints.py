@@ -1,4 +1,4 @@
-"""Unit tests for Listener.http_endpoints against a fake listener: routes, status codes, limits, Prometheus text."""
+"""Unit tests for Listener.ops.http_endpoints against a fake listener: routes, status codes, limits, Prometheus text."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any, AsyncIterator, Dict, Tuple
 
 import pytest
 
-from Listener import http_endpoints
-from Listener.http_endpoints import HttpEndpoints, metric_families, start_http_endpoints
-from Listener.metrics import ListenerMetrics
+from Listener.ops import http_endpoints
+from Listener.ops.http_endpoints import HttpEndpoints, metric_families, start_http_endpoints
+from Listener.ops.metrics import ListenerMetrics
 
 
 IO_TIMEOUT = 5.0

@@ -1,4 +1,4 @@
-"""Unit tests for Listener.intake: payload → job data and job id."""
+"""Unit tests for Listener.pipeline.payloads: payload → job data and job id."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from typing import Any, Dict
 
 import pytest
 
-from Listener.events import ErrorType
-from Listener.intake import MAX_JOB_ID_LENGTH, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
-from Listener.safe_config_parser import SafeConfigParser
+from Listener.ops.events import ErrorType
+from Listener.pipeline.payloads import MAX_JOB_ID_LENGTH, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
+from Listener.config.parser import SafeConfigParser
 
 
 MIB = 1024 * 1024

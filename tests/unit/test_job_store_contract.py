@@ -16,9 +16,9 @@ from typing import Any, AsyncIterator, Dict, List, Optional
 import pytest
 
 from Listener import EventListener, EventListenerConfig, JobStatus
-from Listener.jobs import CANCELLED, InsertOutcome, JobStore
-from Listener.redis_store import RedisJobStore, record_fields
-from Listener.sqlite_store import SqliteJobStore, job_row
+from Listener.jobs.records import CANCELLED, InsertOutcome, JobStore
+from Listener.jobs.redis import RedisJobStore, record_fields
+from Listener.jobs.sqlite import SqliteJobStore, job_row
 from tests.support.redis_server import RedisServer, redis_server, unique_prefix
 
 __all__ = ["redis_server"]  # the fixture, for pytest

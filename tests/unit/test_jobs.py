@@ -1,4 +1,4 @@
-"""Unit tests for Listener.jobs: JobStatus, JobInfo and the bounded JobStore."""
+"""Unit tests for Listener.jobs.records: JobStatus, JobInfo and the bounded JobStore."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from Listener.jobs import (
+from Listener.jobs.records import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
     InsertOutcome,

@@ -1,4 +1,4 @@
-"""Unit tests for Listener.json_logging: one JSON object per line, context fields, exceptions, secrets masked."""
+"""Unit tests for Listener.ops.json_logging: one JSON object per line, context fields, exceptions, secrets masked."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Any, Dict
 
 import pytest
 
-from Listener import redaction
-from Listener.json_logging import (JsonLogFormatter, RedactingTextFormatter, configure_json_logging, configure_logging,
-                                   configure_text_logging, logging_config, mask_secrets)
+from Listener.core import redaction
+from Listener.ops.json_logging import (JsonLogFormatter, RedactingTextFormatter, configure_json_logging, configure_logging,
+                                       configure_text_logging, logging_config, mask_secrets)
 
 
 SECRET = "pw-Zq81-never-shown"

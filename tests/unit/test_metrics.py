@@ -1,10 +1,10 @@
-"""Unit tests for Listener.metrics."""
+"""Unit tests for Listener.ops.metrics."""
 
 from __future__ import annotations
 
 import pytest
 
-from Listener.metrics import ListenerMetrics
+from Listener.ops.metrics import ListenerMetrics
 
 
 def test_histogram_is_cumulative() -> None:

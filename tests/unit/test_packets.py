@@ -9,7 +9,7 @@ from amqtt.mqtt.packet import MQTTFixedHeader
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.publish import PublishPacket
 
-from Listener.packets import (
+from Listener.mqtt.packets import (
     MalformedPacket, OversizePayload, PublishHead, parse_publish_head, puback_packet, publish_packet, split_packet,
 )
 

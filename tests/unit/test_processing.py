@@ -1,4 +1,4 @@
-"""Unit tests for Listener.processing: calling processors (sync, async, inline), timeouts, describing errors."""
+"""Unit tests for Listener.processing.processors: calling processors (sync, async, inline), timeouts, describing errors."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any, Dict
 
 import pytest
 
-from Listener.processing import JobTimeoutError, call_processor, describe_exception, is_async_callable
-from Listener.workers import ThreadWorkers
+from Listener.processing.processors import JobTimeoutError, call_processor, describe_exception, is_async_callable
+from Listener.processing.workers import ThreadWorkers
 
 
 # -- is_async_callable ----------------------------------------------------------------------------

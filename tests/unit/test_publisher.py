@@ -1,4 +1,4 @@
-"""Unit tests for Listener.publisher: the outbox, the in-flight bound, timeouts and refused topics."""
+"""Unit tests for Listener.mqtt.publisher: the outbox, the in-flight bound, timeouts and refused topics."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from unittest.mock import AsyncMock
 
 import pytest
 
-from Listener.metrics import ListenerMetrics
-from Listener.packets import PublicationRefused
-from Listener.publisher import MAX_STRIKES, ConnectionLost, NotConnected, Publication, Publisher, RefusedTopic
+from Listener.ops.metrics import ListenerMetrics
+from Listener.mqtt.packets import PublicationRefused
+from Listener.mqtt.publisher import MAX_STRIKES, ConnectionLost, NotConnected, Publication, Publisher, RefusedTopic
 
 
 def make_publisher(connected: List[bool], client: Any, limit: int = 10) -> Publisher:

@@ -11,7 +11,7 @@ from typing import Dict, Iterator
 
 import pytest
 
-from Listener.quiet_logs import NOISY_LOGGERS, quiet_third_party_loggers, restore_third_party_loggers
+from Listener.ops.quiet_logs import NOISY_LOGGERS, quiet_third_party_loggers, restore_third_party_loggers
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def test_a_level_set_before_the_import_is_respected() -> None:
 @pytest.mark.unit
 @pytest.mark.integration
 def test_the_documented_way_back_shows_them_again() -> None:
-    restore = "from Listener.quiet_logs import restore_third_party_loggers; restore_third_party_loggers()"
+    restore = "from Listener.ops.quiet_logs import restore_third_party_loggers; restore_third_party_loggers()"
     output = _run(NOISE.format(before="", after=restore))
     assert output.count("noise from") == 3
 

@@ -6,7 +6,7 @@ import time
 from datetime import datetime
 
 from Listener import ReturnType, create_error_result, create_return_type
-from Listener.serialization import to_json_bytes
+from Listener.core.serialization import to_json_bytes
 from tests.unit.helpers import strict_loads
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for Listener.runner: the backoff and the run loop's states, seen through the listener."""
+"""Unit tests for Listener.pipeline.runner: the backoff and the run loop's states, seen through the listener."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import List
 
 import pytest
 
-from Listener.runner import RepeatedFailures, State, backoff_delay
+from Listener.pipeline.runner import RepeatedFailures, State, backoff_delay
 from tests.unit.helpers import mocked_listener, wait_forever
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for Listener.safe_config_parser."""
+"""Unit tests for Listener.config.parser."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 
 import Listener
 import Listener.errors
-import Listener.safe_config_parser as scp
-from Listener.safe_config_parser import (
+import Listener.config.parser as scp
+from Listener.config.parser import (
     MAX_FILE_BYTES,
     MAX_STRING_BYTES,
     ConfigError,
@@ -262,7 +262,7 @@ def test_huge_string_is_rejected_before_parsing(parser: SafeConfigParser, monkey
     def fail(_text: str) -> Dict[str, Any]:
         raise AssertionError("a too large document must not be parsed")
 
-    monkeypatch.setattr("Listener.safe_config_parser.toml_loads", fail)
+    monkeypatch.setattr("Listener.config.parser.toml_loads", fail)
     with pytest.raises(ConfigParseError, match="too large"):
         parser.parse_config_from_string("a = 1\n" * (MAX_STRING_BYTES // 3))
 

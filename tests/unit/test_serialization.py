@@ -1,4 +1,4 @@
-"""Unit tests for Listener.serialization: results and events as strict JSON."""
+"""Unit tests for Listener.core.serialization: results and events as strict JSON."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import tomli
 
 from Listener import ReturnType
-from Listener import serialization
-from Listener.serialization import ResultEncodingError, to_json_bytes
+from Listener.core import serialization
+from Listener.core.serialization import ResultEncodingError, to_json_bytes
 from tests.unit.helpers import strict_loads
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for Listener.session: a session's lifetime, the client slot and the client adapters."""
+"""Unit tests for Listener.mqtt.connection: a session's lifetime, the client slot and the client adapters."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from unittest.mock import AsyncMock, MagicMock
 import pytest
 
 from Listener import EventListenerConfig
-from Listener.session import AmqttAdapter, ClientSlot, ForeignClientAdapter, Session, adapt
+from Listener.mqtt.connection import AmqttAdapter, ClientSlot, ForeignClientAdapter, Session, adapt
 from tests.unit.helpers import wait_forever
 
 

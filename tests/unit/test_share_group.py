@@ -11,15 +11,15 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from Listener import EventListenerConfig
-from Listener._memory_transport import MemoryBroker, MemoryClient, MemoryMessage
-from Listener.cli import main
+from Listener.testing.memory_broker import MemoryBroker, MemoryClient, MemoryMessage
+from Listener.cli.command import main
 from Listener.errors import ConfigError
-from Listener.group_status import GroupStatus, sum_snapshots
-from Listener.group_worker import StatusPipe
-from Listener.metrics import ListenerMetrics
-from Listener.supervisor import STATUS_STALE_AFTER, Supervisor, WorkerLaunch, worker_settings
+from Listener.cli.group_status import GroupStatus, sum_snapshots
+from Listener.cli.group_worker import StatusPipe
+from Listener.ops.metrics import ListenerMetrics
+from Listener.cli.supervisor import STATUS_STALE_AFTER, Supervisor, WorkerLaunch, worker_settings
 from Listener.testing import TestListener
-from Listener.topics import share_group_error, shared_filters
+from Listener.core.topics import share_group_error, shared_filters
 
 
 # -- validation ---------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""Unit tests for Listener.share_probe: the check, at each connection, that the broker applies ``share_group``.
+"""Unit tests for Listener.mqtt.share_probe: the check, at each connection, that the broker applies ``share_group``.
 
 A fake client stands for the listener's amqtt client and its broker: it routes each publication to the
-client's own subscriptions, through the real :class:`~Listener.delivery.DeliveryQueue` (so the probe's
+client's own subscriptions, through the real :class:`~Listener.mqtt.delivery_queue.DeliveryQueue` (so the probe's
 interception is the one the listener uses), either applying ``$share/<group>/`` as MQTT says, or taking it
 as a literal filter as amqtt's broker, Aedes and RabbitMQ 3.x do, or delivering nothing at all.
 """
@@ -16,12 +16,12 @@ from unittest.mock import AsyncMock
 import pytest
 
 from Listener import EventListenerConfig
-from Listener import share_probe
-from Listener.delivery import DeliveryQueue
-from Listener.session import AmqttAdapter, Session, adapt
-from Listener.share_probe import SharedSubscriptionUnsupported, probe_topics, verify_share_group
-from Listener.topics import strip_share_prefix
-from Listener.transport import BrokerRefusedConnection
+from Listener.mqtt import share_probe
+from Listener.mqtt.delivery_queue import DeliveryQueue
+from Listener.mqtt.connection import AmqttAdapter, Session, adapt
+from Listener.mqtt.share_probe import SharedSubscriptionUnsupported, probe_topics, verify_share_group
+from Listener.core.topics import strip_share_prefix
+from Listener.mqtt.client import BrokerRefusedConnection
 
 
 class _Message:

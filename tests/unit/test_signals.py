@@ -1,4 +1,4 @@
-"""Unit tests for Listener.signals: the first signal drains, the second cancels, the old handlers come back."""
+"""Unit tests for Listener.ops.signals: the first signal drains, the second cancels, the old handlers come back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, Dict, List
 from unittest.mock import MagicMock
 
 from Listener import JobStatus
-from Listener.signals import StopSignals
+from Listener.ops.signals import StopSignals
 from tests.unit.helpers import mocked_listener
 
 

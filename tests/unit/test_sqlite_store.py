@@ -13,11 +13,11 @@ from typing import AsyncIterator, Callable, List
 import pytest
 
 from Listener import EventListener, EventListenerConfig, JobStatus
-from Listener.cli import main
+from Listener.cli.command import main
 from Listener.errors import ConfigError
-from Listener.job_store import JobStoreError, check_job_store, sqlite_path
-from Listener.jobs import InsertOutcome
-from Listener.sqlite_store import INTERRUPTED, SqliteJobStore
+from Listener.jobs.factory import JobStoreError, check_job_store, sqlite_path
+from Listener.jobs.records import InsertOutcome
+from Listener.jobs.sqlite import INTERRUPTED, SqliteJobStore
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ async def test_a_corrupt_file_is_refused_by_name(tmp_path: Path) -> None:
 
 
 async def test_a_locked_file_is_refused_by_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("Listener.sqlite_store.BUSY_TIMEOUT", 0.1)
+    monkeypatch.setattr("Listener.jobs.sqlite.BUSY_TIMEOUT", 0.1)
     path = tmp_path / "jobs.db"
     holder = sqlite3.connect(str(path), isolation_level=None)
     try:

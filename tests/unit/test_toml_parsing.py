@@ -1,4 +1,4 @@
-"""Unit tests for Listener.toml_parsing: compiled tomli for ordinary documents, interpreted for large ones."""
+"""Unit tests for Listener.config.toml_parsing: compiled tomli for ordinary documents, interpreted for large ones."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any, Dict, List
 import pytest
 import tomli
 
-from Listener import toml_parsing
-from Listener.toml_parsing import INTERLEAVED_ABOVE, loads
+from Listener.config import toml_parsing
+from Listener.config.toml_parsing import INTERLEAVED_ABOVE, loads
 
 
 def test_small_documents_use_tomli(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""Unit tests for Listener.topics: topic filter / name validation and matching (MQTT 3.1.1 §4.7)."""
+"""Unit tests for Listener.core.topics: topic filter / name validation and matching (MQTT 3.1.1 §4.7)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from Listener.topics import (PublishOptions, filter_covers, filter_error, strip_share_prefix, subscriptions,
-                             topic_matches, topic_name_error)
+from Listener.core.topics import (PublishOptions, filter_covers, filter_error, strip_share_prefix, subscriptions,
+                                  topic_matches, topic_name_error)
 
 
 # -- filter_error -----------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ import pytest
 from amqtt.errors import ConnectError, NoDataError
 
 from Listener import EventListenerConfig
-from Listener.transport import (
+from Listener.mqtt.client import (
     CLOSED_DURING_CONNECT, AmqttClient, BrokerRefusedConnection, build_client_config, connection_error, create_client,
     endpoint_label, new_client, secrets,
 )
-from Listener.packets import publish_packet
+from Listener.mqtt.packets import publish_packet
 from tests.support.packets import read_packet
 
 

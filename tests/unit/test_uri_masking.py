@@ -16,10 +16,10 @@ from typing import Iterator
 import pytest
 
 from Listener import EventListenerConfig
-from Listener.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
+from Listener.cli.command import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
 from Listener.errors import ConfigError
-from Listener.json_logging import JsonLogFormatter, RedactingTextFormatter, mask_secrets
-from Listener.redaction import SecretRedactingFilter, mask_uri_credentials, redact
+from Listener.ops.json_logging import JsonLogFormatter, RedactingTextFormatter, mask_secrets
+from Listener.core.redaction import SecretRedactingFilter, mask_uri_credentials, redact
 
 
 SLASH_URI = "mqtt://user:aB3/xYz9+Q==@host:1883"

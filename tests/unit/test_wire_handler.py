@@ -1,4 +1,4 @@
-"""The packets the listener reads and writes itself (``Listener.wire_handler``), against a scripted broker on a
+"""The packets the listener reads and writes itself (``Listener.mqtt.wire_handler``), against a scripted broker on a
 real loopback socket: what arrives in pieces, acknowledgements and their order, a PUBACK awaited, a connection
 that ends, bytes that are not MQTT."""
 
@@ -13,10 +13,10 @@ from typing import Any, AsyncIterator, Callable, List, Optional
 import pytest
 
 from Listener import EventListenerConfig
-from Listener.packets import (PublicationRefused, pubcomp_packet, publish_packet, puback_packet, pubrec_packet,
-                              pubrel_packet)
-from Listener.transport import AmqttClient, create_client
-from Listener.wire_handler import OWN_PACKET_IDS, WireHandler
+from Listener.mqtt.packets import (PublicationRefused, pubcomp_packet, publish_packet, puback_packet, pubrec_packet,
+                                   pubrel_packet)
+from Listener.mqtt.client import AmqttClient, create_client
+from Listener.mqtt.wire_handler import OWN_PACKET_IDS, WireHandler
 from tests.support.packets import read_packet
 
 pytestmark = pytest.mark.unit

@@ -1,4 +1,4 @@
-"""Unit tests for Listener.workers: the thread pool that runs synchronous processors."""
+"""Unit tests for Listener.processing.workers: the thread pool that runs synchronous processors."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, List
 
 import pytest
 
-from Listener.workers import _DONE, ThreadWorkers, _Call
+from Listener.processing.workers import _DONE, ThreadWorkers, _Call
 
 
 async def test_workers_run_calls_off_the_loop_thread() -> None:

@@ -1,0 +1,1 @@
+"""Settings: the EventListenerConfig dataclass, its checks, and TOML parsing."""

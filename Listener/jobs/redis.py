@@ -1,0 +1,567 @@
+"""A job store shared by every listener that names the same Redis database (``job_store = "redis://…"``).
+
+Each process keeps a mirror of *its own* jobs (a :class:`~Listener.jobs.records.JobStore`: ``listener.jobs``, and
+the synchronous store methods, work on it) and writes every change to Redis from a background task, in
+one transaction per batch; :meth:`RedisJobStore.durable` returns once everything so far is written, so a
+message is acknowledged only once its job's record is in Redis.
+
+What makes the store *shared*: before a message's job runs, :meth:`RedisJobStore.claim` creates its record
+atomically (one Lua script: the id is taken only if no record holds it, and the store's limit,
+``max_jobs_in_memory``, is enforced over every worker's records). A second worker that receives the same
+job id finds the record and handles a duplicate. The documented queries read Redis, so they see every
+worker's jobs.
+
+Key layout (``<prefix>`` is ``mqtt-listener`` unless the URL says ``?prefix=name``):
+
+- ``<prefix>:job:<job id>``: a hash, one field per :class:`~Listener.jobs.records.JobInfo` attribute (JSON for
+  ``input_data`` and ``result``, ISO 8601 local time for the timestamps) plus ``interrupted``;
+- ``<prefix>:ids``: a sorted set of the job ids, scored by creation time (the count the limit applies to);
+- ``<prefix>:finished``: a sorted set of the finished job ids, scored by finishing time (eviction order).
+
+A finished record expires ``job_cleanup_interval`` seconds after it finished; an active one carries a
+lease (:data:`ACTIVE_LEASE`) that its worker renews while the job runs, so the record of a worker that
+died expires and the job's redelivered message runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple
+from collections import deque
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ..core.backoff import backoff_delay
+from .store import JobStoreError
+from .records import ACTIVE_STATUSES, CANCELLED, FINISHED_STATUSES, InsertOutcome, JobInfo, JobStatus, JobStore
+from ..core.redaction import mask_uri_credentials
+from ..core.serialization import ResultEncodingError, to_json_bytes
+
+__all__ = ["ACTIVE_LEASE", "DEFAULT_PREFIX", "RedisJobStore", "RedisUrl", "check_redis", "parse_redis_url",
+           "record_fields"]
+
+logger = logging.getLogger("Listener.jobs")
+
+DEFAULT_PREFIX = "mqtt-listener"
+#: Seconds an active record lives without its worker renewing it (renewed every third of it).
+ACTIVE_LEASE = 60.0
+#: Seconds to connect to Redis, and to wait for an answer.
+CONNECT_TIMEOUT = 2.0
+COMMAND_TIMEOUT = 5.0
+#: Seconds between tries to write after a failure (backoff up to this).
+MAX_WRITE_RETRY = 5.0
+INSTALL_HINT = "pip install 'mqtt-event-listener[redis]'"
+
+_CLAIM = """
+local key, ids, finished = KEYS[1], KEYS[2], KEYS[3]
+local job_id, max_jobs, ttl_ms, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local now, reprocess, started, topic, input, prefix = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local function create(dups, attempts)
+  redis.call('DEL', key)
+  redis.call('HSET', key, 'job_id', job_id, 'status', 'pending', 'started_at', started,
+             'duplicate_count', dups, 'attempts', attempts, 'interrupted', '0')
+  if topic ~= '' then redis.call('HSET', key, 'topic', string.sub(topic, 2)) end
+  if input ~= '' then redis.call('HSET', key, 'input_data', input) end
+  redis.call('PEXPIRE', key, lease_ms)
+  redis.call('ZADD', ids, now, job_id)
+  redis.call('ZREM', finished, job_id)
+  return {'created', tostring(dups), tostring(attempts)}
+end
+local status = redis.call('HGET', key, 'status')
+if status then
+  local dups = tonumber(redis.call('HGET', key, 'duplicate_count') or '0')
+  local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0')
+  local active = status == 'pending' or status == 'running'
+  if not active and redis.call('HGET', key, 'interrupted') == '1' then
+    return create(dups, attempts)
+  end
+  if reprocess == '1' and status ~= 'running' then
+    return create(dups + 1, 0)
+  end
+  redis.call('HINCRBY', key, 'duplicate_count', 1)
+  if not active then redis.call('HSET', key, 'status', 'duplicate') end
+  return {'exists', tostring(dups + 1), tostring(attempts), status}
+end
+local expired = redis.call('ZRANGEBYSCORE', finished, '-inf', now - ttl_ms / 1000)
+for _, old in ipairs(expired) do
+  redis.call('DEL', prefix .. old)
+  redis.call('ZREM', ids, old)
+  redis.call('ZREM', finished, old)
+end
+while redis.call('ZCARD', ids) >= max_jobs do
+  local oldest = redis.call('ZRANGE', finished, 0, 0)
+  if #oldest > 0 then
+    redis.call('DEL', prefix .. oldest[1])
+    redis.call('ZREM', ids, oldest[1])
+    redis.call('ZREM', finished, oldest[1])
+  else
+    local stale = 0
+    for _, other in ipairs(redis.call('ZRANGE', ids, 0, 199)) do
+      if redis.call('EXISTS', prefix .. other) == 0 then
+        redis.call('ZREM', ids, other)
+        stale = stale + 1
+      end
+    end
+    if stale == 0 then return {'full'} end
+  end
+end
+return create(0, 0)
+"""
+
+
+@dataclass(frozen=True)
+class RedisUrl:
+    """A parsed ``redis://`` setting: the URL for the client, a label safe to show, the key prefix."""
+
+    url: str
+    label: str
+    prefix: str
+    password: Optional[str]
+
+
+def parse_redis_url(value: str) -> RedisUrl:
+    """Parse ``redis[s]://[[user]:password@]host[:port][/db][?prefix=name]``; raises ValueError saying why."""
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError("the URL must start with redis:// or rediss://")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("the port must be a number from 1 to 65535") from None
+    if not parts.hostname:
+        raise ValueError("the redis URL needs a host: redis://host:6379/0")
+    if port == 0:
+        raise ValueError("the port must be a number from 1 to 65535")
+    db = parts.path.lstrip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"the database must be a number (redis://host:6379/0), got {db!r}")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    unknown = sorted(set(query) - {"prefix"})
+    if unknown:
+        raise ValueError(f"unknown URL parameter(s) {', '.join(unknown)} (only prefix=name is read)")
+    prefix = query.get("prefix", [DEFAULT_PREFIX])[-1]
+    if not prefix or any(c in prefix for c in " \t\r\n"):
+        raise ValueError("prefix must be a non-empty name without spaces")
+    client_url = parts._replace(query="").geturl()
+    password = unquote(parts.password) if parts.password is not None else None
+    return RedisUrl(client_url, mask_uri_credentials(client_url), prefix, password or None)
+
+
+def _client_module() -> Any:
+    try:
+        import redis.asyncio as aioredis  # only listeners that use it load redis-py
+    except ImportError:
+        raise JobStoreError(f"job_store redis:// needs the redis package: {INSTALL_HINT}") from None
+    return aioredis
+
+
+def _reason(exc: BaseException) -> str:
+    return mask_uri_credentials(str(exc) or type(exc).__name__)
+
+
+def check_redis(value: str) -> Optional[str]:
+    """For ``check-config``: why the Redis store cannot be used (package missing, no answer to PING), or None."""
+    target = parse_redis_url(value)
+    try:
+        import redis
+    except ImportError:
+        return f"job_store {target.label}: needs the redis package: {INSTALL_HINT}"
+    client = redis.Redis.from_url(target.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - whatever it is, check-config reports it
+        return f"job_store {target.label}: {_reason(exc)}"
+    finally:
+        client.close()
+    return None
+
+
+def _text(value: str) -> str:
+    return value if value.isascii() else value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _json(value: Any) -> str:
+    try:
+        return to_json_bytes(value).decode("utf-8")
+    except ResultEncodingError:  # kept as its repr: the record must be written whatever the processor returned
+        return json.dumps(repr(value))
+
+
+def record_fields(job: JobInfo, interrupted: bool = False) -> Dict[str, str]:
+    """The hash fields of ``job``'s record (a field whose value is None is absent)."""
+    fields = {"job_id": _text(job.job_id), "status": job.status.value,
+              "started_at": job.started_at.isoformat(timespec="microseconds"),
+              "duplicate_count": str(job.duplicate_count), "attempts": str(job.attempts),
+              "interrupted": "1" if interrupted else "0"}
+    if job.completed_at is not None:
+        fields["completed_at"] = job.completed_at.isoformat(timespec="microseconds")
+    if job.topic is not None:
+        fields["topic"] = _text(job.topic)
+    if job.input_data is not None:
+        fields["input_data"] = _json(job.input_data)
+    if job.result is not None:
+        fields["result"] = _json(job.result)
+    if job.error is not None:
+        fields["error"] = _text(job.error)
+    return fields
+
+
+_OPTIONAL = ("completed_at", "topic", "input_data", "result", "error")
+
+
+def job_from_record(fields: Dict[str, str]) -> Optional[JobInfo]:
+    """The job a record holds, or None for an empty or unreadable one."""
+    if not fields.get("status"):
+        return None
+    try:
+        return JobInfo(job_id=fields["job_id"], status=JobStatus(fields["status"]),
+                       started_at=datetime.fromisoformat(fields["started_at"]),
+                       completed_at=datetime.fromisoformat(fields["completed_at"]) if fields.get("completed_at") else None,
+                       topic=fields.get("topic"),
+                       input_data=json.loads(fields["input_data"]) if fields.get("input_data") else None,
+                       result=json.loads(fields["result"]) if fields.get("result") else None,
+                       error=fields.get("error"), duplicate_count=int(fields.get("duplicate_count") or 0),
+                       attempts=int(fields.get("attempts") or 0))
+    except (KeyError, ValueError, TypeError) as exc:
+        logger.warning("Job store: skipped the unreadable record of job %r: %s", fields.get("job_id"), exc)
+        return None
+
+
+class RedisJobStore(JobStore):
+    """Job records in Redis, shared by every listener using the same URL (see the module's docstring)."""
+
+    #: Records outlive the process: a message is acknowledged only once :meth:`durable` passed.
+    persistent = True
+    #: Admission claims each job id in Redis (:meth:`claim`); the queries read Redis.
+    shared = True
+
+    def __init__(self, url: str, max_jobs: int, ttl_seconds: float, keep_input: bool = False) -> None:
+        super().__init__(max_jobs, ttl_seconds, keep_input)
+        self.target = parse_redis_url(url)
+        self.label = self.target.label
+        self.on_error: Callable[[str], None] = lambda message: logger.error("%s", message)
+        self.lease = ACTIVE_LEASE
+        self._client: Any = None
+        self._claim_script: Any = None
+        self._writer: "Optional[asyncio.Task[None]]" = None
+        self._wake: Optional[asyncio.Event] = None
+        self._dirty: Dict[str, Optional[JobInfo]] = {}
+        self._claimed: Set[str] = set()  # created by claim(): Redis counts their duplicates
+        self._written: Set[str] = set()  # ids this store wrote (reindex deletes those no longer held)
+        self._taken = 0  # batches the writer took
+        self._committed = 0
+        self._failure: Optional[str] = None
+        self._waiters: Deque[Tuple[int, "asyncio.Future[None]"]] = deque()
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    def _key(self, job_id: str) -> str:
+        return f"{self.target.prefix}:job:{_text(job_id)}"
+
+    @property
+    def _ids(self) -> str:
+        return f"{self.target.prefix}:ids"
+
+    @property
+    def _finished_key(self) -> str:
+        return f"{self.target.prefix}:finished"
+
+    @property
+    def is_open(self) -> bool:
+        """True between :meth:`open` and :meth:`close`."""
+        return self._client is not None
+
+    # -- opening and closing ---------------------------------------------------------------------
+
+    async def open(self, on_error: Optional[Callable[[str], None]] = None) -> None:
+        """Connect and PING; start the writer.
+
+        Raises:
+            JobStoreError: redis-py is not installed, or Redis does not answer or refuses the credentials
+                (the message names the store, its password masked).
+        """
+        if on_error is not None:
+            self.on_error = on_error
+        if self._client is not None:
+            return
+        aioredis = _client_module()
+        client = aioredis.Redis.from_url(self.target.url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT,
+                                         socket_timeout=COMMAND_TIMEOUT)
+        try:
+            await client.ping()
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported by name
+            await _close_client(client)
+            raise JobStoreError(f"Cannot open job store {self.label}: {_reason(exc)}") from None
+        self._client = client
+        self._claim_script = client.register_script(_CLAIM)
+        self._failure = None
+        self._wake = asyncio.Event()
+        self._writer = asyncio.create_task(self._write_forever(self._wake), name=f"job-store-writer[{self.label}]")
+        if self._dirty:
+            self._wake.set()
+
+    async def close(self) -> None:
+        """Write what is not yet written (a few tries), then disconnect (a no-op when not open)."""
+        writer, client = self._writer, self._client
+        if writer is None or client is None:
+            return
+        for attempt in range(3):
+            if not self._dirty and self._committed >= self._taken:
+                break
+            try:
+                await asyncio.wait_for(self.durable(), COMMAND_TIMEOUT)
+            except (JobStoreError, asyncio.TimeoutError):
+                await asyncio.sleep(0.1 * (attempt + 1))
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        self._writer = self._client = self._wake = None
+        await _close_client(client)
+
+    # -- claiming (admission) --------------------------------------------------------------------
+
+    async def claim(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str],
+                    reprocess: bool = False) -> InsertOutcome:
+        """Create the job's record unless another holds its id (atomically, for every worker).
+
+        CREATED: the job is this process's to run (a new id, an interrupted job, or ``reprocess`` of a job
+        not running). EXISTS: a duplicate (its record counted it). FULL: the store's limit is reached and
+        no finished record can be evicted.
+
+        Raises:
+            JobStoreError: Redis cannot be reached (the message names the store).
+        """
+        if self._client is None:
+            raise JobStoreError(f"Job store {self.label} is not open")
+        if job_id in self._dirty or (job_id in self.jobs and self._committed < self._taken):
+            # This process changed the job and Redis does not have it yet: the claim must see the change
+            # (a write landing after it would undo what the claim recorded).
+            await self.durable()
+        job = JobInfo(job_id=job_id, status=JobStatus.PENDING, input_data=data, topic=topic)
+        args = [_text(job_id), self.max_jobs, max(1, int(self.ttl.total_seconds() * 1000)), int(self.lease * 1000),
+                repr(time.time()), "1" if reprocess else "0", job.started_at.isoformat(timespec="microseconds"),
+                "" if topic is None else "=" + _text(topic), "" if data is None else _json(data),
+                f"{self.target.prefix}:job:"]
+        try:
+            reply = await self._claim_script(keys=[self._key(job_id), self._ids, self._finished_key], args=args)
+        except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
+            raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
+        outcome = InsertOutcome(reply[0])
+        if outcome is InsertOutcome.CREATED:
+            job.duplicate_count, job.attempts = int(reply[1]), int(reply[2])
+            self._adopt(job)
+        elif outcome is InsertOutcome.EXISTS:
+            mine = self.jobs.get(job_id)
+            if mine is not None:  # this process's copy follows what the record now says
+                mine.duplicate_count = int(reply[1])
+                if mine.status in FINISHED_STATUSES:
+                    mine.status = JobStatus.DUPLICATE
+        return outcome
+
+    def _adopt(self, job: JobInfo) -> None:
+        """Hold a job claimed in Redis (making room among this process's finished jobs, here only)."""
+        job_id = job.job_id
+        self._finished.pop(job_id, None)
+        self._interrupted.discard(job_id)
+        if job_id not in self.jobs:
+            while len(self.jobs) >= self.max_jobs and self._finished:
+                old, _ = self._finished.popitem(last=False)
+                if self.jobs.pop(old, None) is not None:
+                    self._claimed.discard(old)
+                    self._written.discard(old)
+                    self._interrupted.discard(old)
+        self.jobs[job_id] = job
+        self._claimed.add(job_id)
+        self._written.add(job_id)
+
+    # -- queries (every worker's jobs) -----------------------------------------------------------
+
+    async def fetch(self, job_id: str) -> Optional[JobInfo]:
+        """The job's record in Redis (this process's copy while Redis cannot be reached)."""
+        try:
+            await self._settle()
+            fields = await self._client.hgetall(self._key(job_id))
+        except Exception as exc:  # noqa: BLE001 - answered from this process's jobs instead
+            self._query_failed(exc)
+            held = self.get(job_id)
+            return None if held is None else replace(held)
+        return job_from_record(fields)
+
+    async def fetch_all(self, *statuses: JobStatus) -> Dict[str, JobInfo]:
+        """Every worker's jobs (those with one of ``statuses``); this process's while Redis cannot be reached."""
+        wanted = frozenset(statuses)
+        try:
+            await self._settle()
+            ids = await self._client.zrange(self._ids, 0, -1)
+            found: Dict[str, JobInfo] = {}
+            for start in range(0, len(ids), 500):
+                pipe = self._client.pipeline(transaction=False)
+                for job_id in ids[start:start + 500]:
+                    pipe.hgetall(f"{self.target.prefix}:job:{job_id}")
+                for fields in await pipe.execute():
+                    job = job_from_record(fields)
+                    if job is not None and (not wanted or job.status in wanted):
+                        found[job.job_id] = job
+        except Exception as exc:  # noqa: BLE001 - answered from this process's jobs instead
+            self._query_failed(exc)
+            return self.snapshot(*statuses)
+        return found
+
+    async def _settle(self) -> None:
+        if self._client is None:
+            raise JobStoreError(f"Job store {self.label} is not open")
+        await self.durable()
+
+    def _query_failed(self, exc: BaseException) -> None:
+        logger.warning("Job store %s: query answered from this process's jobs only: %s", self.label, _reason(exc))
+
+    # -- what changes ----------------------------------------------------------------------------
+
+    def _changed(self, job: JobInfo) -> None:
+        self._dirty[job.job_id] = job
+        self._written.add(job.job_id)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _removed(self, job_id: str) -> None:
+        self._written.discard(job_id)
+        if job_id in self._claimed:  # claimed records expire in Redis: another worker may hold the id by now
+            self._claimed.discard(job_id)
+            self._dirty.pop(job_id, None)
+            return
+        self._dirty[job_id] = None
+        if self._wake is not None:
+            self._wake.set()
+
+    def reindex(self) -> None:
+        """Take note of a ``jobs`` dict replaced or edited by hand: Redis is written to match it."""
+        super().reindex()
+        self._interrupted &= set(self.jobs)
+        self._claimed &= set(self.jobs)
+        for job_id in self._written - set(self.jobs):
+            self._dirty[job_id] = None
+        self._written = set(self.jobs)
+        for job in self.jobs.values():
+            self._dirty[job.job_id] = job
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    async def durable(self) -> None:
+        """Return once every change made so far is written to Redis.
+
+        Raises:
+            JobStoreError: the store is not open, or writing is failing (the writer keeps retrying, with
+                backoff; a later call succeeds once a write does).
+        """
+        if self._client is None or self._wake is None:
+            raise JobStoreError(f"Job store {self.label} is not open")
+        if self._failure is not None:
+            raise JobStoreError(self._failure)
+        target = self._taken + (1 if self._dirty else 0)
+        if self._committed >= target:
+            return
+        future: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
+        self._waiters.append((target, future))
+        await future
+
+    async def _write_forever(self, wake: asyncio.Event) -> None:
+        failures = 0
+        renewed = time.monotonic()
+        while True:
+            try:
+                await asyncio.wait_for(wake.wait(), self.lease / 3)
+            except asyncio.TimeoutError:
+                pass
+            wake.clear()
+            dirty, self._dirty = self._dirty, {}
+            if dirty:
+                self._taken += 1
+            target = self._taken
+            renew = time.monotonic() - renewed >= self.lease / 3
+            try:
+                await self._write(dirty, renew)
+            except asyncio.CancelledError:
+                self._dirty = {**dirty, **self._dirty}
+                raise
+            except Exception as exc:  # noqa: BLE001 - whatever it is, it is reported and the batch kept
+                self._dirty = {**dirty, **self._dirty}
+                failures += 1
+                self._failed(_reason(exc))
+                await asyncio.sleep(backoff_delay(failures, MAX_WRITE_RETRY, base=0.2))
+                wake.set()
+                continue
+            if renew:
+                renewed = time.monotonic()
+            if failures or self._failure is not None:
+                failures = 0
+                self._failure = None
+                logger.warning("Job store %s: writing works again", self.label)
+            self._committed = max(self._committed, target)
+            while self._waiters and self._waiters[0][0] <= self._committed:
+                _, future = self._waiters.popleft()
+                if not future.done():
+                    future.set_result(None)
+
+    async def _write(self, dirty: Dict[str, Optional[JobInfo]], renew: bool) -> None:
+        if not dirty and not renew:
+            return
+        pipe = self._client.pipeline(transaction=True)
+        ttl_ms = max(1, int(self.ttl.total_seconds() * 1000))
+        for job_id, job in dirty.items():
+            key, member = self._key(job_id), _text(job_id)
+            if job is None:
+                pipe.delete(key)
+                pipe.zrem(self._ids, member)
+                pipe.zrem(self._finished_key, member)
+                continue
+            fields = record_fields(job, job_id in self._interrupted)
+            if job_id in self._claimed:
+                del fields["duplicate_count"]  # Redis counts them (other workers' duplicates too)
+            pipe.hset(key, mapping=fields)
+            missing = [name for name in _OPTIONAL if name not in fields]
+            if missing:
+                pipe.hdel(key, *missing)
+            pipe.zadd(self._ids, {member: job.started_at.timestamp()}, nx=True)
+            if job.status in FINISHED_STATUSES:
+                pipe.zadd(self._finished_key, {member: (job.completed_at or job.started_at).timestamp()})
+                pipe.pexpire(key, ttl_ms)
+            else:
+                pipe.zrem(self._finished_key, member)
+                pipe.pexpire(key, int(self.lease * 1000))
+        if renew:
+            for job_id, job in self.jobs.items():
+                if job.status in ACTIVE_STATUSES and job_id not in dirty:
+                    pipe.pexpire(self._key(job_id), int(self.lease * 1000))
+        await pipe.execute()
+
+    def _failed(self, reason: str) -> None:
+        message = f"Cannot write job store {self.label}: {reason}; retrying"
+        first = self._failure is None
+        self._failure = message
+        while self._waiters:
+            _, future = self._waiters.popleft()
+            if not future.done():
+                future.set_exception(JobStoreError(message))
+        if first:
+            self.on_error(message)
+
+    def interrupt(self, job_id: str, error: str = CANCELLED) -> bool:
+        """As :meth:`JobStore.interrupt`; the record says so, so that any worker runs the job again."""
+        if not super().interrupt(job_id, error):
+            return False
+        job = self.jobs.get(job_id)
+        if job is not None:
+            self._changed(job)  # written again: ``interrupted`` is set only now
+        return True
+
+
+async def _close_client(client: Any) -> None:
+    closing = getattr(client, "aclose", None) or client.close
+    with contextlib.suppress(Exception):  # closing a broken connection: nothing left to do
+        await closing()

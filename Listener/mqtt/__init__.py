@@ -1,0 +1,1 @@
+"""The MQTT side: the amqtt client adapter, the wire handler, acknowledgement order, publishing."""

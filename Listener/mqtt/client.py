@@ -1,0 +1,686 @@
+"""The amqtt adapter: client configuration, credentials, TLS material, and connect errors.
+
+Facts about amqtt 0.12 this module works around (each checked against Mosquitto):
+- unknown config keys are rejected, and the connect timeout key is ``connection_timeout``;
+- credentials are only taken from the URI, and amqtt logs that URI at DEBUG: we hand the
+  credentials to the session directly instead, so no log line ever carries them;
+- ``capath`` and ``cadata`` are ignored, so we merge them into one CA bundle file ourselves;
+- its packet-logging plugin is on by default and costs CPU for nothing here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import ssl
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set
+from urllib.parse import unquote, urlsplit
+
+from amqtt.client import MQTTClient
+from amqtt.errors import NoDataError
+from amqtt.mqtt.protocol.client_handler import ClientProtocolHandler
+from amqtt.session import Session
+
+# PUBLIC_DEFAULT_PASSWORD: public knowledge, and masking every "test" in a log made topics like
+# ``test/results`` and job ids like ``test-1`` unreadable. Still never printed as a field value.
+from ..config.settings import PUBLIC_DEFAULT_PASSWORD, EventListenerConfig
+from ..core.deadlines import settle_within
+from .delivery_queue import DeliveryQueue, Ticket
+from .wire_handler import WireHandler
+from ..core.redaction import SecretRedactingFilter, redact, split_uri_credentials
+
+__all__ = [
+    "CLOSED_DURING_CONNECT", "AmqttClient", "BrokerRefusedConnection", "build_client_config", "connection_error",
+    "create_client", "credentials", "endpoint_label", "new_client", "open_connection", "secrets", "tls_bundle",
+]
+
+logger = logging.getLogger("Listener.transport")
+
+DEFAULT_CONNECT_TIMEOUT = 30.0
+ABORT_TIMEOUT = 5.0
+#: Seconds a clean disconnect waits, after its DISCONNECT, for the broker to close the connection.
+DISCONNECT_LINGER = 2.0
+#: What a connection closed by the broker after CONNECT, without a CONNACK, usually means.
+CLOSED_DURING_CONNECT = (
+    "the broker closed the connection during CONNECT, without a CONNACK. Likely causes: a password sent "
+    "without a user name, an authentication or ACL plugin refusing this client, a client id the broker "
+    "refuses, or a listener that expects TLS (then use mqtts:// and cafile); the broker's log says which")
+_CONNACK_REASONS = {
+    1: "unacceptable protocol version",
+    2: "client identifier rejected",
+    3: "server unavailable",
+    4: "bad user name or password",
+    5: "not authorised",
+}
+
+
+class BrokerRefusedConnection(ConnectionError):
+    """The broker answered and said no (bad credentials, not authorised, subscription refused).
+
+    Retrying cannot help, so the listener does not; it is still a ``ConnectionError``.
+    """
+
+    def __init__(self, message: str, return_code: Optional[int] = None) -> None:
+        super().__init__(message)
+        self.return_code = return_code
+
+
+if TYPE_CHECKING:
+    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
+else:
+    _LoggerAdapter = logging.LoggerAdapter
+
+
+class _ConnectFailuresAtDebug(_LoggerAdapter):
+    """amqtt's client logger, with its warnings about a failed connection attempt lowered to DEBUG.
+
+    The listener reports each failure itself, once, with the reason and without secrets; amqtt's
+    lines (``Connection failed: ConnectError(ConnectionError())``) repeated it at every attempt.
+    """
+
+    _REPORTED_BY_THE_LISTENER = ("Connection failed:", "Connection rejected with code")
+
+    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
+        if level == logging.WARNING and isinstance(msg, str) and msg.startswith(self._REPORTED_BY_THE_LISTENER):
+            level = logging.DEBUG
+        super().log(level, msg, *args, **kwargs)
+
+
+class AmqttClient(MQTTClient):  # type: ignore[misc]
+    """amqtt's ``MQTTClient`` with credentials passed outside the URI, a bounded delivery queue
+    read without a task per message, and ways to see and force the end of the connection.
+
+    ``delivery_window`` bounds the acknowledged-but-unread messages; with ``hold_acks`` acknowledgements
+    wait for :meth:`ticket` to be settled instead, and ``max_pending`` bounds the intake (see
+    :mod:`Listener.mqtt.delivery_queue`). ``on_wakeup`` is called whenever a message arrives or the connection ends,
+    ``on_drop`` for each QoS 0 message dropped because ``max_pending`` messages were queued. A QoS 0/1
+    message whose payload is over ``max_payload`` bytes is never held in memory (see
+    :class:`~Listener.mqtt.wire_handler.WireHandler`).
+    """
+
+    def __init__(self, client_id: str, config: Dict[str, Any], username: Optional[str] = None,
+                 password: Optional[str] = None, delivery_window: int = 1,
+                 on_wakeup: Optional[Callable[[], None]] = None, *, hold_acks: bool = False,
+                 max_pending: int = 10_000, max_payload: Optional[int] = None,
+                 label: str = "the MQTT broker") -> None:
+        self.max_payload = max_payload
+        self.label = label
+        super().__init__(client_id, config)
+        self.logger = _ConnectFailuresAtDebug(logging.getLogger("amqtt.client"), {})
+        self._username = username
+        self._password = password
+        self.delivery_window = delivery_window
+        self.hold_acks = hold_acks
+        self.max_pending = max_pending
+        self.on_wakeup = on_wakeup
+        self.on_drop: Optional[Callable[[], None]] = None
+        #: Awaited before acknowledgements held back are released (a durable job store's ``durable()``).
+        self.ack_barrier: Optional[Callable[[], Awaitable[None]]] = None
+        self._deliveries: Optional[DeliveryQueue] = None
+        self.bytes_received = 0
+        self._last_traffic = 0.0
+
+    @property
+    def _handler(self) -> Any:
+        return self.__dict__.get("_wire_handler")
+
+    @_handler.setter
+    def _handler(self, handler: Any) -> None:
+        # amqtt makes a new ClientProtocolHandler for every connection, right before using it.
+        if type(handler) is ClientProtocolHandler:
+            handler = WireHandler(handler.plugins_manager, max_payload=getattr(self, "max_payload", None),
+                                  label=getattr(self, "label", "the MQTT broker"))
+        self.__dict__["_wire_handler"] = handler
+
+    def _init_session(self, uri: Optional[str] = None, cleansession: Optional[bool] = None,
+                      cafile: Optional[str] = None, capath: Optional[str] = None,
+                      cadata: Optional[str] = None) -> Session:
+        session: Session = super()._init_session(uri, cleansession, cafile, capath, cadata)
+        session.username = self._username
+        session.password = self._password
+        if self._deliveries is None:
+            self._deliveries = DeliveryQueue(self.delivery_window, self._wake, hold_acks=self.hold_acks,
+                                             max_pending=self.max_pending, on_drop=self._dropped)
+        self._deliveries.barrier = self.ack_barrier
+        session.delivered_message_queue = self._deliveries
+        return session
+
+    def _wake(self, *_: Any) -> None:
+        if self.on_wakeup is not None:
+            self.on_wakeup()
+
+    def _dropped(self) -> None:
+        if self.on_drop is not None:
+            self.on_drop()
+
+    def adopt_deliveries(self, previous: "AmqttClient") -> None:
+        """Take over the delivery queue of the client of the previous connection (call before connecting).
+
+        What that connection received and acknowledged is still processed, by the same consumer, while
+        this client connects: a reconnect never waits for a backlog to drain, and loses none of it.
+        """
+        queue = previous._deliveries
+        if queue is not None and not queue.closed:
+            queue.on_arrival = self._wake
+            queue.on_drop = self._dropped
+            queue.barrier = self.ack_barrier
+            self._deliveries = queue
+
+    async def connect(self, *args: Any, **kwargs: Any) -> Any:
+        code = await super().connect(*args, **kwargs)
+        self._count_traffic()
+        closing = self._disconnect_task
+        if closing is not None:
+            closing.add_done_callback(self._wake)
+        return code
+
+    def _count_traffic(self) -> None:
+        """Note every chunk of bytes the socket delivers (for :meth:`watch_liveness`).
+
+        Wraps the stream's ``feed_data``, which asyncio calls as data arrives: it sees traffic even
+        while amqtt's reader is still working through a backlog of packets received before it.
+        """
+        self.note_traffic(0)
+        stream = getattr(getattr(self._handler, "reader", None), "_reader", None)
+        feed = getattr(stream, "feed_data", None)
+        if stream is None or feed is None:
+            return  # websockets: liveness falls back to the ping alone
+        note = self.note_traffic
+
+        def feed_data(data: bytes) -> None:
+            note(len(data))
+            feed(data)
+
+        stream.feed_data = feed_data
+
+    def _unread_bytes(self) -> int:
+        """Bytes received from the socket that amqtt's reader has not consumed yet."""
+        stream = getattr(getattr(self._handler, "reader", None), "_reader", None)
+        return len(getattr(stream, "_buffer", b""))
+
+    def note_traffic(self, size: int) -> None:
+        """Record that ``size`` bytes arrived from the broker just now: the connection is alive."""
+        self.bytes_received += size
+        self._last_traffic = time.monotonic()
+
+    def take_message(self) -> Any:
+        """The next received message (an amqtt ``ApplicationMessage``), or None when none is waiting."""
+        return self._deliveries.take() if self._deliveries is not None else None
+
+    def ticket(self, message: Any) -> Optional[Ticket]:
+        """The held acknowledgement of a message just taken (None when it is not held back)."""
+        return self._deliveries.ticket(message) if self._deliveries is not None else None
+
+    def intercept(self, topic: str) -> "asyncio.Future[Any]":
+        """The first QoS 0 message on ``topic``; none on it is queued (see :meth:`DeliveryQueue.intercept`).
+
+        Raises:
+            ConnectionError: no connection was opened yet (there is no delivery queue).
+        """
+        if self._deliveries is None:
+            raise ConnectionError("Not connected")
+        return self._deliveries.intercept(topic)
+
+    def stop_intercepting(self, topic: str) -> None:
+        """Queue messages on ``topic`` again."""
+        if self._deliveries is not None:
+            self._deliveries.stop_intercepting(topic)
+
+    def hold_acks_until(self, barrier: Optional[Callable[[], Awaitable[None]]]) -> None:
+        """Await ``barrier`` before releasing held acknowledgements (see :class:`DeliveryQueue`)."""
+        self.ack_barrier = barrier
+        if self._deliveries is not None:
+            self._deliveries.barrier = barrier
+
+    async def acks_released(self) -> None:
+        """Return once the acknowledgements waiting for the barrier are released."""
+        if self._deliveries is not None:
+            await self._deliveries.released()
+
+    def drop_queued_messages(self) -> List[Any]:
+        """Empty the delivery queue (the listener is stopping); returns the messages dropped."""
+        return self._deliveries.drain() if self._deliveries is not None else []
+
+    @property
+    def queued_messages(self) -> int:
+        """Messages received (and, for QoS 1/2, acknowledged) but not yet taken."""
+        return self._deliveries.qsize() if self._deliveries is not None else 0
+
+    def close_intake(self) -> None:
+        """Acknowledge no more messages: what is queued can still be taken, the rest stays with the broker."""
+        if self._deliveries is not None:
+            self._deliveries.close()
+
+    async def wait_closed(self) -> None:
+        """Return as soon as amqtt sees the connection end (at once when there is none)."""
+        closing = self._disconnect_task
+        if closing is None or self.connection_closed:
+            return
+        ending = getattr(self._handler, "_disconnect_waiter", None)
+        watched: Set["asyncio.Future[Any]"] = {closing}
+        if isinstance(ending, asyncio.Future):
+            watched.add(ending)
+        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+
+    @property
+    def connection_closed(self) -> bool:
+        """True once the connection that was opened has ended (or was never opened)."""
+        closing = self._disconnect_task
+        return closing is None or closing.done() or not self.is_connected()
+
+    async def watch_liveness(self, period: float, label: str) -> bool:
+        """Ping regularly; drop the connection when nothing at all arrived for ``2 * period`` seconds.
+
+        amqtt never notices a half-open connection (its PINGREQ waits forever), so without this a
+        black-holed connection would look healthy indefinitely. Any byte received counts as a sign of
+        life, not only the PINGRESP: under a backlog the PINGRESP queues behind thousands of packets,
+        which are themselves proof that the connection works. The pings go out whatever arrives (every
+        ``period`` seconds, more often when the keep-alive announced to the broker needs it), so the
+        broker, too, keeps hearing from the listener. Returns True when it dropped the
+        connection, False when the connection ended by itself.
+        """
+        pings: Set["asyncio.Future[Any]"] = set()
+        if not self._last_traffic:
+            self.note_traffic(0)
+        # The broker drops a client it has not heard from for 1.5 x the keep-alive sent in CONNECT (amqtt
+        # sends keep_alive - ping_delay); amqtt's own ping stops while an earlier one awaits its answer.
+        announced = getattr(self.session, "keep_alive", None)
+        every = min(period, 0.75 * announced) if isinstance(announced, (int, float)) and announced > 0 else period
+        last_ping = time.monotonic()
+        try:
+            while not self.connection_closed:
+                now = time.monotonic()
+                if now - self._last_traffic >= 2 * period and self._unread_bytes():
+                    self.note_traffic(0)  # received, just not read yet: the loop was busy, the connection is fine
+                    now = self._last_traffic
+                if now - self._last_traffic >= 2 * period:
+                    logger.warning("Nothing received from %s for %g s, not even an answer to a ping: "
+                                   "dropping the connection", label, 2 * period)
+                    self.drop_connection()
+                    return True
+                if now - last_ping >= every:
+                    ping = asyncio.ensure_future(self.ping())
+                    pings.add(ping)
+                    ping.add_done_callback(_retrieve_outcome)
+                    ping.add_done_callback(pings.discard)
+                    last_ping = now
+                await asyncio.sleep(max(0.01, min(last_ping + every, self._last_traffic + 2 * period) - now))
+            return False
+        finally:
+            for ping in pings:
+                ping.cancel()
+
+    def drop_connection(self) -> bool:
+        """Abort the connection's socket at once (for a connection found dead: nothing is flushed).
+
+        Returns whether there was an open socket to abort.
+        """
+        handler = self._handler
+        writer = getattr(getattr(handler, "writer", None), "_writer", None)
+        transport = getattr(writer, "transport", None)
+        if transport is None or transport.is_closing():
+            return False
+        transport.abort()
+        return True
+
+    async def abort_connection(self) -> None:
+        """Close the socket of a connection attempt that failed or was cancelled.
+
+        amqtt leaves it open when CONNACK never comes, which leaks the socket and keeps the peer waiting.
+        """
+        handler = self._handler
+        if handler is not None and handler.writer is not None:
+            with contextlib.suppress(Exception):
+                await handler.stop()
+
+    async def disconnect(self) -> None:
+        """amqtt's ``disconnect``, except that the socket is closed only after the broker closed its side.
+
+        amqtt writes the DISCONNECT and closes the socket at once. Whatever the broker sent meanwhile (the
+        next in-flight messages, answering the acknowledgements that just went out) is then unread, so the
+        kernel answers the close with a reset instead of a FIN, and mosquitto drops the connection without
+        reading what it had not read yet: the last results (QoS 0 ones are never acknowledged) and the
+        DISCONNECT itself, so it also publishes the will. Here the DISCONNECT is followed by a half-close,
+        and amqtt's reader goes on reading (and discarding: the intake is closed) until the broker closes
+        the connection, for at most ``DISCONNECT_LINGER`` seconds.
+        """
+        handler = self._handler
+        stream = self._qos0_stream()
+        if handler is None or stream is None or self.session is None:
+            await super().disconnect()  # not connected, or websockets: amqtt's way
+            return
+        await self.cancel_tasks()
+        closing = self._disconnect_task
+        if closing is not None and not closing.done():
+            closing.cancel()
+        await handler.mqtt_disconnect()
+        self._connected_state.clear()
+        await self._until_broker_closed(handler, stream)
+        await handler.stop()
+        self.session.transitions.disconnect()
+
+    @staticmethod
+    async def _until_broker_closed(handler: Any, stream: asyncio.StreamWriter) -> None:
+        """Half-close the socket (TLS cannot: the broker closes after the DISCONNECT anyway) and wait until
+        amqtt's reader saw the end of the connection, bounded by ``DISCONNECT_LINGER``."""
+        keepalive = getattr(handler, "_keepalive_task", None)
+        if keepalive is not None:
+            keepalive.cancel()  # no PINGREQ after the half-close
+        reader, stopped = getattr(handler, "_reader_task", None), getattr(handler, "_reader_stopped", None)
+        if not isinstance(reader, asyncio.Task) or reader.done() or not isinstance(stopped, asyncio.Event):
+            return
+        with contextlib.suppress(Exception):
+            await stream.drain()
+            if stream.can_write_eof():
+                stream.write_eof()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stopped.wait(), DISCONNECT_LINGER)
+
+    async def publish(self, topic: str, message: bytes, qos: Optional[int] = None, retain: Optional[bool] = None,
+                      ack_timeout: Optional[int] = None) -> Any:
+        """amqtt's ``publish``; on a plain or TLS socket the packet is written directly.
+
+        amqtt builds packet and message objects, takes a write lock, drains the socket, re-arms its
+        keep-alive timer and, at QoS 1 and 2, waits for each acknowledgement under a 5 s timer of its own,
+        for every packet; it also takes a PUBREC refusing the message (reason code 0x80 or more) for a
+        success. Here the same PUBLISH bytes go out with whatever else this turn of the event loop writes
+        (see :mod:`Listener.mqtt.wire_handler`); a QoS 1/2 publication then waits until the broker took it,
+        which the caller bounds in time, and raises
+        :class:`~Listener.mqtt.packets.PublicationRefused` when it did not. The socket is drained only when
+        its buffer fills up. Websockets go through amqtt.
+        """
+        handler = self._wire() if qos in (0, 1, 2) else None  # no QoS given: amqtt applies its defaults
+        if handler is None:
+            return await super().publish(topic, message, qos, retain, ack_timeout)
+        acked = handler.send_publish(topic, message, int(qos or 0), bool(retain))
+        try:
+            if handler.buffered() > _DRAIN_ABOVE:
+                stream = handler.stream
+                handler.flush()
+                if stream is not None:
+                    await stream.drain()
+            if acked is not None:
+                await acked
+        finally:
+            if acked is not None and not acked.done():
+                acked.cancel()  # given up on (timed out, or the drain failed): stop tracking its packet id
+        return None
+
+    def _wire(self) -> Optional[WireHandler]:
+        """The connection's handler when it may write packets directly (an open plain or TLS socket), else None."""
+        handler = self._handler
+        if not isinstance(handler, WireHandler) or handler.stream is None or not self.is_connected():
+            return None  # websockets, or no connection: amqtt decides (and raises)
+        return handler
+
+    def _qos0_stream(self) -> Optional[asyncio.StreamWriter]:
+        """The connection's open asyncio stream (plain or TLS), else None."""
+        handler = self._wire()
+        return handler.stream if handler is not None else None
+
+    def is_connected(self) -> bool:
+        """True while the MQTT session is established and amqtt has not seen it end.
+
+        amqtt marks the session disconnected only after stopping its handler, which first fails the
+        publications awaiting their PUBACK: ``_connected_state`` is cleared earlier, as soon as the
+        end is noticed, so those failures are seen as what they are (a lost connection).
+        """
+        session = self.session
+        return (session is not None and bool(session.transitions.is_connected())
+                and self._connected_state.is_set())
+
+
+#: Bytes waiting in the socket's buffer above which a direct QoS 0 write waits for it to drain.
+_DRAIN_ABOVE = 64 * 1024
+
+
+def _retrieve_outcome(ping: "asyncio.Future[Any]") -> None:
+    """Mark a ping's failure as seen (the watchdog judges by traffic, not by each ping)."""
+    if not ping.cancelled():
+        ping.exception()
+
+
+def endpoint_label(config: EventListenerConfig) -> str:
+    """``host:port`` of the broker the config points at, for messages (never with credentials)."""
+    clean, _, _ = split_uri_credentials(config.uri or "")
+    parts = urlsplit(clean)
+    if parts.hostname:
+        port = parts.port or (8883 if parts.scheme in ("mqtts", "wss") else 1883)
+        return f"{parts.hostname}:{port}"
+    return f"{config.host}:{config.port}"
+
+
+def credentials(config: EventListenerConfig) -> tuple[str, Optional[str], Optional[str]]:
+    """(URI without user info, username, password): credentials in an explicit URI win; an empty
+    ``username`` means none at all (the password is not sent without it)."""
+    clean, user, password = split_uri_credentials(config.uri or "")
+    if user is not None:
+        return clean, unquote(user), unquote(password) if password is not None else None
+    if not config.username:
+        return clean, None, None
+    return clean, config.username, config.password
+
+
+def secrets(config: EventListenerConfig) -> tuple[str, ...]:
+    """The secret strings to mask wherever they appear in text: the password(s) in use."""
+    found = (credentials(config)[2], config.password, _job_store_password(config.job_store))
+    return tuple(dict.fromkeys(s for s in found if s and s != PUBLIC_DEFAULT_PASSWORD))
+
+
+def _job_store_password(job_store: str) -> Optional[str]:
+    """The password in a ``redis://`` job store URL, or None."""
+    if "://" not in job_store or "@" not in job_store:
+        return None
+    _, _, password = split_uri_credentials(job_store)
+    return unquote(password) if password else None
+
+
+def build_client_config(config: EventListenerConfig, cafile: Optional[str] = None) -> Dict[str, Any]:
+    """Map an :class:`EventListenerConfig` onto amqtt's client configuration dict.
+
+    amqtt's own auto-reconnect is off: it reconnects without resubscribing, so the listener runs
+    its own reconnect loop (see ``EventListener.run``).
+    """
+    uri, _, _ = credentials(config)
+    connection: Dict[str, Any] = {"uri": uri}
+    if cafile is not None:
+        connection["cafile"] = cafile
+    if config.certfile is not None:
+        connection["certfile"] = config.certfile
+        connection["keyfile"] = config.keyfile
+    client_config: Dict[str, Any] = {
+        "keep_alive": config.keep_alive,
+        "ping_delay": config.ping_delay,
+        "default_qos": config.default_qos,
+        "default_retain": config.default_retain,
+        "auto_reconnect": False,
+        "reconnect_retries": config.reconnect_retries,
+        "reconnect_max_interval": math.ceil(config.reconnect_max_interval),
+        "cleansession": config.cleansession,
+        "connection_timeout": math.ceil(config.connect_timeout or DEFAULT_CONNECT_TIMEOUT),
+        "topics": {
+            topic: {"qos": options.get("qos", 0), "retain": options.get("retain", False)}
+            for topic, options in config.custom_topics.items()
+        },
+        "connection": connection,
+        "plugins": {},
+        "check_hostname": config.tls_check_hostname,
+    }
+    if config.will is not None:
+        message = config.will["message"]
+        client_config["will"] = {
+            "topic": config.will["topic"],
+            "message": message.decode("utf-8") if isinstance(message, bytes) else message,
+            "qos": config.will.get("qos", 0),
+            "retain": config.will.get("retain", False),
+        }
+    return client_config
+
+
+def create_client(config: EventListenerConfig, on_wakeup: Optional[Callable[[], None]] = None) -> AmqttClient:
+    """A new amqtt client for ``config``, its debug logs filtered so no secret can reach them."""
+    _, username, password = credentials(config)
+    _guard_amqtt_logs(secrets(config))
+    return AmqttClient(config.client_id, build_client_config(config), username, password,
+                       delivery_window=config.max_concurrent_jobs, on_wakeup=on_wakeup,
+                       hold_acks=config.ack_policy == "after_processing", max_pending=config.max_pending_messages,
+                       max_payload=config.max_payload_bytes, label=endpoint_label(config))
+
+
+def new_client(config: EventListenerConfig) -> AmqttClient:
+    """:func:`create_client`, also outside a running loop without leaving a stray loop behind.
+
+    amqtt's plugin manager, finding no running loop, makes a new one and installs it as the
+    thread's current loop. That loop is never used by the client; close it and put back what was there.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    else:
+        return create_client(config)
+    policy = asyncio.get_event_loop_policy()
+    local = getattr(policy, "_local", None)
+    previous = getattr(local, "_loop", None)
+    client = create_client(config)
+    stray = getattr(client.plugins_manager, "_loop", None)
+    if stray is not None and stray is not previous and not stray.is_running():
+        asyncio.set_event_loop(previous)
+        stray.close()
+    return client
+
+
+def _guard_amqtt_logs(known: tuple[str, ...]) -> None:
+    for name in ("amqtt", "amqtt.client", "amqtt.mqtt.protocol.handler", "amqtt.mqtt.protocol.client_handler"):
+        log = logging.getLogger(name)
+        existing = [f for f in log.filters if isinstance(f, SecretRedactingFilter)]
+        if existing:
+            existing[0].secrets = tuple(sorted(set(existing[0].secrets) | set(known)))
+        else:
+            log.addFilter(SecretRedactingFilter(known))
+
+
+@contextlib.contextmanager
+def tls_bundle(config: EventListenerConfig) -> Iterator[Optional[str]]:
+    """Yield the CA file amqtt should load: ``cafile`` itself, or a private temporary bundle.
+
+    amqtt ignores ``capath`` and ``cadata``; when either is set, every CA certificate from
+    ``cafile``, the ``capath`` directory and ``cadata`` is written into one PEM file that exists
+    only while the connection is being opened.
+    """
+    if config.capath is None and config.cadata is None:
+        yield config.cafile
+        return
+    pem = _collect_ca_pem(config)
+    fd, name = tempfile.mkstemp(prefix="listener-ca-", suffix=".pem")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(pem)
+        yield name
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
+def _collect_ca_pem(config: EventListenerConfig) -> str:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        if config.cafile is not None:
+            context.load_verify_locations(cafile=config.cafile)
+        if config.capath is not None:
+            for entry in sorted(Path(config.capath).iterdir()):
+                if entry.is_file():
+                    with contextlib.suppress(ssl.SSLError, UnicodeDecodeError):
+                        context.load_verify_locations(cafile=str(entry))
+        if config.cadata is not None:
+            context.load_verify_locations(cadata=config.cadata)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConnectionError(f"Cannot load CA certificates for {endpoint_label(config)}: {exc}") from None
+    certificates = context.get_ca_certs(binary_form=True)
+    if not certificates:
+        raise ConnectionError(f"No CA certificates found in capath/cadata for {endpoint_label(config)}")
+    return "".join(ssl.DER_cert_to_PEM_cert(der) for der in certificates)
+
+
+async def open_connection(config: EventListenerConfig, client: Any, timeout: float, cleansession: bool = True) -> None:
+    """Connect ``client`` to the broker of ``config`` within ``timeout`` seconds.
+
+    Raises:
+        ConnectionError: naming host and port and the reason, never a secret (``BrokerRefusedConnection``
+            when the broker said no). A failed attempt's half-open socket is closed first.
+    """
+    uri = credentials(config)[0]
+    with tls_bundle(config) as cafile:
+        # Not wait_for: amqtt turns the cancellation into a ConnectError, hiding the timeout.
+        try:
+            connecting = await settle_within(
+                client.connect(uri, cleansession=cleansession, cafile=cafile, additional_headers=config.additional_headers),
+                timeout)
+        except asyncio.CancelledError:  # stop() while connecting: close what was opened, then give way
+            if isinstance(client, AmqttClient):
+                await asyncio.wait({asyncio.ensure_future(client.abort_connection())}, timeout=ABORT_TIMEOUT)
+            raise
+        if connecting is None:
+            failure: Optional[BaseException] = asyncio.TimeoutError()
+        elif connecting.cancelled():
+            failure = asyncio.CancelledError()
+        else:
+            failure = connecting.exception()
+        if failure is not None:
+            if isinstance(client, AmqttClient):
+                await asyncio.wait({asyncio.ensure_future(client.abort_connection())}, timeout=ABORT_TIMEOUT)
+            raise connection_error(config, failure, connecting=True) from None
+
+
+def connection_error(config: EventListenerConfig, exc: BaseException, *, connecting: bool = False) -> ConnectionError:
+    """A ConnectionError naming host and port and the reason, with every secret removed.
+
+    ``connecting``: ``exc`` ended a connection attempt (so a connection closed without data was closed
+    during CONNECT).
+    """
+    reason = CLOSED_DURING_CONNECT if connecting and _closed_by_peer(exc) else _describe(exc)
+    message = redact(f"Cannot connect to MQTT broker at {endpoint_label(config)}: {reason}", secrets(config))
+    code = _return_code(exc)
+    return BrokerRefusedConnection(message, code) if code is not None else ConnectionError(message)
+
+
+def _closed_by_peer(exc: BaseException) -> bool:
+    """True when the chain of ``exc`` shows the broker closed (or reset) an open connection.
+
+    amqtt reports a connection closed before the CONNACK as ``ConnectError`` from ``ConnectionError``
+    from ``NoDataError``; a TCP connection refused is a ``ConnectionRefusedError`` instead.
+    """
+    seen: Set[int] = set()
+    current: Optional[BaseException] = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (NoDataError, ConnectionResetError, asyncio.IncompleteReadError)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _return_code(exc: BaseException) -> Optional[int]:
+    code = getattr(exc, "return_code", None)
+    if code is None and exc.__cause__ is not None:
+        code = getattr(exc.__cause__, "return_code", None)
+    return code if isinstance(code, int) else None
+
+
+def _describe(exc: BaseException) -> str:
+    code = _return_code(exc)
+    if code is not None:
+        return f"connection refused by broker: {_CONNACK_REASONS.get(code, 'refused')} (CONNACK return code {code})"
+    cause = exc.__cause__ or exc
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)) or isinstance(cause, (asyncio.TimeoutError, TimeoutError)):
+        return "timed out"
+    if isinstance(cause, ssl.SSLError):
+        return f"TLS handshake failed: {getattr(cause, 'reason', None) or cause}"
+    text = str(cause) or type(cause).__name__
+    return text

@@ -1,0 +1,321 @@
+"""A delivery queue that holds back acknowledgements: the listener's bounded intake.
+
+Every incoming message goes into the session's delivery queue: a QoS 0 one with ``put_nowait()``; a
+QoS 1 or 2 one with ``offer()`` by the listener's own reader (:mod:`Listener.mqtt.wire_handler`), which sends
+the PUBACK (QoS 1) or PUBREC (QoS 2) when ``offer()`` calls back; over websockets, where amqtt reads
+the packets, a QoS 1/2 one with ``await put()``, amqtt sending the PUBACK/PUBCOMP once ``put()`` returns.
+amqtt's own queue is unbounded and its ``put()`` returns at once.
+``DeliveryQueue`` replaces it, with one of two acknowledgement policies (``offer()`` calls back when
+``put()`` would return):
+
+- ``on_receipt``: ``put()`` waits while ``window`` messages are queued, then returns: a message is
+  acknowledged when it enters the queue, so at most ``window`` acknowledged-but-unprocessed messages
+  exist (the listener's behaviour before ``ack_policy`` existed).
+- ``after_processing`` (``hold_acks=True``): ``put()`` queues the message at once and then waits until
+  the message is *settled* (its job finished, see :class:`Ticket`) and every message that arrived
+  before it was released too: acknowledgements go out strictly in arrival order (MQTT 3.1.1 §4.6),
+  for a prefix of settled messages only. At most ``max_pending`` messages are queued or awaiting their
+  acknowledgement; past that, ``put()`` waits before queueing (the broker's in-flight limit then stops it
+  sending more). A ``put()`` cancelled while waiting (the connection ended) releases nothing: the broker
+  redelivers that message on the next connection, and the copy already queued is processed anyway
+  (the job store treats the redelivery as a duplicate).
+
+With a durable job store, ``barrier`` (the store's ``durable()``) is awaited before a run of settled
+messages is released: a message the broker will not redeliver has its job's outcome on disk. One
+commit covers every message settled meanwhile, and a failing barrier is retried (the store reports the
+failure) while those messages stay unacknowledged.
+
+QoS 0 messages carry no acknowledgement and are never held back; once ``max_pending`` messages are
+queued, further QoS 0 messages are dropped and ``on_drop`` is called for each. ``close()`` stops
+accepting acknowledged messages for good (used when stopping: what is queued gets processed, what is
+not yet queued stays with the broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+import logging
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
+
+from .qos2_receipts import QoS2Receipts
+
+__all__ = ["DeliveryQueue", "Ticket"]
+
+logger = logging.getLogger("Listener.delivery")
+
+#: Seconds between tries of a failing ``barrier`` (doubling up to the last).
+BARRIER_RETRY = (0.05, 2.0)
+
+
+class _Entry:
+    """One held acknowledgement in the ledger: released once settled and first in line."""
+
+    __slots__ = ("on_release", "settled")
+
+    def __init__(self, on_release: Callable[[], None]) -> None:
+        self.settled = False
+        self.on_release = on_release
+
+
+class Ticket:
+    """The acknowledgement of one message taken from a ``hold_acks`` queue: settle it when its job is done.
+
+    :meth:`settle` is idempotent. :meth:`defer` hands settling over to a future (a job whose QoS 1/2
+    result awaits the broker's acknowledgement): the ticket then settles when that future completes,
+    and never if it is cancelled; a later :meth:`settle` does nothing.
+    """
+
+    __slots__ = ("_deferred", "_entry", "_queue")
+
+    def __init__(self, queue: "DeliveryQueue", entry: _Entry) -> None:
+        self._queue = queue
+        self._entry = entry
+        self._deferred = False
+
+    def defer(self, until: "asyncio.Future[Any]") -> None:
+        """Settle when ``until`` is done, unless it was cancelled (then the message stays unacknowledged)."""
+        self._deferred = True
+        until.add_done_callback(self._on_done)
+
+    def _on_done(self, until: "asyncio.Future[Any]") -> None:
+        if not until.cancelled():
+            self._queue._settle(self._entry)
+
+    def settle(self) -> None:
+        """The message's job is finished: its acknowledgement may go out once those before it went."""
+        if not self._deferred:
+            self._queue._settle(self._entry)
+
+    def withhold(self) -> None:
+        """Never acknowledge this message (its job was cut short): the broker redelivers it to a later session."""
+        self._deferred = True
+
+    @property
+    def settled(self) -> bool:
+        """True once settled (released, or waiting for an earlier message)."""
+        return self._entry.settled
+
+
+class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
+    """amqtt's delivery queue with held-back acknowledgements, a bound, and an arrival callback."""
+
+    def __init__(self, window: int, on_arrival: Optional[Callable[[], None]] = None, *, hold_acks: bool = False,
+                 max_pending: int = 10_000, on_drop: Optional[Callable[[], None]] = None) -> None:
+        super().__init__()
+        self.window = max(1, window)
+        self.hold_acks = hold_acks
+        self.max_pending = max(1, max_pending)
+        self.closed = False
+        self.on_arrival = on_arrival
+        self.on_drop = on_drop
+        self.dropped = 0
+        self.after_close = 0  # QoS 0 messages that arrived once the intake was closed, not taken
+        self._ack_waiters: Deque["asyncio.Future[None]"] = deque()
+        self._reserved = 0
+        self._ledger: Deque[_Entry] = deque()
+        self._tickets: Dict[int, _Entry] = {}
+        #: Awaited before settled messages are released (a durable job store's ``durable()``), or None.
+        self.barrier: Optional[Callable[[], Awaitable[None]]] = None
+        self._recording: Deque[_Entry] = deque()  # settled, released once the barrier passed
+        self._releaser: Optional["asyncio.Task[None]"] = None
+        #: The QoS 2 messages received whose flow is not over: kept with the queue, across reconnects.
+        self.receipts = QoS2Receipts()
+        #: Set once the broker answered one of the listener's QoS 2 publications with PUBREC (RabbitMQ never
+        #: does): a session it kept may then hold QoS 2 publications worth releasing (see Listener.mqtt.wire_handler).
+        self.broker_takes_qos2 = False
+        self._intercepted: Dict[str, "asyncio.Future[Any]"] = {}  # topic -> its first QoS 0 message
+
+    # -- QoS 0 -----------------------------------------------------------------------------------
+
+    def put_nowait(self, item: Any) -> None:
+        """Queue a QoS 0 message, or drop it when ``max_pending`` messages are queued already, or when the
+        intake is closed (stopping: otherwise a steady QoS 0 stream would keep the drain busy until the
+        grace period ran out, and the job then running would be cut short). A message on an intercepted
+        topic is never queued (see :meth:`intercept`)."""
+        if self._intercepted and self._caught(item):
+            return
+        if self.closed:
+            self.after_close += 1
+            return
+        if self.qsize() >= self.max_pending:
+            self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
+            return
+        self._enqueue(item)
+
+    def _enqueue(self, item: Any) -> None:
+        super().put_nowait(item)
+        if self.on_arrival is not None:
+            self.on_arrival()
+
+    def intercept(self, topic: str) -> "asyncio.Future[Any]":
+        """Keep every QoS 0 message on ``topic`` out of the queue until :meth:`stop_intercepting`; the
+        future returned gets the first one. For the listener's own probes: they never become jobs, and
+        being QoS 0 they never enter the acknowledgement ledger."""
+        caught: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._intercepted[topic] = caught
+        return caught
+
+    def stop_intercepting(self, topic: str) -> None:
+        """Queue messages on ``topic`` again (its probe is over and unsubscribed)."""
+        self._intercepted.pop(topic, None)
+
+    def _caught(self, item: Any) -> bool:
+        caught = self._intercepted.get(getattr(item, "topic", ""))
+        if caught is None:
+            return False
+        if not caught.done():
+            caught.set_result(item)
+        return True
+
+    # -- QoS 1/2 ---------------------------------------------------------------------------------
+
+    def offer(self, item: Any, acknowledge: Callable[[], None]) -> "Optional[asyncio.Future[None]]":
+        """Queue an acknowledged message without waiting: ``acknowledge`` is called when its
+        acknowledgement may go out (at once without ``hold_acks``, else when it is released).
+
+        When there is no room yet (or earlier messages wait for it), the message's turn is reserved now,
+        so it keeps its arrival order, and the future returned is done once the message is queued.
+        Cancel that future (the connection ended) and the message is neither queued nor acknowledged.
+        None when the message was queued at once.
+        """
+        if self.closed or self._ack_waiters or not self._has_room():
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._ack_waiters.append(turn)
+            turn.add_done_callback(lambda _: self._take_turn(turn, item, acknowledge))
+            return turn
+        self._admit(item, acknowledge)
+        return None
+
+    def _take_turn(self, turn: "asyncio.Future[None]", item: Any, acknowledge: Callable[[], None]) -> None:
+        if turn.cancelled():
+            return  # never given its place (``_wake_putters`` skips it)
+        self._reserved -= 1
+        self._admit(item, acknowledge)
+
+    def _admit(self, item: Any, acknowledge: Callable[[], None]) -> None:
+        if not self.hold_acks:
+            self._enqueue(item)
+            acknowledge()
+            return
+        entry = _Entry(acknowledge)
+        self._ledger.append(entry)
+        self._tickets[id(item)] = entry
+        self._enqueue(item)
+
+    async def put(self, item: Any) -> None:
+        """Queue an acknowledged message once there is room; with ``hold_acks``, return only once its
+        acknowledgement is released. The caller (amqtt) acknowledges it when this returns.
+
+        Waiters are served strictly first come, first served, so messages keep their arrival order.
+        Cancelled (the connection ended), nothing is released for this message; its entry stays in the
+        ledger until its job settles it, so later messages are still released in order.
+        """
+        released: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def release() -> None:
+            if not released.done():
+                released.set_result(None)
+
+        turn = self.offer(item, release)
+        if turn is not None:
+            await turn  # cancelled with this task: nothing is queued (unless its turn had come: then it is)
+        await released
+
+    def _has_room(self) -> bool:
+        if self.hold_acks:
+            return len(self._ledger) + len(self._recording) + self._reserved < self.max_pending
+        return self.qsize() + self._reserved < self.window
+
+    def _wake_putters(self) -> None:
+        # One waiter per free place, each with the place reserved for it (no thundering herd, no overtaking).
+        while self._ack_waiters and not self.closed and self._has_room():
+            waiter = self._ack_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                self._reserved += 1
+
+    def _settle(self, entry: _Entry) -> None:
+        entry.settled = True
+        ledger = self._ledger
+        released = False
+        while ledger and ledger[0].settled:
+            head = ledger.popleft()
+            released = True
+            if self.barrier is not None:
+                self._recording.append(head)
+            else:
+                head.on_release()
+        if not released:
+            return
+        if self._recording and self._releaser is None:
+            self._releaser = asyncio.get_running_loop().create_task(self._release_recorded(self.barrier))
+        self._wake_putters()
+
+    async def _release_recorded(self, barrier: Optional[Callable[[], Awaitable[None]]]) -> None:
+        """Release the settled messages in order, each run once ``barrier`` passed after it settled."""
+        try:
+            while self._recording:
+                covered = len(self._recording)  # settled before the barrier was asked: covered by it
+                delay = BARRIER_RETRY[0]
+                while barrier is not None:
+                    try:
+                        await barrier()
+                        break
+                    except Exception as exc:  # the store reports it; keep the acknowledgements until it recovers
+                        if self.closed:  # stopping (or stopped): these stay unacknowledged, the broker redelivers them
+                            logger.debug("Acknowledgements withheld at stop: the job store did not record them (%s)", exc)
+                            return
+                        logger.debug("Acknowledgements held: the job store is not recorded yet (%s)", exc)
+                        await asyncio.sleep(delay)
+                        delay = min(2 * delay, BARRIER_RETRY[1])
+                for _ in range(covered):
+                    self._recording.popleft().on_release()
+                self._wake_putters()
+        finally:
+            self._releaser = None
+
+    async def released(self) -> None:
+        """Return once the settled messages waiting for the barrier are released."""
+        releaser = self._releaser
+        if releaser is not None:
+            await asyncio.shield(releaser)
+
+    @property
+    def unacknowledged(self) -> int:
+        """Messages queued or processed whose acknowledgement is still held back (``hold_acks``)."""
+        return len(self._ledger) + len(self._recording)
+
+    # -- taking ----------------------------------------------------------------------------------
+
+    def get_nowait(self) -> Any:
+        item = super().get_nowait()
+        if not self.hold_acks:
+            self._wake_putters()
+        return item
+
+    def take(self) -> Any:
+        """The next message, or None when the queue is empty."""
+        if self.empty():
+            return None
+        return self.get_nowait()
+
+    def ticket(self, message: Any) -> Optional[Ticket]:
+        """The acknowledgement of a message just taken (None when nothing is held back for it)."""
+        entry = self._tickets.pop(id(message), None)
+        return None if entry is None else Ticket(self, entry)
+
+    def drain(self) -> List[Any]:
+        """Take every queued message (stopping): they stay unacknowledged."""
+        taken: List[Any] = []
+        while not self.empty():
+            message = self.get_nowait()
+            self._tickets.pop(id(message), None)
+            taken.append(message)
+        return taken
+
+    def close(self) -> None:
+        """Accept no more acknowledged messages (they stay unacknowledged, with the broker)."""
+        self.closed = True

@@ -1,0 +1,289 @@
+"""Outgoing publications: checked, bounded in flight, bounded in time, kept across a lost connection.
+
+amqtt 0.12 loses track of PUBACKs when thousands of QoS 1/2 publications are outstanding, hangs a
+publish made after its connection closed, and fails one made while the connection drops. So every
+publication here waits for a slot (at most ``max_in_flight`` QoS 1/2 ones at a time), is bounded by
+``timeout`` (QoS 0 ones on a watched connection excepted: the liveness watchdog bounds them), and one
+that fails because the connection is down is kept (up to ``outbox_limit``) and sent again by
+:meth:`Publisher.flush` after the listener reconnects.
+
+A broker may also refuse a QoS 1/2 publication in its acknowledgement (a reason code of 0x80 or more,
+:class:`~Listener.mqtt.packets.PublicationRefused`): never counted as delivered. A refusal that passes with
+time (0x97 quota exceeded: too many QoS 2 messages in flight from this client; 0x91 packet identifier in
+use) is tried again after a short back-off, within ``timeout``; any other is reported at once.
+
+Brokers answer some publications by dropping the connection. Those whose topic is the reason are
+refused before sending (:func:`~Listener.core.topics.topic_name_error`); for the rest (a packet above the
+broker's size limit, an ACL that disconnects) a kept publication whose sending was cut short by a lost
+connection ``MAX_STRIKES`` times is dropped and reported, so it can never cause a reconnect loop.
+
+A QoS 1/2 publication the broker has not acknowledged within ``timeout`` on a connection that is still
+open (a broker shutting down stops answering before it closes) can only be sent again on a new
+connection (MQTT 3.1.1, 4.4): where ``drop_stalled`` drops the connection, it is kept like one cut short
+by a lost connection, instead of being reported lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Deque, Optional
+
+from ..core.backoff import backoff_delay
+from ..core.deadlines import bounded
+from ..ops.metrics import ListenerMetrics
+from .packets import PublicationRefused
+from ..processing.processors import describe_exception
+from ..core.topics import topic_name_error
+
+__all__ = ["ConnectionLost", "MAX_STRIKES", "NotConnected", "Publication", "Publisher", "RefusedTopic"]
+
+
+@dataclass(frozen=True, slots=True)
+class Publication:
+    """One message the listener publishes, as ``client.publish(topic, payload, qos, retain)`` takes it."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+#: Called with (publication, job id or None, reason) for a kept publication given up on.
+DropReporter = Callable[[Publication, Optional[str], str], Awaitable[None]]
+#: Attempts cut short by a lost connection after which a kept publication is dropped and reported.
+MAX_STRIKES = 2
+#: Reason codes of a refusal that passes with time: quota exceeded, packet identifier in use.
+PASSING_REFUSALS = frozenset((0x97, 0x91))
+#: First and longest wait (seconds) before a publication refused for a passing reason is tried again.
+REFUSAL_BACKOFF = (0.05, 1.0)
+
+
+class NotConnected(ConnectionError):
+    """A publication was attempted while the listener has no connection (nothing was sent)."""
+
+
+class ConnectionLost(ConnectionError):
+    """The connection ended while a publication was being sent or awaited its acknowledgement."""
+
+
+class RefusedTopic(ValueError):
+    """The topic is one brokers disconnect for (see ``topic_name_error``): the publication is never sent."""
+
+
+class _Kept:
+    """A publication waiting for the connection to return."""
+
+    __slots__ = ("publication", "job_id", "strikes")
+
+    def __init__(self, publication: Publication, job_id: Optional[str], strikes: int) -> None:
+        self.publication = publication
+        self.job_id = job_id
+        self.strikes = strikes
+
+
+async def _ignore_drop(publication: Publication, job_id: Optional[str], reason: str) -> None:
+    return None
+
+
+def _cancelled_by_caller() -> bool:
+    """Whether the running task was asked to stop (vs. a CancelledError leaking out of amqtt).
+
+    amqtt cancels its PUBACK/PUBCOMP waiters when the connection ends; that CancelledError reaches
+    the publisher although nobody cancelled it. Python 3.10 cannot tell them apart: assume the caller.
+    """
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is None or cancelling() > 0
+
+
+class Publisher:
+    """Sends publications through the listener's current client."""
+
+    def __init__(self, client: Callable[[], Any], connected: Callable[[], bool], metrics: ListenerMetrics,
+                 describe_endpoint: Callable[[], str], timeout: float = 10.0, max_in_flight: int = 20,
+                 outbox_limit: int = 10_000, watched: Callable[[], bool] = lambda: False,
+                 on_dropped: DropReporter = _ignore_drop, drop_stalled: Callable[[], bool] = lambda: False) -> None:
+        self._client = client
+        self._drop_stalled = drop_stalled
+        self._watched = watched
+        self._connected = connected
+        self._metrics = metrics
+        self._endpoint = describe_endpoint
+        self._on_dropped = on_dropped
+        self.timeout = timeout
+        self.outbox_limit = outbox_limit
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._outbox: Deque[_Kept] = deque()
+
+    @property
+    def pending(self) -> int:
+        """Publications kept for after the connection returns."""
+        return len(self._outbox)
+
+    def keep(self, publication: Publication, job_id: Optional[str] = None) -> None:
+        """Keep ``publication`` for :meth:`flush` (no limit is applied: for the listener's own use and tests)."""
+        self._outbox.append(_Kept(publication, job_id, 0))
+
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool, *, slot_held: bool = False) -> None:
+        """Publish now (``slot_held``: the caller already holds one of the QoS 1/2 slots).
+
+        Raises:
+            RefusedTopic: the topic is not one brokers accept; nothing was sent.
+            NotConnected: there is no connection; nothing was sent.
+            ConnectionLost: the connection ended before the publication was through.
+            asyncio.TimeoutError: the broker did not take it within ``timeout`` seconds (at QoS 1/2, when
+                ``drop_stalled`` did not drop the connection; else ConnectionLost).
+            PublicationRefused: the broker refused it (for a passing reason: still, after ``timeout`` seconds).
+            Exception: whatever the client raised.
+        """
+        problem = topic_name_error(topic)
+        if problem:
+            raise RefusedTopic(f"Topic {topic!r} {problem}")
+        if not self._connected():
+            raise NotConnected(f"Not connected to MQTT broker at {self._endpoint()}")
+        losses = self._metrics.connection_losses
+        try:
+            if qos:
+                await self._send_until_taken(topic, payload, qos, retain, slot_held)
+            else:
+                await self._send(self._client(), topic, payload, qos, retain, slot_held)
+        except asyncio.CancelledError:
+            if _cancelled_by_caller():
+                raise
+            raise ConnectionLost(f"Connection to {self._endpoint()} lost before the broker took it") from None
+        except PublicationRefused:
+            raise
+        except Exception as exc:
+            # Connected again by now, but on another connection than the one it went out on: amqtt then fails
+            # the old wait in its own way (a PUBACK timeout, an AttributeError of its torn-down session).
+            if self._connected() and self._metrics.connection_losses == losses:
+                if not (qos and isinstance(exc, asyncio.TimeoutError) and self._drop_stalled()):
+                    raise
+                raise ConnectionLost(f"No acknowledgement from {self._endpoint()} within {self.timeout:g} s: "
+                                     "connection dropped, to send it again on the next one") from None
+            raise ConnectionLost(
+                f"Connection to {self._endpoint()} lost before the broker took it ({describe_exception(exc)})") from None
+        self._metrics.publishes += 1
+
+    async def _send_until_taken(self, topic: str, payload: bytes, qos: int, retain: bool, slot_held: bool) -> None:
+        """Send a QoS 1/2 publication again while the broker refuses it for a passing reason, within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.timeout
+        refusals = 0
+        while True:
+            try:
+                await self._send(self._client(), topic, payload, qos, retain, slot_held)
+                return
+            except PublicationRefused as refused:
+                refusals += 1
+                delay = backoff_delay(refusals, REFUSAL_BACKOFF[1], base=REFUSAL_BACKOFF[0])
+                if refused.reason_code not in PASSING_REFUSALS or loop.time() + delay > give_up:
+                    raise
+                self._metrics.publishes_refused += 1
+            await asyncio.sleep(delay)
+            if not self._connected():
+                raise NotConnected(f"Not connected to MQTT broker at {self._endpoint()}")
+
+    async def _send(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool, slot_held: bool) -> None:
+        if qos and slot_held:
+            await bounded(client.publish(topic, payload, qos, retain), self.timeout)
+        elif qos:
+            async with self._slots:
+                await bounded(client.publish(topic, payload, qos, retain), self.timeout)
+        elif self._watched():
+            # QoS 0 only waits for the socket buffer; when a liveness watchdog guards the connection
+            # it aborts a dead one, which ends that wait, so a timer per message would buy nothing.
+            await client.publish(topic, payload, qos, retain)
+        else:
+            await bounded(client.publish(topic, payload, qos, retain), self.timeout)
+
+    async def deliver_in_background(self, publication: Publication,
+                                    job_id: Optional[str] = None) -> "asyncio.Future[Optional[str]]":
+        """Wait for a free QoS 1/2 slot, then :meth:`deliver` without waiting for the acknowledgement.
+
+        The returned future gives :meth:`deliver`'s answer. Publications started one after another go
+        out in that order; only the waits for their acknowledgements overlap.
+        """
+        await self._slots.acquire()
+        return asyncio.ensure_future(self._deliver_holding_slot(publication, job_id))
+
+    async def _deliver_holding_slot(self, publication: Publication, job_id: Optional[str]) -> Optional[str]:
+        try:
+            return await self.deliver(publication, slot_held=True, job_id=job_id)
+        finally:
+            self._slots.release()
+
+    async def deliver(self, publication: Publication, *, slot_held: bool = False,
+                      job_id: Optional[str] = None) -> Optional[str]:
+        """Publish, or keep the publication for after a reconnect when the connection is (or went) down.
+
+        Returns None when it was sent or kept, else why it is lost (also counted as a publish error).
+        A publication whose topic is refused is never sent nor kept.
+        """
+        try:
+            await self.publish(publication.topic, publication.payload, publication.qos, publication.retain,
+                               slot_held=slot_held)
+            return None
+        except asyncio.CancelledError:
+            raise
+        except RefusedTopic as exc:
+            reason = str(exc)
+        except Exception as exc:
+            if isinstance(exc, (NotConnected, ConnectionLost)) or not self._connected():
+                if len(self._outbox) < self.outbox_limit:
+                    self._outbox.append(_Kept(publication, job_id, int(isinstance(exc, ConnectionLost))))
+                    return None
+                reason = f"not connected, and {self.outbox_limit} publications are already waiting"
+            else:
+                reason = describe_exception(exc) if not isinstance(exc, asyncio.TimeoutError) else "timed out"
+        self._metrics.publish_errors += 1
+        return reason
+
+    async def flush(self) -> int:
+        """Send the kept publications in order; returns how many were sent.
+
+        Stops when the connection is down or goes down. A publication whose attempts failed
+        ``MAX_STRIKES`` times (each cut short by a lost connection, or refused while connected) is
+        dropped, counted as a publish error and handed to ``on_dropped``: it cannot be retried forever.
+        """
+        sent = 0
+        while self._outbox:
+            kept = self._outbox[0]
+            try:
+                publication = kept.publication
+                await self.publish(publication.topic, publication.payload, publication.qos, publication.retain)
+            except asyncio.CancelledError:
+                raise
+            except NotConnected:
+                break
+            except Exception as exc:
+                kept.strikes += 1
+                if kept.strikes < MAX_STRIKES:
+                    break
+                self._outbox.popleft()
+                self._metrics.publish_errors += 1
+                await self._on_dropped(kept.publication, kept.job_id,
+                                       f"given up after {kept.strikes} attempts, each failed or followed by a lost "
+                                       f"connection (last: {_failure(exc)})")
+                continue
+            self._outbox.popleft()
+            self._metrics.publishes_retried += 1
+            sent += 1
+        return sent
+
+    def discard(self) -> int:
+        """Give up on every kept publication (the listener is stopping); returns how many were lost."""
+        lost = len(self._outbox)
+        self._outbox.clear()
+        self._metrics.publish_errors += lost
+        return lost
+
+
+def _failure(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionLost):
+        return "connection lost before the broker acknowledged it"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    return describe_exception(exc)

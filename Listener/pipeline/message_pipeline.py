@@ -1,0 +1,512 @@
+"""One message end to end: decode, filter the listener's own messages, admit (duplicate policy), run the
+processor, publish the result, record the outcome. Nothing here knows about connections or reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+import time
+from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
+
+from ..core.backoff import backoff_delay
+from ..processing.batches import ALONE_AFTER_SLOW, MAX_BATCH, SLOW_JOB_S, Halt, Outcome, run_in_order
+from ..config.settings import MAX_RETRY_DELAY, EventListenerConfig
+from ..config.checks import own_topics, subscription_filters
+from ..mqtt.delivery_queue import Ticket
+from .own_messages import OwnMessages
+from ..ops.events import ErrorType, EventSink
+from .payloads import Payload, RejectedMessage, decode_payload_off_loop, resolve_job_id
+from ..jobs.tracking import JobTracker
+from ..jobs.store import JobStoreError
+from ..jobs.records import InsertOutcome, JobStatus, SharedJobStore
+from ..ops.metrics import ListenerMetrics
+from ..processing.processors import (JobTimeoutError, Processor, call_processor, describe_exception, is_async_callable,
+                                     settle_result)
+from ..mqtt.publisher import Publication, Publisher, RefusedTopic
+from ..results import ReturnType
+from ..config.parser import SafeConfigParser
+from ..core.serialization import ResultEncodingError, event_json_bytes, to_json_bytes
+from ..core.topics import PublishOptions, topic_name_error
+from ..processing.workers import ThreadWorkers
+
+__all__ = ["Pipeline"]
+
+logger = logging.getLogger("Listener.event_listener")
+
+#: Seconds between looks at a shared store full of active jobs (other processes' jobs free its slots).
+SHARED_FULL_RECHECK = 0.5
+#: Longest wait between tries to claim a job id in a shared store that cannot be reached.
+SHARED_STORE_RETRY = 5.0
+_COMPLETED, _FAILED, _DUPLICATE = JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.DUPLICATE.value
+
+
+class _Admitted(NamedTuple):
+    """A job admitted into a batch, waiting for its turn."""
+
+    job_id: str
+    data: Dict[str, Any]
+    topic: str
+    ticket: Optional[Ticket]
+
+
+class Pipeline:
+    """Handles one message at a time per call; calls may overlap (``max_concurrent_jobs`` > 1).
+
+    ``finishing`` holds the jobs whose QoS 1/2 result awaits the broker's acknowledgement (the job
+    becomes COMPLETED then). ``observe_job``, when set, is called with each job id about to be admitted.
+    ``stop_requested`` gives the event ``stop()`` sets during ``run()`` (None outside it): a job waiting
+    to be retried gives up when it is set.
+    """
+
+    def __init__(self, config: EventListenerConfig, parser: SafeConfigParser, tracker: JobTracker,
+                 publisher: Publisher, events: EventSink, metrics: ListenerMetrics, workers: ThreadWorkers,
+                 wait_when_full: Callable[[], bool]) -> None:
+        self._config = config
+        self._parser = parser
+        self._tracker = tracker
+        self._publisher = publisher
+        self._events = events
+        self._metrics = metrics
+        self._workers = workers
+        self._own = OwnMessages(frozenset(own_topics(config)), subscription_filters(config), metrics)
+        self._options = PublishOptions(config.default_qos, config.default_retain, config.custom_topics)
+        self._wait_when_full = wait_when_full
+        self.finishing: Set["asyncio.Future[None]"] = set()
+        self.observe_job: Optional[Callable[[str], None]] = None
+        self.stop_requested: Callable[[], Optional[asyncio.Event]] = lambda: None
+        self._alone = 0  # jobs still to run one at a time after a batch with a slow job
+
+    # -- publishing ------------------------------------------------------------------------------
+
+    async def send_message(self, topic: str, data: Any, qos: Optional[int] = None, retain: Optional[bool] = None,
+                           *, result: bool = False) -> None:
+        """Publish ``data`` (str is UTF-8 encoded, bytes sent as they are, anything else as JSON).
+
+        Only a ``result`` is remembered as the listener's own: a message sent to a topic its
+        subscription covers otherwise comes back as a job, as in the first release.
+        """
+        if isinstance(data, str):
+            payload = data.encode("utf-8")
+        elif isinstance(data, (bytes, bytearray)):
+            payload = bytes(data)
+        else:
+            payload = to_json_bytes(data)
+        if qos is None or retain is None:
+            default_qos, default_retain = self._options(topic)
+            qos = default_qos if qos is None else qos
+            retain = default_retain if retain is None else retain
+        if result:
+            self._own.remember(topic, payload)
+        await self._publisher.publish(topic, payload, qos, retain)
+
+    async def publish_event(self, topic: str, body: Dict[str, Any]) -> None:
+        """Publish an event body (kept during an outage; a failure is only logged at DEBUG)."""
+        qos, retain = self._options(topic)
+        problem = await self._publisher.deliver(Publication(topic, event_json_bytes(body), qos, retain))
+        if problem is not None:
+            logger.debug("Could not publish %s event to %s: %s", body.get("event", "error"), topic, problem)
+
+    async def report_dropped(self, publication: Publication, job_id: Optional[str], reason: str) -> None:
+        """A kept publication the publisher gave up on (its sending kept ending the connection)."""
+        what = f"the result of job {job_id}" if job_id is not None else "a publication"
+        text = f"Dropped {what} to {publication.topic!r} ({len(publication.payload)} bytes, QoS {publication.qos}): {reason}"
+        await self._events.error(job_id, ErrorType.PUBLISH_ERROR, text, None)
+        await self._events.log(logging.ERROR, "publish_dropped", "%s", text, job_id=job_id)
+
+    # -- one message -----------------------------------------------------------------------------
+
+    async def process(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor], topic: Optional[str],
+                      pipelined: bool = False, ticket: Optional[Ticket] = None) -> Any:
+        """Process one message as a job; returns what the processor returned (None if rejected or skipped).
+
+        ``pipelined`` (the run loop): a QoS 1/2 result's acknowledgement is awaited in the background,
+        so the next job can start meanwhile; the job becomes COMPLETED once the result is acknowledged.
+        ``ticket`` (the message's held-back acknowledgement) is then deferred until that happens; otherwise
+        the caller settles it when this returns.
+        """
+        if topic is not None and self._own.is_own(None if isinstance(data, dict) else data, topic):
+            return None
+        self._metrics.messages_received += 1
+        try:
+            if isinstance(data, dict):
+                fields = dict(data)
+            else:
+                fields = await decode_payload_off_loop(data, self._parser, self._config.max_payload_bytes)
+            job_id = resolve_job_id(fields, self._config.job_id_field, self._config.allow_job_id_generation)
+        except RejectedMessage as rejection:
+            await self._rejected(rejection, topic)
+            return None
+        if topic is not None:
+            fields["_topic"] = topic
+        if not await self.admit(job_id, fields, topic, ticket):
+            return None
+        return await self._execute(job_id, fields, func, topic, pipelined, ticket)
+
+    async def _rejected(self, rejection: RejectedMessage, topic: Optional[str]) -> None:
+        self._metrics.messages_rejected += 1
+        await self._events.error(rejection.job_id, rejection.error_type, rejection.message, topic)
+        await self._events.log(logging.WARNING, "payload_rejected", "Rejected message on %r: %s: %s", topic,
+                               rejection.error_type, rejection.message, job_id=rejection.job_id, topic=topic)
+
+    # -- several queued messages (see Listener.processing.batches) ------------------------------------------
+
+    def batch_size(self, func: Optional[Processor]) -> int:
+        """How many queued messages the run loop may hand to :meth:`process_batch` at once (1: none)."""
+        if (func is None or self._config.max_concurrent_jobs != 1 or self._config.job_timeout is not None
+                or is_async_callable(func) or getattr(func, "__listener_inline__", False)):
+            return 1
+        if self._alone:
+            self._alone -= 1
+            return 1
+        return MAX_BATCH
+
+    async def process_batch(self, messages: Sequence[Tuple[Payload, str, Optional[Ticket]]],
+                            func: Optional[Processor]) -> None:
+        """Process queued messages in order, as :meth:`process` (pipelined) would one after another, but
+        running the admitted jobs of a plain ``def`` processor several per hand-off to a worker thread.
+
+        Anything but a fresh job (a rejected message, a duplicate, a full job store) first finishes the
+        jobs gathered before it, so that events, duplicates and results come out as one by one.
+        The caller settles the tickets once this returns (those of QoS 1/2 results are deferred).
+        """
+        lane: List[_Admitted] = []
+
+        async def finish_gathered() -> None:
+            if lane:
+                jobs = lane[:]
+                lane.clear()
+                await self._run_batch(jobs, func)
+
+        try:
+            for payload, topic, ticket in messages:
+                if self._own.is_own(payload, topic):
+                    continue
+                self._metrics.messages_received += 1
+                try:
+                    fields = await decode_payload_off_loop(payload, self._parser, self._config.max_payload_bytes)
+                    job_id = resolve_job_id(fields, self._config.job_id_field, self._config.allow_job_id_generation)
+                except RejectedMessage as rejection:
+                    await finish_gathered()
+                    await self._rejected(rejection, topic)
+                    continue
+                fields["_topic"] = topic
+                if job_id in self._tracker.store.jobs:  # a duplicate, or a job to run again: as one by one
+                    await finish_gathered()
+                if await self.admit(job_id, fields, topic, ticket, finish_gathered if lane else None):
+                    lane.append(_Admitted(job_id, fields, topic, ticket))
+            await finish_gathered()
+        except asyncio.CancelledError:  # stopping: jobs gathered but not handed over yet are cut short too
+            await self._cut_short(lane)
+            raise
+
+    async def _run_batch(self, jobs: List[_Admitted], func: Optional[Processor]) -> None:
+        """Run admitted jobs in order, several per hand-off; then publish and record each as :meth:`_execute`.
+
+        The first job of a batch is RUNNING from the hand-off (it starts at once); the others stay
+        PENDING until their outcome is back on the loop, which then records the start, the result and
+        the true duration the worker measured. A job that raised goes through :meth:`_execute`'s
+        failure and retry path before the jobs after it run. If the wait is cancelled (the grace period
+        of ``stop()`` ran out), jobs not yet started are not run; every job of the batch is recorded
+        as cut short and its message left unacknowledged, to run again when redelivered.
+        """
+        handed = 0  # jobs[:handed] are in _execute's hands, which records their cancellation itself
+        try:
+            while handed < len(jobs):
+                rest = jobs[handed:]
+                if len(rest) == 1 or func is None:
+                    for job in rest:
+                        handed += 1
+                        await self._execute(job.job_id, job.data, func, job.topic, True, job.ticket)
+                    return
+                await self._tracker.start_attempt(rest[0].job_id)
+                halt = Halt()
+                work = [(contextvars.copy_context(), job.data, job.job_id) for job in rest]
+                try:
+                    outcomes = await self._workers.run(run_in_order, func, work, halt)
+                except asyncio.CancelledError:
+                    halt.set = True
+                    raise
+                except Exception as exc:  # the workers are shut down: the first job fails, as it would alone
+                    now = time.perf_counter()
+                    outcomes = [Outcome(None, exc, now, now)]
+                slow = False
+                for index, (job, outcome) in enumerate(zip(rest, outcomes)):
+                    slow = slow or outcome.ended - outcome.started > SLOW_JOB_S
+                    handed += 1
+                    await self._execute(job.job_id, job.data, func, job.topic, True, job.ticket, outcome, index == 0)
+                if slow:
+                    self._alone = ALONE_AFTER_SLOW
+        except asyncio.CancelledError:
+            await self._cut_short(jobs[handed:])
+            raise
+
+    async def _cut_short(self, jobs: Sequence[_Admitted]) -> None:
+        """Record admitted jobs that stopping cut short (run or not): unacknowledged, to run again."""
+        for job in jobs:
+            if job.ticket is not None:
+                job.ticket.withhold()
+            await self._cancelled(job.job_id, job.topic, None)
+
+    async def admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str], ticket: Optional[Ticket] = None,
+                    before_waiting: Optional[Callable[[], Awaitable[None]]] = None) -> bool:
+        """Create the job, or apply the duplicate policy; while the store is full of active jobs, wait
+        (in the run loop) or drop the job. ``before_waiting`` (jobs gathered for a batch, which could
+        not finish while this waits) is awaited first, once, and the insert tried again."""
+        if self.observe_job is not None:
+            self.observe_job(job_id)
+        tracker = self._tracker
+        shared = tracker.shared
+        warned = False
+        while True:
+            if shared is not None:
+                claimed = await self._claim(shared, job_id, data, topic)
+                if claimed is None:  # stop() came while the store was unreachable: the broker keeps the message
+                    if ticket is not None:
+                        ticket.withhold()
+                    return False
+                outcome = claimed
+            elif tracker.lock.locked():  # someone holds it (``job_lock``): wait for it
+                async with tracker.lock:
+                    outcome = self._insert(job_id, data, topic)
+            else:  # the loop is the only writer and nothing is awaited: a free lock needs no round trip
+                outcome = self._insert(job_id, data, topic)
+            if outcome is InsertOutcome.CREATED:
+                return True
+            if outcome is InsertOutcome.EXISTS:
+                break
+            if before_waiting is not None:
+                await before_waiting()
+                before_waiting = None
+                continue
+            if not self._wait_when_full():
+                await self._events.log(logging.WARNING, "job_store_full", "Job store full (%d active jobs); job %s dropped",
+                                       self._config.max_jobs_in_memory, job_id, job_id=job_id, topic=topic)
+                return False
+            if not warned:
+                warned = True
+                await self._events.log(logging.WARNING, "job_store_full",
+                                       "Job store full of active jobs; waiting to admit job %s", job_id,
+                                       job_id=job_id, topic=topic)
+            if shared is None:
+                await tracker.job_finished.wait()
+            else:  # other processes' jobs finish without telling this one: look again soon
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(tracker.job_finished.wait(), SHARED_FULL_RECHECK)
+        self._metrics.jobs_finished[_DUPLICATE] += 1
+        if self._config.duplicate_action == "error":
+            await self._events.error(job_id, ErrorType.DUPLICATE_JOB, f"Job {job_id} was already received", topic)
+            level = logging.WARNING
+        else:  # the manual: skip ignores duplicates "silently" (INFO, not mirrored at the default log_topic_level)
+            level = logging.INFO
+        await self._events.log(level, "duplicate_job", "Duplicate job %s not processed", job_id,
+                               job_id=job_id, status=_DUPLICATE, topic=topic)
+        return False
+
+    async def _claim(self, store: SharedJobStore, job_id: str, data: Dict[str, Any],
+                     topic: Optional[str]) -> Optional[InsertOutcome]:
+        """Claim the id in a shared store. While the store cannot be reached, the job waits: reported once
+        (an error event naming the store), retried with backoff; its message stays unacknowledged until
+        its record is written. None when stop() came meanwhile; outside the run loop the error is raised."""
+        failures = 0
+        while True:
+            self._tracker.job_finished.clear()
+            try:
+                return await store.claim(job_id, data, topic, self._config.duplicate_action == "reprocess")
+            except JobStoreError as exc:
+                if not self._wait_when_full():
+                    raise
+                failures += 1
+                if failures == 1:
+                    text = f"{exc}: job {job_id} waits until the store records it (its message stays unacknowledged)"
+                    await self._events.error(job_id, ErrorType.PROCESSING_ERROR, text, topic)
+                    await self._events.log(logging.ERROR, "job_store_error", "%s", text, job_id=job_id, topic=topic)
+            delay = backoff_delay(failures, SHARED_STORE_RETRY, base=0.2)
+            stopping = self.stop_requested()
+            if stopping is None:
+                await asyncio.sleep(delay)
+                continue
+            try:
+                await asyncio.wait_for(stopping.wait(), delay)
+                return None
+            except asyncio.TimeoutError:
+                pass
+
+    def _insert(self, job_id: str, data: Dict[str, Any], topic: Optional[str]) -> InsertOutcome:
+        """Insert the job, or restart it (``reprocess``) or mark it duplicate; called holding the job lock."""
+        tracker, store = self._tracker, self._tracker.store
+        # Cleared before looking: a job finishing after this look sets it again.
+        tracker.job_finished.clear()
+        outcome = store.insert(job_id, data, topic)
+        if outcome is InsertOutcome.EXISTS:
+            if self._config.duplicate_action == "reprocess" and store.jobs[job_id].status is not JobStatus.RUNNING:
+                store.restart(job_id, data, topic)
+                return InsertOutcome.CREATED
+            store.mark_duplicate(job_id)
+        return outcome
+
+    async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str],
+                       pipelined: bool, ticket: Optional[Ticket] = None, first: Optional[Outcome] = None,
+                       first_started: bool = False) -> Any:
+        """Run the processor for an admitted job, publish its result, record the outcome.
+
+        A processor that raises or times out is run again after a backoff, up to ``max_retries`` times;
+        the job stays RUNNING meanwhile. A result that cannot be published is not retried.
+        ``first``: the first attempt already ran in a batch (``first_started``: and was recorded).
+        """
+        started = time.perf_counter() if first is None else first.started
+        attempt = 0
+        try:
+            while True:
+                attempt += 1
+                ran, first = first, None
+                if ran is None or not first_started:
+                    await self._tracker.start_attempt(job_id)
+                try:
+                    if ran is not None:
+                        if ran.error is not None:
+                            raise ran.error
+                        result = await settle_result(ran.result)
+                    else:
+                        result = None if func is None else await call_processor(
+                            func, data, job_id, workers=self._workers, timeout=self._config.job_timeout)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except BaseException as exc:  # noqa: B036 - a processor's failure, whatever it is, fails only its job
+                    if attempt > self._config.max_retries or self._stopping():
+                        raise
+                    if not await self._wait_to_retry(job_id, exc, topic, attempt):
+                        await self._cancelled(job_id, topic, "stop() came while it waited to be retried")
+                        if ticket is not None:
+                            ticket.withhold()
+                        return None
+            publication = self.publication_for(result, job_id)
+        except asyncio.CancelledError:
+            await self._cancelled(job_id, topic, None)
+            raise
+        except BaseException as exc:  # noqa: B036 - a failure of the processor or of its result fails only its job
+            await self._fail(job_id, exc, topic, time.perf_counter() - started, attempt)
+            return None
+        if publication is None:
+            await self._complete(job_id, result, topic, started, None, None)
+            return result
+        self._own.remember(publication.topic, publication.payload)
+        if publication.qos and pipelined:
+            sending = await self._publisher.deliver_in_background(publication, job_id)
+            finishing = asyncio.ensure_future(self._complete(job_id, result, topic, started, publication, sending))
+            self.finishing.add(finishing)
+            finishing.add_done_callback(self.finishing.discard)
+            if ticket is not None:
+                ticket.defer(finishing)
+            return result
+        sent = await self._publisher.deliver(publication, job_id=job_id)
+        await self._complete(job_id, result, topic, started, publication, sent)
+        return result
+
+    async def _complete(self, job_id: str, result: Any, topic: Optional[str], started: float,
+                        publication: Optional[Publication],
+                        sent: "Union[None, str, asyncio.Future[Optional[str]]]") -> None:
+        """Report a publication problem if there was one, then mark the job COMPLETED."""
+        try:
+            problem = await sent if isinstance(sent, asyncio.Future) else sent
+        except asyncio.CancelledError:  # stopping ran out of grace before the broker acknowledged the result
+            # Not COMPLETED: the result may not have reached the broker. The message stays unacknowledged,
+            # and the job runs again when it is redelivered.
+            await self._cancelled(job_id, topic, None)
+            raise
+        if problem is not None and publication is not None:
+            reason = f"Could not publish the result of job {job_id} to {publication.topic}: {problem}"
+            await self._events.error(job_id, ErrorType.PUBLISH_ERROR, reason, topic)
+            await self._events.log(logging.ERROR, "publish_failed", "%s", reason, job_id=job_id,
+                                   status=_COMPLETED, topic=topic)
+        await self._tracker.update_job_status(job_id, JobStatus.COMPLETED, result=result)
+        elapsed = time.perf_counter() - started
+        self._metrics.jobs_finished[_COMPLETED] += 1
+        self._metrics.observe_duration(elapsed)
+        if self._events.info_wanted():
+            await self._events.log(logging.INFO, "job_completed", "Job %s completed", job_id, job_id=job_id,
+                                   status=_COMPLETED, duration_ms=elapsed * 1000, topic=topic)
+
+    async def _fail(self, job_id: str, exc: BaseException, topic: Optional[str], elapsed: float, attempt: int) -> None:
+        """Record a job's failure (or timeout), publish the error event and the log event."""
+        error_type, reason = self._reason(exc)
+        await self._tracker.update_job_status(job_id, JobStatus.FAILED, error=reason)
+        self._metrics.jobs_finished[_FAILED] += 1
+        self._metrics.observe_duration(elapsed)
+        text, fields = self._attempt_text(reason, attempt, None)
+        await self._events.error(job_id, error_type, text, topic, **fields)
+        await self._events.log(logging.ERROR, "job_failed", "Job %s failed: %s", job_id, text, job_id=job_id,
+                               status=_FAILED, duration_ms=elapsed * 1000, topic=topic)
+
+    async def _wait_to_retry(self, job_id: str, exc: BaseException, topic: Optional[str], attempt: int) -> bool:
+        """Report a failed attempt and wait its backoff: True to run the job again, False if stop() came first."""
+        delay = backoff_delay(attempt, MAX_RETRY_DELAY, base=self._config.retry_backoff)
+        error_type, reason = self._reason(exc)
+        text, fields = self._attempt_text(reason, attempt, delay)
+        await self._events.error(job_id, error_type, text, topic, **fields)
+        await self._events.log(logging.WARNING, "job_retry", "Job %s failed: %s", job_id, text, job_id=job_id,
+                               status=JobStatus.RUNNING.value, topic=topic)
+        stopping = self.stop_requested()
+        if stopping is None:
+            await asyncio.sleep(delay)
+        else:
+            try:
+                await asyncio.wait_for(stopping.wait(), delay)
+                return False
+            except asyncio.TimeoutError:
+                pass
+        self._metrics.jobs_retried += 1
+        return True
+
+    async def _cancelled(self, job_id: str, topic: Optional[str], why: Optional[str]) -> None:
+        """Record a job ended by stop(): cancelled while it ran, or (``why``) before a retry."""
+        await self._tracker.interrupt_job(job_id)
+        self._metrics.jobs_finished[_FAILED] += 1
+        if why is not None:
+            await self._events.log(logging.WARNING, "job_failed", "Job %s cancelled: %s", job_id, why, job_id=job_id,
+                                   status=_FAILED, topic=topic)
+
+    def _stopping(self) -> bool:
+        stopping = self.stop_requested()
+        return stopping is not None and stopping.is_set()
+
+    def _reason(self, exc: BaseException) -> Tuple[ErrorType, str]:
+        if isinstance(exc, JobTimeoutError):
+            return ErrorType.TIMEOUT, str(exc)
+        return ErrorType.PROCESSING_ERROR, self._events.redact(describe_exception(exc))
+
+    def _attempt_text(self, reason: str, attempt: int, retry_in: Optional[float]) -> Tuple[str, Dict[str, Any]]:
+        """The error message and the event's extra fields saying which attempt failed (none without retries)."""
+        if not self._config.max_retries:
+            return reason, {}
+        of = self._config.max_retries + 1
+        fields = {"attempt": attempt, "max_attempts": of, "will_retry": retry_in is not None}
+        if retry_in is None:
+            return f"{reason} (attempt {attempt} of {of})", fields
+        return f"{reason} (attempt {attempt} of {of}; retrying in {retry_in:.2f} s)", fields
+
+    def publication_for(self, result: Any, job_id: str) -> Optional[Publication]:
+        """Where and how a processor's result is published; raises for results that cannot be."""
+        if result is None:
+            return None
+        if isinstance(result, ReturnType):
+            if result.job_id is None:
+                result.job_id = job_id
+            topic = result.topic or self._config.results_topic
+            if result.qos not in (0, 1, 2) or isinstance(result.qos, bool):
+                raise ValueError(f"ReturnType.qos must be 0, 1 or 2, got {result.qos!r}")
+            qos, retain, body = int(result.qos), bool(result.retain), result.data
+        else:
+            topic = self._config.results_topic
+            qos, retain = self._options(topic)
+            body = result
+        problem = topic_name_error(topic)
+        if problem:  # brokers drop the connection for such a topic: fail the job instead
+            raise RefusedTopic(f"Result topic {topic!r} {problem}")
+        try:
+            payload = to_json_bytes(body)
+        except ResultEncodingError as exc:
+            raise ResultEncodingError(f"Result of job {job_id} cannot be encoded as JSON: {exc}") from None
+        return Publication(topic, payload, qos, retain)

@@ -1,0 +1,447 @@
+"""The run loop: connect (with backoff), consume with backpressure, reconnect, drain and stop.
+
+``Runner.run()`` owns the connection lifecycle; each message goes to ``handle`` (the pipeline, through
+the listener). Its :class:`State` says where it is: ``idle → connecting → running → draining → stopped``
+(``running → connecting`` again when a connection is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import time
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
+
+from ..core.backoff import backoff_delay
+from ..config.settings import EventListenerConfig
+from ..processing.containment import cancel, cancelled_by_listener
+from ..mqtt.delivery_queue import Ticket
+from ..ops.drops import DropReporter
+from ..ops.events import EventSink
+from ..jobs.tracking import JobTracker
+from ..ops.metrics import ListenerMetrics
+from ..mqtt.publisher import Publisher
+from ..mqtt.connection import ClientSlot, Session
+from ..mqtt.client import BrokerRefusedConnection
+
+__all__ = ["RepeatedFailures", "Runner", "State", "backoff_delay"]
+
+logger = logging.getLogger("Listener.event_listener")
+
+_MAX_CLEANUP_PERIOD = 60.0
+#: Seconds stopping waits for the durable job store to record what finished, before acknowledging it.
+ACKS_RELEASED_TIMEOUT = 5.0
+#: Seconds after which a connection failure logged at WARNING, and failing the same way since, is logged again.
+FAILURE_REMINDER_INTERVAL = 300.0
+#: Handles one message: ``(payload, topic, ticket)``; the ticket (None when no acknowledgement is held
+#: back) is settled by the run loop when the call returns, unless the handler deferred it.
+Handler = Callable[[Any, str, Optional[Ticket]], Awaitable[Any]]
+#: Handles several queued messages in order, as ``Handler`` would one after another (tickets settled after).
+BatchHandler = Callable[[List[Tuple[Any, str, Optional[Ticket]]]], Awaitable[Any]]
+
+
+class State(str, enum.Enum):
+    """Where the run loop is."""
+
+    #: ``run()`` has not been called yet.
+    IDLE = "idle"
+    #: Opening a connection, or waiting to retry.
+    CONNECTING = "connecting"
+    #: Connected and subscribed, taking messages.
+    RUNNING = "running"
+    #: ``stop()`` came: taking no new message, finishing the rest.
+    DRAINING = "draining"
+    #: ``run()`` returned (it may be called again).
+    STOPPED = "stopped"
+
+
+class RepeatedFailures:
+    """Which failed connection attempts to log at WARNING: the first one with a given reason, and then the
+    same again only as a reminder, every ``remind_every`` seconds; the others at DEBUG.
+
+    A broker that closes every CONNECT, or that is down, fails each retry the same way: one clear line
+    says so, instead of one identical line per attempt.
+    """
+
+    def __init__(self, remind_every: float = FAILURE_REMINDER_INTERVAL,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.remind_every = remind_every
+        self._clock = clock
+        self._warned: Dict[str, float] = {}  # reason -> when it was last logged at WARNING
+
+    def level(self, reason: str) -> int:
+        """The level to log this failure at."""
+        now = self._clock()
+        warned = self._warned.get(reason)
+        if warned is not None and now - warned < self.remind_every:
+            return logging.DEBUG
+        self._warned = {reason: now}
+        return logging.WARNING
+
+    def reset(self) -> None:
+        """A connection succeeded: the next failure is news again."""
+        self._warned.clear()
+
+
+class Runner:
+    """Runs the listener's connections until stopped; see the module docstring."""
+
+    def __init__(self, config: EventListenerConfig, endpoint: str, slot: ClientSlot, filters: Sequence[Tuple[str, int]],
+                 publisher: Publisher, events: EventSink, metrics: ListenerMetrics, tracker: JobTracker,
+                 finishing: Set["asyncio.Future[None]"], handle: Handler,
+                 handle_batch: Optional[BatchHandler] = None, batch_size: Callable[[], int] = lambda: 1) -> None:
+        self._config = config
+        self._endpoint = endpoint
+        self._slot = slot
+        self._filters = filters
+        self._publisher = publisher
+        self._events = events
+        self._metrics = metrics
+        self._tracker = tracker
+        self._finishing = finishing
+        self._handle = handle
+        self._handle_batch = handle_batch
+        self._batch_size = batch_size
+        self.state = State.IDLE
+        self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.ready = asyncio.Event()
+        #: Set when :meth:`run` returns.
+        self.finished = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._session: Optional[Session] = None
+        self._consumer: Optional["asyncio.Task[None]"] = None
+        self._carried: Set["asyncio.Task[None]"] = set()  # consumers of lost connections finishing their job
+        self._in_flight: Set["asyncio.Task[None]"] = set()
+        self._inline_jobs = 0
+        self._slot_freed = asyncio.Event()
+        self._grace_timer: Optional[asyncio.TimerHandle] = None
+        self._drops = DropReporter(metrics, events, config.max_pending_messages)
+
+    @property
+    def active(self) -> bool:
+        """True from :meth:`run` until it returns."""
+        return self.state not in (State.IDLE, State.STOPPED)
+
+    @property
+    def stopping(self) -> Optional[asyncio.Event]:
+        """During :meth:`run`, the event :meth:`stop` sets (jobs waiting to retry watch it); else None."""
+        return self._stop if self.active else None
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs running, plus results awaiting their acknowledgement."""
+        return len(self._in_flight) + self._inline_jobs + len(self._finishing)
+
+    # -- stopping --------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to drain and return (thread-safe); before :meth:`run`, it returns at once."""
+        loop = self.loop
+        if not self.active or loop is None or loop.is_closed():
+            self._stop.set()  # applies to the next run
+            return
+        try:
+            on_loop = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            on_loop = False
+        if on_loop:
+            self._on_stop()
+        else:
+            loop.call_soon_threadsafe(self._on_stop)
+
+    def _on_stop(self) -> None:
+        if self._stop.is_set() or not self.active:
+            return
+        self._stop.set()
+        self.state = State.DRAINING
+        self._slot_freed.set()
+        current = self._slot.current
+        if current is not None:
+            current.close_intake()
+        self._grace_timer = asyncio.get_running_loop().call_later(self._config.shutdown_grace_period, self.cancel_jobs)
+
+    def stop_now(self) -> None:
+        """Stop without waiting for the grace period: what runs is cancelled."""
+        self.stop()
+        self.cancel_jobs()
+
+    def cancel_jobs(self) -> None:
+        """Cancel what is still running (the grace period is over, or a second signal came)."""
+        if self._consumer is not None and not self._consumer.done():
+            cancel(self._consumer)
+        for task in list(self._in_flight) + list(self._carried):
+            cancel(task)
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run(self, prepare: Callable[[], Awaitable[None]]) -> None:
+        """Run until stopped (``prepare`` first: checks and start-up the caller needs inside the run).
+
+        Raises:
+            RuntimeError: already running.
+            ConnectionError: see :meth:`EventListener.run`.
+        """
+        if self.active:
+            raise RuntimeError("EventListener is already running")
+        self.loop = asyncio.get_running_loop()
+        self.state = State.CONNECTING
+        stop_before_start = self._stop.is_set()
+        self._stop, self.finished, self._slot_freed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._tracker.job_finished = asyncio.Event()
+        if stop_before_start:
+            self._stop.set()
+        cleanup = asyncio.create_task(self._cleanup_periodically(), name=f"listener[{self._config.client_id}].cleanup")
+        try:
+            await prepare()
+            await self._serve()
+        finally:
+            cleanup.cancel()
+            await self._wind_down()
+            if self._session is not None:
+                with contextlib.suppress(asyncio.TimeoutError):  # recorded jobs are acknowledged before the DISCONNECT
+                    await asyncio.wait_for(self._session.adapter.acks_released(), ACKS_RELEASED_TIMEOUT)
+                await asyncio.sleep(0)  # acknowledgements just released go out before the DISCONNECT
+                await self._session.close()
+            if self._grace_timer is not None:
+                self._grace_timer.cancel()
+                self._grace_timer = None
+            self.state = State.STOPPED
+            self._stop.clear()  # a stop() between runs applies to the next one
+            self.finished.set()
+            logger.info("Listener stopped")
+
+    async def _serve(self) -> None:
+        """Connect, consume until the connection drops, reconnect with backoff; until stopped."""
+        attempt = 0
+        started = False
+        failures = RepeatedFailures()
+        while not self._stop.is_set():
+            adapter = self._slot.for_new_connection()
+            adapter.on_drop(self._drops.record)
+            if self._tracker.store.persistent:
+                adapter.hold_acks_until(self._tracker.store.durable)
+            session = self._session = Session(adapter, self._config, self._endpoint, self._filters)
+            try:
+                if not await self._unless_stopped(session.open()):
+                    return
+            except BrokerRefusedConnection:
+                raise
+            except ConnectionError as exc:
+                if self._stop.is_set():
+                    return
+                attempt += 1
+                retries = self._config.reconnect_retries
+                if not self._config.auto_reconnect or 0 <= retries < attempt:
+                    if attempt > 1:
+                        raise ConnectionError(f"{exc} (gave up after {attempt} attempts)") from None
+                    raise
+                delay = backoff_delay(attempt, float(self._config.reconnect_max_interval))
+                await self._events.log(failures.level(str(exc)), "connection_retry",
+                                       "Connecting failed (%s); retry %d in %.1f s", exc, attempt, delay, publish=False)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), delay)
+                continue
+            attempt = 0
+            failures.reset()
+            if not self._stop.is_set():
+                self.state = State.RUNNING
+            self.ready.set()
+            await self._publisher.flush()  # what was kept during the outage (connection_down first)
+            if not started:
+                started = True
+                await self._events.log(logging.INFO, "listener_started", "Listener started on %s, topic %r",
+                                       self._endpoint, self._config.topic)
+            else:
+                self._metrics.reconnects += 1
+                await self._events.log(logging.INFO, "connection_up", "Reconnected to %s", self._endpoint)
+            try:
+                await self._consume_until_disconnected(session)
+            finally:
+                self.ready.clear()
+            if self._stop.is_set():
+                return
+            self.state = State.CONNECTING
+            self._metrics.connection_losses += 1
+            await session.close(disconnect_client=False)
+            # Published once the connection is back (kept by the publisher meanwhile).
+            await self._events.log(logging.WARNING, "connection_down", "Connection to %s lost", self._endpoint)
+            if not self._config.auto_reconnect:
+                raise ConnectionError(f"Connection to MQTT broker at {self._endpoint} lost")
+
+    async def _unless_stopped(self, work: Awaitable[Any]) -> bool:
+        """Await ``work`` unless stop() comes first (then cancel it): True when it finished."""
+        task = asyncio.ensure_future(work)
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if task.cancelled():
+            return False
+        task.result()
+        return True
+
+    async def _consume_until_disconnected(self, session: Session) -> None:
+        """Consume until the connection ends; return as soon as it does, even in the middle of a job.
+
+        A consumer still running a job then is *carried*: it finishes that job (its result is kept
+        for the next connection) and takes nothing more; the next consumer waits for it, then takes
+        over the same delivery queue. So the loss is counted, logged and repaired at once.
+        """
+        consumer = asyncio.create_task(self._consume(session, tuple(self._carried)),
+                                       name=f"listener[{self._config.client_id}].consumer")
+        self._consumer = consumer
+        lost = asyncio.ensure_future(session.wait_closed())
+        try:
+            await asyncio.wait({consumer, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._consumer = None
+            if not consumer.done() and lost.done():
+                self._carried.add(consumer)
+                consumer.add_done_callback(self._carried.discard)
+            for task in (consumer, lost):
+                if not task.done() and task not in self._carried:
+                    cancel(task)
+                    await asyncio.wait({task})
+        if consumer.done() and not consumer.cancelled():
+            consumer.result()
+
+    async def _consume(self, session: Session, predecessors: Tuple["asyncio.Task[None]", ...] = ()) -> None:
+        """Take messages and handle them until the connection ends or stop() was called.
+
+        After stop(), messages already acknowledged (queued) are still handled; nothing more is taken.
+        ``predecessors``: consumers of earlier connections still finishing a job, awaited first.
+        """
+        if predecessors:
+            await asyncio.wait(predecessors)
+        limit = self._config.max_concurrent_jobs
+        while True:
+            while limit > 1 and len(self._in_flight) >= limit:  # backpressure: N jobs running
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+            message = await session.next_message()
+            if message is None:
+                return
+            ticket = session.ticket(message)
+            if limit == 1:
+                if session.adapter.queued and self._handle_batch is not None:
+                    batch = await self._take_batch(session, (message.data, message.topic, ticket))
+                    if len(batch) > 1:
+                        self._inline_jobs += len(batch)
+                        try:
+                            await self._contained_batch(batch)
+                        finally:
+                            self._inline_jobs -= len(batch)
+                        continue
+                self._inline_jobs += 1
+                try:
+                    await self._contained(message.data, message.topic, ticket)
+                finally:
+                    self._inline_jobs -= 1
+            else:
+                task = asyncio.create_task(self._contained(message.data, message.topic, ticket))
+                self._in_flight.add(task)
+                task.add_done_callback(self._job_done)
+
+    async def _take_batch(self, session: Session,
+                          first: Tuple[Any, str, Optional[Ticket]]) -> List[Tuple[Any, str, Optional[Ticket]]]:
+        """``first`` and the messages already queued behind it, up to the pipeline's batch size."""
+        batch = [first]
+        size = self._batch_size()
+        while len(batch) < size and session.adapter.queued:
+            message = await session.next_message()
+            if message is None:
+                break
+            batch.append((message.data, message.topic, session.ticket(message)))
+        return batch
+
+    async def _contained_batch(self, batch: List[Tuple[Any, str, Optional[Ticket]]]) -> None:
+        """:meth:`_contained` for several queued messages handled together (``max_concurrent_jobs = 1``)."""
+        handle_batch = self._handle_batch
+        try:
+            if handle_batch is not None:
+                await handle_batch(batch)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours must cost these messages, not the listener
+            logger.exception("Unexpected error while handling %d messages", len(batch))
+        for _, _, ticket in batch:
+            if ticket is not None:
+                ticket.settle()
+
+    def _job_done(self, task: "asyncio.Task[None]") -> None:
+        self._in_flight.discard(task)
+        self._slot_freed.set()
+
+    async def _contained(self, payload: Any, topic: str, ticket: Optional[Ticket]) -> None:
+        """Handle one message; settle its ticket unless cancelled (a job cut short stays unacknowledged)."""
+        try:
+            await self._handle(payload, topic, ticket)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours must cost one message, not the listener
+            logger.exception("Unexpected error while handling a message on %r", topic)
+        if ticket is not None:
+            ticket.settle()
+
+    # -- winding down ----------------------------------------------------------------------------
+
+    async def _wind_down(self) -> None:
+        """After the loop: process what was received (bounded by the grace period), report what was
+        not, and send or report the publications kept during an outage."""
+        session = self._session
+        if session is not None and self._stop.is_set() and session.adapter.queued and session.adapter.closed:
+            # Stopped while disconnected: what the lost connection received and acknowledged is still processed.
+            consumer = self._consumer = asyncio.ensure_future(self._consume(session, tuple(self._carried)))
+            try:
+                await asyncio.wait({consumer})
+            finally:
+                self._consumer = None
+        await self._finish_in_flight()
+        self._report_unprocessed()
+        await self._settle_outbox()
+
+    async def _finish_in_flight(self) -> None:
+        """Wait for concurrent jobs still running and results awaiting acknowledgement (bounded)."""
+        waiting: Set["asyncio.Future[Any]"] = set(self._in_flight) | set(self._finishing) | set(self._carried)
+        if not waiting:
+            return
+        _, pending = await asyncio.wait(waiting, timeout=self._config.shutdown_grace_period)
+        for task in pending:
+            if not cancelled_by_listener(task):  # once is enough: a job that survives it is abandoned soon after
+                cancel(task)
+        if pending:
+            await asyncio.wait(pending)
+
+    def _report_unprocessed(self) -> None:
+        """Log how many received messages stop() dropped unprocessed (the grace period ran out)."""
+        current = self._slot.current
+        dropped = current.drop_queued() if current is not None else []
+        if not dropped:
+            return
+        acknowledged = sum(1 for message in dropped if getattr(message, "qos", 0))
+        level = logging.ERROR if acknowledged else logging.WARNING
+        logger.log(level, "Dropped %d received message(s) unprocessed when the listener stopped (%d QoS 0, "
+                   "%d acknowledged QoS 1/2; shutdown_grace_period %g s)", len(dropped), len(dropped) - acknowledged,
+                   acknowledged, self._config.shutdown_grace_period)
+
+    async def _settle_outbox(self) -> None:
+        """Send what was kept during an outage if the connection is up; report what is lost."""
+        if not self._publisher.pending:
+            return
+        if self._slot.is_connected():
+            await self._publisher.flush()
+        lost = self._publisher.discard()
+        if lost:
+            logger.error("%d result/event publication(s) could not be sent to %s before stopping", lost, self._endpoint)
+
+    async def _cleanup_periodically(self) -> None:
+        period = min(float(self._config.job_cleanup_interval), _MAX_CLEANUP_PERIOD)
+        while True:
+            await asyncio.sleep(period)
+            await self._tracker.cleanup_old_jobs()

@@ -1,0 +1,1 @@
+"""Calling a user's processor: sync or async, worker threads, batches, containment."""
