@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install mosquitto redis-server interop-brokers demo test test-unit test-integration test-mqtt test-interop lint typecheck security coverage bench clean
+.PHONY: help install mosquitto redis-server interop-brokers demo test test-unit test-integration test-mqtt test-interop lint typecheck security amqtt-canary coverage bench clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -71,6 +71,9 @@ security: $(STAMP)  ## bandit over the library, then pip-audit of .venv (reporte
 	else \
 		$(BIN)/python scripts/audit.py; \
 	fi
+
+amqtt-canary:  ## The amqtt contract test and the broker-free tests against amqtt's newest release, in a scratch venv
+	$(PYTHON) scripts/amqtt_canary.py $(CANARY_ARGS)
 
 coverage: $(STAMP) mosquitto redis-server interop-brokers  ## Coverage report (terminal + htmlcov/), failing under 90%
 	LISTENER_INTEROP_REQUIRED=1 $(PYTEST) --cov=Listener --cov-report=term-missing --cov-report=html --cov-fail-under=90

@@ -5,7 +5,7 @@
 
 from ._version import __version__
 from .config.settings import EventListenerConfig
-from .errors import ConfigError, ConfigParseError, ConfigValidationError
+from .errors import ConfigError, ConfigParseError, ConfigValidationError, ListenerError
 from .event_listener import EventListener
 from .jobs.records import JobInfo, JobStatus
 from .ops.metrics import ListenerMetrics
@@ -28,6 +28,7 @@ __all__ = [
     "JobInfo",
     "JobStatus",
     "JobTimeoutError",
+    "ListenerError",
     "ListenerMetrics",
     "ParsedConfig",
     "ReturnType",

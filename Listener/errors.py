@@ -1,15 +1,20 @@
-"""The library's one small exception family.
+"""The root of every exception the library defines, and the configuration errors.
 
-Transport failures are not here on purpose: they surface as the built-in
-``ConnectionError`` that the manual tells users to catch.
+Every exception class of the package derives from :class:`ListenerError`, and keeps the built-in base it
+had before the root existed: a transport failure is still a ``ConnectionError`` (what the manual tells
+users to catch), an invalid configuration still a ``ValueError``, a job timeout still a ``TimeoutError``.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ConfigParseError", "ConfigValidationError"]
+__all__ = ["ConfigError", "ConfigParseError", "ConfigValidationError", "ListenerError"]
 
 
-class ConfigError(ValueError):
+class ListenerError(Exception):
+    """Base class of every exception the listener raises on its own (``except ListenerError`` catches them all)."""
+
+
+class ConfigError(ListenerError, ValueError):
     """Configuration parsing or validation failed.
 
     Subclasses ``ValueError`` so that both ``except ValueError`` and

@@ -18,10 +18,10 @@ import socket
 import sys
 from typing import Any, Dict, List, Optional
 
-from amqtt.broker import Broker
 from amqtt.client import MQTTClient
 
 from Listener import EventListener, EventListenerConfig, ReturnType, create_return_type
+from Listener.mqtt.amqtt_boundary import EmbeddedBroker
 
 TIMEOUT = 20.0
 JOBS = [
@@ -71,15 +71,12 @@ async def collect(client: MQTTClient, seen: Dict[str, List[Any]], done: asyncio.
 
 async def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="  [log] %(levelname)s %(name)s: %(message)s")
-    broker: Optional[Broker] = None
+    broker: Optional[EmbeddedBroker] = None
     host = os.environ.get("MQTT_HOST")
     port = int(os.environ.get("MQTT_PORT", "1883"))
     if not host:
         host, port = "127.0.0.1", free_port()
-        broker = Broker({
-            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-        })
+        broker = EmbeddedBroker(host, port)
         await broker.start()
         print(f"Embedded amqtt broker listening on {host}:{port}")
     else:

@@ -8,15 +8,23 @@ Each test gets the marker of its directory (``DIRECTORY_MARKERS``): ``tests/unit
 ``tests/interop`` → ``interop`` (brokers this project did not write; part of ``make test``, alone ``make test-interop``).
 A test that names its kind itself (``@pytest.mark.unit`` on a test in ``tests/mqtt`` that needs no broker)
 keeps only the kinds it names. ``slow`` is never applied by directory: mark slow tests one by one.
+
+Fixtures more than one directory uses live here; each directory's conftest.py adds its own (``tests/mqtt``: the
+session's Mosquitto; ``tests/interop``: brokers this project did not write). Plain helpers live in ``tests/support``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from pathlib import Path
-from typing import Iterator, List
+from typing import Callable, Iterator, List
 
 import pytest
+
+from tests.support.brokers import BrokerEndpoint
+from tests.support.listener_processes import ListenerProcess
 
 pytest_plugins = ["Listener.testing.pytest_plugin", "pytester"]
 
@@ -57,3 +65,28 @@ def root_logger() -> Iterator[logging.Logger]:
     root.setLevel(level)
     for name, saved in third_party.items():
         logging.getLogger(name).setLevel(saved)
+
+
+@pytest.fixture
+def unique_topic(request: pytest.FixtureRequest) -> str:
+    """A topic prefix of this test's own, so tests never see each other's traffic."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:60]
+    return f"t/{name}-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def processes() -> Iterator[Callable[..., ListenerProcess]]:
+    """``processes(endpoint, prefix, job_seconds=0.0, *options)``: a listener subprocess
+    (tests/support/listener_program.py) on ``endpoint``; all killed afterwards."""
+    made: List[ListenerProcess] = []
+
+    def start(endpoint: BrokerEndpoint, prefix: str, job_seconds: float = 0.0, *options: str) -> ListenerProcess:
+        process = ListenerProcess(endpoint, prefix, job_seconds, *options)
+        made.append(process)
+        return process
+
+    try:
+        yield start
+    finally:
+        for process in made:
+            process.kill()

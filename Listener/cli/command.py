@@ -306,18 +306,14 @@ def _embedded_broker_address(config: EventListenerConfig) -> Tuple[str, int]:
 
 
 async def _start_embedded_broker(host: str, port: int) -> Any:
-    from amqtt.broker import Broker
+    from ..mqtt.amqtt_boundary import EmbeddedBroker
 
-    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    broker = Broker({
-        "listeners": {"default": {"type": "tcp", "bind": bind}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    })
+    broker = EmbeddedBroker(host, port)
     try:
         await broker.start()
     except Exception as exc:
-        raise CliError(f"the embedded broker could not start on {bind}: {exc}", EXIT_FAILURE) from None
-    logger.info("Embedded amqtt broker listening on %s", bind)
+        raise CliError(f"the embedded broker could not start on {broker.bind}: {exc}", EXIT_FAILURE) from None
+    logger.info("Embedded amqtt broker listening on %s", broker.bind)
     return broker
 
 

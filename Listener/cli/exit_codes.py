@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..errors import ListenerError
+
 __all__ = ["CliError", "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE"]
 
 EXIT_OK = 0
@@ -9,7 +11,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-class CliError(Exception):
+class CliError(ListenerError):
     """A failure the command reports in one line (no traceback) before exiting with ``code``."""
 
     def __init__(self, message: str, code: int = EXIT_USAGE) -> None:

@@ -22,10 +22,12 @@ from uuid import UUID
 
 import orjson
 
+from ..errors import ListenerError
+
 __all__ = ["ResultEncodingError", "event_json_bytes", "to_json_bytes"]
 
 
-class ResultEncodingError(TypeError):
+class ResultEncodingError(ListenerError, TypeError):
     """A value cannot be represented as JSON."""
 
 

@@ -1,9 +1,10 @@
 """Which job store a listener uses (the ``job_store`` option), and the error a store reports.
 
-``"memory"`` (the default) keeps jobs in a dict; ``"sqlite:///jobs.db"`` (a path relative to the working
-directory) or ``"sqlite:////var/lib/listener/jobs.db"`` (four slashes: an absolute path) keeps them in
-a SQLite file as well (see :mod:`Listener.jobs.sqlite`); ``"redis://[[user]:password@]host:port/db"``
-keeps them in Redis, shared by every listener using it (see :mod:`Listener.jobs.redis`, the ``[redis]`` extra).
+``"memory"`` (the default) keeps jobs in a dict (see :mod:`Listener.jobs.memory`); ``"sqlite:///jobs.db"``
+(a path relative to the working directory) or ``"sqlite:////var/lib/listener/jobs.db"`` (four slashes: an
+absolute path) keeps them in a SQLite file as well (see :mod:`Listener.jobs.sqlite`);
+``"redis://[[user]:password@]host:port/db"`` keeps them in Redis, shared by every listener using it (see
+:mod:`Listener.jobs.redis`, the ``[redis]`` extra). Each is a :class:`~Listener.jobs.store.JobStore`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from .records import JobStore
-from .store import JobStoreError
+from .memory import MemoryJobStore
+from .store import JobStore, JobStoreError
 
 __all__ = ["JobStoreError", "MEMORY", "REDIS_SCHEMES", "SQLITE_PREFIX", "check_job_store", "create_job_store",
            "job_store_problem", "sqlite_path"]
@@ -53,14 +54,14 @@ def sqlite_path(value: str) -> Optional[Path]:
 
 
 def create_job_store(job_store: str, max_jobs: int, ttl_seconds: float, keep_input: bool = False) -> JobStore:
-    """The store a ``job_store`` setting names; a SQLite store is opened later (see ``SqliteJobStore.open``)."""
+    """The store a ``job_store`` setting names, not yet open (the listener opens it when ``run()`` starts)."""
     if job_store.startswith(REDIS_SCHEMES):
         from .redis import RedisJobStore  # redis-py itself is imported when the store opens
 
         return RedisJobStore(job_store, max_jobs, ttl_seconds, keep_input)
     path = sqlite_path(job_store)
     if path is None:
-        return JobStore(max_jobs, ttl_seconds, keep_input)
+        return MemoryJobStore(max_jobs, ttl_seconds, keep_input)
     from .sqlite import SqliteJobStore  # only listeners that use it load sqlite3
 
     return SqliteJobStore(path, max_jobs, ttl_seconds, keep_input)

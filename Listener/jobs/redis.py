@@ -1,14 +1,15 @@
 """A job store shared by every listener that names the same Redis database (``job_store = "redis://…"``).
 
-Each process keeps a mirror of *its own* jobs (a :class:`~Listener.jobs.records.JobStore`: ``listener.jobs``, and
-the synchronous store methods, work on it) and writes every change to Redis from a background task, in
+Each process keeps a mirror of *its own* jobs (it is a :class:`~Listener.jobs.memory.MemoryJobStore`:
+``listener.jobs`` and the status changes work on it) and writes every change to Redis from a background task, in
 one transaction per batch; :meth:`RedisJobStore.durable` returns once everything so far is written, so a
 message is acknowledged only once its job's record is in Redis.
 
-What makes the store *shared*: before a message's job runs, :meth:`RedisJobStore.claim` creates its record
-atomically (one Lua script: the id is taken only if no record holds it, and the store's limit,
+What makes the store *shared*: before a message's job runs, :meth:`RedisJobStore.admit` claims its id
+atomically (one Lua script: the record is created only if none holds the id, and the store's limit,
 ``max_jobs_in_memory``, is enforced over every worker's records). A second worker that receives the same
-job id finds the record and handles a duplicate. The documented queries read Redis, so they see every
+job id finds the record, and the script applies the duplicate policy of :mod:`Listener.jobs.admission` to it.
+The queries (:meth:`RedisJobStore.get`, :meth:`RedisJobStore.jobs_with`) read Redis, so they see every
 worker's jobs.
 
 Key layout (``<prefix>`` is ``mqtt-listener`` unless the URL says ``?prefix=name``):
@@ -37,13 +38,15 @@ from collections import deque
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..core.backoff import backoff_delay
-from .store import JobStoreError
-from .records import ACTIVE_STATUSES, CANCELLED, FINISHED_STATUSES, InsertOutcome, JobInfo, JobStatus, JobStore
 from ..core.redaction import mask_uri_credentials
 from ..core.serialization import ResultEncodingError, to_json_bytes
+from .admission import REPROCESS, Admission, Verdict, admission_of
+from .memory import MemoryJobStore
+from .records import ACTIVE_STATUSES, FINISHED_STATUSES, JobInfo, JobStatus
+from .store import JobStoreError
 
-__all__ = ["ACTIVE_LEASE", "DEFAULT_PREFIX", "RedisJobStore", "RedisUrl", "check_redis", "parse_redis_url",
-           "record_fields"]
+__all__ = ["ACTIVE_LEASE", "DEFAULT_PREFIX", "FULL_RECHECK", "RedisJobStore", "RedisUrl", "check_redis",
+           "parse_redis_url", "record_fields"]
 
 logger = logging.getLogger("Listener.jobs")
 
@@ -55,13 +58,15 @@ CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
 #: Seconds between tries to write after a failure (backoff up to this).
 MAX_WRITE_RETRY = 5.0
+#: Seconds between admissions tried again while the store is full (other processes' jobs free its slots).
+FULL_RECHECK = 0.5
 INSTALL_HINT = "pip install 'mqtt-event-listener[redis]'"
 
 _CLAIM = """
 local key, ids, finished = KEYS[1], KEYS[2], KEYS[3]
 local job_id, max_jobs, ttl_ms, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local now, reprocess, started, topic, input, prefix = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local function create(dups, attempts)
+local now, mode, started, topic, input, prefix = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local function create(verdict, dups, attempts)
   redis.call('DEL', key)
   redis.call('HSET', key, 'job_id', job_id, 'status', 'pending', 'started_at', started,
              'duplicate_count', dups, 'attempts', attempts, 'interrupted', '0')
@@ -70,23 +75,27 @@ local function create(dups, attempts)
   redis.call('PEXPIRE', key, lease_ms)
   redis.call('ZADD', ids, now, job_id)
   redis.call('ZREM', finished, job_id)
-  return {'created', tostring(dups), tostring(attempts)}
+  return {verdict, tostring(dups), tostring(attempts)}
 end
 local status = redis.call('HGET', key, 'status')
 if status then
+  -- Listener.jobs.admission.decide, branch for branch ('mark' records a duplicate, whatever the record)
   local dups = tonumber(redis.call('HGET', key, 'duplicate_count') or '0')
   local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0')
-  local active = status == 'pending' or status == 'running'
-  if not active and redis.call('HGET', key, 'interrupted') == '1' then
-    return create(dups, attempts)
-  end
-  if reprocess == '1' and status ~= 'running' then
-    return create(dups + 1, 0)
+  if status ~= 'running' and mode ~= 'mark' then
+    if redis.call('HGET', key, 'interrupted') == '1' then
+      return create('run_again', dups, attempts)
+    end
+    if mode == 'reprocess' then
+      return create('restart', dups + 1, 0)
+    end
   end
   redis.call('HINCRBY', key, 'duplicate_count', 1)
-  if not active then redis.call('HSET', key, 'status', 'duplicate') end
-  return {'exists', tostring(dups + 1), tostring(attempts), status}
+  -- Its TTL or lease stays: a pending record is not made evictable, its worker is about to run it.
+  if status ~= 'running' then redis.call('HSET', key, 'status', 'duplicate') end
+  return {'duplicate', tostring(dups + 1), tostring(attempts), status}
 end
+if mode == 'mark' then return {'unknown'} end
 local expired = redis.call('ZRANGEBYSCORE', finished, '-inf', now - ttl_ms / 1000)
 for _, old in ipairs(expired) do
   redis.call('DEL', prefix .. old)
@@ -110,7 +119,7 @@ while redis.call('ZCARD', ids) >= max_jobs do
     if stale == 0 then return {'full'} end
   end
 end
-return create(0, 0)
+return create('new', 0, 0)
 """
 
 
@@ -232,13 +241,14 @@ def job_from_record(fields: Dict[str, str]) -> Optional[JobInfo]:
         return None
 
 
-class RedisJobStore(JobStore):
-    """Job records in Redis, shared by every listener using the same URL (see the module's docstring)."""
+class RedisJobStore(MemoryJobStore):
+    """A :class:`~Listener.jobs.store.JobStore` whose records are in Redis, shared by every listener using the
+    same URL (see the module's docstring)."""
 
     #: Records outlive the process: a message is acknowledged only once :meth:`durable` passed.
     persistent = True
-    #: Admission claims each job id in Redis (:meth:`claim`); the queries read Redis.
-    shared = True
+    #: Other processes' jobs free slots too, without this one hearing of it.
+    full_recheck_interval: Optional[float] = FULL_RECHECK
 
     def __init__(self, url: str, max_jobs: int, ttl_seconds: float, keep_input: bool = False) -> None:
         super().__init__(max_jobs, ttl_seconds, keep_input)
@@ -251,7 +261,7 @@ class RedisJobStore(JobStore):
         self._writer: "Optional[asyncio.Task[None]]" = None
         self._wake: Optional[asyncio.Event] = None
         self._dirty: Dict[str, Optional[JobInfo]] = {}
-        self._claimed: Set[str] = set()  # created by claim(): Redis counts their duplicates
+        self._claimed: Set[str] = set()  # created by admit(): Redis counts their duplicates
         self._written: Set[str] = set()  # ids this store wrote (reindex deletes those no longer held)
         self._taken = 0  # batches the writer took
         self._committed = 0
@@ -322,45 +332,79 @@ class RedisJobStore(JobStore):
         self._writer = self._client = self._wake = None
         await _close_client(client)
 
-    # -- claiming (admission) --------------------------------------------------------------------
+    # -- admission (claimed in Redis) -----------------------------------------------------------
 
-    async def claim(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str],
-                    reprocess: bool = False) -> InsertOutcome:
-        """Create the job's record unless another holds its id (atomically, for every worker).
+    async def admit(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None,
+                    duplicate_action: str = "skip") -> Admission:
+        """Claim the id in Redis, atomically for every worker: create its record, or apply the duplicate policy
+        to the record holding it (the claim script follows :func:`~Listener.jobs.admission.decide`).
 
-        CREATED: the job is this process's to run (a new id, an interrupted job, or ``reprocess`` of a job
-        not running). EXISTS: a duplicate (its record counted it). FULL: the store's limit is reached and
-        no finished record can be evicted.
+        CREATED: the job is this process's to run. DUPLICATE: the record counted it. FULL: the store's limit
+        is reached and no finished record can be evicted.
 
         Raises:
             JobStoreError: Redis cannot be reached (the message names the store).
         """
+        job = JobInfo(job_id=job_id, status=JobStatus.PENDING, input_data=data, topic=topic)
+        mode = "reprocess" if duplicate_action == REPROCESS else "admit"
+        reply = await self._claim(job, mode)
+        if reply[0] == Admission.FULL.value and (self._dirty or self._committed < self._taken):
+            await self.durable()  # jobs this process finished free slots once Redis knows it
+            reply = await self._claim(job, mode)
+        if reply[0] == Admission.FULL.value:
+            return Admission.FULL
+        verdict = Verdict(reply[0])
+        if self.lock.locked():
+            async with self.lock:
+                self._claimed_locally(job, verdict, int(reply[1]), int(reply[2]))
+        else:
+            self._claimed_locally(job, verdict, int(reply[1]), int(reply[2]))
+        return admission_of(verdict)
+
+    async def mark_duplicate(self, job_id: str) -> bool:
+        """Record in Redis that ``job_id`` arrived again, as :meth:`admit` does for a duplicate; False when no
+        record holds the id.
+
+        Raises:
+            JobStoreError: Redis cannot be reached.
+        """
+        job = JobInfo(job_id=job_id, status=JobStatus.DUPLICATE)
+        reply = await self._claim(job, "mark")
+        if reply[0] == "unknown":
+            return False
+        async with self.lock:
+            self._claimed_locally(job, Verdict.DUPLICATE, int(reply[1]), int(reply[2]))
+        return True
+
+    async def _claim(self, job: JobInfo, mode: str) -> Any:
+        """Run the claim script for ``job`` (``mode``: admit, reprocess, or mark a duplicate); its reply."""
         if self._client is None:
             raise JobStoreError(f"Job store {self.label} is not open")
+        job_id, data, topic = job.job_id, job.input_data, job.topic
         if job_id in self._dirty or (job_id in self.jobs and self._committed < self._taken):
             # This process changed the job and Redis does not have it yet: the claim must see the change
             # (a write landing after it would undo what the claim recorded).
             await self.durable()
-        job = JobInfo(job_id=job_id, status=JobStatus.PENDING, input_data=data, topic=topic)
         args = [_text(job_id), self.max_jobs, max(1, int(self.ttl.total_seconds() * 1000)), int(self.lease * 1000),
-                repr(time.time()), "1" if reprocess else "0", job.started_at.isoformat(timespec="microseconds"),
+                repr(time.time()), mode, job.started_at.isoformat(timespec="microseconds"),
                 "" if topic is None else "=" + _text(topic), "" if data is None else _json(data),
                 f"{self.target.prefix}:job:"]
         try:
-            reply = await self._claim_script(keys=[self._key(job_id), self._ids, self._finished_key], args=args)
+            return await self._claim_script(keys=[self._key(job_id), self._ids, self._finished_key], args=args)
         except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
             raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
-        outcome = InsertOutcome(reply[0])
-        if outcome is InsertOutcome.CREATED:
-            job.duplicate_count, job.attempts = int(reply[1]), int(reply[2])
-            self._adopt(job)
-        elif outcome is InsertOutcome.EXISTS:
-            mine = self.jobs.get(job_id)
-            if mine is not None:  # this process's copy follows what the record now says
-                mine.duplicate_count = int(reply[1])
-                if mine.status in FINISHED_STATUSES:
+
+    def _claimed_locally(self, job: JobInfo, verdict: Verdict, duplicate_count: int, attempts: int) -> None:
+        """Make this process's copy follow what the claim script did to the record."""
+        if verdict is Verdict.DUPLICATE:
+            mine = self.jobs.get(job.job_id)
+            if mine is not None:
+                mine.duplicate_count = duplicate_count
+                if mine.status is not JobStatus.RUNNING:
                     mine.status = JobStatus.DUPLICATE
-        return outcome
+            return
+        job.duplicate_count, job.attempts = duplicate_count, attempts
+        self._adopt(job)
 
     def _adopt(self, job: JobInfo) -> None:
         """Hold a job claimed in Redis (making room among this process's finished jobs, here only)."""
@@ -380,18 +424,22 @@ class RedisJobStore(JobStore):
 
     # -- queries (every worker's jobs) -----------------------------------------------------------
 
-    async def fetch(self, job_id: str) -> Optional[JobInfo]:
-        """The job's record in Redis (this process's copy while Redis cannot be reached)."""
+    async def get(self, job_id: str) -> Optional[JobInfo]:
+        """The job's record in Redis (a copy of this process's job while Redis cannot be reached)."""
         try:
             await self._settle()
             fields = await self._client.hgetall(self._key(job_id))
         except Exception as exc:  # noqa: BLE001 - answered from this process's jobs instead
             self._query_failed(exc)
-            held = self.get(job_id)
+            held = self.jobs.get(job_id)
             return None if held is None else replace(held)
         return job_from_record(fields)
 
-    async def fetch_all(self, *statuses: JobStatus) -> Dict[str, JobInfo]:
+    async def exists(self, job_id: str) -> bool:
+        """True when a record holds the id (this process's jobs while Redis cannot be reached)."""
+        return await self.get(job_id) is not None
+
+    async def jobs_with(self, *statuses: JobStatus) -> Dict[str, JobInfo]:
         """Every worker's jobs (those with one of ``statuses``); this process's while Redis cannot be reached."""
         wanted = frozenset(statuses)
         try:
@@ -429,9 +477,10 @@ class RedisJobStore(JobStore):
 
     def _removed(self, job_id: str) -> None:
         self._written.discard(job_id)
-        if job_id in self._claimed:  # claimed records expire in Redis: another worker may hold the id by now
+        if job_id in self._claimed:
+            # Not deleted: a claimed record expires in Redis (another worker may hold the id by then). A change
+            # not yet written still is, so that the record ends with the job's outcome.
             self._claimed.discard(job_id)
-            self._dirty.pop(job_id, None)
             return
         self._dirty[job_id] = None
         if self._wake is not None:
@@ -474,10 +523,13 @@ class RedisJobStore(JobStore):
         failures = 0
         renewed = time.monotonic()
         while True:
+            # Not wait_for(): on Python 3.11 it swallows a cancel that comes as the event is set, and close()
+            # would wait for this task for ever.
+            woken = asyncio.ensure_future(wake.wait())
             try:
-                await asyncio.wait_for(wake.wait(), self.lease / 3)
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.wait({woken}, timeout=self.lease / 3)
+            finally:
+                woken.cancel()
             wake.clear()
             dirty, self._dirty = self._dirty, {}
             if dirty:
@@ -551,9 +603,9 @@ class RedisJobStore(JobStore):
         if first:
             self.on_error(message)
 
-    def interrupt(self, job_id: str, error: str = CANCELLED) -> bool:
-        """As :meth:`JobStore.interrupt`; the record says so, so that any worker runs the job again."""
-        if not super().interrupt(job_id, error):
+    def _interrupt(self, job_id: str, error: str) -> bool:
+        # The record says so too, so that any worker runs the job again.
+        if not super()._interrupt(job_id, error):
             return False
         job = self.jobs.get(job_id)
         if job is not None:

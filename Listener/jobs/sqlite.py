@@ -1,10 +1,10 @@
 """A job store that keeps every job in a SQLite file (WAL mode) as well as in memory.
 
-The in-memory mirror (a :class:`~Listener.jobs.records.JobStore`) answers every query, so ``jobs``, ``job_lock``
-and the documented coroutines behave exactly as with the memory store. Each change marks its job
-*dirty*; once per turn of the event loop the dirty jobs become rows handed to a writer thread, which
-commits everything queued in one transaction (grouped commits). The event loop never waits for the
-disk, except in :meth:`SqliteJobStore.durable`, which the acknowledgement path awaits.
+The in-memory mirror (it is a :class:`~Listener.jobs.memory.MemoryJobStore`) answers every query and applies
+the duplicate policy, so ``jobs``, ``job_lock`` and the documented coroutines behave exactly as with the memory
+store. Each change marks its job *dirty*; once per turn of the event loop the dirty jobs become rows handed to
+a writer thread, which commits everything queued in one transaction (grouped commits). The event loop never
+waits for the disk, except in :meth:`SqliteJobStore.durable`, which the acknowledgement path awaits.
 
 Jobs found PENDING or RUNNING when the file is opened were interrupted (a crash, or a stop that ran
 out of grace): they stay PENDING, and when their message is delivered again they run again, their
@@ -27,8 +27,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
+from .memory import MemoryJobStore
+from .records import ACTIVE_STATUSES, CANCELLED, JobInfo, JobStatus
 from .store import JobStoreError
-from .records import ACTIVE_STATUSES, CANCELLED, JobInfo, JobStatus, JobStore
 from ..core.serialization import ResultEncodingError, to_json_bytes
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "SqliteJobStore", "check_existing_database"]
@@ -267,8 +268,9 @@ class _Writer(threading.Thread):
             raise
 
 
-class SqliteJobStore(JobStore):
-    """A :class:`~Listener.jobs.records.JobStore` whose jobs are also written to the SQLite file ``path``.
+class SqliteJobStore(MemoryJobStore):
+    """A :class:`~Listener.jobs.store.JobStore`: a :class:`~Listener.jobs.memory.MemoryJobStore` whose jobs are
+    also written to the SQLite file ``path``.
 
     Call :meth:`open` (the listener does, when ``run()`` starts) before use and :meth:`close` after.
     Changes made before :meth:`open` are written when it opens. ``on_error`` is called (on the event
@@ -379,13 +381,13 @@ class SqliteJobStore(JobStore):
                 return self.remove(job_id)
         return False
 
-    def cleanup_expired(self, now: Optional[datetime] = None) -> int:
-        """As :meth:`JobStore.cleanup_expired`; interrupted jobs started before the TTL are removed too."""
+    def _cleanup_expired(self, now: Optional[datetime]) -> int:
+        # Interrupted jobs started before the TTL go too: their message may never come again.
         cutoff = (now or datetime.now()) - self.ttl
         stale = [job_id for job_id in self._interrupted if self.jobs[job_id].started_at < cutoff]
         for job_id in stale:
             self.remove(job_id)
-        return super().cleanup_expired(now) + len(stale)
+        return super()._cleanup_expired(now) + len(stale)
 
     def reindex(self) -> None:
         """Take note of a ``jobs`` dict replaced or edited by hand: the file is rewritten to match it."""

@@ -1,6 +1,7 @@
-"""The amqtt adapter: client configuration, credentials, TLS material, and connect errors.
+"""The listener's MQTT client: amqtt's, configured, with credentials, TLS material, liveness and connect errors.
 
-Facts about amqtt 0.12 this module works around (each checked against Mosquitto):
+Everything it changes inside amqtt goes through :mod:`Listener.mqtt.amqtt_boundary`. Facts about amqtt 0.12
+this module works around (each checked against Mosquitto):
 - unknown config keys are rejected, and the connect timeout key is ``connection_timeout``;
 - credentials are only taken from the URI, and amqtt logs that URI at DEBUG: we hand the
   credentials to the session directly instead, so no log line ever carries them;
@@ -19,21 +20,20 @@ import ssl
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Set
 from urllib.parse import unquote, urlsplit
-
-from amqtt.client import MQTTClient
-from amqtt.errors import NoDataError
-from amqtt.mqtt.protocol.client_handler import ClientProtocolHandler
-from amqtt.session import Session
 
 # PUBLIC_DEFAULT_PASSWORD: public knowledge, and masking every "test" in a log made topics like
 # ``test/results`` and job ids like ``test-1`` unreadable. Still never printed as a field value.
 from ..config.settings import PUBLIC_DEFAULT_PASSWORD, EventListenerConfig
 from ..core.deadlines import settle_within
+from ..errors import ListenerError
+from ..core.redaction import SecretRedactingFilter, redact, split_uri_credentials
+from .amqtt_boundary import (
+    AmqttClientBase, AmqttHandler, AmqttIncompatible, built_outside_loop, closed_by_peer, refusal_code,
+)
 from .delivery_queue import DeliveryQueue, Ticket
 from .wire_handler import WireHandler
-from ..core.redaction import SecretRedactingFilter, redact, split_uri_credentials
 
 __all__ = [
     "CLOSED_DURING_CONNECT", "AmqttClient", "BrokerRefusedConnection", "build_client_config", "connection_error",
@@ -44,8 +44,6 @@ logger = logging.getLogger("Listener.transport")
 
 DEFAULT_CONNECT_TIMEOUT = 30.0
 ABORT_TIMEOUT = 5.0
-#: Seconds a clean disconnect waits, after its DISCONNECT, for the broker to close the connection.
-DISCONNECT_LINGER = 2.0
 #: What a connection closed by the broker after CONNECT, without a CONNACK, usually means.
 CLOSED_DURING_CONNECT = (
     "the broker closed the connection during CONNECT, without a CONNACK. Likely causes: a password sent "
@@ -60,7 +58,7 @@ _CONNACK_REASONS = {
 }
 
 
-class BrokerRefusedConnection(ConnectionError):
+class BrokerRefusedConnection(ListenerError, ConnectionError):
     """The broker answered and said no (bad credentials, not authorised, subscription refused).
 
     Retrying cannot help, so the listener does not; it is still a ``ConnectionError``.
@@ -71,33 +69,12 @@ class BrokerRefusedConnection(ConnectionError):
         self.return_code = return_code
 
 
-if TYPE_CHECKING:
-    _LoggerAdapter = logging.LoggerAdapter[logging.Logger]
-else:
-    _LoggerAdapter = logging.LoggerAdapter
-
-
-class _ConnectFailuresAtDebug(_LoggerAdapter):
-    """amqtt's client logger, with its warnings about a failed connection attempt lowered to DEBUG.
-
-    The listener reports each failure itself, once, with the reason and without secrets; amqtt's
-    lines (``Connection failed: ConnectError(ConnectionError())``) repeated it at every attempt.
-    """
-
-    _REPORTED_BY_THE_LISTENER = ("Connection failed:", "Connection rejected with code")
-
-    def log(self, level: int, msg: Any, *args: Any, **kwargs: Any) -> None:
-        if level == logging.WARNING and isinstance(msg, str) and msg.startswith(self._REPORTED_BY_THE_LISTENER):
-            level = logging.DEBUG
-        super().log(level, msg, *args, **kwargs)
-
-
-class AmqttClient(MQTTClient):  # type: ignore[misc]
-    """amqtt's ``MQTTClient`` with credentials passed outside the URI, a bounded delivery queue
-    read without a task per message, and ways to see and force the end of the connection.
+class AmqttClient(AmqttClientBase):
+    """The listener's own client: amqtt's (see :class:`~Listener.mqtt.amqtt_boundary.AmqttClientBase`), with a
+    bounded delivery queue read without a task per message, and a watch on the connection's liveness.
 
     ``delivery_window`` bounds the acknowledged-but-unread messages; with ``hold_acks`` acknowledgements
-    wait for :meth:`ticket` to be settled instead, and ``max_pending`` bounds the intake (see
+    wait for :meth:`ticket` to be settled instead, and ``max_pending`` bounds the queue (see
     :mod:`Listener.mqtt.delivery_queue`). ``on_wakeup`` is called whenever a message arrives or the connection ends,
     ``on_drop`` for each QoS 0 message dropped because ``max_pending`` messages were queued. A QoS 0/1
     message whose payload is over ``max_payload`` bytes is never held in memory (see
@@ -111,10 +88,7 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
                  label: str = "the MQTT broker") -> None:
         self.max_payload = max_payload
         self.label = label
-        super().__init__(client_id, config)
-        self.logger = _ConnectFailuresAtDebug(logging.getLogger("amqtt.client"), {})
-        self._username = username
-        self._password = password
+        super().__init__(client_id, config, username, password)
         self.delivery_window = delivery_window
         self.hold_acks = hold_acks
         self.max_pending = max_pending
@@ -126,30 +100,24 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         self.bytes_received = 0
         self._last_traffic = 0.0
 
-    @property
-    def _handler(self) -> Any:
-        return self.__dict__.get("_wire_handler")
-
-    @_handler.setter
-    def _handler(self, handler: Any) -> None:
-        # amqtt makes a new ClientProtocolHandler for every connection, right before using it.
-        if type(handler) is ClientProtocolHandler:
-            handler = WireHandler(handler.plugins_manager, max_payload=getattr(self, "max_payload", None),
-                                  label=getattr(self, "label", "the MQTT broker"))
-        self.__dict__["_wire_handler"] = handler
-
-    def _init_session(self, uri: Optional[str] = None, cleansession: Optional[bool] = None,
-                      cafile: Optional[str] = None, capath: Optional[str] = None,
-                      cadata: Optional[str] = None) -> Session:
-        session: Session = super()._init_session(uri, cleansession, cafile, capath, cadata)
-        session.username = self._username
-        session.password = self._password
+    def session_queue(self) -> DeliveryQueue:
+        """The delivery queue of every session: made once, kept across connections (and handed on by
+        :meth:`adopt_deliveries`)."""
         if self._deliveries is None:
             self._deliveries = DeliveryQueue(self.delivery_window, self._wake, hold_acks=self.hold_acks,
                                              max_pending=self.max_pending, on_drop=self._dropped)
         self._deliveries.barrier = self.ack_barrier
-        session.delivered_message_queue = self._deliveries
-        return session
+        return self._deliveries
+
+    def packet_hooks(self, handler: AmqttHandler) -> WireHandler:
+        """The listener's packet handling for a new connection."""
+        return WireHandler(handler, max_payload=self.max_payload, label=self.label)
+
+    @property
+    def wire(self) -> Optional[WireHandler]:
+        """The packet handling of the current connection (None before the first connect)."""
+        hooks = self.hooks
+        return hooks if isinstance(hooks, WireHandler) else None
 
     def _wake(self, *_: Any) -> None:
         if self.on_wakeup is not None:
@@ -172,37 +140,29 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
             queue.barrier = self.ack_barrier
             self._deliveries = queue
 
-    async def connect(self, *args: Any, **kwargs: Any) -> Any:
-        code = await super().connect(*args, **kwargs)
+    def connection_opened(self) -> None:
+        """Count the traffic of the new connection, and wake the consumer when it ends."""
         self._count_traffic()
-        closing = self._disconnect_task
-        if closing is not None:
-            closing.add_done_callback(self._wake)
-        return code
+        self.call_when_closed(self._wake)
 
     def _count_traffic(self) -> None:
         """Note every chunk of bytes the socket delivers (for :meth:`watch_liveness`).
 
         Wraps the stream's ``feed_data``, which asyncio calls as data arrives: it sees traffic even
-        while amqtt's reader is still working through a backlog of packets received before it.
+        while the reader is still working through a backlog of packets received before it.
         """
         self.note_traffic(0)
-        stream = getattr(getattr(self._handler, "reader", None), "_reader", None)
-        feed = getattr(stream, "feed_data", None)
-        if stream is None or feed is None:
+        stream = self.socket_reader()
+        if stream is None:
             return  # websockets: liveness falls back to the ping alone
+        feed = stream.feed_data
         note = self.note_traffic
 
         def feed_data(data: bytes) -> None:
             note(len(data))
             feed(data)
 
-        stream.feed_data = feed_data
-
-    def _unread_bytes(self) -> int:
-        """Bytes received from the socket that amqtt's reader has not consumed yet."""
-        stream = getattr(getattr(self._handler, "reader", None), "_reader", None)
-        return len(getattr(stream, "_buffer", b""))
+        stream.feed_data = feed_data  # type: ignore[method-assign, assignment]
 
     def note_traffic(self, size: int) -> None:
         """Record that ``size`` bytes arrived from the broker just now: the connection is alive."""
@@ -257,23 +217,6 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         if self._deliveries is not None:
             self._deliveries.close()
 
-    async def wait_closed(self) -> None:
-        """Return as soon as amqtt sees the connection end (at once when there is none)."""
-        closing = self._disconnect_task
-        if closing is None or self.connection_closed:
-            return
-        ending = getattr(self._handler, "_disconnect_waiter", None)
-        watched: Set["asyncio.Future[Any]"] = {closing}
-        if isinstance(ending, asyncio.Future):
-            watched.add(ending)
-        await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
-
-    @property
-    def connection_closed(self) -> bool:
-        """True once the connection that was opened has ended (or was never opened)."""
-        closing = self._disconnect_task
-        return closing is None or closing.done() or not self.is_connected()
-
     async def watch_liveness(self, period: float, label: str) -> bool:
         """Ping regularly; drop the connection when nothing at all arrived for ``2 * period`` seconds.
 
@@ -288,15 +231,15 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
         pings: Set["asyncio.Future[Any]"] = set()
         if not self._last_traffic:
             self.note_traffic(0)
-        # The broker drops a client it has not heard from for 1.5 x the keep-alive sent in CONNECT (amqtt
-        # sends keep_alive - ping_delay); amqtt's own ping stops while an earlier one awaits its answer.
-        announced = getattr(self.session, "keep_alive", None)
-        every = min(period, 0.75 * announced) if isinstance(announced, (int, float)) and announced > 0 else period
+        # The broker drops a client it has not heard from for 1.5 x the keep-alive sent in CONNECT; amqtt's own
+        # ping stops while an earlier one awaits its answer.
+        announced = self.announced_keep_alive()
+        every = min(period, 0.75 * announced) if announced is not None and announced > 0 else period
         last_ping = time.monotonic()
         try:
             while not self.connection_closed:
                 now = time.monotonic()
-                if now - self._last_traffic >= 2 * period and self._unread_bytes():
+                if now - self._last_traffic >= 2 * period and self.unread_socket_bytes():
                     self.note_traffic(0)  # received, just not read yet: the loop was busy, the connection is fine
                     now = self._last_traffic
                 if now - self._last_traffic >= 2 * period:
@@ -305,7 +248,7 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
                     self.drop_connection()
                     return True
                 if now - last_ping >= every:
-                    ping = asyncio.ensure_future(self.ping())
+                    ping = asyncio.ensure_future(self.ping_broker())
                     pings.add(ping)
                     ping.add_done_callback(_retrieve_outcome)
                     ping.add_done_callback(pings.discard)
@@ -313,131 +256,8 @@ class AmqttClient(MQTTClient):  # type: ignore[misc]
                 await asyncio.sleep(max(0.01, min(last_ping + every, self._last_traffic + 2 * period) - now))
             return False
         finally:
-            for ping in pings:
-                ping.cancel()
-
-    def drop_connection(self) -> bool:
-        """Abort the connection's socket at once (for a connection found dead: nothing is flushed).
-
-        Returns whether there was an open socket to abort.
-        """
-        handler = self._handler
-        writer = getattr(getattr(handler, "writer", None), "_writer", None)
-        transport = getattr(writer, "transport", None)
-        if transport is None or transport.is_closing():
-            return False
-        transport.abort()
-        return True
-
-    async def abort_connection(self) -> None:
-        """Close the socket of a connection attempt that failed or was cancelled.
-
-        amqtt leaves it open when CONNACK never comes, which leaks the socket and keeps the peer waiting.
-        """
-        handler = self._handler
-        if handler is not None and handler.writer is not None:
-            with contextlib.suppress(Exception):
-                await handler.stop()
-
-    async def disconnect(self) -> None:
-        """amqtt's ``disconnect``, except that the socket is closed only after the broker closed its side.
-
-        amqtt writes the DISCONNECT and closes the socket at once. Whatever the broker sent meanwhile (the
-        next in-flight messages, answering the acknowledgements that just went out) is then unread, so the
-        kernel answers the close with a reset instead of a FIN, and mosquitto drops the connection without
-        reading what it had not read yet: the last results (QoS 0 ones are never acknowledged) and the
-        DISCONNECT itself, so it also publishes the will. Here the DISCONNECT is followed by a half-close,
-        and amqtt's reader goes on reading (and discarding: the intake is closed) until the broker closes
-        the connection, for at most ``DISCONNECT_LINGER`` seconds.
-        """
-        handler = self._handler
-        stream = self._qos0_stream()
-        if handler is None or stream is None or self.session is None:
-            await super().disconnect()  # not connected, or websockets: amqtt's way
-            return
-        await self.cancel_tasks()
-        closing = self._disconnect_task
-        if closing is not None and not closing.done():
-            closing.cancel()
-        await handler.mqtt_disconnect()
-        self._connected_state.clear()
-        await self._until_broker_closed(handler, stream)
-        await handler.stop()
-        self.session.transitions.disconnect()
-
-    @staticmethod
-    async def _until_broker_closed(handler: Any, stream: asyncio.StreamWriter) -> None:
-        """Half-close the socket (TLS cannot: the broker closes after the DISCONNECT anyway) and wait until
-        amqtt's reader saw the end of the connection, bounded by ``DISCONNECT_LINGER``."""
-        keepalive = getattr(handler, "_keepalive_task", None)
-        if keepalive is not None:
-            keepalive.cancel()  # no PINGREQ after the half-close
-        reader, stopped = getattr(handler, "_reader_task", None), getattr(handler, "_reader_stopped", None)
-        if not isinstance(reader, asyncio.Task) or reader.done() or not isinstance(stopped, asyncio.Event):
-            return
-        with contextlib.suppress(Exception):
-            await stream.drain()
-            if stream.can_write_eof():
-                stream.write_eof()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(stopped.wait(), DISCONNECT_LINGER)
-
-    async def publish(self, topic: str, message: bytes, qos: Optional[int] = None, retain: Optional[bool] = None,
-                      ack_timeout: Optional[int] = None) -> Any:
-        """amqtt's ``publish``; on a plain or TLS socket the packet is written directly.
-
-        amqtt builds packet and message objects, takes a write lock, drains the socket, re-arms its
-        keep-alive timer and, at QoS 1 and 2, waits for each acknowledgement under a 5 s timer of its own,
-        for every packet; it also takes a PUBREC refusing the message (reason code 0x80 or more) for a
-        success. Here the same PUBLISH bytes go out with whatever else this turn of the event loop writes
-        (see :mod:`Listener.mqtt.wire_handler`); a QoS 1/2 publication then waits until the broker took it,
-        which the caller bounds in time, and raises
-        :class:`~Listener.mqtt.packets.PublicationRefused` when it did not. The socket is drained only when
-        its buffer fills up. Websockets go through amqtt.
-        """
-        handler = self._wire() if qos in (0, 1, 2) else None  # no QoS given: amqtt applies its defaults
-        if handler is None:
-            return await super().publish(topic, message, qos, retain, ack_timeout)
-        acked = handler.send_publish(topic, message, int(qos or 0), bool(retain))
-        try:
-            if handler.buffered() > _DRAIN_ABOVE:
-                stream = handler.stream
-                handler.flush()
-                if stream is not None:
-                    await stream.drain()
-            if acked is not None:
-                await acked
-        finally:
-            if acked is not None and not acked.done():
-                acked.cancel()  # given up on (timed out, or the drain failed): stop tracking its packet id
-        return None
-
-    def _wire(self) -> Optional[WireHandler]:
-        """The connection's handler when it may write packets directly (an open plain or TLS socket), else None."""
-        handler = self._handler
-        if not isinstance(handler, WireHandler) or handler.stream is None or not self.is_connected():
-            return None  # websockets, or no connection: amqtt decides (and raises)
-        return handler
-
-    def _qos0_stream(self) -> Optional[asyncio.StreamWriter]:
-        """The connection's open asyncio stream (plain or TLS), else None."""
-        handler = self._wire()
-        return handler.stream if handler is not None else None
-
-    def is_connected(self) -> bool:
-        """True while the MQTT session is established and amqtt has not seen it end.
-
-        amqtt marks the session disconnected only after stopping its handler, which first fails the
-        publications awaiting their PUBACK: ``_connected_state`` is cleared earlier, as soon as the
-        end is noticed, so those failures are seen as what they are (a lost connection).
-        """
-        session = self.session
-        return (session is not None and bool(session.transitions.is_connected())
-                and self._connected_state.is_set())
-
-
-#: Bytes waiting in the socket's buffer above which a direct QoS 0 write waits for it to drain.
-_DRAIN_ABOVE = 64 * 1024
+            for pending in pings:
+                pending.cancel()
 
 
 def _retrieve_outcome(ping: "asyncio.Future[Any]") -> None:
@@ -534,26 +354,9 @@ def create_client(config: EventListenerConfig, on_wakeup: Optional[Callable[[], 
 
 
 def new_client(config: EventListenerConfig) -> AmqttClient:
-    """:func:`create_client`, also outside a running loop without leaving a stray loop behind.
-
-    amqtt's plugin manager, finding no running loop, makes a new one and installs it as the
-    thread's current loop. That loop is never used by the client; close it and put back what was there.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        pass
-    else:
-        return create_client(config)
-    policy = asyncio.get_event_loop_policy()
-    local = getattr(policy, "_local", None)
-    previous = getattr(local, "_loop", None)
-    client = create_client(config)
-    stray = getattr(client.plugins_manager, "_loop", None)
-    if stray is not None and stray is not previous and not stray.is_running():
-        asyncio.set_event_loop(previous)
-        stray.close()
-    return client
+    """:func:`create_client`, also outside a running loop without leaving a stray loop behind (see
+    :func:`~Listener.mqtt.amqtt_boundary.built_outside_loop`)."""
+    return built_outside_loop(lambda: create_client(config))
 
 
 def _guard_amqtt_logs(known: tuple[str, ...]) -> None:
@@ -614,6 +417,7 @@ async def open_connection(config: EventListenerConfig, client: Any, timeout: flo
     Raises:
         ConnectionError: naming host and port and the reason, never a secret (``BrokerRefusedConnection``
             when the broker said no). A failed attempt's half-open socket is closed first.
+        AmqttIncompatible: the installed amqtt lacks a name the listener relies on (not retried).
     """
     uri = credentials(config)[0]
     with tls_bundle(config) as cafile:
@@ -635,6 +439,8 @@ async def open_connection(config: EventListenerConfig, client: Any, timeout: flo
         if failure is not None:
             if isinstance(client, AmqttClient):
                 await asyncio.wait({asyncio.ensure_future(client.abort_connection())}, timeout=ABORT_TIMEOUT)
+            if isinstance(failure, AmqttIncompatible):
+                raise failure
             raise connection_error(config, failure, connecting=True) from None
 
 
@@ -644,33 +450,21 @@ def connection_error(config: EventListenerConfig, exc: BaseException, *, connect
     ``connecting``: ``exc`` ended a connection attempt (so a connection closed without data was closed
     during CONNECT).
     """
-    reason = CLOSED_DURING_CONNECT if connecting and _closed_by_peer(exc) else _describe(exc)
+    reason = CLOSED_DURING_CONNECT if connecting and closed_by_peer(exc) else _describe(exc)
     message = redact(f"Cannot connect to MQTT broker at {endpoint_label(config)}: {reason}", secrets(config))
     code = _return_code(exc)
     return BrokerRefusedConnection(message, code) if code is not None else ConnectionError(message)
 
 
-def _closed_by_peer(exc: BaseException) -> bool:
-    """True when the chain of ``exc`` shows the broker closed (or reset) an open connection.
-
-    amqtt reports a connection closed before the CONNACK as ``ConnectError`` from ``ConnectionError``
-    from ``NoDataError``; a TCP connection refused is a ``ConnectionRefusedError`` instead.
-    """
-    seen: Set[int] = set()
-    current: Optional[BaseException] = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, (NoDataError, ConnectionResetError, asyncio.IncompleteReadError)):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
 def _return_code(exc: BaseException) -> Optional[int]:
-    code = getattr(exc, "return_code", None)
-    if code is None and exc.__cause__ is not None:
-        code = getattr(exc.__cause__, "return_code", None)
-    return code if isinstance(code, int) else None
+    """The CONNACK return code of a refused connection, in ``exc`` or its cause; else None."""
+    for candidate in (exc, exc.__cause__):
+        if isinstance(candidate, BrokerRefusedConnection) and candidate.return_code is not None:
+            return candidate.return_code
+        code = refusal_code(candidate) if candidate is not None else None
+        if code is not None:
+            return code
+    return None
 
 
 def _describe(exc: BaseException) -> str:

@@ -3,8 +3,9 @@
 The listener talks to a client through a :class:`ClientAdapter`: :class:`AmqttAdapter` for the amqtt
 client it creates itself, :class:`ForeignClientAdapter` for one a user or a test assigned to
 ``listener.client`` (a mock, or :mod:`Listener.testing`'s in-memory client). :class:`ClientSlot` holds
-the current client and wraps it once. :class:`Session` is one connection: ``async with session:``
-connects and subscribes, exiting disconnects; it hands out messages and owns the liveness ping.
+the current client and wraps it once. :class:`BrokerConnection` is one connection: ``async with connection:``
+connects and subscribes, exiting disconnects; it hands out messages and owns the liveness ping. (Not amqtt's
+``Session``, which is the MQTT session state amqtt keeps inside its client.)
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .client import (
     DEFAULT_CONNECT_TIMEOUT, AmqttClient, BrokerRefusedConnection, connection_error, new_client, open_connection,
 )
 
-__all__ = ["AmqttAdapter", "ClientAdapter", "ClientSlot", "ForeignClientAdapter", "Session", "adapt"]
+__all__ = ["AmqttAdapter", "BrokerConnection", "ClientAdapter", "ClientSlot", "ForeignClientAdapter", "adapt"]
 
 logger = logging.getLogger("Listener.session")
 
@@ -33,7 +34,7 @@ _REFUSED = 0x80
 
 
 class ClientAdapter(Protocol):
-    """What the session and the run loop need from a client."""
+    """What a connection and the run loop need from a client."""
 
     #: The client itself (what ``listener.client`` returns).
     client: Any
@@ -212,7 +213,7 @@ class AmqttAdapter(_Adapter):
         await self.client.acks_released()
 
     def release(self) -> None:
-        """Stop watching for the end of the connection (the session is over)."""
+        """Stop watching for the end of the connection (it is over)."""
         if self._lost is not None and not self._lost.done():
             self._lost.cancel()
 
@@ -394,10 +395,10 @@ async def disconnect(adapter: ClientAdapter) -> None:
         logger.debug("Disconnect failed: %r", exc)
 
 
-class Session:
-    """One broker connection: ``async with session:`` connects and subscribes; exiting disconnects.
+class BrokerConnection:
+    """One broker connection: ``async with connection:`` connects and subscribes; exiting disconnects.
 
-    Not reentrant: a session is opened once (a new connection is a new session). While open it hands
+    Not reentrant: it is opened once (a new connection is a new ``BrokerConnection``). While open it hands
     out messages (:meth:`next_message`) and, for the listener's own client, pings the broker and drops
     a connection found dead.
     """
@@ -411,11 +412,11 @@ class Session:
         self._opened = False
         self._liveness: Optional["asyncio.Task[None]"] = None
 
-    async def open(self) -> "Session":
+    async def open(self) -> "BrokerConnection":
         """Connect and subscribe, check that a ``share_group`` is applied; start the liveness ping (the
         listener's own client only)."""
         if self._opened:
-            raise RuntimeError("A Session is opened once; make a new one for a new connection")
+            raise RuntimeError("A BrokerConnection is opened once; make a new one for a new connection")
         self._opened = True
         await connect(self.adapter, self._config, self.endpoint)
         await subscribe(self.adapter, self._config, self.endpoint, self._filters)
@@ -442,7 +443,7 @@ class Session:
         if disconnect_client:
             await disconnect(self.adapter)
 
-    async def __aenter__(self) -> "Session":
+    async def __aenter__(self) -> "BrokerConnection":
         return await self.open()
 
     async def __aexit__(self, exc_type: Optional[Type[BaseException]], exc: Optional[BaseException],

@@ -1,11 +1,11 @@
-"""A delivery queue that holds back acknowledgements: the listener's bounded intake.
+"""The bounded queue between the socket and the consumer, which holds back acknowledgements.
 
 Every incoming message goes into the session's delivery queue: a QoS 0 one with ``put_nowait()``; a
 QoS 1 or 2 one with ``offer()`` by the listener's own reader (:mod:`Listener.mqtt.wire_handler`), which sends
 the PUBACK (QoS 1) or PUBREC (QoS 2) when ``offer()`` calls back; over websockets, where amqtt reads
 the packets, a QoS 1/2 one with ``await put()``, amqtt sending the PUBACK/PUBCOMP once ``put()`` returns.
-amqtt's own queue is unbounded and its ``put()`` returns at once.
-``DeliveryQueue`` replaces it, with one of two acknowledgement policies (``offer()`` calls back when
+amqtt's own queue is unbounded and its ``put()`` returns at once. ``DeliveryQueue`` takes its place in every
+session of the listener's client, with one of two acknowledgement policies (``offer()`` calls back when
 ``put()`` would return):
 
 - ``on_receipt``: ``put()`` waits while ``window`` messages are queued, then returns: a message is
@@ -110,7 +110,7 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         self.on_arrival = on_arrival
         self.on_drop = on_drop
         self.dropped = 0
-        self.after_close = 0  # QoS 0 messages that arrived once the intake was closed, not taken
+        self.after_close = 0  # QoS 0 messages that arrived once the queue was closed, not taken
         self._ack_waiters: Deque["asyncio.Future[None]"] = deque()
         self._reserved = 0
         self._ledger: Deque[_Entry] = deque()
@@ -130,7 +130,7 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
 
     def put_nowait(self, item: Any) -> None:
         """Queue a QoS 0 message, or drop it when ``max_pending`` messages are queued already, or when the
-        intake is closed (stopping: otherwise a steady QoS 0 stream would keep the drain busy until the
+        queue is closed (stopping: otherwise a steady QoS 0 stream would keep the drain busy until the
         grace period ran out, and the job then running would be cut short). A message on an intercepted
         topic is never queued (see :meth:`intercept`)."""
         if self._intercepted and self._caught(item):

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
+from ..errors import ListenerError
+
 __all__ = ["FAILURE", "MalformedPacket", "OversizePayload", "PUBACK", "PUBCOMP", "PUBLISH", "PUBREC", "PUBREL",
            "PublicationRefused", "PublishHead", "REASONS", "parse_ack", "parse_publish_head", "puback_packet",
            "pubcomp_packet", "publish_packet", "pubrec_packet", "pubrel_packet", "reason_text", "split_packet"]
@@ -33,11 +35,11 @@ REASONS = {
 _MAX_LENGTH_BYTES = 4
 
 
-class MalformedPacket(ValueError):
+class MalformedPacket(ListenerError, ValueError):
     """The broker sent bytes that are not an MQTT 3.1.1 packet."""
 
 
-class PublicationRefused(Exception):
+class PublicationRefused(ListenerError):
     """The broker answered a publication with a failure reason code: it did not take the message."""
 
     def __init__(self, reason_code: int, packet: str) -> None:

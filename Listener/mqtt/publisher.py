@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Deque, Optional
 
 from ..core.backoff import backoff_delay
+from ..errors import ListenerError
 from ..core.deadlines import bounded
 from ..ops.metrics import ListenerMetrics
 from .packets import PublicationRefused
@@ -60,15 +61,15 @@ PASSING_REFUSALS = frozenset((0x97, 0x91))
 REFUSAL_BACKOFF = (0.05, 1.0)
 
 
-class NotConnected(ConnectionError):
+class NotConnected(ListenerError, ConnectionError):
     """A publication was attempted while the listener has no connection (nothing was sent)."""
 
 
-class ConnectionLost(ConnectionError):
+class ConnectionLost(ListenerError, ConnectionError):
     """The connection ended while a publication was being sent or awaited its acknowledgement."""
 
 
-class RefusedTopic(ValueError):
+class RefusedTopic(ListenerError, ValueError):
     """The topic is one brokers disconnect for (see ``topic_name_error``): the publication is never sent."""
 
 

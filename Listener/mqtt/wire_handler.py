@@ -1,10 +1,11 @@
-"""amqtt's client protocol handler, with the packets every message crosses handled in place.
+"""The packets every message crosses, read and written by the listener itself on a plain or TLS socket.
 
 amqtt reads each packet with several awaits and a timer, builds packet objects, and runs it in a task
 of its own; each acknowledgement it sends takes a write lock and drains the socket; and it answers a
 QoS 2 PUBLISH with PUBREC on arrival, so the broker hands the message over before its job ran.
-:class:`WireHandler` keeps amqtt's handler for everything else (CONNECT, SUBSCRIBE, pings) and changes
-four things on a plain or TLS socket (websockets keep amqtt's way):
+:class:`WireHandler` is the :class:`~Listener.mqtt.amqtt_boundary.PacketHooks` of each connection's amqtt handler
+(:class:`~Listener.mqtt.amqtt_boundary.AmqttHandler`), which keeps amqtt's way for everything else (CONNECT,
+SUBSCRIBE, pings). It changes four things on a plain or TLS socket (websockets keep amqtt's way):
 
 - **Reading**: one read per chunk of bytes; PUBLISH (QoS 0, 1 and 2) and the acknowledgements PUBACK,
   PUBREC, PUBREL and PUBCOMP in it are handled right there, without a task. Other packets (SUBACK,
@@ -15,11 +16,12 @@ four things on a plain or TLS socket (websockets keep amqtt's way):
   message resent before its PUBREC reached the broker is never queued twice (:mod:`Listener.mqtt.qos2_receipts`).
   A PUBREL is answered with PUBCOMP at once, for any packet id: also one the broker resends after a
   reconnect, for a message a previous connection (or process) released.
-- **Publishing**: a QoS 1 publication is through at its PUBACK; a QoS 2 one at its PUBCOMP, after the
-  PUBREC is answered with PUBREL. An acknowledgement with a failure reason code (0x80 or more: brokers
-  speaking MQTT 5 send them to 3.1.1 clients too) fails it with :class:`PublicationRefused`: the broker
-  did not take it. A PUBACK answering a QoS 2 publication is the broker's downgrade to QoS 1
-  (RabbitMQ's MQTT plugin does this): the publication is through, and one WARNING per connection says so.
+- **Publishing**: :meth:`WireHandler.publish` writes the PUBLISH bytes amqtt would. A QoS 1 publication
+  is through at its PUBACK; a QoS 2 one at its PUBCOMP, after the PUBREC is answered with PUBREL. An
+  acknowledgement with a failure reason code (0x80 or more: brokers speaking MQTT 5 send them to 3.1.1
+  clients too) fails it with :class:`PublicationRefused`: the broker did not take it. A PUBACK answering a
+  QoS 2 publication is the broker's downgrade to QoS 1 (RabbitMQ's MQTT plugin does this): the publication
+  is through, and one WARNING per connection says so.
 - **Writing**: packets written in one turn of the event loop leave in one socket write, at the end of
   that turn; amqtt's own packets first flush what is waiting, so order is kept.
 """
@@ -30,14 +32,7 @@ import asyncio
 import logging
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
-from amqtt.adapters import BufferReader
-from amqtt.errors import AMQTTError, NoDataError
-from amqtt.mqtt import packet_class
-from amqtt.mqtt.connack import ConnackPacket
-from amqtt.mqtt.packet import MQTTFixedHeader
-from amqtt.mqtt.protocol.client_handler import ClientProtocolHandler
-from amqtt.session import IncomingApplicationMessage
-
+from .amqtt_boundary import AmqttHandler, incoming_message
 from .delivery_queue import DeliveryQueue
 from .packets import (
     FAILURE, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, MalformedPacket, OversizePayload, PublicationRefused,
@@ -52,14 +47,12 @@ logger = logging.getLogger("Listener.transport")
 
 #: Bytes asked of the socket per read: the packets in them are handled without letting other tasks run.
 _CHUNK = 64 * 1024
+#: Bytes waiting in the socket's buffer above which a direct publication waits for it to drain.
+_DRAIN_ABOVE = 64 * 1024
 #: Packet ids of the listener's own publications: one fixed block, so that the QoS 2 publications a previous
 #: connection (or a process killed meanwhile) left in the broker's session are known without being remembered.
 #: amqtt's own packets (SUBSCRIBE) count up from 1 and never reach it.
 OWN_PACKET_IDS = range(64_512, 65_536)
-#: amqtt's handler method for each packet type it keeps (by MQTT packet type number).
-_AMQTT_HANDLERS = {
-    2: "handle_connack", 9: "handle_suback", 11: "handle_unsuback", 13: "handle_pingresp", 14: "handle_disconnect",
-}
 
 
 class _Skipping:
@@ -73,15 +66,17 @@ class _Skipping:
         self.left = size
 
 
-class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
-    """amqtt's ``ClientProtocolHandler`` with PUBLISH and its acknowledgements read and written directly.
+class WireHandler:
+    """PUBLISH and its acknowledgements read and written directly, beside amqtt's handler ``link``.
 
     ``label`` names the broker in log lines (``host:port``, never credentials).
     """
 
-    def __init__(self, *args: Any, max_payload: Optional[int] = None, label: str = "the MQTT broker",
-                 **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, link: AmqttHandler, *, max_payload: Optional[int] = None,
+                 label: str = "the MQTT broker") -> None:
+        #: amqtt's handler of the connection: the socket, the session, and the packets it keeps handling.
+        self.link = link
+        self._event_loop = link.loop
         #: Payloads larger than this are discarded as they arrive; the message is delivered with an
         #: :class:`OversizePayload` in their place, which the listener rejects for its size.
         self.max_payload = max_payload
@@ -112,12 +107,7 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
     @property
     def stream(self) -> Optional[asyncio.StreamWriter]:
         """The connection's open asyncio stream, or None (websockets, or no open connection)."""
-        stream = getattr(self.writer, "_writer", None)
-        if not isinstance(stream, asyncio.StreamWriter) or getattr(self.writer, "is_closed", True):
-            return None
-        if stream.transport.is_closing():
-            return None
-        return stream
+        return self.link.socket_writer()
 
     def write(self, data: bytes) -> None:
         """Send ``data`` at the end of this turn of the event loop, with whatever else is written in it."""
@@ -125,7 +115,7 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         self._outgoing_size += len(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            self._loop.call_soon(self.flush)
+            self._event_loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Hand what :meth:`write` collected to the socket now (dropped if the connection is gone)."""
@@ -145,17 +135,13 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         waiting = stream.transport.get_write_buffer_size() if stream is not None else 0
         return waiting + self._outgoing_size
 
-    async def _send_packet(self, packet: Any) -> None:
-        self.flush()  # what was written before goes first
-        await super()._send_packet(packet)
-
     def send_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> "Optional[asyncio.Future[None]]":
         """Write a PUBLISH; for QoS 1 and 2, the future that is done when the broker took it (PUBACK, or
         PUBCOMP), fails with :class:`PublicationRefused`, or is cancelled when the connection ends."""
         if not qos:
             self.write(publish_packet(topic, payload, 0, retain))
             return None
-        acked: asyncio.Future[None] = self._loop.create_future()
+        acked: asyncio.Future[None] = self._event_loop.create_future()
         if qos == 2 and self._first_qos2 is not None:
             self._gated.append((topic, payload, retain, acked))
         else:
@@ -181,7 +167,7 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
 
     def _free_packet_id(self) -> int:
         """The next id of :data:`OWN_PACKET_IDS` no publication awaits, round the block."""
-        if self.session is None:
+        if not self.link.attached:
             raise ConnectionError("Not connected")
         first, last = OWN_PACKET_IDS[0], OWN_PACKET_IDS[-1]
         packet_id = self._last_id
@@ -192,34 +178,25 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
                 return packet_id
         raise RuntimeError(f"No free MQTT packet id: {len(OWN_PACKET_IDS)} publications await their acknowledgement")
 
-    def _stop_waiters(self) -> None:
-        super()._stop_waiters()
+    def stop_waiters(self) -> None:
+        """The connection ends: cancel the publications awaiting their acknowledgement (amqtt cancels its own)."""
         for acked in [*self._acks.values(), *self._exactly_once.values(), *(gated[3] for gated in self._gated)]:
             acked.cancel()
 
-    async def mqtt_connect(self) -> Optional[int]:
-        """amqtt's CONNECT exchange, keeping what its CONNACK says of the session.
+    def connack(self, session_present: bool, return_code: Optional[int]) -> None:
+        """The CONNACK arrived: keep what it says of the session.
 
         When the broker kept no session, packet ids start afresh: a QoS 2 message held from an earlier
         connection is no longer the one a PUBLISH with its packet id brings.
         """
-        await self._send_packet(self._build_connect_packet())
-        if self.reader is None:
-            raise AMQTTError("Reader is not initialized.")
-        try:
-            connack = await ConnackPacket.from_stream(self.reader)
-        except NoDataError as exc:
-            raise ConnectionError from exc
-        self.session_present = bool(connack.session_parent)
-        queue = getattr(self.session, "delivered_message_queue", None)
+        self.session_present = session_present
+        queue = self.link.delivery_queue()
         if not self.session_present and isinstance(queue, DeliveryQueue):
             queue.receipts.forget_all()
-        if self.session_present and connack.return_code == 0 and isinstance(queue, DeliveryQueue):
+        if self.session_present and return_code == 0 and isinstance(queue, DeliveryQueue):
             if queue.broker_takes_qos2:
                 self._qos2_learned = True
                 self._release_leftovers()
-        code: Optional[int] = connack.return_code
-        return code
 
     def _release_leftovers(self) -> None:
         """PUBREL every own packet id no publication of this connection awaits (once per connection).
@@ -244,20 +221,39 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         self.write(b"".join(pubrel_packet(packet_id) for packet_id in OWN_PACKET_IDS
                             if packet_id not in self._exactly_once))
 
-    async def stop(self) -> None:
-        self.flush()
-        await super().stop()
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
+        """Write a PUBLISH with whatever else this turn of the event loop writes; a QoS 1/2 publication then
+        waits until the broker took it, which the caller bounds in time.
+
+        The socket is drained only when its buffer fills up.
+
+        Raises:
+            PublicationRefused: the broker's acknowledgement refused it.
+        """
+        acked = self.send_publish(topic, payload, qos, retain)
+        try:
+            if self.buffered() > _DRAIN_ABOVE:
+                stream = self.stream
+                self.flush()
+                if stream is not None:
+                    await stream.drain()
+            if acked is not None:
+                await acked
+        finally:
+            if acked is not None and not acked.done():
+                acked.cancel()  # given up on (timed out, or the drain failed): stop tracking its packet id
 
     # -- reading ---------------------------------------------------------------------------------
 
-    async def _reader_loop(self) -> None:
-        stream = getattr(self.reader, "_reader", None)
-        queue = getattr(self.session, "delivered_message_queue", None)
-        if not isinstance(stream, asyncio.StreamReader) or not isinstance(queue, DeliveryQueue):
-            await super()._reader_loop()
+    def reads_itself(self) -> bool:
+        """Whether this connection's packets are read here: its session delivers into the listener's queue."""
+        return isinstance(self.link.delivery_queue(), DeliveryQueue)
+
+    async def read_until_closed(self, stream: asyncio.StreamReader) -> None:
+        """Read and handle packets until the connection ends, or breaks (amqtt's handler then closes it)."""
+        queue = self.link.delivery_queue()
+        if not isinstance(queue, DeliveryQueue):
             return
-        if self._reader_ready is not None:
-            self._reader_ready.set()
         try:
             while True:
                 chunk = await stream.read(_CHUNK)
@@ -270,14 +266,11 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         except MalformedPacket as exc:
             logger.warning("The broker sent a malformed packet (%s): closing the connection", exc)
         except (OSError, EOFError):
-            pass  # the connection broke: handled below like its end
+            pass  # the connection broke: the same as its end
         except Exception as exc:  # amqtt's reader ends the same way on anything unexpected
             logger.warning("Unexpected error reading from the broker, closing the connection: %r", exc)
         for pending in [*self._handling, *self._waiting]:
             pending.cancel()
-        await self.handle_connection_closed()
-        self._reader_stopped.set()
-        await self.stop()
 
     @property
     def unread(self) -> int:
@@ -335,7 +328,7 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
             del buffer[:start]
 
     def _receive(self, queue: DeliveryQueue, head: PublishHead, payload: bytes) -> None:
-        message = IncomingApplicationMessage(head.packet_id, head.topic, head.qos, payload, head.retain)
+        message = incoming_message(head.packet_id, head.topic, head.qos, payload, head.retain)
         packet_id = head.packet_id
         if packet_id is None:
             if head.dup:
@@ -452,22 +445,15 @@ class WireHandler(ClientProtocolHandler):  # type: ignore[misc]
         self._start(self._amqtt_handles(packet))
 
     async def _amqtt_handles(self, raw: bytes) -> None:
-        reader = BufferReader(raw)
-        fixed_header = await MQTTFixedHeader.from_stream(reader)
-        packet = await packet_class(fixed_header).from_stream(reader, fixed_header=fixed_header)
-        name = _AMQTT_HANDLERS.get(fixed_header.packet_type)
-        if name is None:
-            logger.warning("Ignored a packet of type %d, which a broker does not send to a client",
-                           fixed_header.packet_type)
-            return
-        await getattr(self, name)(packet)
+        if not await self.link.dispatch(raw):
+            logger.warning("Ignored a packet of type %d, which a broker does not send to a client", raw[0] >> 4)
 
     def _start(self, work: Any) -> None:
-        task = self._loop.create_task(work)
+        task = self._event_loop.create_task(work)
         self._handling.add(task)
         task.add_done_callback(self._handled)
 
     def _handled(self, task: "asyncio.Task[Any]") -> None:
         self._handling.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            logger.debug("Handling a packet from the broker failed: %r", task.exception())
+            logger.warning("Handling a packet from %s failed: %r", self.label, task.exception())

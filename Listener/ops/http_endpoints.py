@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Mapping, Optional, 
 from urllib.parse import urlsplit
 
 from .._version import __version__
+from ..errors import ListenerError
 
 if TYPE_CHECKING:  # pragma: no cover
     from _typeshed import WriteableBuffer
@@ -290,11 +291,11 @@ class _Server(socketserver.TCPServer):
         logger.exception("HTTP endpoint connection failed")
 
 
-class _RequestTimeout(Exception):
+class _RequestTimeout(ListenerError):
     """The request head did not arrive before its deadline."""
 
 
-class _HeadTooLarge(Exception):
+class _HeadTooLarge(ListenerError):
     """The request head is larger than ``max_header_bytes``."""
 
 

@@ -18,9 +18,10 @@ from ..mqtt.delivery_queue import Ticket
 from .own_messages import OwnMessages
 from ..ops.events import ErrorType, EventSink
 from .payloads import Payload, RejectedMessage, decode_payload_off_loop, resolve_job_id
+from ..jobs.admission import Admission
 from ..jobs.tracking import JobTracker
 from ..jobs.store import JobStoreError
-from ..jobs.records import InsertOutcome, JobStatus, SharedJobStore
+from ..jobs.records import JobStatus
 from ..ops.metrics import ListenerMetrics
 from ..processing.processors import (JobTimeoutError, Processor, call_processor, describe_exception, is_async_callable,
                                      settle_result)
@@ -35,10 +36,8 @@ __all__ = ["Pipeline"]
 
 logger = logging.getLogger("Listener.event_listener")
 
-#: Seconds between looks at a shared store full of active jobs (other processes' jobs free its slots).
-SHARED_FULL_RECHECK = 0.5
-#: Longest wait between tries to claim a job id in a shared store that cannot be reached.
-SHARED_STORE_RETRY = 5.0
+#: Longest wait between tries to admit a job into a store that cannot be reached.
+STORE_RETRY = 5.0
 _COMPLETED, _FAILED, _DUPLICATE = JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.DUPLICATE.value
 
 
@@ -192,7 +191,7 @@ class Pipeline:
                     await self._rejected(rejection, topic)
                     continue
                 fields["_topic"] = topic
-                if job_id in self._tracker.store.jobs:  # a duplicate, or a job to run again: as one by one
+                if job_id in self._tracker.store.jobs:  # held here: a duplicate, or a job to run again: as one by one
                     await finish_gathered()
                 if await self.admit(job_id, fields, topic, ticket, finish_gathered if lane else None):
                     lane.append(_Admitted(job_id, fields, topic, ticket))
@@ -253,29 +252,29 @@ class Pipeline:
                     before_waiting: Optional[Callable[[], Awaitable[None]]] = None) -> bool:
         """Create the job, or apply the duplicate policy; while the store is full of active jobs, wait
         (in the run loop) or drop the job. ``before_waiting`` (jobs gathered for a batch, which could
-        not finish while this waits) is awaited first, once, and the insert tried again."""
+        not finish while this waits) is awaited first, once, and the admission tried again."""
         if self.observe_job is not None:
             self.observe_job(job_id)
         tracker = self._tracker
-        shared = tracker.shared
         warned = False
         while True:
-            if shared is not None:
-                claimed = await self._claim(shared, job_id, data, topic)
-                if claimed is None:  # stop() came while the store was unreachable: the broker keeps the message
-                    if ticket is not None:
-                        ticket.withhold()
-                    return False
-                outcome = claimed
-            elif tracker.lock.locked():  # someone holds it (``job_lock``): wait for it
-                async with tracker.lock:
-                    outcome = self._insert(job_id, data, topic)
-            else:  # the loop is the only writer and nothing is awaited: a free lock needs no round trip
-                outcome = self._insert(job_id, data, topic)
-            if outcome is InsertOutcome.CREATED:
+            # Cleared before looking: a job finishing after this look sets it again.
+            tracker.job_finished.clear()
+            try:
+                outcome: Optional[Admission] = await tracker.store.admit(job_id, data, topic,
+                                                                         self._config.duplicate_action)
+            except JobStoreError as exc:
+                if not self._wait_when_full():
+                    raise
+                outcome = await self._admit_when_reachable(job_id, data, topic, exc)
+            if outcome is Admission.CREATED:
                 return True
-            if outcome is InsertOutcome.EXISTS:
+            if outcome is Admission.DUPLICATE:
                 break
+            if outcome is None:  # stop() came while the store was unreachable: the broker keeps the message
+                if ticket is not None:
+                    ticket.withhold()
+                return False
             if before_waiting is not None:
                 await before_waiting()
                 before_waiting = None
@@ -289,11 +288,12 @@ class Pipeline:
                 await self._events.log(logging.WARNING, "job_store_full",
                                        "Job store full of active jobs; waiting to admit job %s", job_id,
                                        job_id=job_id, topic=topic)
-            if shared is None:
+            recheck = tracker.store.full_recheck_interval
+            if recheck is None:
                 await tracker.job_finished.wait()
-            else:  # other processes' jobs finish without telling this one: look again soon
+            else:  # jobs of other processes free slots without telling this one: look again soon
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(tracker.job_finished.wait(), SHARED_FULL_RECHECK)
+                    await asyncio.wait_for(tracker.job_finished.wait(), recheck)
         self._metrics.jobs_finished[_DUPLICATE] += 1
         if self._config.duplicate_action == "error":
             await self._events.error(job_id, ErrorType.DUPLICATE_JOB, f"Job {job_id} was already received", topic)
@@ -304,47 +304,33 @@ class Pipeline:
                                job_id=job_id, status=_DUPLICATE, topic=topic)
         return False
 
-    async def _claim(self, store: SharedJobStore, job_id: str, data: Dict[str, Any],
-                     topic: Optional[str]) -> Optional[InsertOutcome]:
-        """Claim the id in a shared store. While the store cannot be reached, the job waits: reported once
-        (an error event naming the store), retried with backoff; its message stays unacknowledged until
-        its record is written. None when stop() came meanwhile; outside the run loop the error is raised."""
-        failures = 0
+    async def _admit_when_reachable(self, job_id: str, data: Dict[str, Any], topic: Optional[str],
+                                    failure: JobStoreError) -> Optional[Admission]:
+        """The store could not be reached (``failure``): the job waits, reported once (an error event naming
+        the store), its admission retried with backoff; its message stays unacknowledged until its record
+        is written. None when stop() came meanwhile; raises when the run loop ended meanwhile."""
+        text = f"{failure}: job {job_id} waits until the store records it (its message stays unacknowledged)"
+        await self._events.error(job_id, ErrorType.PROCESSING_ERROR, text, topic)
+        await self._events.log(logging.ERROR, "job_store_error", "%s", text, job_id=job_id, topic=topic)
+        failures = 1
         while True:
-            self._tracker.job_finished.clear()
-            try:
-                return await store.claim(job_id, data, topic, self._config.duplicate_action == "reprocess")
-            except JobStoreError as exc:
-                if not self._wait_when_full():
-                    raise
-                failures += 1
-                if failures == 1:
-                    text = f"{exc}: job {job_id} waits until the store records it (its message stays unacknowledged)"
-                    await self._events.error(job_id, ErrorType.PROCESSING_ERROR, text, topic)
-                    await self._events.log(logging.ERROR, "job_store_error", "%s", text, job_id=job_id, topic=topic)
-            delay = backoff_delay(failures, SHARED_STORE_RETRY, base=0.2)
+            delay = backoff_delay(failures, STORE_RETRY, base=0.2)
             stopping = self.stop_requested()
             if stopping is None:
                 await asyncio.sleep(delay)
-                continue
+            else:
+                try:
+                    await asyncio.wait_for(stopping.wait(), delay)
+                    return None
+                except asyncio.TimeoutError:
+                    pass
+            self._tracker.job_finished.clear()
             try:
-                await asyncio.wait_for(stopping.wait(), delay)
-                return None
-            except asyncio.TimeoutError:
-                pass
-
-    def _insert(self, job_id: str, data: Dict[str, Any], topic: Optional[str]) -> InsertOutcome:
-        """Insert the job, or restart it (``reprocess``) or mark it duplicate; called holding the job lock."""
-        tracker, store = self._tracker, self._tracker.store
-        # Cleared before looking: a job finishing after this look sets it again.
-        tracker.job_finished.clear()
-        outcome = store.insert(job_id, data, topic)
-        if outcome is InsertOutcome.EXISTS:
-            if self._config.duplicate_action == "reprocess" and store.jobs[job_id].status is not JobStatus.RUNNING:
-                store.restart(job_id, data, topic)
-                return InsertOutcome.CREATED
-            store.mark_duplicate(job_id)
-        return outcome
+                return await self._tracker.store.admit(job_id, data, topic, self._config.duplicate_action)
+            except JobStoreError:
+                if not self._wait_when_full():
+                    raise
+                failures += 1
 
     async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str],
                        pipelined: bool, ticket: Optional[Ticket] = None, first: Optional[Outcome] = None,

@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from typing import Any, Dict, Optional, Union
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ListenerError
 from ..ops.events import ErrorType
 from ..config.parser import SafeConfigParser
 
@@ -21,7 +21,7 @@ LARGE_PAYLOAD_BYTES = 64 * 1024
 Payload = Union[bytes, bytearray, memoryview, str]
 
 
-class RejectedMessage(Exception):
+class RejectedMessage(ListenerError):
     """A message that cannot become a job; carries the error event's type and message."""
 
     def __init__(self, error_type: ErrorType, message: str, job_id: Optional[str] = None) -> None:

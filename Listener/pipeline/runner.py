@@ -23,7 +23,7 @@ from ..ops.events import EventSink
 from ..jobs.tracking import JobTracker
 from ..ops.metrics import ListenerMetrics
 from ..mqtt.publisher import Publisher
-from ..mqtt.connection import ClientSlot, Session
+from ..mqtt.connection import BrokerConnection, ClientSlot
 from ..mqtt.client import BrokerRefusedConnection
 
 __all__ = ["RepeatedFailures", "Runner", "State", "backoff_delay"]
@@ -110,7 +110,7 @@ class Runner:
         #: Set when :meth:`run` returns.
         self.finished = asyncio.Event()
         self._stop = asyncio.Event()
-        self._session: Optional[Session] = None
+        self._connection: Optional[BrokerConnection] = None
         self._consumer: Optional["asyncio.Task[None]"] = None
         self._carried: Set["asyncio.Task[None]"] = set()  # consumers of lost connections finishing their job
         self._in_flight: Set["asyncio.Task[None]"] = set()
@@ -199,11 +199,11 @@ class Runner:
         finally:
             cleanup.cancel()
             await self._wind_down()
-            if self._session is not None:
+            if self._connection is not None:
                 with contextlib.suppress(asyncio.TimeoutError):  # recorded jobs are acknowledged before the DISCONNECT
-                    await asyncio.wait_for(self._session.adapter.acks_released(), ACKS_RELEASED_TIMEOUT)
+                    await asyncio.wait_for(self._connection.adapter.acks_released(), ACKS_RELEASED_TIMEOUT)
                 await asyncio.sleep(0)  # acknowledgements just released go out before the DISCONNECT
-                await self._session.close()
+                await self._connection.close()
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
                 self._grace_timer = None
@@ -222,9 +222,9 @@ class Runner:
             adapter.on_drop(self._drops.record)
             if self._tracker.store.persistent:
                 adapter.hold_acks_until(self._tracker.store.durable)
-            session = self._session = Session(adapter, self._config, self._endpoint, self._filters)
+            connection = self._connection = BrokerConnection(adapter, self._config, self._endpoint, self._filters)
             try:
-                if not await self._unless_stopped(session.open()):
+                if not await self._unless_stopped(connection.open()):
                     return
             except BrokerRefusedConnection:
                 raise
@@ -257,14 +257,14 @@ class Runner:
                 self._metrics.reconnects += 1
                 await self._events.log(logging.INFO, "connection_up", "Reconnected to %s", self._endpoint)
             try:
-                await self._consume_until_disconnected(session)
+                await self._consume_until_disconnected(connection)
             finally:
                 self.ready.clear()
             if self._stop.is_set():
                 return
             self.state = State.CONNECTING
             self._metrics.connection_losses += 1
-            await session.close(disconnect_client=False)
+            await connection.close(disconnect_client=False)
             # Published once the connection is back (kept by the publisher meanwhile).
             await self._events.log(logging.WARNING, "connection_down", "Connection to %s lost", self._endpoint)
             if not self._config.auto_reconnect:
@@ -286,17 +286,17 @@ class Runner:
         task.result()
         return True
 
-    async def _consume_until_disconnected(self, session: Session) -> None:
+    async def _consume_until_disconnected(self, connection: BrokerConnection) -> None:
         """Consume until the connection ends; return as soon as it does, even in the middle of a job.
 
         A consumer still running a job then is *carried*: it finishes that job (its result is kept
         for the next connection) and takes nothing more; the next consumer waits for it, then takes
         over the same delivery queue. So the loss is counted, logged and repaired at once.
         """
-        consumer = asyncio.create_task(self._consume(session, tuple(self._carried)),
+        consumer = asyncio.create_task(self._consume(connection, tuple(self._carried)),
                                        name=f"listener[{self._config.client_id}].consumer")
         self._consumer = consumer
-        lost = asyncio.ensure_future(session.wait_closed())
+        lost = asyncio.ensure_future(connection.wait_closed())
         try:
             await asyncio.wait({consumer, lost}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -311,7 +311,7 @@ class Runner:
         if consumer.done() and not consumer.cancelled():
             consumer.result()
 
-    async def _consume(self, session: Session, predecessors: Tuple["asyncio.Task[None]", ...] = ()) -> None:
+    async def _consume(self, connection: BrokerConnection, predecessors: Tuple["asyncio.Task[None]", ...] = ()) -> None:
         """Take messages and handle them until the connection ends or stop() was called.
 
         After stop(), messages already acknowledged (queued) are still handled; nothing more is taken.
@@ -324,13 +324,13 @@ class Runner:
             while limit > 1 and len(self._in_flight) >= limit:  # backpressure: N jobs running
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
-            message = await session.next_message()
+            message = await connection.next_message()
             if message is None:
                 return
-            ticket = session.ticket(message)
+            ticket = connection.ticket(message)
             if limit == 1:
-                if session.adapter.queued and self._handle_batch is not None:
-                    batch = await self._take_batch(session, (message.data, message.topic, ticket))
+                if connection.adapter.queued and self._handle_batch is not None:
+                    batch = await self._take_batch(connection, (message.data, message.topic, ticket))
                     if len(batch) > 1:
                         self._inline_jobs += len(batch)
                         try:
@@ -348,16 +348,16 @@ class Runner:
                 self._in_flight.add(task)
                 task.add_done_callback(self._job_done)
 
-    async def _take_batch(self, session: Session,
+    async def _take_batch(self, connection: BrokerConnection,
                           first: Tuple[Any, str, Optional[Ticket]]) -> List[Tuple[Any, str, Optional[Ticket]]]:
         """``first`` and the messages already queued behind it, up to the pipeline's batch size."""
         batch = [first]
         size = self._batch_size()
-        while len(batch) < size and session.adapter.queued:
-            message = await session.next_message()
+        while len(batch) < size and connection.adapter.queued:
+            message = await connection.next_message()
             if message is None:
                 break
-            batch.append((message.data, message.topic, session.ticket(message)))
+            batch.append((message.data, message.topic, connection.ticket(message)))
         return batch
 
     async def _contained_batch(self, batch: List[Tuple[Any, str, Optional[Ticket]]]) -> None:
@@ -394,10 +394,10 @@ class Runner:
     async def _wind_down(self) -> None:
         """After the loop: process what was received (bounded by the grace period), report what was
         not, and send or report the publications kept during an outage."""
-        session = self._session
-        if session is not None and self._stop.is_set() and session.adapter.queued and session.adapter.closed:
+        connection = self._connection
+        if connection is not None and self._stop.is_set() and connection.adapter.queued and connection.adapter.closed:
             # Stopped while disconnected: what the lost connection received and acknowledged is still processed.
-            consumer = self._consumer = asyncio.ensure_future(self._consume(session, tuple(self._carried)))
+            consumer = self._consumer = asyncio.ensure_future(self._consume(connection, tuple(self._carried)))
             try:
                 await asyncio.wait({consumer})
             finally:

@@ -22,6 +22,8 @@ import sys
 import weakref
 from typing import Any, Awaitable, Callable, Generator, List, Optional
 
+from ..errors import ListenerError
+
 __all__ = ["ABANDON_AFTER", "Contained", "ProcessorInterrupted", "call_contained", "cancel", "cancelled_by_listener"]
 
 logger = logging.getLogger("Listener.processing")
@@ -34,7 +36,7 @@ _cancelled: "weakref.WeakSet[asyncio.Future[Any]]" = weakref.WeakSet()
 unclosable = 0
 
 
-class ProcessorInterrupted(Exception):
+class ProcessorInterrupted(ListenerError):
     """A processor raised a ``BaseException`` that is not an ``Exception`` (``SystemExit``,
     ``KeyboardInterrupt``, a ``CancelledError`` the listener did not ask for, …), or a ``StopIteration``
     (which cannot be handed over through a Future).

@@ -9,6 +9,7 @@ from typing import Any, Awaitable, Callable, Dict, Optional, TypeVar, Union
 
 from .containment import Contained, ProcessorInterrupted, call_contained, cancel
 from ..core.deadlines import settle_within
+from ..errors import ListenerError
 from ..results import ReturnType
 from .workers import CallTimeoutError, ThreadWorkers
 
@@ -20,7 +21,7 @@ ProcessorResult = Optional[Union[ReturnType, Dict[str, Any]]]
 Processor = Callable[[Dict[str, Any], str], Union[ProcessorResult, Awaitable[ProcessorResult]]]
 
 
-class JobTimeoutError(TimeoutError):
+class JobTimeoutError(ListenerError, TimeoutError):
     """The processor did not finish within ``job_timeout`` (distinct from a TimeoutError it raised itself)."""
 
     def __init__(self, timeout: float) -> None:

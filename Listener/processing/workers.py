@@ -19,12 +19,14 @@ import queue
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ..errors import ListenerError
+
 __all__ = ["CallTimeoutError", "ThreadWorkers"]
 
 _QUEUED, _RUNNING, _DONE, _ABANDONED = range(4)
 
 
-class CallTimeoutError(asyncio.TimeoutError):
+class CallTimeoutError(ListenerError, asyncio.TimeoutError):
     """The call did not finish in time (unlike a TimeoutError the call itself raised)."""
 
 

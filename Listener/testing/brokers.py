@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from ..mqtt.amqtt_boundary import EmbeddedBroker
+
 __all__ = ["BROKER_KINDS", "BrokerAddress", "find_mosquitto", "running_broker"]
 
 #: What ``LISTENER_TEST_BROKER`` (or ``running_broker(kind=...)``) may ask for; "auto" picks the first that works.
@@ -127,12 +129,7 @@ def _embedded() -> Iterator[BrokerAddress]:
     holder: list[Any] = []
 
     async def start() -> None:
-        from amqtt.broker import Broker
-
-        broker = Broker({
-            "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-        })
+        broker = EmbeddedBroker("127.0.0.1", port)
         await broker.start()
         holder.append(broker)
 

@@ -8,7 +8,7 @@ import threading
 from typing import Any, Dict, List
 
 from Listener.pipeline.payloads import LARGE_PAYLOAD_BYTES
-from tests.integration.test_listener_mocked import make_listener, published_json
+from tests.support.mocked_listeners import mocked_listener, published_json
 
 
 def big_document(size: int) -> bytes:
@@ -36,7 +36,7 @@ def spy_on_parser(listener: Any, record: List[Dict[str, Any]], ticks: List[int])
 
 
 async def test_a_payload_above_64_kib_is_parsed_in_another_thread_while_the_loop_keeps_serving() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     record: List[Dict[str, Any]] = []
     ticks: List[int] = []
     spy_on_parser(listener, record, ticks)
@@ -59,7 +59,7 @@ async def test_a_payload_above_64_kib_is_parsed_in_another_thread_while_the_loop
 
 
 async def test_a_small_payload_is_parsed_on_the_loop_and_the_dotted_key_guard_still_applies() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     record: List[Dict[str, Any]] = []
     spy_on_parser(listener, record, [])
     assert await listener.process_message(b'job_id = "small-1"', lambda data, job_id: None) is None

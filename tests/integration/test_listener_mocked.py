@@ -12,32 +12,12 @@ from unittest.mock import AsyncMock, MagicMock
 
 import pytest
 
-from Listener import EventListener, EventListenerConfig, JobStatus, ReturnType, SafeConfigParser, create_return_type
-
-
-async def wait_forever() -> Any:
-    """A deliver_message that never delivers (until cancelled)."""
-    await asyncio.Event().wait()
-
-
-def make_listener(**overrides: Any) -> EventListener:
-    options: Dict[str, Any] = {"host": "test-host", "topic": "test/topic", "client_id": "test-client"}
-    options.update(overrides)
-    listener = EventListener(EventListenerConfig(**options))
-    listener.client = AsyncMock()
-    return listener
-
-
-def published(listener: EventListener) -> List[tuple[str, Any, int, bool]]:
-    return [tuple(call.args) for call in listener.client.publish.call_args_list]
-
-
-def published_json(listener: EventListener, topic: str) -> List[Dict[str, Any]]:
-    return [json.loads(payload) for t, payload, _, _ in published(listener) if t == topic]
+from Listener import EventListener, JobStatus, ReturnType, SafeConfigParser, create_return_type
+from tests.support.mocked_listeners import feed, mocked_listener, publications, published_json, wait_forever
 
 
 async def test_success_publishes_result_positionally_once() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
 
     def processor(data: Dict[str, Any], job_id: str) -> ReturnType:
         return ReturnType(data={"result": "processed", "input": data}, topic="test/results", qos=1, retain=False,
@@ -56,7 +36,7 @@ async def test_success_publishes_result_positionally_once() -> None:
 
 
 async def test_failure_marks_failed_and_publishes_error_event() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
 
     def processor(data: Dict[str, Any], job_id: str) -> None:
         raise ValueError("Test error")
@@ -75,7 +55,7 @@ async def test_failure_marks_failed_and_publishes_error_event() -> None:
 
 
 async def test_processor_base_exception_fails_only_its_job() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
 
     def processor(data: Dict[str, Any], job_id: str) -> None:
         raise KeyboardInterrupt("boom")
@@ -86,7 +66,7 @@ async def test_processor_base_exception_fails_only_its_job() -> None:
 
 
 async def test_connect_and_subscribe_once_with_all_filters() -> None:
-    listener = make_listener(topic="events/#", qos=1, custom_topics={
+    listener = mocked_listener(topic="events/#", qos=1, custom_topics={
         "events/alerts": {"qos": 2, "retain": True},  # covered by events/# -> not subscribed twice
         "metrics/+": {"qos": 0, "retain": False},
     })
@@ -98,7 +78,7 @@ async def test_connect_and_subscribe_once_with_all_filters() -> None:
 
 
 async def test_connect_failure_raises_connection_error_without_password() -> None:
-    listener = make_listener(password="hunter2-secret")
+    listener = mocked_listener(password="hunter2-secret")
     listener.client.connect.side_effect = OSError("refused by hunter2-secret")
     with pytest.raises(ConnectionError) as info:
         await listener._connect()
@@ -107,35 +87,35 @@ async def test_connect_failure_raises_connection_error_without_password() -> Non
 
 
 async def test_dict_result_goes_to_results_topic_with_custom_topic_defaults() -> None:
-    listener = make_listener(results_topic="out/results", custom_topics={"out/#": {"qos": 2, "retain": True}})
+    listener = mocked_listener(results_topic="out/results", custom_topics={"out/#": {"qos": 2, "retain": True}})
     await listener.process_message({"job_id": "d-1"}, lambda data, job_id: {"ok": True, "job": job_id})
-    assert published(listener) == [("out/results", b'{"ok":true,"job":"d-1"}', 2, True)]
+    assert publications(listener) == [("out/results", b'{"ok":true,"job":"d-1"}', 2, True)]
 
 
 async def test_none_result_publishes_nothing() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     await listener.process_message({"job_id": "n-1"}, lambda data, job_id: None)
     listener.client.publish.assert_not_called()
     assert (await listener.get_job_status("n-1")).status is JobStatus.COMPLETED  # type: ignore[union-attr]
 
 
 async def test_without_processor_job_just_completes() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     await listener._process_message({"job_id": "test-001", "task_type": "test_task"})
     job = await listener.get_job_status("test-001")
     assert job is not None and job.status is JobStatus.COMPLETED and job.result is None
 
 
 async def test_return_type_without_job_id_gets_the_jobs_id_and_results_topic() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     result = create_return_type({"x": 1}, "")
     await listener.process_message({"job_id": "r-1"}, lambda data, job_id: result)
     assert result.job_id == "r-1"
-    assert published(listener)[0][0] == "test/results"
+    assert publications(listener)[0][0] == "test/results"
 
 
 async def test_unserialisable_result_fails_the_job_cleanly() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     await listener.process_message({"job_id": "u-1"}, lambda data, job_id: {"obj": object()})
     job = await listener.get_job_status("u-1")
     assert job is not None and job.status is JobStatus.FAILED and "JSON" in (job.error or "")
@@ -143,14 +123,14 @@ async def test_unserialisable_result_fails_the_job_cleanly() -> None:
 
 
 async def test_wildcard_result_topic_fails_the_job_instead_of_reaching_the_broker() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     await listener.process_message({"job_id": "w-1"}, lambda data, job_id: create_return_type({}, "a/+/b"))
     assert (await listener.get_job_status("w-1")).status is JobStatus.FAILED  # type: ignore[union-attr]
-    assert all(topic != "a/+/b" for topic, *_ in published(listener))
+    assert all(topic != "a/+/b" for topic, *_ in publications(listener))
 
 
 async def test_async_processor_is_awaited_on_the_loop_and_sync_runs_on_a_thread() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     loop_thread = threading.get_ident()
     seen: Dict[str, int] = {}
 
@@ -176,7 +156,7 @@ async def test_async_processor_is_awaited_on_the_loop_and_sync_runs_on_a_thread(
     (b"job_id = [1, 2]", "invalid_payload"),
 ])
 async def test_rejected_payloads_publish_one_error_event_and_create_no_job(payload: bytes, error_type: str) -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     called = []
     await listener._process_message(payload, lambda data, job_id: called.append(job_id), topic="test/topic")
     assert called == []
@@ -188,14 +168,14 @@ async def test_rejected_payloads_publish_one_error_event_and_create_no_job(paylo
 
 
 async def test_toml_string_payload_is_parsed_and_gets_topic() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     received: List[Dict[str, Any]] = []
     await listener.process_message('job_id = "t-1"\nvalue = 3\n', lambda d, j: received.append(d), topic="a/b")
     assert received == [{"job_id": "t-1", "value": 3, "_topic": "a/b"}]
 
 
 async def test_generated_job_id_when_allowed() -> None:
-    listener = make_listener(allow_job_id_generation=True)
+    listener = mocked_listener(allow_job_id_generation=True)
     ids: List[str] = []
     await listener.process_message({"task": "x"}, lambda d, job_id: ids.append(job_id))
     assert len(ids) == 1 and len(ids[0]) == 36 and await listener.job_exists(ids[0])
@@ -203,7 +183,7 @@ async def test_generated_job_id_when_allowed() -> None:
 
 @pytest.mark.parametrize("action, runs, error_events", [("skip", 1, 0), ("reprocess", 2, 0), ("error", 1, 1)])
 async def test_duplicate_policies(action: str, runs: int, error_events: int) -> None:
-    listener = make_listener(duplicate_action=action)
+    listener = mocked_listener(duplicate_action=action)
     calls: List[str] = []
     for _ in range(2):
         await listener.process_message({"job_id": "dup"}, lambda d, job_id: calls.append(job_id))
@@ -216,23 +196,23 @@ async def test_duplicate_policies(action: str, runs: int, error_events: int) -> 
 
 
 async def test_send_message_encodes_str_and_json() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     await listener._send_message("t/a", "héllo", 1, True)
     await listener._send_message("t/b", {"k": "v"}, 0, False)
     await listener._send_message("t/c", b"raw", 2, False)
-    assert published(listener) == [("t/a", "héllo".encode(), 1, True), ("t/b", b'{"k":"v"}', 0, False),
-                                   ("t/c", b"raw", 2, False)]
+    assert publications(listener) == [("t/a", "héllo".encode(), 1, True), ("t/b", b'{"k":"v"}', 0, False),
+                                      ("t/c", b"raw", 2, False)]
 
 
 async def test_publish_result_uses_given_topic() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     await listener._create_job("mqtt-test-001", {"task": "test"})
     await listener._publish_result({"job_id": "mqtt-test-001", "result": "success"}, "test/results")
-    assert published(listener) == [("test/results", b'{"job_id":"mqtt-test-001","result":"success"}', 0, False)]
+    assert publications(listener) == [("test/results", b'{"job_id":"mqtt-test-001","result":"success"}', 0, False)]
 
 
 async def test_publish_failure_is_reported_not_raised() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     listener.client.publish.side_effect = [OSError("socket closed"), None, None]
     await listener.process_message({"job_id": "p-1"}, lambda d, j: {"x": 1})
     job = await listener.get_job_status("p-1")
@@ -244,7 +224,7 @@ async def test_publish_failure_is_reported_not_raised() -> None:
 
 
 async def test_info_log_topic_level_publishes_audit_trail() -> None:
-    listener = make_listener(log_topic_level="INFO")
+    listener = mocked_listener(log_topic_level="INFO")
     await listener.process_message({"job_id": "i-1"}, lambda d, j: None)
     logs = published_json(listener, "test/log")
     assert [e["event"] for e in logs] == ["job_completed"]
@@ -252,15 +232,15 @@ async def test_info_log_topic_level_publishes_audit_trail() -> None:
 
 
 async def test_empty_log_topic_turns_log_events_off() -> None:
-    listener = make_listener(log_topic="", log_topic_level="DEBUG")
+    listener = mocked_listener(log_topic="", log_topic_level="DEBUG")
     await listener.process_message({"job_id": "q-1"}, lambda d, j: 1 / 0)
-    assert all(topic != "" for topic, *_ in published(listener))
-    assert [topic for topic, *_ in published(listener)] == ["test/error"]
+    assert all(topic != "" for topic, *_ in publications(listener))
+    assert [topic for topic, *_ in publications(listener)] == ["test/error"]
 
 
 async def test_password_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    listener = make_listener(password="s3cr3t-token-xyz")
+    listener = mocked_listener(password="s3cr3t-token-xyz")
     listener.client.connect.side_effect = OSError("cannot reach")
     with pytest.raises(ConnectionError):
         await listener._connect()
@@ -270,13 +250,13 @@ async def test_password_never_logged(caplog: pytest.LogCaptureFixture) -> None:
 
     await listener.process_message({"job_id": "sec"}, processor)
     assert "s3cr3t-token-xyz" not in caplog.text
-    for _, payload, _, _ in published(listener):
+    for _, payload, _, _ in publications(listener):
         assert b"s3cr3t-token-xyz" not in payload
     assert "s3cr3t-token-xyz" not in repr(listener.config)
 
 
 async def test_job_queries_return_copies() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     await listener._create_job("c-1", {"a": 1})
     jobs = await listener.get_all_jobs()
     jobs["c-1"].status = JobStatus.FAILED
@@ -287,13 +267,13 @@ async def test_job_queries_return_copies() -> None:
 
 
 async def test_stop_when_not_running_is_safe() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     listener.stop()
     assert listener.is_running is False
 
 
 async def test_run_with_mock_client_processes_until_stopped() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     messages: asyncio.Queue[Any] = asyncio.Queue()
     for i in range(3):
         messages.put_nowait(MagicMock(topic="test/topic", data=bytearray(f'job_id = "m-{i}"'.encode())))
@@ -315,7 +295,7 @@ async def test_run_with_mock_client_processes_until_stopped() -> None:
 
 
 async def test_stop_while_idle_interrupts_the_wait_for_messages() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     listener.client.deliver_message.side_effect = wait_forever
     listener.client.subscribe.return_value = [0]
     run = asyncio.create_task(listener.run(lambda d, j: None))
@@ -327,7 +307,7 @@ async def test_stop_while_idle_interrupts_the_wait_for_messages() -> None:
 
 
 async def test_async_context_manager_stops_a_running_listener() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     listener.client.deliver_message.side_effect = wait_forever
     listener.client.subscribe.return_value = [0]
     async with listener as entered:
@@ -338,14 +318,14 @@ async def test_async_context_manager_stops_a_running_listener() -> None:
 
 
 async def test_subscription_refused_by_broker_is_a_connection_error() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     listener.client.subscribe.return_value = [0x80]
     with pytest.raises(ConnectionError, match="refused the subscription to test/topic"):
         await listener.run(lambda d, j: None)
 
 
 async def test_connection_lost_reconnects_and_resubscribes() -> None:
-    listener = make_listener(reconnect_retries=3)
+    listener = mocked_listener(reconnect_retries=3)
     listener.client.subscribe.return_value = [0]
     sessions = {"count": 0}
 
@@ -363,7 +343,7 @@ async def test_connection_lost_reconnects_and_resubscribes() -> None:
 
 
 async def test_unreachable_broker_gives_up_after_retries() -> None:
-    listener = make_listener(reconnect_retries=1, reconnect_max_interval=0.05)
+    listener = mocked_listener(reconnect_retries=1, reconnect_max_interval=0.05)
     listener.client.connect.side_effect = OSError("refused")
     with pytest.raises(ConnectionError, match="gave up after 2 attempts"):
         await asyncio.wait_for(listener.run(lambda d, j: None), 5)
@@ -371,7 +351,7 @@ async def test_unreachable_broker_gives_up_after_retries() -> None:
 
 
 async def test_run_twice_at_once_is_refused() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     listener.client.deliver_message.side_effect = wait_forever
     listener.client.subscribe.return_value = [0]
     run = asyncio.create_task(listener.run())
@@ -384,22 +364,12 @@ async def test_run_twice_at_once_is_refused() -> None:
 
 async def test_mock_processors_are_called_not_hung_on() -> None:
     """A MagicMock has every attribute; unwrapping partials must not chase its endless children."""
-    listener = make_listener()
+    listener = mocked_listener()
     sync_mock = MagicMock(return_value={"ok": 1})
     async_mock = AsyncMock(return_value={"ok": 2})
     assert await asyncio.wait_for(listener.process_message({"job_id": "m-sync"}, sync_mock), 5) == {"ok": 1}
     assert await asyncio.wait_for(listener.process_message({"job_id": "m-async"}, async_mock), 5) == {"ok": 2}
     async_mock.assert_awaited_once()
-
-
-def feed(listener: EventListener, *payloads: bytes) -> "asyncio.Queue[Any]":
-    """Make the mocked client deliver ``payloads`` on test/topic, then wait forever."""
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    for payload in payloads:
-        queue.put_nowait(MagicMock(topic="test/topic", data=bytearray(payload)))
-    listener.client.deliver_message.side_effect = queue.get
-    listener.client.subscribe.return_value = [0]
-    return queue
 
 
 async def until(predicate: Any, timeout: float = 5.0) -> None:
@@ -410,7 +380,7 @@ async def until(predicate: Any, timeout: float = 5.0) -> None:
 
 
 async def test_full_store_of_active_jobs_makes_the_listener_wait_not_drop() -> None:
-    listener = make_listener(max_jobs_in_memory=2)
+    listener = mocked_listener(max_jobs_in_memory=2)
     await listener._create_job("held-1", {})
     await listener._create_job("held-2", {})
     feed(listener, b'job_id = "waiting"')
@@ -431,7 +401,7 @@ async def test_full_store_of_active_jobs_makes_the_listener_wait_not_drop() -> N
 
 
 async def test_grace_period_bounds_a_hanging_job_at_stop() -> None:
-    listener = make_listener(shutdown_grace_period=0.1)
+    listener = mocked_listener(shutdown_grace_period=0.1)
     feed(listener, b'job_id = "hangs"')
     started = asyncio.Event()
 
@@ -449,7 +419,7 @@ async def test_grace_period_bounds_a_hanging_job_at_stop() -> None:
 
 
 async def test_running_listener_sweeps_expired_jobs() -> None:
-    listener = make_listener(job_cleanup_interval=0.05)
+    listener = mocked_listener(job_cleanup_interval=0.05)
     feed(listener, b'job_id = "old"')
     run = asyncio.create_task(listener.run(lambda d, j: None))
     await until(lambda: listener.is_job_completed("old"))
@@ -463,7 +433,7 @@ async def _not(awaitable: Any) -> bool:
 
 
 async def test_stop_from_another_thread() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     feed(listener)
     run = asyncio.create_task(listener.run())
     await listener.wait_until_ready(5)
@@ -473,7 +443,7 @@ async def test_stop_from_another_thread() -> None:
 
 
 async def test_connection_lost_without_auto_reconnect_raises() -> None:
-    listener = make_listener(auto_reconnect=False)
+    listener = mocked_listener(auto_reconnect=False)
     listener.client.subscribe.return_value = [0]
     listener.client.deliver_message.return_value = None  # amqtt's sign that the connection is gone
     with pytest.raises(ConnectionError, match="lost"):
@@ -481,7 +451,7 @@ async def test_connection_lost_without_auto_reconnect_raises() -> None:
 
 
 async def test_stop_during_reconnect_backoff_returns_without_error() -> None:
-    listener = make_listener(reconnect_retries=-1, reconnect_max_interval=60)
+    listener = mocked_listener(reconnect_retries=-1, reconnect_max_interval=60)
     listener.client.connect.side_effect = OSError("broker down")
     run = asyncio.create_task(listener.run())
 
@@ -506,7 +476,7 @@ async def test_an_internal_error_costs_one_message_not_the_listener() -> None:
                 raise RuntimeError("bug")
             return super().parse_config_from_string(config_string)
 
-    listener = EventListener(make_listener().config, config_parser=BrokenParser())
+    listener = EventListener(mocked_listener().config, config_parser=BrokenParser())
     listener.client = AsyncMock()
     feed(listener, b'job_id = "first"', b'job_id = "second"')
     run = asyncio.create_task(listener.run(lambda d, j: None))

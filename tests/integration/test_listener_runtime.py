@@ -7,26 +7,14 @@ import json
 import os
 import signal
 from typing import Any, Dict, List
-from unittest.mock import MagicMock
 
-
-from Listener import EventListener, JobStatus
-from tests.integration.test_listener_mocked import make_listener, published_json, wait_forever
-
-
-def feed(listener: EventListener, *payloads: str) -> "asyncio.Queue[Any]":
-    """Make the mocked client deliver ``payloads``, then wait forever."""
-    messages: asyncio.Queue[Any] = asyncio.Queue()
-    for payload in payloads:
-        messages.put_nowait(MagicMock(topic="test/topic", data=bytearray(payload.encode())))
-    listener.client.deliver_message.side_effect = messages.get
-    listener.client.subscribe.return_value = [0]
-    return messages
+from Listener import JobStatus
+from tests.support.mocked_listeners import feed, mocked_listener, published_json, wait_forever
 
 
 async def test_sigterm_stops_a_running_listener_after_its_job() -> None:
     previous = signal.getsignal(signal.SIGTERM)
-    listener = make_listener()
+    listener = mocked_listener()
     feed(listener, 'job_id = "j1"')
     started = asyncio.Event()
     finished: List[str] = []
@@ -48,7 +36,7 @@ async def test_sigterm_stops_a_running_listener_after_its_job() -> None:
 
 
 async def test_install_signal_handlers_before_run() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     feed(listener)
     listener.install_signal_handlers([signal.SIGUSR1])
     run = asyncio.create_task(listener.run())
@@ -59,7 +47,7 @@ async def test_install_signal_handlers_before_run() -> None:
 
 
 async def test_job_timeout_cancels_an_async_job_and_the_next_one_runs() -> None:
-    listener = make_listener(job_timeout=0.1)
+    listener = mocked_listener(job_timeout=0.1)
     cancelled: List[str] = []
 
     async def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
@@ -82,7 +70,7 @@ async def test_job_timeout_cancels_an_async_job_and_the_next_one_runs() -> None:
 
 
 async def test_metrics_follow_the_jobs() -> None:
-    listener = make_listener(duplicate_action="skip")
+    listener = mocked_listener(duplicate_action="skip")
 
     def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
         if data.get("fail"):
@@ -110,7 +98,7 @@ async def test_metrics_follow_the_jobs() -> None:
 
 
 async def test_grace_period_cancels_concurrent_jobs_that_run_too_long() -> None:
-    listener = make_listener(max_concurrent_jobs=3, shutdown_grace_period=0.2)
+    listener = mocked_listener(max_concurrent_jobs=3, shutdown_grace_period=0.2)
     feed(listener, 'job_id = "x1"', 'job_id = "x2"')
 
     async def processor(data: Dict[str, Any], job_id: str) -> None:
@@ -130,7 +118,7 @@ async def test_grace_period_cancels_concurrent_jobs_that_run_too_long() -> None:
 
 
 async def test_a_stop_before_run_makes_run_return_at_once_and_is_used_up() -> None:
-    listener = make_listener()
+    listener = mocked_listener()
     feed(listener)
     listener.stop()
     await asyncio.wait_for(listener.run(), 5)
@@ -143,7 +131,7 @@ async def test_a_stop_before_run_makes_run_return_at_once_and_is_used_up() -> No
 
 
 async def test_stop_while_connecting_returns_at_once() -> None:
-    listener = make_listener(connect_timeout=30)
+    listener = mocked_listener(connect_timeout=30)
     listener.client.connect.side_effect = wait_forever  # a broker that never answers CONNECT
     run = asyncio.create_task(listener.run())
 
@@ -158,7 +146,7 @@ async def test_stop_while_connecting_returns_at_once() -> None:
 
 
 async def test_concurrent_jobs_waiting_for_room_in_a_full_store_all_get_in() -> None:
-    listener = make_listener(max_concurrent_jobs=4, max_jobs_in_memory=2)
+    listener = mocked_listener(max_concurrent_jobs=4, max_jobs_in_memory=2)
     feed(listener, *(f'job_id = "full-{i}"' for i in range(8)))
     done: List[str] = []
 
@@ -179,7 +167,7 @@ async def test_concurrent_jobs_waiting_for_room_in_a_full_store_all_get_in() -> 
 
 
 async def test_the_next_job_starts_while_a_qos1_result_awaits_its_acknowledgement() -> None:
-    listener = make_listener(default_qos=1)
+    listener = mocked_listener(default_qos=1)
     feed(listener, 'job_id = "p1"', 'job_id = "p2"')
     acknowledged = asyncio.Event()
     sent: List[str] = []
@@ -214,7 +202,7 @@ async def test_a_result_unacknowledged_when_the_grace_period_ends_leaves_its_job
     """A QoS 1 result whose PUBACK never came before the grace period ended: the job is not COMPLETED (the
     result may not have reached the broker) but cut short, so when its message is redelivered it runs again
     instead of being skipped as a duplicate."""
-    listener = make_listener(default_qos=1, shutdown_grace_period=0.1)
+    listener = mocked_listener(default_qos=1, shutdown_grace_period=0.1)
     feed(listener, 'job_id = "r1"')
     sent = asyncio.Event()
 

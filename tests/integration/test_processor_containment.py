@@ -23,8 +23,7 @@ from Listener.processing import containment
 from Listener.processing.processors import call_processor, describe_exception
 from Listener.processing.containment import ProcessorInterrupted
 from Listener.processing.workers import ThreadWorkers
-from tests.integration.test_listener_mocked import make_listener, published_json
-from tests.integration.test_listener_runtime import feed
+from tests.support.mocked_listeners import feed, mocked_listener, published_json
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,7 +83,7 @@ def error_types(listener: EventListener) -> Dict[Optional[str], str]:
 @pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt])
 def test_system_exit_and_keyboard_interrupt_fail_only_their_job(exc_type: type, kind: str,
                                                                 timeout: Optional[float]) -> None:
-    listener = make_listener(job_timeout=timeout)
+    listener = mocked_listener(job_timeout=timeout)
     feed(listener, 'job_id = "bad"', 'job_id = "next"')
 
     def sync_processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
@@ -116,7 +115,7 @@ def test_system_exit_and_keyboard_interrupt_fail_only_their_job(exc_type: type, 
 @pytest.mark.parametrize("kind", ["async", "async_awaited_cancelled_future", "sync", "inline"])
 def test_a_processors_own_cancelled_error_fails_its_job_and_the_listener_goes_on(
         kind: str, timeout: Optional[float], concurrency: int) -> None:
-    listener = make_listener(job_timeout=timeout, max_concurrent_jobs=concurrency)
+    listener = mocked_listener(job_timeout=timeout, max_concurrent_jobs=concurrency)
     feed(listener, 'job_id = "cancels"', 'job_id = "after-1"', 'job_id = "after-2"')
 
     def sync_processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
@@ -147,7 +146,7 @@ def test_a_processors_own_cancelled_error_fails_its_job_and_the_listener_goes_on
 
 async def test_cancelling_the_caller_of_process_message_still_cancels() -> None:
     """The other side of item 5: a cancellation that *is* asked for (here by the caller) stays one."""
-    listener = make_listener()
+    listener = mocked_listener()
     started = asyncio.Event()
 
     async def processor(data: Dict[str, Any], job_id: str) -> None:
@@ -207,7 +206,7 @@ def swallowing(started: Optional[List[str]] = None) -> Callable[[Dict[str, Any],
 
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_job_timeout_abandons_a_processor_that_swallows_cancellation(concurrency: int) -> None:
-    listener = make_listener(job_timeout=0.2, max_concurrent_jobs=concurrency)
+    listener = mocked_listener(job_timeout=0.2, max_concurrent_jobs=concurrency)
     feed(listener, 'job_id = "stubborn"', 'job_id = "after"')
     started = time.monotonic()
     run_isolated(lambda: jobs_until_done(listener, ["stubborn", "after"], swallowing()))
@@ -220,7 +219,7 @@ def test_job_timeout_abandons_a_processor_that_swallows_cancellation(concurrency
 
 @pytest.mark.parametrize("concurrency", [1, 3])
 def test_stop_abandons_a_processor_that_swallows_cancellation_and_asyncio_run_returns(concurrency: int) -> None:
-    listener = make_listener(shutdown_grace_period=0.2, max_concurrent_jobs=concurrency)
+    listener = mocked_listener(shutdown_grace_period=0.2, max_concurrent_jobs=concurrency)
     feed(listener, 'job_id = "stubborn"')
     started: List[str] = []
 
@@ -258,7 +257,7 @@ async def test_a_cancelled_processor_that_cleans_up_briefly_is_not_abandoned() -
 async def test_a_swallowing_processor_that_gives_up_in_time_keeps_its_result(concurrency: int) -> None:
     """Swallowing once and then returning within ABANDON_AFTER is not abandoned either (nor cancelled a
     second time when the grace period ends)."""
-    listener = make_listener(shutdown_grace_period=0.05, max_concurrent_jobs=concurrency)
+    listener = mocked_listener(shutdown_grace_period=0.05, max_concurrent_jobs=concurrency)
     feed(listener, 'job_id = "late"')
     started = asyncio.Event()
 

@@ -17,7 +17,7 @@ import redis
 from Listener import EventListener, EventListenerConfig, JobStatus
 from Listener.cli.command import EXIT_FAILURE, EXIT_OK, main
 from Listener.jobs.factory import JobStoreError, check_job_store, job_store_problem
-from Listener.jobs.records import InsertOutcome
+from Listener.jobs.admission import Admission
 from Listener.jobs.redis import ACTIVE_LEASE, RedisJobStore, parse_redis_url
 from Listener.mqtt.client import secrets
 from tests.support.brokers import free_port
@@ -27,7 +27,7 @@ __all__ = ["redis_factory", "redis_server"]  # the fixtures, for pytest
 
 pytestmark = pytest.mark.timeout(60)
 
-CREATED, EXISTS, FULL = InsertOutcome.CREATED, InsertOutcome.EXISTS, InsertOutcome.FULL
+CREATED, DUPLICATE, FULL = Admission.CREATED, Admission.DUPLICATE, Admission.FULL
 
 
 @pytest.fixture
@@ -55,14 +55,14 @@ def reader(server: RedisServer) -> "redis.Redis[str]":
 async def test_a_finished_record_expires_after_the_ttl_an_active_one_holds_a_lease(
         stores: Any, redis_server: RedisServer) -> None:
     store = await stores(ttl=30)
-    assert await store.claim("a", {"x": 1}, "t") is CREATED
-    store.start_attempt("a")
+    assert await store.admit("a", {"x": 1}, "t") is CREATED
+    await store.start_attempt("a")
     await store.durable()
     check = reader(redis_server)
     key = f"{stores.prefix}:job:a"
     active_ttl = check.pttl(key)
     assert 0 < active_ttl <= ACTIVE_LEASE * 1000  # a worker that dies does not hold the id for ever
-    store.set_status("a", JobStatus.COMPLETED, result={"y": 2})
+    await store.set_status("a", JobStatus.COMPLETED, result={"y": 2})
     await store.durable()
     finished_ttl = check.pttl(key)
     assert 25_000 < finished_ttl <= 30_000
@@ -74,54 +74,54 @@ async def test_a_finished_record_expires_after_the_ttl_an_active_one_holds_a_lea
 async def test_a_claim_is_atomic_across_clients(stores: Any) -> None:
     first, second = await stores(max_jobs=1000), await stores(max_jobs=1000)
     ids = [f"job-{n}" for n in range(60)]
-    outcomes = await asyncio.gather(*(store.claim(job_id, {"n": job_id}, None)
+    outcomes = await asyncio.gather(*(store.admit(job_id, {"n": job_id}, None)
                                       for job_id in ids for store in (first, second)))
-    by_id: Dict[str, List[InsertOutcome]] = {}
+    by_id: Dict[str, List[Admission]] = {}
     for index, outcome in enumerate(outcomes):
         by_id.setdefault(ids[index // 2], []).append(outcome)
-    assert all(sorted(o.value for o in got) == ["created", "exists"] for got in by_id.values()), by_id
+    assert all(sorted(o.value for o in got) == ["created", "duplicate"] for got in by_id.values()), by_id
     assert not set(first.jobs) & set(second.jobs)
     assert set(first.jobs) | set(second.jobs) == set(ids)
 
 
 async def test_a_duplicate_counts_in_the_record_and_an_interrupted_job_runs_again_elsewhere(stores: Any) -> None:
     first, second = await stores(), await stores()
-    assert await first.claim("done", None, None) is CREATED
-    first.start_attempt("done")
-    first.set_status("done", JobStatus.COMPLETED, result=1)
-    assert await first.claim("cut", None, None) is CREATED
-    first.start_attempt("cut")
-    first.interrupt("cut")
+    assert await first.admit("done", None, None) is CREATED
+    await first.start_attempt("done")
+    await first.set_status("done", JobStatus.COMPLETED, result=1)
+    assert await first.admit("cut", None, None) is CREATED
+    await first.start_attempt("cut")
+    await first.interrupt("cut")
     await first.durable()
-    assert await second.claim("done", None, None) is EXISTS
-    record = await second.fetch("done")
+    assert await second.admit("done", None, None) is DUPLICATE
+    record = await second.get("done")
     assert record is not None and (record.status, record.result, record.duplicate_count) == (JobStatus.DUPLICATE, 1, 1)
-    assert await second.claim("cut", {"v": 2}, None) is CREATED  # stop() cut it short: it runs again
+    assert await second.admit("cut", {"v": 2}, None) is CREATED  # stop() cut it short: it runs again
     assert second.jobs["cut"].attempts == 1
-    assert await first.claim("cut", None, None) is EXISTS  # only once
+    assert await first.admit("cut", None, None) is DUPLICATE  # only once
 
 
 async def test_reprocess_does_not_run_a_job_running_elsewhere(stores: Any) -> None:
     first, second = await stores(), await stores()
-    assert await first.claim("r", None, None) is CREATED
-    first.start_attempt("r")
+    assert await first.admit("r", None, None) is CREATED
+    await first.start_attempt("r")
     await first.durable()
-    assert await second.claim("r", None, None, reprocess=True) is EXISTS
-    first.set_status("r", JobStatus.COMPLETED)
+    assert await second.admit("r", None, None, duplicate_action="reprocess") is DUPLICATE
+    await first.set_status("r", JobStatus.COMPLETED)
     await first.durable()
-    assert await second.claim("r", None, None, reprocess=True) is CREATED
+    assert await second.admit("r", None, None, duplicate_action="reprocess") is CREATED
 
 
 async def test_the_limit_counts_every_workers_records(stores: Any, redis_server: RedisServer) -> None:
     first, second = await stores(max_jobs=3), await stores(max_jobs=3)
-    assert await first.claim("a", None, None) is CREATED
-    assert await first.claim("b", None, None) is CREATED
-    assert await second.claim("c", None, None) is CREATED
-    assert await second.claim("d", None, None) is FULL  # three active records, two workers
-    assert await first.claim("d", None, None) is FULL
-    first.set_status("a", JobStatus.COMPLETED)
+    assert await first.admit("a", None, None) is CREATED
+    assert await first.admit("b", None, None) is CREATED
+    assert await second.admit("c", None, None) is CREATED
+    assert await second.admit("d", None, None) is FULL  # three active records, two workers
+    assert await first.admit("d", None, None) is FULL
+    await first.set_status("a", JobStatus.COMPLETED)
     await first.durable()
-    assert await second.claim("d", None, None) is CREATED  # "a", finished, was evicted to make room
+    assert await second.admit("d", None, None) is CREATED  # "a", finished, was evicted to make room
     check = reader(redis_server)
     assert not check.exists(f"{stores.prefix}:job:a")
     assert sorted(check.zrange(f"{stores.prefix}:ids", 0, -1)) == ["b", "c", "d"]
@@ -181,7 +181,7 @@ async def test_a_wrong_password_is_refused_by_name_and_never_shown(redis_factory
     assert check_job_store(server.url(unique_prefix("auth"))) is None
     right = RedisJobStore(server.url(unique_prefix("auth")), 10, 60)
     await right.open()
-    assert await right.claim("a", None, None) is CREATED
+    assert await right.admit("a", None, None) is CREATED
     await right.close()
 
 
@@ -220,11 +220,35 @@ async def test_a_duplicate_claimed_before_the_first_outcome_is_written_is_still_
     """The same process finishes a job and receives its id again before the background write: the claim
     must see the outcome (else the late write of COMPLETED undoes the DUPLICATE the claim recorded)."""
     store = await stores()
-    assert await store.claim("x", None, None) is CREATED
-    store.start_attempt("x")
-    store.set_status("x", JobStatus.COMPLETED, result=5)  # not written yet
-    assert await store.claim("x", None, None) is EXISTS
+    assert await store.admit("x", None, None) is CREATED
+    await store.start_attempt("x")
+    await store.set_status("x", JobStatus.COMPLETED, result=5)  # not written yet
+    assert await store.admit("x", None, None) is DUPLICATE
     await store.durable()
-    record = await store.fetch("x")
+    record = await store.get("x")
     assert record is not None and (record.status, record.result, record.duplicate_count) == (
         JobStatus.DUPLICATE, 5, 1)
+
+
+async def test_a_duplicate_of_a_job_pending_elsewhere_is_recorded_and_its_record_stays_active(
+        stores: Any, redis_server: RedisServer) -> None:
+    """As with the other stores, the duplicate makes the job DUPLICATE; here its worker is about to run it, so
+    the record keeps its lease and is not evictable, and the run's outcome replaces the status."""
+    first, second = await stores(max_jobs=2), await stores(max_jobs=2)
+    assert await first.admit("p", {"v": 1}, None) is CREATED
+    assert await second.admit("p", {"v": 2}, None) is DUPLICATE
+    record = await second.get("p")
+    assert record is not None and (record.status, record.input_data, record.duplicate_count) == (
+        JobStatus.DUPLICATE, {"v": 1}, 1)
+    check = reader(redis_server)
+    assert check.zscore(f"{stores.prefix}:finished", "p") is None
+    assert 0 < check.pttl(f"{stores.prefix}:job:p") <= ACTIVE_LEASE * 1000
+    check.close()
+    assert await second.admit("q", None, None) is CREATED
+    assert await second.admit("r", None, None) is FULL  # "p" was not evicted
+    await first.start_attempt("p")
+    await first.set_status("p", JobStatus.COMPLETED, result=1)
+    assert await first.mark_duplicate("p") and not await first.mark_duplicate("never-seen")
+    record = await second.get("p")
+    assert record is not None and (record.status, record.result, record.duplicate_count) == (
+        JobStatus.DUPLICATE, 1, 2)

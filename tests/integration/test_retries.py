@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, Dict, List
-from unittest.mock import MagicMock
 
-from Listener import EventListener, JobStatus
+from Listener import JobStatus
 from Listener.processing.processors import JobTimeoutError
 from Listener.testing import TestListener
-from tests.unit.helpers import mocked_listener, wait_forever
-from tests.support.flaky import Flaky
+from tests.support.mocked_listeners import feed, mocked_listener, published_json, wait_forever
+from tests.support.processors import Flaky
 
 SPEC_ERROR_FIELDS = {"job_id", "status", "error_type", "error_message", "topic", "timestamp"}
-
-
-def published_json(listener: EventListener, topic: str) -> List[Dict[str, Any]]:
-    return [json.loads(call.args[1]) for call in listener.client.publish.call_args_list if call.args[0] == topic]
 
 
 async def test_failing_twice_then_succeeding_completes_on_the_third_attempt() -> None:
@@ -121,13 +115,6 @@ async def test_a_job_waiting_to_be_retried_stays_running_and_its_duplicate_is_sk
     assert len(processor.calls) == 2
     job = await listener.get_job_status("d-1")
     assert job is not None and (job.status, job.duplicate_count, job.attempts) == (JobStatus.COMPLETED, 1, 2)
-
-
-def feed(listener: EventListener, *payloads: bytes) -> None:
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    for payload in payloads:
-        queue.put_nowait(MagicMock(topic="test/topic", data=bytearray(payload)))
-    listener.client.deliver_message.side_effect = queue.get
 
 
 async def test_stop_during_a_backoff_wait_ends_the_job_at_once_without_a_retry() -> None:

@@ -9,16 +9,14 @@ These tests ignore ``MQTT_HOST``/``MQTT_PORT``: they always start their own brok
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
 from Listener import EventListener
-from tests.mqtt.conftest import READY_TIMEOUT, listener_config, processes, run_until_ready, stop_listeners, unique_topic
 from tests.support.brokers import BrokerEndpoint, MqttProbe, session_folder
 from tests.support.interop_brokers import KINDS, InteropBroker, make_broker, require
-
-__all__ = ["processes", "unique_topic"]  # fixtures defined in tests/mqtt/conftest.py
+from tests.support.listeners import READY_TIMEOUT, StartListener, listener_config, run_until_ready, stop_listeners
 
 
 @pytest.fixture(scope="session", params=KINDS)
@@ -53,9 +51,6 @@ def probe() -> Iterator[ProbeFactory]:
     yield make
     for client in made:
         client.close()
-
-
-StartListener = Callable[..., Awaitable[Tuple[EventListener, "asyncio.Task[None]"]]]
 
 
 @pytest.fixture

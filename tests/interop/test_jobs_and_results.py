@@ -14,11 +14,11 @@ from typing import Any, Callable, List
 
 import pytest
 
-from tests.interop.conftest import StartListener
-from tests.interop.helpers import (CountingProcessor, all_finished, body, duplicates, job_ids_of, publish_errors, publish_jobs,
-                                   results_for)
 from tests.support.brokers import MqttProbe
 from tests.support.interop_brokers import InteropBroker
+from tests.support.job_messages import body, duplicates, job_ids_of, publish_jobs, results_for
+from tests.support.listeners import StartListener, all_finished, publish_errors
+from tests.support.processors import CountingProcessor
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,7 +35,7 @@ async def fence(watcher: MqttProbe, sender: MqttProbe, jobs: str, results: str, 
                 job_id: str = "fence") -> List[Any]:
     """Publish one more job and wait for its result: a duplicate of an earlier result of the same listener would
     have come first (one job at a time, results in order). Returns every result message, the fence's included."""
-    await asyncio.to_thread(publish_jobs, sender, jobs, [job_id], qos)
+    await publish_jobs(sender, jobs, [job_id], qos)
     return await results_for(watcher, results, [job_id])
 
 
@@ -50,7 +50,7 @@ async def test_every_job_gets_exactly_one_result(interop_broker: InteropBroker, 
     sender = probe(interop_broker.endpoint)
     job_ids = [f"j{job_qos}r{result_qos}-{index}" for index in range(JOBS)]
 
-    await asyncio.to_thread(publish_jobs, sender, jobs, job_ids, job_qos)
+    await publish_jobs(sender, jobs, job_ids, job_qos)
     await results_for(watcher, results, job_ids)
     messages = await fence(watcher, sender, jobs, results, job_qos)
     await all_finished(listener, job_ids + ["fence"])
@@ -73,7 +73,7 @@ async def test_a_burst_of_qos2_jobs_with_qos2_results_runs_each_once(
     senders = [probe(interop_broker.endpoint) for _ in range(2)]
     job_ids = [f"burst-{index}" for index in range(60)]
 
-    await asyncio.gather(*(asyncio.to_thread(publish_jobs, sender, jobs, job_ids[part::2], 2)
+    await asyncio.gather(*(publish_jobs(sender, jobs, job_ids[part::2], 2)
                            for part, sender in enumerate(senders)))
     await results_for(watcher, results, job_ids, timeout=30)
     messages = await fence(watcher, senders[0], jobs, results, 2)
@@ -93,7 +93,7 @@ async def test_a_retained_result_reaches_a_subscriber_that_comes_later(
     await start_listener(interop_broker.endpoint, CountingProcessor(retained, qos=1, retain=True), qos=1)
     early = probe(interop_broker.endpoint, retained)
     sender = probe(interop_broker.endpoint)
-    await asyncio.to_thread(publish_jobs, sender, f"{unique_topic}/jobs", ["kept"], 1)
+    await publish_jobs(sender, f"{unique_topic}/jobs", ["kept"], 1)
     [live] = await results_for(early, retained, ["kept"])
     assert not live.retain  # a live delivery carries no retain flag (MQTT-3.3.1-9)
 

@@ -21,22 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
-from tests.interop.conftest import StartListener
-from tests.interop.helpers import (CountingProcessor, all_finished, duplicates, job_ids_of, publish_errors, publish_jobs,
-                                   received, results_for, statuses)
-from tests.support.waiting import eventually
-from tests.support.brokers import BrokerEndpoint, MqttProbe, session_folder
+from tests.support.brokers import MqttProbe, session_folder
 from tests.support.interop_brokers import KINDS, InteropBroker, make_broker, require
+from tests.support.job_messages import duplicates, job_ids_of, publish_jobs, results_for
+from tests.support.listeners import (RECONNECTING, StartListener, all_finished, publish_errors, received, statuses,
+                                     via)
+from tests.support.processors import CountingProcessor
 from tests.support.proxy import TcpProxy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(180)
 
-#: Reconnect quickly and forever: the test decides when the listener may come back.
-RECONNECTING: Dict[str, Any] = dict(reconnect_retries=-1, reconnect_max_interval=0.5, connect_timeout=2)
 BURST = 30
 
 
@@ -90,19 +89,19 @@ async def test_a_broker_restarted_mid_burst_loses_no_job_the_listener_took_and_j
     """Jobs and results at QoS 1, or at QoS 2 (RabbitMQ takes both at QoS 1)."""
     jobs, results = f"{unique_topic}/jobs", f"{unique_topic}/results"
     processor = CountingProcessor(results, qos=qos, seconds=0.02)
-    listener, _ = await start_listener(BrokerEndpoint(proxy.host, proxy.port), processor, qos=qos, cleansession=False,
+    listener, _ = await start_listener(via(proxy), processor, qos=qos, cleansession=False,
                                        client_id=f"restart-{uuid.uuid4().hex[:8]}", **RECONNECTING)
     # A persistent session: where the broker keeps sessions, results on their way to it survive the restart too.
     watcher = probe(restartable.endpoint, results, qos=1, client_id=f"watch-{uuid.uuid4().hex[:8]}",
                     clean_session=False)
     sender = probe(restartable.endpoint)
     burst = [f"b-{index}" for index in range(BURST)]
-    await asyncio.to_thread(publish_jobs, sender, jobs, burst, qos)
+    await publish_jobs(sender, jobs, burst, qos)
     await asyncio.to_thread(watcher.wait_for, 5, 20.0, results)  # jobs flowing: some done, some held, some queued
 
     await restart_behind(restartable, proxy, listener, [watcher, sender], hard)
     after = [f"a-{index}" for index in range(10)]
-    await asyncio.to_thread(publish_jobs, sender, jobs, after, qos)
+    await publish_jobs(sender, jobs, after, qos)
     messages = await results_for(watcher, results, after, timeout=30)
     await all_finished(listener, processor.ran())
 
@@ -129,18 +128,18 @@ async def test_jobs_queued_while_the_listener_is_away_survive_a_restart_only_whe
         unique_topic: str) -> None:
     jobs, results = f"{unique_topic}/jobs", f"{unique_topic}/results"
     processor = CountingProcessor(results, qos=1)
-    listener, _ = await start_listener(BrokerEndpoint(proxy.host, proxy.port), processor, qos=1, cleansession=False,
+    listener, _ = await start_listener(via(proxy), processor, qos=1, cleansession=False,
                                        client_id=f"away-{uuid.uuid4().hex[:8]}", **RECONNECTING)
     watcher = probe(restartable.endpoint, results, qos=1)
     sender = probe(restartable.endpoint)
-    await asyncio.to_thread(publish_jobs, sender, jobs, ["present"])
+    await publish_jobs(sender, jobs, ["present"])
     await results_for(watcher, results, ["present"])
     await all_finished(listener, ["present"])  # its result acknowledged: it is not sent again after the cut
 
     proxy.refuse()  # the listener is cut off; the broker stays up and queues for its session
     await eventually(lambda: not listener.is_ready, 15, "the listener noticed it was cut off")
     away = [f"away-{index}" for index in range(5)]
-    await asyncio.to_thread(publish_jobs, sender, jobs, away)
+    await publish_jobs(sender, jobs, away)
     await asyncio.to_thread(restartable.stop)
     await asyncio.to_thread(restartable.start)
     for client in (watcher, sender):
@@ -150,7 +149,7 @@ async def test_jobs_queued_while_the_listener_is_away_survive_a_restart_only_whe
     taken = received(listener)
 
     # A queued job would be delivered on reconnection, before this one.
-    await asyncio.to_thread(publish_jobs, sender, jobs, ["back"])
+    await publish_jobs(sender, jobs, ["back"])
     messages = await results_for(watcher, results, ["back"])
     if restartable.traits.keeps_sessions:
         messages = await results_for(watcher, results, away)

@@ -13,11 +13,11 @@ from typing import Callable
 import pytest
 
 from Listener import EventListener
-from tests.interop.conftest import StartListener
-from tests.interop.helpers import CountingProcessor, body, duplicates, publish_jobs, results_for
-from tests.mqtt.conftest import listener_config
 from tests.support.brokers import MqttProbe
 from tests.support.interop_brokers import InteropBroker
+from tests.support.job_messages import body, duplicates, publish_jobs, results_for
+from tests.support.listeners import StartListener, listener_config
+from tests.support.processors import CountingProcessor
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -51,7 +51,7 @@ async def test_a_share_group_splits_the_jobs_or_is_refused_at_start_up(
     await start_listener(interop_broker.endpoint, second, share_group=group, qos=1)
     watcher = probe(interop_broker.endpoint, results)
     job_ids = [f"s-{index}" for index in range(40)]
-    await asyncio.to_thread(publish_jobs, probe(interop_broker.endpoint), f"{unique_topic}/jobs", job_ids)
+    await publish_jobs(probe(interop_broker.endpoint), f"{unique_topic}/jobs", job_ids)
     messages = await results_for(watcher, results, job_ids)
 
     assert duplicates(messages) == {}

@@ -1,5 +1,5 @@
 """The will message on every broker of the tier: published when the listener's connection ends without a
-DISCONNECT (its process SIGKILLed), never after a clean stop. Listener processes: tests/mqtt/listener_process.py
+DISCONNECT (its process SIGKILLed), never after a clean stop. Listener processes: tests/support/listener_program.py
 (will ``listener_offline`` on ``<prefix>/status`` at QoS 1)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Callable
 
 import pytest
 
-from tests.interop.helpers import publish_jobs, results_for
 from tests.support.brokers import MqttProbe
 from tests.support.interop_brokers import InteropBroker
+from tests.support.job_messages import publish_jobs, results_for
 from tests.support.listener_processes import ListenerProcess
 
 pytestmark = pytest.mark.timeout(90)
@@ -28,7 +28,7 @@ async def test_the_will_is_published_when_the_listener_is_killed_and_not_after_a
 
     stopped = processes(interop_broker.endpoint, unique_topic, 0.0, "--signals")
     await asyncio.to_thread(stopped.wait_line, "READY", 30)
-    await asyncio.to_thread(publish_jobs, sender, f"{unique_topic}/jobs", ["before-stop"])
+    await publish_jobs(sender, f"{unique_topic}/jobs", ["before-stop"])
     await results_for(watcher, results, ["before-stop"])
     stopped.process.send_signal(signal.SIGTERM)
     await asyncio.to_thread(stopped.wait_line, "EXITED", 30)
@@ -40,7 +40,7 @@ async def test_the_will_is_published_when_the_listener_is_killed_and_not_after_a
 
     killed = processes(interop_broker.endpoint, unique_topic)
     await asyncio.to_thread(killed.wait_line, "READY", 30)
-    await asyncio.to_thread(publish_jobs, sender, f"{unique_topic}/jobs", ["before-kill"])
+    await publish_jobs(sender, f"{unique_topic}/jobs", ["before-kill"])
     await results_for(watcher, results, ["before-kill"])
     assert watcher.messages(status) == []
     killed.kill()

@@ -8,23 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
-import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator, List, Optional, Tuple
+from typing import Any, AsyncIterator, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
-from Listener import EventListener, EventListenerConfig
+from Listener import EventListener
 from tests.support.brokers import (BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial, broker_factory,
                                    generate_tls_material, session_folder)
-from tests.support.listener_processes import ListenerProcess
+from tests.support.listeners import READY_TIMEOUT, StartListener, listener_config, run_until_ready, stop_listeners
 from tests.support.proxy import TcpProxy
 
-__all__ = ["broker_factory", "listener_config", "proxy_factory"]  # broker_factory is a fixture defined in brokers.py
+__all__ = ["broker_factory"]  # a fixture defined in tests/support/brokers.py
 
 EXTERNAL = bool(os.getenv("MQTT_HOST") and os.getenv("MQTT_PORT"))
-READY_TIMEOUT = 10.0
 
 
 @pytest.fixture(scope="session")
@@ -83,13 +80,6 @@ def mqtt_password(mqtt_auth_endpoint: BrokerEndpoint) -> str:
 
 
 @pytest.fixture
-def unique_topic(request: pytest.FixtureRequest) -> str:
-    """A topic prefix of this test's own, so tests never see each other's traffic."""
-    name = re.sub(r"[^A-Za-z0-9_-]+", "-", request.node.name)[:60]
-    return f"t/{name}-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
 def probe(mqtt_endpoint: BrokerEndpoint) -> Iterator[Callable[..., MqttProbe]]:
     """A factory of paho clients on the plain endpoint (or the endpoint given), closed after the test."""
     made: List[MqttProbe] = []
@@ -113,7 +103,7 @@ ProxyFactory = Callable[..., TcpProxy]
 def proxy_factory(mqtt_endpoint: BrokerEndpoint) -> Iterator[ProxyFactory]:
     """``proxy_factory(endpoint=None)``: a started :class:`TcpProxy` to ``endpoint`` (the plain broker by default).
 
-    Connect the listener to ``BrokerEndpoint(proxy.host, proxy.port)``; every proxy is closed after the test.
+    Connect the listener to ``via(proxy)`` (tests/support/listeners.py); every proxy is closed after the test.
     """
     made: List[TcpProxy] = []
 
@@ -130,35 +120,6 @@ def proxy_factory(mqtt_endpoint: BrokerEndpoint) -> Iterator[ProxyFactory]:
             proxy.close()
 
 
-def listener_config(endpoint: BrokerEndpoint, prefix: str, **overrides: Any) -> EventListenerConfig:
-    """A config whose topics all live under ``prefix``."""
-    options: dict[str, Any] = dict(
-        host=endpoint.host, port=endpoint.port, username=endpoint.username, password=endpoint.password,
-        client_id=f"listener-{uuid.uuid4().hex[:12]}", topic=f"{prefix}/jobs", error_topic=f"{prefix}/error",
-        log_topic=f"{prefix}/log", results_topic=f"{prefix}/results", reconnect_retries=0, connect_timeout=5,
-    )
-    if endpoint.tls:
-        options["cafile"] = endpoint.cafile
-    options.update(overrides)
-    return EventListenerConfig(**options)
-
-
-async def run_until_ready(listener: EventListener, processor: Any,
-                          timeout: float = READY_TIMEOUT) -> "asyncio.Task[None]":
-    """Start ``listener.run(processor)`` in a task and return it once subscribed (run()'s error if it ends first)."""
-    task = asyncio.create_task(listener.run(processor))
-    ready = asyncio.create_task(listener.wait_until_ready(timeout))
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        task.result()
-    await ready
-    return task
-
-
-StartListener = Callable[..., Awaitable[Tuple[EventListener, "asyncio.Task[None]"]]]
-
-
 @pytest.fixture
 async def start_listener(mqtt_endpoint: BrokerEndpoint, unique_topic: str) -> AsyncIterator[StartListener]:
     """Start ``EventListener.run(processor)`` in a task and wait until it is subscribed; stopped after the test."""
@@ -173,30 +134,3 @@ async def start_listener(mqtt_endpoint: BrokerEndpoint, unique_topic: str) -> As
 
     yield start
     await stop_listeners(running, READY_TIMEOUT)
-
-
-async def stop_listeners(running: List[Tuple[EventListener, "asyncio.Task[None]"]], timeout: float) -> None:
-    """Stop each listener and wait (up to ``timeout`` s each) for its ``run()`` task to end."""
-    for listener, task in running:
-        listener.stop()
-        try:
-            await asyncio.wait_for(task, timeout)
-        except Exception:  # noqa: S110 - the test may have ended the listener on purpose
-            pass
-
-
-@pytest.fixture
-def processes() -> Iterator[Callable[..., ListenerProcess]]:
-    """Listener subprocesses (tests/mqtt/listener_process.py) on a given endpoint; all killed afterwards."""
-    made: List[ListenerProcess] = []
-
-    def start(endpoint: BrokerEndpoint, prefix: str, job_seconds: float = 0.0, *options: str) -> ListenerProcess:
-        process = ListenerProcess(endpoint, prefix, job_seconds, *options)
-        made.append(process)
-        return process
-
-    try:
-        yield start
-    finally:
-        for process in made:
-            process.kill()

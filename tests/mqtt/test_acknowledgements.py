@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sqlite3
@@ -23,16 +22,13 @@ import pytest
 
 from Listener.processing.batches import MAX_BATCH
 from tests.support.brokers import BrokerFactory, MqttProbe
+from tests.support.job_messages import body
 from tests.support.listener_processes import ListenerProcess
 
 pytestmark = pytest.mark.timeout(120)
 
 #: Mosquitto's default max_inflight_messages: QoS 1 messages sent to the listener and not yet acknowledged.
 BROKER_INFLIGHT = 20
-
-
-def body(message: Any) -> Dict[str, Any]:
-    return dict(json.loads(message.payload))
 
 
 async def publish(sender: MqttProbe, topic: str, payloads: List[str], qos: int = 1) -> None:

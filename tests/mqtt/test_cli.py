@@ -22,14 +22,14 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 
 import pytest
 
-from Listener import cli as cli_module
+from Listener.cli import command as cli_module
 from tests.support.brokers import BrokerEndpoint, MqttProbe, free_port
+from tests.support.listener_processes import ROOT, CliProcess, connection_options, topic_options
 
 
 pytestmark = pytest.mark.usefixtures("root_logger")  # main() installs a root log handler
 
 
-ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 20.0
 EXIT_TIMEOUT = 20.0
 SECRET = "pw-cli-" + uuid.uuid4().hex[:8]
@@ -77,84 +77,6 @@ async def blocks(data, job_id):
 '''
 
 
-class CliProcess:
-    """``python -m Listener ARGS`` with its stdout and stderr collected line by line on threads."""
-
-    def __init__(self, args: List[str], env: Dict[str, str]) -> None:
-        self.args = args
-        self.lines: List[str] = []
-        self.stdout: List[str] = []
-        self._condition = threading.Condition()
-        self.process = subprocess.Popen([sys.executable, "-m", "Listener", *args], env=env,  # noqa: S603
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
-        self._threads = [threading.Thread(target=self._pump, args=(self.process.stderr, self.lines), daemon=True),
-                         threading.Thread(target=self._pump, args=(self.process.stdout, self.stdout), daemon=True)]
-        for thread in self._threads:
-            thread.start()
-
-    def _pump(self, stream: Any, into: List[str]) -> None:
-        for line in stream:
-            with self._condition:
-                into.append(line.rstrip("\n"))
-                self._condition.notify_all()
-
-    def events(self) -> List[Dict[str, Any]]:
-        """The JSON log lines written so far."""
-        with self._condition:
-            lines = list(self.lines)
-        found = []
-        for line in lines:
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue
-        return found
-
-    def wait_for_event(self, event: str, timeout: float = READY_TIMEOUT) -> Dict[str, Any]:
-        """Block until a JSON log line with ``"event": event`` appears (or the process ends)."""
-        deadline = time.monotonic() + timeout
-        with self._condition:
-            while True:
-                for body in self.events():
-                    if body.get("event") == event:
-                        return body
-                if self.process.poll() is not None:
-                    raise AssertionError(f"mqtt-listener exited ({self.process.returncode}) before {event!r}:\n"
-                                         + self.output())
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise AssertionError(f"no {event!r} log event within {timeout} s:\n{self.output()}")
-                self._condition.wait(min(remaining, 0.2))
-
-    def wait_for_message(self, text: str, timeout: float = READY_TIMEOUT) -> Dict[str, Any]:
-        """Block until a JSON log line whose message contains ``text`` appears."""
-        deadline = time.monotonic() + timeout
-        with self._condition:
-            while True:
-                for body in self.events():
-                    if text in str(body.get("message", "")):
-                        return body
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.process.poll() is not None:
-                    raise AssertionError(f"no log message with {text!r}:\n{self.output()}")
-                self._condition.wait(min(remaining, 0.2))
-
-    def wait(self, timeout: float = EXIT_TIMEOUT) -> int:
-        code = self.process.wait(timeout)
-        for thread in self._threads:
-            thread.join(5)
-        return code
-
-    def output(self) -> str:
-        with self._condition:
-            return "\n".join(self.stdout + self.lines)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-
-
 @pytest.fixture
 def processor_dir(tmp_path: Path) -> Path:
     (tmp_path / "cli_test_processors.py").write_text(PROCESSORS, encoding="utf-8")
@@ -184,22 +106,6 @@ def run_cli(*args: str, timeout: float = 60.0) -> "subprocess.CompletedProcess[s
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return subprocess.run([sys.executable, "-m", "Listener", *args], capture_output=True, text=True,  # noqa: S603
                           timeout=timeout, env=env, cwd=str(ROOT))
-
-
-def connection_options(endpoint: BrokerEndpoint) -> List[str]:
-    options = ["--set", f"host={endpoint.host}", "--set", f"port={endpoint.port}"]
-    if endpoint.username is None:
-        options += ["--unset", "username", "--unset", "password"]
-    else:
-        options += ["--set", f"username={endpoint.username}", "--set", f"password={endpoint.password}"]
-    return options
-
-
-def topic_options(prefix: str) -> List[str]:
-    return ["--set", f"topic={prefix}/jobs", "--set", f"results_topic={prefix}/results",
-            "--set", f"error_topic={prefix}/error", "--set", f"log_topic={prefix}/log",
-            "--set", f"client_id=cli-{uuid.uuid4().hex[:10]}", "--set", "qos=1", "--set", "reconnect_retries=0",
-            "--set", "connect_timeout=5"]
 
 
 def wait_for_file(path: Path, listener: CliProcess, timeout: float = 10.0) -> None:

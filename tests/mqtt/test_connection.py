@@ -19,8 +19,8 @@ import pytest
 from Listener import EventListener, EventListenerConfig
 from Listener.mqtt.client import (CLOSED_DURING_CONNECT, AmqttClient, BrokerRefusedConnection, build_client_config,
                                   open_connection)
-from tests.mqtt.conftest import listener_config, run_until_ready
 from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial, free_port
+from tests.support.listeners import listener_config, run_until_ready
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,7 +223,7 @@ async def test_will_message_arrives_when_the_listener_process_is_killed(probe: A
                                                                         mqtt_endpoint: BrokerEndpoint) -> None:
     watcher = probe(f"{unique_topic}/status", f"{unique_topic}/results")
     process = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "tests.mqtt.listener_process", mqtt_endpoint.host, str(mqtt_endpoint.port), unique_topic],
+        [sys.executable, "-m", "tests.support.listener_program", mqtt_endpoint.host, str(mqtt_endpoint.port), unique_topic],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 20)  # type: ignore[union-attr]

@@ -9,23 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 import signal
 import threading
 import time
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict
 
 import pytest
 
 from Listener import EventListener, JobStatus
-from tests.mqtt.conftest import listener_config
 from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe, TlsMaterial
+from tests.support.job_messages import assert_each_result_once, body, publish_jobs, results_for
 from tests.support.listener_processes import ListenerProcess
+from tests.support.listeners import RECONNECTING, job_finished, listener_config, via
+from tests.support.processors import CountingProcessor
 from tests.support.proxy import TcpProxy
 from tests.support.redis_server import RedisServer, needs_redis, redis_server, unique_prefix
 from tests.support.waiting import eventually
@@ -33,79 +33,7 @@ from tests.support.waiting import eventually
 pytestmark = pytest.mark.timeout(60)
 __all__ = ["redis_server"]  # the fixture, for pytest
 
-#: Reconnect quickly and forever: the tests decide when the listener may come back.
-RECONNECTING: Dict[str, Any] = dict(reconnect_retries=-1, reconnect_max_interval=0.5, connect_timeout=2)
-
-
 # -- helpers -------------------------------------------------------------------------------------------
-
-
-def body(message: Any) -> Dict[str, Any]:
-    """The JSON payload of a received MQTT message."""
-    return json.loads(message.payload.decode("utf-8"))  # type: ignore[no-any-return]
-
-
-def via(proxy: TcpProxy) -> BrokerEndpoint:
-    """The endpoint a listener uses to reach its broker through ``proxy``."""
-    return BrokerEndpoint(proxy.host, proxy.port)
-
-
-async def job_finished(listener: EventListener, job_id: str, timeout: float = 10.0) -> None:
-    """Wait until ``job_id`` is COMPLETED or FAILED."""
-    deadline = time.monotonic() + timeout
-    while not await listener.is_job_completed(job_id):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} not finished within {timeout} s: {await listener.get_job_status(job_id)}")
-        await asyncio.sleep(0.02)
-
-
-async def results_for(watcher: MqttProbe, topic: str, job_ids: List[str], timeout: float = 15.0) -> List[Any]:
-    """Wait until a result for every one of ``job_ids`` arrived on ``topic``; return all messages there."""
-    wanted = set(job_ids)
-    return await asyncio.to_thread(
-        watcher.wait_until, lambda found: wanted <= {body(m).get("job_id") for m in found}, timeout, topic,
-        f"results for {sorted(wanted)}")
-
-
-async def publish_jobs(sender: MqttProbe, topic: str, job_ids: List[str]) -> None:
-    """Publish one TOML job per id (QoS 1, each acknowledged by the broker) from a thread."""
-    def go() -> None:
-        for job_id in job_ids:
-            sender.publish(topic, f'job_id = "{job_id}"', qos=1)
-    await asyncio.to_thread(go)
-
-
-class CountingProcessor:
-    """A sync processor that counts its calls per job id and can hold chosen jobs until released."""
-
-    def __init__(self, hold: Tuple[str, ...] = ()) -> None:
-        self.calls: Counter[str] = Counter()
-        self.order: List[str] = []
-        self.hold = hold
-        self.started = threading.Event()
-        self.release = threading.Event()
-        self._lock = threading.Lock()
-
-    def __call__(self, data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
-        with self._lock:
-            self.calls[job_id] += 1
-            self.order.append(job_id)
-        if job_id in self.hold:
-            self.started.set()
-            if not self.release.wait(30):
-                raise RuntimeError("never released")
-        return {"job_id": job_id}
-
-    def processed_twice(self) -> List[str]:
-        """Job ids the processor was called for more than once."""
-        with self._lock:
-            return [job_id for job_id, count in self.calls.items() if count > 1]
-
-
-def assert_each_result_once(messages: List[Any]) -> None:
-    """No job's result was published twice."""
-    counts = Counter(body(m).get("job_id") for m in messages)
-    assert [job for job, n in counts.items() if n > 1] == [], counts
 
 
 def connected(listener: EventListener) -> bool:
@@ -151,7 +79,7 @@ async def test_broker_killed_mid_job_and_restarted_on_the_same_port(
     await publish_jobs(sender, jobs, ["c-0", "c-1", "c-2"])
     messages = await results_for(watcher, results, ["c-0", "c-1", "c-2"])
     assert_each_result_once(messages)
-    assert processor.processed_twice() == []
+    assert processor.ran_twice() == []
     job = await listener.get_job_status("mid")
     # Its PUBACK went out just before the kill; if mosquitto had not saved that yet, it redelivers "mid" after
     # the restart (docs/reliability.md: a lost PUBACK means a resend, skipped by job id): then the record says
@@ -192,7 +120,7 @@ async def test_jobs_published_while_the_listener_is_away_arrive_once_after_a_bro
     await publish_jobs(sender, jobs, ["c-0"])
     messages = await results_for(watcher, results, ["c-0"])
     assert_each_result_once(messages)
-    assert processor.processed_twice() == []
+    assert processor.ran_twice() == []
     assert processor.order == ["a-0"] + away + ["c-0"], \
         "max_concurrent_jobs=1 processes in arrival order, and mosquitto delivers a session's queue in order"
 
@@ -227,7 +155,7 @@ async def test_black_holed_connection_is_detected_and_replaced(
     await listener.wait_until_ready(15)
     await publish_jobs(sender, jobs, ["f-1"])
     await results_for(watcher, results, ["f-1"])
-    assert processor.processed_twice() == []
+    assert processor.ran_twice() == []
 
 
 async def finish_behind_a_frozen_proxy(proxy: TcpProxy, processor: CountingProcessor,
@@ -277,7 +205,7 @@ async def test_a_result_the_broker_leaves_unacknowledged_goes_out_again_on_the_n
     await job_finished(listener, "s-0")
     assert (await listener.get_job_status("s-0")).status == JobStatus.COMPLETED
     assert listener.metrics()["publish_errors"] == 0
-    assert processor.processed_twice() == []
+    assert processor.ran_twice() == []
     assert any("No acknowledgement from MQTT broker" in r.getMessage() for r in caplog.records)
 
 

@@ -11,8 +11,8 @@ import pytest
 
 from Listener import JobStatus
 from Listener.processing import containment
-from tests.mqtt.test_faults import body, publish_jobs, results_for
 from tests.support.brokers import MqttProbe
+from tests.support.job_messages import body, publish_jobs, results_for
 
 pytestmark = pytest.mark.timeout(60)
 

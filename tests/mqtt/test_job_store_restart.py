@@ -11,8 +11,8 @@ from typing import Any, Callable, Dict, List
 import pytest
 
 from Listener import EventListener, JobStatus
-from tests.mqtt.conftest import listener_config, run_until_ready
 from tests.support.brokers import BrokerEndpoint
+from tests.support.listeners import listener_config, run_until_ready
 
 pytestmark = pytest.mark.timeout(90)
 

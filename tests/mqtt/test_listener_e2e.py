@@ -3,29 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any, Callable, Dict, List
 
 import pytest
 
 from Listener import EventListener, JobStatus, create_return_type
-from tests.support.brokers import MqttProbe
-
-
-def body(message: Any) -> Dict[str, Any]:
-    return json.loads(message.payload.decode("utf-8"))  # type: ignore[no-any-return]
-
-
-async def wait_for(probe: MqttProbe, count: int, topic: str, timeout: float = 10.0) -> List[Any]:
-    """Wait for messages without blocking the event loop the listener runs on."""
-    return await asyncio.to_thread(probe.wait_for, count, timeout, topic)
-
-
-async def job_done(listener: EventListener, job_id: str, timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        while not await listener.is_job_completed(job_id):
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(poll(), timeout)
+from tests.support.job_messages import body, wait_for
+from tests.support.listeners import job_finished
 
 
 async def test_return_type_result_arrives_as_json_on_its_topic(start_listener: Callable[..., Any], probe: Any,
@@ -43,7 +27,7 @@ async def test_return_type_result_arrives_as_json_on_its_topic(start_listener: C
     assert body(message) == {"job_id": "e2e-1", "doubled": 42}
     assert message.qos == 1
     assert seen == [{"job_id": "e2e-1", "value": 21, "_topic": f"{unique_topic}/jobs"}]
-    await job_done(listener, "e2e-1")
+    await job_finished(listener, "e2e-1")
     job = await listener.get_job_status("e2e-1")
     assert job is not None and job.status is JobStatus.COMPLETED and job.topic == f"{unique_topic}/jobs"
     assert watcher.messages(f"{unique_topic}/log") == [] and watcher.messages(f"{unique_topic}/error") == []
@@ -130,7 +114,7 @@ async def test_duplicate_policies(start_listener: Callable[..., Any], probe: Any
     for payload in ('job_id = "d"', 'job_id = "d"', 'job_id = "end"'):
         sender.publish(f"{unique_topic}/jobs", payload)
     await wait_for(watcher, runs + 1, f"{unique_topic}/results")
-    await job_done(listener, "end")
+    await job_finished(listener, "end")
     assert calls == ["d"] * runs + ["end"]
     duplicate_errors = [m for m in watcher.messages(f"{unique_topic}/error") if body(m)["error_type"] == "duplicate_job"]
     assert len(duplicate_errors) == error_events

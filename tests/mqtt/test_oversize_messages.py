@@ -13,8 +13,8 @@ from typing import Any, Callable, List
 
 import psutil
 
-from tests.mqtt.test_listener_e2e import body, wait_for
 from tests.support.brokers import BrokerEndpoint
+from tests.support.job_messages import body, wait_for
 
 HUGE = 64 * 1024 * 1024
 

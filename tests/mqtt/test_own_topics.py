@@ -9,25 +9,17 @@ test's prefix with an independent subscriber.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
 import pytest
 
 from Listener import EventListener, ReturnType
-from tests.support.brokers import BrokerEndpoint, MqttProbe
+from tests.support.brokers import BrokerEndpoint
+from tests.support.job_messages import body, wait_for
 
 
 WAIT = 10.0
-
-
-def body(message: Any) -> Dict[str, Any]:
-    return json.loads(message.payload.decode("utf-8"))  # type: ignore[no-any-return]
-
-
-async def wait_for(probe: MqttProbe, count: int, topic: str) -> List[Any]:
-    return await asyncio.to_thread(probe.wait_for, count, WAIT, topic)
 
 
 async def metric_reaches(listener: EventListener, name: str, value: int) -> None:

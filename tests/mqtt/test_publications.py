@@ -16,9 +16,11 @@ from typing import Any, Callable, Dict, List, Set
 import pytest
 
 from Listener import JobStatus, ReturnType
-from tests.mqtt.test_faults import RECONNECTING, body, eventually, job_finished, via
 from tests.support.brokers import MosquittoBroker, MqttProbe
+from tests.support.job_messages import body
+from tests.support.listeners import RECONNECTING, job_finished, via
 from tests.support.proxy import TcpProxy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 

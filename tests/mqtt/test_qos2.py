@@ -19,9 +19,12 @@ import pytest
 from Listener import JobStatus, ReturnType, create_return_type
 from Listener.mqtt.packets import publish_packet
 from Listener.mqtt.wire_handler import OWN_PACKET_IDS
-from tests.mqtt.test_faults import RECONNECTING, CountingProcessor, body, eventually, job_finished, via
 from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe
+from tests.support.job_messages import body
+from tests.support.listeners import RECONNECTING, job_finished, via
+from tests.support.processors import CountingProcessor
 from tests.support.proxy import TcpProxy
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -143,7 +146,7 @@ async def test_a_qos2_job_resent_after_a_lost_connection_runs_once_and_is_then_t
     processor.release.set()
     counts = await all_results(watcher, results, ["held", "after"])
     assert counts == Counter({"held": 1, "after": 1})
-    assert processor.calls == Counter({"held": 1, "after": 1})
+    assert processor.runs == Counter({"held": 1, "after": 1})
     job = await listener.get_job_status("held")
     assert job is not None and job.status is JobStatus.COMPLETED
 

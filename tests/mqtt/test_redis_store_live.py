@@ -18,8 +18,8 @@ import pytest
 import redis
 
 from Listener import EventListener, JobStatus
-from tests.mqtt.conftest import listener_config, run_until_ready
 from tests.support.brokers import BrokerEndpoint
+from tests.support.listeners import listener_config, run_until_ready
 from tests.support.redis_server import RedisFactory, RedisServer, redis_factory, redis_server, unique_prefix
 
 __all__ = ["redis_factory", "redis_server"]  # the fixtures, for pytest

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable
 
-from Listener import EventListener, JobStatus
-from tests.support.brokers import MqttProbe
-from tests.support.flaky import Flaky
-
-
-def body(message: Any) -> Dict[str, Any]:
-    return json.loads(message.payload.decode("utf-8"))  # type: ignore[no-any-return]
-
-
-async def wait_for(probe: MqttProbe, count: int, topic: str, timeout: float = 10.0) -> List[Any]:
-    return await asyncio.to_thread(probe.wait_for, count, timeout, topic)
-
-
-async def job_finished(listener: EventListener, job_id: str, timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        while not await listener.is_job_completed(job_id):
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(poll(), timeout)
+from Listener import JobStatus
+from tests.support.job_messages import body, wait_for
+from tests.support.listeners import job_finished
+from tests.support.processors import Flaky
 
 
 async def test_failing_twice_then_succeeding_completes_on_attempt_three(

@@ -24,8 +24,9 @@ from urllib.parse import quote
 import pytest
 
 from Listener import EventListener, EventListenerConfig
-from tests.mqtt.conftest import listener_config, run_until_ready
 from tests.support.brokers import BrokerEndpoint, MosquittoBroker, MqttProbe, session_folder
+from tests.support.job_messages import body
+from tests.support.listeners import listener_config, run_until_ready
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -116,10 +117,6 @@ def test_the_leak_check_finds_what_it_looks_for() -> None:
 
 def messages_text(watcher: MqttProbe) -> str:
     return "\n".join(f"{m.topic} {m.payload!r} {m.payload.decode('utf-8', 'replace')}" for m in watcher.messages())
-
-
-def body(message: Any) -> Dict[str, Any]:
-    return json.loads(message.payload.decode("utf-8"))  # type: ignore[no-any-return]
 
 
 async def wait_for_event(watcher: MqttProbe, topic: str, predicate: Callable[[Dict[str, Any]], bool],

@@ -15,18 +15,19 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, List
 
 import pytest
-from amqtt.broker import Broker
 
 from Listener import EventListener
+from Listener.mqtt.amqtt_boundary import EmbeddedBroker
 from Listener.testing.brokers import BrokerAddress, running_broker
 from Listener.cli.command import main
 from Listener.mqtt.share_probe import PROBE_PREFIX, REPUBLISH_AFTER, SharedSubscriptionUnsupported
-from tests.mqtt.conftest import StartListener, listener_config, run_until_ready
-from tests.mqtt.test_cli import ROOT, CliProcess, connection_options, topic_options
-from tests.mqtt.test_faults import (RECONNECTING, CountingProcessor, assert_each_result_once, eventually, publish_jobs,
-                                    results_for, via)
 from tests.support.brokers import BrokerEndpoint, MqttProbe, free_port
+from tests.support.job_messages import assert_each_result_once, publish_jobs, results_for
+from tests.support.listener_processes import ROOT, CliProcess, connection_options, topic_options
+from tests.support.listeners import RECONNECTING, StartListener, listener_config, run_until_ready, via
+from tests.support.processors import CountingProcessor
 from tests.support.proxy import TcpProxy
+from tests.support.waiting import eventually
 
 #: run() connects, subscribes, publishes the probe, and gives its verdict one VERDICT_GRACE later: well within this.
 REFUSAL_TIMEOUT = 15.0
@@ -131,7 +132,7 @@ async def test_after_a_reconnect_the_probe_runs_again_and_never_mixes_with_the_b
     assert len(_probe_durations(caplog)) == 2
     processor.release.set()
     assert_each_result_once(await results_for(watcher, results, jobs))
-    assert sorted(processor.calls) == sorted(jobs) and processor.processed_twice() == []  # no probe ran as a job
+    assert processor.ran() == sorted(jobs) and processor.ran_twice() == []  # no probe ran as a job
     assert sorted(listener.jobs) == sorted(jobs)
     assert errors.messages() == []  # and none was rejected as a payload
 
@@ -143,13 +144,8 @@ async def test_after_a_reconnect_the_probe_runs_again_and_never_mixes_with_the_b
 async def amqtt_broker() -> AsyncIterator[BrokerEndpoint]:
     """amqtt's broker on this loop (it has no shared subscriptions: it grants $share/... as a literal filter)."""
     port = free_port()
-    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-                     "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}})
-    await broker.start()
-    try:
+    async with EmbeddedBroker("127.0.0.1", port):
         yield BrokerEndpoint("127.0.0.1", port)
-    finally:
-        await broker.shutdown()
 
 
 async def test_on_amqtts_broker_run_fails_before_it_is_ever_ready(amqtt_broker: BrokerEndpoint,

@@ -19,8 +19,8 @@ from tomli_w import dumps as toml_dumps
 
 from Listener import EventListener, create_return_type
 from Listener.testing import TestListener
-from tests.mqtt.conftest import listener_config
 from tests.support.brokers import BrokerEndpoint, MqttProbe
+from tests.support.listeners import listener_config
 
 
 Payload = Union[bytes, str, Dict[str, Any]]

@@ -9,12 +9,11 @@ import json
 from typing import Any, AsyncIterator, Dict, Tuple
 
 import pytest
-from amqtt.broker import Broker
-
 from Listener import EventListener
+from Listener.mqtt.amqtt_boundary import EmbeddedBroker
 from Listener.mqtt.wire_handler import WireHandler
-from tests.mqtt.conftest import listener_config, run_until_ready
 from tests.support.brokers import BrokerEndpoint, MqttProbe, free_port
+from tests.support.listeners import listener_config, run_until_ready
 
 JOBS = 30
 
@@ -23,11 +22,7 @@ JOBS = 30
 async def websockets_broker() -> AsyncIterator[Tuple[int, int]]:
     """amqtt's broker on this loop: (its plain TCP port, its websockets port)."""
     tcp, ws = free_port(), free_port()
-    broker = Broker({
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{tcp}"},
-                      "ws": {"type": "ws", "bind": f"127.0.0.1:{ws}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    })
+    broker = EmbeddedBroker("127.0.0.1", tcp, websockets_port=ws)
     await broker.start()
     try:
         yield tcp, ws
@@ -50,8 +45,8 @@ async def test_jobs_over_websockets_get_their_results(websockets_broker: Tuple[i
     # The broker runs on this loop: the probe's blocking calls go to a thread.
     probe = await asyncio.to_thread(MqttProbe, BrokerEndpoint("127.0.0.1", tcp))
     try:
-        handler: Any = listener.client._handler
-        assert isinstance(handler, WireHandler) and handler.stream is None  # amqtt's way, not the direct one
+        wire = listener.client.wire
+        assert isinstance(wire, WireHandler) and wire.stream is None  # amqtt's way, not the direct one
         await asyncio.to_thread(probe.subscribe, f"{unique_topic}/results", qos)
         for i in range(JOBS):
             await asyncio.to_thread(probe.publish, f"{unique_topic}/jobs", f'job_id = "ws-{i}"\nn = {i}\n', qos)

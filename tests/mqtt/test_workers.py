@@ -22,9 +22,9 @@ import pytest
 
 from Listener import EventListenerConfig
 from Listener.cli.supervisor import Supervisor, WorkerLaunch
-from tests.mqtt.conftest import StartListener
-from tests.mqtt.test_cli import ROOT, CliProcess, connection_options
 from tests.support.brokers import BrokerEndpoint, free_port
+from tests.support.listener_processes import ROOT, CliProcess, connection_options
+from tests.support.listeners import StartListener
 
 pytestmark = pytest.mark.usefixtures("root_logger")
 

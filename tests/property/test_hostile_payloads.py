@@ -17,10 +17,12 @@ from typing import Any, Callable, Dict, Iterator, List, Tuple, Union
 import pytest
 
 from Listener import EventListener, JobStatus, ReturnType
-from tests.property.support import (
+from tests.support.hostile_inputs import (
     ERROR_TOPIC, MAX_PAYLOAD, RESULTS_TOPIC, TOPIC, check_error_shape, check_every_publication_is_strict_json,
-    error_events, events_on, jsonable, make_listener, publications, strict_json,
+    error_events, events_on, hostile_listener, jsonable,
 )
+from tests.support.mocked_listeners import publications
+from tests.support.strict_json import strict_json
 
 
 DEPTH = 10_000
@@ -37,7 +39,7 @@ def recorder(calls: Calls, result: Callable[[Dict[str, Any], str], Any] = lambda
 
 async def rejected(payload: Union[bytes, str], **config: Any) -> Dict[str, Any]:
     """Process ``payload``, require exactly one error event and no processing; return the event."""
-    listener = make_listener(**config)
+    listener = hostile_listener(**config)
     calls: Calls = []
     assert await listener._process_message(payload, recorder(calls), topic=TOPIC) is None
     check_every_publication_is_strict_json(listener)
@@ -51,7 +53,7 @@ async def rejected(payload: Union[bytes, str], **config: Any) -> Dict[str, Any]:
 
 async def processed(payload: Union[bytes, str], **config: Any) -> Tuple[Dict[str, Any], str, Dict[str, Any]]:
     """Process ``payload``, require exactly one processor call, no error, one strict-JSON result."""
-    listener = make_listener(**config)
+    listener = hostile_listener(**config)
     calls: Calls = []
     await listener._process_message(payload, recorder(calls), topic=TOPIC)
     check_every_publication_is_strict_json(listener)
@@ -122,7 +124,7 @@ async def test_many_keys_and_many_tables_are_processed() -> None:
     pytest.param("[" * DEPTH, id="unclosed-arrays"),
 ])
 async def test_deeply_nested_values_are_a_clear_invalid_payload_error(value: str) -> None:
-    listener = make_listener()
+    listener = hostile_listener()
     calls: Calls = []
     await listener._process_message(f'job_id = "deep"\nx = {value}\n'.encode(), recorder(calls), topic=TOPIC)
     [event] = error_events(listener)
@@ -149,7 +151,7 @@ async def test_deep_tables_from_dotted_keys_never_crash_and_cost_one_event(paylo
     (RecursionError inside json), so the job fails with one processing_error. Rejecting it up front as
     invalid_payload would satisfy this test as well.
     """
-    listener = make_listener()
+    listener = hostile_listener()
     calls: Calls = []
     await listener._process_message(payload, recorder(calls), topic=TOPIC)
     check_every_publication_is_strict_json(listener)
@@ -172,7 +174,7 @@ async def test_deep_table_headers_are_rejected_as_invalid_payload() -> None:
 @pytest.mark.parametrize("payload", [pytest.param(deep_dotted_key(5_000), id="dotted-key-10KB"),
                                      pytest.param(deep_header(60_000), id="table-header-120KB")])
 async def test_deep_dotted_keys_cost_bounded_time_and_memory(payload: bytes) -> None:
-    listener = make_listener()
+    listener = hostile_listener()
     gc.collect()
     tracemalloc.start()
     started = time.perf_counter()
@@ -214,7 +216,7 @@ async def test_escaped_nul_in_strings_round_trips_through_json() -> None:
 
 
 async def test_a_utf8_byte_order_mark_gives_one_clean_outcome() -> None:
-    listener = make_listener()
+    listener = hostile_listener()
     calls: Calls = []
     await listener._process_message(b'\xef\xbb\xbfjob_id = "bom"', recorder(calls), topic=TOPIC)
     check_every_publication_is_strict_json(listener)
@@ -227,7 +229,7 @@ async def test_a_utf8_byte_order_mark_gives_one_clean_outcome() -> None:
 
 
 async def test_lone_surrogate_in_a_value_of_a_str_payload_fails_only_that_job() -> None:
-    listener = make_listener()
+    listener = hostile_listener()
     calls: Calls = []
     await listener._process_message('job_id = "s"\nx = "\udc80"', recorder(calls), topic=TOPIC)
     check_every_publication_is_strict_json(listener)
@@ -238,7 +240,7 @@ async def test_lone_surrogate_in_a_value_of_a_str_payload_fails_only_that_job() 
 
 
 async def test_lone_surrogate_in_the_job_id_of_a_str_payload_costs_one_error_event() -> None:
-    listener = make_listener()
+    listener = hostile_listener()
     await listener._process_message('job_id = "\ud800"', recorder([]), topic=TOPIC)
     assert len(error_events(listener)) == 1
 
@@ -365,7 +367,7 @@ when = 2000-02-29T23:59:59.123456Z
 
 @pytest.mark.parametrize("sync", [False, True], ids=["async-processor", "sync-processor"])
 async def test_toml_dates_and_times_are_echoed_as_iso_8601(sync: bool) -> None:
-    listener = make_listener()
+    listener = hostile_listener()
     seen: List[Dict[str, Any]] = []
 
     def echo(data: Dict[str, Any], job_id: str) -> ReturnType:
@@ -407,7 +409,7 @@ x = -inf
 
 @pytest.mark.parametrize("sync", [False, True], ids=["async-processor", "sync-processor"])
 async def test_inf_and_nan_echoed_back_are_strict_json(sync: bool) -> None:
-    listener = make_listener()
+    listener = hostile_listener()
 
     def echo(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
         return {"echo": data, "extra": [float("nan"), float("inf")]}
@@ -454,7 +456,7 @@ class CountingClient:
 async def test_memory_stays_bounded_over_a_batch_of_large_messages() -> None:
     """A full store evicts old jobs: what a batch leaves behind does not grow with the batch."""
     max_jobs, messages, blob = 10, 300, 64 * 1024
-    listener = make_listener(max_jobs_in_memory=max_jobs)
+    listener = hostile_listener(max_jobs_in_memory=max_jobs)
     client = CountingClient()
     listener.client = client
     rejected_payload = b"not toml " + b"z" * blob

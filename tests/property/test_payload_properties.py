@@ -16,10 +16,13 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from Listener import EventListener, JobStatus
-from tests.property.support import (
+from tests.support.hostile_inputs import (
     ERROR_TOPIC, INTAKE_ERRORS, LOG_TOPIC, RESULTS_TOPIC, TOPIC, check_error_shape, check_every_publication_is_strict_json,
-    error_events, events_on, expected_outcome, jsonable, make_listener, publications, strict_json, toml_document,
+    error_events, events_on, expected_outcome, hostile_listener, jsonable,
 )
+from tests.support.mocked_listeners import publications
+from tests.support.strict_json import strict_json
+from tests.support.toml_writer import toml_document
 
 
 Calls = List[Tuple[Dict[str, Any], str]]
@@ -34,7 +37,7 @@ def echo_processor(calls: Calls) -> Callable[[Dict[str, Any], str], Any]:
 
 async def check_one_payload(payload: bytes, **config: Any) -> None:
     """Process ``payload`` on a fresh listener and hold it to the model."""
-    listener = make_listener(**config)
+    listener = hostile_listener(**config)
     calls: Calls = []
     expected = expected_outcome(payload, max_payload=listener.config.max_payload_bytes,
                                 allow_generation=listener.config.allow_job_id_generation)
@@ -157,7 +160,7 @@ async def test_mutated_toml_documents_are_rejected_or_processed_exactly_as_speci
        job_id=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30))
 async def test_results_echoing_any_toml_value_are_strict_json(document: Dict[str, Any], job_id: str) -> None:
     """Datetimes, dates, times, inf and nan anywhere in the data still give strictly valid JSON."""
-    listener = make_listener()
+    listener = hostile_listener()
     calls: Calls = []
     payload = toml_document({"job_id": job_id, **document}).encode("utf-8")
     await listener._process_message(payload, echo_processor(calls), topic=TOPIC)
@@ -177,7 +180,7 @@ message_kinds = st.one_of(
        action=st.sampled_from(["skip", "reprocess", "error"]))
 async def test_job_store_stays_bounded_and_every_message_has_exactly_one_outcome(
         stream: List[Tuple[str, Any, bool]], max_jobs: int, action: str) -> None:
-    listener: EventListener = make_listener(max_jobs_in_memory=max_jobs, duplicate_action=action)
+    listener: EventListener = hostile_listener(max_jobs_in_memory=max_jobs, duplicate_action=action)
     calls: List[str] = []
 
     async def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:

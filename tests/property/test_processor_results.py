@@ -18,10 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from Listener import JobStatus, ReturnType
-from tests.property.support import (
+from tests.support.hostile_inputs import (
     ERROR_TOPIC, RESULTS_TOPIC, TOPIC, check_error_shape, check_every_publication_is_strict_json, error_events,
-    make_listener, publications,
+    hostile_listener,
 )
+from tests.support.mocked_listeners import publications
 
 
 class Unprintable:
@@ -88,7 +89,7 @@ results = st.one_of(values, return_types)
 
 async def process(result: Any) -> None:
     """Run one job returning ``result`` and one ordinary job after it, then check the contract."""
-    listener = make_listener(job_timeout=5)
+    listener = hostile_listener(job_timeout=5)
 
     async def processor(data: Dict[str, Any], job_id: str) -> Any:
         return result if job_id == "odd" else {"ok": job_id}
@@ -156,7 +157,7 @@ raised = st.sampled_from([
 
 @given(raised, st.booleans(), st.sampled_from([None, 5.0]))
 async def test_whatever_a_processor_raises_fails_only_its_job(make_error: Any, is_async: bool, timeout: Any) -> None:
-    listener = make_listener(job_timeout=timeout)
+    listener = hostile_listener(job_timeout=timeout)
 
     def sync_processor(data: Dict[str, Any], job_id: str) -> Any:
         if job_id == "odd":

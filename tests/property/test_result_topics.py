@@ -10,10 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from Listener import JobStatus, ReturnType
-from tests.property.support import (
+from tests.support.hostile_inputs import (
     ERROR_TOPIC, RESULTS_TOPIC, TOPIC, check_error_shape, check_every_publication_is_strict_json, error_events,
-    make_listener, publications,
+    hostile_listener,
 )
+from tests.support.mocked_listeners import publications
 
 
 def publishable(topic: str) -> bool:
@@ -46,7 +47,7 @@ topics = st.one_of(
 @given(topic=topics, qos=st.sampled_from([0, 1, 2]), via_return_type=st.booleans())
 async def test_a_returned_result_topic_is_published_or_fails_its_job_with_an_error_event(
         topic: str, qos: int, via_return_type: bool) -> None:
-    listener = make_listener(results_topic=RESULTS_TOPIC)
+    listener = hostile_listener(results_topic=RESULTS_TOPIC)
 
     async def processor(data: Dict[str, Any], job_id: str) -> Any:
         return ReturnType(data={"job_id": job_id}, topic=topic, qos=qos) if via_return_type else {"job_id": job_id}
@@ -73,7 +74,7 @@ async def test_a_returned_result_topic_is_published_or_fails_its_job_with_an_err
 
 @given(topic=topics)
 async def test_send_message_refuses_every_topic_a_broker_would_disconnect_for(topic: str) -> None:
-    listener = make_listener()
+    listener = hostile_listener()
     try:
         await listener._send_message(topic, {"x": 1})
     except ValueError as exc:

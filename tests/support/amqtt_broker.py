@@ -1,8 +1,9 @@
 """amqtt's broker in a process of its own, for the interop tests: ``python -m tests.support.amqtt_broker PORT``.
 
-The same broker as the ``embedded`` kind of ``Listener.testing.brokers`` (a "default" tcp listener, anonymous
-clients), but a separate process, so a test can SIGKILL it and start it again on the same port. It prints
-``READY`` once listening and shuts down cleanly on SIGTERM or SIGINT.
+The same broker as the ``embedded`` kind of ``Listener.testing.brokers`` (``EmbeddedBroker`` of
+``Listener.mqtt.amqtt_boundary``: a plain tcp listener, anonymous clients), but a separate process, so a test can
+SIGKILL it and start it again on the same port. It prints ``READY`` once listening and shuts down cleanly on
+SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -11,22 +12,13 @@ import asyncio
 import logging
 import signal
 import sys
-from typing import Any, Dict
 
-
-def broker_config(port: int) -> Dict[str, Any]:
-    """amqtt's configuration: one plain listener on 127.0.0.1:``port``, anonymous clients allowed."""
-    return {
-        "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
-    }
+from Listener.mqtt.amqtt_boundary import EmbeddedBroker
 
 
 async def serve(port: int) -> None:
     """Run the broker until SIGTERM or SIGINT."""
-    from amqtt.broker import Broker
-
-    broker = Broker(broker_config(port))
+    broker = EmbeddedBroker("127.0.0.1", port)
     await broker.start()
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,7 +11,7 @@ from unittest.mock import Mock
 from Listener import run_inline
 from Listener.processing.batches import ALONE_AFTER_SLOW, MAX_BATCH, Halt, run_in_order
 from Listener.jobs.records import JobStatus
-from tests.unit.helpers import mocked_listener
+from tests.support.mocked_listeners import mocked_listener
 
 _marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker", default="unset")
 

@@ -15,7 +15,7 @@ from unittest.mock import AsyncMock
 import pytest
 
 from Listener import EventListener, EventListenerConfig, JobStatus
-from Listener.jobs.records import JobStore
+from Listener.jobs.memory import MemoryJobStore
 
 
 def make_listener(**overrides: Any) -> EventListener:
@@ -73,27 +73,38 @@ async def test_assigning_false_while_running_stops_the_listener() -> None:
 # -- duplicates -----------------------------------------------------------------------------------------
 
 
-def test_a_duplicate_keeps_the_first_jobs_completion_time_and_result() -> None:
-    store = JobStore(max_jobs=5, ttl_seconds=60)
-    store.insert("a", {"v": 1})
-    store.set_status("a", JobStatus.COMPLETED, result={"answer": 42})
-    job = store.get("a")
+async def test_a_duplicate_keeps_the_first_jobs_completion_time_and_result() -> None:
+    store = MemoryJobStore(max_jobs=5, ttl_seconds=60)
+    await store.admit("a", {"v": 1})
+    await store.set_status("a", JobStatus.COMPLETED, result={"answer": 42})
+    job = store.jobs.get("a")
     assert job is not None
     completed_at = job.completed_at
     assert completed_at is not None
-    store.mark_duplicate("a")
+    await store.mark_duplicate("a")
     assert (job.status, job.completed_at, job.result) == (JobStatus.DUPLICATE, completed_at, {"answer": 42})
 
 
-def test_a_duplicate_of_a_failed_job_keeps_its_error_and_completion_time() -> None:
-    store = JobStore(max_jobs=5, ttl_seconds=60)
-    store.insert("f", None)
-    store.set_status("f", JobStatus.FAILED, error="boom")
-    job = store.get("f")
+async def test_a_duplicate_of_a_failed_job_keeps_its_error_and_completion_time() -> None:
+    store = MemoryJobStore(max_jobs=5, ttl_seconds=60)
+    await store.admit("f", None)
+    await store.set_status("f", JobStatus.FAILED, error="boom")
+    job = store.jobs.get("f")
     assert job is not None
     completed_at = job.completed_at
-    store.mark_duplicate("f")
+    await store.mark_duplicate("f")
     assert (job.status, job.completed_at, job.error) == (JobStatus.DUPLICATE, completed_at, "boom")
+
+
+async def test_the_first_releases_mark_job_duplicate_still_marks_a_known_job() -> None:
+    """The first release's own suite calls ``_mark_job_duplicate`` after a second ``_create_job``."""
+    listener = make_listener()
+    assert await listener._create_job("m-1", {"v": 1}) is True
+    assert await listener._create_job("m-1", {"v": 1}) is False
+    assert await listener._mark_job_duplicate("m-1") is True
+    job = await listener.get_job_status("m-1")
+    assert job is not None and job.status is JobStatus.DUPLICATE
+    assert await listener._mark_job_duplicate("never-seen") is False
 
 
 async def test_skip_logs_a_duplicate_at_info_and_publishes_no_log_event(caplog: pytest.LogCaptureFixture) -> None:

@@ -208,7 +208,7 @@ async def test_drain_forgets_the_tickets_of_what_it_takes() -> None:
 async def test_a_pipelined_qos1_result_defers_the_ticket_until_the_broker_acknowledged_it() -> None:
     """The run loop settles a ticket when the handler returns; the pipeline has deferred it to the result's
     acknowledgement by then, so the message's PUBACK waits for the result's."""
-    from tests.unit.helpers import mocked_listener
+    from tests.support.mocked_listeners import mocked_listener
 
     listener = mocked_listener(default_qos=1)
     acknowledged = asyncio.Event()

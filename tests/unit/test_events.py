@@ -12,7 +12,7 @@ import pytest
 from Listener.ops.events import ErrorType, EventSink, error_event, log_event, utc_timestamp
 from Listener.ops.metrics import ListenerMetrics
 from Listener.core.serialization import to_json_bytes
-from tests.unit.helpers import strict_loads
+from tests.support.strict_json import strict_json
 
 
 ERROR_KEYS = {"job_id", "status", "error_type", "error_message", "topic", "timestamp"}
@@ -39,7 +39,7 @@ def test_error_event_shape(error_type: str) -> None:
     assert body["error_type"] == error_type and body["error_message"] == "went wrong"
     assert body["topic"] == "jobs/in"
     assert_utc_iso(body["timestamp"])
-    assert strict_loads(to_json_bytes(body)) == body
+    assert strict_json(to_json_bytes(body)) == body
 
 
 def test_error_types_are_the_spec_values() -> None:

@@ -1,36 +1,44 @@
-"""One contract for every job store: each behaviour runs against every store in ``STORES``.
+"""One contract for every job store: each behaviour of the :class:`~Listener.jobs.store.JobStore` interface runs
+against every store in ``STORES`` (memory, SQLite, Redis), with the same assertions.
 
-A store is added by writing a :class:`Backend` (how to create it, reopen it, and check what it wrote)
-and listing it in ``STORES``. For a store with a file (or a Redis database), every test ends by checking,
-through a second connection, that it holds exactly the jobs in memory. The Redis store runs against a
-real ``redis-server`` (skipped, saying so, only where the binary is not installed).
+A store is added by writing a :class:`Backend` (how to create it, and check what it recorded) and listing it
+in ``STORES``. For a store with a file (or a Redis database), every test ends by checking, through a second
+connection, that it holds exactly the jobs in memory. The Redis store runs against a real ``redis-server``
+(skipped, saying so, only where the binary is not installed).
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, AsyncIterator, Dict, List, Optional
+from typing import Any, AsyncIterator, Collection, Dict, List, Optional
 
 import pytest
 
 from Listener import EventListener, EventListenerConfig, JobStatus
-from Listener.jobs.records import CANCELLED, InsertOutcome, JobStore
-from Listener.jobs.redis import RedisJobStore, record_fields
-from Listener.jobs.sqlite import SqliteJobStore, job_row
-from tests.support.redis_server import RedisServer, redis_server, unique_prefix
+from Listener.jobs.admission import Admission
+from Listener.jobs.factory import create_job_store
+from Listener.jobs.memory import MemoryJobStore
+from Listener.jobs.records import CANCELLED, FINISHED_STATUSES
+from Listener.jobs.redis import FULL_RECHECK, record_fields
+from Listener.jobs.sqlite import job_row
+from Listener.jobs.store import JobStore
+from tests.support.redis_server import RedisServer, needs_redis, redis_server, unique_prefix
 
 __all__ = ["redis_server"]  # the fixture, for pytest
 
 
-CREATED, EXISTS, FULL = InsertOutcome.CREATED, InsertOutcome.EXISTS, InsertOutcome.FULL
+CREATED, DUPLICATE, FULL = Admission.CREATED, Admission.DUPLICATE, Admission.FULL
 
 
 class Backend:
     """How the contract creates and checks one kind of store."""
 
     name = "memory"
+    #: The store's ``full_recheck_interval``.
+    recheck: Optional[float] = None
 
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
@@ -41,13 +49,16 @@ class Backend:
         return "memory"
 
     async def make(self, max_jobs: int = 10, ttl_seconds: float = 60, keep_input: bool = False) -> JobStore:
-        store = JobStore(max_jobs, ttl_seconds, keep_input)
+        store = create_job_store(self.setting(), max_jobs, ttl_seconds, keep_input)
         await store.open()
         self.opened.append(store)
         return store
 
-    async def check_persisted(self, store: JobStore) -> None:
-        """Assert that what the store keeps outside memory matches its jobs (nothing to check here)."""
+    async def check_persisted(self, store: JobStore, expiring: Collection[str] = ()) -> None:
+        """Assert that what the store keeps outside memory matches its jobs (nothing to check here).
+
+        ``expiring``: jobs the store forgot that a shared store leaves to expire on their own.
+        """
         await store.durable()
 
     async def close(self) -> None:
@@ -64,13 +75,7 @@ class SqliteBackend(Backend):
     def setting(self) -> str:
         return f"sqlite:///{self.path()}"
 
-    async def make(self, max_jobs: int = 10, ttl_seconds: float = 60, keep_input: bool = False) -> JobStore:
-        store = SqliteJobStore(self.path(), max_jobs, ttl_seconds, keep_input)
-        await store.open()
-        self.opened.append(store)
-        return store
-
-    async def check_persisted(self, store: JobStore) -> None:
+    async def check_persisted(self, store: JobStore, expiring: Collection[str] = ()) -> None:
         await store.durable()
         reader = sqlite3.connect(str(self.path()))  # a second connection, as an operator's sqlite3 would be
         try:
@@ -83,6 +88,7 @@ class SqliteBackend(Backend):
 
 class RedisBackend(Backend):
     name = "redis"
+    recheck = FULL_RECHECK
     server: RedisServer
 
     def __init__(self, tmp_path: Path) -> None:
@@ -92,13 +98,7 @@ class RedisBackend(Backend):
     def setting(self) -> str:
         return self.server.url(self.prefix)
 
-    async def make(self, max_jobs: int = 10, ttl_seconds: float = 60, keep_input: bool = False) -> JobStore:
-        store = RedisJobStore(self.setting(), max_jobs, ttl_seconds, keep_input)
-        await store.open()
-        self.opened.append(store)
-        return store
-
-    async def check_persisted(self, store: JobStore) -> None:
+    async def check_persisted(self, store: JobStore, expiring: Collection[str] = ()) -> None:
         import redis
 
         await store.durable()
@@ -107,19 +107,22 @@ class RedisBackend(Backend):
             keys = reader.keys(f"{self.prefix}:job:*")
             records = {key.split(":job:", 1)[1]: reader.hgetall(key) for key in keys}
             ids = set(reader.zrange(f"{self.prefix}:ids", 0, -1))
+            lingering = {job_id: reader.pttl(f"{self.prefix}:job:{job_id}") for job_id in expiring if job_id in records}
         finally:
             reader.close()
         interrupted = getattr(store, "_interrupted", set())
         expected = {fields["job_id"]: fields for fields in
                     (record_fields(job, job.job_id in interrupted) for job in store.jobs.values())}
+        for job_id, ttl in lingering.items():  # forgotten here, a finished record expires in Redis
+            assert JobStatus(records.pop(job_id)["status"]) in FINISHED_STATUSES and ttl > 0
         assert records == expected
-        assert ids == set(expected)
+        assert ids - set(expiring) == set(expected)
 
 
 STORES = {"memory": Backend, "sqlite": SqliteBackend, "redis": RedisBackend}
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=needs_redis)])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "redis":
         RedisBackend.server = request.getfixturevalue("redis_server")
@@ -128,143 +131,224 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
     await made.close()
 
 
-async def test_insert_exists_and_get(backend: Backend) -> None:
+async def test_admit_creates_a_pending_job_and_the_queries_return_copies(backend: Backend) -> None:
     store = await backend.make(max_jobs=3)
-    assert store.insert("a", {"x": 1}, topic="t") is CREATED
-    job = store.get("a")
-    assert job is not None and (job.status, job.input_data, job.topic, job.attempts) == (JobStatus.PENDING, {"x": 1}, "t", 0)
-    assert store.insert("a", {"x": 2}) is EXISTS
-    assert store.jobs["a"].input_data == {"x": 1}
-    assert store.get("missing") is None
+    assert (store.persistent, store.full_recheck_interval) == (backend.name != "memory", backend.recheck)
+    assert await store.admit("a", {"x": 1}, topic="t") is CREATED
+    job = await store.get("a")
+    assert job is not None and (job.status, job.input_data, job.topic, job.attempts, job.duplicate_count) == (
+        JobStatus.PENDING, {"x": 1}, "t", 0, 0)
+    assert job is not store.jobs["a"] and job == store.jobs["a"]
+    job.status = JobStatus.FAILED
+    assert store.jobs["a"].status is JobStatus.PENDING
+    assert await store.get("missing") is None
+    assert await store.exists("a") and not await store.exists("missing")
+    await backend.check_persisted(store)
+
+
+# The duplicate policy: (the held job's state, duplicate_action) -> what admitting its id again does.
+POLICY = [
+    ("pending", "skip", DUPLICATE), ("pending", "error", DUPLICATE), ("pending", "reprocess", CREATED),
+    ("running", "skip", DUPLICATE), ("running", "error", DUPLICATE), ("running", "reprocess", DUPLICATE),
+    ("completed", "skip", DUPLICATE), ("completed", "error", DUPLICATE), ("completed", "reprocess", CREATED),
+    ("failed", "skip", DUPLICATE), ("failed", "error", DUPLICATE), ("failed", "reprocess", CREATED),
+    ("interrupted", "skip", CREATED), ("interrupted", "error", CREATED), ("interrupted", "reprocess", CREATED),
+]
+
+
+@pytest.mark.parametrize("held, action, outcome", POLICY)
+async def test_the_duplicate_policy(backend: Backend, held: str, action: str, outcome: Admission) -> None:
+    store = await backend.make()
+    assert await store.admit("j", {"v": 1}, topic="t1") is CREATED
+    if held != "pending":
+        assert await store.start_attempt("j") == 1
+    if held == "completed":
+        await store.set_status("j", JobStatus.COMPLETED, result=7)
+    elif held == "failed":
+        await store.set_status("j", JobStatus.FAILED, error="ValueError: no")
+    elif held == "interrupted":
+        assert await store.interrupt("j")
+    before = await store.get("j")
+    assert before is not None
+
+    assert await store.admit("j", {"v": 2}, topic="t2", duplicate_action=action) is outcome
+    after = await store.get("j")
+    assert after is not None and after == store.jobs["j"]
+    if outcome is DUPLICATE:
+        assert after.duplicate_count == 1 and after.attempts == before.attempts
+        assert after.input_data != {"v": 2} and after.topic == "t1"  # the held job is not replaced
+        if held == "running":
+            assert (after.status, after.completed_at) == (JobStatus.RUNNING, None)  # a running job keeps running
+        else:
+            assert after.status is JobStatus.DUPLICATE
+        if held in ("completed", "failed"):  # what the first message produced stays
+            assert (after.result, after.error, after.completed_at) == (before.result, before.error, before.completed_at)
+    else:
+        assert (after.status, after.input_data, after.topic, after.result, after.error, after.completed_at) == (
+            JobStatus.PENDING, {"v": 2}, "t2", None, None, None)
+        if held == "interrupted":  # run again, not a duplicate: its attempts go on
+            assert (after.duplicate_count, after.attempts) == (0, 1)
+        else:  # reprocess: a duplicate that runs again, counting its own attempts
+            assert (after.duplicate_count, after.attempts) == (1, 0)
+        assert await store.start_attempt("j") == after.attempts + 1
+    await backend.check_persisted(store)
+
+
+async def test_an_interrupted_job_runs_again_once_when_its_message_returns(backend: Backend) -> None:
+    """stop() cut the job short (its message stays unacknowledged): FAILED "Cancelled", yet not a duplicate
+    when the message is redelivered; its attempts are kept. A job that merely failed stays a duplicate."""
+    store = await backend.make()
+    await store.admit("cut", {"v": 1})
+    await store.start_attempt("cut")
+    await store.admit("failed", {"v": 1})
+    await store.start_attempt("failed")
+    await store.set_status("failed", JobStatus.FAILED, error="ValueError: no")
+    assert await store.interrupt("cut") and not await store.interrupt("unknown")
+    cut = await store.get("cut")
+    assert cut is not None and (cut.status, cut.error) == (JobStatus.FAILED, CANCELLED)
+    assert isinstance(store, MemoryJobStore)  # each store keeps this process's jobs in one
+    assert store.is_interrupted("cut") and not store.is_interrupted("failed")
+    await backend.check_persisted(store)
+    assert await store.admit("failed", {"v": 2}) is DUPLICATE
+    assert await store.admit("cut", {"v": 2}) is CREATED
+    again = await store.get("cut")
+    assert again is not None and (again.status, again.input_data, again.attempts, again.error) == (
+        JobStatus.PENDING, {"v": 2}, 1, None)
+    assert not store.is_interrupted("cut")
+    assert await store.admit("cut", {"v": 3}) is DUPLICATE  # only the first redelivery runs it again
     await backend.check_persisted(store)
 
 
 async def test_full_of_active_jobs_then_evicts_the_oldest_finished(backend: Backend) -> None:
     store = await backend.make(max_jobs=2)
-    assert store.insert("a", None) is CREATED and store.insert("b", None) is CREATED
-    assert store.insert("c", None) is FULL
-    store.set_status("b", JobStatus.COMPLETED)
-    store.set_status("a", JobStatus.FAILED, error="boom")
-    assert store.insert("c", None) is CREATED
+    assert await store.admit("a", None) is CREATED and await store.admit("b", None) is CREATED
+    assert await store.admit("c", None) is FULL
+    assert not await store.exists("c")
+    await store.set_status("b", JobStatus.COMPLETED)
+    await store.set_status("a", JobStatus.FAILED, error="boom")
+    assert await store.admit("c", None) is CREATED
     assert sorted(store.jobs) == ["a", "c"]  # b finished first, so it went first
+    assert sorted(await store.jobs_with()) == ["a", "c"]
     await backend.check_persisted(store)
 
 
 async def test_status_changes_record_result_error_attempts_and_drop_input(backend: Backend) -> None:
     store = await backend.make()
-    store.insert("ok", {"x": 1}, topic="jobs")
-    store.insert("bad", {"x": 2})
-    assert store.start_attempt("ok")
+    await store.admit("ok", {"x": 1}, topic="jobs")
+    await store.admit("bad", {"x": 2})
+    assert await store.start_attempt("ok") == 1
     assert store.jobs["ok"].attempts == 1 and store.jobs["ok"].completed_at is None
-    store.set_status("ok", JobStatus.COMPLETED, result={"y": [1, 2]})
-    store.start_attempt("bad")
-    store.set_status("bad", JobStatus.FAILED, error="ValueError: no")
-    ok, bad = store.jobs["ok"], store.jobs["bad"]
+    assert await store.set_status("ok", JobStatus.COMPLETED, result={"y": [1, 2]})
+    await store.start_attempt("bad")
+    await store.set_status("bad", JobStatus.FAILED, error="ValueError: no")
+    ok, bad = await store.get("ok"), await store.get("bad")
+    assert ok is not None and bad is not None
     assert (ok.status, ok.result, ok.input_data, ok.attempts) == (JobStatus.COMPLETED, {"y": [1, 2]}, None, 1)
     assert ok.completed_at is not None and ok.completed_at >= ok.started_at
     assert (bad.status, bad.error, bad.attempts) == (JobStatus.FAILED, "ValueError: no", 1)
-    assert store.set_status("missing", JobStatus.FAILED) is False
+    assert await store.set_status("missing", JobStatus.FAILED) is False
+    assert await store.start_attempt("missing") == 0
     await backend.check_persisted(store)
 
 
 async def test_keep_input_keeps_a_finished_jobs_input(backend: Backend) -> None:
     store = await backend.make(keep_input=True)
-    store.insert("a", {"x": 1})
-    store.set_status("a", JobStatus.COMPLETED, result="done")
-    assert store.jobs["a"].input_data == {"x": 1}
+    await store.admit("a", {"x": 1})
+    await store.set_status("a", JobStatus.COMPLETED, result="done")
+    job = await store.get("a")
+    assert job is not None and job.input_data == {"x": 1}
     await backend.check_persisted(store)
 
 
 async def test_mark_duplicate(backend: Backend) -> None:
     store = await backend.make()
     for job_id in ("running", "done", "pending"):
-        store.insert(job_id, {"n": job_id})
-    store.start_attempt("running")
-    store.set_status("done", JobStatus.COMPLETED, result=7)
+        await store.admit(job_id, {"n": job_id})
+    await store.start_attempt("running")
+    await store.set_status("done", JobStatus.COMPLETED, result=7)
     finished_at = store.jobs["done"].completed_at
-    assert store.mark_duplicate("running") and store.mark_duplicate("done") and store.mark_duplicate("pending")
-    assert store.jobs["running"].status is JobStatus.RUNNING and store.jobs["running"].duplicate_count == 1
-    done = store.jobs["done"]
-    assert (done.status, done.result, done.completed_at, done.duplicate_count) == (JobStatus.DUPLICATE, 7, finished_at, 1)
-    assert store.jobs["pending"].status is JobStatus.DUPLICATE
-    assert store.mark_duplicate("missing") is False
-    await backend.check_persisted(store)
-
-
-async def test_restart_counts_the_duplicate_and_starts_attempts_afresh(backend: Backend) -> None:
-    store = await backend.make()
-    store.insert("a", {"v": 1})
-    store.start_attempt("a")
-    store.set_status("a", JobStatus.FAILED, error="x")
-    job = store.restart("a", {"v": 2}, topic="t2")
-    assert (job.status, job.input_data, job.topic, job.error, job.duplicate_count, job.attempts) == (
-        JobStatus.PENDING, {"v": 2}, "t2", None, 1, 0)
-    store.start_attempt("a")
-    assert store.jobs["a"].attempts == 1
-    await backend.check_persisted(store)
-
-
-async def test_remove(backend: Backend) -> None:
-    store = await backend.make()
-    store.insert("a", None)
-    store.set_status("a", JobStatus.COMPLETED)
-    assert store.remove("a") and not store.remove("a")
-    assert store.insert("a", None) is CREATED  # a forgotten id is new again
+    assert await store.mark_duplicate("running") and await store.mark_duplicate("done")
+    assert await store.mark_duplicate("pending")
+    running, done, pending = [await store.get(job_id) for job_id in ("running", "done", "pending")]
+    assert running is not None and (running.status, running.duplicate_count) == (JobStatus.RUNNING, 1)
+    assert done is not None and (done.status, done.result, done.completed_at, done.duplicate_count) == (
+        JobStatus.DUPLICATE, 7, finished_at, 1)
+    assert pending is not None and (pending.status, pending.duplicate_count) == (JobStatus.DUPLICATE, 1)
+    assert await store.mark_duplicate("missing") is False
     await backend.check_persisted(store)
 
 
 async def test_cleanup_expired_removes_only_old_finished_jobs(backend: Backend) -> None:
     store = await backend.make(ttl_seconds=60)
     for job_id in ("old", "new", "active"):
-        store.insert(job_id, None)
-    store.set_status("old", JobStatus.COMPLETED)
-    store.set_status("new", JobStatus.COMPLETED)
+        await store.admit(job_id, None)
+    await store.set_status("old", JobStatus.COMPLETED)
+    await store.set_status("new", JobStatus.COMPLETED)
     store.jobs["old"].completed_at = datetime.now() - timedelta(seconds=120)
-    assert store.cleanup_expired() == 1
+    assert await store.cleanup_expired() == 1
     assert sorted(store.jobs) == ["active", "new"]
-    await backend.check_persisted(store)
+    assert await store.cleanup_expired(now=datetime.now() + timedelta(seconds=120)) == 1
+    assert sorted(store.jobs) == ["active"]
+    await backend.check_persisted(store, expiring={"old", "new"})
 
 
 async def test_reindex_after_the_jobs_dict_is_replaced(backend: Backend) -> None:
     store = await backend.make(max_jobs=2)
-    store.insert("gone", None)
-    replacement = await backend.make(max_jobs=2) if backend.name == "memory" else None
-    donor = replacement or JobStore(2, 60)
-    donor.insert("x", {"k": 1})
-    donor.set_status("x", JobStatus.COMPLETED, result=1)
-    donor.insert("y", None)
+    await store.admit("gone", None)
+    donor = MemoryJobStore(2, 60)
+    await donor.admit("x", {"k": 1})
+    await donor.set_status("x", JobStatus.COMPLETED, result=1)
+    await donor.admit("y", None)
     store.jobs = dict(donor.jobs)
     store.reindex()
-    assert store.insert("z", None) is CREATED  # x, finished, was evicted: the index knows the new dict
+    await backend.check_persisted(store)  # a durable store rewrote its records to match
+    assert await store.admit("z", None) is CREATED  # x, finished, was evicted: the index knows the new dict
     assert sorted(store.jobs) == ["y", "z"]
     await backend.check_persisted(store)
 
 
-async def test_snapshot_returns_filtered_copies(backend: Backend) -> None:
+async def test_jobs_with_returns_filtered_copies(backend: Backend) -> None:
     store = await backend.make()
-    store.insert("a", None)
-    store.insert("b", None)
-    store.start_attempt("b")
-    running = store.snapshot(JobStatus.RUNNING)
+    await store.admit("a", None)
+    await store.admit("b", None)
+    await store.start_attempt("b")
+    running = await store.jobs_with(JobStatus.RUNNING)
     assert list(running) == ["b"] and running["b"] is not store.jobs["b"]
     running["b"].status = JobStatus.FAILED
     assert store.jobs["b"].status is JobStatus.RUNNING
-    assert sorted(store.snapshot()) == ["a", "b"]
+    assert sorted(await store.jobs_with()) == ["a", "b"]
+    assert sorted(await store.jobs_with(JobStatus.PENDING, JobStatus.RUNNING)) == ["a", "b"]
+    assert await store.jobs_with(JobStatus.COMPLETED) == {}
+    await backend.check_persisted(store)
+
+
+async def test_a_held_lock_keeps_jobs_unchanged_until_released(backend: Backend) -> None:
+    """``listener.job_lock`` is the store's lock: while a user holds it, nothing changes ``jobs``."""
+    store = await backend.make()
+    await store.admit("a", None)
+    async with store.lock:
+        changes = [asyncio.ensure_future(store.admit("b", None)),
+                   asyncio.ensure_future(store.set_status("a", JobStatus.COMPLETED, result=1))]
+        await asyncio.sleep(0.2)
+        assert list(store.jobs) == ["a"] and store.jobs["a"].status is JobStatus.PENDING
+    assert await asyncio.wait_for(asyncio.gather(*changes), 5) == [CREATED, True]
+    assert list(store.jobs) == ["a", "b"] and store.jobs["a"].status is JobStatus.COMPLETED
     await backend.check_persisted(store)
 
 
 async def test_odd_values_are_stored(backend: Backend) -> None:
     store = await backend.make()
-    store.insert("bad\udc80id", {"when": datetime(2025, 1, 2, 3, 4, 5), "blob": b"\xff"}, topic="t/\u00e9")
-    store.set_status("bad\udc80id", JobStatus.COMPLETED, result=object())
-    assert store.get("bad\udc80id") is not None
+    assert await store.admit("bad\udc80id", {"when": datetime(2025, 1, 2, 3, 4, 5), "blob": b"\xff"},
+                             topic="t/\u00e9") is CREATED
+    await store.set_status("bad\udc80id", JobStatus.COMPLETED, result=object())
+    assert await store.get("bad\udc80id") is not None
     await backend.check_persisted(store)
 
 
 async def test_durable_returns_once_everything_is_recorded(backend: Backend) -> None:
-    store = await backend.make()
+    store = await backend.make(max_jobs=100)
     for n in range(50):
-        store.insert(f"j{n}", {"n": n})
+        await store.admit(f"j{n}", {"n": n})
     await store.durable()
     await store.durable()  # nothing new: returns at once
     await backend.check_persisted(store)
@@ -292,31 +376,10 @@ async def test_the_listeners_queries_work_the_same(backend: Backend) -> None:
     assert list(await listener.get_failed_jobs()) == ["bad"]
     assert list(await listener.get_duplicate_jobs()) == ["ok"]
     assert await listener.get_running_jobs() == {} and await listener.get_completed_jobs() == {}
+    assert await listener._create_job("new", {"n": 1}) and not await listener._create_job("new", {"n": 2})
+    assert "new" in await listener.get_duplicate_jobs()  # the first release: a second create is a duplicate
+    assert await listener._update_job_status("new", JobStatus.RUNNING) and await listener.is_job_running("new")
     await listener.cleanup_old_jobs()
-    assert sorted(listener.jobs) == ["bad", "ok"]
+    assert sorted(listener.jobs) == ["bad", "new", "ok"]
     await backend.check_persisted(listener._tracker.store)
     await listener.__aexit__(None, None, None)
-
-
-async def test_an_interrupted_job_runs_again_when_its_message_returns(backend: Backend) -> None:
-    """stop() cut the job short (its message stays unacknowledged): FAILED "Cancelled", yet not a duplicate
-    when the message is redelivered; its attempts are kept. A job that merely failed stays a duplicate."""
-    store = await backend.make()
-    store.insert("cut", {"v": 1})
-    store.start_attempt("cut")
-    store.insert("failed", {"v": 1})
-    store.start_attempt("failed")
-    store.set_status("failed", JobStatus.FAILED, error="ValueError: no")
-    assert store.interrupt("cut") and not store.interrupt("unknown")
-    cut = store.get("cut")
-    assert cut is not None and (cut.status, cut.error) == (JobStatus.FAILED, CANCELLED)
-    assert store.is_interrupted("cut") and not store.is_interrupted("failed")
-    await backend.check_persisted(store)
-    assert store.insert("failed", {"v": 2}) is EXISTS
-    assert store.insert("cut", {"v": 2}) is CREATED
-    again = store.get("cut")
-    assert again is not None and (again.status, again.input_data, again.attempts, again.error) == (
-        JobStatus.PENDING, {"v": 2}, 1, None)
-    assert not store.is_interrupted("cut")
-    assert store.insert("cut", {"v": 3}) is EXISTS  # only the first redelivery runs it again
-    await backend.check_persisted(store)

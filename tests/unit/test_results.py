@@ -7,7 +7,7 @@ from datetime import datetime
 
 from Listener import ReturnType, create_error_result, create_return_type
 from Listener.core.serialization import to_json_bytes
-from tests.unit.helpers import strict_loads
+from tests.support.strict_json import strict_json
 
 
 def test_return_type_defaults() -> None:
@@ -59,7 +59,7 @@ def test_create_error_result() -> None:
     assert result.data["error_type"] == "processing_error"
     assert result.data["error_message"] == "division by zero"
     datetime.fromisoformat(result.data["timestamp"])
-    assert strict_loads(to_json_bytes(result.data)) == result.data
+    assert strict_json(to_json_bytes(result.data)) == result.data
 
 
 def test_create_error_result_custom_type() -> None:

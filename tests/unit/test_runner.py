@@ -9,7 +9,7 @@ from typing import List
 import pytest
 
 from Listener.pipeline.runner import RepeatedFailures, State, backoff_delay
-from tests.unit.helpers import mocked_listener, wait_forever
+from tests.support.mocked_listeners import mocked_listener, wait_forever
 
 
 def test_backoff_doubles_up_to_the_cap_less_a_random_quarter() -> None:

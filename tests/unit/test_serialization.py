@@ -16,7 +16,7 @@ import tomli
 from Listener import ReturnType
 from Listener.core import serialization
 from Listener.core.serialization import ResultEncodingError, to_json_bytes
-from tests.unit.helpers import strict_loads
+from tests.support.strict_json import strict_json
 
 
 class Colour(enum.Enum):
@@ -49,13 +49,13 @@ def test_plain_json_is_compact_utf8() -> None:
     (dtime(7, 8, 9, 500), "07:08:09.000500"),
 ])
 def test_dates_and_times_are_iso_8601(value: Any, expected: str) -> None:
-    decoded = strict_loads(to_json_bytes({"v": value}))["v"]
+    decoded = strict_json(to_json_bytes({"v": value}))["v"]
     assert decoded == expected
     assert type(value).fromisoformat(decoded) == value
 
 
 def test_timedelta_is_seconds() -> None:
-    assert strict_loads(to_json_bytes(timedelta(minutes=1, milliseconds=500))) == 60.5
+    assert strict_json(to_json_bytes(timedelta(minutes=1, milliseconds=500))) == 60.5
 
 
 @pytest.mark.parametrize("value,expected", [
@@ -68,34 +68,34 @@ def test_timedelta_is_seconds() -> None:
     (Decimal("-Infinity"), "-Infinity"),
 ])
 def test_decimal(value: Decimal, expected: Any) -> None:
-    assert strict_loads(to_json_bytes([value])) == [expected]
+    assert strict_json(to_json_bytes([value])) == [expected]
 
 
 def test_integral_decimal_beyond_float_range_is_exact() -> None:
-    assert strict_loads(to_json_bytes([Decimal("1.5e400")])) == [15 * 10 ** 399]
+    assert strict_json(to_json_bytes([Decimal("1.5e400")])) == [15 * 10 ** 399]
 
 
 def test_sets() -> None:
-    assert strict_loads(to_json_bytes({3, 1, 2})) == [1, 2, 3]
-    assert strict_loads(to_json_bytes(frozenset({"b", "a"}))) == ["a", "b"]
-    mixed = strict_loads(to_json_bytes({1, "a"}))  # not sortable: any order
+    assert strict_json(to_json_bytes({3, 1, 2})) == [1, 2, 3]
+    assert strict_json(to_json_bytes(frozenset({"b", "a"}))) == ["a", "b"]
+    mixed = strict_json(to_json_bytes({1, "a"}))  # not sortable: any order
     assert sorted(mixed, key=str) == [1, "a"]
-    assert strict_loads(to_json_bytes(set())) == []
+    assert strict_json(to_json_bytes(set())) == []
 
 
 def test_bytes_utf8_and_binary() -> None:
-    assert strict_loads(to_json_bytes(b"hello \xc3\xa9")) == "hello é"
-    assert strict_loads(to_json_bytes(bytearray(b"abc"))) == "abc"
-    assert strict_loads(to_json_bytes(memoryview(b"xyz"))) == "xyz"
+    assert strict_json(to_json_bytes(b"hello \xc3\xa9")) == "hello é"
+    assert strict_json(to_json_bytes(bytearray(b"abc"))) == "abc"
+    assert strict_json(to_json_bytes(memoryview(b"xyz"))) == "xyz"
     raw = b"\xff\x00\xfe binary"
-    decoded = strict_loads(to_json_bytes({"blob": raw}))
+    decoded = strict_json(to_json_bytes({"blob": raw}))
     assert decoded == {"blob": {"base64": base64.b64encode(raw).decode("ascii")}}
     assert base64.b64decode(decoded["blob"]["base64"]) == raw
 
 
 def test_enum_uuid_dataclass_tuple() -> None:
     ident = uuid4()
-    decoded = strict_loads(to_json_bytes({
+    decoded = strict_json(to_json_bytes({
         "colour": Colour.RED,
         "number": Colour.GREEN,
         "id": ident,
@@ -123,8 +123,8 @@ def test_dataclass_class_itself_is_not_serialisable() -> None:
 
 
 def test_return_type_is_serialisable() -> None:
-    decoded = strict_loads(to_json_bytes(ReturnType(data={"ok": True}, topic="t", message_id=7,
-                                                    timestamp=datetime(2024, 1, 1), job_id="j")))
+    decoded = strict_json(to_json_bytes(ReturnType(data={"ok": True}, topic="t", message_id=7,
+                                                   timestamp=datetime(2024, 1, 1), job_id="j")))
     assert decoded == {"data": {"ok": True}, "topic": "t", "qos": 0, "retain": False, "message_id": 7,
                        "timestamp": "2024-01-01T00:00:00", "job_id": "j"}
 
@@ -149,7 +149,7 @@ def test_nested_toml_document_with_datetimes() -> None:
         "[[items]]\n"
         "tags = [1979-05-27, 07:32:00, [1, 2]]\n"
     )
-    decoded = strict_loads(to_json_bytes(document))
+    decoded = strict_json(to_json_bytes(document))
     assert decoded == {
         "job_id": "t-1",
         "odt": "1979-05-27T07:32:00-08:00",
@@ -175,8 +175,8 @@ def test_nested_toml_document_with_datetimes() -> None:
     ({"s": {float("inf")}}, {"s": ["Infinity"]}),
 ])
 def test_non_finite_floats_become_valid_json(value: Any, expected: Any) -> None:
-    # strict_loads fails on bare NaN / Infinity / -Infinity tokens, which are not JSON.
-    assert strict_loads(to_json_bytes(value)) == expected
+    # strict_json fails on bare NaN / Infinity / -Infinity tokens, which are not JSON.
+    assert strict_json(to_json_bytes(value)) == expected
 
 
 @pytest.mark.parametrize("value", [object(), {"x": object()}, [lambda: 1], {"k": {1: Point}}, complex(1, 2)])
@@ -249,7 +249,7 @@ def _nested(depth: int) -> Any:
 ])
 def test_compiled_encoder_writes_what_json_writes(value: Any) -> None:
     # Whatever orjson can or cannot do, the result decodes to what the json encoder gives.
-    assert strict_loads(to_json_bytes(value)) == strict_loads(serialization._json_bytes(value))
+    assert strict_json(to_json_bytes(value)) == strict_json(serialization._json_bytes(value))
 
 
 def test_common_results_skip_the_json_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -263,8 +263,8 @@ def test_common_results_skip_the_json_encoder(monkeypatch: pytest.MonkeyPatch) -
 
 def test_a_null_in_the_output_is_checked_for_non_finite_floats() -> None:
     # orjson writes NaN as null; the json pass tells it apart from a real None.
-    assert strict_loads(to_json_bytes({"a": None, "b": float("inf")})) == {"a": None, "b": "Infinity"}
-    assert strict_loads(to_json_bytes([None])) == [None]
+    assert strict_json(to_json_bytes({"a": None, "b": float("inf")})) == {"a": None, "b": "Infinity"}
+    assert strict_json(to_json_bytes([None])) == [None]
 
 
 def test_error_messages_are_the_json_encoders() -> None:

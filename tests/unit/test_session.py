@@ -1,4 +1,4 @@
-"""Unit tests for Listener.mqtt.connection: a session's lifetime, the client slot and the client adapters."""
+"""Unit tests for Listener.mqtt.connection: a BrokerConnection's lifetime, the client slot and the client adapters."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ from unittest.mock import AsyncMock, MagicMock
 import pytest
 
 from Listener import EventListenerConfig
-from Listener.mqtt.connection import AmqttAdapter, ClientSlot, ForeignClientAdapter, Session, adapt
-from tests.unit.helpers import wait_forever
+from Listener.mqtt.connection import AmqttAdapter, BrokerConnection, ClientSlot, ForeignClientAdapter, adapt
+from tests.support.mocked_listeners import wait_forever
 
 
-async def test_a_session_connects_subscribes_and_disconnects_and_is_not_reentrant() -> None:
+async def test_a_connection_connects_subscribes_and_disconnects_and_is_not_reentrant() -> None:
     client = AsyncMock()
     client.subscribe.return_value = [1]
-    session = Session(adapt(client), EventListenerConfig(topic="a/#", qos=1), "h:1", [("a/#", 1)])
-    async with session as entered:
-        assert entered is session
+    connection = BrokerConnection(adapt(client), EventListenerConfig(topic="a/#", qos=1), "h:1", [("a/#", 1)])
+    async with connection as entered:
+        assert entered is connection
         client.connect.assert_awaited_once()
         client.subscribe.assert_awaited_once_with([("a/#", 1)])
         with pytest.raises(RuntimeError, match="opened once"):
-            await session.__aenter__()
+            await connection.__aenter__()
     client.disconnect.assert_awaited_once()
 
 
@@ -30,7 +30,7 @@ async def test_a_refused_subscription_ends_opening_with_a_connection_error() -> 
     client = AsyncMock()
     client.subscribe.return_value = [0x80]
     with pytest.raises(ConnectionError, match="refused the subscription to t"):
-        async with Session(adapt(client), EventListenerConfig(topic="t"), "h:1", [("t", 0)]):
+        async with BrokerConnection(adapt(client), EventListenerConfig(topic="t"), "h:1", [("t", 0)]):
             pass  # pragma: no cover - never entered
 
 

@@ -18,7 +18,7 @@ import pytest
 from Listener import EventListenerConfig
 from Listener.mqtt import share_probe
 from Listener.mqtt.delivery_queue import DeliveryQueue
-from Listener.mqtt.connection import AmqttAdapter, Session, adapt
+from Listener.mqtt.connection import AmqttAdapter, BrokerConnection, adapt
 from Listener.mqtt.share_probe import SharedSubscriptionUnsupported, probe_topics, verify_share_group
 from Listener.core.topics import strip_share_prefix
 from Listener.mqtt.client import BrokerRefusedConnection
@@ -157,12 +157,12 @@ async def test_the_listeners_own_client_is_probed_and_a_client_assigned_to_it_is
     filters = [("$share/g/jobs", 0)]
     own = FakeClient("literal")
     with pytest.raises(SharedSubscriptionUnsupported):
-        await Session(AmqttAdapter(own), config, "h:1", filters).open()  # type: ignore[arg-type]
+        await BrokerConnection(AmqttAdapter(own), config, "h:1", filters).open()  # type: ignore[arg-type]
     assert own.published and own.disconnected  # probed; then disconnected, so a retry starts afresh
 
     mock = AsyncMock()
     mock.subscribe.return_value = [0]
-    async with Session(adapt(mock), config, "h:1", filters):
+    async with BrokerConnection(adapt(mock), config, "h:1", filters):
         mock.subscribe.assert_awaited_once_with(filters)  # the job filters only: no probe subscription
     mock.publish.assert_not_called()
     mock.unsubscribe.assert_not_called()

@@ -10,7 +10,7 @@ from unittest.mock import MagicMock
 
 from Listener import JobStatus
 from Listener.ops.signals import StopSignals
-from tests.unit.helpers import mocked_listener
+from tests.support.mocked_listeners import mocked_listener
 
 
 async def test_a_second_signal_cancels_the_running_job_at_once() -> None:

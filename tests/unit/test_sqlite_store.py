@@ -16,7 +16,7 @@ from Listener import EventListener, EventListenerConfig, JobStatus
 from Listener.cli.command import main
 from Listener.errors import ConfigError
 from Listener.jobs.factory import JobStoreError, check_job_store, sqlite_path
-from Listener.jobs.records import InsertOutcome
+from Listener.jobs.admission import Admission
 from Listener.jobs.sqlite import INTERRUPTED, SqliteJobStore
 
 
@@ -47,10 +47,10 @@ async def test_a_finished_job_is_a_duplicate_after_reopening_and_an_interrupted_
         open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], tmp_path: Path) -> None:
     first = await open_store()
     for job_id in ("done", "running", "pending"):
-        first.insert(job_id, {"id": job_id})
-    first.start_attempt("done")
-    first.set_status("done", JobStatus.COMPLETED, result={"ok": 1})
-    first.start_attempt("running")
+        await first.admit(job_id, {"id": job_id})
+    await first.start_attempt("done")
+    await first.set_status("done", JobStatus.COMPLETED, result={"ok": 1})
+    await first.start_attempt("running")
     await first.close()  # as a crash would leave it: "running" and "pending" never finished
 
     second = await open_store()
@@ -58,15 +58,15 @@ async def test_a_finished_job_is_a_duplicate_after_reopening_and_an_interrupted_
     assert (done.status, done.result, done.attempts) == (JobStatus.COMPLETED, {"ok": 1}, 1)
     assert (running.status, running.error, running.attempts) == (JobStatus.PENDING, INTERRUPTED, 1)
     assert second.is_interrupted("running") and second.is_interrupted("pending") and not second.is_interrupted("done")
-    assert second.insert("done", {"id": "done"}) is InsertOutcome.EXISTS  # the pipeline applies duplicate_action
-    assert second.insert("running", {"id": "again"}) is InsertOutcome.CREATED
-    second.start_attempt("running")
+    assert await second.admit("done", {"id": "done"}) is Admission.DUPLICATE  # duplicate_action applies
+    assert await second.admit("running", {"id": "again"}) is Admission.CREATED
+    await second.start_attempt("running")
     resumed = second.jobs["running"]
     assert (resumed.status, resumed.input_data, resumed.error, resumed.attempts) == (
         JobStatus.RUNNING, {"id": "again"}, None, 2)
-    assert second.insert("running", None) is InsertOutcome.EXISTS  # resumed once, then a duplicate like any job
+    assert await second.admit("running", None) is Admission.DUPLICATE  # resumed once, then a duplicate like any job
     await second.durable()
-    assert rows(tmp_path / "jobs.db") == [("done", "completed", 1, None), ("pending", "pending", 0, INTERRUPTED),
+    assert rows(tmp_path / "jobs.db") == [("done", "duplicate", 1, None), ("pending", "pending", 0, INTERRUPTED),
                                           ("running", "running", 2, None)]
 
 
@@ -74,40 +74,54 @@ async def test_opening_loads_the_newest_jobs_and_deletes_the_rest(
         open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], tmp_path: Path) -> None:
     first = await open_store(max_jobs=10)
     for n in range(6):
-        first.insert(f"j{n}", None)
-        first.set_status(f"j{n}", JobStatus.COMPLETED)
+        await first.admit(f"j{n}", None)
+        await first.set_status(f"j{n}", JobStatus.COMPLETED)
         first.jobs[f"j{n}"].started_at = datetime(2025, 1, 1) + timedelta(minutes=n)
         first._changed(first.jobs[f"j{n}"])
     await first.close()
     second = await open_store(max_jobs=3)
     assert list(second.jobs) == ["j3", "j4", "j5"]  # oldest first, as if they had arrived in this order
     assert [row[0] for row in rows(tmp_path / "jobs.db")] == ["j3", "j4", "j5"]
-    second.insert("new", None)  # the store is full of finished jobs: the oldest goes, in memory and in the file
+    await second.admit("new", None)  # the store is full of finished jobs: the oldest goes, in memory and in the file
     await second.durable()
     assert [row[0] for row in rows(tmp_path / "jobs.db")] == ["j4", "j5", "new"]
 
 
 async def test_interrupted_jobs_expire_and_make_room(open_store: Callable[..., "asyncio.Future[SqliteJobStore]"]) -> None:
     first = await open_store(max_jobs=2)
-    first.insert("a", None)
-    first.insert("b", None)
+    await first.admit("a", None)
+    await first.admit("b", None)
     await first.close()
     second = await open_store(max_jobs=2)
-    assert second.insert("c", None) is InsertOutcome.CREATED  # an interrupted job gave way
+    assert await second.admit("c", None) is Admission.CREATED  # an interrupted job gave way
     assert len(second.jobs) == 2 and "c" in second.jobs
-    assert second.cleanup_expired(now=datetime.now() + timedelta(seconds=120)) == 1
+    assert await second.cleanup_expired(now=datetime.now() + timedelta(seconds=120)) == 1
     assert list(second.jobs) == ["c"]
+
+
+async def test_a_removed_job_leaves_the_file(open_store: Callable[..., "asyncio.Future[SqliteJobStore]"],
+                                             tmp_path: Path) -> None:
+    store = await open_store()
+    await store.admit("a", None)
+    await store.set_status("a", JobStatus.COMPLETED)
+    await store.admit("b", None)
+    assert store.remove("a") and not store.remove("a")
+    await store.durable()
+    assert rows(tmp_path / "jobs.db") == [("b", "pending", 0, None)]
+    assert await store.admit("a", None) is Admission.CREATED  # a forgotten id is new again
+    await store.durable()
+    assert rows(tmp_path / "jobs.db") == [("a", "pending", 0, None), ("b", "pending", 0, None)]
 
 
 async def test_commits_are_grouped(open_store: Callable[..., "asyncio.Future[SqliteJobStore]"]) -> None:
     store = await open_store(max_jobs=5000)
-    for n in range(2000):  # one turn of the event loop: one batch, one transaction
-        store.insert(f"j{n}", {"n": n})
-        store.start_attempt(f"j{n}")
+    for n in range(2000):  # one turn of the event loop (nothing is awaited for real): one batch, one transaction
+        await store.admit(f"j{n}", {"n": n})
+        await store.start_attempt(f"j{n}")
     await store.durable()
     assert store.commits == 1
     for n in range(200):  # many turns: the writer takes what queued while it committed, together
-        store.set_status(f"j{n}", JobStatus.COMPLETED, result=n)
+        await store.set_status(f"j{n}", JobStatus.COMPLETED, result=n)
         await asyncio.sleep(0)
     await store.durable()
     assert 2 <= store.commits < 1 + 200
@@ -119,11 +133,11 @@ async def test_a_second_connection_reads_the_file_while_the_store_writes(
     reader = sqlite3.connect(str(tmp_path / "jobs.db"))
     try:
         assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        store.insert("a", {"x": 1})
+        await store.admit("a", {"x": 1})
         await store.durable()
         reader.execute("BEGIN")  # a long read transaction does not block the writer (WAL)
         assert reader.execute("SELECT status FROM jobs").fetchall() == [("pending",)]
-        store.set_status("a", JobStatus.COMPLETED)
+        await store.set_status("a", JobStatus.COMPLETED)
         await asyncio.wait_for(store.durable(), 10)
         reader.execute("COMMIT")
         assert reader.execute("SELECT status FROM jobs").fetchall() == [("completed",)]
@@ -139,7 +153,7 @@ async def test_a_failing_write_is_reported_retried_and_durable_raises_meanwhile(
     other = sqlite3.connect(str(tmp_path / "jobs.db"), isolation_level=None)
     try:
         other.execute("ALTER TABLE jobs RENAME TO hidden")  # every write now fails: no such table
-        store.insert("a", None)
+        await store.admit("a", None)
         with pytest.raises(JobStoreError, match="jobs.db.*no such table: jobs"):
             await asyncio.wait_for(store.durable(), 10)
         assert reported and "Cannot write job store" in reported[0]
@@ -204,7 +218,7 @@ async def test_concurrent_opens_open_once(tmp_path: Path) -> None:
 
 async def test_durable_before_open_raises(tmp_path: Path) -> None:
     store = SqliteJobStore(tmp_path / "jobs.db", 10, 60)
-    store.insert("early", None)  # kept in memory, written when it opens
+    await store.admit("early", None)  # kept in memory, written when it opens
     with pytest.raises(JobStoreError, match="not open"):
         await store.durable()
     await store.open()
@@ -240,7 +254,7 @@ def test_check_job_store_creates_nothing(tmp_path: Path) -> None:
 async def test_an_existing_good_database_passes_the_check(open_store: Callable[..., "asyncio.Future[SqliteJobStore]"],
                                                           tmp_path: Path) -> None:
     store = await open_store()
-    store.insert("a", None)
+    await store.admit("a", None)
     await store.close()
     assert check_job_store(f"sqlite:///{tmp_path / 'jobs.db'}") is None
 

@@ -172,13 +172,13 @@ async def test_a_new_client_takes_over_the_delivery_queue_of_the_lost_connection
     """Issue 9 item 3: what the lost connection received is still processed after the reconnect (the reconnect
     does not wait for it to be drained)."""
     old, new = create_client(EventListenerConfig()), create_client(EventListenerConfig())
-    old._init_session("mqtt://127.0.0.1:1883")
+    old.session_queue()  # what each new amqtt session of the client is given
     assert old._deliveries is not None
     old._deliveries.put_nowait("queued-1")
     woken: List[Any] = []
     new.on_wakeup = lambda: woken.append(1)
     new.adopt_deliveries(old)
-    new._init_session("mqtt://127.0.0.1:1883")
+    new.session_queue()
     assert new.queued_messages == 1 and new.take_message() == "queued-1"
     new._deliveries.put_nowait("arrived-later")  # type: ignore[union-attr]
     assert woken == [1]
@@ -190,7 +190,7 @@ async def test_bytes_received_but_not_yet_read_count_as_life() -> None:
     class Backlogged(SilentBroker):
         unread = 4096
 
-        def _unread_bytes(self) -> int:
+        def unread_socket_bytes(self) -> int:
             return self.unread
 
     client = Backlogged()

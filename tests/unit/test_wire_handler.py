@@ -95,7 +95,7 @@ async def broker() -> AsyncIterator[ScriptedBroker]:
 async def connected_client(broker: ScriptedBroker, **options: Any) -> AmqttClient:
     client = create_client(EventListenerConfig(host="127.0.0.1", port=broker.port, keep_alive=60, **options))
     await client.connect(f"mqtt://127.0.0.1:{broker.port}")
-    assert isinstance(client._handler, WireHandler)
+    assert isinstance(client.wire, WireHandler)
     return client
 
 
@@ -216,6 +216,22 @@ async def test_bytes_that_are_not_mqtt_close_the_connection_with_a_warning(
         await asyncio.wait_for(client.wait_closed(), WAIT)
     assert "malformed packet" in caplog.text and "four bytes" in caplog.text
     await asyncio.wait_for(broker.closed.wait(), WAIT)
+
+
+async def test_a_packet_amqtt_fails_to_handle_is_reported_at_warning(broker: ScriptedBroker,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Not at DEBUG, where a renamed amqtt handler (no PINGRESP ever handled) went unnoticed."""
+    async with connected(broker) as client:
+        with caplog.at_level(logging.WARNING, "Listener.transport"):
+            await broker.send(b"\x90\x01\x00" + publish_packet("jobs", b"next", 0, False))  # a SUBACK cut short
+            [message] = await take(client, 1)
+            for _ in range(100):
+                if "Handling a packet from" in caplog.text:
+                    break
+                await asyncio.sleep(0.01)
+        [failure] = [r for r in caplog.records if r.getMessage().startswith("Handling a packet from")]
+        assert failure.levelno == logging.WARNING and f"127.0.0.1:{broker.port}" in failure.getMessage()
+        assert bytes(message.data) == b"next" and client.is_connected()
 
 
 async def test_a_qos0_message_with_the_dup_flag_is_ignored(broker: ScriptedBroker,
@@ -482,7 +498,7 @@ async def test_a_payload_over_the_limit_is_discarded_as_it_arrives_and_the_messa
     """The listener rejects it for its size; holding all of it first (up to 256 MiB) would let one message exhaust
     memory. The message comes with an empty payload that has the size it had, and is acknowledged as usual."""
     async with connected(broker, ack_policy="on_receipt", max_payload_bytes=1000) as client:
-        handler: Any = client._handler
+        handler: Any = client.wire
         big = publish_packet("jobs/big", b"b" * 3_000_000, 1, False, 77)
         held: List[int] = []
         for start in range(0, len(big), 50_000):
@@ -509,7 +525,7 @@ async def test_a_payload_at_the_limit_is_kept_whole(broker: ScriptedBroker) -> N
 async def test_a_packet_id_given_again_at_once_keeps_its_new_publication(broker: ScriptedBroker) -> None:
     """The PUBACK's bookkeeping runs a moment after it arrives; by then the id may belong to a new publication."""
     async with connected(broker) as client:
-        handler: Any = client._handler
+        handler: Any = client.wire
         first = handler.send_publish("results/a", b"1", 1, False)
         [packet_id] = list(handler._acks)
         handler._acknowledged(packet_id, 0)
@@ -523,7 +539,7 @@ async def test_a_packet_id_given_again_at_once_keeps_its_new_publication(broker:
 
 async def test_a_qos1_publish_given_up_on_stops_tracking_its_packet_id(broker: ScriptedBroker) -> None:
     client = await connected_client(broker)
-    handler: Any = client._handler
+    handler: Any = client.wire
     try:
         broker.writers[-1].transport.pause_reading()  # the broker stops reading: the client's drain waits
         with pytest.raises(asyncio.TimeoutError):

@@ -1,6 +1,7 @@
-"""A listener in its own process, for tests that kill or signal it.
+"""A listener in a process of its own, for tests that kill or signal it (driven by
+``tests.support.listener_processes.ListenerProcess``).
 
-Usage: python -m tests.mqtt.listener_process HOST PORT TOPIC_PREFIX [JOB_SECONDS] [options]
+Usage: python -m tests.support.listener_program HOST PORT TOPIC_PREFIX [JOB_SECONDS] [options]
 
 Prints "READY" once connected and subscribed. Jobs sleep JOB_SECONDS (default 0) and return
 {"job_id": ...}; the will message goes to TOPIC_PREFIX/status.

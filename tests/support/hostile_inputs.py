@@ -1,20 +1,27 @@
-"""Shared pieces of the hostile-input tests: a listener with a recording mock client, strict JSON, an
-independent model of what the listener must do with a payload (SPEC §4 steps 1-2), and a TOML writer
-for generated documents."""
+"""The hostile-input tests' model: an independent account of what the listener must do with a payload (SPEC §4
+steps 1-2), the shape of its error events (SPEC §8), what a TOML value reads back as in its JSON, and a mocked
+listener on the topics the model uses."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
-from typing import Any, Dict, List, Optional, Tuple
-from unittest.mock import AsyncMock
+from typing import Any, Dict, List, Optional
 
 import tomli
 
-from Listener import EventListener, EventListenerConfig
+from Listener import EventListener
+from tests.support.mocked_listeners import mocked_listener, publications
+from tests.support.strict_json import strict_json
 
+__all__ = [
+    "ERROR_KEYS", "ERROR_TOPIC", "ERROR_TYPES", "INTAKE_ERRORS", "LOG_TOPIC", "MAX_JOB_ID_LENGTH", "MAX_PAYLOAD",
+    "RESULTS_TOPIC", "TOPIC", "Expected", "check_error_shape", "check_every_publication_is_strict_json", "error_events",
+    "events_on", "expected_outcome", "hostile_listener", "jsonable",
+]
+
+#: The topic the model's jobs arrive on (under the listener's ``jobs/#``) and the listener's own topics.
 TOPIC = "jobs/x"
 ERROR_TOPIC = "out/error"
 LOG_TOPIC = "out/log"
@@ -26,31 +33,14 @@ ERROR_TYPES = {"invalid_payload", "payload_too_large", "missing_job_id", "duplic
                "publish_error", "timeout"}
 INTAKE_ERRORS = {"invalid_payload", "payload_too_large", "missing_job_id"}
 
-Publication = Tuple[str, bytes, int, bool]
 
-
-def make_listener(**overrides: Any) -> EventListener:
-    """A listener whose ``client`` is an AsyncMock: ``client.publish`` records (topic, payload, qos, retain)."""
-    options: Dict[str, Any] = {"host": "test-host", "client_id": "hostile-tests", "topic": "jobs/#",
-                               "error_topic": ERROR_TOPIC, "log_topic": LOG_TOPIC, "results_topic": RESULTS_TOPIC}
+def hostile_listener(**overrides: Any) -> EventListener:
+    """A mocked listener (:func:`~tests.support.mocked_listeners.mocked_listener`) subscribed to ``jobs/#``, with
+    the model's error, log and results topics."""
+    options: Dict[str, Any] = {"client_id": "hostile-tests", "topic": "jobs/#", "error_topic": ERROR_TOPIC,
+                               "log_topic": LOG_TOPIC, "results_topic": RESULTS_TOPIC}
     options.update(overrides)
-    listener = EventListener(EventListenerConfig(**options))
-    listener.client = AsyncMock()
-    return listener
-
-
-def publications(listener: EventListener) -> List[Publication]:
-    return [tuple(call.args) for call in listener.client.publish.call_args_list]  # type: ignore[misc]
-
-
-def _reject_constant(token: str) -> Any:
-    raise ValueError(f"bare {token} is not valid JSON")
-
-
-def strict_json(payload: bytes) -> Any:
-    """Parse like a strict JSON reader: UTF-8 only, no NaN / Infinity / -Infinity tokens."""
-    assert isinstance(payload, bytes), f"payload must be bytes, got {type(payload).__name__}"
-    return json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    return mocked_listener(**options)
 
 
 def events_on(listener: EventListener, topic: str) -> List[Dict[str, Any]]:
@@ -59,6 +49,7 @@ def events_on(listener: EventListener, topic: str) -> List[Dict[str, Any]]:
 
 
 def error_events(listener: EventListener) -> List[Dict[str, Any]]:
+    """Every error event, strictly parsed."""
     return events_on(listener, ERROR_TOPIC)
 
 
@@ -75,6 +66,7 @@ def check_error_shape(event: Dict[str, Any], topic: str = TOPIC) -> None:
 
 
 def check_every_publication_is_strict_json(listener: EventListener) -> None:
+    """Every publication is strict JSON with a valid QoS and a bool retain flag."""
     for topic, payload, qos, retain in publications(listener):
         strict_json(payload)
         assert qos in (0, 1, 2) and isinstance(retain, bool), (topic, qos, retain)
@@ -123,58 +115,3 @@ def expected_outcome(payload: bytes, max_payload: int = MAX_PAYLOAD, job_id_fiel
     if isinstance(value, (dict, list)) or len(str(value)) > MAX_JOB_ID_LENGTH:
         return Expected("invalid_payload")
     return Expected(None, data, str(value))
-
-
-# -- writing TOML -------------------------------------------------------------------------------------
-
-def toml_string(text: str) -> str:
-    """A TOML basic string: quotes, backslashes and control characters escaped."""
-    out = ['"']
-    for char in text:
-        code = ord(char)
-        if char in '"\\':
-            out.append("\\" + char)
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(char)
-    out.append('"')
-    return "".join(out)
-
-
-def toml_value(value: Any) -> str:
-    """An inline TOML value for a bool, int, float, str, datetime, date, time, list or dict."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    if isinstance(value, str):
-        return toml_string(value)
-    if isinstance(value, (datetime, date, time)):
-        return value.isoformat()
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{toml_string(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
-
-
-def toml_document(document: Dict[str, Any], headers: bool = False) -> str:
-    """A TOML document; with ``headers``, top-level tables become ``[section]`` blocks."""
-    lines: List[str] = []
-    sections: List[Tuple[str, Dict[str, Any]]] = []
-    for key, value in document.items():
-        if headers and isinstance(value, dict):
-            sections.append((key, value))
-        else:
-            lines.append(f"{toml_string(key)} = {toml_value(value)}")
-    for key, table in sections:
-        lines.append(f"[{toml_string(key)}]")
-        lines.extend(f"{toml_string(k)} = {toml_value(v)}" for k, v in table.items())
-    return "\n".join(lines) + "\n"
