@@ -4,15 +4,15 @@
 """
 
 from ._version import __version__
+from .config.parser import ConfigSource, ParsedConfig, SafeConfigParser
 from .config.settings import EventListenerConfig
 from .errors import ConfigError, ConfigParseError, ConfigValidationError, ListenerError
 from .event_listener import EventListener
 from .jobs.records import JobInfo, JobStatus
 from .ops.metrics import ListenerMetrics
+from .ops.quiet_logs import quiet_third_party_loggers
 from .processing.processors import JobTimeoutError, run_inline
 from .results import ReturnType, create_error_result, create_return_type
-from .ops.quiet_logs import quiet_third_party_loggers
-from .config.parser import ConfigSource, ParsedConfig, SafeConfigParser
 
 # amqtt and transitions log every connection and state change at INFO: quiet unless configured
 # (see Listener.ops.quiet_logs for turning them back on).

@@ -15,27 +15,28 @@ from types import TracebackType
 from typing import Any, Callable, Dict, Iterable, Optional, Set, Type, Union
 
 from ._version import __version__
-from .config.settings import EventListenerConfig
 from .config.checks import check_before_start
-from .mqtt.delivery_queue import Ticket
-from .ops.events import EventSink
-from .pipeline.payloads import Payload, find_job_id, generate_job_id
-from .jobs.tracking import JobTracker
+from .config.parser import SafeConfigParser
+from .config.settings import EventListenerConfig
+from .core.run_state import RunState, State
+from .core.serialization import to_json_bytes
+from .core.topics import PublishOptions, shared_filters, subscriptions
 from .jobs.factory import create_job_store
 from .jobs.records import JobInfo, JobStatus
-from .ops.metrics import ListenerMetrics
-from .pipeline.message_pipeline import Pipeline
-from .processing.processors import Processor
-from .mqtt.publisher import Publisher
-from .results import ReturnType, create_error_result, create_return_type
-from .pipeline.runner import Runner, State
-from .config.parser import SafeConfigParser
-from .core.serialization import to_json_bytes
-from .mqtt.connection import DISCONNECT_TIMEOUT, ClientSlot, connect, disconnect, subscribe
-from .ops.signals import StopSignals
-from .core.topics import shared_filters, subscriptions
+from .jobs.tracking import JobTracker
 from .mqtt.client import endpoint_label, secrets
+from .mqtt.connection import DISCONNECT_TIMEOUT, ClientSlot, connect, disconnect, subscribe
+from .mqtt.delivery_queue import Ticket
+from .mqtt.publisher import Publisher
+from .ops.events import EventSink
+from .ops.metrics import ListenerMetrics
+from .ops.signals import StopSignals
+from .pipeline.message_pipeline import MessageObserver, Pipeline
+from .pipeline.payloads import Payload, find_job_id, generate_job_id
+from .pipeline.runner import Runner
+from .processing.processors import Processor
 from .processing.workers import ThreadWorkers
+from .results import ReturnType, create_error_result, create_return_type
 
 __all__ = ["EventListener", "EventListenerConfig", "JobInfo", "JobStatus", "ReturnType", "create_error_result",
            "create_return_type", "__version__"]
@@ -51,6 +52,8 @@ class EventListener:
     Args:
         config: every setting; see :class:`EventListenerConfig`.
         config_parser: the TOML parser used for message payloads (a default one when omitted).
+        observer: hooks following each message through the pipeline (a
+            :class:`~Listener.pipeline.message_pipeline.MessageObserver`; what ``Listener.testing`` uses).
 
     ``client`` is the amqtt ``MQTTClient`` (replaceable, e.g. by a mock in tests); ``jobs`` is the
     live job dict and ``job_lock`` the ``asyncio.Lock`` that guards it.
@@ -58,7 +61,8 @@ class EventListener:
 
     __version__ = __version__
 
-    def __init__(self, config: EventListenerConfig, config_parser: Optional[SafeConfigParser] = None) -> None:
+    def __init__(self, config: EventListenerConfig, config_parser: Optional[SafeConfigParser] = None, *,
+                 observer: Optional[MessageObserver] = None) -> None:
         if not isinstance(config, EventListenerConfig):
             raise TypeError(f"config must be an EventListenerConfig, got {type(config).__name__}")
         self.config = config
@@ -69,32 +73,26 @@ class EventListener:
         self._running = False  # only what a user assigned to ``is_running`` outside run()
         self._signals: Optional[StopSignals] = None
         self._http: Any = None
-        self._slot = ClientSlot(config)
+        # Each part gets its collaborators here, once; none is set afterwards.
+        run_state = RunState()
+        self._slot = ClientSlot(config, run_state)
         self._metrics = metrics = ListenerMetrics()
         store = create_job_store(config.job_store, config.max_jobs_in_memory, config.job_cleanup_interval,
                                  config.keep_job_input)
         self._tracker = JobTracker(store)
         self._store_reports: Set["asyncio.Future[None]"] = set()
         self._workers = ThreadWorkers(config.max_concurrent_jobs, name=f"{config.client_id}-worker")
-        self._publisher = Publisher(lambda: self.client, self._slot.is_connected, metrics, lambda: endpoint,
-                                    PUBLISH_TIMEOUT, config.max_inflight_publications,
-                                    watched=self._runs_own_connection,
-                                    on_dropped=lambda *dropped: self._pipeline.report_dropped(*dropped),
-                                    drop_stalled=self._drop_stalled_connection)
+        options = PublishOptions(config.default_qos, config.default_retain, config.custom_topics)
+        self._publisher = Publisher(self._slot, metrics, endpoint, options, PUBLISH_TIMEOUT,
+                                    config.max_inflight_publications)
         self._events = EventSink(logger, secrets(config), config.log_topic, config.error_topic,
-                                 logging.getLevelName(config.log_topic_level.upper()), metrics,
-                                 lambda topic, body: self._pipeline.publish_event(topic, body))
+                                 logging.getLevelName(config.log_topic_level.upper()), metrics, self._publisher)
         self._pipeline = Pipeline(config, self.config_parser, self._tracker, self._publisher, self._events, metrics,
-                                  self._workers, wait_when_full=lambda: self._runner.active)
+                                  self._workers, run_state, options, observer)
         # Own-message detection (pipeline) keeps matching on the real filters; only the SUBSCRIBE is shared.
         self._filters = shared_filters(subscriptions(config.topic, config.qos, config.custom_topics), config.share_group)
         self._runner = Runner(config, endpoint, self._slot, self._filters, self._publisher, self._events, metrics,
-                              self._tracker, self._pipeline.finishing,
-                              lambda payload, topic, ticket: self._process_message(payload, topic=topic, pipelined=True,
-                                                                                   ticket=ticket),
-                              lambda batch: self._pipeline.process_batch(batch, self._processor),
-                              lambda: self._pipeline.batch_size(self._processor))
-        self._pipeline.stop_requested = lambda: self._runner.stopping
+                              self._tracker, self._pipeline, run_state)
 
     # -- the client and the state ------------------------------------------------------------------
 
@@ -181,7 +179,7 @@ class EventListener:
         if handle_signals:
             self.install_signal_handlers()
         try:
-            await self._runner.run(self._start)
+            await self._runner.run(self._start, func)
         finally:
             http, self._http = self._http, None
             if http is not None:
@@ -203,20 +201,6 @@ class EventListener:
     async def _open_job_store(self) -> None:
         """Open the job store (a SQLite file is created, checked and loaded; raises JobStoreError naming it)."""
         await self._tracker.store.open(on_error=self._job_store_failed)
-
-    def _runs_own_connection(self) -> bool:
-        """Whether run() is serving a connection of the listener's own client (not one a user assigned)."""
-        return self._slot.owned and self._runner.active
-
-    def _drop_stalled_connection(self) -> bool:
-        """Drop the connection a QoS 1/2 publication got no acknowledgement on, so that the runner reconnects
-        and the publication goes out again; only a connection the listener owns and reconnects."""
-        if not (self._runs_own_connection() and self.config.auto_reconnect):
-            return False
-        if self._slot.client.drop_connection():  # else dropped already, for another publication
-            logger.warning("No acknowledgement from MQTT broker at %s within %g s: dropping the connection, to send "
-                           "what it did not acknowledge again on the next one", self._endpoint, PUBLISH_TIMEOUT)
-        return True
 
     def _job_store_failed(self, message: str) -> None:
         """Writing the job store failed (the writer retries): an ERROR log event, on the event loop."""

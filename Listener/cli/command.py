@@ -37,16 +37,16 @@ import tomli
 import tomli_w
 
 from .._version import __version__
-from ..config.settings import LOG_LEVELS, EventListenerConfig, environment_variables, option_kinds
 from ..config.checks import config_warnings, file_problems
+from ..config.parser import SafeConfigParser
+from ..config.settings import LOG_LEVELS, EventListenerConfig, environment_variables, option_kinds
+from ..core.redaction import mask_secrets, shown_setting
+from ..core.topics import topic_name_error
 from ..errors import ConfigError
 from ..jobs.factory import check_job_store
 from ..ops.json_logging import LOG_FORMATS, configure_logging
-from ..processing.processors import describe_exception
 from ..ops.quiet_logs import restore_third_party_loggers
-from ..core.redaction import mask_secrets, shown_setting
-from ..config.parser import SafeConfigParser
-from ..core.topics import topic_name_error
+from ..processing.processors import describe_exception
 from .exit_codes import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, CliError
 
 __all__ = ["CliError", "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "load_config", "load_processor",
@@ -478,8 +478,8 @@ def _share_group_applied(config: EventListenerConfig, file: str) -> bool:
     False only when the broker was reached and does not apply shared subscriptions: one that cannot be
     reached, or that leaves the probe unanswered, is a warning (the file may be checked away from it).
     """
-    from ..mqtt.share_probe import SharedSubscriptionUnsupported, check_share_group
     from ..mqtt.client import endpoint_label
+    from ..mqtt.share_probe import SharedSubscriptionUnsupported, check_share_group
 
     secrets = _secrets(config)
     timeout = min(float(config.connect_timeout or CHECK_CONNECT_TIMEOUT), CHECK_CONNECT_TIMEOUT)

@@ -107,8 +107,8 @@ def main() -> int:
     """Read the launch message, run the listener; returns the exit code of ``mqtt-listener run``."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _remember_signal)
-    from .command import CliError, _fail, _run_service, _secrets, load_config, load_processor
     from ..ops.json_logging import configure_logging
+    from .command import CliError, _fail, _run_service, _secrets, load_config, load_processor
     from .supervisor import STATUS_PERIOD
 
     try:

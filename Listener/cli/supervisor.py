@@ -31,8 +31,8 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from ..core.backoff import backoff_delay
 from ..config.settings import EventListenerConfig
+from ..core.backoff import backoff_delay
 from ..core.topics import share_group_error
 from .exit_codes import CliError
 
@@ -172,8 +172,8 @@ class Supervisor:
         http: Any = None
         try:
             if self.config.http_port is not None:
-                from .group_status import GroupStatus
                 from ..ops.http_endpoints import start_http_endpoints
+                from .group_status import GroupStatus
 
                 try:
                     http = await start_http_endpoints(GroupStatus(self), self.config.http_host, self.config.http_port)

@@ -14,8 +14,8 @@ import os
 from typing import Callable, List, Tuple
 from urllib.parse import urlsplit
 
-from .settings import EventListenerConfig
 from ..core.topics import topic_matches
+from .settings import EventListenerConfig
 
 __all__ = ["check_before_start", "config_warnings", "covered_own_topics", "file_problems", "own_topics",
            "session_loses_messages", "subscription_filters", "uri_conflict"]

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError
-from ..jobs.factory import job_store_problem
 from ..core.redaction import (CERTIFICATE_DATA, MASK, SECRET_SETTINGS, mask_uri_credentials, shown_setting,
                               split_uri_credentials)
 from ..core.topics import filter_error, share_group_error, topic_name_error
+from ..errors import ConfigError
+from ..jobs.factory import job_store_problem
 
 __all__ = ["ACK_POLICIES", "EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS",
            "MAX_PAYLOAD_BYTES", "MAX_RETRIES", "MAX_RETRY_DELAY", "OptionKind", "PUBLIC_DEFAULT_PASSWORD", "SECTION_NAME",

@@ -31,10 +31,10 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple
-from collections import deque
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..core.backoff import backoff_delay

@@ -27,10 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
+from ..core.serialization import ResultEncodingError, to_json_bytes
 from .memory import MemoryJobStore
 from .records import ACTIVE_STATUSES, CANCELLED, JobInfo, JobStatus
 from .store import JobStoreError
-from ..core.serialization import ResultEncodingError, to_json_bytes
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "SqliteJobStore", "check_existing_database"]
 

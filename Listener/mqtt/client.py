@@ -27,11 +27,9 @@ from urllib.parse import unquote, urlsplit
 # ``test/results`` and job ids like ``test-1`` unreadable. Still never printed as a field value.
 from ..config.settings import PUBLIC_DEFAULT_PASSWORD, EventListenerConfig
 from ..core.deadlines import settle_within
-from ..errors import ListenerError
 from ..core.redaction import SecretRedactingFilter, redact, split_uri_credentials
-from .amqtt_boundary import (
-    AmqttClientBase, AmqttHandler, AmqttIncompatible, built_outside_loop, closed_by_peer, refusal_code,
-)
+from ..errors import ListenerError
+from .amqtt_boundary import AmqttClientBase, AmqttHandler, AmqttIncompatible, built_outside_loop, closed_by_peer, refusal_code
 from .delivery_queue import DeliveryQueue, Ticket
 from .wire_handler import WireHandler
 

@@ -16,12 +16,12 @@ from types import TracebackType
 from typing import Any, Awaitable, Callable, List, Optional, Protocol, Sequence, Tuple, Type
 
 from ..config.settings import EventListenerConfig
+from ..core.run_state import RunState
 from ..processing.containment import cancel
+from .client import (DEFAULT_CONNECT_TIMEOUT, AmqttClient, BrokerRefusedConnection, connection_error, endpoint_label,
+                     new_client, open_connection)
 from .delivery_queue import Ticket
 from .share_probe import verify_share_group
-from .client import (
-    DEFAULT_CONNECT_TIMEOUT, AmqttClient, BrokerRefusedConnection, connection_error, new_client, open_connection,
-)
 
 __all__ = ["AmqttAdapter", "BrokerConnection", "ClientAdapter", "ClientSlot", "ForeignClientAdapter", "adapt"]
 
@@ -302,10 +302,15 @@ def adapt(client: Any) -> "AmqttAdapter | ForeignClientAdapter":
 
 
 class ClientSlot:
-    """``listener.client``: the amqtt client the listener creates (on first use), or one assigned to it."""
+    """``listener.client``: the amqtt client the listener creates (on first use), or one assigned to it.
 
-    def __init__(self, config: EventListenerConfig) -> None:
+    ``run_state`` tells whether ``run()`` serves the connection: a connection of the listener's own client
+    is then watched for liveness and, when a publication stalls on it, dropped to be opened again.
+    """
+
+    def __init__(self, config: EventListenerConfig, run_state: RunState) -> None:
         self._config = config
+        self._run = run_state
         self._client: Any = None
         self._adapter: "Optional[AmqttAdapter | ForeignClientAdapter]" = None
         self.owned = True
@@ -343,6 +348,21 @@ class ClientSlot:
         if not self.owned:
             return client is not None
         return client is not None and bool(client.is_connected())
+
+    def watched(self) -> bool:
+        """Whether ``run()`` serves a connection of the listener's own client (not one a user assigned)."""
+        return self.owned and self._run.active
+
+    def drop_stalled(self, waited: float) -> bool:
+        """Drop the connection a QoS 1/2 publication got no acknowledgement on for ``waited`` seconds, so that
+        the run loop reconnects and the publication goes out again; only a watched connection that the
+        listener reconnects (``auto_reconnect``). False when the connection stays."""
+        if not (self.watched() and self._config.auto_reconnect):
+            return False
+        if self.client.drop_connection():  # else dropped already, for another publication
+            logger.warning("No acknowledgement from MQTT broker at %s within %g s: dropping the connection, to send "
+                           "what it did not acknowledge again on the next one", endpoint_label(self._config), waited)
+        return True
 
     def for_new_connection(self) -> "AmqttAdapter | ForeignClientAdapter":
         """The adapter to open a connection with: a fresh amqtt client when the previous connection ended

@@ -34,8 +34,8 @@ not yet queued stays with the broker).
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 import logging
+from collections import deque
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
 
 from .qos2_receipts import QoS2Receipts

@@ -19,26 +19,31 @@ connection ``MAX_STRIKES`` times is dropped and reported, so it can never cause 
 
 A QoS 1/2 publication the broker has not acknowledged within ``timeout`` on a connection that is still
 open (a broker shutting down stops answering before it closes) can only be sent again on a new
-connection (MQTT 3.1.1, 4.4): where ``drop_stalled`` drops the connection, it is kept like one cut short
+connection (MQTT 3.1.1, 4.4): where the connection's ``drop_stalled`` drops it, it is kept like one cut short
 by a lost connection, instead of being reported lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Deque, Optional
+from typing import Any, Deque, Dict, List, NamedTuple, Optional, Protocol
 
 from ..core.backoff import backoff_delay
-from ..errors import ListenerError
 from ..core.deadlines import bounded
+from ..core.serialization import event_json_bytes
+from ..core.topics import PublishOptions, topic_name_error
+from ..errors import ListenerError
 from ..ops.metrics import ListenerMetrics
-from .packets import PublicationRefused
 from ..processing.processors import describe_exception
-from ..core.topics import topic_name_error
+from .packets import PublicationRefused
 
-__all__ = ["ConnectionLost", "MAX_STRIKES", "NotConnected", "Publication", "Publisher", "RefusedTopic"]
+__all__ = ["ConnectionLost", "Dropped", "Flushed", "MAX_STRIKES", "NotConnected", "Publication", "Publisher",
+           "PublishingConnection", "RefusedTopic"]
+
+logger = logging.getLogger("Listener.event_listener")
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +56,39 @@ class Publication:
     retain: bool
 
 
-#: Called with (publication, job id or None, reason) for a kept publication given up on.
-DropReporter = Callable[[Publication, Optional[str], str], Awaitable[None]]
+class Dropped(NamedTuple):
+    """A kept publication given up on: whose result it was (None for an event) and why."""
+
+    publication: Publication
+    job_id: Optional[str]
+    reason: str
+
+
+class Flushed(NamedTuple):
+    """What :meth:`Publisher.flush` did: how many kept publications went out, and those given up on."""
+
+    sent: int
+    dropped: List[Dropped]
+
+
+class PublishingConnection(Protocol):
+    """What the publisher needs of the listener's connection (:class:`~Listener.mqtt.connection.ClientSlot`)."""
+
+    @property
+    def client(self) -> Any:
+        """The client to publish with."""
+
+    def is_connected(self) -> bool:
+        """Whether publishing can work now."""
+
+    def watched(self) -> bool:
+        """Whether a liveness watchdog guards the connection (then QoS 0 publications need no timer)."""
+
+    def drop_stalled(self, waited: float) -> bool:
+        """Drop a connection a QoS 1/2 publication got no acknowledgement on for ``waited`` seconds, so that
+        it goes out again on the next one; False when this connection is not one the listener drops."""
+
+
 #: Attempts cut short by a lost connection after which a kept publication is dropped and reported.
 MAX_STRIKES = 2
 #: Reason codes of a refusal that passes with time: quota exceeded, packet identifier in use.
@@ -84,10 +120,6 @@ class _Kept:
         self.strikes = strikes
 
 
-async def _ignore_drop(publication: Publication, job_id: Optional[str], reason: str) -> None:
-    return None
-
-
 def _cancelled_by_caller() -> bool:
     """Whether the running task was asked to stop (vs. a CancelledError leaking out of amqtt).
 
@@ -100,19 +132,18 @@ def _cancelled_by_caller() -> bool:
 
 
 class Publisher:
-    """Sends publications through the listener's current client."""
+    """Sends publications through the listener's current client (``connection.client``).
 
-    def __init__(self, client: Callable[[], Any], connected: Callable[[], bool], metrics: ListenerMetrics,
-                 describe_endpoint: Callable[[], str], timeout: float = 10.0, max_in_flight: int = 20,
-                 outbox_limit: int = 10_000, watched: Callable[[], bool] = lambda: False,
-                 on_dropped: DropReporter = _ignore_drop, drop_stalled: Callable[[], bool] = lambda: False) -> None:
-        self._client = client
-        self._drop_stalled = drop_stalled
-        self._watched = watched
-        self._connected = connected
+    ``endpoint`` names the broker in errors; ``options`` gives an event's QoS and retain flag by topic.
+    """
+
+    def __init__(self, connection: PublishingConnection, metrics: ListenerMetrics, endpoint: str,
+                 options: PublishOptions, timeout: float = 10.0, max_in_flight: int = 20,
+                 outbox_limit: int = 10_000) -> None:
+        self._connection = connection
         self._metrics = metrics
-        self._endpoint = describe_endpoint
-        self._on_dropped = on_dropped
+        self._endpoint = endpoint
+        self._options = options
         self.timeout = timeout
         self.outbox_limit = outbox_limit
         self._slots = asyncio.Semaphore(max_in_flight)
@@ -142,30 +173,30 @@ class Publisher:
         problem = topic_name_error(topic)
         if problem:
             raise RefusedTopic(f"Topic {topic!r} {problem}")
-        if not self._connected():
-            raise NotConnected(f"Not connected to MQTT broker at {self._endpoint()}")
+        if not self._connection.is_connected():
+            raise NotConnected(f"Not connected to MQTT broker at {self._endpoint}")
         losses = self._metrics.connection_losses
         try:
             if qos:
                 await self._send_until_taken(topic, payload, qos, retain, slot_held)
             else:
-                await self._send(self._client(), topic, payload, qos, retain, slot_held)
+                await self._send(self._connection.client, topic, payload, qos, retain, slot_held)
         except asyncio.CancelledError:
             if _cancelled_by_caller():
                 raise
-            raise ConnectionLost(f"Connection to {self._endpoint()} lost before the broker took it") from None
+            raise ConnectionLost(f"Connection to {self._endpoint} lost before the broker took it") from None
         except PublicationRefused:
             raise
         except Exception as exc:
             # Connected again by now, but on another connection than the one it went out on: amqtt then fails
             # the old wait in its own way (a PUBACK timeout, an AttributeError of its torn-down session).
-            if self._connected() and self._metrics.connection_losses == losses:
-                if not (qos and isinstance(exc, asyncio.TimeoutError) and self._drop_stalled()):
+            if self._connection.is_connected() and self._metrics.connection_losses == losses:
+                if not (qos and isinstance(exc, asyncio.TimeoutError) and self._connection.drop_stalled(self.timeout)):
                     raise
-                raise ConnectionLost(f"No acknowledgement from {self._endpoint()} within {self.timeout:g} s: "
+                raise ConnectionLost(f"No acknowledgement from {self._endpoint} within {self.timeout:g} s: "
                                      "connection dropped, to send it again on the next one") from None
             raise ConnectionLost(
-                f"Connection to {self._endpoint()} lost before the broker took it ({describe_exception(exc)})") from None
+                f"Connection to {self._endpoint} lost before the broker took it ({describe_exception(exc)})") from None
         self._metrics.publishes += 1
 
     async def _send_until_taken(self, topic: str, payload: bytes, qos: int, retain: bool, slot_held: bool) -> None:
@@ -175,7 +206,7 @@ class Publisher:
         refusals = 0
         while True:
             try:
-                await self._send(self._client(), topic, payload, qos, retain, slot_held)
+                await self._send(self._connection.client, topic, payload, qos, retain, slot_held)
                 return
             except PublicationRefused as refused:
                 refusals += 1
@@ -184,8 +215,8 @@ class Publisher:
                     raise
                 self._metrics.publishes_refused += 1
             await asyncio.sleep(delay)
-            if not self._connected():
-                raise NotConnected(f"Not connected to MQTT broker at {self._endpoint()}")
+            if not self._connection.is_connected():
+                raise NotConnected(f"Not connected to MQTT broker at {self._endpoint}")
 
     async def _send(self, client: Any, topic: str, payload: bytes, qos: int, retain: bool, slot_held: bool) -> None:
         if qos and slot_held:
@@ -193,7 +224,7 @@ class Publisher:
         elif qos:
             async with self._slots:
                 await bounded(client.publish(topic, payload, qos, retain), self.timeout)
-        elif self._watched():
+        elif self._connection.watched():
             # QoS 0 only waits for the socket buffer; when a liveness watchdog guards the connection
             # it aborts a dead one, which ends that wait, so a timer per message would buy nothing.
             await client.publish(topic, payload, qos, retain)
@@ -232,7 +263,7 @@ class Publisher:
         except RefusedTopic as exc:
             reason = str(exc)
         except Exception as exc:
-            if isinstance(exc, (NotConnected, ConnectionLost)) or not self._connected():
+            if isinstance(exc, (NotConnected, ConnectionLost)) or not self._connection.is_connected():
                 if len(self._outbox) < self.outbox_limit:
                     self._outbox.append(_Kept(publication, job_id, int(isinstance(exc, ConnectionLost))))
                     return None
@@ -242,14 +273,22 @@ class Publisher:
         self._metrics.publish_errors += 1
         return reason
 
-    async def flush(self) -> int:
-        """Send the kept publications in order; returns how many were sent.
+    async def send_event(self, topic: str, body: Dict[str, Any]) -> None:
+        """Publish an event body (kept during an outage; a failure is only logged at DEBUG)."""
+        qos, retain = self._options(topic)
+        problem = await self.deliver(Publication(topic, event_json_bytes(body), qos, retain))
+        if problem is not None:
+            logger.debug("Could not publish %s event to %s: %s", body.get("event", "error"), topic, problem)
+
+    async def flush(self) -> Flushed:
+        """Send the kept publications in order; returns how many were sent, and those given up on.
 
         Stops when the connection is down or goes down. A publication whose attempts failed
         ``MAX_STRIKES`` times (each cut short by a lost connection, or refused while connected) is
-        dropped, counted as a publish error and handed to ``on_dropped``: it cannot be retried forever.
+        dropped and counted as a publish error (the caller reports it): it cannot be retried forever.
         """
         sent = 0
+        dropped: List[Dropped] = []
         while self._outbox:
             kept = self._outbox[0]
             try:
@@ -265,14 +304,14 @@ class Publisher:
                     break
                 self._outbox.popleft()
                 self._metrics.publish_errors += 1
-                await self._on_dropped(kept.publication, kept.job_id,
+                dropped.append(Dropped(kept.publication, kept.job_id,
                                        f"given up after {kept.strikes} attempts, each failed or followed by a lost "
-                                       f"connection (last: {_failure(exc)})")
+                                       f"connection (last: {_failure(exc)})"))
                 continue
             self._outbox.popleft()
             self._metrics.publishes_retried += 1
             sent += 1
-        return sent
+        return Flushed(sent, dropped)
 
     def discard(self) -> int:
         """Give up on every kept publication (the listener is stopping); returns how many were lost."""

@@ -34,11 +34,9 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 from .amqtt_boundary import AmqttHandler, incoming_message
 from .delivery_queue import DeliveryQueue
-from .packets import (
-    FAILURE, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, MalformedPacket, OversizePayload, PublicationRefused,
-    PublishHead, parse_ack, parse_publish_head, puback_packet, pubcomp_packet, publish_packet, pubrel_packet,
-    split_packet,
-)
+from .packets import (FAILURE, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, MalformedPacket, OversizePayload, PublicationRefused,
+                      PublishHead, parse_ack, parse_publish_head, puback_packet, pubcomp_packet, publish_packet, pubrel_packet,
+                      split_packet)
 from .qos2_receipts import Receipt
 
 __all__ = ["WireHandler"]

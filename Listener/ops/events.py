@@ -9,15 +9,19 @@ from __future__ import annotations
 import enum
 import logging
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Protocol, Tuple
 
-from .metrics import ListenerMetrics
 from ..core.redaction import redact
+from .metrics import ListenerMetrics
 
-__all__ = ["ErrorType", "EventSink", "error_event", "log_event", "utc_timestamp"]
+__all__ = ["ErrorType", "EventSender", "EventSink", "error_event", "log_event", "utc_timestamp"]
 
-#: Publishes one event body to a topic (the listener's publisher: kept during an outage, never raises).
-SendEvent = Callable[[str, Dict[str, Any]], Awaitable[None]]
+
+class EventSender(Protocol):
+    """Publishes event bodies (the listener's :class:`~Listener.mqtt.publisher.Publisher`)."""
+
+    async def send_event(self, topic: str, body: Dict[str, Any]) -> None:
+        """Publish one event body to ``topic`` (kept during an outage; never raises)."""
 
 
 class ErrorType(str, enum.Enum):
@@ -82,18 +86,18 @@ class EventSink:
         log_topic, error_topic: where events are published (an empty ``log_topic`` turns log events off).
         log_topic_level: the lowest level mirrored to ``log_topic``.
         metrics: counts error events by type.
-        send: publishes an event body.
+        sender: publishes the event bodies.
     """
 
     def __init__(self, logger: logging.Logger, secrets: Tuple[str, ...], log_topic: str, error_topic: str,
-                 log_topic_level: int, metrics: ListenerMetrics, send: SendEvent) -> None:
+                 log_topic_level: int, metrics: ListenerMetrics, sender: EventSender) -> None:
         self.logger = logger
         self.secrets = secrets
         self.log_topic = log_topic
         self.error_topic = error_topic
         self.level = log_topic_level
         self._metrics = metrics
-        self._send = send
+        self._sender = sender
 
     def redact(self, text: str) -> str:
         """``text`` with every secret and URI password masked."""
@@ -114,12 +118,21 @@ class EventSink:
             text = message % args if args else message
             self.logger.log(level, "%s", self.redact(text), extra={"job_id": job_id, "event": event, "topic": topic})
         if publish and level >= self.level and self.log_topic:
-            await self._send(self.log_topic, log_event(event, logging.getLevelName(level), job_id, status, duration_ms))
+            body = log_event(event, logging.getLevelName(level), job_id, status, duration_ms)
+            await self._sender.send_event(self.log_topic, body)
 
     async def error(self, job_id: Optional[str], error_type: ErrorType, message: str, topic: Optional[str],
                     **fields: Any) -> None:
         """Count and publish an error event on ``error_topic`` (its message redacted; ``fields`` added as they are)."""
         error_type = ErrorType(error_type)
         self._metrics.errors[error_type.value] += 1
-        await self._send(self.error_topic, error_event(job_id, error_type.value, self.redact(message), topic or "",
-                                                       **fields))
+        body = error_event(job_id, error_type.value, self.redact(message), topic or "", **fields)
+        await self._sender.send_event(self.error_topic, body)
+
+    async def publication_dropped(self, topic: str, size: int, qos: int, job_id: Optional[str], reason: str) -> None:
+        """A kept publication the publisher gave up on (its sending kept ending the connection): a
+        ``publish_error`` event and an ERROR log event."""
+        what = f"the result of job {job_id}" if job_id is not None else "a publication"
+        text = f"Dropped {what} to {topic!r} ({size} bytes, QoS {qos}): {reason}"
+        await self.error(job_id, ErrorType.PUBLISH_ERROR, text, None)
+        await self.log(logging.ERROR, "publish_dropped", "%s", text, job_id=job_id)

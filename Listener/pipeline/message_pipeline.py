@@ -10,27 +10,28 @@ import logging
 import time
 from typing import Any, Awaitable, Callable, Dict, List, NamedTuple, Optional, Sequence, Set, Tuple, Union
 
-from ..core.backoff import backoff_delay
-from ..processing.batches import ALONE_AFTER_SLOW, MAX_BATCH, SLOW_JOB_S, Halt, Outcome, run_in_order
-from ..config.settings import MAX_RETRY_DELAY, EventListenerConfig
 from ..config.checks import own_topics, subscription_filters
-from ..mqtt.delivery_queue import Ticket
-from .own_messages import OwnMessages
-from ..ops.events import ErrorType, EventSink
-from .payloads import Payload, RejectedMessage, decode_payload_off_loop, resolve_job_id
+from ..config.parser import SafeConfigParser
+from ..config.settings import MAX_RETRY_DELAY, EventListenerConfig
+from ..core.backoff import backoff_delay
+from ..core.run_state import RunState
+from ..core.serialization import ResultEncodingError, to_json_bytes
+from ..core.topics import PublishOptions, topic_name_error
 from ..jobs.admission import Admission
-from ..jobs.tracking import JobTracker
-from ..jobs.store import JobStoreError
 from ..jobs.records import JobStatus
+from ..jobs.store import JobStoreError
+from ..jobs.tracking import JobTracker
+from ..mqtt.delivery_queue import Ticket
+from ..mqtt.publisher import Publication, Publisher, RefusedTopic
+from ..ops.events import ErrorType, EventSink
 from ..ops.metrics import ListenerMetrics
+from ..processing.batches import ALONE_AFTER_SLOW, MAX_BATCH, SLOW_JOB_S, Halt, Outcome, run_in_order
 from ..processing.processors import (JobTimeoutError, Processor, call_processor, describe_exception, is_async_callable,
                                      settle_result)
-from ..mqtt.publisher import Publication, Publisher, RefusedTopic
-from ..results import ReturnType
-from ..config.parser import SafeConfigParser
-from ..core.serialization import ResultEncodingError, event_json_bytes, to_json_bytes
-from ..core.topics import PublishOptions, topic_name_error
 from ..processing.workers import ThreadWorkers
+from ..results import ReturnType
+from .own_messages import OwnMessages
+from .payloads import Payload, RejectedMessage, decode_payload_off_loop, resolve_job_id
 
 __all__ = ["Pipeline"]
 
@@ -50,18 +51,38 @@ class _Admitted(NamedTuple):
     ticket: Optional[Ticket]
 
 
+class MessageObserver:
+    """Hooks that follow a message through :meth:`Pipeline.process`; each does nothing here.
+
+    ``EventListener(config, observer=...)`` passes one to the pipeline: :class:`Listener.testing.TestListener`
+    uses it to tell which job, publications and failure each test message led to. The hooks run on the
+    event loop, in the task handling the message, so a context variable set in :meth:`started` is seen by
+    the tasks the pipeline starts for that message.
+    """
+
+    def started(self, payload: Any) -> Any:
+        """A message arrived: return a token to follow it with (passed to :meth:`finished`), or None not to."""
+        return None
+
+    def admitted(self, job_id: str) -> None:
+        """A job id is about to be admitted (or found a duplicate)."""
+
+    def finished(self, token: Any, acknowledging: Set["asyncio.Future[None]"], failure: Optional[BaseException]) -> None:
+        """The message followed with ``token`` is handled; ``acknowledging``: its QoS 1/2 result, still awaiting the
+        broker's acknowledgement; ``failure``: what escaped the pipeline (a cancellation), else None."""
+
+
 class Pipeline:
     """Handles one message at a time per call; calls may overlap (``max_concurrent_jobs`` > 1).
 
     ``finishing`` holds the jobs whose QoS 1/2 result awaits the broker's acknowledgement (the job
-    becomes COMPLETED then). ``observe_job``, when set, is called with each job id about to be admitted.
-    ``stop_requested`` gives the event ``stop()`` sets during ``run()`` (None outside it): a job waiting
-    to be retried gives up when it is set.
+    becomes COMPLETED then). ``run_state`` tells whether ``run()`` is going on: only then does admission
+    wait while the store is full, and does a job waiting to be retried give up when ``stop()`` comes.
     """
 
     def __init__(self, config: EventListenerConfig, parser: SafeConfigParser, tracker: JobTracker,
                  publisher: Publisher, events: EventSink, metrics: ListenerMetrics, workers: ThreadWorkers,
-                 wait_when_full: Callable[[], bool]) -> None:
+                 run_state: RunState, options: PublishOptions, observer: Optional[MessageObserver] = None) -> None:
         self._config = config
         self._parser = parser
         self._tracker = tracker
@@ -70,11 +91,10 @@ class Pipeline:
         self._metrics = metrics
         self._workers = workers
         self._own = OwnMessages(frozenset(own_topics(config)), subscription_filters(config), metrics)
-        self._options = PublishOptions(config.default_qos, config.default_retain, config.custom_topics)
-        self._wait_when_full = wait_when_full
+        self._options = options
+        self._run = run_state
+        self._observer = observer
         self.finishing: Set["asyncio.Future[None]"] = set()
-        self.observe_job: Optional[Callable[[str], None]] = None
-        self.stop_requested: Callable[[], Optional[asyncio.Event]] = lambda: None
         self._alone = 0  # jobs still to run one at a time after a batch with a slow job
 
     # -- publishing ------------------------------------------------------------------------------
@@ -100,20 +120,6 @@ class Pipeline:
             self._own.remember(topic, payload)
         await self._publisher.publish(topic, payload, qos, retain)
 
-    async def publish_event(self, topic: str, body: Dict[str, Any]) -> None:
-        """Publish an event body (kept during an outage; a failure is only logged at DEBUG)."""
-        qos, retain = self._options(topic)
-        problem = await self._publisher.deliver(Publication(topic, event_json_bytes(body), qos, retain))
-        if problem is not None:
-            logger.debug("Could not publish %s event to %s: %s", body.get("event", "error"), topic, problem)
-
-    async def report_dropped(self, publication: Publication, job_id: Optional[str], reason: str) -> None:
-        """A kept publication the publisher gave up on (its sending kept ending the connection)."""
-        what = f"the result of job {job_id}" if job_id is not None else "a publication"
-        text = f"Dropped {what} to {publication.topic!r} ({len(publication.payload)} bytes, QoS {publication.qos}): {reason}"
-        await self._events.error(job_id, ErrorType.PUBLISH_ERROR, text, None)
-        await self._events.log(logging.ERROR, "publish_dropped", "%s", text, job_id=job_id)
-
     # -- one message -----------------------------------------------------------------------------
 
     async def process(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor], topic: Optional[str],
@@ -125,6 +131,22 @@ class Pipeline:
         ``ticket`` (the message's held-back acknowledgement) is then deferred until that happens; otherwise
         the caller settles it when this returns.
         """
+        observer = self._observer
+        token = observer.started(data) if observer is not None else None
+        if observer is None or token is None:
+            return await self._process(data, func, topic, pipelined, ticket)
+        acknowledging = set(self.finishing)
+        failure: Optional[BaseException] = None
+        try:
+            return await self._process(data, func, topic, pipelined, ticket)
+        except BaseException as exc:
+            failure = exc
+            raise
+        finally:
+            observer.finished(token, set(self.finishing) - acknowledging, failure)
+
+    async def _process(self, data: Union[Dict[str, Any], Payload], func: Optional[Processor], topic: Optional[str],
+                       pipelined: bool, ticket: Optional[Ticket]) -> Any:
         if topic is not None and self._own.is_own(None if isinstance(data, dict) else data, topic):
             return None
         self._metrics.messages_received += 1
@@ -253,8 +275,8 @@ class Pipeline:
         """Create the job, or apply the duplicate policy; while the store is full of active jobs, wait
         (in the run loop) or drop the job. ``before_waiting`` (jobs gathered for a batch, which could
         not finish while this waits) is awaited first, once, and the admission tried again."""
-        if self.observe_job is not None:
-            self.observe_job(job_id)
+        if self._observer is not None:
+            self._observer.admitted(job_id)
         tracker = self._tracker
         warned = False
         while True:
@@ -264,7 +286,7 @@ class Pipeline:
                 outcome: Optional[Admission] = await tracker.store.admit(job_id, data, topic,
                                                                          self._config.duplicate_action)
             except JobStoreError as exc:
-                if not self._wait_when_full():
+                if not self._run.active:
                     raise
                 outcome = await self._admit_when_reachable(job_id, data, topic, exc)
             if outcome is Admission.CREATED:
@@ -279,7 +301,7 @@ class Pipeline:
                 await before_waiting()
                 before_waiting = None
                 continue
-            if not self._wait_when_full():
+            if not self._run.active:
                 await self._events.log(logging.WARNING, "job_store_full", "Job store full (%d active jobs); job %s dropped",
                                        self._config.max_jobs_in_memory, job_id, job_id=job_id, topic=topic)
                 return False
@@ -314,21 +336,13 @@ class Pipeline:
         await self._events.log(logging.ERROR, "job_store_error", "%s", text, job_id=job_id, topic=topic)
         failures = 1
         while True:
-            delay = backoff_delay(failures, STORE_RETRY, base=0.2)
-            stopping = self.stop_requested()
-            if stopping is None:
-                await asyncio.sleep(delay)
-            else:
-                try:
-                    await asyncio.wait_for(stopping.wait(), delay)
-                    return None
-                except asyncio.TimeoutError:
-                    pass
+            if await self._stopped_within(backoff_delay(failures, STORE_RETRY, base=0.2)):
+                return None
             self._tracker.job_finished.clear()
             try:
                 return await self._tracker.store.admit(job_id, data, topic, self._config.duplicate_action)
             except JobStoreError:
-                if not self._wait_when_full():
+                if not self._run.active:
                     raise
                 failures += 1
 
@@ -361,7 +375,7 @@ class Pipeline:
                 except asyncio.CancelledError:
                     raise
                 except BaseException as exc:  # noqa: B036 - a processor's failure, whatever it is, fails only its job
-                    if attempt > self._config.max_retries or self._stopping():
+                    if attempt > self._config.max_retries or self._run.stop_is_requested():
                         raise
                     if not await self._wait_to_retry(job_id, exc, topic, attempt):
                         await self._cancelled(job_id, topic, "stop() came while it waited to be retried")
@@ -434,17 +448,22 @@ class Pipeline:
         await self._events.error(job_id, error_type, text, topic, **fields)
         await self._events.log(logging.WARNING, "job_retry", "Job %s failed: %s", job_id, text, job_id=job_id,
                                status=JobStatus.RUNNING.value, topic=topic)
-        stopping = self.stop_requested()
-        if stopping is None:
-            await asyncio.sleep(delay)
-        else:
-            try:
-                await asyncio.wait_for(stopping.wait(), delay)
-                return False
-            except asyncio.TimeoutError:
-                pass
+        if await self._stopped_within(delay):
+            return False
         self._metrics.jobs_retried += 1
         return True
+
+    async def _stopped_within(self, delay: float) -> bool:
+        """Wait ``delay`` seconds; True as soon as ``stop()`` comes during ``run()`` (outside it, just wait)."""
+        stopping = self._run.stopping
+        if stopping is None:
+            await asyncio.sleep(delay)
+            return False
+        try:
+            await asyncio.wait_for(stopping.wait(), delay)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     async def _cancelled(self, job_id: str, topic: Optional[str], why: Optional[str]) -> None:
         """Record a job ended by stop(): cancelled while it ran, or (``why``) before a retry."""
@@ -453,10 +472,6 @@ class Pipeline:
         if why is not None:
             await self._events.log(logging.WARNING, "job_failed", "Job %s cancelled: %s", job_id, why, job_id=job_id,
                                    status=_FAILED, topic=topic)
-
-    def _stopping(self) -> bool:
-        stopping = self.stop_requested()
-        return stopping is not None and stopping.is_set()
 
     def _reason(self, exc: BaseException) -> Tuple[ErrorType, str]:
         if isinstance(exc, JobTimeoutError):

@@ -17,8 +17,8 @@ import time
 from collections import Counter, OrderedDict
 from typing import Callable, Dict, FrozenSet, Tuple, Union
 
-from ..ops.metrics import ListenerMetrics
 from ..core.topics import topic_matches
+from ..ops.metrics import ListenerMetrics
 
 __all__ = ["OwnMessages", "RecentPublications"]
 

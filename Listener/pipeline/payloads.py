@@ -6,9 +6,9 @@ import asyncio
 import uuid
 from typing import Any, Dict, Optional, Union
 
+from ..config.parser import SafeConfigParser
 from ..errors import ConfigError, ListenerError
 from ..ops.events import ErrorType
-from ..config.parser import SafeConfigParser
 
 __all__ = [
     "LARGE_PAYLOAD_BYTES", "MAX_JOB_ID_LENGTH", "RejectedMessage", "decode_payload", "decode_payload_off_loop",

@@ -1,30 +1,32 @@
 """The run loop: connect (with backoff), consume with backpressure, reconnect, drain and stop.
 
-``Runner.run()`` owns the connection lifecycle; each message goes to ``handle`` (the pipeline, through
-the listener). Its :class:`State` says where it is: ``idle → connecting → running → draining → stopped``
-(``running → connecting`` again when a connection is lost).
+``Runner.run()`` owns the connection lifecycle; each message goes to the :class:`~Listener.pipeline.message_pipeline.Pipeline`
+with the processor ``run()`` was given. It moves the shared :class:`~Listener.core.run_state.RunState` along:
+``idle → connecting → running → draining → stopped`` (``running → connecting`` again when a connection is lost).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set, Tuple
 
-from ..core.backoff import backoff_delay
 from ..config.settings import EventListenerConfig
-from ..processing.containment import cancel, cancelled_by_listener
+from ..core.backoff import backoff_delay
+from ..core.run_state import RunState, State
+from ..jobs.tracking import JobTracker
+from ..mqtt.client import BrokerRefusedConnection
+from ..mqtt.connection import BrokerConnection, ClientSlot
 from ..mqtt.delivery_queue import Ticket
+from ..mqtt.publisher import Publisher
 from ..ops.drops import DropReporter
 from ..ops.events import EventSink
-from ..jobs.tracking import JobTracker
 from ..ops.metrics import ListenerMetrics
-from ..mqtt.publisher import Publisher
-from ..mqtt.connection import BrokerConnection, ClientSlot
-from ..mqtt.client import BrokerRefusedConnection
+from ..processing.containment import cancel, cancelled_by_listener
+from ..processing.processors import Processor
+from .message_pipeline import Pipeline
 
 __all__ = ["RepeatedFailures", "Runner", "State", "backoff_delay"]
 
@@ -35,26 +37,6 @@ _MAX_CLEANUP_PERIOD = 60.0
 ACKS_RELEASED_TIMEOUT = 5.0
 #: Seconds after which a connection failure logged at WARNING, and failing the same way since, is logged again.
 FAILURE_REMINDER_INTERVAL = 300.0
-#: Handles one message: ``(payload, topic, ticket)``; the ticket (None when no acknowledgement is held
-#: back) is settled by the run loop when the call returns, unless the handler deferred it.
-Handler = Callable[[Any, str, Optional[Ticket]], Awaitable[Any]]
-#: Handles several queued messages in order, as ``Handler`` would one after another (tickets settled after).
-BatchHandler = Callable[[List[Tuple[Any, str, Optional[Ticket]]]], Awaitable[Any]]
-
-
-class State(str, enum.Enum):
-    """Where the run loop is."""
-
-    #: ``run()`` has not been called yet.
-    IDLE = "idle"
-    #: Opening a connection, or waiting to retry.
-    CONNECTING = "connecting"
-    #: Connected and subscribed, taking messages.
-    RUNNING = "running"
-    #: ``stop()`` came: taking no new message, finishing the rest.
-    DRAINING = "draining"
-    #: ``run()`` returned (it may be called again).
-    STOPPED = "stopped"
 
 
 class RepeatedFailures:
@@ -90,8 +72,7 @@ class Runner:
 
     def __init__(self, config: EventListenerConfig, endpoint: str, slot: ClientSlot, filters: Sequence[Tuple[str, int]],
                  publisher: Publisher, events: EventSink, metrics: ListenerMetrics, tracker: JobTracker,
-                 finishing: Set["asyncio.Future[None]"], handle: Handler,
-                 handle_batch: Optional[BatchHandler] = None, batch_size: Callable[[], int] = lambda: 1) -> None:
+                 pipeline: Pipeline, run_state: RunState) -> None:
         self._config = config
         self._endpoint = endpoint
         self._slot = slot
@@ -100,16 +81,14 @@ class Runner:
         self._events = events
         self._metrics = metrics
         self._tracker = tracker
-        self._finishing = finishing
-        self._handle = handle
-        self._handle_batch = handle_batch
-        self._batch_size = batch_size
-        self.state = State.IDLE
+        self._pipeline = pipeline
+        self._finishing = pipeline.finishing
+        self._run = run_state
+        self._processor: Optional[Processor] = None
         self.loop: Optional[asyncio.AbstractEventLoop] = None
         self.ready = asyncio.Event()
         #: Set when :meth:`run` returns.
         self.finished = asyncio.Event()
-        self._stop = asyncio.Event()
         self._connection: Optional[BrokerConnection] = None
         self._consumer: Optional["asyncio.Task[None]"] = None
         self._carried: Set["asyncio.Task[None]"] = set()  # consumers of lost connections finishing their job
@@ -120,14 +99,14 @@ class Runner:
         self._drops = DropReporter(metrics, events, config.max_pending_messages)
 
     @property
-    def active(self) -> bool:
-        """True from :meth:`run` until it returns."""
-        return self.state not in (State.IDLE, State.STOPPED)
+    def state(self) -> State:
+        """Where :meth:`run` is."""
+        return self._run.state
 
     @property
-    def stopping(self) -> Optional[asyncio.Event]:
-        """During :meth:`run`, the event :meth:`stop` sets (jobs waiting to retry watch it); else None."""
-        return self._stop if self.active else None
+    def active(self) -> bool:
+        """True from :meth:`run` until it returns."""
+        return self._run.active
 
     @property
     def in_flight(self) -> int:
@@ -140,7 +119,7 @@ class Runner:
         """Ask :meth:`run` to drain and return (thread-safe); before :meth:`run`, it returns at once."""
         loop = self.loop
         if not self.active or loop is None or loop.is_closed():
-            self._stop.set()  # applies to the next run
+            self._run.stop_requested.set()  # applies to the next run
             return
         try:
             on_loop = asyncio.get_running_loop() is loop
@@ -152,10 +131,10 @@ class Runner:
             loop.call_soon_threadsafe(self._on_stop)
 
     def _on_stop(self) -> None:
-        if self._stop.is_set() or not self.active:
+        if self._run.stop_requested.is_set() or not self.active:
             return
-        self._stop.set()
-        self.state = State.DRAINING
+        self._run.stop_requested.set()
+        self._run.state = State.DRAINING
         self._slot_freed.set()
         current = self._slot.current
         if current is not None:
@@ -176,8 +155,9 @@ class Runner:
 
     # -- running ---------------------------------------------------------------------------------
 
-    async def run(self, prepare: Callable[[], Awaitable[None]]) -> None:
-        """Run until stopped (``prepare`` first: checks and start-up the caller needs inside the run).
+    async def run(self, prepare: Callable[[], Awaitable[None]], processor: Optional[Processor]) -> None:
+        """Run ``processor`` on each message until stopped (``prepare`` first: checks and start-up the caller
+        needs inside the run).
 
         Raises:
             RuntimeError: already running.
@@ -186,12 +166,13 @@ class Runner:
         if self.active:
             raise RuntimeError("EventListener is already running")
         self.loop = asyncio.get_running_loop()
-        self.state = State.CONNECTING
-        stop_before_start = self._stop.is_set()
-        self._stop, self.finished, self._slot_freed = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        self._run.state = State.CONNECTING
+        stop_before_start = self._run.stop_requested.is_set()
+        self._run.stop_requested, self.finished, self._slot_freed = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._tracker.job_finished = asyncio.Event()
         if stop_before_start:
-            self._stop.set()
+            self._run.stop_requested.set()
+        self._processor = processor
         cleanup = asyncio.create_task(self._cleanup_periodically(), name=f"listener[{self._config.client_id}].cleanup")
         try:
             await prepare()
@@ -207,8 +188,8 @@ class Runner:
             if self._grace_timer is not None:
                 self._grace_timer.cancel()
                 self._grace_timer = None
-            self.state = State.STOPPED
-            self._stop.clear()  # a stop() between runs applies to the next one
+            self._run.state = State.STOPPED
+            self._run.stop_requested.clear()  # a stop() between runs applies to the next one
             self.finished.set()
             logger.info("Listener stopped")
 
@@ -217,7 +198,7 @@ class Runner:
         attempt = 0
         started = False
         failures = RepeatedFailures()
-        while not self._stop.is_set():
+        while not self._run.stop_requested.is_set():
             adapter = self._slot.for_new_connection()
             adapter.on_drop(self._drops.record)
             if self._tracker.store.persistent:
@@ -229,7 +210,7 @@ class Runner:
             except BrokerRefusedConnection:
                 raise
             except ConnectionError as exc:
-                if self._stop.is_set():
+                if self._run.stop_requested.is_set():
                     return
                 attempt += 1
                 retries = self._config.reconnect_retries
@@ -241,14 +222,14 @@ class Runner:
                 await self._events.log(failures.level(str(exc)), "connection_retry",
                                        "Connecting failed (%s); retry %d in %.1f s", exc, attempt, delay, publish=False)
                 with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), delay)
+                    await asyncio.wait_for(self._run.stop_requested.wait(), delay)
                 continue
             attempt = 0
             failures.reset()
-            if not self._stop.is_set():
-                self.state = State.RUNNING
+            if not self._run.stop_requested.is_set():
+                self._run.state = State.RUNNING
             self.ready.set()
-            await self._publisher.flush()  # what was kept during the outage (connection_down first)
+            await self._flush_outbox()  # what was kept during the outage (connection_down first)
             if not started:
                 started = True
                 await self._events.log(logging.INFO, "listener_started", "Listener started on %s, topic %r",
@@ -260,9 +241,9 @@ class Runner:
                 await self._consume_until_disconnected(connection)
             finally:
                 self.ready.clear()
-            if self._stop.is_set():
+            if self._run.stop_requested.is_set():
                 return
-            self.state = State.CONNECTING
+            self._run.state = State.CONNECTING
             self._metrics.connection_losses += 1
             await connection.close(disconnect_client=False)
             # Published once the connection is back (kept by the publisher meanwhile).
@@ -273,7 +254,7 @@ class Runner:
     async def _unless_stopped(self, work: Awaitable[Any]) -> bool:
         """Await ``work`` unless stop() comes first (then cancel it): True when it finished."""
         task = asyncio.ensure_future(work)
-        stopping = asyncio.ensure_future(self._stop.wait())
+        stopping = asyncio.ensure_future(self._run.stop_requested.wait())
         try:
             await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -329,7 +310,7 @@ class Runner:
                 return
             ticket = connection.ticket(message)
             if limit == 1:
-                if connection.adapter.queued and self._handle_batch is not None:
+                if connection.adapter.queued:
                     batch = await self._take_batch(connection, (message.data, message.topic, ticket))
                     if len(batch) > 1:
                         self._inline_jobs += len(batch)
@@ -352,7 +333,7 @@ class Runner:
                           first: Tuple[Any, str, Optional[Ticket]]) -> List[Tuple[Any, str, Optional[Ticket]]]:
         """``first`` and the messages already queued behind it, up to the pipeline's batch size."""
         batch = [first]
-        size = self._batch_size()
+        size = self._pipeline.batch_size(self._processor)
         while len(batch) < size and connection.adapter.queued:
             message = await connection.next_message()
             if message is None:
@@ -362,10 +343,8 @@ class Runner:
 
     async def _contained_batch(self, batch: List[Tuple[Any, str, Optional[Ticket]]]) -> None:
         """:meth:`_contained` for several queued messages handled together (``max_concurrent_jobs = 1``)."""
-        handle_batch = self._handle_batch
         try:
-            if handle_batch is not None:
-                await handle_batch(batch)
+            await self._pipeline.process_batch(batch, self._processor)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug of ours must cost these messages, not the listener
@@ -381,7 +360,7 @@ class Runner:
     async def _contained(self, payload: Any, topic: str, ticket: Optional[Ticket]) -> None:
         """Handle one message; settle its ticket unless cancelled (a job cut short stays unacknowledged)."""
         try:
-            await self._handle(payload, topic, ticket)
+            await self._pipeline.process(payload, self._processor, topic, pipelined=True, ticket=ticket)
         except asyncio.CancelledError:
             raise
         except Exception:  # a bug of ours must cost one message, not the listener
@@ -395,7 +374,8 @@ class Runner:
         """After the loop: process what was received (bounded by the grace period), report what was
         not, and send or report the publications kept during an outage."""
         connection = self._connection
-        if connection is not None and self._stop.is_set() and connection.adapter.queued and connection.adapter.closed:
+        if (connection is not None and self._run.stop_requested.is_set() and connection.adapter.queued
+                and connection.adapter.closed):
             # Stopped while disconnected: what the lost connection received and acknowledged is still processed.
             consumer = self._consumer = asyncio.ensure_future(self._consume(connection, tuple(self._carried)))
             try:
@@ -430,12 +410,19 @@ class Runner:
                    "%d acknowledged QoS 1/2; shutdown_grace_period %g s)", len(dropped), len(dropped) - acknowledged,
                    acknowledged, self._config.shutdown_grace_period)
 
+    async def _flush_outbox(self) -> None:
+        """Send what was kept during an outage; report each publication given up on as a publish error."""
+        for dropped in (await self._publisher.flush()).dropped:
+            publication = dropped.publication
+            await self._events.publication_dropped(publication.topic, len(publication.payload), publication.qos,
+                                                   dropped.job_id, dropped.reason)
+
     async def _settle_outbox(self) -> None:
         """Send what was kept during an outage if the connection is up; report what is lost."""
         if not self._publisher.pending:
             return
         if self._slot.is_connected():
-            await self._publisher.flush()
+            await self._flush_outbox()
         lost = self._publisher.discard()
         if lost:
             logger.error("%d result/event publication(s) could not be sent to %s before stopping", lost, self._endpoint)

@@ -7,10 +7,10 @@ import functools
 import inspect
 from typing import Any, Awaitable, Callable, Dict, Optional, TypeVar, Union
 
-from .containment import Contained, ProcessorInterrupted, call_contained, cancel
 from ..core.deadlines import settle_within
 from ..errors import ListenerError
 from ..results import ReturnType
+from .containment import Contained, ProcessorInterrupted, call_contained, cancel
 from .workers import CallTimeoutError, ThreadWorkers
 
 __all__ = ["JobTimeoutError", "Processor", "ProcessorInterrupted", "ProcessorResult", "call_processor",

@@ -25,14 +25,14 @@ from typing import Any, AsyncIterator, Dict, List, Mapping, Optional, Set, Tuple
 
 import tomli_w
 
-from .memory_broker import MemoryBroker, MemoryClient, MemoryMessage
-from .brokers import BrokerAddress, running_broker
 from ..config.settings import EventListenerConfig
-from ..mqtt.delivery_queue import Ticket
+from ..core.topics import topic_name_error
 from ..event_listener import EventListener
 from ..jobs.records import JobStatus
+from ..pipeline.message_pipeline import MessageObserver
 from ..processing.processors import Processor
-from ..core.topics import topic_name_error
+from .brokers import BrokerAddress, running_broker
+from .memory_broker import MemoryBroker, MemoryClient, MemoryMessage
 
 __all__ = ["BrokerAddress", "JobOutcome", "PublishedMessage", "TestListener", "running_broker", "running_listener"]
 
@@ -80,36 +80,27 @@ class _TaggedPayload(bytes):
 _CURRENT: "contextvars.ContextVar[Optional[_Delivery]]" = contextvars.ContextVar("listener_test_delivery", default=None)
 
 
-class _ObservedListener(EventListener):
-    """EventListener unchanged, plus bookkeeping of which publications and job id each test message led to."""
+class _DeliveryObserver(MessageObserver):
+    """Bookkeeping of which job id, publications and failure each test message led to (the listener is unchanged)."""
 
-    def __init__(self, config: EventListenerConfig) -> None:
-        super().__init__(config)
-        self._pipeline.observe_job = _observe_job
-
-    async def _process_message(self, data: Any, func: Optional[Processor] = None, *, topic: Optional[str] = None,
-                               pipelined: bool = False, ticket: Optional[Ticket] = None) -> Any:
-        delivery = getattr(data, "delivery", None)
+    def started(self, payload: Any) -> Any:
+        delivery = getattr(payload, "delivery", None)
         if not isinstance(delivery, _Delivery):
-            return await super()._process_message(data, func, topic=topic, pipelined=pipelined, ticket=ticket)
-        token = _CURRENT.set(delivery)  # copied into the tasks the pipeline starts for this message
-        finishing = self._pipeline.finishing
-        before = set(finishing)
-        try:
-            return await super()._process_message(data, func, topic=topic, pipelined=pipelined, ticket=ticket)
-        except BaseException as exc:
-            delivery.failure = exc
-            raise
-        finally:
-            delivery.finishing = set(finishing) - before  # QoS 1/2 results awaiting acknowledgement
-            _CURRENT.reset(token)
-            delivery.finished.set()
+            return None
+        return delivery, _CURRENT.set(delivery)  # copied into the tasks the pipeline starts for this message
 
+    def admitted(self, job_id: str) -> None:
+        delivery = _CURRENT.get()
+        if delivery is not None:
+            delivery.job_id = job_id
 
-def _observe_job(job_id: str) -> None:
-    delivery = _CURRENT.get()
-    if delivery is not None:
-        delivery.job_id = job_id
+    def finished(self, token: Any, acknowledging: Set["asyncio.Future[None]"], failure: Optional[BaseException]) -> None:
+        delivery, context_token = token
+        if failure is not None:
+            delivery.failure = failure
+        delivery.finishing = set(acknowledging)  # QoS 1/2 results awaiting acknowledgement
+        _CURRENT.reset(context_token)
+        delivery.finished.set()
 
 
 def _decode(payload: bytes) -> Any:
@@ -141,7 +132,7 @@ class TestListener:
         self.processor = processor
         self.timeout = timeout
         self.broker = MemoryBroker(on_publish=self._record)
-        self.listener: EventListener = _ObservedListener(self.config)
+        self.listener: EventListener = EventListener(self.config, observer=_DeliveryObserver())
         self._client = MemoryClient(self.broker, self.config.client_id)
         self.listener.client = self._client
         self._tester = MemoryClient(self.broker, "test-publisher")

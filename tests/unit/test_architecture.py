@@ -151,3 +151,35 @@ def test_the_graph_follows_lazy_and_relative_imports() -> None:
     assert "Listener.config.settings" in graph["Listener.event_listener"]  # ``from .config.settings import …``
     assert "Listener.jobs.sqlite" in graph["Listener.jobs.factory"]  # imported inside a function
     assert "Listener.event_listener" in graph["Listener"]
+
+
+def _method(path: Path, cls: str, name: str) -> ast.FunctionDef:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == name:
+                    return item
+    raise AssertionError(f"{cls}.{name} not found in {path}")
+
+
+@pytest.mark.unit
+def test_the_facade_wires_its_parts_at_construction_only() -> None:
+    """EventListener.__init__ passes each part its collaborators: no lambda stands in for an object, and no
+    attribute of a part is set after the part was built."""
+    init = _method(PACKAGE / "event_listener.py", "EventListener", "__init__")
+    lambdas = [node.lineno for node in ast.walk(init) if isinstance(node, ast.Lambda)]
+    assert lambdas == [], f"lambdas in EventListener.__init__ at lines {lambdas}"
+    patched = [node.lineno for node in ast.walk(init) if isinstance(node, (ast.Assign, ast.AnnAssign))
+               for target in (node.targets if isinstance(node, ast.Assign) else [node.target])
+               if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute)]
+    assert patched == [], f"attributes of parts set after construction at lines {patched}"
+
+
+@pytest.mark.unit
+def test_the_test_harness_uses_the_public_observer_hook_not_a_subclass() -> None:
+    tree = ast.parse((PACKAGE / "testing" / "__init__.py").read_text(encoding="utf-8"))
+    subclasses = [node.name for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                  for base in node.bases if isinstance(base, ast.Name) and base.id == "EventListener"]
+    assert subclasses == []
+    assert "observer=" in (PACKAGE / "testing" / "__init__.py").read_text(encoding="utf-8")

@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional
 from unittest.mock import Mock
 
 from Listener import run_inline
+from Listener.core.run_state import State
 from Listener.processing.batches import ALONE_AFTER_SLOW, MAX_BATCH, Halt, run_in_order
 from Listener.jobs.records import JobStatus
 from tests.support.mocked_listeners import mocked_listener
@@ -143,7 +144,7 @@ def _recorder(order: List[str], label: str) -> Any:
 
 async def test_a_full_job_store_runs_the_gathered_jobs_instead_of_waiting_for_them() -> None:
     listener = mocked_listener(log_topic="", max_jobs_in_memory=2)
-    listener._pipeline._wait_when_full = lambda: True  # as in the run loop: wait rather than drop
+    listener._pipeline._run.state = State.RUNNING  # as in the run loop: wait rather than drop
     calls: List[str] = []
 
     def processor(data: Dict[str, Any], job_id: str) -> None:

@@ -83,11 +83,12 @@ def test_error_type_is_a_str_enum() -> None:
 async def test_the_event_sink_logs_redacts_and_mirrors_at_its_level(caplog: pytest.LogCaptureFixture) -> None:
     sent: List[Tuple[str, Dict[str, Any]]] = []
 
-    async def send(topic: str, body: Dict[str, Any]) -> None:
-        sent.append((topic, body))
+    class Sender:
+        async def send_event(self, topic: str, body: Dict[str, Any]) -> None:
+            sent.append((topic, body))
 
     metrics = ListenerMetrics()
-    sink = EventSink(logging.getLogger("test.sink"), ("s3cret",), "t/log", "t/err", logging.WARNING, metrics, send)
+    sink = EventSink(logging.getLogger("test.sink"), ("s3cret",), "t/log", "t/err", logging.WARNING, metrics, Sender())
     with caplog.at_level(logging.INFO, "test.sink"):
         await sink.log(logging.INFO, "quiet", "not mirrored %s", "s3cret")
         await sink.log(logging.ERROR, "loud", "mirrored", job_id="j", status="failed", duration_ms=1.23456)
@@ -99,3 +100,21 @@ async def test_the_event_sink_logs_redacts_and_mirrors_at_its_level(caplog: pyte
     assert sent[1][1]["error_type"] == "timeout" and sent[1][1]["error_message"] == "password *** leaked"
     assert metrics.errors == {"timeout": 1}
     assert not sink.info_wanted() or logging.getLogger("test.sink").isEnabledFor(logging.INFO)
+
+
+async def test_a_dropped_publication_is_a_publish_error_event_and_an_error_log_event() -> None:
+    sent: List[Tuple[str, Dict[str, Any]]] = []
+
+    class Sender:
+        async def send_event(self, topic: str, body: Dict[str, Any]) -> None:
+            sent.append((topic, body))
+
+    metrics = ListenerMetrics()
+    sink = EventSink(logging.getLogger("test.sink"), (), "t/log", "t/err", logging.WARNING, metrics, Sender())
+    await sink.publication_dropped("results/big", 2048, 1, "big-1", "given up after 2 attempts")
+    [(error_topic, error), (log_topic, log)] = sent
+    assert (error_topic, error["error_type"], error["job_id"]) == ("t/err", "publish_error", "big-1")
+    assert error["error_message"] == ("Dropped the result of job big-1 to 'results/big' (2048 bytes, QoS 1): "
+                                      "given up after 2 attempts")
+    assert (log_topic, log["event"], log["level"]) == ("t/log", "publish_dropped", "ERROR")
+    assert metrics.errors["publish_error"] == 1

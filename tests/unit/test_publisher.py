@@ -3,19 +3,46 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, List, Optional
 from unittest.mock import AsyncMock
 
 import pytest
 
+from Listener.core.topics import PublishOptions
 from Listener.ops.metrics import ListenerMetrics
 from Listener.mqtt.packets import PublicationRefused
 from Listener.mqtt.publisher import MAX_STRIKES, ConnectionLost, NotConnected, Publication, Publisher, RefusedTopic
 
 
+class FakeConnection:
+    """The publisher's view of a connection: ``client``, whether it is up, and what dropping a stalled one does."""
+
+    def __init__(self, client: Any, connected: Optional[List[bool]] = None, drops: bool = False) -> None:
+        self.client = client
+        self.connected = connected if connected is not None else [True]
+        self.drops = drops
+        #: One entry per ``drop_stalled`` call: how long the publication waited.
+        self.dropped: List[float] = []
+
+    def is_connected(self) -> bool:
+        return self.connected[0]
+
+    def watched(self) -> bool:
+        return False
+
+    def drop_stalled(self, waited: float) -> bool:
+        self.dropped.append(waited)
+        return self.drops
+
+
+def publisher_for(connection: FakeConnection, metrics: Optional[ListenerMetrics] = None, timeout: float = 1.0,
+                  **limits: int) -> Publisher:
+    return Publisher(connection, metrics if metrics is not None else ListenerMetrics(), "h:1", PublishOptions(0, False, {}),
+                     timeout=timeout, **limits)
+
+
 def make_publisher(connected: List[bool], client: Any, limit: int = 10) -> Publisher:
-    return Publisher(lambda: client, lambda: connected[0], ListenerMetrics(), lambda: "h:1", timeout=1.0,
-                     max_in_flight=2, outbox_limit=limit)
+    return publisher_for(FakeConnection(client, connected), max_in_flight=2, outbox_limit=limit)
 
 
 async def test_publisher_keeps_publications_while_disconnected_and_flushes_them_in_order() -> None:
@@ -28,7 +55,7 @@ async def test_publisher_keeps_publications_while_disconnected_and_flushes_them_
     with pytest.raises(NotConnected, match="h:1"):
         await publisher.publish("t/x", b"x", 0, False)
     connected[0] = True
-    assert await publisher.flush() == 2
+    assert await publisher.flush() == (2, [])
     assert [c.args for c in client.publish.call_args_list] == [("t/1", b"1", 1, False), ("t/2", b"2", 0, False)]
     assert publisher.pending == 0
 
@@ -58,11 +85,11 @@ async def test_a_publication_failing_after_its_connection_was_lost_is_kept_even_
         raise AttributeError("'NoneType' object has no attribute 'inflight_out'")
 
     client.publish.side_effect = lost_meanwhile
-    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=1.0)
+    publisher = publisher_for(FakeConnection(client), metrics)
     assert await publisher.deliver(Publication("t/1", b"1", 1, False)) is None
     assert publisher.pending == 1 and metrics.publish_errors == 0
     client.publish.side_effect = None
-    assert await publisher.flush() == 1
+    assert (await publisher.flush()).sent == 1
 
 
 async def test_publisher_bounds_qos1_publications_in_flight() -> None:
@@ -97,42 +124,28 @@ def hung_client() -> AsyncMock:
     return client
 
 
-def counting_drops(drops: List[bool]) -> Callable[[], bool]:
-    """A ``drop_stalled`` that drops (says True) and notes each call in ``drops``."""
-    def drop() -> bool:
-        drops.append(True)
-        return True
-    return drop
-
-
 async def test_publisher_times_out_a_hung_publish() -> None:
-    client = hung_client()
-    drops: List[bool] = []
-    publisher = Publisher(lambda: client, lambda: True, ListenerMetrics(), lambda: "h:1", timeout=0.05,
-                          drop_stalled=counting_drops(drops))
+    connection = FakeConnection(hung_client(), drops=True)
+    publisher = publisher_for(connection, timeout=0.05)
     assert await publisher.deliver(Publication("t", b"", 0, False)) == "timed out"
-    assert drops == [], "QoS 0 is never acknowledged: its timeout says nothing of the connection"
+    assert connection.dropped == [], "QoS 0 is never acknowledged: its timeout says nothing of the connection"
 
 
 @pytest.mark.parametrize("qos", [1, 2])
 async def test_an_unacknowledged_publication_is_kept_for_the_next_connection_when_the_stalled_one_is_dropped(
         qos: int) -> None:
-    client = hung_client()
-    drops: List[bool] = []
+    connection = FakeConnection(hung_client(), drops=True)
     metrics = ListenerMetrics()
-    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=0.05,
-                          drop_stalled=counting_drops(drops))
+    publisher = publisher_for(connection, metrics, timeout=0.05)
     assert await publisher.deliver(Publication("t", b"r", qos, False), job_id="j") is None
-    assert drops == [True] and publisher.pending == 1 and metrics.publish_errors == 0
+    assert connection.dropped == [0.05] and publisher.pending == 1 and metrics.publish_errors == 0
     with pytest.raises(ConnectionLost, match="No acknowledgement from h:1 within 0.05 s"):
         await publisher.publish("t", b"r", qos, False)
 
 
 async def test_an_unacknowledged_publication_is_reported_when_the_connection_is_not_dropped() -> None:
-    client = hung_client()
     metrics = ListenerMetrics()
-    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=0.05,
-                          drop_stalled=lambda: False)
+    publisher = publisher_for(FakeConnection(hung_client(), drops=False), metrics, timeout=0.05)
     assert await publisher.deliver(Publication("t", b"r", 1, False)) == "timed out"
     assert publisher.pending == 0 and metrics.publish_errors == 1
 
@@ -171,10 +184,6 @@ async def test_a_cancellation_from_inside_the_client_is_a_lost_connection_and_th
 async def test_a_publication_that_ends_the_connection_twice_is_dropped_and_reported() -> None:
     """Issue 9 item 1: kept, retried once after the reconnect, then dropped and reported, not retried forever."""
     connected = [True]
-    dropped: List[Tuple[Publication, Optional[str], str]] = []
-
-    async def on_dropped(publication: Publication, job_id: Optional[str], reason: str) -> None:
-        dropped.append((publication, job_id, reason))
 
     async def poison(topic: str, payload: bytes, qos: int, retain: bool) -> None:
         if payload == b"poison":
@@ -184,19 +193,17 @@ async def test_a_publication_that_ends_the_connection_twice_is_dropped_and_repor
     client = AsyncMock()
     client.publish.side_effect = poison
     metrics = ListenerMetrics()
-    publisher = Publisher(lambda: client, lambda: connected[0], metrics, lambda: "h:1", timeout=1.0,
-                          on_dropped=on_dropped)
+    publisher = publisher_for(FakeConnection(client, connected), metrics)
     assert await publisher.deliver(Publication("t/big", b"poison", 1, False), job_id="big-1") is None
-    assert publisher.pending == 1 and dropped == []
+    assert publisher.pending == 1
     assert await publisher.deliver(Publication("t/next", b"fine", 1, False), job_id="next-1") is None  # not connected: kept
     connected[0] = True  # reconnected
-    assert await publisher.flush() == 0  # the poison ends the connection again: dropped, the rest waits
-    assert [(p.topic, job_id) for p, job_id, _ in dropped] == [("t/big", "big-1")]
-    assert f"given up after {MAX_STRIKES} attempts" in dropped[0][2]
+    sent, dropped = await publisher.flush()  # the poison ends the connection again: dropped, the rest waits
+    assert sent == 0 and [(d.publication.topic, d.job_id) for d in dropped] == [("t/big", "big-1")]
+    assert f"given up after {MAX_STRIKES} attempts" in dropped[0].reason
     assert publisher.pending == 1 and metrics.publish_errors == 1
     connected[0] = True
-    assert await publisher.flush() == 1 and publisher.pending == 0
-    assert len(dropped) == 1
+    assert await publisher.flush() == (1, []) and publisher.pending == 0
 
 
 async def test_a_publication_that_only_met_a_down_connection_is_never_dropped() -> None:
@@ -205,9 +212,9 @@ async def test_a_publication_that_only_met_a_down_connection_is_never_dropped() 
     publisher = make_publisher(connected, client)
     assert await publisher.deliver(Publication("t/1", b"1", 1, False)) is None
     for _ in range(5):
-        assert await publisher.flush() == 0  # NotConnected: nothing was sent, no strike
+        assert await publisher.flush() == (0, [])  # NotConnected: nothing was sent, no strike
     connected[0] = True
-    assert await publisher.flush() == 1
+    assert await publisher.flush() == (1, [])
 
 
 async def test_a_publication_refused_for_a_passing_reason_is_sent_again_until_taken() -> None:
@@ -215,7 +222,7 @@ async def test_a_publication_refused_for_a_passing_reason_is_sent_again_until_ta
     metrics = ListenerMetrics()
     client = AsyncMock()
     client.publish.side_effect = [PublicationRefused(0x97, "PUBREC"), PublicationRefused(0x97, "PUBREC"), None]
-    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=5.0)
+    publisher = publisher_for(FakeConnection(client), metrics, timeout=5.0)
     assert await publisher.deliver(Publication("t/1", b"1", 2, False)) is None
     assert client.publish.call_count == 3 and metrics.publishes == 1
     assert metrics.publishes_refused == 2 and metrics.publish_errors == 0
@@ -225,7 +232,7 @@ async def test_a_publication_refused_for_good_is_reported_never_counted_as_deliv
     metrics = ListenerMetrics()
     client = AsyncMock()
     client.publish.side_effect = PublicationRefused(0x87, "PUBACK")
-    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=5.0)
+    publisher = publisher_for(FakeConnection(client), metrics, timeout=5.0)
     reason = await publisher.deliver(Publication("t/1", b"1", 1, False))
     assert reason is not None and "not authorized (0x87)" in reason
     assert client.publish.call_count == 1 and metrics.publishes == 0 and metrics.publish_errors == 1
@@ -236,7 +243,7 @@ async def test_a_passing_refusal_that_lasts_is_reported_within_the_timeout() -> 
     metrics = ListenerMetrics()
     client = AsyncMock()
     client.publish.side_effect = PublicationRefused(0x97, "PUBREC")
-    publisher = Publisher(lambda: client, lambda: True, metrics, lambda: "h:1", timeout=0.5)
+    publisher = publisher_for(FakeConnection(client), metrics, timeout=0.5)
     started = asyncio.get_running_loop().time()
     reason = await publisher.deliver(Publication("t/1", b"1", 2, False))
     assert reason is not None and "quota exceeded (0x97)" in reason

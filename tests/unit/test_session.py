@@ -9,6 +9,7 @@ from unittest.mock import AsyncMock, MagicMock
 import pytest
 
 from Listener import EventListenerConfig
+from Listener.core.run_state import RunState
 from Listener.mqtt.connection import AmqttAdapter, BrokerConnection, ClientSlot, ForeignClientAdapter, adapt
 from tests.support.mocked_listeners import wait_forever
 
@@ -35,7 +36,7 @@ async def test_a_refused_subscription_ends_opening_with_a_connection_error() -> 
 
 
 def test_only_the_listeners_own_client_gets_the_amqtt_adapter() -> None:
-    slot = ClientSlot(EventListenerConfig())
+    slot = ClientSlot(EventListenerConfig(), RunState())
     assert isinstance(slot.adapter, AmqttAdapter) and slot.owned
     assert slot.adapter is slot.adapter  # wrapped once
     mock = MagicMock()
@@ -65,7 +66,7 @@ async def test_a_foreign_client_that_fails_to_deliver_ends_its_connection() -> N
 
 
 async def test_the_amqtt_adapter_hands_out_queued_messages_then_ends_with_the_connection() -> None:
-    slot = ClientSlot(EventListenerConfig())
+    slot = ClientSlot(EventListenerConfig(), RunState())
     adapter = slot.adapter
     assert isinstance(adapter, AmqttAdapter)
     assert adapter.closed and await adapter.next_message() is None  # never connected
