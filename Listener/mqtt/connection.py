@@ -26,6 +26,8 @@ from .share_probe import verify_share_group
 __all__ = ["AmqttAdapter", "BrokerConnection", "ClientAdapter", "ClientSlot", "ForeignClientAdapter", "adapt"]
 
 logger = logging.getLogger("Listener.session")
+#: The stalled-connection warning keeps the logger it had when the facade logged it (users filter on it).
+_stall_logger = logging.getLogger("Listener.event_listener")
 
 SUBSCRIBE_TIMEOUT = 10.0
 DISCONNECT_TIMEOUT = 5.0
@@ -360,8 +362,9 @@ class ClientSlot:
         if not (self.watched() and self._config.auto_reconnect):
             return False
         if self.client.drop_connection():  # else dropped already, for another publication
-            logger.warning("No acknowledgement from MQTT broker at %s within %g s: dropping the connection, to send "
-                           "what it did not acknowledge again on the next one", endpoint_label(self._config), waited)
+            _stall_logger.warning("No acknowledgement from MQTT broker at %s within %g s: dropping the connection, "
+                                  "to send what it did not acknowledge again on the next one",
+                                  endpoint_label(self._config), waited)
         return True
 
     def for_new_connection(self) -> "AmqttAdapter | ForeignClientAdapter":

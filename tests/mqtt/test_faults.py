@@ -206,7 +206,8 @@ async def test_a_result_the_broker_leaves_unacknowledged_goes_out_again_on_the_n
     assert (await listener.get_job_status("s-0")).status == JobStatus.COMPLETED
     assert listener.metrics()["publish_errors"] == 0
     assert processor.ran_twice() == []
-    assert any("No acknowledgement from MQTT broker" in r.getMessage() for r in caplog.records)
+    assert any("No acknowledgement from MQTT broker" in r.getMessage() and r.name == "Listener.event_listener"
+               for r in caplog.records)
 
 
 async def test_without_auto_reconnect_an_unacknowledged_result_is_reported_and_the_connection_kept(
