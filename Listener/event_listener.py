@@ -77,8 +77,9 @@ class EventListener:
         run_state = RunState()
         self._slot = ClientSlot(config, run_state)
         self._metrics = metrics = ListenerMetrics()
+        # after_recording: an acknowledged job cut short must keep its input, to run again from the store.
         store = create_job_store(config.job_store, config.max_jobs_in_memory, config.job_cleanup_interval,
-                                 config.keep_job_input)
+                                 config.keep_job_input or config.ack_policy == "after_recording")
         self._tracker = JobTracker(store)
         self._store_reports: Set["asyncio.Future[None]"] = set()
         self._workers = ThreadWorkers(config.max_concurrent_jobs, name=f"{config.client_id}-worker")

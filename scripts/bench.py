@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import dataclasses
 import gc
@@ -97,11 +98,13 @@ class Scenario:
     budget_rate: float = 250.0  # the slowest rate (msg/s) waited for before giving up
     ceiling: bool = False  # also measured through the bare amqtt loop
     rss_points: int = 0  # RSS samples spread over the run (the soak)
-    job_store: str = "memory"  # or "sqlite": a fresh database file in a temporary directory
+    job_store: str = "memory"  # or "sqlite": a fresh database file in a temporary directory; or "redis" (own server)
     compare_to: Optional[str] = None  # the scenario of the same run its msg/s is compared with
     compared_as: str = "memory_store"  # names the ratio: ratio_to_<compared_as>, <compared_as>_msg_per_s
-    ack_policy: str = "after_processing"  # or "on_receipt" (acknowledged when queued)
+    ack_policy: str = "after_processing"  # or "on_receipt" (acknowledged when queued), "after_recording"
     processes: int = 0  # > 0: `mqtt-listener run` processes (--workers N) instead of a listener in the runner
+    hung_window: float = 0.0  # > 0: the first job hangs; fast jobs finished per second within this many seconds
+    default_pending: bool = False  # keep max_pending_messages at its default (10,000), also at QoS 0
 
     @property
     def jobs_limit(self) -> int:
@@ -148,13 +151,31 @@ def catalogue(quick: bool, factor: float) -> List[Scenario]:
                  compare_to="acks-qos1-on-receipt", compared_as="on_receipt"),
         Scenario("flood50k-qos1", "async50", 1, "small", n(50_000, 5_000), max_concurrent_jobs=100, budget_rate=333.0,
                  max_jobs_in_memory=2_000, rss_points=10),  # few jobs held: the RSS shows what the intake holds
+        # One publisher's QoS 0 burst with default settings: past max_pending_messages the listener holds it
+        # compactly, then stops reading (it kept 16,610 of 50,000 before). processed = received; rss_peak_mb.
+        Scenario("burst50k-qos0", "trivial", 0, "small", n(50_000, 5_000), default_pending=True,
+                 max_jobs_in_memory=5_000),
         Scenario("soak-200k", "trivial", 0, "small", soak, rate=1000.0,
                  max_jobs_in_memory=max(100, soak // 40), rss_points=10),
         *(scaling(processes, n(4_000, 800)) for processes in SCALING_PROCESSES),
+        *(hung(store, policy, n(10_000, 2_000)) for store, policy in HUNG_STORES),
         Scenario("scale-trivial-p1", "trivial", 1, "small", n(10_000, 1_000), processes=1),
         Scenario("scale-trivial-p2", "trivial", 1, "small", n(10_000, 1_000), processes=2,
                  compare_to="scale-trivial-p1", compared_as="one_process"),
     ]
+
+
+#: The job stores (and ack policies) of the one-hung-job scenarios.
+HUNG_STORES = (("memory", "after_processing"), ("sqlite", "after_recording"), ("redis", "after_recording"))
+#: Seconds a one-hung-job scenario counts the fast jobs that finish.
+HUNG_WINDOW = 3.0
+
+
+def hung(store: str, policy: str, count: int) -> Scenario:
+    """One QoS 1 job that hangs for the whole run, then ``count - 1`` fast ones, ``max_concurrent_jobs = 4``,
+    through a broker at Mosquitto's default in-flight limit (20): how many fast jobs finish per second."""
+    return Scenario(f"hung-{store}-{policy.replace('_', '-')}", "trivial", 1, "small", count, max_concurrent_jobs=4,
+                    job_store=store, ack_policy=policy, hung_window=HUNG_WINDOW)
 
 
 #: The worker counts of the 5 ms scaling scenarios in a full run (``--processes N`` chooses others).
@@ -240,6 +261,8 @@ TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
                                    lambda r: None),
     "flood50k-qos1": ("RSS stops growing: the last 5 of 10 points within +-10% of the first of them (the intake's "
                       "bound holds it), lost == 0", lambda r: _stops_growing(r) and _no_loss(r)),
+    "burst50k-qos0": ("lost == 0 (default max_pending_messages: the listener stops reading instead of dropping)",
+                      _no_loss),
     "scale-sync5-p1": ("none (reference: one process, one 5 ms job at a time, at most 200 msg/s)", lambda r: None),
     "scale-sync5-p2": ("ratio_to_one_process >= 1.8, lost == 0", lambda r: _scaled(r, 1.8)),
     "scale-sync5-p4": ("ratio_to_one_process >= 3.2, lost == 0", lambda r: _scaled(r, 3.2)),
@@ -247,6 +270,12 @@ TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
     "scale-trivial-p2": ("none (a trivial processor on 2 cores: the broker and the clients share them)",
                          lambda r: None),
     "ceiling": ("none (the bare amqtt receive->publish loop the trivial scenarios are compared with)", lambda r: None),
+    "hung-memory-after-processing": ("none (reference: the hung job's held acknowledgement stops the broker at its "
+                                     "in-flight window)", lambda r: None),
+    "hung-sqlite-after-recording": ("fast_per_s >= 100 (the hung job stalls nothing; the memory row stops at the "
+                                    "window)", lambda r: None if "fast_per_s" not in r else r["fast_per_s"] >= 100),
+    "hung-redis-after-recording": ("fast_per_s >= 100 (the hung job stalls nothing; the memory row stops at the "
+                                   "window)", lambda r: None if "fast_per_s" not in r else r["fast_per_s"] >= 100),
 }
 
 
@@ -724,6 +753,7 @@ class Runner:
     children: Children = field(default_factory=Children)
     profile: Optional[cProfile.Profile] = None
     store_dir: Optional[str] = None  # the SQLite job store's temporary directory, removed after the run
+    redis_url: str = ""  # the Redis job store (a redis-server of the run's own)
 
     @property
     def topics(self) -> Dict[str, str]:
@@ -784,6 +814,13 @@ class Runner:
         """Measure the job; its JSON line (without the target, which the orchestrator adds)."""
         if self.job.profile:
             self.profile = cProfile.Profile()
+        if self.job.scenario.hung_window:
+            try:
+                return await self.run_hung()
+            finally:
+                await self.children.close()
+                if self.store_dir is not None:
+                    shutil.rmtree(self.store_dir, ignore_errors=True)
         try:
             if self.job.kind == "ceiling":
                 measured = await self.run_ceiling()
@@ -812,11 +849,13 @@ class Runner:
             "shutdown_grace_period": 5.0, "ack_policy": sc.ack_policy,
             # A QoS 0 burst is published faster than it is processed: hold all of it, as the ceiling's
             # unbounded queue does (past max_pending_messages the listener would drop QoS 0 messages).
-            "max_pending_messages": max(10_000, sc.count) if sc.qos == 0 else 10_000,
+            "max_pending_messages": max(10_000, sc.count) if sc.qos == 0 and not sc.default_pending else 10_000,
         }
         if sc.job_store == "sqlite":
             self.store_dir = tempfile.mkdtemp(prefix="bench-jobs-")
             wanted["job_store"] = f"sqlite:///{os.path.join(self.store_dir, 'jobs.db')}"
+        elif sc.job_store == "redis":
+            wanted["job_store"] = self.redis_url
         known = {f.name for f in dataclasses.fields(EventListenerConfig)}
         return EventListenerConfig(**{k: v for k, v in wanted.items() if k in known})
 
@@ -844,6 +883,73 @@ class Runner:
             if not task.done():
                 task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+
+    async def run_hung(self) -> Dict[str, Any]:
+        """One job that hangs, then fast ones: how many fast jobs finish per second while it hangs, through a
+        mosquitto of its own at the default in-flight limit (20; ``MQTT_HOST``: that broker, as it is set)."""
+        sc = self.job.scenario
+        row: Dict[str, Any] = {"scenario": sc.name, "kind": "listener", "qos": sc.qos, "job_store": sc.job_store,
+                               "ack_policy": sc.ack_policy, "max_concurrent_jobs": sc.max_concurrent_jobs}
+        with contextlib.ExitStack() as services:
+            if not os.environ.get("MQTT_HOST"):
+                from tests.support.brokers import MosquittoBroker, session_folder
+
+                folder = session_folder()
+                services.callback(shutil.rmtree, folder, ignore_errors=True)
+                broker = MosquittoBroker(folder)  # no max_inflight: mosquitto's default, 20
+                broker.start()
+                services.callback(broker.stop)
+                self.job = replace(self.job, endpoint=Endpoint("127.0.0.1", broker.plain_port))
+                row["broker_inflight"] = 20
+            if sc.job_store == "redis":
+                from tests.support.redis_server import REDIS_BINARY, RedisServer
+
+                if REDIS_BINARY is None:
+                    row["skipped"] = "redis-server is not installed"
+                    return row
+                server = RedisServer()
+                server.start()
+                services.callback(server.stop)
+                self.redis_url = server.url(prefix=f"bench-{self.job.run_id}")
+            row.update(await self._measure_hung())
+        return row
+
+    async def _measure_hung(self) -> Dict[str, Any]:
+        from Listener import EventListener
+
+        sc = self.job.scenario
+        release, progress = threading.Event(), Progress()
+        hung_id = f"{job_prefix(self.job.run_id, sc.name)}-{0:08d}"  # the publisher sends it first
+
+        def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+            if job_id == hung_id:
+                release.wait(sc.hung_window + 2 * START_TIMEOUT)
+            else:
+                progress.tick()
+            return {"job_id": job_id, "sent": data.get("sent")}
+
+        listener = EventListener(self.listener_config())
+        task = asyncio.create_task(listener.run(processor))
+        try:
+            publisher = await self.children.spawn("publisher", self.child_spec())
+            await listener.wait_until_ready(START_TIMEOUT)
+            await expect_ready(publisher, "publisher")
+            started = time.monotonic()
+            await tell(publisher, "GO")
+            while progress.value < sc.count - 1 and time.monotonic() - started < sc.hung_window:
+                await asyncio.sleep(0.01)
+            seconds = time.monotonic() - started
+            fast, hung_running = progress.value, await listener.is_job_running(hung_id)
+        finally:
+            release.set()
+            listener.stop()
+            await asyncio.wait({task}, timeout=STOP_TIMEOUT)
+            if not task.done():
+                task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        return {"fast_jobs": sc.count - 1, "fast_finished": fast, "seconds": round(seconds, 2),
+                "fast_per_s": round(fast / seconds, 1), "msg_per_s": round(fast / seconds, 1),
+                "hung_job_running": hung_running}
 
     async def run_processes(self) -> Measurement:
         """The scenario through ``mqtt-listener run`` (``--workers N``) processes: see scripts/bench_group.py."""
@@ -899,6 +1005,22 @@ async def forward(client: Any, results_topic: str, qos: int) -> None:
         await client.publish(results_topic, bytes(message.data), qos=qos)
 
 
+def rss_peak_mb() -> Optional[float]:
+    """This process's peak RSS so far (``VmHWM``; ``ru_maxrss`` where /proc is not there), in MiB."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / MIB, 1)
+    except OSError:
+        pass
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on this platform
+        return None
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / MIB, 1)
+
+
 def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
     """The scenario's JSON line (the orchestrator adds the ceiling ratio and the target)."""
     sc, got = job.scenario, measured.collector
@@ -926,6 +1048,9 @@ def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
     }
     if sc.rss_points:
         row["rss_points_mb"] = measured.rss_points_mb
+    if sc.default_pending:
+        row["processed"] = received
+        row["rss_peak_mb"] = rss_peak_mb()
     if measured.publisher is None:
         row["publisher"] = "did not finish"
     else:  # when this is close to the run's span, the publisher (not the server) set the pace

@@ -6,16 +6,19 @@
 (a dashboard made for one process keeps working), and each worker's values under ``mqtt_listener_worker_*``
 with a ``worker="<i>"`` label (separate names, so that ``sum()`` over a family never counts twice).
 A worker that is not running or whose last report is older than
-:data:`~Listener.cli.supervisor.STATUS_STALE_AFTER` seconds counts as not ready and adds nothing to the sums.
+:data:`~Listener.cli.supervisor.STATUS_STALE_AFTER` seconds counts as not ready and adds nothing to the gauges.
+Counters never go down: each worker slot adds the last totals its earlier processes reported (and its current
+process's last report, fresh or not) to the group's counters and to its own per-worker counters, so a worker
+killed and restarted is not read as a counter reset (:func:`add_counters`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Protocol, Sequence
 
-from ..ops.http_endpoints import METRIC_PREFIX, metric_families
+from ..ops.http_endpoints import COUNTER_KEYS, METRIC_PREFIX, metric_families
 
-__all__ = ["GroupStatus", "WorkerGroup", "sum_snapshots"]
+__all__ = ["GroupStatus", "WorkerGroup", "add_counters", "sum_snapshots"]
 
 # State flags: the group is connected/ready only when every worker is, draining when any is.
 _ALL = ("connected", "ready")
@@ -36,6 +39,15 @@ def _add(total: Any, value: Any) -> Any:
 
 def _add_first(value: Any) -> Any:
     return {key: _add_first(item) for key, item in value.items()} if isinstance(value, Mapping) else value
+
+
+def add_counters(total: Mapping[str, Any], snapshot: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
+    """``total`` plus the counters of a ``listener.metrics()`` snapshot (its gauges left out); a new dict."""
+    merged = _add_first(total)
+    for key, value in (snapshot or {}).items():
+        if key in COUNTER_KEYS:
+            merged[key] = _add(merged[key], value) if key in merged else _add_first(value)
+    return dict(merged)
 
 
 def sum_snapshots(snapshots: List[Optional[Mapping[str, Any]]]) -> Dict[str, Any]:
@@ -72,7 +84,8 @@ class WorkerGroup(Protocol):
         """The worker processes."""
 
     def describe(self) -> List[Dict[str, Any]]:
-        """Per worker: index, pid, alive, restarts and the last fresh status report."""
+        """Per worker: index, pid, alive, restarts, the last fresh status report, and ``counters``: the counters
+        of every process of the slot so far (:func:`add_counters` of their last reports)."""
 
 
 class GroupStatus:
@@ -105,6 +118,12 @@ class GroupStatus:
         described = self.supervisor.describe()
         snapshots = [worker["status"]["metrics"] if worker["status"] is not None else None for worker in described]
         total = sum_snapshots(snapshots)
+        counters: Dict[str, Any] = {}
+        for worker in described:
+            counters = add_counters(counters, worker.get("counters"))
+        total.update(counters)  # a worker down (or restarted) keeps what it counted: the sums never go down
+        snapshots = [None if snapshot is None else {**snapshot, **add_counters({}, worker.get("counters"))}
+                     for worker, snapshot in zip(described, snapshots)]
         total["workers"] = len(described)
         total["workers_ready"] = sum(1 for worker in described
                                      if worker["status"] is not None and worker["status"].get("ready"))

@@ -35,6 +35,7 @@ from ..config.settings import EventListenerConfig
 from ..core.backoff import backoff_delay
 from ..core.topics import share_group_error
 from .exit_codes import CliError
+from .group_status import add_counters
 
 __all__ = ["MAX_QUICK_FAILURES", "QUICK_EXIT_SECONDS", "RESTART_BASE", "RESTART_CAP", "STATUS_PERIOD", "Supervisor",
            "WorkerLaunch", "run_supervisor", "worker_settings"]
@@ -103,10 +104,21 @@ class _Worker:
         self.last_exit: Optional[int] = None
         self.status: Optional[Dict[str, Any]] = None
         self.status_at = 0.0
+        #: The counters of this slot's earlier processes, as each last reported them.
+        self.carried: Dict[str, Any] = {}
 
     @property
     def alive(self) -> bool:
         return self.process is not None and self.process.returncode is None
+
+    def started(self, process: "asyncio.subprocess.Process") -> None:
+        """A new process runs in this slot: the last counters the previous one reported are kept."""
+        self.carried = self.counters()
+        self.process, self.started_at, self.status = process, time.monotonic(), None
+
+    def counters(self) -> Dict[str, Any]:
+        """This slot's counters so far: the earlier processes' and the current one's last report (even a stale one)."""
+        return add_counters(self.carried, (self.status or {}).get("metrics"))
 
     def fresh_status(self, now: float) -> Optional[Dict[str, Any]]:
         """The last report, when the process that sent it still runs and it is recent enough."""
@@ -271,7 +283,7 @@ class Supervisor:
             raise
         finally:
             os.close(write_fd)
-        worker.process, worker.started_at, worker.status = process, time.monotonic(), None
+        worker.started(process)
         logger.info("Worker %d started (pid %d, client id %s-%d)", worker.index, process.pid, self.config.client_id,
                     worker.index)
         if self.stopping:  # a signal came while it was being started: stop() did not see it yet
@@ -321,10 +333,11 @@ class Supervisor:
             transport.close()
 
     def describe(self) -> List[Dict[str, Any]]:
-        """Per worker: index, pid, alive, restarts, and the last fresh status report (None when none)."""
+        """Per worker: index, pid, alive, restarts, the last fresh status report (None when none), and the
+        slot's ``counters`` over all its processes (see :meth:`_Worker.counters`)."""
         now = time.monotonic()
         return [{"worker": w.index, "pid": w.process.pid if w.process is not None else None, "alive": w.alive,
-                 "restarts": w.restarts, "status": w.fresh_status(now)} for w in self.workers]
+                 "restarts": w.restarts, "status": w.fresh_status(now), "counters": w.counters()} for w in self.workers]
 
 
 def run_supervisor(launch: WorkerLaunch, config: EventListenerConfig, workers: int) -> int:

@@ -19,14 +19,14 @@ from ..core.redaction import (CERTIFICATE_DATA, MASK, SECRET_SETTINGS, mask_uri_
                               split_uri_credentials)
 from ..core.topics import filter_error, share_group_error, topic_name_error
 from ..errors import ConfigError
-from ..jobs.factory import job_store_problem
+from ..jobs.factory import MEMORY, job_store_problem
 
 __all__ = ["ACK_POLICIES", "EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS",
            "MAX_PAYLOAD_BYTES", "MAX_RETRIES", "MAX_RETRY_DELAY", "OptionKind", "PUBLIC_DEFAULT_PASSWORD", "SECTION_NAME",
            "describe_unknown_keys", "environment_variables", "option_kinds"]
 
 DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
-ACK_POLICIES = ("after_processing", "on_receipt")
+ACK_POLICIES = ("after_processing", "after_recording", "on_receipt")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_CONCURRENT_JOBS = 10_000
@@ -110,7 +110,13 @@ class EventListenerConfig:
     retry_backoff: float = 1.0
     #: ``"memory"``, or ``"sqlite:///jobs.db"`` (relative path) / ``"sqlite:////abs/jobs.db"`` (absolute).
     job_store: str = "memory"
+    #: When a QoS 1/2 message is acknowledged: ``"after_processing"`` (its job finished), ``"after_recording"``
+    #: (its job recorded with its input in a durable ``job_store``) or ``"on_receipt"`` (queued).
     ack_policy: str = "after_processing"
+    #: Messages queued or awaiting their acknowledgement at most (and 64 MiB of queued payloads). A message past
+    #: it is held in its wire form, up to 4 MiB, then the listener stops reading and the broker keeps the rest.
+    #: A QoS 0 message is dropped and counted (``messages_dropped``) only when those 4 MiB are full while the
+    #: listener must read on for an acknowledgement it awaits (a sustained overload); QoS 1/2 ones never are.
     max_pending_messages: int = 10_000
     #: Subscribe as ``$share/<share_group>/<filter>``: listeners of one group split the messages (None: not shared).
     share_group: Optional[str] = None
@@ -402,6 +408,10 @@ def _check_jobs(cfg: EventListenerConfig) -> None:
         raise _fail("job_store", cfg.job_store, problem)
     if cfg.ack_policy not in ACK_POLICIES:
         raise _fail("ack_policy", cfg.ack_policy, f"must be one of {', '.join(ACK_POLICIES)}")
+    if cfg.ack_policy == "after_recording" and cfg.job_store == MEMORY:
+        raise _fail("ack_policy", cfg.ack_policy,
+                    "after_recording needs a durable job_store (sqlite:/// or redis://); the memory store forgets "
+                    "an acknowledged job with its process")
     if not _is_int(cfg.max_pending_messages) or cfg.max_pending_messages <= 0:
         raise _fail("max_pending_messages", cfg.max_pending_messages, "must be an integer > 0")
     if not _is_int(cfg.max_inflight_publications) or not 1 <= cfg.max_inflight_publications <= MAX_INFLIGHT_PUBLICATIONS:

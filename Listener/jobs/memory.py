@@ -9,7 +9,7 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any, Callable, Dict, Iterator, Optional, Set
+from typing import Any, Callable, Dict, Iterator, List, Optional, Set
 
 from .admission import Admission, Verdict, decide
 from .records import ACTIVE_STATUSES, CANCELLED, FINISHED_STATUSES, JobInfo, JobStatus
@@ -33,6 +33,8 @@ class MemoryJobStore:
     persistent = False
     #: Only this process's jobs take slots: a job finishing here is the only way one frees.
     full_recheck_interval: Optional[float] = None
+    #: Nothing outlives the process: no orphans to look for.
+    orphan_scan_interval: Optional[float] = None
 
     def __init__(self, max_jobs: int, ttl_seconds: float, keep_input: bool = False) -> None:
         self.jobs: Dict[str, JobInfo] = {}
@@ -74,6 +76,10 @@ class MemoryJobStore:
             async with self.lock:
                 return self._start_attempt(job_id)
         return self._start_attempt(job_id)
+
+    async def orphans(self) -> List[JobInfo]:
+        """None: a job held only in memory dies with its process (the broker redelivers its message)."""
+        return []
 
     async def interrupt(self, job_id: str, error: str = CANCELLED) -> bool:
         """Record a job cut short by stopping: FAILED with ``error``, and run again (not a duplicate) when its
@@ -166,7 +172,7 @@ class MemoryJobStore:
             self._changed(job)
             return Admission.CREATED
         if verdict is Verdict.DUPLICATE:
-            self._mark_duplicate(job_id)
+            self._count_duplicate(held)
             return Admission.DUPLICATE
         if verdict is Verdict.RUN_AGAIN:
             self._put(JobInfo(job_id=job_id, status=JobStatus.PENDING, input_data=data, topic=topic,
@@ -210,6 +216,15 @@ class MemoryJobStore:
         job.attempts += 1
         self._set_status(job_id, JobStatus.RUNNING)
         return job.attempts
+
+    def _count_duplicate(self, job: JobInfo) -> None:
+        """A duplicate admitted: an active job only counts it (it keeps its status and its input, as it is
+        yet to run or running); a finished one becomes DUPLICATE as :meth:`_mark_duplicate` makes it."""
+        if job.status in ACTIVE_STATUSES:
+            job.duplicate_count += 1
+            self._changed(job)
+        else:
+            self._mark_duplicate(job.job_id)
 
     def _mark_duplicate(self, job_id: str) -> bool:
         # A finished job keeps completed_at (so its place in the eviction order), result and error: the

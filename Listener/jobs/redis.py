@@ -17,11 +17,21 @@ Key layout (``<prefix>`` is ``mqtt-listener`` unless the URL says ``?prefix=name
 - ``<prefix>:job:<job id>``: a hash, one field per :class:`~Listener.jobs.records.JobInfo` attribute (JSON for
   ``input_data`` and ``result``, ISO 8601 local time for the timestamps) plus ``interrupted``;
 - ``<prefix>:ids``: a sorted set of the job ids, scored by creation time (the count the limit applies to);
-- ``<prefix>:finished``: a sorted set of the finished job ids, scored by finishing time (eviction order).
+- ``<prefix>:finished``: a sorted set of the finished job ids, scored by finishing time (eviction order);
+- ``<prefix>:owner:<owner id>``: the lease of one open store (a random id per :meth:`RedisJobStore.open`).
 
-A finished record expires ``job_cleanup_interval`` seconds after it finished; an active one carries a
-lease (:data:`ACTIVE_LEASE`) that its worker renews while the job runs, so the record of a worker that
-died expires and the job's redelivered message runs again.
+Ownership: an active record (PENDING or RUNNING) names its ``owner``, the store that claimed it. Each open
+store keeps its owner key alive with a short lease (:data:`OWNER_LEASE`, renewed every third of it by the
+writer) and deletes it when it closes. A claim of an id whose record is active elsewhere answers BUSY while
+the owner's lease is alive (the message waits, unacknowledged), and takes the job over once it lapsed (the
+job runs again here, its ``attempts`` kept): a job a killed worker was running is never acknowledged as
+a duplicate, and runs again at most :data:`OWNER_LEASE` seconds after the worker died.
+
+A finished record expires ``job_cleanup_interval`` seconds after it finished. An active one carries a
+longer lease (:data:`ACTIVE_LEASE`) that its owner renews, so that a dead worker's record does not hold
+its slot for ever; except the records of a store that resumes its jobs (``resume``: the job's input is
+the only copy of the work, see :meth:`RedisJobStore.orphans`), which stay until a live store takes them
+over.
 """
 
 from __future__ import annotations
@@ -31,10 +41,11 @@ import contextlib
 import json
 import logging
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Callable, Deque, Dict, Optional, Set, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..core.backoff import backoff_delay
@@ -45,14 +56,17 @@ from .memory import MemoryJobStore
 from .records import ACTIVE_STATUSES, FINISHED_STATUSES, JobInfo, JobStatus
 from .store import JobStoreError
 
-__all__ = ["ACTIVE_LEASE", "DEFAULT_PREFIX", "FULL_RECHECK", "RedisJobStore", "RedisUrl", "check_redis",
-           "parse_redis_url", "record_fields"]
+__all__ = ["ACTIVE_LEASE", "DEFAULT_PREFIX", "FULL_RECHECK", "OWNER_LEASE", "RedisJobStore", "RedisUrl",
+           "check_redis", "parse_redis_url", "record_fields"]
 
 logger = logging.getLogger("Listener.jobs")
 
 DEFAULT_PREFIX = "mqtt-listener"
-#: Seconds an active record lives without its worker renewing it (renewed every third of it).
+#: Seconds an active record lives without its owner renewing it (renewed every third of it), unless resumable.
 ACTIVE_LEASE = 60.0
+#: Seconds a store's owner key lives without the store renewing it (every third of it): how long a job a dead
+#: worker owned waits, at most, before another worker takes it over.
+OWNER_LEASE = 5.0
 #: Seconds to connect to Redis, and to wait for an answer.
 CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
@@ -66,13 +80,24 @@ _CLAIM = """
 local key, ids, finished = KEYS[1], KEYS[2], KEYS[3]
 local job_id, max_jobs, ttl_ms, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now, mode, started, topic, input, prefix = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
+local me, owners, resume = ARGV[11], ARGV[12], ARGV[13]
+local function alive(owner)
+  return owner and redis.call('EXISTS', owners .. owner) == 1
+end
+local function active(status)
+  return status == 'pending' or status == 'running'
+end
 local function create(verdict, dups, attempts)
   redis.call('DEL', key)
   redis.call('HSET', key, 'job_id', job_id, 'status', 'pending', 'started_at', started,
-             'duplicate_count', dups, 'attempts', attempts, 'interrupted', '0')
+             'duplicate_count', dups, 'attempts', attempts, 'interrupted', '0', 'owner', me)
   if topic ~= '' then redis.call('HSET', key, 'topic', string.sub(topic, 2)) end
   if input ~= '' then redis.call('HSET', key, 'input_data', input) end
-  redis.call('PEXPIRE', key, lease_ms)
+  if resume == '1' and input ~= '' then
+    redis.call('HSET', key, 'resume', '1')
+  else
+    redis.call('PEXPIRE', key, lease_ms)
+  end
   redis.call('ZADD', ids, now, job_id)
   redis.call('ZREM', finished, job_id)
   return {verdict, tostring(dups), tostring(attempts)}
@@ -82,6 +107,13 @@ if status then
   -- Listener.jobs.admission.decide, branch for branch ('mark' records a duplicate, whatever the record)
   local dups = tonumber(redis.call('HGET', key, 'duplicate_count') or '0')
   local attempts = tonumber(redis.call('HGET', key, 'attempts') or '0')
+  if mode ~= 'mark' and active(status) then
+    local owner = redis.call('HGET', key, 'owner')
+    if owner ~= me then
+      if alive(owner) then return {'busy'} end
+      return create('run_again', dups, attempts)  -- its owner died (or stopped renewing its lease)
+    end
+  end
   if status ~= 'running' and mode ~= 'mark' then
     if redis.call('HGET', key, 'interrupted') == '1' then
       return create('run_again', dups, attempts)
@@ -91,8 +123,11 @@ if status then
     end
   end
   redis.call('HINCRBY', key, 'duplicate_count', 1)
-  -- Its TTL or lease stays: a pending record is not made evictable, its worker is about to run it.
-  if status ~= 'running' then redis.call('HSET', key, 'status', 'duplicate') end
+  -- An active record keeps its status and its TTL (an explicit 'mark' makes a pending one DUPLICATE, as
+  -- the other stores do, yet leaves it active in Redis: its worker is about to run it).
+  if not active(status) or (mode == 'mark' and status ~= 'running') then
+    redis.call('HSET', key, 'status', 'duplicate')
+  end
   return {'duplicate', tostring(dups + 1), tostring(attempts), status}
 end
 if mode == 'mark' then return {'unknown'} end
@@ -111,7 +146,15 @@ while redis.call('ZCARD', ids) >= max_jobs do
   else
     local stale = 0
     for _, other in ipairs(redis.call('ZRANGE', ids, 0, 199)) do
-      if redis.call('EXISTS', prefix .. other) == 0 then
+      local held = prefix .. other
+      local state = redis.call('HGET', held, 'status')
+      if not state then
+        redis.call('ZREM', ids, other)
+        stale = stale + 1
+      elseif active(state) and redis.call('HGET', held, 'resume') ~= '1'
+          and not alive(redis.call('HGET', held, 'owner')) then
+        -- A dead worker's job that its message (unacknowledged) brings back: its record only holds a slot.
+        redis.call('DEL', held)
         redis.call('ZREM', ids, other)
         stale = stale + 1
       end
@@ -120,6 +163,21 @@ while redis.call('ZCARD', ids) >= max_jobs do
   end
 end
 return create('new', 0, 0)
+"""
+
+#: Takes over an active record with its input whose owner's lease lapsed (see RedisJobStore.orphans), to be
+#: resumed: its fields, or an empty reply when it is not (or no longer) one.
+_TAKE_OVER = """
+local key, me, owners = KEYS[1], ARGV[1], ARGV[2]
+local status = redis.call('HGET', key, 'status')
+if status ~= 'pending' and status ~= 'running' then return {} end
+if redis.call('HEXISTS', key, 'input_data') == 0 then return {} end
+local owner = redis.call('HGET', key, 'owner')
+if owner == me or (owner and redis.call('EXISTS', owners .. owner) == 1) then return {} end
+redis.call('HSET', key, 'status', 'pending', 'owner', me, 'interrupted', '0', 'resume', '1')
+redis.call('HDEL', key, 'completed_at', 'result', 'error')
+redis.call('PERSIST', key)
+return redis.call('HGETALL', key)
 """
 
 
@@ -255,9 +313,20 @@ class RedisJobStore(MemoryJobStore):
         self.target = parse_redis_url(url)
         self.label = self.target.label
         self.on_error: Callable[[str], None] = lambda message: logger.error("%s", message)
+        #: Seconds an active record of a non-resumable store lives unless renewed.
         self.lease = ACTIVE_LEASE
+        #: Seconds this store's owner key lives unless renewed (set before :meth:`open`).
+        self.owner_lease = OWNER_LEASE
+        #: Seconds between looks for :meth:`orphans`: a dead worker's jobs are taken over once its lease lapsed.
+        self.orphan_scan_interval: Optional[float] = OWNER_LEASE
+        #: Records this store creates are resumed by :meth:`orphans` (set by its first call): they never
+        #: expire while active, and are never dropped to make room.
+        self.resumable = False
+        #: This store's owner id while it is open (a new one per :meth:`open`).
+        self.owner = ""
         self._client: Any = None
         self._claim_script: Any = None
+        self._take_over_script: Any = None
         self._writer: "Optional[asyncio.Task[None]]" = None
         self._wake: Optional[asyncio.Event] = None
         self._dirty: Dict[str, Optional[JobInfo]] = {}
@@ -282,6 +351,10 @@ class RedisJobStore(MemoryJobStore):
         return f"{self.target.prefix}:finished"
 
     @property
+    def _owners(self) -> str:
+        return f"{self.target.prefix}:owner:"
+
+    @property
     def is_open(self) -> bool:
         """True between :meth:`open` and :meth:`close`."""
         return self._client is not None
@@ -302,13 +375,17 @@ class RedisJobStore(MemoryJobStore):
         aioredis = _client_module()
         client = aioredis.Redis.from_url(self.target.url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT,
                                          socket_timeout=COMMAND_TIMEOUT)
+        owner = uuid.uuid4().hex
         try:
             await client.ping()
+            await client.set(self._owners + owner, "1", px=self._owner_lease_ms())
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported by name
             await _close_client(client)
             raise JobStoreError(f"Cannot open job store {self.label}: {_reason(exc)}") from None
+        self.owner = owner
         self._client = client
         self._claim_script = client.register_script(_CLAIM)
+        self._take_over_script = client.register_script(_TAKE_OVER)
         self._failure = None
         self._wake = asyncio.Event()
         self._writer = asyncio.create_task(self._write_forever(self._wake), name=f"job-store-writer[{self.label}]")
@@ -316,7 +393,8 @@ class RedisJobStore(MemoryJobStore):
             self._wake.set()
 
     async def close(self) -> None:
-        """Write what is not yet written (a few tries), then disconnect (a no-op when not open)."""
+        """Write what is not yet written (a few tries), end this store's lease (its active jobs, if any, are
+        taken over by the next claim or look for orphans), then disconnect (a no-op when not open)."""
         writer, client = self._writer, self._client
         if writer is None or client is None:
             return
@@ -330,6 +408,8 @@ class RedisJobStore(MemoryJobStore):
         writer.cancel()
         await asyncio.gather(writer, return_exceptions=True)
         self._writer = self._client = self._wake = None
+        with contextlib.suppress(Exception):  # unreachable: the lease lapses on its own
+            await asyncio.wait_for(client.delete(self._owners + self.owner), COMMAND_TIMEOUT)
         await _close_client(client)
 
     # -- admission (claimed in Redis) -----------------------------------------------------------
@@ -339,8 +419,9 @@ class RedisJobStore(MemoryJobStore):
         """Claim the id in Redis, atomically for every worker: create its record, or apply the duplicate policy
         to the record holding it (the claim script follows :func:`~Listener.jobs.admission.decide`).
 
-        CREATED: the job is this process's to run. DUPLICATE: the record counted it. FULL: the store's limit
-        is reached and no finished record can be evicted.
+        CREATED: the job is this process's to run (new, run again, or taken over from a worker whose lease
+        lapsed). DUPLICATE: the record counted it. BUSY: the job is active in a worker whose lease is alive
+        (admit again later). FULL: the store's limit is reached and no finished record can be evicted.
 
         Raises:
             JobStoreError: Redis cannot be reached (the message names the store).
@@ -353,6 +434,8 @@ class RedisJobStore(MemoryJobStore):
             reply = await self._claim(job, mode)
         if reply[0] == Admission.FULL.value:
             return Admission.FULL
+        if reply[0] == Admission.BUSY.value:
+            return Admission.BUSY
         verdict = Verdict(reply[0])
         if self.lock.locked():
             async with self.lock:
@@ -373,8 +456,67 @@ class RedisJobStore(MemoryJobStore):
         if reply[0] == "unknown":
             return False
         async with self.lock:
-            self._claimed_locally(job, Verdict.DUPLICATE, int(reply[1]), int(reply[2]))
+            self._claimed_locally(job, Verdict.DUPLICATE, int(reply[1]), int(reply[2]), marked=True)
         return True
+
+    async def orphans(self) -> List[JobInfo]:
+        """Active records (each holds its job's input) whose owner's lease lapsed: each taken over
+        atomically (owned by this store now, PENDING, its ``attempts`` kept), held here, and returned as a
+        copy with its ``input_data``. From the first call on, this store's records are resumable (the
+        listener calls this with ``ack_policy = "after_recording"`` only, where a record is the only copy of
+        an acknowledged job; the wiring may also set :attr:`resumable` before :meth:`open`): they stay while
+        active (no lease of their own) and are never dropped to make room.
+
+        Raises:
+            JobStoreError: Redis cannot be reached.
+        """
+        self.resumable = True
+        if self._client is None or self._take_over_script is None:
+            raise JobStoreError(f"Job store {self.label} is not open")
+        try:
+            await self.durable()
+            found: List[JobInfo] = []
+            for candidate in await self._abandoned():
+                reply = await self._take_over_script(
+                    keys=[f"{self.target.prefix}:job:{candidate}"],
+                    args=[self.owner, self._owners])
+                job = job_from_record(dict(zip(reply[0::2], reply[1::2]))) if reply else None
+                if job is None:
+                    continue
+                async with self.lock:
+                    self._adopt(job)
+                found.append(replace(job))
+        except JobStoreError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
+            raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
+        return found
+
+    async def _abandoned(self) -> List[str]:
+        """The ids of active records with their input owned by another store whose lease lapsed (as listed
+        now; the take-over checks each again, atomically)."""
+        ids = await self._client.zrange(self._ids, 0, -1)
+        held: List[Tuple[str, str]] = []
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            pipe = self._client.pipeline(transaction=False)
+            for member in chunk:
+                key = f"{self.target.prefix}:job:{member}"
+                pipe.hmget(key, "status", "owner")
+                pipe.hexists(key, "input_data")
+            replies = await pipe.execute()
+            for member, (status, owner), has_input in zip(chunk, replies[0::2], replies[1::2]):
+                if status in ("pending", "running") and has_input and owner != self.owner:
+                    held.append((member, owner or ""))
+        owners = sorted({owner for _, owner in held if owner})
+        pipe = self._client.pipeline(transaction=False)
+        for owner in owners:
+            pipe.exists(self._owners + owner)
+        alive = {owner for owner, exists in zip(owners, await pipe.execute() if owners else []) if exists}
+        return [member for member, owner in held if owner not in alive]
+
+    def _owner_lease_ms(self) -> int:
+        return max(1, int(self.owner_lease * 1000))
 
     async def _claim(self, job: JobInfo, mode: str) -> Any:
         """Run the claim script for ``job`` (``mode``: admit, reprocess, or mark a duplicate); its reply."""
@@ -388,19 +530,21 @@ class RedisJobStore(MemoryJobStore):
         args = [_text(job_id), self.max_jobs, max(1, int(self.ttl.total_seconds() * 1000)), int(self.lease * 1000),
                 repr(time.time()), mode, job.started_at.isoformat(timespec="microseconds"),
                 "" if topic is None else "=" + _text(topic), "" if data is None else _json(data),
-                f"{self.target.prefix}:job:"]
+                f"{self.target.prefix}:job:", self.owner, self._owners, "1" if self.resumable else "0"]
         try:
             return await self._claim_script(keys=[self._key(job_id), self._ids, self._finished_key], args=args)
         except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
             raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
 
-    def _claimed_locally(self, job: JobInfo, verdict: Verdict, duplicate_count: int, attempts: int) -> None:
-        """Make this process's copy follow what the claim script did to the record."""
+    def _claimed_locally(self, job: JobInfo, verdict: Verdict, duplicate_count: int, attempts: int,
+                         marked: bool = False) -> None:
+        """Make this process's copy follow what the claim script did to the record (``marked``: an explicit
+        :meth:`mark_duplicate`, which makes a PENDING job DUPLICATE too)."""
         if verdict is Verdict.DUPLICATE:
             mine = self.jobs.get(job.job_id)
             if mine is not None:
                 mine.duplicate_count = duplicate_count
-                if mine.status is not JobStatus.RUNNING:
+                if mine.status not in ACTIVE_STATUSES or (marked and mine.status is JobStatus.PENDING):
                     mine.status = JobStatus.DUPLICATE
             return
         job.duplicate_count, job.attempts = duplicate_count, attempts
@@ -521,13 +665,14 @@ class RedisJobStore(MemoryJobStore):
 
     async def _write_forever(self, wake: asyncio.Event) -> None:
         failures = 0
-        renewed = time.monotonic()
+        renewed = owned = time.monotonic()
         while True:
             # Not wait_for(): on Python 3.11 it swallows a cancel that comes as the event is set, and close()
             # would wait for this task for ever.
             woken = asyncio.ensure_future(wake.wait())
+            due = min(renewed + self.lease / 3, owned + self.owner_lease / 3)  # the next renewal, on time
             try:
-                await asyncio.wait({woken}, timeout=self.lease / 3)
+                await asyncio.wait({woken}, timeout=max(0.01, due - time.monotonic()))
             finally:
                 woken.cancel()
             wake.clear()
@@ -535,9 +680,11 @@ class RedisJobStore(MemoryJobStore):
             if dirty:
                 self._taken += 1
             target = self._taken
-            renew = time.monotonic() - renewed >= self.lease / 3
+            now = time.monotonic()
+            renew = now - renewed >= self.lease / 3
+            own = now - owned >= self.owner_lease / 3
             try:
-                await self._write(dirty, renew)
+                await self._write(dirty, renew, own)
             except asyncio.CancelledError:
                 self._dirty = {**dirty, **self._dirty}
                 raise
@@ -549,7 +696,9 @@ class RedisJobStore(MemoryJobStore):
                 wake.set()
                 continue
             if renew:
-                renewed = time.monotonic()
+                renewed = now
+            if own:
+                owned = now
             if failures or self._failure is not None:
                 failures = 0
                 self._failure = None
@@ -560,10 +709,12 @@ class RedisJobStore(MemoryJobStore):
                 if not future.done():
                     future.set_result(None)
 
-    async def _write(self, dirty: Dict[str, Optional[JobInfo]], renew: bool) -> None:
-        if not dirty and not renew:
+    async def _write(self, dirty: Dict[str, Optional[JobInfo]], renew: bool, own: bool) -> None:
+        if not dirty and not renew and not own:
             return
         pipe = self._client.pipeline(transaction=True)
+        if own:
+            pipe.set(self._owners + self.owner, "1", px=self._owner_lease_ms())
         ttl_ms = max(1, int(self.ttl.total_seconds() * 1000))
         for job_id, job in dirty.items():
             key, member = self._key(job_id), _text(job_id)
@@ -575,6 +726,11 @@ class RedisJobStore(MemoryJobStore):
             fields = record_fields(job, job_id in self._interrupted)
             if job_id in self._claimed:
                 del fields["duplicate_count"]  # Redis counts them (other workers' duplicates too)
+            resumable = self.resumable and job.input_data is not None
+            if job.status in ACTIVE_STATUSES:
+                fields["owner"] = self.owner
+                if resumable:
+                    fields["resume"] = "1"
             pipe.hset(key, mapping=fields)
             missing = [name for name in _OPTIONAL if name not in fields]
             if missing:
@@ -585,10 +741,14 @@ class RedisJobStore(MemoryJobStore):
                 pipe.pexpire(key, ttl_ms)
             else:
                 pipe.zrem(self._finished_key, member)
-                pipe.pexpire(key, int(self.lease * 1000))
+                if resumable:
+                    pipe.persist(key)
+                else:
+                    pipe.pexpire(key, int(self.lease * 1000))
         if renew:
             for job_id, job in self.jobs.items():
-                if job.status in ACTIVE_STATUSES and job_id not in dirty:
+                if job.status in ACTIVE_STATUSES and job_id not in dirty and not (
+                        self.resumable and job.input_data is not None):
                     pipe.pexpire(self._key(job_id), int(self.lease * 1000))
         await pipe.execute()
 

@@ -8,7 +8,9 @@ waits for the disk, except in :meth:`SqliteJobStore.durable`, which the acknowle
 
 Jobs found PENDING or RUNNING when the file is opened were interrupted (a crash, or a stop that ran
 out of grace): they stay PENDING, and when their message is delivered again they run again, their
-``attempts`` counting on. A finished job's redelivery is a duplicate (``duplicate_action``).
+``attempts`` counting on. A finished job's redelivery is a duplicate (``duplicate_action``). With
+``ack_policy = "after_recording"`` their messages were acknowledged, so none comes again: the listener takes
+them over with :meth:`SqliteJobStore.orphans` and runs them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
@@ -130,6 +132,35 @@ def _reason(exc: BaseException) -> str:
     return text
 
 
+FileIdentity = Tuple[int, int]
+
+
+def _file_identity(path: Path) -> FileIdentity:
+    """The device and inode of the file at ``path`` (OSError when there is none)."""
+    found = os.stat(path)
+    return found.st_dev, found.st_ino
+
+
+def _moved(path: Path, opened: FileIdentity) -> Optional[str]:
+    """Why ``path`` no longer names the file the store opened (``opened``), or None when it still does.
+
+    A file deleted or replaced while the store has it open goes on taking writes that nobody can read:
+    after a restart the completed jobs it recorded would be unknown, and run again.
+    """
+    try:
+        now = _file_identity(path)
+    except FileNotFoundError:
+        change = "was deleted"
+    except OSError as exc:
+        change = f"cannot be checked ({exc.strerror or exc})"
+    else:
+        if now == opened:
+            return None
+        change = "was replaced by another file"
+    return (f"the file {change} after the listener opened it, so what it writes would be lost; acknowledgements "
+            f"are held until the file is put back or the listener is restarted")
+
+
 def _open_database(path: Path, max_jobs: int) -> Tuple[sqlite3.Connection, List[Row]]:
     """Open (creating if needed) and check the database; return it and its newest ``max_jobs`` rows.
 
@@ -194,11 +225,12 @@ class _Writer(threading.Thread):
     """Writes batches in order, as many as are queued per transaction; retries after a failure."""
 
     def __init__(self, connection: sqlite3.Connection, name: str, committed: Callable[[int], None],
-                 failed: Callable[[int, str], None]) -> None:
+                 failed: Callable[[int, str], None], still_there: Callable[[], Optional[str]] = lambda: None) -> None:
         super().__init__(name=name, daemon=True)
         self._connection = connection
         self._committed = committed
         self._failed = failed
+        self._still_there = still_there  # why the file written is not the store's any more, or None
         self._queue: "queue.SimpleQueue[Optional[_Batch]]" = queue.SimpleQueue()
         #: Commits so far (the tests look at it to see grouping).
         self.commits = 0
@@ -250,7 +282,15 @@ class _Writer(threading.Thread):
         finally:
             self._connection.close()
 
+    def _check_file(self) -> None:
+        problem = self._still_there()
+        if problem is not None:
+            raise JobStoreError(problem)
+
     def _write(self, batches: List[_Batch]) -> None:
+        # Nothing is written once the path names another file: its WAL (the path's "-wal" file, still ours)
+        # would be read with the file now there.
+        self._check_file()
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
         try:
@@ -266,6 +306,7 @@ class _Writer(threading.Thread):
             if connection.in_transaction:
                 connection.execute("ROLLBACK")
             raise
+        self._check_file()  # again: the file may have gone while the rows were written
 
 
 class SqliteJobStore(MemoryJobStore):
@@ -295,6 +336,9 @@ class SqliteJobStore(MemoryJobStore):
         self._writer: Optional[_Writer] = None
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._opening: "Optional[asyncio.Future[None]]" = None
+        self._identity: Optional[FileIdentity] = None  # of the file opened: the path must keep naming it
+        self._reported: Optional[str] = None  # the failure last reported to on_error, until writing works again
+        self._orphans: List[str] = []  # interrupted jobs held when the file was opened, oldest first
 
     @property
     def is_open(self) -> bool:
@@ -332,10 +376,17 @@ class SqliteJobStore(MemoryJobStore):
     async def _open(self) -> None:
         self._loop = asyncio.get_running_loop()
         connection, rows = await asyncio.to_thread(_open_database, self.path, self.max_jobs)
+        try:
+            opened = await asyncio.to_thread(_file_identity, self.path)
+        except OSError as exc:
+            connection.close()
+            raise JobStoreError(f"Cannot open job store {str(self.path)!r}: {_reason(exc)}") from None
+        self._identity = opened
         self._load(rows)
         self._failure = None
+        path = self.path
         self._writer = _Writer(connection, f"job-store-writer[{self.path.name}]", self._from_writer(self._on_committed),
-                               self._from_writer(self._on_failed))
+                               self._from_writer(self._on_failed), lambda: _moved(path, opened))
         self._writer.start()
         self._flush()
 
@@ -368,7 +419,27 @@ class SqliteJobStore(MemoryJobStore):
             loaded.append(job)
         for job in reversed(loaded):  # oldest first, as if they had arrived in this run
             self.jobs[job.job_id] = job
+        # Those of an earlier run() of this process too (cut short at its stop): the file holds them alike.
+        self._orphans = [job_id for job_id in self.jobs if job_id in self._interrupted]
         self._index_finished()
+
+    async def orphans(self) -> List[JobInfo]:
+        """The jobs the store held unfinished when it was last opened (running or pending at a crash, or cut
+        short by a stop, also one of an earlier ``run()`` of this process) that kept their input and whose
+        message has not come again since: each is PENDING again, owned by this process, and returned once
+        (later calls return none until the store is opened again), oldest first."""
+        async with self.lock:
+            found, self._orphans = self._orphans, []
+            taken: List[JobInfo] = []
+            for job_id in found:
+                job = self.jobs.get(job_id)
+                if job is None or job_id not in self._interrupted or job.input_data is None:
+                    continue  # forgotten, run again by its redelivered message, or without input to run on
+                self._interrupted.discard(job_id)
+                resumed = replace(job, status=JobStatus.PENDING, error=None, completed_at=None)
+                self._put(resumed)
+                taken.append(replace(resumed))
+            return taken
 
     # -- what changes ----------------------------------------------------------------------------
 
@@ -436,13 +507,21 @@ class SqliteJobStore(MemoryJobStore):
 
         Raises:
             JobStoreError: the store is not open, or writing is failing (the message says why; the
-                writer keeps retrying, and a later call succeeds once a write does).
+                writer keeps retrying, and a later call succeeds once a write does), or the path no longer
+                names the file opened (deleted or replaced: what was committed is not where the next start
+                looks; a later call succeeds once the file is back).
         """
         if self._writer is None:
             raise JobStoreError(f"Job store {str(self.path)!r} is not open")
         self._flush()
         if self._failure is not None:
             raise JobStoreError(self._failure)
+        problem = _moved(self.path, self._identity) if self._identity is not None else None
+        if problem is not None:
+            message = self._failure_message(problem)
+            self._report(message)
+            raise JobStoreError(message)
+        self._reported = None  # writing works and the file is in place: a new failure is news again
         target = self._sent
         if self._committed >= target:
             return
@@ -468,17 +547,27 @@ class SqliteJobStore(MemoryJobStore):
         self._committed = max(self._committed, seq)
         if self._failure is not None:
             self._failure = None
+            self._reported = None
             logger.warning("Job store %s: writing works again", self.path)
         while self._waiters and self._waiters[0][0] <= self._committed:
             _, future = self._waiters.popleft()
             if not future.done():
                 future.set_result(None)
 
+    def _failure_message(self, reason: str) -> str:
+        return f"Cannot write job store {str(self.path)!r}: {reason}; retrying"
+
+    def _report(self, message: str) -> None:
+        """``on_error(message)``, once while the same failure goes on (the writer retries every few seconds)."""
+        if message != self._reported:
+            self._reported = message
+            self.on_error(message)
+
     def _on_failed(self, seq: int, reason: str) -> None:
-        message = f"Cannot write job store {str(self.path)!r}: {reason}; retrying"
+        message = self._failure_message(reason)
         self._failure = message
         while self._waiters:
             _, future = self._waiters.popleft()
             if not future.done():
                 future.set_exception(JobStoreError(message))
-        self.on_error(message)
+        self._report(message)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
-from typing import Any, Callable, Dict, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 from ..errors import ListenerError
 from .admission import Admission
@@ -44,6 +44,8 @@ class JobStore(Protocol):
     #: Seconds between admissions tried again while the store is full, when other processes free its slots
     #: without this one hearing of it; None when only a job of this process finishing can free one.
     full_recheck_interval: Optional[float]
+    #: Seconds between looks for :meth:`orphans` while ``run()`` goes on; None: only once, when it starts.
+    orphan_scan_interval: Optional[float]
 
     async def admit(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None,
                     duplicate_action: str = "skip") -> Admission:
@@ -64,6 +66,13 @@ class JobStore(Protocol):
 
     async def mark_duplicate(self, job_id: str) -> bool:
         """Record that ``job_id`` arrived again, as :meth:`admit` does for a duplicate; False when unknown."""
+
+    async def orphans(self) -> List[JobInfo]:
+        """Jobs recorded with their input whose processing never finished and that no live process owns any
+        more (an earlier run on this store was killed, or the worker that owned them stopped renewing its
+        lease). Each job returned is now owned by this process and PENDING: the listener runs it. Called only
+        with ``ack_policy = "after_recording"`` (otherwise the broker redelivers such a job's message).
+        The memory store has none."""
 
     async def get(self, job_id: str) -> Optional[JobInfo]:
         """A copy of the job with this id, or None."""

@@ -23,6 +23,7 @@ class JobTracker:
         self.store = store
         #: Set whenever a job finishes (admission waits on it while the store is full of active jobs).
         self.job_finished = asyncio.Event()
+        self._settling: Dict[str, "asyncio.Future[None]"] = {}
 
     @property
     def lock(self) -> asyncio.Lock:
@@ -32,6 +33,11 @@ class JobTracker:
     async def create_job(self, job_id: str, data: Optional[Dict[str, Any]]) -> bool:
         """Create a PENDING job; False (and the job marked DUPLICATE) when the id exists, False when full."""
         outcome = await self.store.admit(job_id, data)
+        held = self.store.jobs.get(job_id)
+        if outcome is Admission.DUPLICATE and held is not None and held.status is JobStatus.PENDING:
+            # The manual (§9.5.4): a second create marks the job DUPLICATE, even one yet to run (a message's
+            # duplicate leaves an active job's status alone).
+            await self.store.set_status(job_id, JobStatus.DUPLICATE)
         if outcome is Admission.FULL:
             logger.warning("Job store full (%d active jobs); job %s not created", self.store.max_jobs, job_id)
         return outcome is Admission.CREATED
@@ -42,6 +48,7 @@ class JobTracker:
         updated = await self.store.set_status(job_id, status, result, error)
         if updated and status is not JobStatus.PENDING and status is not JobStatus.RUNNING:
             self.job_finished.set()
+            self._settled(job_id, finished=True)
         return updated
 
     async def interrupt_job(self, job_id: str) -> bool:
@@ -49,7 +56,23 @@ class JobTracker:
         interrupted = await self.store.interrupt(job_id)
         if interrupted:
             self.job_finished.set()
+            self._settled(job_id, finished=False)
         return interrupted
+
+    def settled(self, job_id: str) -> "asyncio.Future[None]":
+        """A future done once the job finishes through this tracker, cancelled if stopping cuts it short."""
+        future = self._settling.get(job_id)
+        if future is None:
+            future = self._settling[job_id] = asyncio.get_running_loop().create_future()
+        return future
+
+    def _settled(self, job_id: str, finished: bool) -> None:
+        future = self._settling.pop(job_id, None)
+        if future is not None and not future.done():
+            if finished:
+                future.set_result(None)
+            else:
+                future.cancel()
 
     async def start_attempt(self, job_id: str) -> int:
         """Mark the job RUNNING for one more run of its processor; how many runs it has had (0: unknown id)."""

@@ -37,8 +37,8 @@ from ..errors import ListenerError
 __all__ = [
     "CONTRACT", "DISCONNECT_LINGER", "REQUIRED_VERSION", "AmqttClientBase", "AmqttHandler", "AmqttIncompatible",
     "EmbeddedBroker", "Kind", "PacketHooks", "Term", "built_outside_loop", "closed_by_peer", "contract_problems",
-    "incoming_message", "installed_version", "instance_problems", "refusal_code", "require_attributes",
-    "require_contract",
+    "PINGRESPS_KEPT", "incoming_message", "installed_version", "instance_problems", "refusal_code",
+    "require_attributes", "require_contract",
 ]
 
 #: The amqtt release whose insides :data:`CONTRACT` describes (pinned in pyproject.toml).
@@ -163,8 +163,16 @@ CONTRACT: Tuple[Term, ...] = (
     Term(_HANDLER, "handle_suback", _S, "called with each SUBACK the listener's reader decodes", "async (self, suback)"),
     Term(_HANDLER, "handle_unsuback", _S, "called with each UNSUBACK the listener's reader decodes",
          "async (self, unsuback)"),
-    Term(_HANDLER, "handle_pingresp", _S, "called with each PINGRESP the listener's reader decodes: without it no "
-         "ping is ever answered", "async (self, pingresp)"),
+    Term(_HANDLER, "handle_pingresp", _S, "what amqtt does with a PINGRESP: put it in _pingresp_queue, which the "
+         "listener's reader now does itself, bounded (pingresp_arrived); a change here means that changed too",
+         "async (self, pingresp)"),
+    Term(_HANDLER, "_pingresp_queue", _A, "each PINGRESP goes in (at most a few unclaimed ones); amqtt's ping awaits "
+         "one from it"),
+    Term("amqtt.mqtt.pingresp", "PingRespPacket", _N, "what is put in _pingresp_queue for each PINGRESP"),
+    Term(_HANDLER, "_subscriptions_waiter", _A, "a SUBACK awaited: the reader reads on (see awaits_answer); failed "
+         "when the connection ends"),
+    Term(_HANDLER, "_unsubscriptions_waiter", _A, "an UNSUBACK awaited: the reader reads on (see awaits_answer); "
+         "failed when the connection ends"),
     Term(_BASE_HANDLER, "handle_disconnect", _S, "called with a DISCONNECT the listener's reader decodes (as amqtt's "
          "reader does)", "async (self, disconnect)", via=_HANDLER),
     Term(_HANDLER, "_loop", _A, "the loop the handler's writes are scheduled on"),
@@ -309,6 +317,7 @@ from amqtt.errors import AMQTTError, ConnectError, NoDataError  # noqa: E402
 from amqtt.mqtt import packet_class  # noqa: E402
 from amqtt.mqtt.connack import ConnackPacket  # noqa: E402
 from amqtt.mqtt.packet import MQTTFixedHeader  # noqa: E402
+from amqtt.mqtt.pingresp import PingRespPacket  # noqa: E402
 from amqtt.mqtt.protocol.client_handler import ClientProtocolHandler  # noqa: E402
 from amqtt.session import IncomingApplicationMessage  # noqa: E402
 
@@ -318,6 +327,9 @@ incoming_message: Callable[[Optional[int], str, int, bytes, bool], Any] = Incomi
 
 # MQTT packet types (3.1.1 §2.2.1) a broker sends a client that amqtt's handler handles when the listener reads.
 _CONNACK, _SUBACK, _UNSUBACK, _PINGRESP, _DISCONNECT = 2, 9, 11, 13, 14
+#: PINGRESPs kept for pings to claim: amqtt's queue of them is never drained otherwise, and a broker (or anything
+#: in the middle) sending PINGRESPs unasked would grow it for good.
+PINGRESPS_KEPT = 4
 
 
 class PacketHooks(Protocol):
@@ -337,6 +349,9 @@ class PacketHooks(Protocol):
 
     def stop_waiters(self) -> None:
         """The connection ends: cancel what awaits an acknowledgement from the broker."""
+
+    def answer_awaited(self) -> None:
+        """amqtt sent a packet, whose answer it may await (the reader may have paused: it looks again)."""
 
     async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Publish on the open socket without amqtt's packet machinery."""
@@ -361,6 +376,17 @@ class AmqttHandler(ClientProtocolHandler):  # type: ignore[misc]
     def attached(self) -> bool:
         """Whether the handler is attached to a session (a connection is open or being opened)."""
         return self.session is not None
+
+    def awaits_answer(self) -> bool:
+        """Whether amqtt awaits a SUBACK or an UNSUBACK."""
+        return bool(self._subscriptions_waiter or self._unsubscriptions_waiter)
+
+    def pingresp_arrived(self) -> None:
+        """A PINGRESP arrived: what amqtt's ``handle_pingresp`` does, without a task, keeping at most
+        :data:`PINGRESPS_KEPT` that no ping claimed."""
+        waiting: asyncio.Queue[Any] = self._pingresp_queue
+        if waiting.qsize() < PINGRESPS_KEPT:
+            waiting.put_nowait(PingRespPacket())
 
     def delivery_queue(self) -> Any:
         """The session's delivery queue (None when detached)."""
@@ -387,12 +413,16 @@ class AmqttHandler(ClientProtocolHandler):  # type: ignore[misc]
 
     async def dispatch(self, raw: bytes) -> bool:
         """Decode one whole packet and hand it to amqtt's handler for its type; False for a type a broker never
-        sends a client (CONNACK, SUBACK, UNSUBACK, PINGRESP and DISCONNECT are handled)."""
+        sends a client (CONNACK, SUBACK, UNSUBACK, PINGRESP and DISCONNECT are handled; a PINGRESP as
+        :meth:`pingresp_arrived` does)."""
         reader = BufferReader(raw)
         fixed_header = await MQTTFixedHeader.from_stream(reader)
         packet = await packet_class(fixed_header).from_stream(reader, fixed_header=fixed_header)
+        if fixed_header.packet_type == _PINGRESP:
+            self.pingresp_arrived()
+            return True
         handlers = {_CONNACK: self.handle_connack, _SUBACK: self.handle_suback, _UNSUBACK: self.handle_unsuback,
-                    _PINGRESP: self.handle_pingresp, _DISCONNECT: self.handle_disconnect}
+                    _DISCONNECT: self.handle_disconnect}
         handle = handlers.get(fixed_header.packet_type)
         if handle is None:
             return False
@@ -416,11 +446,18 @@ class AmqttHandler(ClientProtocolHandler):  # type: ignore[misc]
         if self.hooks is not None:
             self.hooks.flush()  # what was written directly goes first
         await super()._send_packet(packet)
+        if self.hooks is not None:
+            self.hooks.answer_awaited()
 
     def _stop_waiters(self) -> None:
         super()._stop_waiters()
         if self.hooks is not None:
             self.hooks.stop_waiters()
+        # amqtt leaves a SUBSCRIBE or UNSUBSCRIBE waiting for good (the listener's own bound: 10 s) once the
+        # connection ended before its answer came.
+        for waiter in [*self._subscriptions_waiter.values(), *self._unsubscriptions_waiter.values()]:
+            if not waiter.done():
+                waiter.set_exception(ConnectionError("the connection ended before the broker answered"))
 
     async def mqtt_connect(self) -> Optional[int]:
         """amqtt's CONNECT exchange, telling the hooks what the CONNACK says of the session."""

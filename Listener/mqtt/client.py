@@ -74,7 +74,9 @@ class AmqttClient(AmqttClientBase):
     ``delivery_window`` bounds the acknowledged-but-unread messages; with ``hold_acks`` acknowledgements
     wait for :meth:`ticket` to be settled instead, and ``max_pending`` bounds the queue (see
     :mod:`Listener.mqtt.delivery_queue`). ``on_wakeup`` is called whenever a message arrives or the connection ends,
-    ``on_drop`` for each QoS 0 message dropped because ``max_pending`` messages were queued. A QoS 0/1
+    ``on_drop`` for each QoS 0 message dropped: without an argument for want of room (``max_pending`` messages
+    queued and the reader's held bytes full, see :mod:`Listener.mqtt.wire_handler`), with the reason
+    (:data:`~Listener.mqtt.wire_handler.DUP_QOS0`) for one dropped for what it is. A QoS 0/1
     message whose payload is over ``max_payload`` bytes is never held in memory (see
     :class:`~Listener.mqtt.wire_handler.WireHandler`).
     """
@@ -91,7 +93,7 @@ class AmqttClient(AmqttClientBase):
         self.hold_acks = hold_acks
         self.max_pending = max_pending
         self.on_wakeup = on_wakeup
-        self.on_drop: Optional[Callable[[], None]] = None
+        self.on_drop: Optional[Callable[..., None]] = None
         #: Awaited before acknowledgements held back are released (a durable job store's ``durable()``).
         self.ack_barrier: Optional[Callable[[], Awaitable[None]]] = None
         self._deliveries: Optional[DeliveryQueue] = None
@@ -109,7 +111,7 @@ class AmqttClient(AmqttClientBase):
 
     def packet_hooks(self, handler: AmqttHandler) -> WireHandler:
         """The listener's packet handling for a new connection."""
-        return WireHandler(handler, max_payload=self.max_payload, label=self.label)
+        return WireHandler(handler, max_payload=self.max_payload, label=self.label, on_drop=self._dropped_for)
 
     @property
     def wire(self) -> Optional[WireHandler]:
@@ -124,6 +126,10 @@ class AmqttClient(AmqttClientBase):
     def _dropped(self) -> None:
         if self.on_drop is not None:
             self.on_drop()
+
+    def _dropped_for(self, reason: str) -> None:
+        if self.on_drop is not None:
+            self.on_drop(reason)
 
     def adopt_deliveries(self, previous: "AmqttClient") -> None:
         """Take over the delivery queue of the client of the previous connection (call before connecting).
@@ -206,6 +212,19 @@ class AmqttClient(AmqttClientBase):
         return self._deliveries.drain() if self._deliveries is not None else []
 
     @property
+    def deliveries(self) -> Optional[DeliveryQueue]:
+        """The delivery queue (None before the first connection)."""
+        return self._deliveries
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes received from the broker and held, not processed yet: the queued messages' payloads and topics,
+        the messages the reader holds for room in their wire form, and the bytes not parsed or not read yet."""
+        queued = self._deliveries.queued_bytes if self._deliveries is not None else 0
+        wire = self.wire
+        return queued + (wire.held_bytes + wire.unread if wire is not None else 0) + self.unread_socket_bytes()
+
+    @property
     def queued_messages(self) -> int:
         """Messages received (and, for QoS 1/2, acknowledged) but not yet taken."""
         return self._deliveries.qsize() if self._deliveries is not None else 0
@@ -238,7 +257,9 @@ class AmqttClient(AmqttClientBase):
             while not self.connection_closed:
                 now = time.monotonic()
                 if now - self._last_traffic >= 2 * period and self.unread_socket_bytes():
-                    self.note_traffic(0)  # received, just not read yet: the loop was busy, the connection is fine
+                    # Received, just not read yet: the loop was busy, or the reader paused for room (then the
+                    # kernel's window closes only once asyncio holds unread bytes), the connection is fine.
+                    self.note_traffic(0)
                     now = self._last_traffic
                 if now - self._last_traffic >= 2 * period:
                     logger.warning("Nothing received from %s for %g s, not even an answer to a ping: "
@@ -347,7 +368,7 @@ def create_client(config: EventListenerConfig, on_wakeup: Optional[Callable[[], 
     _guard_amqtt_logs(secrets(config))
     return AmqttClient(config.client_id, build_client_config(config), username, password,
                        delivery_window=config.max_concurrent_jobs, on_wakeup=on_wakeup,
-                       hold_acks=config.ack_policy == "after_processing", max_pending=config.max_pending_messages,
+                       hold_acks=config.ack_policy != "on_receipt", max_pending=config.max_pending_messages,
                        max_payload=config.max_payload_bytes, label=endpoint_label(config))
 
 

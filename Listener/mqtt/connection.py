@@ -82,6 +82,11 @@ class ClientAdapter(Protocol):
     def drop_queued(self) -> List[Any]:
         """Forget the messages not handed out yet (stopping); returns them."""
 
+    @property
+    def holds_acks(self) -> bool:
+        """Whether a queued QoS 1/2 message is still unacknowledged (its PUBACK / PUBREC held back until
+        its job settles), so that one dropped is redelivered; False when queued means acknowledged."""
+
     def ticket(self, message: Any) -> Optional[Ticket]:
         """The held-back acknowledgement of a message just handed out (None when there is none to hold)."""
 
@@ -201,6 +206,10 @@ class AmqttAdapter(_Adapter):
     def drop_queued(self) -> List[Any]:
         return list(self.client.drop_queued_messages())
 
+    @property
+    def holds_acks(self) -> bool:
+        return bool(self.client.hold_acks)
+
     def ticket(self, message: Any) -> Optional[Ticket]:
         ticket: Optional[Ticket] = self.client.ticket(message)
         return ticket
@@ -281,6 +290,10 @@ class ForeignClientAdapter(_Adapter):
 
     def drop_queued(self) -> List[Any]:
         return []
+
+    @property
+    def holds_acks(self) -> bool:
+        return False
 
     def ticket(self, message: Any) -> Optional[Ticket]:
         return None  # a client the listener did not create acknowledges on its own terms

@@ -5,7 +5,7 @@ QoS 1 or 2 one with ``offer()`` by the listener's own reader (:mod:`Listener.mqt
 the PUBACK (QoS 1) or PUBREC (QoS 2) when ``offer()`` calls back; over websockets, where amqtt reads
 the packets, a QoS 1/2 one with ``await put()``, amqtt sending the PUBACK/PUBCOMP once ``put()`` returns.
 amqtt's own queue is unbounded and its ``put()`` returns at once. ``DeliveryQueue`` takes its place in every
-session of the listener's client, with one of two acknowledgement policies (``offer()`` calls back when
+session of the listener's client, with one of these acknowledgement policies (``offer()`` calls back when
 ``put()`` would return):
 
 - ``on_receipt``: ``put()`` waits while ``window`` messages are queued, then returns: a message is
@@ -19,16 +19,24 @@ session of the listener's client, with one of two acknowledgement policies (``of
   sending more). A ``put()`` cancelled while waiting (the connection ended) releases nothing: the broker
   redelivers that message on the next connection, and the copy already queued is processed anyway
   (the job store treats the redelivery as a duplicate).
+- ``after_recording`` (``hold_acks=True`` too): the same ledger, but the consumer settles a message's
+  ticket as soon as its job is admitted into a durable job store (and ``barrier`` passed, below), not
+  when the job finishes; a hung job then holds back no later acknowledgement.
 
 With a durable job store, ``barrier`` (the store's ``durable()``) is awaited before a run of settled
 messages is released: a message the broker will not redeliver has its job's outcome on disk. One
 commit covers every message settled meanwhile, and a failing barrier is retried (the store reports the
 failure) while those messages stay unacknowledged.
 
-QoS 0 messages carry no acknowledgement and are never held back; once ``max_pending`` messages are
-queued, further QoS 0 messages are dropped and ``on_drop`` is called for each. ``close()`` stops
-accepting acknowledged messages for good (used when stopping: what is queued gets processed, what is
-not yet queued stays with the broker).
+QoS 0 messages carry no acknowledgement and are never held back. :meth:`has_room` tells the listener's
+reader whether a message may be queued now: a QoS 0 one while fewer than ``max_pending`` messages are
+queued, any one only while the queued messages' bytes (``queued_bytes``: payloads and topics) are under
+``max_bytes``. The reader holds the rest in their compact wire form, and stops reading the socket when
+that is full (see :mod:`Listener.mqtt.wire_handler`); ``on_room`` is called whenever room may have
+freed. A QoS 0 message ``put_nowait()`` gets when ``max_pending`` messages are queued is dropped and
+``on_drop`` is called for it (amqtt's own reader, over websockets, queues that way), as is one the
+reader must drop itself (:meth:`drop`). ``close()`` stops accepting acknowledged messages for good
+(used when stopping: what is queued gets processed, what is not yet queued stays with the broker).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import logging
 from collections import deque
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
 
+from .packets import OversizePayload
 from .qos2_receipts import QoS2Receipts
 
 __all__ = ["DeliveryQueue", "Ticket"]
@@ -46,6 +55,16 @@ logger = logging.getLogger("Listener.delivery")
 
 #: Seconds between tries of a failing ``barrier`` (doubling up to the last).
 BARRIER_RETRY = (0.05, 2.0)
+#: Bytes of queued messages (payloads and topics) past which no further message is queued (``max_bytes``).
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+
+
+def message_size(item: Any) -> int:
+    """Bytes a received message holds: its payload and topic (an oversize payload was never kept: 0)."""
+    data = getattr(item, "data", None)
+    size = len(data) if isinstance(data, (bytes, bytearray)) and not isinstance(data, OversizePayload) else 0
+    topic = getattr(item, "topic", None)
+    return size + (len(topic) if isinstance(topic, str) else 0)
 
 
 class _Entry:
@@ -63,7 +82,8 @@ class Ticket:
 
     :meth:`settle` is idempotent. :meth:`defer` hands settling over to a future (a job whose QoS 1/2
     result awaits the broker's acknowledgement): the ticket then settles when that future completes,
-    and never if it is cancelled; a later :meth:`settle` does nothing.
+    and never if it is cancelled; a later :meth:`settle` does nothing. Once settled (``ack_policy =
+    "after_recording"`` settles when the job is admitted), :meth:`defer` and :meth:`withhold` change nothing.
     """
 
     __slots__ = ("_deferred", "_entry", "_queue")
@@ -75,6 +95,8 @@ class Ticket:
 
     def defer(self, until: "asyncio.Future[Any]") -> None:
         """Settle when ``until`` is done, unless it was cancelled (then the message stays unacknowledged)."""
+        if self._entry.settled:
+            return
         self._deferred = True
         until.add_done_callback(self._on_done)
 
@@ -83,8 +105,8 @@ class Ticket:
             self._queue._settle(self._entry)
 
     def settle(self) -> None:
-        """The message's job is finished: its acknowledgement may go out once those before it went."""
-        if not self._deferred:
+        """The message's job is finished (or recorded): its acknowledgement may go out once those before it went."""
+        if not self._deferred and not self._entry.settled:
             self._queue._settle(self._entry)
 
     def withhold(self) -> None:
@@ -101,11 +123,17 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
     """amqtt's delivery queue with held-back acknowledgements, a bound, and an arrival callback."""
 
     def __init__(self, window: int, on_arrival: Optional[Callable[[], None]] = None, *, hold_acks: bool = False,
-                 max_pending: int = 10_000, on_drop: Optional[Callable[[], None]] = None) -> None:
+                 max_pending: int = 10_000, on_drop: Optional[Callable[[], None]] = None,
+                 max_bytes: int = MAX_QUEUED_BYTES) -> None:
         super().__init__()
         self.window = max(1, window)
         self.hold_acks = hold_acks
         self.max_pending = max(1, max_pending)
+        self.max_bytes = max(1, max_bytes)
+        #: Bytes of the messages queued and not taken yet (see :func:`message_size`).
+        self.queued_bytes = 0
+        #: Called whenever room may have freed (a message taken, an acknowledgement released, the queue closed).
+        self.on_room: Optional[Callable[[], None]] = None
         self.closed = False
         self.on_arrival = on_arrival
         self.on_drop = on_drop
@@ -139,14 +167,36 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
             self.after_close += 1
             return
         if self.qsize() >= self.max_pending:
-            self.dropped += 1
-            if self.on_drop is not None:
-                self.on_drop()
+            self.drop()
             return
         self._enqueue(item)
 
+    def drop(self) -> None:
+        """Count a QoS 0 message dropped for want of room, and call ``on_drop``."""
+        self.dropped += 1
+        if self.on_drop is not None:
+            self.on_drop()
+
+    def has_room(self, qos: int) -> bool:
+        """Whether a message of ``qos`` arriving now is queued at once (QoS 0: ``put_nowait()``; QoS 1/2: ``offer()``
+        returns None): fewer than ``max_pending`` messages queued (QoS 0) or room in the acknowledgement window
+        (QoS 1/2), and the queued bytes under ``max_bytes`` (one message is always taken into an empty queue).
+        True once closed: nothing more is queued then, whatever waits."""
+        if self.closed:
+            return True
+        if self.queued_bytes >= self.max_bytes and not self.empty():
+            return False
+        if qos == 0:
+            return self.qsize() < self.max_pending
+        return not self._ack_waiters and self._has_room()
+
+    def _room_freed(self) -> None:
+        if self.on_room is not None:
+            self.on_room()
+
     def _enqueue(self, item: Any) -> None:
         super().put_nowait(item)
+        self.queued_bytes += message_size(item)
         if self.on_arrival is not None:
             self.on_arrival()
 
@@ -236,6 +286,7 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
             if not waiter.done():
                 waiter.set_result(None)
                 self._reserved += 1
+        self._room_freed()
 
     def _settle(self, entry: _Entry) -> None:
         entry.settled = True
@@ -292,8 +343,11 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
 
     def get_nowait(self) -> Any:
         item = super().get_nowait()
+        self.queued_bytes -= message_size(item)
         if not self.hold_acks:
             self._wake_putters()
+        else:
+            self._room_freed()
         return item
 
     def take(self) -> Any:
@@ -319,3 +373,4 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
     def close(self) -> None:
         """Accept no more acknowledged messages (they stay unacknowledged, with the broker)."""
         self.closed = True
+        self._room_freed()

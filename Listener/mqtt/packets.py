@@ -14,15 +14,30 @@ from typing import NamedTuple, Optional
 
 from ..errors import ListenerError
 
-__all__ = ["FAILURE", "MalformedPacket", "OversizePayload", "PUBACK", "PUBCOMP", "PUBLISH", "PUBREC", "PUBREL",
-           "PublicationRefused", "PublishHead", "REASONS", "parse_ack", "parse_publish_head", "puback_packet",
-           "pubcomp_packet", "publish_packet", "pubrec_packet", "pubrel_packet", "reason_text", "split_packet"]
+__all__ = ["FAILURE", "MAX_BODY", "MalformedPacket", "OversizePayload", "PINGRESP", "PUBACK", "PUBCOMP", "PUBLISH",
+           "PUBREC", "PUBREL", "PublicationRefused", "PublishHead", "REASONS", "body_bound_error", "parse_ack",
+           "parse_publish_head", "puback_packet", "pubcomp_packet", "publish_packet", "pubrec_packet", "pubrel_packet",
+           "reason_text", "split_packet"]
 
 PUBLISH = 3
 PUBACK = 4
 PUBREC = 5
 PUBREL = 6
 PUBCOMP = 7
+PINGRESP = 13
+#: The largest body (remaining length) each packet type a broker sends a client may have; a PUBLISH is bounded
+#: by ``max_payload_bytes`` instead (its payload is discarded as it arrives). MQTT 3.1.1 fixes them at 2 bytes
+#: (a CONNACK, an acknowledgement, an UNSUBACK) or 0 (PINGRESP); the slack takes what brokers speaking MQTT 5
+#: add (a reason code, properties). A SUBACK has one byte per filter of the SUBSCRIBE. A type a broker never
+#: sends a client (CONNECT, SUBSCRIBE, PINGREQ...) gets the smallest bound: its body is never read anyway.
+MAX_BODY = {
+    2: 256, 4: 256, 5: 256, 6: 256, 7: 256,  # CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP
+    9: 2 + 65_535, 11: 256, 13: 0, 14: 256,  # SUBACK, UNSUBACK, PINGRESP, DISCONNECT (MQTT 5)
+}
+#: The bound of a type :data:`MAX_BODY` does not list.
+_OTHER_BODY = 256
+_NAMES = {2: "CONNACK", 4: "PUBACK", 5: "PUBREC", 6: "PUBREL", 7: "PUBCOMP", 9: "SUBACK", 11: "UNSUBACK",
+          13: "PINGRESP", 14: "DISCONNECT"}
 #: The lowest reason code that reports a failure (MQTT 5 §2.4).
 FAILURE = 0x80
 #: What the failure codes a broker may put in a PUBACK or PUBREC mean (MQTT 5 §3.4.2.1).
@@ -99,6 +114,16 @@ def parse_ack(buffer: bytearray, start: int, end: int) -> tuple[int, int]:
         raise MalformedPacket("acknowledgement without a packet id")
     packet_id = (buffer[start] << 8) | buffer[start + 1]
     return packet_id, buffer[start + 2] if end - start > 2 else 0
+
+
+def body_bound_error(kind: int, length: int) -> Optional[str]:
+    """Why a packet of type ``kind`` (not PUBLISH) declaring a body of ``length`` bytes is refused before its body is
+    read, or None when it is within :data:`MAX_BODY`."""
+    bound = MAX_BODY.get(kind, _OTHER_BODY)
+    if length <= bound:
+        return None
+    name = _NAMES.get(kind, f"packet of type {kind}")
+    return f"a {name} declaring {length} bytes, more than the {bound} it may have"
 
 
 def reason_text(code: int) -> str:

@@ -2,7 +2,8 @@
 
 A QoS 2 message becomes the receiver's when it answers PUBREC; from then on the broker only resends its
 PUBREL, and the packet id stays taken until that PUBREL arrives. So the listener answers PUBREC only when
-the delivery queue releases the message (its job settled, with ``ack_policy = "after_processing"``), and
+the delivery queue releases the message (its job settled, with ``ack_policy = "after_processing"``; recorded,
+with ``"after_recording"``), and
 until the PUBREL, a PUBLISH with the same packet id is the same message: the broker resends it, DUP set,
 when the connection ended before the PUBREC reached it. Such a resend is never a second job: its PUBREC
 goes out once the first copy is released (at once, if it already was), on the connection it came on.

@@ -24,22 +24,44 @@ SUBSCRIBE, pings). It changes four things on a plain or TLS socket (websockets k
   is through, and one WARNING per connection says so.
 - **Writing**: packets written in one turn of the event loop leave in one socket write, at the end of
   that turn; amqtt's own packets first flush what is waiting, so order is kept.
+
+**Memory is bounded in bytes, whatever the broker sends.** A PUBLISH the delivery queue has no room for
+(:meth:`DeliveryQueue.has_room`: ``max_pending_messages`` messages queued, or ``max_bytes`` of them) is held
+as the bytes it came in, in arrival order with every later PUBLISH and PUBREL, and queued as room frees
+(``DeliveryQueue.on_room``). Once :data:`HOLD_BYTES` are held, the reader stops reading the socket: asyncio
+then stops reading it too, TCP's window closes, and the broker keeps the rest within its own limits
+(Mosquitto keeps a QoS 0 stream to a connected client, and QoS 1/2 messages beyond its in-flight window).
+Except while the listener must read on to make progress: a publication of its own awaits its PUBACK,
+PUBREC or PUBCOMP, or amqtt awaits a SUBACK or UNSUBACK, which the broker sent behind the messages not
+read yet (a job waiting for its result's PUBACK would otherwise never finish and never free room). Then
+the reader reads on, handling the acknowledgements at once, and a QoS 0 PUBLISH that finds the held bytes
+full is dropped and counted (``messages_dropped``, reason ``max_pending_messages``): the one QoS 0 drop
+left, a sustained overload. QoS 1/2 ones are held even so, until :data:`HOLD_BYTES_HARD`: past that, reading
+pauses anyway (the broker then limits its in-flight messages, or the publication times out and the
+connection is replaced: nothing acknowledged is lost). A pause is never taken for a dead connection: the
+liveness watch counts bytes waiting unread as traffic.
+
+Every other packet type has a size bound (:data:`~Listener.mqtt.packets.MAX_BODY`), checked on its fixed
+header, before its body is read: a PINGRESP declaring 250 MB closes the connection at once. A PINGRESP
+is handled right here; amqtt keeps at most a few unclaimed ones (``AmqttHandler.pingresp_arrived``).
+A QoS 0 PUBLISH with DUP set (MQTT-3.3.1-2 forbids it) is dropped and counted (reason ``dup_qos0``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from collections import deque
+from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from .amqtt_boundary import AmqttHandler, incoming_message
 from .delivery_queue import DeliveryQueue
-from .packets import (FAILURE, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, MalformedPacket, OversizePayload, PublicationRefused,
-                      PublishHead, parse_ack, parse_publish_head, puback_packet, pubcomp_packet, publish_packet, pubrel_packet,
-                      split_packet)
+from .packets import (FAILURE, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, MalformedPacket, OversizePayload,
+                      PublicationRefused, PublishHead, body_bound_error, parse_ack, parse_publish_head, puback_packet,
+                      pubcomp_packet, publish_packet, pubrel_packet, split_packet)
 from .qos2_receipts import Receipt
 
-__all__ = ["WireHandler"]
+__all__ = ["DUP_QOS0", "HOLD_BYTES", "HOLD_BYTES_HARD", "WireHandler"]
 
 logger = logging.getLogger("Listener.transport")
 
@@ -51,6 +73,16 @@ _DRAIN_ABOVE = 64 * 1024
 #: connection (or a process killed meanwhile) left in the broker's session are known without being remembered.
 #: amqtt's own packets (SUBSCRIBE) count up from 1 and never reach it.
 OWN_PACKET_IDS = range(64_512, 65_536)
+#: Seconds the packets read before the connection ended get to be handled (amqtt's handlers take no time).
+_HANDLERS_FINISH = 1.0
+#: Bytes of messages held in their wire form (no room in the delivery queue yet) at which reading pauses.
+HOLD_BYTES = 4 * 1024 * 1024
+#: Held bytes at which reading pauses even while the listener must read on (see the module's docstring).
+HOLD_BYTES_HARD = 4 * HOLD_BYTES
+#: What each held packet costs beyond its bytes (the bytes object and its place in the deque), counted in.
+_ENTRY_COST = 48
+#: The reason a QoS 0 PUBLISH with the DUP flag set is dropped (``on_drop``).
+DUP_QOS0 = "dup_qos0"
 
 
 class _Skipping:
@@ -64,14 +96,19 @@ class _Skipping:
         self.left = size
 
 
+#: A packet held for room: its bytes, or a PUBLISH whose oversize payload was discarded as it arrived.
+_Held = Union[bytes, _Skipping]
+
+
 class WireHandler:
     """PUBLISH and its acknowledgements read and written directly, beside amqtt's handler ``link``.
 
-    ``label`` names the broker in log lines (``host:port``, never credentials).
+    ``label`` names the broker in log lines (``host:port``, never credentials). ``on_drop`` is called with
+    the reason of each message dropped here for what it is (:data:`DUP_QOS0`), not for want of room.
     """
 
     def __init__(self, link: AmqttHandler, *, max_payload: Optional[int] = None,
-                 label: str = "the MQTT broker") -> None:
+                 label: str = "the MQTT broker", on_drop: Optional[Callable[[str], None]] = None) -> None:
         #: amqtt's handler of the connection: the socket, the session, and the packets it keeps handling.
         self.link = link
         self._event_loop = link.loop
@@ -99,6 +136,15 @@ class WireHandler:
         self._downgrade_reported = False
         self._handling: Set["asyncio.Task[Any]"] = set()
         self._waiting: Set["asyncio.Future[None]"] = set()
+        self.on_drop = on_drop
+        #: PUBLISH and PUBREL packets waiting for room in the delivery queue, in arrival order.
+        self._held: Deque[_Held] = deque()
+        self._held_bytes = 0
+        self._queue: Optional[DeliveryQueue] = None
+        self._admitting = False
+        self._resume: "Optional[asyncio.Future[None]]" = None
+        #: Times reading paused because the held bytes were full (a pause lasts until room frees).
+        self.pauses = 0
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -157,6 +203,7 @@ class WireHandler:
         if qos == 2 and not self._qos2_learned and self.session_present:
             self._first_qos2 = (packet_id, packet)  # see _learned_qos2
         self.write(packet)
+        self._wake_reader()  # its acknowledgement may be behind what is not read yet
 
     def _forget(self, waiting: Dict[int, "asyncio.Future[None]"], packet_id: int, acked: "asyncio.Future[None]") -> None:
         if waiting.get(packet_id) is acked:  # not a later publication that got the id since
@@ -248,12 +295,20 @@ class WireHandler:
         return isinstance(self.link.delivery_queue(), DeliveryQueue)
 
     async def read_until_closed(self, stream: asyncio.StreamReader) -> None:
-        """Read and handle packets until the connection ends, or breaks (amqtt's handler then closes it)."""
+        """Read and handle packets until the connection ends, or breaks (amqtt's handler then closes it).
+
+        The packets already read are handled to the end: a SUBACK read with a malformed packet after it
+        still completes its subscription (its handler is never cancelled)."""
         queue = self.link.delivery_queue()
         if not isinstance(queue, DeliveryQueue):
             return
+        self._queue = queue
+        queue.on_room = self._room_freed
         try:
             while True:
+                if self._must_pause():
+                    await self._until_resumed()
+                    continue
                 chunk = await stream.read(_CHUNK)
                 if not chunk:
                     break  # the broker closed the connection
@@ -262,18 +317,142 @@ class WireHandler:
         except asyncio.CancelledError:
             pass
         except MalformedPacket as exc:
-            logger.warning("The broker sent a malformed packet (%s): closing the connection", exc)
+            logger.warning("%s sent a malformed packet (%s): closing the connection", self.label, exc)
         except (OSError, EOFError):
             pass  # the connection broke: the same as its end
         except Exception as exc:  # amqtt's reader ends the same way on anything unexpected
             logger.warning("Unexpected error reading from the broker, closing the connection: %r", exc)
-        for pending in [*self._handling, *self._waiting]:
+        if queue.on_room == self._room_freed:
+            queue.on_room = None
+        self._abandon_held(queue)
+        for pending in self._waiting:
             pending.cancel()
+        if self._handling:  # before amqtt fails what awaits an answer: a SUBACK read is an answer
+            await asyncio.wait(set(self._handling), timeout=_HANDLERS_FINISH)
 
     @property
     def unread(self) -> int:
         """Bytes received but not handled yet (the start of a packet still arriving)."""
         return len(self._unread)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the messages held for room in the delivery queue (see the module's docstring)."""
+        return self._held_bytes
+
+    @property
+    def held(self) -> int:
+        """Packets held for room in the delivery queue."""
+        return len(self._held)
+
+    @property
+    def paused(self) -> bool:
+        """True while reading is paused: the held bytes are full, and nothing must be read."""
+        return self._resume is not None
+
+    def must_read(self) -> bool:
+        """Whether an answer the listener awaits may be behind the bytes not read yet: a publication's
+        acknowledgement, or a SUBACK or UNSUBACK amqtt awaits."""
+        return bool(self._acks or self._exactly_once) or self.link.awaits_answer()
+
+    def _must_pause(self, margin: int = 0) -> bool:
+        held = self._held_bytes + margin
+        if held >= HOLD_BYTES_HARD:
+            return True
+        return held >= HOLD_BYTES and not self.must_read()
+
+    async def _until_resumed(self) -> None:
+        self.pauses += 1
+        logger.debug("Reading from %s paused: %d bytes of messages wait for room", self.label, self._held_bytes)
+        self._resume = resume = self._event_loop.create_future()
+        try:
+            await resume
+        finally:
+            self._resume = None
+
+    def _wake_reader(self) -> None:
+        resume = self._resume
+        # Resumed once a whole read fits again: not for every message that frees room.
+        if resume is not None and not resume.done() and not self._must_pause(_CHUNK):
+            resume.set_result(None)
+
+    def answer_awaited(self) -> None:
+        """amqtt sent a packet whose answer it awaits: the paused reader looks again (once amqtt registered it)."""
+        if self._resume is not None:
+            self._event_loop.call_soon(self._wake_reader)
+
+    def _room_freed(self) -> None:
+        """The delivery queue may have room: queue what is held, in order, as far as it goes."""
+        queue = self._queue
+        if self._admitting or queue is None:
+            return
+        if self._held:
+            self._admit_held(queue)
+        self._wake_reader()
+
+    def _hold(self, entry: _Held) -> None:
+        self._held.append(entry)
+        self._held_bytes += (len(entry) if isinstance(entry, bytes) else 0) + _ENTRY_COST
+
+    def _admit_held(self, queue: DeliveryQueue) -> None:
+        held = self._held
+        self._admitting = True
+        try:
+            while held:
+                entry = held[0]
+                if isinstance(entry, _Skipping):
+                    if not self._admissible(queue, entry.head):
+                        break
+                    held.popleft()
+                    self._held_bytes -= _ENTRY_COST
+                    self._receive(queue, entry.head, OversizePayload(entry.size))
+                    continue
+                packet = bytearray(entry)
+                where = split_packet(packet, 0)
+                if where is None:  # pragma: no cover - only whole packets are held
+                    raise MalformedPacket("a held packet cut short")
+                body_start, body_end = where
+                if packet[0] >> 4 == PUBREL:
+                    self._released(queue, parse_ack(packet, body_start, body_end)[0])
+                else:
+                    head = parse_publish_head(packet[0] & 0x0F, packet, body_start, body_end)
+                    if head is None or not self._admissible(queue, head):
+                        break
+                    self._receive(queue, head, entry[head.payload_start:body_end])
+                held.popleft()
+                self._held_bytes -= len(entry) + _ENTRY_COST
+        finally:
+            self._admitting = False
+
+    def _abandon_held(self, queue: DeliveryQueue) -> None:
+        """The connection ended: a held QoS 0 message is queued where there is room, else dropped and counted; a
+        held QoS 1/2 one was never acknowledged (the broker sends it again on the next connection)."""
+        held, self._held, self._held_bytes = self._held, deque(), 0
+        for entry in held:
+            if isinstance(entry, _Skipping):
+                if entry.head.packet_id is not None:
+                    continue
+                if queue.has_room(0):
+                    self._receive(queue, entry.head, OversizePayload(entry.size))
+                else:
+                    queue.drop()
+                continue
+            if entry[0] >> 4 != PUBLISH or (entry[0] >> 1) & 0x03:
+                continue
+            if not queue.has_room(0):
+                queue.drop()
+                continue
+            packet = bytearray(entry)
+            where = split_packet(packet, 0)
+            head = parse_publish_head(packet[0] & 0x0F, packet, *where) if where is not None else None
+            if head is not None and where is not None:
+                self._receive(queue, head, entry[head.payload_start:where[1]])
+
+    @staticmethod
+    def _admissible(queue: DeliveryQueue, head: PublishHead) -> bool:
+        if head.qos == 2 and head.packet_id in queue.receipts:
+            return True  # a resend of a message held already: no second job, no room needed
+        return queue.has_room(head.qos)
 
     def _handle_packets(self, queue: DeliveryQueue) -> None:
         buffer = self._unread
@@ -288,7 +467,11 @@ class WireHandler:
                     if skipping.left:
                         break
                     self._skipping = None
-                    self._receive(queue, skipping.head, OversizePayload(skipping.size))
+                    dropped = skipping.head.dup and skipping.head.packet_id is None  # only counted: no room needed
+                    if not dropped and (self._held or not self._admissible(queue, skipping.head)):
+                        self._hold(skipping)
+                    else:
+                        self._receive(queue, skipping.head, OversizePayload(skipping.size))
                     continue
                 where = split_packet(buffer, start) if len(buffer) - start >= 2 else None
                 if where is None:
@@ -301,6 +484,10 @@ class WireHandler:
                     if head is None:
                         break
                     size = body_end - head.payload_start
+                    if head.dup and head.packet_id is None:
+                        self._skipping = _Skipping(head, size)  # never kept, whatever its size
+                        start = head.payload_start
+                        continue
                     if self.max_payload is not None and size > self.max_payload:
                         # Rejected for its size anyway: never hold it (the broker may allow up to 256 MiB).
                         self._skipping = _Skipping(head, size)
@@ -308,32 +495,59 @@ class WireHandler:
                         continue
                     if body_end > len(buffer):
                         break
-                    self._receive(queue, head, bytes(buffer[head.payload_start:body_end]))
-                elif body_end > len(buffer):
+                    if self._held or not self._admissible(queue, head):
+                        self._hold_or_drop(queue, head, bytes(buffer[start:body_end]))
+                    else:
+                        self._receive(queue, head, bytes(buffer[head.payload_start:body_end]))
+                    start = body_end
+                    continue
+                bound_error = body_bound_error(kind, body_end - body_start)
+                if bound_error is not None:  # refused on its fixed header: its body is never read
+                    raise MalformedPacket(bound_error)
+                if body_end > len(buffer):
                     break
-                elif kind == PUBACK:
+                if kind == PUBACK:
                     self._acknowledged(*parse_ack(buffer, body_start, body_end))
                 elif kind == PUBREC:
                     self._received(queue, *parse_ack(buffer, body_start, body_end))
                 elif kind == PUBREL:
-                    self._released(queue, parse_ack(buffer, body_start, body_end)[0])
+                    if self._held:  # after the messages held before it, as it came
+                        self._hold(bytes(buffer[start:body_end]))
+                    else:
+                        self._released(queue, parse_ack(buffer, body_start, body_end)[0])
                 elif kind == PUBCOMP:
                     self._completed(parse_ack(buffer, body_start, body_end)[0])
+                elif kind == PINGRESP:
+                    self.link.pingresp_arrived()
                 else:
                     self._hand_to_amqtt(bytes(buffer[start:body_end]))
                 start = body_end
         finally:
             del buffer[:start]
 
+    def _hold_or_drop(self, queue: DeliveryQueue, head: PublishHead, packet: bytes) -> None:
+        """Hold a PUBLISH there is no room for yet; drop a QoS 0 one once the held bytes are full while the reader
+        must read on (see the module's docstring). What was read before the reader could pause is held: at most
+        a read's worth past :data:`HOLD_BYTES`."""
+        if head.qos == 0 and self._held_bytes >= HOLD_BYTES and not queue.closed and self.must_read():
+            queue.drop()
+        else:
+            self._hold(packet)
+
     def _receive(self, queue: DeliveryQueue, head: PublishHead, payload: bytes) -> None:
-        message = incoming_message(head.packet_id, head.topic, head.qos, payload, head.retain)
         packet_id = head.packet_id
         if packet_id is None:
             if head.dup:
-                logger.warning("A QoS 0 message with the DUP flag set was ignored (MQTT-3.3.1-2), topic %r", head.topic)
+                # MQTT-3.3.1-2: a broker (or a proxy) at fault; a QoS 0 message is never resent, so this may be a copy.
+                logger.debug("A QoS 0 message with the DUP flag set was dropped (MQTT-3.3.1-2), topic %r", head.topic)
+                if self.on_drop is not None:
+                    self.on_drop(DUP_QOS0)
                 return
-            queue.put_nowait(message)
+            queue.put_nowait(incoming_message(None, head.topic, 0, payload, head.retain))
             return
+        if queue.closed and (head.qos == 1 or packet_id not in queue.receipts):
+            return  # stopping: never acknowledged, so the broker sends it again on the next connection
+        message = incoming_message(packet_id, head.topic, head.qos, payload, head.retain)
         receipt: Optional[Receipt] = None
         if head.qos == 1:
             acknowledge = self._acknowledge_later(packet_id)

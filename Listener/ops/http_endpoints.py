@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from prometheus_client.registry import CollectorRegistry
 
 __all__ = [
-    "HttpEndpoints", "ListenerStatus", "METRIC_PREFIX", "PROMETHEUS_CONTENT_TYPE", "metric_families",
+    "COUNTER_KEYS", "HttpEndpoints", "ListenerStatus", "METRIC_PREFIX", "PROMETHEUS_CONTENT_TYPE", "metric_families",
     "start_http_endpoints",
 ]
 
@@ -466,7 +466,7 @@ _COUNTERS = (
     ("messages_received", "Messages received from the broker."),
     ("messages_rejected", "Messages rejected before becoming a job (invalid payload, missing job id, too large)."),
     ("jobs_retried", "Retries of failed jobs started (max_retries)."),
-    ("messages_dropped", "QoS 0 messages dropped because max_pending_messages were already waiting."),
+    ("messages_dropped", "QoS 0 messages dropped (a sustained overload past max_pending_messages, or DUP set)."),
     ("publishes", "Messages the listener published (results and events)."),
     ("publish_errors", "Publications that failed."),
     ("publishes_retried", "Publications retried after a failure."),
@@ -482,6 +482,11 @@ _GAUGES = (
     ("ready", "1 while connected and subscribed."),
     ("draining", "1 while stopping: no new message is taken, jobs in flight finish."),
 )
+
+#: The keys of a ``listener.metrics()`` snapshot exposed as counters (the histogram's counts and sum too): they
+#: only grow while the process lives (a ``--workers`` group adds a restarted worker's earlier totals to them).
+COUNTER_KEYS = frozenset([key for key, _ in _COUNTERS] + ["jobs_finished", "errors", "processing_seconds",
+                                                          "messages_dropped_by_reason"])
 
 
 def _number(value: Any) -> float:
@@ -507,6 +512,8 @@ def metric_families(snapshot: Mapping[str, Any]) -> Iterator[Any]:
         ("jobs", GaugeMetricFamily, "Jobs held in memory, by status.", "status"),
         ("jobs_finished", CounterMetricFamily, "Jobs finished since start, by final status.", "status"),
         ("errors", CounterMetricFamily, "Error events published, by error type.", "error_type"),
+        ("messages_dropped_by_reason", CounterMetricFamily,
+         "QoS 0 messages dropped, by reason (max_pending_messages: a sustained overload; dup_qos0: DUP set).", "reason"),
     )
     for key, family_class, doc, label in labelled:
         family = family_class(f"{METRIC_PREFIX}_{key}", doc, labels=[label])

@@ -23,6 +23,8 @@ class ListenerMetrics:
         self.messages_received = 0
         self.messages_rejected = 0
         self.messages_dropped = 0
+        #: ``messages_dropped`` by reason (see :mod:`Listener.ops.drops`).
+        self.messages_dropped_by_reason: Counter[str] = Counter()
         self.own_messages_ignored = 0
         self.own_echoes_ignored = 0
         self.jobs_finished: Counter[str] = Counter()
@@ -60,6 +62,7 @@ class ListenerMetrics:
             "messages_received": self.messages_received,
             "messages_rejected": self.messages_rejected,
             "messages_dropped": self.messages_dropped,
+            "messages_dropped_by_reason": dict(self.messages_dropped_by_reason),
             "own_messages_ignored": self.own_messages_ignored,
             "own_echoes_ignored": self.own_echoes_ignored,
             "jobs": dict(jobs_by_status),

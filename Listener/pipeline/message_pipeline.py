@@ -18,14 +18,14 @@ from ..core.run_state import RunState
 from ..core.serialization import ResultEncodingError, to_json_bytes
 from ..core.topics import PublishOptions, topic_name_error
 from ..jobs.admission import Admission
-from ..jobs.records import JobStatus
+from ..jobs.records import ACTIVE_STATUSES, JobInfo, JobStatus
 from ..jobs.store import JobStoreError
 from ..jobs.tracking import JobTracker
 from ..mqtt.delivery_queue import Ticket
 from ..mqtt.publisher import Publication, Publisher, RefusedTopic
 from ..ops.events import ErrorType, EventSink
 from ..ops.metrics import ListenerMetrics
-from ..processing.batches import ALONE_AFTER_SLOW, MAX_BATCH, SLOW_JOB_S, Halt, Outcome, run_in_order
+from ..processing.batches import MAX_BATCH, Channel, Halt, Outcome, run_in_order
 from ..processing.processors import (JobTimeoutError, Processor, call_processor, describe_exception, is_async_callable,
                                      settle_result)
 from ..processing.workers import ThreadWorkers
@@ -39,6 +39,8 @@ logger = logging.getLogger("Listener.event_listener")
 
 #: Longest wait between tries to admit a job into a store that cannot be reached.
 STORE_RETRY = 5.0
+#: Longest wait between tries to admit a job active in another worker (BUSY).
+BUSY_RECHECK = 0.3
 _COMPLETED, _FAILED, _DUPLICATE = JobStatus.COMPLETED.value, JobStatus.FAILED.value, JobStatus.DUPLICATE.value
 
 
@@ -95,7 +97,8 @@ class Pipeline:
         self._run = run_state
         self._observer = observer
         self.finishing: Set["asyncio.Future[None]"] = set()
-        self._alone = 0  # jobs still to run one at a time after a batch with a slow job
+        #: ``ack_policy = "after_recording"``: a ticket settles once its job is admitted, not when it finishes.
+        self._settle_on_admission = config.ack_policy == "after_recording"
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -178,9 +181,6 @@ class Pipeline:
         if (func is None or self._config.max_concurrent_jobs != 1 or self._config.job_timeout is not None
                 or is_async_callable(func) or getattr(func, "__listener_inline__", False)):
             return 1
-        if self._alone:
-            self._alone -= 1
-            return 1
         return MAX_BATCH
 
     async def process_batch(self, messages: Sequence[Tuple[Payload, str, Optional[Ticket]]],
@@ -203,12 +203,14 @@ class Pipeline:
         try:
             for payload, topic, ticket in messages:
                 if self._own.is_own(payload, topic):
+                    self._settle_early(ticket)
                     continue
                 self._metrics.messages_received += 1
                 try:
                     fields = await decode_payload_off_loop(payload, self._parser, self._config.max_payload_bytes)
                     job_id = resolve_job_id(fields, self._config.job_id_field, self._config.allow_job_id_generation)
                 except RejectedMessage as rejection:
+                    self._settle_early(ticket)
                     await finish_gathered()
                     await self._rejected(rejection, topic)
                     continue
@@ -223,42 +225,56 @@ class Pipeline:
             raise
 
     async def _run_batch(self, jobs: List[_Admitted], func: Optional[Processor]) -> None:
-        """Run admitted jobs in order, several per hand-off; then publish and record each as :meth:`_execute`.
+        """Run admitted jobs in order, several per hand-off; publish and record each as :meth:`_execute`
+        the moment its processor returns, while the worker runs the next one.
 
-        The first job of a batch is RUNNING from the hand-off (it starts at once); the others stay
-        PENDING until their outcome is back on the loop, which then records the start, the result and
-        the true duration the worker measured. A job that raised goes through :meth:`_execute`'s
-        failure and retry path before the jobs after it run. If the wait is cancelled (the grace period
-        of ``stop()`` ran out), jobs not yet started are not run; every job of the batch is recorded
-        as cut short and its message left unacknowledged, to run again when redelivered.
+        A job is RUNNING while its processor runs: the first job of a batch from the hand-off, each
+        next one from the report of the job before it (the worker starts it right then); the jobs
+        after it stay PENDING. Each outcome is recorded with the true duration the worker measured.
+        A job that raised goes through :meth:`_execute`'s failure and retry path before the jobs
+        after it run. If the wait is cancelled (the grace period of ``stop()`` ran out), jobs not yet
+        started are not run; every job whose outcome was not recorded yet (the one running included)
+        is recorded as cut short and its message left unacknowledged, to run again when redelivered.
         """
         handed = 0  # jobs[:handed] are in _execute's hands, which records their cancellation itself
+        alone = func is None
         try:
             while handed < len(jobs):
                 rest = jobs[handed:]
-                if len(rest) == 1 or func is None:
+                if len(rest) == 1 or alone:
                     for job in rest:
                         handed += 1
                         await self._execute(job.job_id, job.data, func, job.topic, True, job.ticket)
                     return
                 await self._tracker.start_attempt(rest[0].job_id)
-                halt = Halt()
+                halt, channel = Halt(), Channel(asyncio.get_running_loop())
                 work = [(contextvars.copy_context(), job.data, job.job_id) for job in rest]
                 try:
-                    outcomes = await self._workers.run(run_in_order, func, work, halt)
-                except asyncio.CancelledError:
-                    halt.set = True
-                    raise
+                    abandon = self._workers.start(run_in_order, func, work, halt, channel)
                 except Exception as exc:  # the workers are shut down: the first job fails, as it would alone
                     now = time.perf_counter()
-                    outcomes = [Outcome(None, exc, now, now)]
-                slow = False
-                for index, (job, outcome) in enumerate(zip(rest, outcomes)):
-                    slow = slow or outcome.ended - outcome.started > SLOW_JOB_S
                     handed += 1
-                    await self._execute(job.job_id, job.data, func, job.topic, True, job.ticket, outcome, index == 0)
-                if slow:
-                    self._alone = ALONE_AFTER_SLOW
+                    await self._execute(rest[0].job_id, rest[0].data, func, rest[0].topic, True, rest[0].ticket,
+                                        Outcome(None, exc, now, now), True)
+                    continue
+                try:
+                    taking = True
+                    while taking:
+                        for index, outcome in await channel.take():
+                            if outcome is None:  # the worker stopped without a report: the rest run one at a time
+                                alone, taking = True, False
+                                break
+                            job = rest[index]
+                            handed += 1
+                            await self._execute(job.job_id, job.data, func, job.topic, True, job.ticket, outcome, True)
+                            if outcome.error is not None or index == len(rest) - 1:
+                                taking = False
+                                break
+                            await self._tracker.start_attempt(rest[index + 1].job_id)  # it started on the worker
+                except asyncio.CancelledError:
+                    halt.set = True
+                    abandon()
+                    raise
         except asyncio.CancelledError:
             await self._cut_short(jobs[handed:])
             raise
@@ -273,12 +289,14 @@ class Pipeline:
     async def admit(self, job_id: str, data: Dict[str, Any], topic: Optional[str], ticket: Optional[Ticket] = None,
                     before_waiting: Optional[Callable[[], Awaitable[None]]] = None) -> bool:
         """Create the job, or apply the duplicate policy; while the store is full of active jobs, wait
-        (in the run loop) or drop the job. ``before_waiting`` (jobs gathered for a batch, which could
+        (in the run loop) or drop the job. While the job is active in another worker whose lease is alive
+        (BUSY, a shared store), wait until it settles or its owner's lease lapses, the message unacknowledged
+        (until stop(): then the broker keeps it). ``before_waiting`` (jobs gathered for a batch, which could
         not finish while this waits) is awaited first, once, and the admission tried again."""
         if self._observer is not None:
             self._observer.admitted(job_id)
         tracker = self._tracker
-        warned = False
+        warned = busy = False
         while True:
             # Cleared before looking: a job finishing after this look sets it again.
             tracker.job_finished.clear()
@@ -290,8 +308,11 @@ class Pipeline:
                     raise
                 outcome = await self._admit_when_reachable(job_id, data, topic, exc)
             if outcome is Admission.CREATED:
+                self._settle_early(ticket)
                 return True
             if outcome is Admission.DUPLICATE:
+                self._settle_early(ticket)
+                self._acknowledge_with_held_job(job_id, ticket)
                 break
             if outcome is None:  # stop() came while the store was unreachable: the broker keeps the message
                 if ticket is not None:
@@ -300,6 +321,17 @@ class Pipeline:
             if before_waiting is not None:
                 await before_waiting()
                 before_waiting = None
+                continue
+            if outcome is Admission.BUSY:
+                if not busy:
+                    busy = True
+                    await self._events.log(logging.INFO, "job_busy", "Job %s is active in another worker; waiting "
+                                           "until it finishes or that worker's lease lapses", job_id,
+                                           job_id=job_id, topic=topic, publish=False)
+                if await self._stopped_within(BUSY_RECHECK):
+                    if ticket is not None:  # never acknowledged as a duplicate: that job may yet be lost
+                        ticket.withhold()
+                    return False
                 continue
             if not self._run.active:
                 await self._events.log(logging.WARNING, "job_store_full", "Job store full (%d active jobs); job %s dropped",
@@ -325,6 +357,31 @@ class Pipeline:
         await self._events.log(level, "duplicate_job", "Duplicate job %s not processed", job_id,
                                job_id=job_id, status=_DUPLICATE, topic=topic)
         return False
+
+    def _acknowledge_with_held_job(self, job_id: str, ticket: Optional[Ticket]) -> None:
+        """A duplicate of a job still active here (say, its message redelivered after a reconnect) is acknowledged
+        only once that job finished: acknowledged now, a crash before the job ends would lose it. Cut short
+        at stop, the job leaves this message unacknowledged too."""
+        if ticket is None or self._settle_on_admission:
+            return
+        held = self._tracker.store.jobs.get(job_id)
+        if held is not None and held.status in ACTIVE_STATUSES:
+            ticket.defer(self._tracker.settled(job_id))
+
+    def _settle_early(self, ticket: Optional[Ticket]) -> None:
+        """With ``ack_policy = "after_recording"``, settle a message's ticket now that the store holds its job (or
+        it needs none): its acknowledgement goes out once the store's ``durable()`` passed, in arrival order."""
+        if ticket is not None and self._settle_on_admission:
+            ticket.settle()
+
+    async def resume(self, job: JobInfo, func: Optional[Processor]) -> Any:
+        """Run a job taken over from the job store (:meth:`~Listener.jobs.store.JobStore.orphans`): admitted and
+        acknowledged by an earlier run that never finished it. As :meth:`process` from the processor on: publish
+        the result, record the outcome (there is no message, so no ticket)."""
+        await self._events.log(logging.INFO, "job_resumed", "Job %s resumed from the job store (attempt %d)",
+                               job.job_id, job.attempts + 1, job_id=job.job_id, topic=job.topic)
+        data = dict(job.input_data or {})
+        return await self._execute(job.job_id, data, func, job.topic, True)
 
     async def _admit_when_reachable(self, job_id: str, data: Dict[str, Any], topic: Optional[str],
                                     failure: JobStoreError) -> Optional[Admission]:
@@ -393,16 +450,22 @@ class Pipeline:
             await self._complete(job_id, result, topic, started, None, None)
             return result
         self._own.remember(publication.topic, publication.payload)
-        if publication.qos and pipelined:
-            sending = await self._publisher.deliver_in_background(publication, job_id)
-            finishing = asyncio.ensure_future(self._complete(job_id, result, topic, started, publication, sending))
-            self.finishing.add(finishing)
-            finishing.add_done_callback(self.finishing.discard)
-            if ticket is not None:
-                ticket.defer(finishing)
+        in_background = bool(publication.qos) and pipelined
+        try:
+            sending: "Union[Optional[str], asyncio.Future[Optional[str]]]" = await (
+                self._publisher.deliver_in_background(publication, job_id) if in_background
+                else self._publisher.deliver(publication, job_id=job_id))
+        except asyncio.CancelledError:  # stopping cut in before the result went out: the job runs again
+            await self._cancelled(job_id, topic, None)
+            raise
+        if not in_background:
+            await self._complete(job_id, result, topic, started, publication, sending)
             return result
-        sent = await self._publisher.deliver(publication, job_id=job_id)
-        await self._complete(job_id, result, topic, started, publication, sent)
+        finishing = asyncio.ensure_future(self._complete(job_id, result, topic, started, publication, sending))
+        self.finishing.add(finishing)
+        finishing.add_done_callback(self.finishing.discard)
+        if ticket is not None:
+            ticket.defer(finishing)
         return result
 
     async def _complete(self, job_id: str, result: Any, topic: Optional[str], started: float,

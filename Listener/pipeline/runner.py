@@ -16,6 +16,8 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set
 from ..config.settings import EventListenerConfig
 from ..core.backoff import backoff_delay
 from ..core.run_state import RunState, State
+from ..jobs.records import JobInfo
+from ..jobs.store import JobStoreError
 from ..jobs.tracking import JobTracker
 from ..mqtt.client import BrokerRefusedConnection
 from ..mqtt.connection import BrokerConnection, ClientSlot
@@ -97,6 +99,10 @@ class Runner:
         self._slot_freed = asyncio.Event()
         self._grace_timer: Optional[asyncio.TimerHandle] = None
         self._drops = DropReporter(metrics, events, config.max_pending_messages)
+        #: ``ack_policy = "after_recording"``: jobs the store holds unfinished are resumed (see :meth:`_resume_orphans`).
+        self._resumes_orphans = config.ack_policy == "after_recording"
+        self._resumer: Optional["asyncio.Task[None]"] = None
+        self._resume_waiting = 0  # resumed jobs waiting for a slot: the consumer takes no message meanwhile
 
     @property
     def state(self) -> State:
@@ -176,9 +182,11 @@ class Runner:
         cleanup = asyncio.create_task(self._cleanup_periodically(), name=f"listener[{self._config.client_id}].cleanup")
         try:
             await prepare()
+            self._note_ack_policy()
             await self._serve()
         finally:
             cleanup.cancel()
+            await self._stop_resuming()
             await self._wind_down()
             if self._connection is not None:
                 with contextlib.suppress(asyncio.TimeoutError):  # recorded jobs are acknowledged before the DISCONNECT
@@ -234,6 +242,9 @@ class Runner:
                 started = True
                 await self._events.log(logging.INFO, "listener_started", "Listener started on %s, topic %r",
                                        self._endpoint, self._config.topic)
+                if self._resumes_orphans:
+                    self._resumer = asyncio.create_task(self._resume_orphans(),
+                                                        name=f"listener[{self._config.client_id}].resumer")
             else:
                 self._metrics.reconnects += 1
                 await self._events.log(logging.INFO, "connection_up", "Reconnected to %s", self._endpoint)
@@ -302,7 +313,8 @@ class Runner:
             await asyncio.wait(predecessors)
         limit = self._config.max_concurrent_jobs
         while True:
-            while limit > 1 and len(self._in_flight) >= limit:  # backpressure: N jobs running
+            # Backpressure: N jobs running (resumed ones too, then even with N = 1), or resumed jobs go first.
+            while len(self._in_flight) >= limit or self._resume_waiting:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
             message = await connection.next_message()
@@ -318,12 +330,16 @@ class Runner:
                             await self._contained_batch(batch)
                         finally:
                             self._inline_jobs -= len(batch)
+                            if self._resume_waiting:
+                                self._slot_freed.set()
                         continue
                 self._inline_jobs += 1
                 try:
                     await self._contained(message.data, message.topic, ticket)
                 finally:
                     self._inline_jobs -= 1
+                    if self._resume_waiting:
+                        self._slot_freed.set()
             else:
                 task = asyncio.create_task(self._contained(message.data, message.topic, ticket))
                 self._in_flight.add(task)
@@ -368,6 +384,75 @@ class Runner:
         if ticket is not None:
             ticket.settle()
 
+    # -- jobs resumed from the job store (ack_policy = "after_recording") ------------------------
+
+    async def _resume_orphans(self) -> None:
+        """Run the jobs :meth:`~Listener.jobs.store.JobStore.orphans` hands over: once the listener is first ready,
+        then every ``orphan_scan_interval`` seconds if the store has one. Each takes a slot as a message's
+        job would (``max_concurrent_jobs``), ahead of the messages that wait."""
+        interval = self._tracker.store.orphan_scan_interval
+        failing = False
+        while not self._run.stop_requested.is_set():
+            try:
+                found = await self._tracker.store.orphans()
+                failing = False
+            except JobStoreError as exc:
+                found = []
+                if not failing:  # once until it works again: the store reports its own failures too
+                    await self._events.log(logging.ERROR, "job_store_error", "Cannot look for unfinished jobs: %s", exc)
+                failing = True
+            if found:
+                await self._start_resumed(found)
+            if interval is None:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._run.stop_requested.wait(), interval)
+
+    async def _start_resumed(self, jobs: List[JobInfo]) -> None:
+        """Start each job as a task once a slot is free. Those not started when stopping are recorded as cut
+        short (with their input): the next start resumes them."""
+        limit = self._config.max_concurrent_jobs
+        left = list(reversed(jobs))
+        self._resume_waiting += 1
+        try:
+            while left and not self._run.stop_requested.is_set():
+                if len(self._in_flight) + self._inline_jobs >= limit:
+                    self._slot_freed.clear()
+                    await self._slot_freed.wait()
+                    continue
+                task = asyncio.create_task(self._contained_resume(left.pop()))
+                self._in_flight.add(task)
+                task.add_done_callback(self._job_done)
+        finally:
+            self._resume_waiting -= 1
+            self._slot_freed.set()
+            for job in left:
+                await self._tracker.interrupt_job(job.job_id)
+
+    async def _contained_resume(self, job: JobInfo) -> None:
+        try:
+            await self._pipeline.resume(job, self._processor)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug of ours must cost one job, not the listener
+            logger.exception("Unexpected error while resuming job %s", job.job_id)
+
+    async def _stop_resuming(self) -> None:
+        resumer, self._resumer = self._resumer, None
+        if resumer is not None and not resumer.done():
+            cancel(resumer)
+            await asyncio.wait({resumer})
+
+    def _note_ack_policy(self) -> None:
+        """Once per run: with ``after_processing``, what one slow job holds up (acknowledgements go out in order)."""
+        config = self._config
+        if (config.ack_policy == "after_processing" and config.max_concurrent_jobs > 1 and self._slot.owned
+                and any(qos for _, qos in self._filters)):
+            logger.info("ack_policy = \"after_processing\": a job that runs long holds back the acknowledgements of "
+                        "every later QoS 1/2 message (they go out in arrival order), and once the broker's in-flight "
+                        "window is full it sends no more; bound it with job_timeout, or use ack_policy = "
+                        "\"after_recording\" with a durable job_store")
+
     # -- winding down ----------------------------------------------------------------------------
 
     async def _wind_down(self) -> None:
@@ -399,16 +484,40 @@ class Runner:
             await asyncio.wait(pending)
 
     def _report_unprocessed(self) -> None:
-        """Log how many received messages stop() dropped unprocessed (the grace period ran out)."""
+        """Log the received messages stop() dropped unprocessed (the grace period ran out), saying what
+        becomes of them: lost, or redelivered by the broker."""
         current = self._slot.current
         dropped = current.drop_queued() if current is not None else []
         if not dropped:
             return
-        acknowledged = sum(1 for message in dropped if getattr(message, "qos", 0))
-        level = logging.ERROR if acknowledged else logging.WARNING
-        logger.log(level, "Dropped %d received message(s) unprocessed when the listener stopped (%d QoS 0, "
-                   "%d acknowledged QoS 1/2; shutdown_grace_period %g s)", len(dropped), len(dropped) - acknowledged,
-                   acknowledged, self._config.shutdown_grace_period)
+        qos0 = sum(1 for message in dropped if not getattr(message, "qos", 0))
+        held = len(dropped) - qos0 if current is not None and current.holds_acks else 0
+        acknowledged = len(dropped) - qos0 - held
+        parts, lost = self._fate_of_dropped(qos0, held, acknowledged)
+        # ERROR only for a real loss. A held message the broker redelivers is the designed hand-over of a
+        # backlog at stop (the next session runs it): INFO, not an alert.
+        logger.log(logging.ERROR if lost else logging.INFO, "Dropped %d received message(s) unprocessed when "
+                   "the listener stopped (shutdown_grace_period %g s): %s", len(dropped),
+                   self._config.shutdown_grace_period, "; ".join(parts))
+
+    def _fate_of_dropped(self, qos0: int, held: int, acknowledged: int) -> Tuple[List[str], bool]:
+        """For :meth:`_report_unprocessed`: one phrase per kind of message dropped, and whether any is lost."""
+        config = self._config
+        parts: List[str] = []
+        lost = bool(qos0)
+        if qos0:
+            parts.append(f"{qos0} QoS 0, lost")
+        if held and config.cleansession:
+            lost = True
+            parts.append(f"{held} QoS 1/2 not acknowledged, lost with the broker's session (cleansession=True)")
+        elif held:
+            parts.append(f"{held} QoS 1/2 not acknowledged, which the broker redelivers to the next session of "
+                         f"client id {config.client_id!r}")
+        # With "after_recording" a queued message is not recorded yet: its acknowledgement is held like any other.
+        if acknowledged:
+            lost = True
+            parts.append(f"{acknowledged} QoS 1/2 acknowledged (ack_policy = {config.ack_policy!r}), lost")
+        return parts, lost
 
     async def _flush_outbox(self) -> None:
         """Send what was kept during an outage; report each publication given up on as a publish error."""

@@ -8,13 +8,16 @@ exits by itself if the call ever returns.
 
 Each call is one hand-off to a worker and one back. Results travel back in batches: a worker that
 finishes a call while the loop has not yet taken the previous results adds its own to them instead
-of waking the loop again, so concurrent calls finishing together cost one wake-up.
+of waking the loop again, so concurrent calls finishing together cost one wake-up. A call started with
+:meth:`ThreadWorkers.start` has no way back: it reports its progress itself (the batches of
+:mod:`Listener.processing.batches`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import queue
 import threading
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -33,8 +36,8 @@ class CallTimeoutError(ListenerError, asyncio.TimeoutError):
 class _Call:
     __slots__ = ("func", "args", "context", "loop", "future", "state")
 
-    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], loop: asyncio.AbstractEventLoop,
-                 future: "asyncio.Future[Any]") -> None:
+    def __init__(self, func: Callable[..., Any], args: tuple[Any, ...], loop: Optional[asyncio.AbstractEventLoop],
+                 future: "Optional[asyncio.Future[Any]]") -> None:
         self.func = func
         self.args = args
         self.context = contextvars.copy_context()
@@ -97,6 +100,19 @@ class ThreadWorkers:
             raise CallTimeoutError(f"call did not finish within {timeout:g} s")
         return future.result()
 
+    def start(self, func: Callable[..., Any], *args: Any) -> Callable[[], None]:
+        """Start ``func(*args)`` on a worker thread without waiting for it; what it returns or raises is dropped.
+
+        Returns a function that abandons the call, as a timeout would: a thread stuck in it stops
+        counting towards the pool size. The call must tell its caller what it did by its own means.
+
+        Raises:
+            RuntimeError: the workers were shut down.
+        """
+        call = _Call(func, args, None, None)
+        self._submit(call)
+        return functools.partial(self._abandon, call)
+
     def shutdown(self) -> None:
         """Let idle workers exit now; running calls finish on their threads."""
         with self._lock:
@@ -138,19 +154,21 @@ class ThreadWorkers:
                 result, error = call.context.run(call.func, *call.args), None
             except BaseException as exc:  # noqa: B036 - handed to the waiting coroutine, whatever it is
                 result, error = None, exc
-            loop = call.loop
+            loop, future = call.loop, call.future
             with self._lock:
                 abandoned = call.state == _ABANDONED
                 call.state = _DONE
-                if not abandoned:
+                if loop is None or future is None:  # started with start(): nothing to hand back
+                    wake = False
+                elif not abandoned:
                     batch = self._finished.get(loop)
                     wake = batch is None
                     if batch is None:
                         batch = self._finished[loop] = []
-                    batch.append((call.future, result, error))
+                    batch.append((future, result, error))
             if abandoned:
                 return  # already replaced by another worker
-            if wake:
+            if wake and loop is not None:
                 try:
                     loop.call_soon_threadsafe(self._hand_back, loop)
                 except RuntimeError:  # the loop is closed: nobody waits any more

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, List
 
@@ -18,7 +19,7 @@ from Listener import EventListener, EventListenerConfig, JobStatus
 from Listener.cli.command import EXIT_FAILURE, EXIT_OK, main
 from Listener.jobs.factory import JobStoreError, check_job_store, job_store_problem
 from Listener.jobs.admission import Admission
-from Listener.jobs.redis import ACTIVE_LEASE, RedisJobStore, parse_redis_url
+from Listener.jobs.redis import ACTIVE_LEASE, OWNER_LEASE, RedisJobStore, parse_redis_url
 from Listener.mqtt.client import secrets
 from tests.support.brokers import free_port
 from tests.support.redis_server import RedisFactory, RedisServer, redis_factory, redis_server, unique_prefix
@@ -27,17 +28,20 @@ __all__ = ["redis_factory", "redis_server"]  # the fixtures, for pytest
 
 pytestmark = pytest.mark.timeout(60)
 
-CREATED, DUPLICATE, FULL = Admission.CREATED, Admission.DUPLICATE, Admission.FULL
+CREATED, DUPLICATE, FULL, BUSY = Admission.CREATED, Admission.DUPLICATE, Admission.FULL, Admission.BUSY
 
 
 @pytest.fixture
 async def stores(redis_server: RedisServer) -> AsyncIterator[Callable[..., Any]]:
-    """``make(max_jobs=10, ttl=60, prefix=None)``: an open store (its own client); all closed afterwards."""
+    """``make(max_jobs=10, ttl=60, prefix=None, owner_lease=OWNER_LEASE)``: an open store (its own client); all
+    closed afterwards."""
     made: List[RedisJobStore] = []
     shared = unique_prefix("store")
 
-    async def make(max_jobs: int = 10, ttl: float = 60, prefix: str = "") -> RedisJobStore:
+    async def make(max_jobs: int = 10, ttl: float = 60, prefix: str = "",
+                   owner_lease: float = OWNER_LEASE) -> RedisJobStore:
         store = RedisJobStore(redis_server.url(prefix or shared), max_jobs, ttl)
+        store.owner_lease = owner_lease
         await store.open()
         made.append(store)
         return store
@@ -79,7 +83,8 @@ async def test_a_claim_is_atomic_across_clients(stores: Any) -> None:
     by_id: Dict[str, List[Admission]] = {}
     for index, outcome in enumerate(outcomes):
         by_id.setdefault(ids[index // 2], []).append(outcome)
-    assert all(sorted(o.value for o in got) == ["created", "duplicate"] for got in by_id.values()), by_id
+    # The loser waits: the job is active in a live worker (a duplicate once it settled).
+    assert all(sorted(o.value for o in got) == ["busy", "created"] for got in by_id.values()), by_id
     assert not set(first.jobs) & set(second.jobs)
     assert set(first.jobs) | set(second.jobs) == set(ids)
 
@@ -98,7 +103,7 @@ async def test_a_duplicate_counts_in_the_record_and_an_interrupted_job_runs_agai
     assert record is not None and (record.status, record.result, record.duplicate_count) == (JobStatus.DUPLICATE, 1, 1)
     assert await second.admit("cut", {"v": 2}, None) is CREATED  # stop() cut it short: it runs again
     assert second.jobs["cut"].attempts == 1
-    assert await first.admit("cut", None, None) is DUPLICATE  # only once
+    assert await first.admit("cut", None, None) is BUSY  # only once: the second store runs it now
 
 
 async def test_reprocess_does_not_run_a_job_running_elsewhere(stores: Any) -> None:
@@ -106,7 +111,7 @@ async def test_reprocess_does_not_run_a_job_running_elsewhere(stores: Any) -> No
     assert await first.admit("r", None, None) is CREATED
     await first.start_attempt("r")
     await first.durable()
-    assert await second.admit("r", None, None, duplicate_action="reprocess") is DUPLICATE
+    assert await second.admit("r", None, None, duplicate_action="reprocess") is BUSY
     await first.set_status("r", JobStatus.COMPLETED)
     await first.durable()
     assert await second.admit("r", None, None, duplicate_action="reprocess") is CREATED
@@ -230,25 +235,172 @@ async def test_a_duplicate_claimed_before_the_first_outcome_is_written_is_still_
         JobStatus.DUPLICATE, 5, 1)
 
 
-async def test_a_duplicate_of_a_job_pending_elsewhere_is_recorded_and_its_record_stays_active(
+async def test_a_duplicate_of_a_pending_job_leaves_it_pending_and_its_record_active(
         stores: Any, redis_server: RedisServer) -> None:
-    """As with the other stores, the duplicate makes the job DUPLICATE; here its worker is about to run it, so
-    the record keeps its lease and is not evictable, and the run's outcome replaces the status."""
-    first, second = await stores(max_jobs=2), await stores(max_jobs=2)
-    assert await first.admit("p", {"v": 1}, None) is CREATED
-    assert await second.admit("p", {"v": 2}, None) is DUPLICATE
-    record = await second.get("p")
+    """As with the other stores, the duplicate is counted and the job, yet to run, stays PENDING: its record keeps
+    its lease and is not evictable, and the run's outcome replaces the status. An explicit mark_duplicate
+    makes it DUPLICATE, as ever."""
+    store = await stores(max_jobs=2)
+    assert await store.admit("p", {"v": 1}, None) is CREATED
+    assert await store.admit("p", {"v": 2}, None) is DUPLICATE
+    record = await store.get("p")
     assert record is not None and (record.status, record.input_data, record.duplicate_count) == (
-        JobStatus.DUPLICATE, {"v": 1}, 1)
+        JobStatus.PENDING, {"v": 1}, 1)
+    assert store.jobs["p"].status is JobStatus.PENDING
     check = reader(redis_server)
     assert check.zscore(f"{stores.prefix}:finished", "p") is None
     assert 0 < check.pttl(f"{stores.prefix}:job:p") <= ACTIVE_LEASE * 1000
     check.close()
-    assert await second.admit("q", None, None) is CREATED
-    assert await second.admit("r", None, None) is FULL  # "p" was not evicted
-    await first.start_attempt("p")
-    await first.set_status("p", JobStatus.COMPLETED, result=1)
-    assert await first.mark_duplicate("p") and not await first.mark_duplicate("never-seen")
-    record = await second.get("p")
+    assert await store.admit("q", None, None) is CREATED
+    assert await store.admit("r", None, None) is FULL  # "p" was not evicted
+    await store.start_attempt("p")
+    await store.set_status("p", JobStatus.COMPLETED, result=1)
+    assert await store.mark_duplicate("p") and not await store.mark_duplicate("never-seen")
+    record = await store.get("p")
     assert record is not None and (record.status, record.result, record.duplicate_count) == (
         JobStatus.DUPLICATE, 1, 2)
+
+
+async def crash(store: RedisJobStore) -> None:
+    """As SIGKILL leaves it: the writer stops (no more writes, no lease renewed), the owner key is not deleted."""
+    writer, client = store._writer, store._client
+    assert writer is not None and client is not None
+    writer.cancel()
+    await asyncio.gather(writer, return_exceptions=True)
+    store._writer = store._client = store._wake = None
+    await client.aclose()
+
+
+async def lease_lapsed(server: RedisServer, prefix: str, store: RedisJobStore) -> None:
+    check = reader(server)
+    try:
+        while check.exists(f"{prefix}:owner:{store.owner}"):
+            await asyncio.sleep(0.02)
+    finally:
+        check.close()
+
+
+async def test_a_job_active_in_a_live_worker_is_busy_and_runs_again_once_its_lease_lapsed(
+        stores: Any, redis_server: RedisServer) -> None:
+    """The job a killed worker was running: its redelivered message is never counted as a duplicate (it
+    would be acknowledged, and the job lost); it waits (BUSY) while the owner's lease is alive, and runs
+    again, its attempts kept, once the lease lapsed."""
+    first, second = await stores(owner_lease=0.6), await stores()  # renewed every 0.2 s while the store lives
+    assert await first.admit("job", {"v": 1}, "t") is CREATED and await first.admit("queued", {"v": 1}, "t") is CREATED
+    await first.start_attempt("job")
+    await first.durable()
+    for _ in range(3):  # more than a lease: renewed
+        assert await second.admit("job", {"v": 2}, "t") is BUSY
+        assert await second.admit("queued", {"v": 2}, "t", duplicate_action="reprocess") is BUSY
+        await asyncio.sleep(0.3)
+    record = await second.get("job")
+    assert record is not None and (record.status, record.duplicate_count, record.attempts) == (JobStatus.RUNNING, 0, 1)
+    assert "job" not in second.jobs
+    await crash(first)
+    await asyncio.wait_for(lease_lapsed(redis_server, stores.prefix, first), 10)
+    assert await second.admit("job", {"v": 2}, "t") is CREATED  # taken over: runs here
+    assert await second.admit("queued", {"v": 2}, "t") is CREATED
+    assert (second.jobs["job"].attempts, second.jobs["job"].input_data) == (1, {"v": 2})
+    assert await second.start_attempt("job") == 2
+    await second.durable()
+    check = reader(redis_server)
+    assert check.hget(f"{stores.prefix}:job:job", "owner") == second.owner
+    check.close()
+    assert await second.admit("job", None, None) is DUPLICATE  # now active in this worker
+
+
+async def test_a_store_that_closes_hands_its_active_jobs_over_at_once(stores: Any) -> None:
+    first, second = await stores(), await stores()
+    assert await first.admit("left", {"v": 1}, None) is CREATED
+    assert await second.admit("left", {"v": 1}, None) is BUSY
+    await first.close()  # without settling "left": its lease ends with it
+    assert await second.admit("left", {"v": 1}, None) is CREATED
+
+
+async def test_a_full_store_drops_the_records_of_dead_workers_not_resumed(
+        stores: Any, redis_server: RedisServer) -> None:
+    first, second = await stores(max_jobs=2, owner_lease=0.3), await stores(max_jobs=2)
+    assert await first.admit("a", None, None) is CREATED and await first.admit("b", None, None) is CREATED
+    assert await second.admit("c", None, None) is FULL
+    await crash(first)
+    await asyncio.wait_for(lease_lapsed(redis_server, stores.prefix, first), 10)
+    assert await second.admit("c", None, None) is CREATED  # their messages, unacknowledged, bring them back
+
+
+async def test_orphans_are_taken_over_once_their_owners_lease_lapsed(stores: Any, redis_server: RedisServer) -> None:
+    """A store that resumes its jobs (ack_policy after_recording keeps the input): a dead worker's active jobs
+    with their input are taken over by exactly one live store, PENDING with their attempts kept; their records
+    never expire while active, and are not dropped to make room."""
+    first = await stores(max_jobs=3, owner_lease=0.3)
+    second, third = await stores(max_jobs=3), await stores(max_jobs=3)
+    for store in (first, second, third):
+        store.keep_input = True
+        assert await store.orphans() == []
+    assert await first.admit("ran", {"v": 1}, "t") is CREATED and await first.admit("queued", {"v": 2}, "t") is CREATED
+    assert await first.admit("no-input", None, "t") is CREATED
+    await first.start_attempt("ran")
+    await first.durable()
+    check = reader(redis_server)
+    assert check.pttl(f"{stores.prefix}:job:queued") == -1  # no lease of its own: the owner's lease says
+    assert await second.orphans() == []  # its owner lives
+    await crash(first)
+    await asyncio.wait_for(lease_lapsed(redis_server, stores.prefix, first), 10)
+    # To make room, only the dead worker's record that cannot be resumed (it has no input) is dropped.
+    assert await second.admit("new", None, None) is CREATED
+    assert await second.admit("newer", None, None) is FULL
+    found, other = await asyncio.gather(second.orphans(), third.orphans())
+    taken = {job.job_id: job for job in found + other}
+    assert len(taken) == len(found) + len(other) == 2  # each orphan once
+    ran, queued = taken["ran"], taken["queued"]
+    assert (ran.status, ran.input_data, ran.attempts, ran.topic) == (JobStatus.PENDING, {"v": 1}, 1, "t")
+    assert (queued.status, queued.input_data, queued.attempts) == (JobStatus.PENDING, {"v": 2}, 0)
+    owner = second if "ran" in {job.job_id for job in found} else third
+    assert owner.jobs["ran"].status is JobStatus.PENDING
+    assert check.hget(f"{stores.prefix}:job:ran", "owner") == owner.owner
+    assert check.pttl(f"{stores.prefix}:job:ran") == -1
+    check.close()
+    assert await second.orphans() == [] and await third.orphans() == []
+
+
+async def test_a_message_whose_job_runs_on_another_listener_waits_for_it_then_is_a_duplicate(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    url = redis_server.url(unique_prefix("busy"))
+    one = EventListener(EventListenerConfig(job_store=url, client_id="one"))
+    two = EventListener(EventListenerConfig(job_store=url, client_id="two"))
+    started, release = threading.Event(), threading.Event()
+    ran: List[str] = []
+
+    def slow(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        ran.append("one")
+        started.set()
+        assert release.wait(20)  # noqa: S101 - bounded: the test releases it
+        return {"by": "one"}
+
+    def other(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        ran.append("two")
+        return {"by": "two"}
+
+    caplog.set_level(logging.INFO, logger="Listener")
+    try:
+        first = asyncio.create_task(one.process_message({"job_id": "shared"}, slow))
+        assert await asyncio.to_thread(started.wait, 10)
+        second = asyncio.create_task(two.process_message({"job_id": "shared"}, other))
+
+        async def busy_logged() -> None:
+            while not any(getattr(r, "event", None) == "job_busy" for r in caplog.records):
+                await asyncio.sleep(0.02)
+        await asyncio.wait_for(busy_logged(), 10)
+        running = await two.get_job_status("shared")
+        assert not second.done() and running is not None and running.status is JobStatus.RUNNING
+        assert running.duplicate_count == 0
+        release.set()
+        assert await asyncio.wait_for(first, 10) == {"by": "one"}
+        assert await asyncio.wait_for(second, 10) is None  # a duplicate once the job finished
+        assert ran == ["one"]
+        done = await two.get_job_status("shared")
+        assert done is not None and (done.status, done.result, done.duplicate_count) == (
+            JobStatus.DUPLICATE, {"by": "one"}, 1)
+    finally:
+        release.set()
+        await one.__aexit__(None, None, None)
+        await two.__aexit__(None, None, None)

@@ -111,13 +111,19 @@ async def test_a_backlog_for_a_plain_def_processor_runs_in_order_in_fewer_thread
 
     listener, _ = await start_listener(processor, qos=1)
     hops = 0
-    run = listener._workers.run
+    run, start = listener._workers.run, listener._workers.start
 
     async def counted(*args: Any, **kwargs: Any) -> Any:
         nonlocal hops
         hops += 1
         return await run(*args, **kwargs)
+
+    def counted_start(*args: Any) -> Any:  # a batch
+        nonlocal hops
+        hops += 1
+        return start(*args)
     listener._workers.run = counted  # type: ignore[method-assign]
+    listener._workers.start = counted_start  # type: ignore[method-assign]
     watcher = probe(f"{unique_topic}/results")
     ids = publish_jobs(probe(), f"{unique_topic}/jobs", 15)
     assert await asyncio.to_thread(first_running.wait, 10)

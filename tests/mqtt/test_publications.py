@@ -214,6 +214,7 @@ async def test_stop_logs_how_many_queued_messages_the_grace_period_dropped(
     assert len(lines) == 1, lines
     match = re.match(r"Dropped (\d+) received message", lines[0])
     assert match is not None and int(match.group(1)) == count + 1 - processed > 0
+    assert "QoS 0, lost" in lines[0]  # and the QoS 1 one, if dropped, goes with the clean session: all lost (ERROR)
 
 
 async def test_direct_qos0_writes_reach_the_broker_whole_even_past_the_socket_buffer(

@@ -212,6 +212,44 @@ def test_a_killed_worker_is_restarted_and_every_job_gets_a_result(group: Callabl
     assert listeners.wait(60) == 0, listeners.output()
 
 
+def test_the_group_counters_never_go_down_when_a_worker_is_killed_and_restarted(
+        group: Callable[..., CliProcess], probe: Any, unique_topic: str, mqtt_endpoint: BrokerEndpoint) -> None:
+    """Issue 23 item 5: the restarted worker counts from 0, but the group's messages_received (and the worker's own)
+    keeps what the killed process had counted: sampled all along the kill and the restart, it never decreases."""
+    port = free_port()
+    listeners = group(2, mqtt_endpoint, unique_topic, "--set", f"http_port={port}")
+    wait_healthy(port, listeners)
+    sender = probe()
+    for index in range(40):
+        sender.publish(f"{unique_topic}/jobs", f'job_id = "c-{index}"')
+    samples: List[float] = []
+
+    def sample() -> Dict[str, Any]:
+        metrics = json.loads(http_get(port, "/metrics.json")[1])
+        assert not samples or metrics["messages_received"] >= samples[-1], samples + [metrics["messages_received"]]
+        samples.append(metrics["messages_received"])
+        return dict(metrics)
+
+    deadline = time.monotonic() + 20.0
+    while (sample()["per_worker"]["0"]["metrics"] or {}).get("messages_received", 0) == 0 or samples[-1] < 40:
+        assert time.monotonic() < deadline, f"worker 0 took no job: {samples[-1:]}\n{listeners.output()}"
+        time.sleep(0.05)
+    before = samples[-1]
+    os.kill(_worker_pids(listeners)[0], signal.SIGKILL)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not sample()["ready"] or sample()["per_worker"]["0"]["restarts"] < 1:  # down, restarted, up again
+        assert time.monotonic() < deadline, listeners.output()
+        time.sleep(0.05)
+    sender.publish(f"{unique_topic}/jobs", 'job_id = "after"')
+    while sample()["messages_received"] < before + 1:
+        assert time.monotonic() < deadline, f"{samples[-5:]}\n{listeners.output()}"
+        time.sleep(0.05)
+    text = http_get(port, "/metrics")[1].decode()
+    assert f"mqtt_listener_messages_received_total {samples[-1]:.1f}" in text, text
+    listeners.process.send_signal(signal.SIGTERM)
+    assert listeners.wait(60) == 0, listeners.output()
+
+
 def test_sigterm_drains_the_group_and_the_endpoints_answer_for_every_worker(
         group: Callable[..., CliProcess], probe: Any, unique_topic: str, mqtt_endpoint: BrokerEndpoint) -> None:
     port = free_port()

@@ -12,7 +12,7 @@ Options (all optional; without them the process behaves as it always did):
   --signals             call listener.install_signal_handlers() (SIGTERM/SIGINT stop the listener gracefully)
   --grace SECONDS       shutdown_grace_period
   --max-concurrent N    max_concurrent_jobs
-  --ack-policy POLICY   ack_policy (after_processing or on_receipt)
+  --ack-policy POLICY   ack_policy (after_processing, after_recording or on_receipt)
   --job-store URL       job_store ("memory", "sqlite:////abs/path.db" or "redis://host:port/db")
   --duplicate-action A  duplicate_action (skip, error or reprocess)
   --runs-file PATH      the processor appends "<job_id> <pid>" to PATH (O_APPEND) for every run

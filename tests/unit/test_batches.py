@@ -10,7 +10,7 @@ from unittest.mock import Mock
 
 from Listener import run_inline
 from Listener.core.run_state import State
-from Listener.processing.batches import ALONE_AFTER_SLOW, MAX_BATCH, Halt, run_in_order
+from Listener.processing.batches import MAX_BATCH, Channel, Halt, Outcome, run_in_order
 from Listener.jobs.records import JobStatus
 from tests.support.mocked_listeners import mocked_listener
 
@@ -21,6 +21,22 @@ def _jobs(*ids: str) -> List[Any]:
     return [(contextvars.copy_context(), {"id": job_id}, job_id) for job_id in ids]
 
 
+class _Collected:
+    """A channel stand-in for run_in_order's unit tests: what the worker put, in order."""
+
+    def __init__(self) -> None:
+        self.reports: List[Any] = []
+
+    def put(self, index: int, outcome: Optional[Outcome]) -> None:
+        self.reports.append((index, outcome))
+
+
+def _run(processor: Any, jobs: List[Any], halt: Halt) -> List[Any]:
+    collected = _Collected()
+    run_in_order(processor, jobs, halt, collected)  # type: ignore[arg-type]
+    return collected.reports
+
+
 def test_run_in_order_runs_each_job_in_order_in_its_own_context() -> None:
     seen: List[Any] = []
 
@@ -29,10 +45,21 @@ def test_run_in_order_runs_each_job_in_order_in_its_own_context() -> None:
         _marker.set(job_id)
         return job_id.upper()
 
-    outcomes = run_in_order(processor, _jobs("a", "b", "c"), Halt())
-    assert [o.result for o in outcomes] == ["A", "B", "C"]
+    reports = _run(processor, _jobs("a", "b", "c"), Halt())
+    assert [index for index, _ in reports] == [0, 1, 2]  # the last job's report ends them: no end marker
+    assert [o.result for _, o in reports] == ["A", "B", "C"]
     assert seen == [("a", "unset"), ("b", "unset"), ("c", "unset")]  # nothing leaks from one job to the next
-    assert all(o.error is None and o.started <= o.ended for o in outcomes)
+    assert all(o.error is None and o.started <= o.ended for _, o in reports)
+
+
+def test_run_in_order_reports_each_outcome_before_starting_the_next_job() -> None:
+    collected = _Collected()
+
+    def processor(data: Dict[str, Any], job_id: str) -> str:
+        return f"{job_id} saw {len(collected.reports)} reports"
+
+    run_in_order(processor, _jobs("a", "b", "c"), Halt(), collected)  # type: ignore[arg-type]
+    assert [o.result for _, o in collected.reports] == ["a saw 0 reports", "b saw 1 reports", "c saw 2 reports"]
 
 
 def test_run_in_order_stops_after_the_first_job_that_raises() -> None:
@@ -43,12 +70,12 @@ def test_run_in_order_stops_after_the_first_job_that_raises() -> None:
         if job_id == "b":
             raise KeyError(job_id)
 
-    outcomes = run_in_order(processor, _jobs("a", "b", "c"), Halt())
+    reports = _run(processor, _jobs("a", "b", "c"), Halt())
     assert calls == ["a", "b"]
-    assert len(outcomes) == 2 and isinstance(outcomes[1].error, KeyError)
+    assert [index for index, _ in reports] == [0, 1] and isinstance(reports[1][1].error, KeyError)
 
 
-def test_run_in_order_starts_no_job_once_halted() -> None:
+def test_run_in_order_starts_no_job_once_halted_and_says_it_stopped() -> None:
     halt = Halt()
     calls: List[str] = []
 
@@ -56,8 +83,68 @@ def test_run_in_order_starts_no_job_once_halted() -> None:
         calls.append(job_id)
         halt.set = True  # as the loop does when it gives up on the batch
 
-    assert len(run_in_order(processor, _jobs("a", "b"), halt)) == 1
+    reports = _run(processor, _jobs("a", "b"), halt)
     assert calls == ["a"]
+    assert [index for index, _ in reports] == [0, -1] and reports[1][1] is None
+
+
+async def test_a_channel_hands_reports_over_in_order_and_wakes_the_loop_once_for_many() -> None:
+    loop = asyncio.get_running_loop()
+    channel = Channel(loop)
+    wakes: List[Any] = []
+    original = loop.call_soon_threadsafe
+
+    def counting(callback: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(callback, "__self__", None) is channel:  # not the executor's own hand-back
+            wakes.append(callback)
+        return original(callback, *args, **kwargs)
+
+    loop.call_soon_threadsafe = counting  # type: ignore[method-assign, assignment]
+    try:
+        outcome = Outcome(None, None, 0.0, 0.0)
+
+        def report() -> None:
+            for index in range(100):
+                channel.put(index, outcome)
+
+        thread = threading.Thread(target=report)
+        thread.start()  # the loop does not run meanwhile: every report after the first finds a wake-up on its way
+        thread.join(5)
+        assert [index for index, _ in await asyncio.wait_for(channel.take(), 5)] == list(range(100))
+        assert len(wakes) == 1
+        taking = asyncio.ensure_future(channel.take())
+        await asyncio.sleep(0)  # the loop waits for a report now
+        assert not taking.done()
+        await loop.run_in_executor(None, channel.put, 100, outcome)
+        assert await asyncio.wait_for(taking, 5) == [(100, outcome)]
+        assert len(wakes) == 2
+    finally:
+        loop.call_soon_threadsafe = original  # type: ignore[method-assign]
+
+
+async def test_a_channel_loses_no_report_whatever_the_interleaving() -> None:
+    channel = Channel(asyncio.get_running_loop())
+    outcome = Outcome(None, None, 0.0, 0.0)
+    count = 20_000
+
+    def produce() -> None:
+        for index in range(count):
+            channel.put(index, outcome)
+
+    thread = threading.Thread(target=produce)
+    thread.start()
+    taken: List[int] = []
+    while len(taken) < count:
+        taken.extend(index for index, _ in await asyncio.wait_for(channel.take(), 5))
+    thread.join(5)
+    assert taken == list(range(count))
+
+
+def test_a_channel_of_a_closed_loop_takes_reports_without_raising() -> None:
+    loop = asyncio.new_event_loop()
+    channel = Channel(loop)
+    loop.close()
+    channel.put(0, None)  # an abandoned worker reporting after the listener's loop ended
 
 
 def _messages(*ids: str) -> List[Any]:
@@ -65,18 +152,22 @@ def _messages(*ids: str) -> List[Any]:
 
 
 class _Hops:
-    """Counts hand-offs to the listener's worker threads."""
+    """Counts hand-offs to the listener's worker threads (a call awaited, or a batch started)."""
 
     def __init__(self, listener: Any) -> None:
         self.count = 0
         workers = listener._workers
-        original = workers.run
+        run, start = workers.run, workers.start
 
-        async def run(*args: Any, **kwargs: Any) -> Any:
+        async def counted_run(*args: Any, **kwargs: Any) -> Any:
             self.count += 1
-            return await original(*args, **kwargs)
+            return await run(*args, **kwargs)
 
-        workers.run = run
+        def counted_start(*args: Any) -> Any:
+            self.count += 1
+            return start(*args)
+
+        workers.run, workers.start = counted_run, counted_start
 
 
 async def test_a_batch_runs_in_arrival_order_in_one_hop_and_publishes_every_result_in_order() -> None:
@@ -98,6 +189,34 @@ async def test_a_batch_runs_in_arrival_order_in_one_hop_and_publishes_every_resu
     published = [call.args[1] for call in listener.client.publish.call_args_list]
     assert [p for p in published if b"done" in p] == [f'{{"done":"{job_id}"}}'.encode() for job_id in ids]
     assert listener._pipeline._metrics.jobs_finished["completed"] == 5
+
+
+async def test_each_outcome_of_a_batch_is_published_and_recorded_while_the_next_job_runs() -> None:
+    listener = mocked_listener(log_topic="")
+    started, release = threading.Event(), threading.Event()
+
+    def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        if job_id == "b":
+            started.set()
+            release.wait(5)
+        return {"done": job_id}
+
+    task = asyncio.create_task(listener._pipeline.process_batch(_messages("a", "b", "c"), processor))
+    try:
+        assert await asyncio.get_running_loop().run_in_executor(None, started.wait, 5)
+
+        async def recorded() -> None:
+            while listener.jobs["b"].status is not JobStatus.RUNNING:
+                await asyncio.sleep(0.001)
+        await asyncio.wait_for(recorded(), 5)
+        assert [listener.jobs[j].status for j in "abc"] == [JobStatus.COMPLETED, JobStatus.RUNNING, JobStatus.PENDING]
+        published = [call.args[1] for call in listener.client.publish.call_args_list]
+        assert published == [b'{"done":"a"}']
+        assert list(await listener.get_running_jobs()) == ["b"]
+    finally:
+        release.set()
+        await asyncio.wait_for(task, 5)
+    assert [listener.jobs[j].status for j in "abc"] == [JobStatus.COMPLETED] * 3
 
 
 async def test_a_failing_job_in_a_batch_is_retried_before_the_jobs_after_it_run() -> None:
@@ -200,21 +319,6 @@ def test_batches_only_for_plain_def_processors_one_at_a_time_without_a_timeout()
     assert pipeline.batch_size(None) == 1
     assert mocked_listener(job_timeout=5)._pipeline.batch_size(plain) == 1
     assert mocked_listener(max_concurrent_jobs=2)._pipeline.batch_size(plain) == 1
-
-
-async def test_a_slow_job_makes_the_next_jobs_run_alone_for_a_while() -> None:
-    listener = mocked_listener(log_topic="")
-    pipeline = listener._pipeline
-
-    def processor(data: Dict[str, Any], job_id: str) -> None:
-        if job_id == "slow":
-            threading.Event().wait(0.01)
-
-    await pipeline.process_batch(_messages("fast1", "fast2"), processor)
-    assert pipeline.batch_size(processor) == MAX_BATCH
-    await pipeline.process_batch(_messages("fast3", "slow"), processor)
-    sizes = [pipeline.batch_size(processor) for _ in range(ALONE_AFTER_SLOW + 1)]
-    assert sizes == [1] * ALONE_AFTER_SLOW + [MAX_BATCH]
 
 
 async def test_jobs_whose_outcome_was_not_recorded_when_stop_cut_in_are_cut_short_not_left_pending() -> None:

@@ -889,3 +889,26 @@ def test_max_inflight_publications_is_an_integer_from_1_to_1000(value: Any) -> N
 def test_max_inflight_publications_defaults_to_mosquittos_qos2_quota() -> None:
     assert EventListenerConfig().max_inflight_publications == 20
     assert EventListenerConfig(max_inflight_publications=1000).max_inflight_publications == 1000
+
+
+# -- ack_policy = "after_recording" (issue 23, item 2) ---------------------------------------------
+
+
+def test_after_recording_needs_a_durable_job_store() -> None:
+    """It acknowledges a message once its job is recorded: the memory store forgets that record with the process."""
+    with pytest.raises(ConfigError, match=r"after_recording needs a durable job_store \(sqlite:/// or redis://\)"):
+        EventListenerConfig(ack_policy="after_recording")
+    for store in ("sqlite:///jobs.db", "redis://127.0.0.1:6379/0"):
+        assert EventListenerConfig(ack_policy="after_recording", job_store=store).ack_policy == "after_recording"
+
+
+def test_after_recording_is_accepted_from_toml_and_the_environment(tmp_path: Any) -> None:
+    path = tmp_path / "listener.toml"
+    path.write_text('ack_policy = "after_recording"\njob_store = "sqlite:///jobs.db"\n', encoding="utf-8")
+    assert EventListenerConfig.from_file(path).ack_policy == "after_recording"
+    environ = {"MQTT_ACK_POLICY": "after_recording", "MQTT_JOB_STORE": "sqlite:///jobs.db"}
+    assert EventListenerConfig.from_env(environ=environ).ack_policy == "after_recording"
+    with pytest.raises(ConfigError, match="after_recording needs a durable job_store"):
+        EventListenerConfig.from_env(environ={"MQTT_ACK_POLICY": "after_recording"})
+    with pytest.raises(ConfigError, match="after_processing, after_recording, on_receipt"):
+        EventListenerConfig(ack_policy="after_commit")

@@ -41,3 +41,20 @@ async def test_every_drop_is_counted_and_reports_are_rate_limited() -> None:
     assert len(events.logged) == 2 and events.logged[1][2].startswith("9 QoS 0 message(s) dropped")
     await asyncio.sleep(0.1)
     assert len(events.logged) == 2  # nothing new, nothing reported
+
+
+async def test_drops_are_counted_and_reported_by_reason() -> None:
+    """A QoS 0 message with DUP set was dropped with a WARNING line and counted nowhere."""
+    metrics, events, clock = ListenerMetrics(), FakeEvents(), Clock()
+    reporter = DropReporter(metrics, events, 500, every=10.0, clock=clock)  # type: ignore[arg-type]
+    reporter.record()
+    reporter.record("dup_qos0")  # its own period: reported at once, not folded into the overload's next report
+    reporter.record("dup_qos0")
+    await asyncio.sleep(0)
+    assert metrics.messages_dropped == 3
+    assert metrics.messages_dropped_by_reason == {"max_pending_messages": 1, "dup_qos0": 2}
+    assert metrics.snapshot({}, 0, 0, True, True, False)["messages_dropped_by_reason"] == {
+        "max_pending_messages": 1, "dup_qos0": 2}
+    assert [message.split(":")[0] for _, _, message in events.logged] == [
+        "1 QoS 0 message(s) dropped", "1 QoS 0 message(s) with the DUP flag set dropped"]
+    assert "MQTT-3.3.1-2" in events.logged[1][2]

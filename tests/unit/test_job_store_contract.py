@@ -21,7 +21,7 @@ from Listener import EventListener, EventListenerConfig, JobStatus
 from Listener.jobs.admission import Admission
 from Listener.jobs.factory import create_job_store
 from Listener.jobs.memory import MemoryJobStore
-from Listener.jobs.records import CANCELLED, FINISHED_STATUSES
+from Listener.jobs.records import ACTIVE_STATUSES, CANCELLED, FINISHED_STATUSES
 from Listener.jobs.redis import FULL_RECHECK, record_fields
 from Listener.jobs.sqlite import job_row
 from Listener.jobs.store import JobStore
@@ -115,6 +115,10 @@ class RedisBackend(Backend):
                     (record_fields(job, job.job_id in interrupted) for job in store.jobs.values())}
         for job_id, ttl in lingering.items():  # forgotten here, a finished record expires in Redis
             assert JobStatus(records.pop(job_id)["status"]) in FINISHED_STATUSES and ttl > 0
+        for fields in records.values():  # who owns a record is Redis's own bookkeeping: an active one names this store
+            owner = fields.pop("owner", None)
+            fields.pop("resume", None)
+            assert JobStatus(fields["status"]) not in ACTIVE_STATUSES or owner == getattr(store, "owner")
         assert records == expected
         assert ids - set(expiring) == set(expected)
 
@@ -177,8 +181,8 @@ async def test_the_duplicate_policy(backend: Backend, held: str, action: str, ou
     if outcome is DUPLICATE:
         assert after.duplicate_count == 1 and after.attempts == before.attempts
         assert after.input_data != {"v": 2} and after.topic == "t1"  # the held job is not replaced
-        if held == "running":
-            assert (after.status, after.completed_at) == (JobStatus.RUNNING, None)  # a running job keeps running
+        if held in ("pending", "running"):  # an active job keeps its status (and its input: it is yet to run)
+            assert (after.status, after.completed_at, after.input_data) == (JobStatus[held.upper()], None, {"v": 1})
         else:
             assert after.status is JobStatus.DUPLICATE
         if held in ("completed", "failed"):  # what the first message produced stays

@@ -67,8 +67,22 @@ def test_decide_never_starts_a_running_job_twice(held: Optional[JobStatus], inte
         assert verdict is Verdict.DUPLICATE
 
 
+@pytest.mark.parametrize("held", [None, *JobStatus])
+@pytest.mark.parametrize("elsewhere, abandoned", [(True, False), (False, True)])
+def test_decide_waits_for_a_job_active_in_a_live_worker_and_takes_over_a_dead_ones(
+        held: Optional[JobStatus], elsewhere: bool, abandoned: bool) -> None:
+    """A shared store: ownership decides first for an active job, whatever the action; a finished job's
+    owner does not matter (the policy applies as ever)."""
+    for action in ("skip", "error", "reprocess"):
+        verdict = decide(held, False, action, elsewhere=elsewhere, abandoned=abandoned)
+        if held in ACTIVE_STATUSES:
+            assert verdict is (Verdict.BUSY if elsewhere else Verdict.RUN_AGAIN)
+        else:
+            assert verdict is decide(held, False, action)
+
+
 def test_admission_of_each_verdict() -> None:
-    assert [admission_of(verdict) for verdict in Verdict] == [CREATED, CREATED, CREATED, DUPLICATE]
+    assert [admission_of(verdict) for verdict in Verdict] == [CREATED, CREATED, CREATED, DUPLICATE, Admission.BUSY]
 
 
 # -- the memory store ---------------------------------------------------------------------------

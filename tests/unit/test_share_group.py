@@ -161,8 +161,8 @@ def _group(reports: List[Optional[Dict[str, Any]]], age: float = 0.0) -> Supervi
     return supervisor
 
 
-def _report(received: int, ready: bool = True) -> Dict[str, Any]:
-    return {"ready": ready, "draining": False, "running": True, "metrics": _snapshot(received, ready)}
+def _report(received: int, ready: bool = True, errors: Optional[Dict[str, int]] = None) -> Dict[str, Any]:
+    return {"ready": ready, "draining": False, "running": True, "metrics": _snapshot(received, ready, errors=errors)}
 
 
 def test_group_is_ready_only_when_every_worker_reports_ready() -> None:
@@ -182,6 +182,27 @@ def test_group_metrics_are_summed_with_a_section_per_worker() -> None:
     assert metrics["per_worker"]["1"]["metrics"]["messages_received"] == 5
     assert metrics["per_worker"]["2"] == {"pid": 1002, "alive": True, "restarts": 0, "healthy": False, "metrics": None}
     json.dumps(metrics)
+
+
+def test_group_counters_never_go_down_when_a_worker_dies_and_restarts() -> None:
+    """Issue 23 item 5: a restarted worker counts from 0 again; the slot keeps its earlier process's last totals, so
+    the group's counters (and the worker's own) never fall, while gauges are the live process's only."""
+    supervisor = _group([_report(200, errors={"a": 1}), _report(200)])
+    status = GroupStatus(supervisor)
+    assert status.metrics()["messages_received"] == 400
+    supervisor.workers[0].process = _FakeProcess(1000, returncode=-9)  # type: ignore[assignment]
+    down = status.metrics()
+    assert down["messages_received"] == 400 and down["errors"] == {"a": 1}  # the dead worker's last report
+    assert down["jobs"] == {"completed": 200} and down["per_worker"]["0"]["metrics"] is None  # gauges: live only
+    supervisor.workers[0].started(_FakeProcess(2000))  # type: ignore[arg-type]
+    assert status.metrics()["messages_received"] == 400
+    supervisor.workers[0].status, supervisor.workers[0].status_at = _report(10), time.monotonic()
+    back = status.metrics()
+    assert back["messages_received"] == 410 and back["errors"] == {"a": 1}
+    assert back["per_worker"]["0"]["metrics"]["messages_received"] == 210
+    assert back["per_worker"]["0"]["metrics"]["jobs"] == {"completed": 10}
+    assert back["jobs"] == {"completed": 210} and back["in_flight"] == 2
+    assert back["processing_seconds"]["count"] == 0
 
 
 def test_group_prometheus_text_has_totals_and_worker_labels() -> None:

@@ -160,16 +160,67 @@ async def test_a_failing_write_is_reported_retried_and_durable_raises_meanwhile(
         with pytest.raises(JobStoreError):
             await store.durable()
         other.execute("ALTER TABLE hidden RENAME TO jobs")
-        for _ in range(200):  # the writer retries on its own; bounded wait for it to succeed
-            try:
-                await asyncio.wait_for(store.durable(), 10)
-                break
-            except JobStoreError:
-                await asyncio.sleep(0.05)
-        await store.durable()
+        await _durable_again(store)
     finally:
         other.close()
     assert rows(tmp_path / "jobs.db") == [("a", "pending", 0, None)]
+
+
+async def _durable_again(store: SqliteJobStore) -> None:
+    """Wait (bounded) until the writer, retrying on its own, records everything again."""
+    for _ in range(200):
+        try:
+            await asyncio.wait_for(store.durable(), 10)
+            break
+        except JobStoreError:
+            await asyncio.sleep(0.05)
+    await store.durable()
+
+
+async def _durable_fails(store: SqliteJobStore, fragment: str) -> None:
+    """``durable()`` raises, naming the file and ``fragment``, however often it is asked (bounded)."""
+    for _ in range(3):
+        with pytest.raises(JobStoreError, match=f"jobs\\.db.*{fragment}.*acknowledgements are held"):
+            await asyncio.wait_for(store.durable(), 10)
+
+
+async def test_a_job_store_file_deleted_mid_run_is_an_error_reported_once_until_it_is_back(
+        open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], tmp_path: Path) -> None:
+    """Issue 23 item 5: the file deleted (here: moved away) while open takes writes nobody reads. durable() raises,
+    so no acknowledgement goes out; on_error hears it once, not at every retry; put back, writing works again."""
+    store = await open_store()
+    reported: List[str] = []
+    await store.open(on_error=reported.append)
+    await store.admit("before", None)
+    await store.durable()
+    path, away = tmp_path / "jobs.db", tmp_path / "elsewhere.db"
+    path.rename(away)
+    await _durable_fails(store, "was deleted")  # nothing new to write: durable() looks at the path itself
+    await store.admit("during", None)
+    await _durable_fails(store, "was deleted")  # the writer's commit went to the file no one will open
+    assert len(reported) == 1 and "was deleted" in reported[0] and str(path) in reported[0], reported
+    away.rename(path)
+    await _durable_again(store)
+    assert [row[0] for row in rows(path)] == ["before", "during"]
+    assert len(reported) == 1
+
+
+async def test_a_job_store_file_replaced_mid_run_is_an_error(
+        open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], tmp_path: Path) -> None:
+    """Another database put in its place (a restored backup, another listener's file): an error, and not written to."""
+    store = await open_store()
+    reported: List[str] = []
+    await store.open(on_error=reported.append)
+    other = await open_store(path=tmp_path / "other.db")
+    await other.admit("theirs", None)
+    await other.close()
+    (tmp_path / "other.db").replace(tmp_path / "jobs.db")
+    await store.admit("mine", None)
+    await _durable_fails(store, "was replaced by another file")
+    assert len(reported) == 1 and "was replaced" in reported[0], reported
+    # Not written to after the change (what a reader sees of the new file still includes the listener's "-wal" file,
+    # which SQLite applies to whatever file has the name: replace a job store only while its listener is stopped).
+    assert "mine" not in [row[0] for row in rows(tmp_path / "jobs.db")]
 
 
 async def test_a_corrupt_file_is_refused_by_name(tmp_path: Path) -> None:

@@ -234,16 +234,17 @@ async def test_a_packet_amqtt_fails_to_handle_is_reported_at_warning(broker: Scr
         assert bytes(message.data) == b"next" and client.is_connected()
 
 
-async def test_a_qos0_message_with_the_dup_flag_is_ignored(broker: ScriptedBroker,
-                                                           caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_qos0_message_with_the_dup_flag_is_dropped_and_counted(broker: ScriptedBroker) -> None:
+    """MQTT-3.3.1-2 forbids DUP at QoS 0: dropped, and counted with its reason (it was counted nowhere)."""
     async with connected(broker) as client:
-        with caplog.at_level(logging.WARNING, "Listener.transport"):
-            duplicate = bytearray(publish_packet("jobs", b"dup", 0, False))
-            duplicate[0] |= 0x08
-            await broker.send(bytes(duplicate) + publish_packet("jobs", b"fine", 0, False))
-            [message] = await take(client, 1)
+        dropped: List[Any] = []
+        client.on_drop = lambda *reason: dropped.append(reason)
+        duplicate = bytearray(publish_packet("jobs", b"dup", 0, False))
+        duplicate[0] |= 0x08
+        await broker.send(bytes(duplicate) + publish_packet("jobs", b"fine", 0, False))
+        [message] = await take(client, 1)
         assert bytes(message.data) == b"fine" and client.take_message() is None
-        assert "DUP" in caplog.text
+        assert dropped == [("dup_qos0",)]
 
 
 def qos2_publish(topic: str, payload: bytes, packet_id: int, dup: bool = False) -> bytes:

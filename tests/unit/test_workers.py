@@ -69,6 +69,27 @@ async def test_a_cancelled_call_is_abandoned() -> None:
     release.set()
 
 
+async def test_a_started_call_runs_without_a_way_back_and_can_be_abandoned() -> None:
+    workers = ThreadWorkers(1)
+    release, started, ran = threading.Event(), threading.Event(), threading.Event()
+
+    def hang() -> None:
+        started.set()
+        release.wait(10)
+        ran.set()
+
+    abandon = workers.start(hang)
+    assert await asyncio.to_thread(started.wait, 5)
+    abandon()  # as _run_batch does when stop()'s grace period ends
+    assert workers.abandoned == 1
+    assert await asyncio.wait_for(workers.run(lambda: 7), 5) == 7  # the stuck slot was replaced
+    release.set()
+    assert await asyncio.to_thread(ran.wait, 5)  # the abandoned call ends by itself, reporting nothing
+    workers.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        workers.start(lambda: None)
+
+
 async def test_idle_workers_exit_and_shutdown_refuses_new_calls() -> None:
     workers = ThreadWorkers(2, idle_timeout=0.05)
     await workers.run(lambda: None)
