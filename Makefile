@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install mosquitto redis-server interop-brokers demo test test-unit test-integration test-mqtt test-interop lint typecheck security amqtt-canary coverage bench clean
+.PHONY: help install mosquitto redis-server interop-brokers demo test test-unit test-integration test-mqtt test-interop lint typecheck security amqtt-canary coverage bench docs docs-serve clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -80,6 +80,12 @@ coverage: $(STAMP) mosquitto redis-server interop-brokers  ## Coverage report (t
 
 bench: $(STAMP) mosquitto  ## Benchmark through a real mosquitto: one JSON line per scenario (BENCH_ARGS="--repeat 3")
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+docs: $(STAMP)  ## Build the documentation site into site/ with --strict: a broken link, a page missing from the nav or a bad docstring fails
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)  ## Preview the documentation site on http://127.0.0.1:8000, rebuilt as the docs change
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 clean:  ## Remove caches and build output (keeps .venv)
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .hypothesis htmlcov .coverage .coverage.* coverage.xml

@@ -563,8 +563,10 @@ def _command_publish(args: argparse.Namespace) -> int:
         raise CliError(f"--timeout must be a number of seconds > 0, got {args.timeout!r}")
     payload = _read_payload(args, config.max_payload_bytes)
     data = _validate_payload(payload, config)
-    if data.get(config.job_id_field) in (None, "") and not config.allow_job_id_generation:
-        print(f"{PROG}: warning: the payload has no {config.job_id_field!r}; a listener with "
+    job_id = data.get(config.job_id_field)
+    if job_id in (None, "") and not config.allow_job_id_generation:
+        problem = "has no" if job_id is None else "has an empty"
+        print(f"{PROG}: warning: the payload {problem} {config.job_id_field!r}; a listener with "
               f"allow_job_id_generation off will reject it", file=sys.stderr)
     try:
         asyncio.run(_publish(config, args.topic, payload, args.qos, args.retain, args.timeout))

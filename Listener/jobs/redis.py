@@ -74,7 +74,7 @@ COMMAND_TIMEOUT = 5.0
 MAX_WRITE_RETRY = 5.0
 #: Seconds between admissions tried again while the store is full (other processes' jobs free its slots).
 FULL_RECHECK = 0.5
-INSTALL_HINT = "pip install 'mqtt-event-listener[redis]'"
+INSTALL_HINT = "pip install 'redis>=5' (or install this package with its [redis] extra: docs/installation.md)"
 
 _CLAIM = """
 local key, ids, finished = KEYS[1], KEYS[2], KEYS[3]

@@ -70,7 +70,8 @@ LINGER_SECONDS = 1.0
 OVERFLOW_LINGER_SECONDS = 0.25
 LINGER_BYTES = 64 * 1024
 _POLL_INTERVAL = 0.1
-_INSTALL_HINT = "Prometheus metrics need prometheus-client: pip install 'mqtt-event-listener[prometheus]'\n"
+_INSTALL_HINT = ("Prometheus metrics need prometheus-client: pip install 'prometheus-client>=0.17' (or install this "
+                 "package with its [prometheus] extra: docs/installation.md)\n")
 _REGULAR, _PROBE, _BUSY = "regular", "probe", "busy"
 
 

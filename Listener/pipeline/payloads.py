@@ -71,7 +71,8 @@ def resolve_job_id(data: Dict[str, Any], field: str, allow_generation: bool) -> 
     if value is None or value == "":
         if allow_generation:
             return generate_job_id()
-        raise RejectedMessage(ErrorType.MISSING_JOB_ID, f"Message has no '{field}' field and job id generation is off")
+        problem = f"has no '{field}' field" if value is None else f"has an empty '{field}' (the job id is empty)"
+        raise RejectedMessage(ErrorType.MISSING_JOB_ID, f"Message {problem} and job id generation is off")
     if isinstance(value, (dict, list)):
         kind = "table" if isinstance(value, dict) else "array"
         raise RejectedMessage(ErrorType.INVALID_PAYLOAD, f"Field '{field}' must be a string or number, got {kind}")

@@ -206,7 +206,8 @@ class TestListener:
                 or a dict (sent as TOML).
             topic: the topic to publish on; the config's ``topic`` when omitted (which must then be a topic
                 name, not a filter with ``+`` or ``#``).
-            qos, retain: of the publication; the listener receives it at min(qos, its subscription's QoS).
+            qos: of the publication; the listener receives it at min(qos, its subscription's QoS).
+            retain: the retain flag of the publication.
             timeout: seconds to wait for the outcome (the ``timeout`` given to the constructor by default).
 
         Raises:

@@ -16,6 +16,8 @@ from types import ModuleType
 
 import pytest
 
+from tests.support.file_modules import load_file_module
+
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -105,11 +107,7 @@ def test_make_demo_explains_what_it_shows() -> None:
 
 
 def load_audit() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("audit_script", ROOT / "scripts" / "audit.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_file_module("audit_script", ROOT / "scripts" / "audit.py")
 
 
 @pytest.mark.integration

@@ -381,6 +381,8 @@ def test_publish_to_an_unreachable_broker_exits_1_without_the_password(capsys: p
 def test_publish_warns_about_a_missing_job_id(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["publish", "-t", "jobs", "-d", 'value = 1', "--port", "1", "--timeout", "2"]) == EXIT_FAILURE
     assert "has no 'job_id'" in capsys.readouterr().err
+    assert main(["publish", "-t", "jobs", "-d", 'job_id = ""', "--port", "1", "--timeout", "2"]) == EXIT_FAILURE
+    assert "has an empty 'job_id'" in capsys.readouterr().err
 
 
 def test_publish_rejects_a_bad_timeout(capsys: pytest.CaptureFixture[str]) -> None:

@@ -179,7 +179,7 @@ async def test_metrics_without_prometheus_client_answers_501(fake: FakeListener,
         assert not endpoints.prometheus_enabled
         status, _, body = await get(endpoints.port, "/metrics")
         assert status == 501
-        assert b"mqtt-event-listener[prometheus]" in body
+        assert b"[prometheus] extra" in body
         assert body.count(b"\n") == 1
         assert (await get(endpoints.port, "/metrics.json"))[0] == 200
     finally:

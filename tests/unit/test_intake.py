@@ -133,6 +133,16 @@ def test_missing_job_id_without_generation(data: Dict[str, Any]) -> None:
     assert "job_id" in info.value.message
 
 
+def test_empty_job_id_is_reported_as_empty_not_missing() -> None:
+    with pytest.raises(RejectedMessage) as empty:
+        resolve_job_id({"job_id": ""}, "job_id", False)
+    assert empty.value.error_type == ErrorType.MISSING_JOB_ID
+    assert "empty 'job_id'" in empty.value.message and "has no" not in empty.value.message
+    with pytest.raises(RejectedMessage) as absent:
+        resolve_job_id({"task": "x"}, "task_id", False)
+    assert "has no 'task_id' field" in absent.value.message
+
+
 @pytest.mark.parametrize("data", [{}, {"job_id": ""}, {"job_id": None}])
 def test_missing_job_id_with_generation(data: Dict[str, Any]) -> None:
     first = resolve_job_id(data, "job_id", True)
