@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install mosquitto redis-server interop-brokers demo test test-unit test-integration test-mqtt test-interop lint typecheck security amqtt-canary coverage bench docs docs-serve clean
+.PHONY: help install mosquitto redis-server interop-brokers chromium demo test test-unit test-integration test-mqtt test-interop test-browser lint typecheck security amqtt-canary coverage bench docs docs-serve clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -30,6 +30,11 @@ redis-server:  ## Install the redis-server the Redis job store tests start (Debi
 		echo "redis-server not found: installing it with apt-get"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
+chromium:  ## Install the Chromium the browser tests drive through Playwright (Debian's package, needs root) when it is missing
+	@command -v chromium >/dev/null 2>&1 || { \
+		echo "chromium not found: installing it with apt-get"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 interop-brokers: mosquitto  ## Install the brokers of the interop tier when missing: rabbitmq-server, nodejs and npm (Debian, needs root), then aedes (npm ci)
 	@{ command -v rabbitmq-server >/dev/null 2>&1 || test -x /usr/sbin/rabbitmq-server; } && \
 	{ command -v node >/dev/null 2>&1 || command -v nodejs >/dev/null 2>&1; } && command -v npm >/dev/null 2>&1 || { \
@@ -43,16 +48,19 @@ interop-brokers: mosquitto  ## Install the brokers of the interop tier when miss
 demo: $(STAMP)  ## Run the demo: embedded broker, a listener, a few jobs (or MQTT_HOST/MQTT_PORT)
 	$(BIN)/python scripts/demo.py
 
-test: $(STAMP) mosquitto redis-server interop-brokers  ## Run every test (unit, integration, real-broker, interop, slow) with coverage >= 90%
+test: $(STAMP) mosquitto redis-server interop-brokers chromium  ## Run every test (unit, integration, real-broker, interop, browser, slow) with coverage >= 90%
 	LISTENER_INTEROP_REQUIRED=1 $(PYTEST) --cov=Listener --cov-report=term-missing --cov-fail-under=90
 
 test-unit: $(STAMP)  ## Fast unit tests only (no broker)
 	$(PYTEST) -m unit
 
-test-integration: $(STAMP)  ## Tests with a mocked MQTT client
+test-integration: $(STAMP) chromium  ## Tests with a mocked MQTT client, and the browser tests needing no broker
 	$(PYTEST) -m integration
 
-test-mqtt: $(STAMP) mosquitto  ## Tests against real Mosquitto brokers the suite starts
+test-browser: $(STAMP) mosquitto chromium  ## The browser tests (tests/browser): Debian's chromium driven by Playwright
+	$(PYTEST) -m browser tests/browser
+
+test-mqtt: $(STAMP) mosquitto chromium  ## Tests against real Mosquitto brokers the suite starts (browser ones too)
 	$(PYTEST) -m mqtt_integration
 
 test-interop: $(STAMP) interop-brokers  ## The interop tier: Mosquitto, amqtt's broker, Aedes and RabbitMQ, started by the tests
@@ -75,7 +83,7 @@ security: $(STAMP)  ## bandit over the library, then pip-audit of .venv (reporte
 amqtt-canary:  ## The amqtt contract test and the broker-free tests against amqtt's newest release, in a scratch venv
 	$(PYTHON) scripts/amqtt_canary.py $(CANARY_ARGS)
 
-coverage: $(STAMP) mosquitto redis-server interop-brokers  ## Coverage report (terminal + htmlcov/), failing under 90%
+coverage: $(STAMP) mosquitto redis-server interop-brokers chromium  ## Coverage report (terminal + htmlcov/), failing under 90%
 	LISTENER_INTEROP_REQUIRED=1 $(PYTEST) --cov=Listener --cov-report=term-missing --cov-report=html --cov-fail-under=90
 
 bench: $(STAMP) mosquitto  ## Benchmark through a real mosquitto: one JSON line per scenario (BENCH_ARGS="--repeat 3")

@@ -10,19 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections import Counter
 from types import TracebackType
-from typing import Any, Callable, Dict, Iterable, Optional, Set, Type, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Type, Union
 
 from ._version import __version__
 from .config.checks import check_before_start
 from .config.parser import SafeConfigParser
-from .config.settings import EventListenerConfig
+from .config.settings import EventListenerConfig, http_token
+from .core.redaction import mask_uri_credentials
 from .core.run_state import RunState, State
 from .core.serialization import to_json_bytes
 from .core.topics import PublishOptions, shared_filters, subscriptions
 from .jobs.factory import create_job_store
-from .jobs.records import JobInfo, JobStatus
+from .jobs.records import JobInfo, JobStatus, job_as_dict
 from .jobs.tracking import JobTracker
 from .mqtt.client import endpoint_label, secrets
 from .mqtt.connection import DISCONNECT_TIMEOUT, ClientSlot, connect, disconnect, subscribe
@@ -73,6 +75,7 @@ class EventListener:
         self._running = False  # only what a user assigned to ``is_running`` outside run()
         self._signals: Optional[StopSignals] = None
         self._http: Any = None
+        self._dashboard: Any = None
         # Each part gets its collaborators here, once; none is set afterwards.
         run_state = RunState()
         self._slot = ClientSlot(config, run_state)
@@ -185,6 +188,9 @@ class EventListener:
             http, self._http = self._http, None
             if http is not None:
                 await http.close()
+            dashboard, self._dashboard = self._dashboard, None
+            if dashboard is not None:
+                await dashboard.close()
             await self._tracker.store.close()
             self.remove_signal_handlers()
             self._running = False
@@ -195,9 +201,15 @@ class EventListener:
                            lambda warning: logger.warning("Configuration: %s", self._events.redact(warning)))
         await self._open_job_store()
         if self.config.http_port is not None:
-            from .ops.http_endpoints import start_http_endpoints  # only services that ask for it load the server
+            # Only services that ask for the endpoints load the server and the dashboard.
+            from .ops.dashboard import Dashboard
+            from .ops.http_endpoints import start_http_endpoints
 
-            self._http = await start_http_endpoints(self, self.config.http_host, self.config.http_port)
+            self._dashboard = Dashboard(_DashboardView(self), token=http_token(self.config),
+                                        bind_host=self.config.http_host)
+            await self._dashboard.start()
+            self._http = await start_http_endpoints(self, self.config.http_host, self.config.http_port,
+                                                    handler=self._dashboard)
 
     async def _open_job_store(self) -> None:
         """Open the job store (a SQLite file is created, checked and loaded; raises JobStoreError naming it)."""
@@ -377,3 +389,44 @@ class EventListener:
     def generate_job_id(self) -> Optional[str]:
         """A fresh random (uuid4) job id, or None when ``allow_job_id_generation`` is off (as in the first release)."""
         return generate_job_id() if self.config.allow_job_id_generation else None
+
+
+#: Jobs the dashboard converts between two turns of the event loop.
+_ROWS_PER_TURN = 100
+
+
+class _DashboardView:
+    """What the dashboard shows of one listener (a :class:`~Listener.ops.dashboard.DashboardSource`)."""
+
+    def __init__(self, listener: EventListener) -> None:
+        self._listener = listener
+        self.secrets = secrets(listener.config)
+        self._started_at = time.time()
+
+    def overview(self) -> Dict[str, Any]:
+        listener, config = self._listener, self._listener.config
+        return {"kind": "listener", "version": __version__, "state": listener.state.value,
+                "broker": listener._endpoint, "client_id": config.client_id,
+                "subscriptions": [[topic, qos] for topic, qos in listener._filters],
+                "job_store": mask_uri_credentials(config.job_store), "keep_job_input": config.keep_job_input,
+                "started_at": self._started_at, "workers": None}
+
+    def metrics(self) -> Dict[str, Any]:
+        return self._listener.metrics()
+
+    async def recent_jobs(self, limit: int) -> Optional[List[Dict[str, Any]]]:
+        jobs = await self._listener._tracker.store.recent(limit)
+        rows: List[Dict[str, Any]] = []
+        for start in range(0, len(jobs), _ROWS_PER_TURN):  # let messages through between slices of a long list
+            rows.extend(job_as_dict(job) for job in jobs[start:start + _ROWS_PER_TURN])
+            await asyncio.sleep(0)
+        return rows
+
+    async def job(self, job_id: str) -> Optional[Dict[str, Any]]:
+        job = await self._listener._tracker.store.get(job_id)
+        if job is None:
+            return None
+        detail = job_as_dict(job, detail=True)
+        if not self._listener.config.keep_job_input:  # the store may hold it (to resume the job), users asked not to
+            detail["input"] = None
+        return detail

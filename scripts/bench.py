@@ -13,12 +13,15 @@ Each scenario prints one JSON line: msg/s, p50/p99 latency (ms), the listener pr
 RSS delta and bytes per tracked job, the largest event-loop lag, the issue's target and whether it was
 met. Trivial-processor scenarios are also run through a bare amqtt receive->publish loop (the
 "ceiling") and reported as a ratio to it; a scenario with the SQLite job store is reported as a ratio to
-the same traffic with the memory store (``ratio_to_memory_store``). The script reports; it never fails
-on a missed target.
+the same traffic with the memory store (``ratio_to_memory_store``). ``fixed500-qos1+dashboard`` is
+``fixed500-qos1`` with the HTTP endpoints on and a poller process doing what an open dashboard tab does; it is
+reported with its p99 as a ratio to the plain row's (``p99_ratio_to_without_dashboard``). The script reports;
+it never fails on a missed target.
 
     python scripts/bench.py                      # everything (about 5 minutes on 2 cores)
     python scripts/bench.py --quick              # small counts, under a minute
     python scripts/bench.py --scenario trivial-qos1-small --scenario fixed500-qos1
+    python scripts/bench.py --repeat 3 --scenario fixed500-qos1 --scenario fixed500-qos1+dashboard
     python scripts/bench.py --ceiling            # only the bare amqtt loop
     python scripts/bench.py --processes 2 --processes 4   # a 5 ms processor in 1, 2 and 4 processes
     python scripts/bench.py --profile trivial-qos0-small   # cProfile top 25 to stderr
@@ -46,6 +49,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
@@ -78,6 +83,10 @@ department = "analytics"
 """
 _JOB_ID = re.compile(rb'job_id\s*=\s*"([^"]*)"')
 _SENT = re.compile(rb"sent\s*=\s*([0-9.]+)")
+_NOT_IN_TOPICS = re.compile(r"[^A-Za-z0-9_-]")
+#: What an open dashboard tab asks for: (path, every so many seconds). The first round is sent at once.
+DASHBOARD_POLLS = (("/api/summary", 1), ("/api/series", 1), ("/", 5), ("/api/jobs?page=1", 5))
+DASHBOARD_REQUEST_TIMEOUT = 5.0
 
 
 # -- scenarios -------------------------------------------------------------------------------------
@@ -105,6 +114,12 @@ class Scenario:
     processes: int = 0  # > 0: `mqtt-listener run` processes (--workers N) instead of a listener in the runner
     hung_window: float = 0.0  # > 0: the first job hangs; fast jobs finished per second within this many seconds
     default_pending: bool = False  # keep max_pending_messages at its default (10,000), also at QoS 0
+    dashboard: bool = False  # the HTTP endpoints on (http_port 0), polled as an open dashboard tab does
+
+    @property
+    def slug(self) -> str:
+        """The name as it goes into topics, client ids and job ids (no ``+``, an MQTT wildcard)."""
+        return _NOT_IN_TOPICS.sub("_", self.name)
 
     @property
     def jobs_limit(self) -> int:
@@ -146,6 +161,9 @@ def catalogue(quick: bool, factor: float) -> List[Scenario]:
         Scenario("async50-c100", "async50", 0, "small", n(10_000, 1_000), max_concurrent_jobs=100, budget_rate=333.0),
         Scenario("sync50-t16", "sync50", 0, "small", n(2_500, 250), max_concurrent_jobs=16, budget_rate=83.0),
         Scenario("fixed500-qos1", "trivial", 1, "small", n(10_000, 1_000), rate=500.0),
+        # The same with a dashboard tab open on the listener (scripts' poller process): its p99 against the above.
+        Scenario("fixed500-qos1+dashboard", "trivial", 1, "small", n(10_000, 1_000), rate=500.0, dashboard=True,
+                 compare_to="fixed500-qos1", compared_as="without_dashboard"),
         Scenario("acks-qos1-on-receipt", "trivial", 1, "small", n(10_000, 1_000), ack_policy="on_receipt"),
         Scenario("acks-qos1-after-processing", "trivial", 1, "small", n(10_000, 1_000),
                  compare_to="acks-qos1-on-receipt", compared_as="on_receipt"),
@@ -252,6 +270,10 @@ TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
     "fixed500-qos1": ("p99_ms <= 20, rss_per_job_beyond_payload <= 1536 B, lost == 0",
                       lambda r: _at_most(r, "p99_ms", 20) and _at_most(r, "rss_per_job_beyond_payload", 1536)
                       and _no_loss(r)),
+    "fixed500-qos1+dashboard": ("p99_ms <= 20 (fixed500-qos1's, with a dashboard tab open), every poll answered, "
+                                "lost == 0 (p99_ratio_to_without_dashboard: the tab's cost)",
+                                lambda r: _at_most(r, "p99_ms", 20) and r.get("dashboard_failed") == 0
+                                and _no_loss(r)),
     "sqlite-qos1-small": ("ratio_to_memory_store >= 0.7, lost == 0",
                           lambda r: None if r.get("ratio_to_memory_store") is None
                           else r["ratio_to_memory_store"] >= 0.7 and _no_loss(r)),
@@ -300,7 +322,7 @@ def build_payload(kind: str, job_id: str, sent: float) -> bytes:
 
 def job_prefix(run_id: str, name: str) -> str:
     """The job ids of a run are ``<prefix>-<8 digits>``."""
-    return f"bench-{run_id}-{name}"
+    return f"bench-{run_id}-{_NOT_IN_TOPICS.sub('_', name)}"
 
 
 def payload_size(kind: str, run_id: str, name: str) -> int:
@@ -515,6 +537,50 @@ def run_collector(spec: Dict[str, Any]) -> None:
     client.disconnect()
     client.loop_stop()
     print(json.dumps(summarise(received, results_topic)), flush=True)
+
+
+def dashboard_get(opener: urllib.request.OpenerDirector, url: str) -> Tuple[str, float]:
+    """GET ``url``: its HTTP status (404 too: the dashboard may not be there), or the error's name; and the ms taken."""
+    started = time.perf_counter()
+    try:
+        with opener.open(url, timeout=DASHBOARD_REQUEST_TIMEOUT) as response:
+            response.read()
+            status = str(response.status)
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        status = str(exc.code)
+    except (urllib.error.URLError, OSError) as exc:  # refused, reset, timed out
+        reason = getattr(exc, "reason", None)
+        status = type(reason if isinstance(reason, BaseException) else exc).__name__
+    return status, (time.perf_counter() - started) * 1000.0
+
+
+def run_poller(spec: Dict[str, Any]) -> None:
+    """Do what an open dashboard tab does (``DASHBOARD_POLLS``) from GO until STOP; report what was answered.
+
+    Every request counts, by path and status; ``failed`` are those without an HTTP answer or with a 5xx.
+    """
+    go, stop = threading.Event(), threading.Event()
+    watch_stdin(lambda line: go.set() if line == "GO" else stop.set() if line == "STOP" else None)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+    statuses: Dict[str, Dict[str, int]] = {path: {} for path, _ in DASHBOARD_POLLS}
+    times: List[float] = []
+    print("READY", flush=True)
+    go.wait()
+    started, tick = time.monotonic(), 0
+    while not stop.is_set():
+        for path, every in DASHBOARD_POLLS:
+            if tick % every == 0 and not stop.is_set():
+                status, ms = dashboard_get(opener, spec["url"] + path)
+                statuses[path][status] = statuses[path].get(status, 0) + 1
+                times.append(ms)
+        tick = max(tick + 1, int(time.monotonic() - started) + 1)  # a round that overran skips the ticks it missed
+        stop.wait(max(0.0, started + tick - time.monotonic()))
+    times.sort()
+    failed = sum(n for counts in statuses.values() for status, n in counts.items()
+                 if not status.isdigit() or int(status) >= 500)
+    print(json.dumps({"requests": len(times), "failed": failed, "statuses": statuses,
+                      "p50_ms": percentile(times, 50), "max_ms": round(times[-1], 2) if times else None}), flush=True)
 
 
 def parse_result(payload: bytes) -> Tuple[Optional[str], Optional[float]]:
@@ -743,6 +809,7 @@ class Measurement:
     rss_before: int
     rss_after: int = 0
     jobs_held: int = 0
+    poller: Optional[Dict[str, Any]] = None  # the dashboard poller's report (scenarios with ``dashboard``)
 
 
 @dataclass
@@ -758,7 +825,7 @@ class Runner:
     @property
     def topics(self) -> Dict[str, str]:
         """``bench/<run id>/<scenario>/...``: no run ever sees another's traffic."""
-        base = f"bench/{self.job.run_id}/{self.job.scenario.name}"
+        base = f"bench/{self.job.run_id}/{self.job.scenario.slug}"
         return {"jobs": f"{base}/jobs", "results": f"{base}/results", "errors": f"{base}/errors"}
 
     def child_spec(self) -> Dict[str, Any]:
@@ -770,13 +837,21 @@ class Runner:
                 "prefix": job_prefix(self.job.run_id, sc.name), "idle_timeout": self.job.idle_timeout}
 
     async def measure(self, serve: Callable[[], Awaitable[None]], progress: Progress,
-                      jobs_held: Callable[[], int], cpu_seconds: Callable[[], float] = time.process_time) -> Measurement:
+                      jobs_held: Callable[[], int], cpu_seconds: Callable[[], float] = time.process_time,
+                      dashboard_url: Optional[Callable[[], str]] = None) -> Measurement:
         """Start the children and the server (``serve``), send the traffic, measure the server meanwhile
-        (its CPU with ``cpu_seconds``: this process's, unless the server runs in other processes)."""
+        (its CPU with ``cpu_seconds``: this process's, unless the server runs in other processes).
+
+        With ``dashboard_url`` (the server's base URL, once it serves), a poller process (``run_poller``) plays an
+        open dashboard tab for as long as the traffic lasts; its requests take no CPU from this process."""
         spec = self.child_spec()
         collector = await self.children.spawn("collector", spec)
         publisher = await self.children.spawn("publisher", spec)
         await asyncio.wait_for(serve(), START_TIMEOUT)
+        poller = None
+        if dashboard_url is not None:
+            poller = await self.children.spawn("poller", {"url": dashboard_url()})
+            await expect_ready(poller, "dashboard poller")
         await expect_ready(collector, "collector")
         await expect_ready(publisher, "publisher")
         gc.collect()
@@ -789,6 +864,8 @@ class Runner:
             self.profile.enable()
         try:
             await tell(collector, "GO")
+            if poller is not None:
+                await tell(poller, "GO")
             await tell(publisher, "GO")
             summary = await self.await_results(collector)
         finally:
@@ -796,6 +873,9 @@ class Runner:
                 self.profile.disable()
         cpu = cpu_seconds() - cpu_before
         result = Measurement(summary, None, round(cpu, 3), await lag.stop(), await sampler.stop(), rss_before)
+        if poller is not None:
+            await tell(poller, "STOP")
+            result.poller = await final_report(poller, STOP_TIMEOUT + 4 * DASHBOARD_REQUEST_TIMEOUT)
         gc.collect()
         result.rss_after, result.jobs_held = rss_bytes(), jobs_held()
         result.publisher = await final_report(publisher, STOP_TIMEOUT)
@@ -843,7 +923,7 @@ class Runner:
         sc, ep, topics = self.job.scenario, self.job.endpoint, self.topics
         wanted: Dict[str, Any] = {
             "host": ep.host, "port": ep.port, "username": ep.username, "password": ep.password,
-            "client_id": f"bench-listener-{self.job.run_id}-{sc.name}"[:64], "topic": topics["jobs"], "qos": sc.qos,
+            "client_id": f"bench-listener-{self.job.run_id}-{sc.slug}"[:64], "topic": topics["jobs"], "qos": sc.qos,
             "default_qos": sc.qos, "results_topic": topics["results"], "error_topic": topics["errors"], "log_topic": "",
             "max_concurrent_jobs": sc.max_concurrent_jobs, "max_jobs_in_memory": sc.jobs_limit,
             "shutdown_grace_period": 5.0, "ack_policy": sc.ack_policy,
@@ -851,6 +931,8 @@ class Runner:
             # unbounded queue does (past max_pending_messages the listener would drop QoS 0 messages).
             "max_pending_messages": max(10_000, sc.count) if sc.qos == 0 and not sc.default_pending else 10_000,
         }
+        if sc.dashboard:  # the health, metrics and dashboard endpoints on a free loopback port
+            wanted.update(http_host="127.0.0.1", http_port=0)
         if sc.job_store == "sqlite":
             self.store_dir = tempfile.mkdtemp(prefix="bench-jobs-")
             wanted["job_store"] = f"sqlite:///{os.path.join(self.store_dir, 'jobs.db')}"
@@ -875,8 +957,15 @@ class Runner:
                 task.result()  # run() ended before it was ready: raise its error
                 raise RuntimeError("listener stopped before it was ready")
 
+        def dashboard_url() -> str:
+            port = getattr(listener, "http_port", None)
+            if not port:
+                raise RuntimeError("the listener serves no HTTP endpoints (http_port)")
+            return f"http://127.0.0.1:{port}"
+
         try:
-            return await self.measure(ready, progress, lambda: len(listener.jobs))
+            return await self.measure(ready, progress, lambda: len(listener.jobs),
+                                      dashboard_url=dashboard_url if self.job.scenario.dashboard else None)
         finally:
             listener.stop()
             await asyncio.wait({task}, timeout=STOP_TIMEOUT)
@@ -960,7 +1049,7 @@ class Runner:
         sc, ep, topics = self.job.scenario, self.job.endpoint, self.topics
         settings: Dict[str, Any] = {
             "host": ep.host, "port": ep.port, "username": ep.username, "password": None,
-            "client_id": f"bench-{self.job.run_id}-{sc.name}"[:60], "topic": topics["jobs"], "qos": sc.qos,
+            "client_id": f"bench-{self.job.run_id}-{sc.slug}"[:60], "topic": topics["jobs"], "qos": sc.qos,
             "default_qos": sc.qos, "results_topic": topics["results"], "error_topic": topics["errors"], "log_topic": "",
             "max_concurrent_jobs": sc.max_concurrent_jobs, "max_jobs_in_memory": sc.jobs_limit,
             "shutdown_grace_period": 5.0, "ack_policy": sc.ack_policy,
@@ -978,7 +1067,7 @@ class Runner:
         from amqtt.client import MQTTClient
 
         topics, qos = self.topics, self.job.scenario.qos
-        client = MQTTClient(client_id=f"bench-ceiling-{self.job.run_id}-{self.job.scenario.name}"[:64],
+        client = MQTTClient(client_id=f"bench-ceiling-{self.job.run_id}-{self.job.scenario.slug}"[:64],
                             config={"plugins": {}, "auto_reconnect": False})
         pump: List[asyncio.Task[None]] = []
 
@@ -1057,6 +1146,15 @@ def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
         row["publish_s"] = measured.publisher["publish_seconds"]
     if sc.rate and got.get("latency_spikes"):  # in a flood every second is a "spike": the queue
         row["latency_spikes"] = got["latency_spikes"]
+    if sc.dashboard and job.kind == "listener":
+        polled = measured.poller
+        if polled is None:
+            row["dashboard_poller"] = "did not report"
+        row["dashboard_requests"] = polled["requests"] if polled else None
+        row["dashboard_failed"] = polled["failed"] if polled else None
+        row["dashboard_p50_ms"] = polled["p50_ms"] if polled else None
+        row["dashboard_max_ms"] = polled["max_ms"] if polled else None
+        row["dashboard_statuses"] = polled["statuses"] if polled else None
     return row
 
 
@@ -1096,7 +1194,21 @@ def run_repeated(job: Job, repeat: int) -> Dict[str, Any]:
         return rows[0]
     median = dict(good[len(good) // 2])
     median["runs_msg_per_s"] = [r.get("msg_per_s") for r in rows]
+    if job.scenario.rate:  # paced runs all reach the same msg/s: their p99 and CPU are what differs
+        for name in ("p99_ms", "cpu_us_per_msg"):
+            runs = [r.get(name) for r in rows]
+            median[f"runs_{name}"] = runs
+            median[f"median_{name}"] = median_of([v for v in runs if v is not None])
     return median
+
+
+def median_of(values: List[float]) -> Optional[float]:
+    """The median (None for no values)."""
+    ordered = sorted(values)
+    if not ordered:
+        return None
+    middle = len(ordered) // 2
+    return round(float(ordered[middle]) if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2, 2)
 
 
 def emit(row: Dict[str, Any], rows: List[Dict[str, Any]]) -> None:
@@ -1122,13 +1234,22 @@ def add_ratio(row: Dict[str, Any], ceiling: Optional[Dict[str, Any]]) -> None:
 
 def add_comparison(row: Dict[str, Any], scenario: Scenario, rows: List[Dict[str, Any]]) -> None:
     """``ratio_to_<compared_as>``: the row's msg/s over that of ``scenario.compare_to`` in the same run
-    (the SQLite store against the memory store, ack after processing against ack on receipt)."""
+    (the SQLite store against the memory store, ack after processing against ack on receipt).
+
+    A ``dashboard`` scenario, paced like its reference, is compared by latency and CPU as well:
+    ``p99_ratio_to_<compared_as>`` and ``cpu_ratio_to_<compared_as>``, of the medians of the repeated runs'
+    p99 and CPU per message (``median_p99_ms``, ``median_cpu_us_per_msg``; with one run, the row's own)."""
     reference = next((r for r in rows if r["scenario"] == scenario.compare_to), None)
     if reference and reference.get("msg_per_s") and "error" not in row and "error" not in reference:
         row[f"{scenario.compared_as}_msg_per_s"] = reference["msg_per_s"]
         row[f"ratio_to_{scenario.compared_as}"] = round(row["msg_per_s"] / reference["msg_per_s"], 3)
         if scenario.processes > 1:  # how much of N times the one-process rate N processes reach
             row["scaling_efficiency"] = round(row["msg_per_s"] / reference["msg_per_s"] / scenario.processes, 3)
+        if scenario.dashboard:
+            for key, field_name in (("p99", "p99_ms"), ("cpu", "cpu_us_per_msg")):
+                mine, theirs = (r.get(f"median_{field_name}", r.get(field_name)) for r in (row, reference))
+                row[f"{scenario.compared_as}_{field_name}"] = theirs
+                row[f"{key}_ratio_to_{scenario.compared_as}"] = round(mine / theirs, 3) if mine and theirs else None
 
 
 def orchestrate(args: argparse.Namespace, scenarios: List[Scenario], endpoint: Endpoint) -> List[Dict[str, Any]]:
@@ -1200,7 +1321,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="run only the 5 ms scaling scenario, with 1 and with N listener processes "
                              "(mqtt-listener run --workers N; repeatable)")
     parser.add_argument("--list", action="store_true", help="list the scenarios and exit")
-    parser.add_argument("--role", choices=("runner", "publisher", "collector"), help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("runner", "publisher", "collector", "poller"), help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -1225,7 +1346,8 @@ def run_child(role: str, spec_text: str) -> int:
         print(json.dumps(row), flush=True)
         return 0
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C in the terminal: die quietly, the runner cleans up
-    (run_publisher if role == "publisher" else run_collector)(json.loads(spec_text))
+    roles = {"publisher": run_publisher, "collector": run_collector, "poller": run_poller}
+    roles[role](json.loads(spec_text))
     return 0
 
 
@@ -1237,7 +1359,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     scenarios = select(args)
     if args.list:
         for s in scenarios:
-            print(f"{s.name:22} {s.processor:10} qos {s.qos} {s.payload:6} {s.count:>7} messages"
+            print(f"{s.name:24} {s.processor:10} qos {s.qos} {s.payload:6} {s.count:>7} messages"
                   f"{' (+ ceiling)' if s.ceiling else ''}")
         return 0
     interrupt_on_sigterm()

@@ -39,7 +39,7 @@ import tomli_w
 from .._version import __version__
 from ..config.checks import config_warnings, file_problems
 from ..config.parser import SafeConfigParser
-from ..config.settings import LOG_LEVELS, EventListenerConfig, environment_variables, option_kinds
+from ..config.settings import LOG_LEVELS, EventListenerConfig, environment_variables, http_token, option_kinds
 from ..core.redaction import mask_secrets, shown_setting
 from ..core.topics import topic_name_error
 from ..errors import ConfigError
@@ -186,6 +186,10 @@ def parse_set_value(name: str, raw: str) -> Any:
     return value
 
 
+#: Options never taken from ``--set``: secrets whose value would be visible in the process list.
+COMMAND_LINE_REFUSED = frozenset({"http_token"})
+
+
 def parse_overrides(assignments: Sequence[str], unset: Sequence[str] = ()) -> Dict[str, Any]:
     """Turn ``--set KEY=VALUE`` and ``--unset KEY`` options into keyword arguments for the config.
 
@@ -203,6 +207,9 @@ def parse_overrides(assignments: Sequence[str], unset: Sequence[str] = ()) -> Di
         if name not in kinds:
             unknown.append(name)
             continue
+        if name in COMMAND_LINE_REFUSED:
+            raise CliError(f"--set {name}: not accepted on the command line (every user of this machine can read it "
+                           f"in the process list); set MQTT_HTTP_TOKEN, or http_token_file")
         values[name] = parse_set_value(name, raw.strip())
     for key in unset:
         name = key.strip().replace("-", "_")
@@ -226,7 +233,10 @@ def load_config(config_file: Optional[str], overrides: Dict[str, Any],
                 environ: Optional[Dict[str, str]] = None) -> EventListenerConfig:
     """``EventListenerConfig.from_env(config_file=…, **overrides)``; an invalid setting is a :class:`CliError`."""
     try:
-        return EventListenerConfig.from_env(config_file=config_file, environ=environ, **overrides)
+        config = EventListenerConfig.from_env(config_file=config_file, environ=environ, **overrides)
+        if config.http_port is not None:
+            http_token(config)  # an unreadable token file is a usage error, before anything starts
+        return config
     except ConfigError as exc:
         raise CliError(f"invalid configuration: {exc}") from None
 

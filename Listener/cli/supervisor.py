@@ -182,13 +182,23 @@ class Supervisor:
                 loop.add_signal_handler(sig, self._on_signal, sig)
                 handled.append(sig)
         http: Any = None
+        dashboard: Any = None
+        view: Any = None
         try:
             if self.config.http_port is not None:
+                from ..config.settings import http_token
+                from ..ops.dashboard import Dashboard
                 from ..ops.http_endpoints import start_http_endpoints
+                from .group_dashboard import GroupDashboardView
                 from .group_status import GroupStatus
 
+                status = GroupStatus(self)
+                view = GroupDashboardView(status, self.config, self.group)
+                dashboard = Dashboard(view, token=http_token(self.config), bind_host=self.config.http_host)
+                await dashboard.start()
                 try:
-                    http = await start_http_endpoints(GroupStatus(self), self.config.http_host, self.config.http_port)
+                    http = await start_http_endpoints(status, self.config.http_host, self.config.http_port,
+                                                      handler=dashboard)
                 except OSError as exc:
                     print(f"mqtt-listener: cannot start: {exc}", file=sys.stderr)
                     return 1
@@ -201,6 +211,9 @@ class Supervisor:
                 self._kill_timer.cancel()
             if http is not None:
                 await http.close()
+            if dashboard is not None:
+                await dashboard.close()
+                await view.close()
         if self.gave_up is not None:
             print(f"mqtt-listener: {self.gave_up}", file=sys.stderr)
             return self.gave_up_code

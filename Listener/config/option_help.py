@@ -24,6 +24,14 @@ def _one_of(values: Iterable[str]) -> str:
 _CREDENTIAL_HELP = ("Password sent with `username`; masked in every log, repr and message. Any password but the "
                     "default without a user name is a `ConfigError`: MQTT does not allow it.")
 
+
+#: The help of ``http_token`` and ``http_token_file`` (names, not literals, in the table: bandit takes a literal
+#: under a key naming a token for a password).
+_DASHBOARD_ACCESS = ("The dashboard's token, at least 16 characters: every dashboard request must present it; without "
+                     "one, a non-loopback http_host shows no job data. From MQTT_HTTP_TOKEN or a config file, never "
+                     "--set.")
+_DASHBOARD_ACCESS_FILE = "A file whose first line is the dashboard's token (instead of http_token)."
+
 _HELP = {
     # Connection
     "host": "Broker host name or address (not empty). Ignored when `uri` is set.",
@@ -86,6 +94,8 @@ _HELP = {
     "job_timeout": "Seconds (> 0) a job may run; a longer one fails with `error_type` `timeout`. Unset: no limit.",
     "http_host": "Address the health and metrics endpoints listen on.",
     "http_port": "Port of the health and metrics endpoints, 0 to 65535 (0: any free port); unset: no endpoints.",
+    "http_token": _DASHBOARD_ACCESS,
+    "http_token_file": _DASHBOARD_ACCESS_FILE,
     "keep_job_input": "Keep a finished job's `input_data` (dropped by default when the job finishes, to bound "
                       "memory).",
     "max_retries": f"Times a job whose processor raised or timed out is run again before it fails, 0 to {MAX_RETRIES}.",

@@ -22,8 +22,9 @@ from ..errors import ConfigError
 from ..jobs.factory import MEMORY, job_store_problem
 
 __all__ = ["ACK_POLICIES", "EventListenerConfig", "CERTIFICATE_DATA", "DUPLICATE_ACTIONS", "LOG_LEVELS",
-           "MAX_PAYLOAD_BYTES", "MAX_RETRIES", "MAX_RETRY_DELAY", "OptionKind", "PUBLIC_DEFAULT_PASSWORD", "SECTION_NAME",
-           "describe_unknown_keys", "environment_variables", "option_kinds"]
+           "MIN_TOKEN_CHARS", "MAX_PAYLOAD_BYTES", "MAX_RETRIES", "MAX_RETRY_DELAY", "OptionKind",
+           "PUBLIC_DEFAULT_PASSWORD", "SECTION_NAME", "describe_unknown_keys", "environment_variables", "http_token",
+           "option_kinds"]
 
 DUPLICATE_ACTIONS = ("skip", "reprocess", "error")
 ACK_POLICIES = ("after_processing", "after_recording", "on_receipt")
@@ -105,6 +106,10 @@ class EventListenerConfig:
     job_timeout: Optional[float] = None
     http_host: str = "127.0.0.1"
     http_port: Optional[int] = None
+    #: The dashboard's token (``MQTT_HTTP_TOKEN``); never shown, never accepted on the command line.
+    http_token: Optional[str] = None
+    #: A file holding the dashboard's token (its first line), instead of ``http_token``.
+    http_token_file: Optional[str] = None
     keep_job_input: bool = False
     max_retries: int = 0
     retry_backoff: float = 1.0
@@ -202,6 +207,31 @@ PUBLIC_DEFAULT_PASSWORD: Optional[str] = EventListenerConfig.password  # the fie
 
 
 # -- validation ---------------------------------------------------------------------------------
+
+
+#: The shortest dashboard token accepted.
+MIN_TOKEN_CHARS = 16
+
+
+def http_token(cfg: "EventListenerConfig") -> Optional[str]:
+    """The dashboard's token: ``http_token``, or the first line of ``http_token_file``; None when neither is set.
+
+    Raises:
+        ConfigError: the file cannot be read, or holds a token shorter than :data:`MIN_TOKEN_CHARS` (the message
+            names the file, never its content).
+    """
+    if cfg.http_token_file is None:
+        return cfg.http_token.strip() if cfg.http_token else None
+    try:
+        with open(cfg.http_token_file, encoding="utf-8") as handle:
+            token = handle.readline(4096).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Invalid http_token_file: {cfg.http_token_file!r} (cannot be read: "
+                          f"{getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ConfigError(f"Invalid http_token_file: {cfg.http_token_file!r} (its first line must hold a token of at "
+                          f"least {MIN_TOKEN_CHARS} characters)")
+    return token
 
 
 def _fail(name: str, value: Any, why: str) -> ConfigError:
@@ -403,6 +433,12 @@ def _check_jobs(cfg: EventListenerConfig) -> None:
         raise _fail("http_port", cfg.http_port, "must be an integer from 0 to 65535 (0 = any free port), or None")
     if not cfg.http_host:
         raise _fail("http_host", cfg.http_host, "must be a host name or address")
+    if cfg.http_token is not None and (not isinstance(cfg.http_token, str) or len(cfg.http_token.strip()) < MIN_TOKEN_CHARS):
+        raise _fail("http_token", cfg.http_token, f"must be a string of at least {MIN_TOKEN_CHARS} characters")
+    if cfg.http_token_file is not None and (not isinstance(cfg.http_token_file, str) or not cfg.http_token_file):
+        raise _fail("http_token_file", cfg.http_token_file, "must be the path of a file holding the token")
+    if cfg.http_token is not None and cfg.http_token_file is not None:
+        raise _fail("http_token_file", cfg.http_token_file, "set http_token or http_token_file, not both")
     problem = job_store_problem(cfg.job_store)
     if problem:
         raise _fail("job_store", cfg.job_store, problem)

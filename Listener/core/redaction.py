@@ -20,7 +20,7 @@ MASK = "***"
 #: What ``repr()``, ``redacted_dict()`` and ``check-config`` show instead of ``cadata``.
 CERTIFICATE_DATA = "<certificate data>"
 #: Configuration options whose value is never shown.
-SECRET_SETTINGS = frozenset({"password"})
+SECRET_SETTINGS = frozenset({"password", "http_token"})
 
 # The start of a URI: ``scheme://``.
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")

@@ -6,6 +6,7 @@ The SQLite and Redis stores build on it: it is their copy of this process's jobs
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import OrderedDict
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -108,6 +109,11 @@ class MemoryJobStore:
         async with self.lock:
             return self.snapshot(*statuses)
 
+    async def recent(self, limit: int) -> List[JobInfo]:
+        """Copies of the ``limit`` jobs admitted last, newest first, without input and result."""
+        async with self.lock:
+            return self._recent(limit)
+
     async def cleanup_expired(self, now: Optional[datetime] = None) -> int:
         """Remove finished jobs older than the TTL; return how many were removed.
 
@@ -155,6 +161,11 @@ class MemoryJobStore:
         return {
             job_id: replace(job) for job_id, job in self.jobs.items() if not wanted or job.status in wanted
         }
+
+    def _recent(self, limit: int) -> List[JobInfo]:
+        # The dict is in admission order: the newest jobs are its last ones, no sort over every job needed.
+        newest = itertools.islice(reversed(self.jobs.values()), max(0, limit))
+        return [replace(job, input_data=None, result=None) for job in newest]
 
     # -- what changes (called from the event loop, nothing awaited) ------------------------------
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Dict, Optional
 
-__all__ = ["ACTIVE_STATUSES", "CANCELLED", "FINISHED_STATUSES", "JobInfo", "JobStatus"]
+__all__ = ["ACTIVE_STATUSES", "CANCELLED", "FINISHED_STATUSES", "JobInfo", "JobStatus", "job_as_dict"]
 
 
 #: The error of a job cancelled by stopping (its message stays unacknowledged: it runs again when redelivered).
@@ -50,3 +50,18 @@ class JobInfo:
     duplicate_count: int = 0
     #: How many times the processor was started for this job (a job a crash interrupted runs again).
     attempts: int = 0
+
+
+def job_as_dict(job: JobInfo, *, detail: bool = False) -> Dict[str, Any]:
+    """``job`` as JSON-ready values (a job list's row; ``detail`` adds ``input`` and ``result``)."""
+    duration = (job.completed_at - job.started_at).total_seconds() if job.completed_at is not None else None
+    row: Dict[str, Any] = {
+        "job_id": job.job_id, "status": job.status.value, "started_at": job.started_at.isoformat(timespec="milliseconds"),
+        "completed_at": job.completed_at.isoformat(timespec="milliseconds") if job.completed_at is not None else None,
+        "duration_s": duration, "topic": job.topic, "attempts": job.attempts, "duplicate_count": job.duplicate_count,
+        "error": job.error,
+    }
+    if detail:
+        row["input"] = job.input_data
+        row["result"] = job.result
+    return row

@@ -56,7 +56,7 @@ from .memory import MemoryJobStore
 from .records import ACTIVE_STATUSES, FINISHED_STATUSES, JobInfo, JobStatus
 from .store import JobStoreError
 
-__all__ = ["ACTIVE_LEASE", "DEFAULT_PREFIX", "FULL_RECHECK", "OWNER_LEASE", "RedisJobStore", "RedisUrl",
+__all__ = ["ACTIVE_LEASE", "DEFAULT_PREFIX", "FULL_RECHECK", "OWNER_LEASE", "RedisJobReader", "RedisJobStore", "RedisUrl",
            "check_redis", "parse_redis_url", "record_fields"]
 
 logger = logging.getLogger("Listener.jobs")
@@ -278,6 +278,8 @@ def record_fields(job: JobInfo, interrupted: bool = False) -> Dict[str, str]:
     return fields
 
 
+#: The fields of a record a job list shows (input and result stay in Redis).
+_LISTED = ("job_id", "status", "started_at", "completed_at", "topic", "error", "duplicate_count", "attempts")
 _OPTIONAL = ("completed_at", "topic", "input_data", "result", "error")
 
 
@@ -603,6 +605,16 @@ class RedisJobStore(MemoryJobStore):
             return self.snapshot(*statuses)
         return found
 
+    async def recent(self, limit: int) -> List[JobInfo]:
+        """Every worker's ``limit`` newest jobs, without input and result; this process's while Redis cannot be
+        reached."""
+        try:
+            await self._settle()
+            return await read_recent(self._client, self.target.prefix, limit)
+        except Exception as exc:  # noqa: BLE001 - answered from this process's jobs instead
+            self._query_failed(exc)
+            return self._recent(limit)
+
     async def _settle(self) -> None:
         if self._client is None:
             raise JobStoreError(f"Job store {self.label} is not open")
@@ -771,6 +783,70 @@ class RedisJobStore(MemoryJobStore):
         if job is not None:
             self._changed(job)  # written again: ``interrupted`` is set only now
         return True
+
+
+async def read_recent(client: Any, prefix: str, limit: int) -> List[JobInfo]:
+    """The ``limit`` newest records under ``prefix`` (one ZREVRANGE, one pipelined HMGET each), without input
+    and result."""
+    if limit <= 0:
+        return []
+    ids = await client.zrevrange(f"{prefix}:ids", 0, limit - 1)
+    if not ids:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for job_id in ids:
+        pipe.hmget(f"{prefix}:job:{_text(job_id)}", _LISTED)
+    found = (job_from_record({name: value for name, value in zip(_LISTED, values) if value is not None})
+             for values in await pipe.execute())
+    return [job for job in found if job is not None]
+
+
+class RedisJobReader:
+    """A read-only look at a Redis job store's records, for a process that runs no jobs (a worker group's
+    supervisor shows every worker's jobs with it). Connects on first use."""
+
+    def __init__(self, url: str) -> None:
+        self.target = parse_redis_url(url)
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"RedisJobReader({self.target.label})"
+
+    def _connected(self) -> Any:
+        if self._client is None:
+            self._client = _client_module().Redis.from_url(
+                self.target.url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT,
+                socket_timeout=COMMAND_TIMEOUT)
+        return self._client
+
+    async def recent(self, limit: int) -> List[JobInfo]:
+        """Every worker's ``limit`` newest jobs (see :func:`read_recent`).
+
+        Raises:
+            JobStoreError: Redis cannot be reached (the message names the store, its password masked).
+        """
+        try:
+            return await read_recent(self._connected(), self.target.prefix, limit)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported by name
+            raise JobStoreError(f"Cannot read job store {self.target.label}: {_reason(exc)}") from None
+
+    async def get(self, job_id: str) -> Optional[JobInfo]:
+        """The job's record, or None.
+
+        Raises:
+            JobStoreError: Redis cannot be reached.
+        """
+        try:
+            fields = await self._connected().hgetall(f"{self.target.prefix}:job:{_text(job_id)}")
+        except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported by name
+            raise JobStoreError(f"Cannot read job store {self.target.label}: {_reason(exc)}") from None
+        return job_from_record(fields)
+
+    async def close(self) -> None:
+        """Disconnect (a no-op when never connected)."""
+        client, self._client = self._client, None
+        if client is not None:
+            await _close_client(client)
 
 
 async def _close_client(client: Any) -> None:

@@ -83,6 +83,10 @@ class JobStore(Protocol):
     async def jobs_with(self, *statuses: JobStatus) -> Dict[str, JobInfo]:
         """Copies of the jobs with one of ``statuses`` (every job when none is given)."""
 
+    async def recent(self, limit: int) -> List[JobInfo]:
+        """Copies of the ``limit`` jobs created last, newest first, without ``input_data`` and ``result``: the rows
+        of a job list, at a cost bounded by ``limit`` (every worker's jobs with Redis)."""
+
     async def cleanup_expired(self, now: Optional[datetime] = None) -> int:
         """Remove finished jobs older than :attr:`ttl`; return how many were removed."""
 

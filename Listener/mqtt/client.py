@@ -25,10 +25,10 @@ from urllib.parse import unquote, urlsplit
 
 # PUBLIC_DEFAULT_PASSWORD: public knowledge, and masking every "test" in a log made topics like
 # ``test/results`` and job ids like ``test-1`` unreadable. Still never printed as a field value.
-from ..config.settings import PUBLIC_DEFAULT_PASSWORD, EventListenerConfig
+from ..config.settings import PUBLIC_DEFAULT_PASSWORD, EventListenerConfig, http_token
 from ..core.deadlines import settle_within
 from ..core.redaction import SecretRedactingFilter, redact, split_uri_credentials
-from ..errors import ListenerError
+from ..errors import ConfigError, ListenerError
 from .amqtt_boundary import AmqttClientBase, AmqttHandler, AmqttIncompatible, built_outside_loop, closed_by_peer, refusal_code
 from .delivery_queue import DeliveryQueue, Ticket
 from .wire_handler import WireHandler
@@ -308,8 +308,16 @@ def credentials(config: EventListenerConfig) -> tuple[str, Optional[str], Option
 
 def secrets(config: EventListenerConfig) -> tuple[str, ...]:
     """The secret strings to mask wherever they appear in text: the password(s) in use."""
-    found = (credentials(config)[2], config.password, _job_store_password(config.job_store))
+    found = (credentials(config)[2], config.password, _job_store_password(config.job_store), _dashboard_token(config))
     return tuple(dict.fromkeys(s for s in found if s and s != PUBLIC_DEFAULT_PASSWORD))
+
+
+def _dashboard_token(config: EventListenerConfig) -> Optional[str]:
+    """The dashboard's token, or None (an unreadable token file is reported when the dashboard starts)."""
+    try:
+        return http_token(config)
+    except ConfigError:
+        return None
 
 
 def _job_store_password(job_store: str) -> Optional[str]:

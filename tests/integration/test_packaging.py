@@ -82,6 +82,10 @@ def test_the_wheel_builds_without_warnings_and_holds_what_help_refers_to(tmp_pat
         names = set(archive.namelist())
         metadata = next(archive.read(n).decode() for n in names if n.endswith(".dist-info/METADATA"))
     assert "Listener/py.typed" in names and "Listener/ops/quiet_logs.py" in names
+    # The dashboard's vendored uPlot (MIT), with its licence, served from the package
+    dashboard_assets = {f"Listener/ops/dashboard/assets/{n}"
+                        for n in ("uPlot.iife.min.js", "uPlot.min.css", "uPlot.LICENSE")}
+    assert dashboard_assets <= names, sorted(dashboard_assets - names)
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert "License-Expression: Apache-2.0" in metadata
     assert "Classifier: License ::" not in metadata

@@ -25,6 +25,9 @@ from Listener.cli.supervisor import Supervisor, WorkerLaunch
 from tests.support.brokers import BrokerEndpoint, free_port
 from tests.support.listener_processes import ROOT, CliProcess, connection_options
 from tests.support.listeners import StartListener
+from tests.support.redis_server import RedisServer, redis_server, unique_prefix
+
+__all__ = ["redis_server"]  # the fixture, for pytest
 
 pytestmark = pytest.mark.usefixtures("root_logger")
 
@@ -341,3 +344,47 @@ def _running(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat", encoding="ascii") as handle:  # a zombie has exited
         return handle.read().split(") ")[-1][:1] != "Z"
+
+
+# -- the group's dashboard -------------------------------------------------------------------------------
+
+
+def test_the_group_dashboard_shows_every_worker_and_with_redis_every_workers_jobs(
+        group: Callable[..., CliProcess], probe: Any, unique_topic: str, mqtt_endpoint: BrokerEndpoint,
+        redis_server: RedisServer) -> None:
+    port = free_port()
+    listeners = group(2, mqtt_endpoint, unique_topic, "--set", f"http_port={port}",
+                      "--set", f"job_store={redis_server.url(unique_prefix('group'))}", "--set", "keep_job_input=true",
+                      extra_env={"WORKER_TEST_DELAY": "0.05"})
+    wait_healthy(port, listeners)
+    summary = json.loads(http_get(port, "/api/summary")[1])
+    assert summary["overview"]["kind"] == "group" and len(summary["overview"]["workers"]) == 2
+    assert all(worker["ready"] for worker in summary["overview"]["workers"])
+    sender = probe()
+    for index in range(30):
+        sender.publish(f"{unique_topic}/jobs", f'job_id = "g-{index:02d}"')
+    deadline = time.monotonic() + 30.0
+    while True:
+        listing = json.loads(http_get(port, "/api/jobs?status=completed")[1])["listing"]
+        if listing["total"] == 30:
+            break
+        assert time.monotonic() < deadline, f"{listing['total']} of 30 listed\n{listeners.output()}"
+        time.sleep(0.1)
+    pids = {json.loads(http_get(port, f"/api/jobs/g-{index:02d}")[1])["result"]["pid"] for index in range(30)}
+    assert pids == set(_worker_pids(listeners).values()), pids  # both workers' jobs, read from Redis
+    status, page = http_get(port, "/")
+    assert status == 200 and b'id="workers-table"' in page and b"g-29" in page
+    listeners.process.send_signal(signal.SIGTERM)
+    assert listeners.wait(60) == 0, listeners.output()
+
+
+def test_the_group_dashboard_without_a_shared_store_has_no_job_list(
+        group: Callable[..., CliProcess], unique_topic: str, mqtt_endpoint: BrokerEndpoint) -> None:
+    port = free_port()
+    listeners = group(2, mqtt_endpoint, unique_topic, "--set", f"http_port={port}")
+    wait_healthy(port, listeners)
+    status, page = http_get(port, "/")
+    assert status == 200 and b"keep their jobs to themselves" in page and b'id="workers-table"' in page
+    assert json.loads(http_get(port, "/api/jobs")[1])["listing"] is None
+    listeners.process.send_signal(signal.SIGTERM)
+    assert listeners.wait(60) == 0, listeners.output()

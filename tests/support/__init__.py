@@ -6,5 +6,6 @@ Brokers and servers: ``brokers`` (Mosquitto, ``MqttProbe``), ``interop_brokers``
 ``proxy`` (``TcpProxy``), ``leftovers``. Listeners: ``listeners`` (in this process, on a broker),
 ``mocked_listeners`` (an AsyncMock client), ``listener_processes`` with ``listener_program`` (subprocesses).
 Jobs and results: ``job_messages``, ``processors``, ``strict_json``, ``hostile_inputs``, ``toml_writer``, ``packets``.
-Waiting: ``waiting``. ``sample_user_tests`` is a user's test file, run by the packaging tests.
+Waiting: ``waiting``. Browser tests: ``browser`` (chromium, its flags,
+``screenshot_path``). ``sample_user_tests`` is a user's test file, run by the packaging tests.
 """

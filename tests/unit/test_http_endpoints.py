@@ -1,4 +1,5 @@
-"""Unit tests for Listener.ops.http_endpoints against a fake listener: routes, status codes, limits, Prometheus text."""
+"""Unit tests for Listener.ops.http_endpoints against a fake listener: routes, status codes, limits, eviction, the
+request handler, Prometheus text."""
 
 from __future__ import annotations
 
@@ -6,15 +7,19 @@ import asyncio
 import contextlib
 import http.client
 import json
+import logging
+import socket
 import sys
 import threading
 import time
-from typing import Any, AsyncIterator, Dict, Tuple
+from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 import pytest
 
-from Listener.ops import http_endpoints
-from Listener.ops.http_endpoints import HttpEndpoints, metric_families, start_http_endpoints
+from Listener.ops import http_endpoints, http_server
+from Listener.ops.http_endpoints import (
+    MAX_BODY_BYTES, HttpEndpoints, HttpRequest, Response, metric_families, start_http_endpoints,
+)
 from Listener.ops.metrics import ListenerMetrics
 
 
@@ -323,25 +328,25 @@ async def test_a_client_that_sends_nothing_and_leaves_is_just_dropped(server: Ht
     assert (await get(server.port, "/healthz"))[0] == 200
 
 
-async def idle_connections(port: int, count: int) -> list[Any]:
-    """``count`` connections that never send a request (they hold a slot until the read timeout)."""
-    return [await asyncio.open_connection("127.0.0.1", port) for _ in range(count)]
+async def idle_connections(port: int, count: int) -> List[Tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """``count`` connections that never send a request, opened one after the other (oldest first)."""
+    return [await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), IO_TIMEOUT) for _ in range(count)]
 
 
 async def test_probes_are_answered_when_every_regular_slot_is_taken(fake: FakeListener) -> None:
-    """Issue 9, item 8: a full server must not make a probe see "not ready"; a slot is kept for probes."""
-    endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, read_timeout=2.0, max_connections=2)
+    """Issue 9, item 8: a full server must not make a probe see "not ready": when every connection is taken by
+    clients that have not sent their request, a newcomer evicts the oldest of them."""
+    endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, read_timeout=30.0, max_connections=2)
     idle = await idle_connections(endpoints.port, 2)
     try:
-        await asyncio.sleep(0.05)  # let the server accept the idle connections
         status, _, body = await get(endpoints.port, "/healthz")
         assert status == 200 and json.loads(body)["status"] == "ok"
+        assert await asyncio.wait_for(idle[0][0].read(), IO_TIMEOUT) == b""  # the oldest idler made room
         assert (await get(endpoints.port, "/readyz"))[0] == 200
         fake.is_ready = False
         status, headers, body = await get(endpoints.port, "/readyz")
         assert status == 503 and json.loads(body)["status"] == "unavailable" and "retry-after" not in headers
-        status, headers, body = await get(endpoints.port, "/metrics.json")  # not a probe: told to come back
-        assert status == 503 and headers["retry-after"] == "1" and json.loads(body)["status"] == "busy"
+        assert (await get(endpoints.port, "/metrics.json"))[0] == 200  # not only probes: anyone evicts idlers
     finally:
         for _, writer in idle:
             writer.close()
@@ -349,37 +354,103 @@ async def test_probes_are_answered_when_every_regular_slot_is_taken(fake: FakeLi
 
 
 async def test_beyond_the_probe_slots_the_answer_is_busy_with_retry_after(fake: FakeListener) -> None:
-    """Regular and probe slots all taken: 503 with Retry-After and a "busy" body, never "unavailable"."""
-    endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, read_timeout=2.0, max_connections=2, probe_slots=1)
-    idle = await idle_connections(endpoints.port, 3)
+    """Every connection is being answered: a newcomer gets 503 with Retry-After and a "busy" body, never
+    "unavailable", and the answers in progress keep their place."""
+    entered: "asyncio.Queue[str]" = asyncio.Queue()
+    release = asyncio.Event()
+
+    async def slow(request: HttpRequest) -> Optional[Response]:
+        if request.path != "/slow":
+            return None
+        entered.put_nowait(request.path)
+        await release.wait()
+        return 200, "text/plain; charset=utf-8", b"done\n", {}
+
+    endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, max_connections=2, handler=slow)
+    answers = [asyncio.ensure_future(get(endpoints.port, "/slow")) for _ in range(2)]
     try:
-        await asyncio.sleep(0.05)
+        for _ in answers:
+            await asyncio.wait_for(entered.get(), IO_TIMEOUT)
         status, headers, body = await get(endpoints.port, "/healthz")
         assert status == 503 and headers["retry-after"] == "1"
         assert json.loads(body) == {"status": "busy", "error": "too many connections, retry later"}
+        release.set()
+        assert [(await asyncio.wait_for(answer, IO_TIMEOUT))[2] for answer in answers] == [b"done\n"] * 2
+        assert (await get(endpoints.port, "/healthz"))[0] == 200
     finally:
-        for _, writer in idle:
-            writer.close()
+        release.set()
+        await asyncio.wait_for(asyncio.gather(*answers, return_exceptions=True), IO_TIMEOUT)
         await endpoints.close()
 
 
 async def test_a_silent_client_in_a_probe_slot_gives_it_back_quickly(fake: FakeListener) -> None:
-    """Probe slots wait at most PROBE_READ_TIMEOUT for the request, so idlers cannot keep them."""
-    endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, read_timeout=30.0, max_connections=1, probe_slots=1)
+    """Silent clients give their place back as soon as it is needed, oldest first, long before read_timeout;
+    a newer one that then sends its request is answered."""
+    endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, read_timeout=30.0, max_connections=2)
     idle = await idle_connections(endpoints.port, 2)
     try:
-        reader = idle[1][0]
-        closed = await asyncio.wait_for(reader.read(), IO_TIMEOUT)  # the probe slot's idler gets a 408 and is closed
-        assert parse(closed)[0] == 408
-        idle[1][1].close()
-        deadline = time.monotonic() + IO_TIMEOUT
-        while (status := (await get(endpoints.port, "/healthz"))[0]) != 200 and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)  # the slot is free once the server has closed that connection
-        assert status == 200
+        started = time.monotonic()
+        assert (await get(endpoints.port, "/healthz"))[0] == 200
+        assert await asyncio.wait_for(idle[0][0].read(), IO_TIMEOUT) == b""
+        assert time.monotonic() - started < 3.0
+        reader, writer = idle[1]
+        writer.write(b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert parse(await asyncio.wait_for(reader.read(), IO_TIMEOUT))[0] == 200
     finally:
         for _, writer in idle:
             writer.close()
         await endpoints.close()
+
+
+async def test_a_client_that_does_not_read_its_answer_is_dropped_at_the_write_deadline(
+        fake: FakeListener, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that stops reading cannot hold its place past WRITE_TIMEOUT."""
+    monkeypatch.setattr(http_server, "WRITE_TIMEOUT", 0.3)
+    big = b"x" * (32 * 1024 * 1024)  # more than the socket buffers hold
+
+    async def huge(request: HttpRequest) -> Optional[Response]:
+        return (200, "application/octet-stream", big, {}) if request.path == "/huge" else None
+
+    endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, handler=huge)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(sock=_connected(sock, endpoints.port)),
+                                                IO_TIMEOUT)
+        writer.write(b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n")
+        received = len(await asyncio.wait_for(reader.read(1), IO_TIMEOUT))  # the answer has started
+        server = endpoints._server
+        assert server is not None
+        deadline = time.monotonic() + IO_TIMEOUT
+        while server.open_connections() and time.monotonic() < deadline:  # read across threads: a snapshot
+            await asyncio.sleep(0.05)
+        assert server.open_connections() == 0
+        with contextlib.suppress(ConnectionError):
+            while chunk := await asyncio.wait_for(reader.read(1 << 20), IO_TIMEOUT):
+                received += len(chunk)
+        assert received < len(big)
+        writer.close()
+        assert (await get(endpoints.port, "/healthz"))[0] == 200
+    finally:
+        sock.close()
+        await endpoints.close()
+
+
+def _connected(sock: socket.socket, port: int) -> socket.socket:
+    sock.settimeout(IO_TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    sock.setblocking(False)
+    return sock
+
+
+async def test_an_incomplete_request_then_end_of_stream_is_400(server: HttpEndpoints) -> None:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", server.port), IO_TIMEOUT)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
+        writer.write_eof()
+        assert parse(await asyncio.wait_for(reader.read(), IO_TIMEOUT))[0] == 400
+    finally:
+        writer.close()
 
 
 async def test_close_drops_idle_connections_and_frees_the_port(fake: FakeListener) -> None:
@@ -421,3 +492,221 @@ def test_metric_families_carry_the_retries_counter() -> None:
     assert snapshot["jobs_retried"] == 4
     retried = [family for family in metric_families(snapshot) if family.name == "mqtt_listener_jobs_retried"]
     assert [(family.type, [sample.value for sample in family.samples]) for family in retried] == [("counter", [4.0])]
+
+
+# -- the request handler ---------------------------------------------------------------------------------
+
+
+class Recorder:
+    """A request handler that records what it is given; ``/echo`` answers with it, ``/boom`` raises."""
+
+    def __init__(self) -> None:
+        self.requests: List[HttpRequest] = []
+        self.loops: List[asyncio.AbstractEventLoop] = []
+
+    async def __call__(self, request: HttpRequest) -> Optional[Response]:
+        self.requests.append(request)
+        self.loops.append(asyncio.get_running_loop())
+        if request.path == "/boom":
+            raise RuntimeError("handler exploded")
+        if request.path.startswith("/echo"):
+            seen = {"method": request.method, "path": request.path, "query": dict(request.query),
+                    "custom": request.headers.get("x-custom"), "body": request.body.decode("latin-1"),
+                    "peer": request.peer_host}
+            return 201, "application/json", json.dumps(seen).encode(), {"Set-Cookie": "s=1; HttpOnly", "Location": "/x"}
+        if request.path == "/only-get" and request.method != "GET":
+            return 405, "text/plain", b"no\n", {"Allow": "GET"}
+        return None
+
+
+@pytest.fixture
+async def handled(fake: FakeListener) -> AsyncIterator[Tuple[HttpEndpoints, Recorder]]:
+    recorder = Recorder()
+    endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, read_timeout=0.5, handler=recorder)
+    yield endpoints, recorder
+    await endpoints.close()
+
+
+async def test_the_handler_gets_the_parsed_request_on_the_listeners_loop(
+        handled: Tuple[HttpEndpoints, Recorder]) -> None:
+    endpoints, recorder = handled
+    raw = (b"POST /echo%20it/%C3%A9?a=1&a=2&empty=&slash=%2F HTTP/1.1\r\nHost: t\r\nX-Custom: v1\r\n"
+           b"x-custom: v2\r\nContent-Length: 5\r\n\r\nhello")
+    status, headers, body = parse(await exchange(endpoints.port, raw))
+    assert status == 201
+    assert json.loads(body) == {"method": "POST", "path": "/echo it/\u00e9", "query": {"a": "1", "empty": "", "slash": "/"},
+                                "custom": "v1, v2", "body": "hello", "peer": "127.0.0.1"}
+    assert (headers["set-cookie"], headers["location"]) == ("s=1; HttpOnly", "/x")
+    assert headers["cache-control"] == "no-store" and headers["connection"] == "close"
+    assert recorder.loops == [asyncio.get_running_loop()]
+    assert recorder.requests[0].headers["host"] == "t"
+
+
+async def test_a_handler_returning_none_leaves_the_request_to_the_built_in_routes(
+        handled: Tuple[HttpEndpoints, Recorder]) -> None:
+    endpoints, recorder = handled
+    assert (await get(endpoints.port, "/metrics.json"))[0] == 200
+    assert (await get(endpoints.port, "/nowhere"))[0] == 404
+    status, headers, _ = await get(endpoints.port, "/metrics.json", "DELETE")
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    seen = [(r.method, r.path) for r in recorder.requests]
+    assert seen == [("GET", "/metrics.json"), ("GET", "/nowhere"), ("DELETE", "/metrics.json")]
+
+
+async def test_any_method_reaches_the_handler_which_may_refuse_it(handled: Tuple[HttpEndpoints, Recorder]) -> None:
+    endpoints, recorder = handled
+    for method in ("PUT", "PATCH", "OPTIONS"):
+        status, headers, body = await get(endpoints.port, "/only-get", method)
+        assert (status, headers["allow"], body) == (405, "GET", b"no\n")
+    assert [r.method for r in recorder.requests] == ["PUT", "PATCH", "OPTIONS"]
+
+
+async def test_probes_never_reach_the_handler(handled: Tuple[HttpEndpoints, Recorder], fake: FakeListener) -> None:
+    endpoints, recorder = handled
+    assert (await get(endpoints.port, "/healthz"))[0] == 200
+    assert (await get(endpoints.port, "/readyz?x=1"))[0] == 200
+    assert (await get(endpoints.port, "/healthz", "POST"))[0] == 405
+    fake.is_ready = False
+    assert (await get(endpoints.port, "/healthz"))[0] == 503
+    assert recorder.requests == []
+
+
+async def test_a_failing_handler_costs_one_500_and_a_logged_traceback(
+        handled: Tuple[HttpEndpoints, Recorder], caplog: pytest.LogCaptureFixture) -> None:
+    endpoints, _ = handled
+    with caplog.at_level(logging.ERROR, logger="Listener.http_endpoints"):
+        status, _, body = await get(endpoints.port, "/boom")
+    assert status == 500
+    assert json.loads(body)["status"] == "error" and b"exploded" not in body
+    failures = [record for record in caplog.records if "handler failed" in record.getMessage()]
+    assert failures and failures[0].exc_info is not None and "handler exploded" in str(failures[0].exc_info[1])
+    assert (await get(endpoints.port, "/healthz"))[0] == 200
+    assert (await get(endpoints.port, "/echo"))[0] == 201
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (b"Content-Length: %d\r\n" % (MAX_BODY_BYTES + 1), 413),
+    (b"Transfer-Encoding: chunked\r\n", 411),
+    (b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", 400),
+    (b"Content-Length: 5, 6\r\n", 400),
+    (b"Content-Length: -5\r\n", 400),
+])
+async def test_bodies_the_handler_cannot_get_are_refused(handled: Tuple[HttpEndpoints, Recorder], extra: bytes,
+                                                         expected: int) -> None:
+    endpoints, recorder = handled
+    raw = b"POST /echo HTTP/1.1\r\nHost: t\r\n" + extra + b"\r\n" + b"x" * 10
+    assert parse(await exchange(endpoints.port, raw))[0] == expected
+    assert recorder.requests == []
+
+
+async def test_a_body_of_max_body_bytes_is_given_whole(handled: Tuple[HttpEndpoints, Recorder]) -> None:
+    endpoints, recorder = handled
+    body = bytes(range(256)) * (MAX_BODY_BYTES // 256)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", endpoints.port), IO_TIMEOUT)
+    try:
+        writer.write(b"PUT /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % len(body))
+        for offset in range(0, len(body), 1000):  # in pieces, as a network may deliver it
+            writer.write(body[offset:offset + 1000])
+            await writer.drain()
+        assert parse(await asyncio.wait_for(reader.read(), IO_TIMEOUT))[0] == 201
+    finally:
+        writer.close()
+    assert recorder.requests[0].body == body
+
+
+async def test_expect_100_continue_is_answered_before_the_body(handled: Tuple[HttpEndpoints, Recorder]) -> None:
+    endpoints, recorder = handled
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", endpoints.port), IO_TIMEOUT)
+    try:
+        writer.write(b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), IO_TIMEOUT)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"abc")
+        assert parse(await asyncio.wait_for(reader.read(), IO_TIMEOUT))[0] == 201
+    finally:
+        writer.close()
+    assert recorder.requests[0].body == b"abc"
+
+
+async def test_without_a_handler_bodies_are_never_read(server: HttpEndpoints) -> None:
+    raw = b"POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n"
+    assert parse(await exchange(server.port, raw))[0] == 405  # not 413: nobody would read it
+
+
+async def test_head_to_the_handler_gets_headers_only(handled: Tuple[HttpEndpoints, Recorder]) -> None:
+    endpoints, recorder = handled
+    status, headers, body = await get(endpoints.port, "/echo", "HEAD")
+    assert status == 201 and int(headers["content-length"]) > 0 and body == b""
+    assert recorder.requests[0].method == "HEAD"
+
+
+async def test_a_large_answer_is_written_whole(fake: FakeListener) -> None:
+    script = bytes(range(256)) * 2400  # about 600 KB, a vendored JavaScript file
+
+    async def assets(request: HttpRequest) -> Optional[Response]:
+        return (200, "text/javascript", script, {"Cache-Control": "max-age=3600"}) if request.path == "/app.js" else None
+
+    async with await start_http_endpoints(fake, "127.0.0.1", 0, handler=assets) as endpoints:
+        status, headers, body = await get(endpoints.port, "/app.js")
+    assert status == 200 and body == script
+    assert headers["cache-control"] == "max-age=3600"  # a handler may set its own
+
+
+@pytest.mark.parametrize("answer", [
+    (200, "text/plain", b"x", {"X-Split": "a\r\nSet-Cookie: evil=1"}),
+    (200, "text/plain", b"x", {"Bad Name": "v"}),
+    (200, "text/plain\r\nX-Evil: 1", b"x", {}),
+    (99, "text/plain", b"x", {}),
+    "not a response",
+    (200, "text/plain", "a str body", {}),
+])
+async def test_an_answer_that_cannot_be_sent_safely_is_a_500(fake: FakeListener, answer: Any,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    async def bad(request: HttpRequest) -> Any:
+        return answer if request.path == "/bad" else None
+
+    async with await start_http_endpoints(fake, "127.0.0.1", 0, handler=bad) as endpoints:
+        with caplog.at_level(logging.ERROR, logger="Listener.http_endpoints"):
+            response = await exchange(endpoints.port, b"GET /bad HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert parse(response)[0] == 500
+        assert b"evil" not in response.lower()
+        assert (await get(endpoints.port, "/healthz"))[0] == 200
+    assert any(record.levelno >= logging.ERROR for record in caplog.records)
+
+
+async def test_a_slow_handler_gets_503_within_loop_timeout_and_is_cancelled(
+        fake: FakeListener, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(http_endpoints, "LOOP_TIMEOUT", 0.2)
+    cancelled = asyncio.Event()
+
+    async def stuck(request: HttpRequest) -> Optional[Response]:
+        try:
+            await asyncio.sleep(IO_TIMEOUT * 2)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return None
+
+    async with await start_http_endpoints(fake, "127.0.0.1", 0, handler=stuck) as endpoints:
+        started = time.monotonic()
+        status, headers, body = await get(endpoints.port, "/page")
+        assert status == 503 and json.loads(body)["status"] == "unavailable" and "retry-after" not in headers
+        assert time.monotonic() - started < 2.0
+        await asyncio.wait_for(cancelled.wait(), IO_TIMEOUT)
+        assert (await get(endpoints.port, "/healthz"))[0] == 200  # probes do not wait for the handler
+
+
+async def test_answer_routes_a_request_without_sockets(fake: FakeListener) -> None:
+    recorder = Recorder()
+    endpoints = HttpEndpoints(fake, handler=recorder)
+
+    def request(method: str, path: str) -> HttpRequest:
+        return HttpRequest(method=method, path=path, query={}, headers={}, body=b"", peer_host="127.0.0.1")
+
+    assert (await endpoints.answer(request("GET", "/healthz")))[0] == 200
+    assert (await endpoints.answer(request("GET", "/echo")))[0] == 201
+    assert (await endpoints.answer(request("GET", "/boom")))[0] == 500
+    assert (await endpoints.answer(request("POST", "/metrics.json")))[0] == 405
+    assert (await endpoints.answer(request("GET", "/missing")))[0] == 404
+    assert [r.path for r in recorder.requests] == ["/echo", "/boom", "/metrics.json", "/missing"]
+    assert (await HttpEndpoints(fake).answer(request("GET", "/echo")))[0] == 404

@@ -52,7 +52,9 @@ def test_readme_layout_names_every_module_once_and_nothing_else() -> None:
     expected = {path for path in on_disk if not (path.endswith("/__init__.py") and path.rsplit("/", 1)[0] in folders)}
     assert sorted(expected - listed) == [], "modules missing from README's Layout"
     assert sorted(listed - on_disk) == [], "README's Layout names files that do not exist"
-    assert folders == {path.parent.relative_to(ROOT).as_posix() for path in PACKAGE.glob("*/__init__.py")}
+    subpackages = {path.parent.relative_to(ROOT).as_posix() for path in PACKAGE.rglob("*/__init__.py")}
+    assert sorted(subpackages - folders) == [], "subpackages missing from README's Layout"
+    assert [folder for folder in sorted(folders) if not (ROOT / folder).is_dir()] == []  # data folders (assets/) too
 
 
 def test_each_changelog_release_has_each_heading_once() -> None:
