@@ -58,8 +58,8 @@ class FakeSource:
 
 def request(path: str, method: str = "GET", query: Optional[Mapping[str, str]] = None,
             headers: Optional[Mapping[str, str]] = None, body: bytes = b"") -> HttpRequest:
-    return HttpRequest(method=method, path=path, query=dict(query or {}), headers=dict(headers or {}), body=body,
-                       peer_host="127.0.0.1")
+    sent = {"host": "127.0.0.1:9100", **(headers or {})}
+    return HttpRequest(method=method, path=path, query=dict(query or {}), headers=sent, body=body, peer_host="127.0.0.1")
 
 
 async def answer(dashboard: Dashboard, path: str, **kwargs: Any) -> Tuple[int, str, str, Dict[str, str]]:
@@ -266,3 +266,18 @@ async def test_an_open_tab_counts_the_jobs_at_most_once_a_second(monkeypatch: py
     clock[0] += app.METRICS_MAX_AGE
     await answer(dashboard, "/")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("host", ["evil.example:9100", "evil.example", "10.0.0.1:9100", ""])
+async def test_a_loopback_dashboard_refuses_requests_addressed_to_another_host(host: str) -> None:
+    """DNS rebinding: a page elsewhere resolves its own name to 127.0.0.1 and reads the dashboard through a local
+    browser; the Host header still names that page's host."""
+    source = FakeSource([job("private-job")])
+    for path in ("/", "/api/jobs", "/jobs/private-job"):
+        status, _, body, _ = await answer(loopback(source), path, headers={"host": host})
+        assert status == 403 and "private-job" not in body, (path, host)
+
+
+@pytest.mark.parametrize("host", ["localhost:9100", "127.0.0.1", "[::1]:9100", "LOCALHOST"])
+async def test_loopback_names_are_accepted(host: str) -> None:
+    assert (await answer(loopback(FakeSource()), "/api/summary", headers={"host": host}))[0] == 200

@@ -25,7 +25,8 @@ def is_loopback_host(host: str) -> bool:
 
 class Access:
     """The dashboard's gate. With a token, every dashboard request needs it (``Authorization: Bearer <token>``,
-    or the cookie a login sets); without one, a server bound to a non-loopback address shows no job data."""
+    or the cookie a login sets); without one, a server bound to a non-loopback address shows no job data, and a
+    loopback one answers only requests addressed to a loopback name (``Host``)."""
 
     def __init__(self, token: Optional[str], bind_host: str) -> None:
         self._token = token or None
@@ -50,7 +51,9 @@ class Access:
     def allows(self, headers: Mapping[str, str]) -> bool:
         """Whether a request with these (lower-cased) headers may see the dashboard."""
         if self._token is None:
-            return self.loopback
+            # A web page elsewhere may point a name of its own at 127.0.0.1 (DNS rebinding) and read a loopback
+            # dashboard through the browser of someone on this machine: its Host header gives it away.
+            return self.loopback and is_loopback_host(_host_name(headers.get("host", "")))
         scheme, _, credentials = headers.get("authorization", "").partition(" ")
         if scheme.lower() == "bearer" and self.token_matches(credentials.strip()):
             return True
@@ -65,6 +68,14 @@ class Access:
     def session_cookie(self) -> str:
         """The ``Set-Cookie`` value a successful login answers with."""
         return f"{COOKIE_NAME}={self._session}; HttpOnly; SameSite=Strict; Path=/"
+
+
+def _host_name(host: str) -> str:
+    """The name in a ``Host`` header, without its port (``[::1]:9100`` → ``::1``)."""
+    host = host.strip()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def _cookie(headers: Mapping[str, str], name: str) -> str:

@@ -139,6 +139,12 @@ class Dashboard:
         return _respond(200, content_type, body, {"Cache-Control": "public, max-age=3600"})
 
     def _refused(self, path: str) -> Response:
+        if self.access.loopback and not self.access.needs_token:
+            text = ("This dashboard answers requests addressed to localhost, 127.0.0.1 or [::1] only (the Host header "
+                    "names another host).")
+            if path.startswith("/api/"):
+                return _respond(403, "application/json", _json({"status": "forbidden", "error": text}))
+            return _respond(403, _HTML, views.message_page("Unexpected host", text))
         if self.access.closed:
             text = ("The HTTP endpoints listen on a non-loopback address and no http_token is set: the dashboard "
                     "shows no job data. Set MQTT_HTTP_TOKEN or http_token_file, or bind http_host to 127.0.0.1.")
