@@ -13,16 +13,21 @@ Each scenario prints one JSON line: msg/s, p50/p99 latency (ms), the listener pr
 RSS delta and bytes per tracked job, the largest event-loop lag, the issue's target and whether it was
 met. Trivial-processor scenarios are also run through a bare amqtt receive->publish loop (the
 "ceiling") and reported as a ratio to it; a scenario with the SQLite job store is reported as a ratio to
-the same traffic with the memory store (``ratio_to_memory_store``). ``fixed500-qos1+dashboard`` is
-``fixed500-qos1`` with the HTTP endpoints on and a poller process doing what an open dashboard tab does; it is
-reported with its p99 as a ratio to the plain row's (``p99_ratio_to_without_dashboard``). The script reports;
-it never fails on a missed target.
+the same traffic with the memory store (``ratio_to_memory_store``). The same trivial-processor traffic also goes
+through two hand-written peers, the loop a user would write with gmqtt or paho-mqtt instead
+(scripts/bench_peers.py: ``peer-gmqtt-*`` and ``peer-paho-*`` rows, run after the ceiling, before the
+listener); every listener row then carries ``ratio_to_best_peer``, its msg/s over the faster peer's at the
+same QoS and payload in the same run. ``fixed500-qos1+dashboard`` is ``fixed500-qos1`` with the HTTP
+endpoints on and a poller process doing what an open dashboard tab does; it is reported with its p99 as a
+ratio to the plain row's (``p99_ratio_to_without_dashboard``). The script reports; it never fails on a
+missed target.
 
     python scripts/bench.py                      # everything (about 5 minutes on 2 cores)
     python scripts/bench.py --quick              # small counts, under a minute
     python scripts/bench.py --scenario trivial-qos1-small --scenario fixed500-qos1
     python scripts/bench.py --repeat 3 --scenario fixed500-qos1 --scenario fixed500-qos1+dashboard
     python scripts/bench.py --ceiling            # only the bare amqtt loop
+    python scripts/bench.py --no-peers           # without the gmqtt and paho-mqtt peers (no ratio_to_best_peer)
     python scripts/bench.py --processes 2 --processes 4   # a 5 ms processor in 1, 2 and 4 processes
     python scripts/bench.py --profile trivial-qos0-small   # cProfile top 25 to stderr
 """
@@ -56,8 +61,11 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# First, even when the editable install lists it already (last): gmqtt's wheel (the dev extra) ships top-level
+# ``tests`` and ``examples`` packages, which would shadow this repository's.
+if str(ROOT) in sys.path:
+    sys.path.remove(str(ROOT))
+sys.path.insert(0, str(ROOT))
 
 DEFAULT_MESSAGES = 20_000
 START_TIMEOUT = 20.0
@@ -105,7 +113,7 @@ class Scenario:
     max_concurrent_jobs: int = 1
     max_jobs_in_memory: Optional[int] = None  # None: hold every job of the run
     budget_rate: float = 250.0  # the slowest rate (msg/s) waited for before giving up
-    ceiling: bool = False  # also measured through the bare amqtt loop
+    ceiling: bool = False  # also measured through the bare amqtt loop and the hand-written peers
     rss_points: int = 0  # RSS samples spread over the run (the soak)
     job_store: str = "memory"  # or "sqlite": a fresh database file in a temporary directory; or "redis" (own server)
     compare_to: Optional[str] = None  # the scenario of the same run its msg/s is compared with
@@ -135,6 +143,10 @@ class Scenario:
     def ceiling_name(self) -> str:
         """Name of the bare-loop measurement this scenario is compared with."""
         return f"ceiling-qos{self.qos}-{self.payload}"
+
+    def peer_name(self, peer: str) -> str:
+        """Name of the hand-written ``peer``'s measurement of this scenario's traffic."""
+        return f"peer-{peer}-qos{self.qos}-{self.payload}"
 
 
 def catalogue(quick: bool, factor: float) -> List[Scenario]:
@@ -183,6 +195,8 @@ def catalogue(quick: bool, factor: float) -> List[Scenario]:
     ]
 
 
+#: The hand-written peers (scripts/bench_peers.py) the trivial-processor scenarios are compared with.
+PEER_NAMES = ("gmqtt", "paho")
 #: The job stores (and ack policies) of the one-hung-job scenarios.
 HUNG_STORES = (("memory", "after_processing"), ("sqlite", "after_recording"), ("redis", "after_recording"))
 #: Seconds a one-hung-job scenario counts the fast jobs that finish.
@@ -292,6 +306,8 @@ TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
     "scale-trivial-p2": ("none (a trivial processor on 2 cores: the broker and the clients share them)",
                          lambda r: None),
     "ceiling": ("none (the bare amqtt receive->publish loop the trivial scenarios are compared with)", lambda r: None),
+    "peer": ("none (a hand-written loop a user would write instead: ratio_to_best_peer of the listener rows)",
+             lambda r: None),
     "hung-memory-after-processing": ("none (reference: the hung job's held acknowledgement stops the broker at its "
                                      "in-flight window)", lambda r: None),
     "hung-sqlite-after-recording": ("fast_per_s >= 100 (the hung job stalls nothing; the memory row stops at the "
@@ -306,6 +322,8 @@ def judge(row: Dict[str, Any]) -> None:
     key = row["scenario"]
     if key.startswith("ceiling-"):
         key = "ceiling"
+    elif key.startswith("peer-"):
+        key = "peer"
     text, check = TARGETS.get(key, ("none", lambda r: None))
     row["target"] = text
     row["met"] = None if "error" in row else check(row)
@@ -779,7 +797,7 @@ class Job:
     """What a runner process is asked to measure."""
 
     scenario: Scenario
-    kind: str  # "listener" or "ceiling"
+    kind: str  # "listener", "ceiling", or "peer-<name>" (a hand-written peer of scripts/bench_peers.py)
     endpoint: Endpoint
     run_id: str
     slack: float
@@ -904,6 +922,8 @@ class Runner:
         try:
             if self.job.kind == "ceiling":
                 measured = await self.run_ceiling()
+            elif self.job.kind.startswith("peer-"):
+                measured = await self.run_peer(self.job.kind[len("peer-"):])
             elif self.job.scenario.processes:
                 measured = await self.run_processes()
             else:
@@ -1084,6 +1104,20 @@ class Runner:
             await asyncio.gather(*pump, return_exceptions=True)
             await asyncio.wait({asyncio.ensure_future(client.disconnect())}, timeout=STOP_TIMEOUT)
 
+    async def run_peer(self, name: str) -> Measurement:
+        """The scenario's traffic through a hand-written gmqtt or paho-mqtt loop (scripts/bench_peers.py),
+        calling the trivial processor."""
+        from bench_peers import PEERS
+
+        progress = Progress()
+        client_id = f"bench-{name}-{self.job.run_id}-{self.job.scenario.slug}"[:64]
+        peer = PEERS[name](self.job.endpoint, self.topics, self.job.scenario.qos, client_id,
+                           make_processor("trivial", progress), BENCH_BROKER_INFLIGHT)
+        try:
+            return await self.measure(lambda: peer.start(START_TIMEOUT), progress, lambda: len(peer.jobs))
+        finally:
+            await asyncio.wait({asyncio.ensure_future(peer.stop())}, timeout=STOP_TIMEOUT)
+
 
 async def forward(client: Any, results_topic: str, qos: int) -> None:
     """The bare amqtt loop: take a message, publish its payload unchanged to the results topic."""
@@ -1232,6 +1266,22 @@ def add_ratio(row: Dict[str, Any], ceiling: Optional[Dict[str, Any]]) -> None:
             row["cpu_ratio_to_ceiling"] = round(row["cpu_us_per_msg"] / ceiling["cpu_us_per_msg"], 2)
 
 
+def add_peer_ratio(row: Dict[str, Any], peers: List[Dict[str, Any]]) -> None:
+    """``ratio_to_best_peer``: the listener's msg/s over the faster hand-written peer's, for the same traffic
+    in the same run (``best_peer``, ``best_peer_msg_per_s``); ``cpu_ratio_to_best_peer``: CPU per message over
+    that peer's."""
+    measured = [p for p in peers if p.get("msg_per_s") and "error" not in p]
+    if not measured or "error" in row:
+        return
+    best = max(measured, key=lambda p: p["msg_per_s"])
+    row["best_peer"] = best["kind"][len("peer-"):]
+    row["best_peer_msg_per_s"] = best["msg_per_s"]
+    row["ratio_to_best_peer"] = round(row["msg_per_s"] / best["msg_per_s"], 3)
+    if row.get("cpu_us_per_msg") and best.get("cpu_us_per_msg"):
+        row["best_peer_cpu_us_per_msg"] = best["cpu_us_per_msg"]
+        row["cpu_ratio_to_best_peer"] = round(row["cpu_us_per_msg"] / best["cpu_us_per_msg"], 2)
+
+
 def add_comparison(row: Dict[str, Any], scenario: Scenario, rows: List[Dict[str, Any]]) -> None:
     """``ratio_to_<compared_as>``: the row's msg/s over that of ``scenario.compare_to`` in the same run
     (the SQLite store against the memory store, ack after processing against ack on receipt).
@@ -1253,11 +1303,13 @@ def add_comparison(row: Dict[str, Any], scenario: Scenario, rows: List[Dict[str,
 
 
 def orchestrate(args: argparse.Namespace, scenarios: List[Scenario], endpoint: Endpoint) -> List[Dict[str, Any]]:
-    """Run the chosen scenarios one after the other (each trivial one after its ceiling); return the rows."""
+    """Run the chosen scenarios one after the other (each trivial one after its ceiling and its peers); return
+    the rows."""
     run_id = os.urandom(4).hex()
     slack, idle = (5.0, 5.0) if args.quick else (15.0, IDLE_TIMEOUT)
     rows: List[Dict[str, Any]] = []
     ceilings: Dict[str, Dict[str, Any]] = {}
+    peers: Dict[str, Dict[str, Any]] = {}
     for scenario in scenarios:
         wants_ceiling = scenario.ceiling and (args.ceiling or not (args.no_ceiling or args.profile))
         if wants_ceiling and scenario.ceiling_name() not in ceilings:
@@ -1266,9 +1318,17 @@ def orchestrate(args: argparse.Namespace, scenarios: List[Scenario], endpoint: E
             emit(ceilings[bare.name], rows)
         if args.ceiling:
             continue
+        wants_peers = scenario.ceiling and not (args.no_peers or args.profile)
+        for peer in PEER_NAMES if wants_peers else ():
+            if scenario.peer_name(peer) not in peers:
+                hand = replace(scenario, name=scenario.peer_name(peer))
+                peers[hand.name] = run_repeated(Job(hand, f"peer-{peer}", endpoint, run_id, slack, idle), args.repeat)
+                emit(peers[hand.name], rows)
         job = Job(scenario, "listener", endpoint, run_id, slack, idle, profile=bool(args.profile))
         row = run_job(job) if args.profile else run_repeated(job, args.repeat)
         add_ratio(row, ceilings.get(scenario.ceiling_name()) if scenario.ceiling else None)
+        if wants_peers:
+            add_peer_ratio(row, [peers[scenario.peer_name(peer)] for peer in PEER_NAMES])
         add_comparison(row, scenario, rows)
         emit(row, rows)
     return rows
@@ -1280,9 +1340,12 @@ def environment(endpoint: Endpoint) -> Dict[str, Any]:
 
     from Listener import __version__
 
-    return {"python": platform.python_version(), "cpus": os.cpu_count(), "system": platform.system(),
-            "listener": __version__, "amqtt": version("amqtt"), "paho_mqtt": version("paho-mqtt"),
-            "broker": endpoint.description}
+    env = {"python": platform.python_version(), "cpus": os.cpu_count(), "system": platform.system(),
+           "listener": __version__, "amqtt": version("amqtt"), "paho_mqtt": version("paho-mqtt"),
+           "broker": endpoint.description}
+    with contextlib.suppress(ImportError):  # the gmqtt peer's client (the dev extra)
+        env["gmqtt"] = version("gmqtt")
+    return env
 
 
 def select(args: argparse.Namespace) -> List[Scenario]:
@@ -1315,6 +1378,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="small counts: the whole run in under a minute")
     parser.add_argument("--ceiling", action="store_true", help="measure only the bare amqtt receive->publish loop")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the ceiling runs (no ratio_to_ceiling)")
+    parser.add_argument("--no-peers", action="store_true",
+                        help="skip the hand-written gmqtt and paho-mqtt peers (no ratio_to_best_peer)")
     parser.add_argument("--profile", metavar="NAME", help="run one scenario under cProfile; top 25 to stderr")
     parser.add_argument("--json-out", metavar="FILE", help="also write the environment and every line to FILE")
     parser.add_argument("--processes", type=int, action="append", metavar="N",
@@ -1360,7 +1425,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.list:
         for s in scenarios:
             print(f"{s.name:24} {s.processor:10} qos {s.qos} {s.payload:6} {s.count:>7} messages"
-                  f"{' (+ ceiling)' if s.ceiling else ''}")
+                  f"{' (+ ceiling, peers)' if s.ceiling else ''}")
         return 0
     interrupt_on_sigterm()
     started = time.monotonic()

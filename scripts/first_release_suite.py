@@ -27,8 +27,11 @@ from pathlib import Path
 from typing import List
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+# First, even when the editable install lists it already (last): gmqtt's wheel (the dev extra) ships top-level
+# ``tests`` and ``examples`` packages, which would shadow this repository's.
+if str(ROOT) in sys.path:
+    sys.path.remove(str(ROOT))
+sys.path.insert(0, str(ROOT))
 
 from tests.support.brokers import COMPOSE_PASSWORD_FILE, MosquittoBroker, session_folder  # noqa: E402
 
