@@ -77,10 +77,15 @@ class GmqttPeer:
         return 0
 
     async def start(self, timeout: float) -> None:
-        """Connect (MQTT 5, gmqtt's default), subscribe, wait for the SUBACK."""
+        """Connect, subscribe, wait for the SUBACK."""
+        from gmqtt.mqtt.constants import MQTTv311
+
         subscribed = asyncio.Event()
         self._client.on_subscribe = lambda *_: subscribed.set()
-        await self._client.connect(self._endpoint.host, self._endpoint.port, keepalive=60)
+        # MQTT 3.1.1, as the listener (amqtt) and paho speak it. At gmqtt's default, MQTT 5, its pool of packet
+        # ids is the broker's receive maximum, and a QoS 1/2 result published past it raises OverflowError
+        # (gmqtt does not queue it): a backlog of jobs loses results.
+        await self._client.connect(self._endpoint.host, self._endpoint.port, keepalive=60, version=MQTTv311)
         self._client.subscribe(self._topics["jobs"], qos=self._qos)
         await asyncio.wait_for(subscribed.wait(), timeout)
 
