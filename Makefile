@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@# compat: a path entry in site-packages, so that mypy (not only Python) finds the editable Listener
 	$(BIN)/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=compat
+	@# gmqtt's wheel (in the dev extra for the bench's peer) also installs top-level `tests` and `examples` packages,
+	@# which would shadow this repository's (the editable path entry comes after site-packages): removed.
+	$(BIN)/python -c "import importlib.metadata as md, shutil; d = md.distribution('gmqtt'); \
+		tops = {str(f).split('/')[0] for f in d.files or ()}; \
+		[shutil.rmtree(d.locate_file(t)) for t in ('tests', 'examples') if t in tops and d.locate_file(t).is_dir()]"
 	touch $(STAMP)
 
 install: $(STAMP)  ## Create .venv and install the package with its dev tools
