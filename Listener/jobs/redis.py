@@ -18,7 +18,14 @@ Key layout (``<prefix>`` is ``mqtt-listener`` unless the URL says ``?prefix=name
   ``input_data`` and ``result``, ISO 8601 local time for the timestamps) plus ``interrupted``;
 - ``<prefix>:ids``: a sorted set of the job ids, scored by creation time (the count the limit applies to);
 - ``<prefix>:finished``: a sorted set of the finished job ids, scored by finishing time (eviction order);
-- ``<prefix>:owner:<owner id>``: the lease of one open store (a random id per :meth:`RedisJobStore.open`).
+- ``<prefix>:owner:<owner id>``: the lease of one open store (a random id per :meth:`RedisJobStore.open`);
+- ``<prefix>:epoch``: a random marker the first store to open writes. Its disappearance means the Redis lost
+  its data (restarted without persistence, or FLUSHALL): each store checks it with every renewal of its owner
+  lease and in every claim, reports the loss (:data:`DATA_LOST`, to ``on_error``: an ERROR log line), writes
+  the marker again and writes its own jobs again.
+
+Loss detection: the records are the memory of which jobs ran; a Redis that lost them takes a completed job
+whose message comes again for a new one. That cannot be undone, but it is never silent.
 
 Ownership: an active record (PENDING or RUNNING) names its ``owner``, the store that claimed it. Each open
 store keeps its owner key alive with a short lease (:data:`OWNER_LEASE`, renewed every third of it by the
@@ -56,8 +63,8 @@ from .memory import MemoryJobStore
 from .records import ACTIVE_STATUSES, FINISHED_STATUSES, JobInfo, JobStatus
 from .store import JobStoreError
 
-__all__ = ["ACTIVE_LEASE", "DEFAULT_PREFIX", "FULL_RECHECK", "OWNER_LEASE", "RedisJobReader", "RedisJobStore", "RedisUrl",
-           "check_redis", "parse_redis_url", "record_fields"]
+__all__ = ["ACTIVE_LEASE", "DATA_LOST", "DEFAULT_PREFIX", "FULL_RECHECK", "OWNER_LEASE", "RedisJobReader", "RedisJobStore",
+           "RedisUrl", "check_redis", "parse_redis_url", "record_fields"]
 
 logger = logging.getLogger("Listener.jobs")
 
@@ -74,13 +81,25 @@ COMMAND_TIMEOUT = 5.0
 MAX_WRITE_RETRY = 5.0
 #: Seconds between admissions tried again while the store is full (other processes' jobs free its slots).
 FULL_RECHECK = 0.5
+#: What a store reports (to ``on_error``) when the Redis lost its data: docs/reliability.md.
+DATA_LOST = ("the Redis lost its data (restarted without persistence, or flushed): every job record was gone, so "
+             "a completed job whose message comes again runs again")
 INSTALL_HINT = "pip install 'redis>=5' (or install this package with its [redis] extra: docs/installation.md)"
 
 _CLAIM = """
 local key, ids, finished = KEYS[1], KEYS[2], KEYS[3]
 local job_id, max_jobs, ttl_ms, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now, mode, started, topic, input, prefix = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local me, owners, resume = ARGV[11], ARGV[12], ARGV[13]
+local me, owners, resume, epoch = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local marker = redis.call('GET', KEYS[4])
+if marker ~= epoch then
+  -- The Redis lost its data (or another store found so and wrote its marker): the caller reports it first.
+  if not marker then
+    redis.call('SET', KEYS[4], epoch)
+    return {'lost'}
+  end
+  return {'lost', marker}
+end
 local function alive(owner)
   return owner and redis.call('EXISTS', owners .. owner) == 1
 end
@@ -326,6 +345,9 @@ class RedisJobStore(MemoryJobStore):
         self.resumable = False
         #: This store's owner id while it is open (a new one per :meth:`open`).
         self.owner = ""
+        #: How many times this store found that the Redis lost its data (see :data:`DATA_LOST`).
+        self.data_losses = 0
+        self._epoch = ""  # the marker this store expects in Redis
         self._client: Any = None
         self._claim_script: Any = None
         self._take_over_script: Any = None
@@ -351,6 +373,10 @@ class RedisJobStore(MemoryJobStore):
     @property
     def _finished_key(self) -> str:
         return f"{self.target.prefix}:finished"
+
+    @property
+    def _epoch_key(self) -> str:
+        return f"{self.target.prefix}:epoch"
 
     @property
     def _owners(self) -> str:
@@ -381,10 +407,13 @@ class RedisJobStore(MemoryJobStore):
         try:
             await client.ping()
             await client.set(self._owners + owner, "1", px=self._owner_lease_ms())
+            await client.set(self._epoch_key, uuid.uuid4().hex, nx=True)
+            epoch = await client.get(self._epoch_key)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported by name
             await _close_client(client)
             raise JobStoreError(f"Cannot open job store {self.label}: {_reason(exc)}") from None
         self.owner = owner
+        self._epoch = epoch or ""
         self._client = client
         self._claim_script = client.register_script(_CLAIM)
         self._take_over_script = client.register_script(_TAKE_OVER)
@@ -532,11 +561,29 @@ class RedisJobStore(MemoryJobStore):
         args = [_text(job_id), self.max_jobs, max(1, int(self.ttl.total_seconds() * 1000)), int(self.lease * 1000),
                 repr(time.time()), mode, job.started_at.isoformat(timespec="microseconds"),
                 "" if topic is None else "=" + _text(topic), "" if data is None else _json(data),
-                f"{self.target.prefix}:job:", self.owner, self._owners, "1" if self.resumable else "0"]
-        try:
-            return await self._claim_script(keys=[self._key(job_id), self._ids, self._finished_key], args=args)
-        except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
-            raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
+                f"{self.target.prefix}:job:", self.owner, self._owners, "1" if self.resumable else "0", ""]
+        keys = [self._key(job_id), self._ids, self._finished_key, self._epoch_key]
+        for _ in range(3):
+            args[-1] = self._epoch
+            try:
+                reply = await self._claim_script(keys=keys, args=args)
+            except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
+                raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
+            if reply[0] != "lost":
+                return reply
+            self._data_lost(reply[1] if len(reply) > 1 else self._epoch)
+        raise JobStoreError(f"Job store {self.label}: its Redis keeps losing its data; retrying")
+
+    def _data_lost(self, epoch: str) -> None:
+        """The marker was gone (or another store wrote a new one, ``epoch``): report it loudly, and write this
+        process's jobs again (its active ones hold their ids again)."""
+        self._epoch = epoch
+        self.data_losses += 1
+        for job_id, job in self.jobs.items():
+            self._dirty[job_id] = job
+        if self._wake is not None:
+            self._wake.set()
+        self.on_error(f"Job store {self.label}: {DATA_LOST}")
 
     def _claimed_locally(self, job: JobInfo, verdict: Verdict, duplicate_count: int, attempts: int,
                          marked: bool = False) -> None:
@@ -727,6 +774,8 @@ class RedisJobStore(MemoryJobStore):
         pipe = self._client.pipeline(transaction=True)
         if own:
             pipe.set(self._owners + self.owner, "1", px=self._owner_lease_ms())
+            pipe.set(self._epoch_key, self._epoch, nx=True)  # set: it was gone
+            pipe.get(self._epoch_key)
         ttl_ms = max(1, int(self.ttl.total_seconds() * 1000))
         for job_id, job in dirty.items():
             key, member = self._key(job_id), _text(job_id)
@@ -762,7 +811,9 @@ class RedisJobStore(MemoryJobStore):
                 if job.status in ACTIVE_STATUSES and job_id not in dirty and not (
                         self.resumable and job.input_data is not None):
                     pipe.pexpire(self._key(job_id), int(self.lease * 1000))
-        await pipe.execute()
+        replies = await pipe.execute()
+        if own and (replies[1] or replies[2] != self._epoch):
+            self._data_lost(replies[2] or self._epoch)
 
     def _failed(self, reason: str) -> None:
         message = f"Cannot write job store {self.label}: {reason}; retrying"

@@ -19,7 +19,7 @@ from Listener import EventListener, EventListenerConfig, JobStatus
 from Listener.cli.command import EXIT_FAILURE, EXIT_OK, main
 from Listener.jobs.factory import JobStoreError, check_job_store, job_store_problem
 from Listener.jobs.admission import Admission
-from Listener.jobs.redis import ACTIVE_LEASE, OWNER_LEASE, RedisJobStore, parse_redis_url
+from Listener.jobs.redis import ACTIVE_LEASE, DATA_LOST, OWNER_LEASE, RedisJobStore, parse_redis_url
 from Listener.mqtt.client import secrets
 from tests.support.brokers import free_port
 from tests.support.redis_server import RedisFactory, RedisServer, redis_factory, redis_server, unique_prefix
@@ -404,3 +404,84 @@ async def test_a_message_whose_job_runs_on_another_listener_waits_for_it_then_is
         release.set()
         await one.__aexit__(None, None, None)
         await two.__aexit__(None, None, None)
+
+
+class Reports:
+    """An ``on_error`` callback that keeps the messages; :meth:`lost` awaits the report of a lost Redis."""
+
+    def __init__(self) -> None:
+        self.messages: List[str] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, message: str) -> None:
+        self.messages.append(message)
+        self._changed.set()
+
+    async def lost(self, timeout: float = 10) -> str:
+        async def found() -> str:
+            while True:
+                for message in self.messages:
+                    if DATA_LOST in message:
+                        return message
+                self._changed.clear()
+                await self._changed.wait()
+        return await asyncio.wait_for(found(), timeout)
+
+
+async def test_a_flushall_mid_run_is_reported_and_this_workers_jobs_written_again(
+        stores: Any, redis_server: RedisServer) -> None:
+    store = await stores(owner_lease=0.3)  # the marker is checked every 0.1 s
+    reports = Reports()
+    store.on_error = reports
+    assert await store.admit("done", {"x": 1}, None) is CREATED
+    await store.start_attempt("done")
+    await store.set_status("done", JobStatus.COMPLETED, result=1)
+    await store.durable()
+    check = reader(redis_server)
+    check.flushall()
+    message = await reports.lost()
+    assert message.startswith(f"Job store {store.label}: ") and store.data_losses == 1
+    assert check.get(f"{stores.prefix}:epoch")  # written again
+    await store.durable()
+    record = await store.get("done")  # this worker's record is back: its duplicate is still caught
+    assert record is not None and record.status is JobStatus.COMPLETED
+    assert await store.admit("done", None, None) is DUPLICATE
+    check.close()
+
+
+async def test_a_claim_after_the_data_was_lost_reports_it_before_the_job_runs_again(
+        stores: Any, redis_server: RedisServer) -> None:
+    first = await stores()
+    assert await first.admit("done", None, None) is CREATED
+    await first.start_attempt("done")
+    await first.set_status("done", JobStatus.COMPLETED, result=1)
+    await first.close()  # its process is gone: no one writes the record again
+    second = await stores(owner_lease=60)  # no lease renewal before the claim
+    reports = Reports()
+    second.on_error = reports
+    check = reader(redis_server)
+    check.flushall()
+    check.close()
+    assert await second.admit("done", None, None) is CREATED  # it runs again: there is no record of it
+    assert DATA_LOST in await reports.lost(0.1) and second.data_losses == 1
+    assert await second.admit("other", None, None) is CREATED and second.data_losses == 1  # reported once
+
+
+async def test_a_redis_restarted_without_persistence_is_reported(redis_factory: RedisFactory) -> None:
+    server = redis_factory.start()
+    store = RedisJobStore(server.url(unique_prefix("restart")), 10, 60)
+    store.owner_lease = 0.3
+    reports = Reports()
+    await store.open(on_error=reports)
+    try:
+        assert await store.admit("done", None, None) is CREATED
+        await store.set_status("done", JobStatus.COMPLETED, result=1)
+        await store.durable()
+        await asyncio.to_thread(server.restart)
+        message = await reports.lost()
+        assert "password" not in message and store.data_losses == 1
+        await store.durable()
+        record = await store.get("done")
+        assert record is not None and record.status is JobStatus.COMPLETED
+    finally:
+        await store.close()

@@ -35,6 +35,7 @@ from typing import Dict, Iterator, List, Optional, Set
 
 import pytest
 
+from Listener.jobs.redis import DATA_LOST
 from Listener.mqtt.client import _CONNACK_REASONS, CLOSED_DURING_CONNECT
 
 pytestmark = pytest.mark.unit
@@ -103,6 +104,7 @@ MORE_MESSAGES: List[str] = [
     *(f"{reason} (CONNACK return code {code})" for code, reason in _CONNACK_REASONS.items()),
     "(expected",
     "Cannot write job store",
+    DATA_LOST,
 ]
 
 
