@@ -4,7 +4,8 @@
 (a path relative to the working directory) or ``"sqlite:////var/lib/listener/jobs.db"`` (four slashes: an
 absolute path) keeps them in a SQLite file as well (see :mod:`Listener.jobs.sqlite`);
 ``"redis://[[user]:password@]host:port/db"`` keeps them in Redis, shared by every listener using it (see
-:mod:`Listener.jobs.redis`, the ``[redis]`` extra). Each is a :class:`~Listener.jobs.store.JobStore`.
+:mod:`Listener.jobs.redis`, the ``[redis]`` extra), ``"redis+cluster://host:port[,host:port…]"`` in a Redis
+Cluster. Each is a :class:`~Listener.jobs.store.JobStore`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ __all__ = ["JobStoreError", "MEMORY", "REDIS_SCHEMES", "SQLITE_PREFIX", "check_j
 
 MEMORY = "memory"
 SQLITE_PREFIX = "sqlite:///"
-REDIS_SCHEMES = ("redis://", "rediss://")
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
 
 
 def job_store_problem(value: str) -> Optional[str]:

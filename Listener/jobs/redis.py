@@ -64,7 +64,7 @@ from .records import ACTIVE_STATUSES, FINISHED_STATUSES, JobInfo, JobStatus
 from .store import JobStoreError
 
 __all__ = ["ACTIVE_LEASE", "DATA_LOST", "DEFAULT_PREFIX", "FULL_RECHECK", "OWNER_LEASE", "RedisJobReader", "RedisJobStore",
-           "RedisUrl", "check_redis", "parse_redis_url", "record_fields"]
+           "CLUSTER_SCHEMES", "RedisUrl", "check_redis", "parse_redis_url", "record_fields"]
 
 logger = logging.getLogger("Listener.jobs")
 
@@ -202,19 +202,79 @@ return redis.call('HGETALL', key)
 
 @dataclass(frozen=True)
 class RedisUrl:
-    """A parsed ``redis://`` setting: the URL for the client, a label safe to show, the key prefix."""
+    """A parsed ``redis://`` setting: the URL for the client, a label safe to show, the key prefix; for a
+    ``redis+cluster://`` one also the nodes to start from."""
 
     url: str
     label: str
     prefix: str
     password: Optional[str]
+    #: ``redis+cluster://`` or ``rediss+cluster://``: a Redis Cluster, reached through ``nodes``.
+    cluster: bool = False
+    nodes: Tuple[Tuple[str, int], ...] = ()
+    username: Optional[str] = None
+    tls: bool = False
+
+    @property
+    def keyspace(self) -> str:
+        """What every key starts with: the prefix, or in a cluster the prefix as a hash tag (``{prefix}``), so
+        that one store's keys are in one slot (the claim script reads and writes several of them)."""
+        return f"{{{self.prefix}}}" if self.cluster else self.prefix
+
+
+#: The URL schemes of a Redis Cluster (``redis+cluster://host:port[,host:port…][?prefix=name]``).
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+def _prefix_of(query_text: str) -> str:
+    query = parse_qs(query_text, keep_blank_values=True)
+    unknown = sorted(set(query) - {"prefix"})
+    if unknown:
+        raise ValueError(f"unknown URL parameter(s) {', '.join(unknown)} (only prefix=name is read)")
+    prefix = query.get("prefix", [DEFAULT_PREFIX])[-1]
+    if not prefix or any(c in prefix for c in " \t\r\n"):
+        raise ValueError("prefix must be a non-empty name without spaces")
+    return prefix
+
+
+def _parse_cluster_url(value: str) -> RedisUrl:
+    """``redis[s]+cluster://[[user]:password@]host:port[,host:port…][/0][?prefix=name]``."""
+    parts = urlsplit(value)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes: List[Tuple[str, int]] = []
+    for node in hosts.split(","):
+        where = urlsplit(f"//{node.strip()}")
+        try:
+            port = where.port
+        except ValueError:
+            raise ValueError("the port must be a number from 1 to 65535") from None
+        if not where.hostname:
+            raise ValueError("the redis+cluster URL needs at least one host:port, comma-separated: "
+                             "redis+cluster://node1:6379,node2:6379")
+        if port == 0:
+            raise ValueError("the port must be a number from 1 to 65535")
+        nodes.append((where.hostname, port or 6379))
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has database 0 only: leave the database out of a redis+cluster URL")
+    prefix = _prefix_of(parts.query)
+    if "{" in prefix or "}" in prefix:
+        raise ValueError("a redis+cluster prefix must not contain { or }: the store puts it in braces itself "
+                         "(a hash tag, so that its keys share one slot)")
+    username, sep, password = userinfo.partition(":")
+    client_url = parts._replace(query="").geturl()
+    return RedisUrl(client_url, mask_uri_credentials(client_url), prefix, unquote(password) if sep and password else None,
+                    cluster=True, nodes=tuple(nodes), username=unquote(username) or None,
+                    tls=parts.scheme == "rediss+cluster")
 
 
 def parse_redis_url(value: str) -> RedisUrl:
-    """Parse ``redis[s]://[[user]:password@]host[:port][/db][?prefix=name]``; raises ValueError saying why."""
+    """Parse ``redis[s]://[[user]:password@]host[:port][/db][?prefix=name]`` or
+    ``redis[s]+cluster://[[user]:password@]host:port[,host:port…][?prefix=name]``; raises ValueError saying why."""
     parts = urlsplit(value)
+    if parts.scheme in CLUSTER_SCHEMES:
+        return _parse_cluster_url(value)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("the URL must start with redis:// or rediss://")
+        raise ValueError("the URL must start with redis://, rediss://, redis+cluster:// or rediss+cluster://")
     try:
         port = parts.port
     except ValueError:
@@ -226,13 +286,7 @@ def parse_redis_url(value: str) -> RedisUrl:
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
         raise ValueError(f"the database must be a number (redis://host:6379/0), got {db!r}")
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = sorted(set(query) - {"prefix"})
-    if unknown:
-        raise ValueError(f"unknown URL parameter(s) {', '.join(unknown)} (only prefix=name is read)")
-    prefix = query.get("prefix", [DEFAULT_PREFIX])[-1]
-    if not prefix or any(c in prefix for c in " \t\r\n"):
-        raise ValueError("prefix must be a non-empty name without spaces")
+    prefix = _prefix_of(parts.query)
     client_url = parts._replace(query="").geturl()
     password = unquote(parts.password) if parts.password is not None else None
     return RedisUrl(client_url, mask_uri_credentials(client_url), prefix, password or None)
@@ -246,6 +300,19 @@ def _client_module() -> Any:
     return aioredis
 
 
+def _async_client(target: RedisUrl) -> Any:
+    """A redis-py asyncio client for ``target`` (a ``RedisCluster`` for a cluster URL), not yet connected."""
+    aioredis = _client_module()
+    options: Dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": CONNECT_TIMEOUT,
+                               "socket_timeout": COMMAND_TIMEOUT}
+    if target.cluster:
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
+                            username=target.username, password=target.password, ssl=target.tls, **options)
+    return aioredis.Redis.from_url(target.url, **options)
+
+
 def _reason(exc: BaseException) -> str:
     return mask_uri_credentials(str(exc) or type(exc).__name__)
 
@@ -257,7 +324,19 @@ def check_redis(value: str) -> Optional[str]:
         import redis
     except ImportError:
         return f"job_store {target.label}: needs the redis package: {INSTALL_HINT}"
-    client = redis.Redis.from_url(target.url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
+    try:
+        if target.cluster:
+            from redis.cluster import ClusterNode, RedisCluster
+
+            node: Any = ClusterNode  # untyped in redis-py
+            client: Any = RedisCluster(startup_nodes=[node(host, port) for host, port in target.nodes],
+                                       username=target.username, password=target.password, ssl=target.tls,
+                                       socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
+        else:
+            client = redis.Redis.from_url(target.url, socket_connect_timeout=CONNECT_TIMEOUT,
+                                          socket_timeout=CONNECT_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - a cluster client connects as it is made
+        return f"job_store {target.label}: {_reason(exc)}"
     try:
         client.ping()
     except Exception as exc:  # noqa: BLE001 - whatever it is, check-config reports it
@@ -364,23 +443,23 @@ class RedisJobStore(MemoryJobStore):
     # -- keys ------------------------------------------------------------------------------------
 
     def _key(self, job_id: str) -> str:
-        return f"{self.target.prefix}:job:{_text(job_id)}"
+        return f"{self.target.keyspace}:job:{_text(job_id)}"
 
     @property
     def _ids(self) -> str:
-        return f"{self.target.prefix}:ids"
+        return f"{self.target.keyspace}:ids"
 
     @property
     def _finished_key(self) -> str:
-        return f"{self.target.prefix}:finished"
+        return f"{self.target.keyspace}:finished"
 
     @property
     def _epoch_key(self) -> str:
-        return f"{self.target.prefix}:epoch"
+        return f"{self.target.keyspace}:epoch"
 
     @property
     def _owners(self) -> str:
-        return f"{self.target.prefix}:owner:"
+        return f"{self.target.keyspace}:owner:"
 
     @property
     def is_open(self) -> bool:
@@ -400,9 +479,7 @@ class RedisJobStore(MemoryJobStore):
             self.on_error = on_error
         if self._client is not None:
             return
-        aioredis = _client_module()
-        client = aioredis.Redis.from_url(self.target.url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT,
-                                         socket_timeout=COMMAND_TIMEOUT)
+        client = _async_client(self.target)
         owner = uuid.uuid4().hex
         try:
             await client.ping()
@@ -509,7 +586,7 @@ class RedisJobStore(MemoryJobStore):
             found: List[JobInfo] = []
             for candidate in await self._abandoned():
                 reply = await self._take_over_script(
-                    keys=[f"{self.target.prefix}:job:{candidate}"],
+                    keys=[f"{self.target.keyspace}:job:{candidate}"],
                     args=[self.owner, self._owners])
                 job = job_from_record(dict(zip(reply[0::2], reply[1::2]))) if reply else None
                 if job is None:
@@ -532,7 +609,7 @@ class RedisJobStore(MemoryJobStore):
             chunk = ids[start:start + 500]
             pipe = self._client.pipeline(transaction=False)
             for member in chunk:
-                key = f"{self.target.prefix}:job:{member}"
+                key = f"{self.target.keyspace}:job:{member}"
                 pipe.hmget(key, "status", "owner")
                 pipe.hexists(key, "input_data")
             replies = await pipe.execute()
@@ -561,7 +638,7 @@ class RedisJobStore(MemoryJobStore):
         args = [_text(job_id), self.max_jobs, max(1, int(self.ttl.total_seconds() * 1000)), int(self.lease * 1000),
                 repr(time.time()), mode, job.started_at.isoformat(timespec="microseconds"),
                 "" if topic is None else "=" + _text(topic), "" if data is None else _json(data),
-                f"{self.target.prefix}:job:", self.owner, self._owners, "1" if self.resumable else "0", ""]
+                f"{self.target.keyspace}:job:", self.owner, self._owners, "1" if self.resumable else "0", ""]
         keys = [self._key(job_id), self._ids, self._finished_key, self._epoch_key]
         for _ in range(3):
             args[-1] = self._epoch
@@ -642,7 +719,7 @@ class RedisJobStore(MemoryJobStore):
             for start in range(0, len(ids), 500):
                 pipe = self._client.pipeline(transaction=False)
                 for job_id in ids[start:start + 500]:
-                    pipe.hgetall(f"{self.target.prefix}:job:{job_id}")
+                    pipe.hgetall(f"{self.target.keyspace}:job:{job_id}")
                 for fields in await pipe.execute():
                     job = job_from_record(fields)
                     if job is not None and (not wanted or job.status in wanted):
@@ -657,7 +734,7 @@ class RedisJobStore(MemoryJobStore):
         reached."""
         try:
             await self._settle()
-            return await read_recent(self._client, self.target.prefix, limit)
+            return await read_recent(self._client, self.target.keyspace, limit)
         except Exception as exc:  # noqa: BLE001 - answered from this process's jobs instead
             self._query_failed(exc)
             return self._recent(limit)
@@ -837,8 +914,8 @@ class RedisJobStore(MemoryJobStore):
 
 
 async def read_recent(client: Any, prefix: str, limit: int) -> List[JobInfo]:
-    """The ``limit`` newest records under ``prefix`` (one ZREVRANGE, one pipelined HMGET each), without input
-    and result."""
+    """The ``limit`` newest records under ``prefix`` (a store's :attr:`RedisUrl.keyspace`; one ZREVRANGE, one
+    pipelined HMGET each), without input and result."""
     if limit <= 0:
         return []
     ids = await client.zrevrange(f"{prefix}:ids", 0, limit - 1)
@@ -865,9 +942,7 @@ class RedisJobReader:
 
     def _connected(self) -> Any:
         if self._client is None:
-            self._client = _client_module().Redis.from_url(
-                self.target.url, decode_responses=True, socket_connect_timeout=CONNECT_TIMEOUT,
-                socket_timeout=COMMAND_TIMEOUT)
+            self._client = _async_client(self.target)
         return self._client
 
     async def recent(self, limit: int) -> List[JobInfo]:
@@ -877,7 +952,7 @@ class RedisJobReader:
             JobStoreError: Redis cannot be reached (the message names the store, its password masked).
         """
         try:
-            return await read_recent(self._connected(), self.target.prefix, limit)
+            return await read_recent(self._connected(), self.target.keyspace, limit)
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported by name
             raise JobStoreError(f"Cannot read job store {self.target.label}: {_reason(exc)}") from None
 
@@ -888,7 +963,7 @@ class RedisJobReader:
             JobStoreError: Redis cannot be reached.
         """
         try:
-            fields = await self._connected().hgetall(f"{self.target.prefix}:job:{_text(job_id)}")
+            fields = await self._connected().hgetall(f"{self.target.keyspace}:job:{_text(job_id)}")
         except Exception as exc:  # noqa: BLE001 - any failure to reach the store is reported by name
             raise JobStoreError(f"Cannot read job store {self.target.label}: {_reason(exc)}") from None
         return job_from_record(fields)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, List
 
@@ -19,34 +20,62 @@ from Listener import EventListener, EventListenerConfig, JobStatus
 from Listener.cli.command import EXIT_FAILURE, EXIT_OK, main
 from Listener.jobs.factory import JobStoreError, check_job_store, job_store_problem
 from Listener.jobs.admission import Admission
-from Listener.jobs.redis import ACTIVE_LEASE, DATA_LOST, OWNER_LEASE, RedisJobStore, parse_redis_url
+from Listener.jobs.redis import ACTIVE_LEASE, DATA_LOST, OWNER_LEASE, RedisJobReader, RedisJobStore, parse_redis_url
 from Listener.mqtt.client import secrets
 from tests.support.brokers import free_port
+from tests.support.redis_cluster import RedisCluster, redis_cluster
 from tests.support.redis_server import RedisFactory, RedisServer, redis_factory, redis_server, unique_prefix
 
-__all__ = ["redis_factory", "redis_server"]  # the fixtures, for pytest
+__all__ = ["redis_cluster", "redis_factory", "redis_server"]  # the fixtures, for pytest
 
 pytestmark = pytest.mark.timeout(60)
 
 CREATED, DUPLICATE, FULL, BUSY = Admission.CREATED, Admission.DUPLICATE, Admission.FULL, Admission.BUSY
 
 
+@dataclass
+class Backend:
+    """Where the ``stores`` of a test keep their records: a standalone Redis, or a Redis Cluster."""
+
+    url: Callable[[str], str]  # a job_store setting for a prefix
+    reader: Callable[[], Any]  # a synchronous client (decoding answers)
+    cluster: bool
+
+    def keys(self, prefix: str) -> str:
+        """What the keys of the stores with ``prefix`` start with (a hash tag in a cluster)."""
+        return f"{{{prefix}}}" if self.cluster else prefix
+
+
+@pytest.fixture(params=["standalone", pytest.param("cluster", marks=pytest.mark.timeout(90))])
+def backend(request: pytest.FixtureRequest) -> Backend:
+    """Each store test runs against a standalone Redis and against a Redis Cluster (one store's keys in one
+    slot: its prefix is a hash tag)."""
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        return Backend(cluster.url, cluster.client, True)
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return Backend(server.url, lambda: reader(server), False)
+
+
 @pytest.fixture
-async def stores(redis_server: RedisServer) -> AsyncIterator[Callable[..., Any]]:
+async def stores(backend: Backend) -> AsyncIterator[Callable[..., Any]]:
     """``make(max_jobs=10, ttl=60, prefix=None, owner_lease=OWNER_LEASE)``: an open store (its own client); all
-    closed afterwards."""
+    closed afterwards. ``make.prefix``: the stores' prefix, ``make.keys``: what their keys start with,
+    ``make.reader()``: a client of the same Redis."""
     made: List[RedisJobStore] = []
     shared = unique_prefix("store")
 
     async def make(max_jobs: int = 10, ttl: float = 60, prefix: str = "",
                    owner_lease: float = OWNER_LEASE) -> RedisJobStore:
-        store = RedisJobStore(redis_server.url(prefix or shared), max_jobs, ttl)
+        store = RedisJobStore(backend.url(prefix or shared), max_jobs, ttl)
         store.owner_lease = owner_lease
         await store.open()
         made.append(store)
         return store
 
     make.prefix = shared  # type: ignore[attr-defined]
+    make.keys = backend.keys(shared)  # type: ignore[attr-defined]
+    make.reader = backend.reader  # type: ignore[attr-defined]
     yield make
     for store in made:
         await store.close()
@@ -57,13 +86,13 @@ def reader(server: RedisServer) -> "redis.Redis[str]":
 
 
 async def test_a_finished_record_expires_after_the_ttl_an_active_one_holds_a_lease(
-        stores: Any, redis_server: RedisServer) -> None:
+        stores: Any) -> None:
     store = await stores(ttl=30)
     assert await store.admit("a", {"x": 1}, "t") is CREATED
     await store.start_attempt("a")
     await store.durable()
-    check = reader(redis_server)
-    key = f"{stores.prefix}:job:a"
+    check = stores.reader()
+    key = f"{stores.keys}:job:a"
     active_ttl = check.pttl(key)
     assert 0 < active_ttl <= ACTIVE_LEASE * 1000  # a worker that dies does not hold the id for ever
     await store.set_status("a", JobStatus.COMPLETED, result={"y": 2})
@@ -71,7 +100,7 @@ async def test_a_finished_record_expires_after_the_ttl_an_active_one_holds_a_lea
     finished_ttl = check.pttl(key)
     assert 25_000 < finished_ttl <= 30_000
     assert check.hget(key, "status") == "completed" and check.hget(key, "result") == '{"y":2}'
-    assert check.zscore(f"{stores.prefix}:finished", "a") is not None
+    assert check.zscore(f"{stores.keys}:finished", "a") is not None
     check.close()
 
 
@@ -117,7 +146,7 @@ async def test_reprocess_does_not_run_a_job_running_elsewhere(stores: Any) -> No
     assert await second.admit("r", None, None, duplicate_action="reprocess") is CREATED
 
 
-async def test_the_limit_counts_every_workers_records(stores: Any, redis_server: RedisServer) -> None:
+async def test_the_limit_counts_every_workers_records(stores: Any) -> None:
     first, second = await stores(max_jobs=3), await stores(max_jobs=3)
     assert await first.admit("a", None, None) is CREATED
     assert await first.admit("b", None, None) is CREATED
@@ -127,14 +156,14 @@ async def test_the_limit_counts_every_workers_records(stores: Any, redis_server:
     await first.set_status("a", JobStatus.COMPLETED)
     await first.durable()
     assert await second.admit("d", None, None) is CREATED  # "a", finished, was evicted to make room
-    check = reader(redis_server)
-    assert not check.exists(f"{stores.prefix}:job:a")
-    assert sorted(check.zrange(f"{stores.prefix}:ids", 0, -1)) == ["b", "c", "d"]
+    check = stores.reader()
+    assert not check.exists(f"{stores.keys}:job:a")
+    assert sorted(check.zrange(f"{stores.keys}:ids", 0, -1)) == ["b", "c", "d"]
     check.close()
 
 
-async def test_queries_see_every_listeners_jobs(redis_server: RedisServer) -> None:
-    url = redis_server.url(unique_prefix("queries"))
+async def test_queries_see_every_listeners_jobs(backend: Backend) -> None:
+    url = backend.url(unique_prefix("queries"))
     one = EventListener(EventListenerConfig(job_store=url, client_id="one"))
     two = EventListener(EventListenerConfig(job_store=url, client_id="two"))
 
@@ -202,6 +231,50 @@ def test_the_url_forms() -> None:
     assert "port" in (job_store_problem("redis://h:99999/0") or "")
 
 
+def test_the_cluster_url_forms() -> None:
+    parsed = parse_redis_url("rediss+cluster://user:p%40ss@node-a:7000, node-b:7001,[::1]?prefix=orders")
+    assert (parsed.cluster, parsed.tls, parsed.prefix, parsed.username, parsed.password) == (
+        True, True, "orders", "user", "p@ss")
+    assert parsed.nodes == (("node-a", 7000), ("node-b", 7001), ("::1", 6379))
+    assert parsed.keyspace == "{orders}" and parse_redis_url("redis://h/0?prefix=orders").keyspace == "orders"
+    assert "p@ss" not in parsed.label and "p%40ss" not in parsed.label and parsed.label.startswith("rediss+cluster://")
+    assert job_store_problem("redis+cluster://h:7000,h:7001") is None
+    assert "database 0 only" in (job_store_problem("redis+cluster://h:7000/3") or "")
+    assert "must not contain { or }" in (job_store_problem("redis+cluster://h:7000?prefix={x}") or "")
+    assert "at least one host:port" in (job_store_problem("redis+cluster://h:7000,") or "")
+    assert "port" in (job_store_problem("redis+cluster://h:99999") or "")
+    assert "unknown URL parameter" in (job_store_problem("redis+cluster://h:7000?db=1") or "")
+
+
+async def test_one_cluster_stores_keys_share_a_slot_and_a_reader_sees_them(redis_cluster: RedisCluster) -> None:
+    prefix = unique_prefix("slot")
+    store = RedisJobStore(redis_cluster.url(prefix), 10, 60)
+    await store.open()
+    try:
+        assert await store.admit("a", {"x": 1}, "t") is CREATED
+        await store.set_status("a", JobStatus.COMPLETED, result=1)
+        await store.durable()
+        check = redis_cluster.client()
+        names = [f"{{{prefix}}}:{name}" for name in ("job:a", "ids", "finished", "epoch", f"owner:{store.owner}")]
+        assert all(check.exists(name) for name in names)
+        assert len({check.keyslot(name) for name in names}) == 1
+        check.close()
+        assert check_job_store(redis_cluster.url(prefix)) is None
+        job_reader = RedisJobReader(redis_cluster.url(prefix))
+        try:
+            assert [job.job_id for job in await job_reader.recent(5)] == ["a"]
+        finally:
+            await job_reader.close()
+    finally:
+        await store.close()
+
+
+def test_an_unreachable_cluster_is_reported_without_its_password() -> None:
+    url = f"redis+cluster://:cl-secret-99@127.0.0.1:{free_port()}"
+    problem = check_job_store(url)
+    assert problem is not None and "127.0.0.1" in problem and "cl-secret-99" not in problem
+
+
 def test_check_config_pings_the_store_and_masks_its_password(redis_server: RedisServer, tmp_path: Path,
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.toml"
@@ -236,7 +309,7 @@ async def test_a_duplicate_claimed_before_the_first_outcome_is_written_is_still_
 
 
 async def test_a_duplicate_of_a_pending_job_leaves_it_pending_and_its_record_active(
-        stores: Any, redis_server: RedisServer) -> None:
+        stores: Any) -> None:
     """As with the other stores, the duplicate is counted and the job, yet to run, stays PENDING: its record keeps
     its lease and is not evictable, and the run's outcome replaces the status. An explicit mark_duplicate
     makes it DUPLICATE, as ever."""
@@ -247,9 +320,9 @@ async def test_a_duplicate_of_a_pending_job_leaves_it_pending_and_its_record_act
     assert record is not None and (record.status, record.input_data, record.duplicate_count) == (
         JobStatus.PENDING, {"v": 1}, 1)
     assert store.jobs["p"].status is JobStatus.PENDING
-    check = reader(redis_server)
-    assert check.zscore(f"{stores.prefix}:finished", "p") is None
-    assert 0 < check.pttl(f"{stores.prefix}:job:p") <= ACTIVE_LEASE * 1000
+    check = stores.reader()
+    assert check.zscore(f"{stores.keys}:finished", "p") is None
+    assert 0 < check.pttl(f"{stores.keys}:job:p") <= ACTIVE_LEASE * 1000
     check.close()
     assert await store.admit("q", None, None) is CREATED
     assert await store.admit("r", None, None) is FULL  # "p" was not evicted
@@ -271,17 +344,17 @@ async def crash(store: RedisJobStore) -> None:
     await client.aclose()
 
 
-async def lease_lapsed(server: RedisServer, prefix: str, store: RedisJobStore) -> None:
-    check = reader(server)
+async def lease_lapsed(stores: Any, store: RedisJobStore) -> None:
+    check = stores.reader()
     try:
-        while check.exists(f"{prefix}:owner:{store.owner}"):
+        while check.exists(f"{stores.keys}:owner:{store.owner}"):
             await asyncio.sleep(0.02)
     finally:
         check.close()
 
 
 async def test_a_job_active_in_a_live_worker_is_busy_and_runs_again_once_its_lease_lapsed(
-        stores: Any, redis_server: RedisServer) -> None:
+        stores: Any) -> None:
     """The job a killed worker was running: its redelivered message is never counted as a duplicate (it
     would be acknowledged, and the job lost); it waits (BUSY) while the owner's lease is alive, and runs
     again, its attempts kept, once the lease lapsed."""
@@ -297,14 +370,14 @@ async def test_a_job_active_in_a_live_worker_is_busy_and_runs_again_once_its_lea
     assert record is not None and (record.status, record.duplicate_count, record.attempts) == (JobStatus.RUNNING, 0, 1)
     assert "job" not in second.jobs
     await crash(first)
-    await asyncio.wait_for(lease_lapsed(redis_server, stores.prefix, first), 10)
+    await asyncio.wait_for(lease_lapsed(stores, first), 10)
     assert await second.admit("job", {"v": 2}, "t") is CREATED  # taken over: runs here
     assert await second.admit("queued", {"v": 2}, "t") is CREATED
     assert (second.jobs["job"].attempts, second.jobs["job"].input_data) == (1, {"v": 2})
     assert await second.start_attempt("job") == 2
     await second.durable()
-    check = reader(redis_server)
-    assert check.hget(f"{stores.prefix}:job:job", "owner") == second.owner
+    check = stores.reader()
+    assert check.hget(f"{stores.keys}:job:job", "owner") == second.owner
     check.close()
     assert await second.admit("job", None, None) is DUPLICATE  # now active in this worker
 
@@ -318,16 +391,16 @@ async def test_a_store_that_closes_hands_its_active_jobs_over_at_once(stores: An
 
 
 async def test_a_full_store_drops_the_records_of_dead_workers_not_resumed(
-        stores: Any, redis_server: RedisServer) -> None:
+        stores: Any) -> None:
     first, second = await stores(max_jobs=2, owner_lease=0.3), await stores(max_jobs=2)
     assert await first.admit("a", None, None) is CREATED and await first.admit("b", None, None) is CREATED
     assert await second.admit("c", None, None) is FULL
     await crash(first)
-    await asyncio.wait_for(lease_lapsed(redis_server, stores.prefix, first), 10)
+    await asyncio.wait_for(lease_lapsed(stores, first), 10)
     assert await second.admit("c", None, None) is CREATED  # their messages, unacknowledged, bring them back
 
 
-async def test_orphans_are_taken_over_once_their_owners_lease_lapsed(stores: Any, redis_server: RedisServer) -> None:
+async def test_orphans_are_taken_over_once_their_owners_lease_lapsed(stores: Any) -> None:
     """A store that resumes its jobs (ack_policy after_recording keeps the input): a dead worker's active jobs
     with their input are taken over by exactly one live store, PENDING with their attempts kept; their records
     never expire while active, and are not dropped to make room."""
@@ -340,11 +413,11 @@ async def test_orphans_are_taken_over_once_their_owners_lease_lapsed(stores: Any
     assert await first.admit("no-input", None, "t") is CREATED
     await first.start_attempt("ran")
     await first.durable()
-    check = reader(redis_server)
-    assert check.pttl(f"{stores.prefix}:job:queued") == -1  # no lease of its own: the owner's lease says
+    check = stores.reader()
+    assert check.pttl(f"{stores.keys}:job:queued") == -1  # no lease of its own: the owner's lease says
     assert await second.orphans() == []  # its owner lives
     await crash(first)
-    await asyncio.wait_for(lease_lapsed(redis_server, stores.prefix, first), 10)
+    await asyncio.wait_for(lease_lapsed(stores, first), 10)
     # To make room, only the dead worker's record that cannot be resumed (it has no input) is dropped.
     assert await second.admit("new", None, None) is CREATED
     assert await second.admit("newer", None, None) is FULL
@@ -356,8 +429,8 @@ async def test_orphans_are_taken_over_once_their_owners_lease_lapsed(stores: Any
     assert (queued.status, queued.input_data, queued.attempts) == (JobStatus.PENDING, {"v": 2}, 0)
     owner = second if "ran" in {job.job_id for job in found} else third
     assert owner.jobs["ran"].status is JobStatus.PENDING
-    assert check.hget(f"{stores.prefix}:job:ran", "owner") == owner.owner
-    assert check.pttl(f"{stores.prefix}:job:ran") == -1
+    assert check.hget(f"{stores.keys}:job:ran", "owner") == owner.owner
+    assert check.pttl(f"{stores.keys}:job:ran") == -1
     check.close()
     assert await second.orphans() == [] and await third.orphans() == []
 
@@ -429,7 +502,7 @@ class Reports:
 
 
 async def test_a_flushall_mid_run_is_reported_and_this_workers_jobs_written_again(
-        stores: Any, redis_server: RedisServer) -> None:
+        stores: Any) -> None:
     store = await stores(owner_lease=0.3)  # the marker is checked every 0.1 s
     reports = Reports()
     store.on_error = reports
@@ -437,11 +510,11 @@ async def test_a_flushall_mid_run_is_reported_and_this_workers_jobs_written_agai
     await store.start_attempt("done")
     await store.set_status("done", JobStatus.COMPLETED, result=1)
     await store.durable()
-    check = reader(redis_server)
+    check = stores.reader()
     check.flushall()
     message = await reports.lost()
     assert message.startswith(f"Job store {store.label}: ") and store.data_losses == 1
-    assert check.get(f"{stores.prefix}:epoch")  # written again
+    assert check.get(f"{stores.keys}:epoch")  # written again
     await store.durable()
     record = await store.get("done")  # this worker's record is back: its duplicate is still caught
     assert record is not None and record.status is JobStatus.COMPLETED
@@ -450,7 +523,7 @@ async def test_a_flushall_mid_run_is_reported_and_this_workers_jobs_written_agai
 
 
 async def test_a_claim_after_the_data_was_lost_reports_it_before_the_job_runs_again(
-        stores: Any, redis_server: RedisServer) -> None:
+        stores: Any) -> None:
     first = await stores()
     assert await first.admit("done", None, None) is CREATED
     await first.start_attempt("done")
@@ -459,7 +532,7 @@ async def test_a_claim_after_the_data_was_lost_reports_it_before_the_job_runs_ag
     second = await stores(owner_lease=60)  # no lease renewal before the claim
     reports = Reports()
     second.on_error = reports
-    check = reader(redis_server)
+    check = stores.reader()
     check.flushall()
     check.close()
     assert await second.admit("done", None, None) is CREATED  # it runs again: there is no record of it

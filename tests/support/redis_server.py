@@ -53,6 +53,8 @@ class RedisServer:
     password: Optional[str] = None
     port: int = field(default_factory=free_port)
     process: Optional["subprocess.Popen[bytes]"] = None
+    #: More ``redis-server`` options (a cluster node's).
+    extra_args: List[str] = field(default_factory=list)
 
     def url(self, prefix: Optional[str] = None, password: Optional[str] = None, db: int = 0) -> str:
         """A ``job_store`` setting for this server (``password`` overrides the right one; ``prefix`` per test)."""
@@ -68,6 +70,7 @@ class RedisServer:
                            "--appendonly", "no", "--daemonize", "no", "--logfile", ""]
         if self.password:
             args += ["--requirepass", self.password]
+        args += self.extra_args
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
         _LIVE.add(self)
         deadline = time.monotonic() + START_TIMEOUT

@@ -1,0 +1,87 @@
+"""A real Redis Cluster for the tests: six ``redis-server`` nodes (three masters, one replica each) on free
+loopback ports, without persistence, made a cluster by ``redis-cli --cluster create``.
+
+``redis_cluster`` (session scope) is shared: each test takes its own key prefix with ``unique_prefix()``.
+Readiness is awaited (PING, then ``cluster_state:ok`` on every node), never slept for; the nodes are
+stopped at the end of the session (and at interpreter exit, as every :class:`RedisServer` is).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import pytest
+import redis
+
+from .brokers import find_binary, free_port
+from .redis_server import REDIS_BINARY, RedisServer
+
+__all__ = ["REDIS_CLI", "RedisCluster", "redis_cluster"]
+
+REDIS_CLI = find_binary("redis-cli")
+READY_TIMEOUT = 30.0
+
+
+class RedisCluster:
+    """Six cluster nodes; :meth:`url` is a ``redis+cluster://`` setting naming two of them."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.nodes: List[RedisServer] = []
+
+    def start(self) -> None:
+        if REDIS_BINARY is None or REDIS_CLI is None:
+            raise RuntimeError("redis-server and redis-cli are needed")
+        for _ in range(6):
+            port = free_port()
+            node = RedisServer(port=port, extra_args=[
+                "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                "--cluster-config-file", str(self.directory / f"nodes-{port}.conf"), "--dir", str(self.directory),
+                "--cluster-node-timeout", "2000"])
+            node.start()
+            self.nodes.append(node)
+        subprocess.run(  # noqa: S603 - the test's own binary and arguments
+            [REDIS_CLI, "--cluster", "create", *(f"127.0.0.1:{node.port}" for node in self.nodes),
+             "--cluster-replicas", "1", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=READY_TIMEOUT)
+        deadline = time.monotonic() + READY_TIMEOUT
+        for node in self.nodes:
+            client = redis.Redis(port=node.port, decode_responses=True)
+            try:
+                while client.cluster("info").get("cluster_state") != "ok":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the cluster did not become ready (node {node.port})")
+                    time.sleep(0.05)
+            finally:
+                client.close()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def url(self, prefix: Optional[str] = None, password: Optional[str] = None) -> str:
+        query = f"?prefix={prefix}" if prefix else ""
+        auth = f":{password}@" if password else ""
+        return f"redis+cluster://{auth}127.0.0.1:{self.nodes[0].port},127.0.0.1:{self.nodes[1].port}{query}"
+
+    def client(self) -> "redis.RedisCluster":
+        """A synchronous client of the cluster, decoding answers."""
+        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, decode_responses=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """One cluster for the session (tests use their own prefix)."""
+    if REDIS_BINARY is None or REDIS_CLI is None:
+        pytest.skip("redis-server or redis-cli is not installed (.ci/run installs them)")
+    with tempfile.TemporaryDirectory(prefix="redis-cluster-") as directory:
+        cluster = RedisCluster(Path(directory))
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
