@@ -5,7 +5,8 @@
 absolute path) keeps them in a SQLite file as well (see :mod:`Listener.jobs.sqlite`);
 ``"redis://[[user]:password@]host:port/db"`` keeps them in Redis, shared by every listener using it (see
 :mod:`Listener.jobs.redis`, the ``[redis]`` extra), ``"redis+cluster://host:port[,host:port…]"`` in a Redis
-Cluster. Each is a :class:`~Listener.jobs.store.JobStore`.
+Cluster, ``"redis+sentinel://host:port[,host:port…]/service_name"`` in the master sentinels
+name. Each is a :class:`~Listener.jobs.store.JobStore`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ __all__ = ["JobStoreError", "MEMORY", "REDIS_SCHEMES", "SQLITE_PREFIX", "check_j
 
 MEMORY = "memory"
 SQLITE_PREFIX = "sqlite:///"
-REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://", "redis+sentinel://",
+                 "rediss+sentinel://")
 
 
 def job_store_problem(value: str) -> Optional[str]:

@@ -50,7 +50,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -64,7 +64,7 @@ from .records import ACTIVE_STATUSES, FINISHED_STATUSES, JobInfo, JobStatus
 from .store import JobStoreError
 
 __all__ = ["ACTIVE_LEASE", "DATA_LOST", "DEFAULT_PREFIX", "FULL_RECHECK", "OWNER_LEASE", "RedisJobReader", "RedisJobStore",
-           "CLUSTER_SCHEMES", "RedisUrl", "check_redis", "parse_redis_url", "record_fields"]
+           "CLUSTER_SCHEMES", "RedisUrl", "SENTINEL_SCHEMES", "check_redis", "parse_redis_url", "record_fields"]
 
 logger = logging.getLogger("Listener.jobs")
 
@@ -208,12 +208,16 @@ class RedisUrl:
     url: str
     label: str
     prefix: str
-    password: Optional[str]
+    password: Optional[str] = field(repr=False)
     #: ``redis+cluster://`` or ``rediss+cluster://``: a Redis Cluster, reached through ``nodes``.
     cluster: bool = False
     nodes: Tuple[Tuple[str, int], ...] = ()
     username: Optional[str] = None
     tls: bool = False
+    #: ``redis+sentinel://``: the master of ``service``, as the sentinels in ``nodes`` name it, database ``db``.
+    sentinel: bool = False
+    service: str = ""
+    db: int = 0
 
     @property
     def keyspace(self) -> str:
@@ -224,23 +228,24 @@ class RedisUrl:
 
 #: The URL schemes of a Redis Cluster (``redis+cluster://host:port[,host:port…][?prefix=name]``).
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+#: The URL schemes of a Redis watched by sentinels (``redis+sentinel://host:port[,host:port…]/service[?db=n]``).
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 
-def _prefix_of(query_text: str) -> str:
+def _prefix_of(query_text: str, known: Tuple[str, ...] = ("prefix=name",)) -> str:
     query = parse_qs(query_text, keep_blank_values=True)
-    unknown = sorted(set(query) - {"prefix"})
+    unknown = sorted(set(query) - {name.partition("=")[0] for name in known})
     if unknown:
-        raise ValueError(f"unknown URL parameter(s) {', '.join(unknown)} (only prefix=name is read)")
+        read = " and ".join(known)
+        verb = "is" if len(known) == 1 else "are"
+        raise ValueError(f"unknown URL parameter(s) {', '.join(unknown)} (only {read} {verb} read)")
     prefix = query.get("prefix", [DEFAULT_PREFIX])[-1]
     if not prefix or any(c in prefix for c in " \t\r\n"):
         raise ValueError("prefix must be a non-empty name without spaces")
     return prefix
 
 
-def _parse_cluster_url(value: str) -> RedisUrl:
-    """``redis[s]+cluster://[[user]:password@]host:port[,host:port…][/0][?prefix=name]``."""
-    parts = urlsplit(value)
-    userinfo, _, hosts = parts.netloc.rpartition("@")
+def _nodes_of(hosts: str, kind: str, default_port: int) -> List[Tuple[str, int]]:
     nodes: List[Tuple[str, int]] = []
     for node in hosts.split(","):
         where = urlsplit(f"//{node.strip()}")
@@ -249,11 +254,40 @@ def _parse_cluster_url(value: str) -> RedisUrl:
         except ValueError:
             raise ValueError("the port must be a number from 1 to 65535") from None
         if not where.hostname:
-            raise ValueError("the redis+cluster URL needs at least one host:port, comma-separated: "
-                             "redis+cluster://node1:6379,node2:6379")
+            raise ValueError(f"the {kind} URL needs at least one host:port, comma-separated: "
+                             f"{kind}://node1:{default_port},node2:{default_port}")
         if port == 0:
             raise ValueError("the port must be a number from 1 to 65535")
-        nodes.append((where.hostname, port or 6379))
+        nodes.append((where.hostname, port or default_port))
+    return nodes
+
+
+def _parse_sentinel_url(value: str) -> RedisUrl:
+    """``redis[s]+sentinel://[[user]:password@]host:port[,host:port…]/service_name[?db=n][&prefix=name]``: the
+    password is the master's (and its replicas'), not the sentinels'."""
+    parts = urlsplit(value)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes = _nodes_of(hosts, "redis+sentinel", 26379)
+    service = unquote(parts.path.strip("/"))
+    if not service or "/" in service:
+        raise ValueError("the redis+sentinel URL needs the service name the sentinels monitor: "
+                         "redis+sentinel://sentinel1:26379,sentinel2:26379/mymaster")
+    prefix = _prefix_of(parts.query, ("prefix=name", "db=n"))
+    db_text = parse_qs(parts.query).get("db", ["0"])[-1]
+    if not db_text.isdigit():
+        raise ValueError(f"the database must be a number (?db=0), got {db_text!r}")
+    username, sep, password = userinfo.partition(":")
+    client_url = parts._replace(query="").geturl()
+    return RedisUrl(client_url, mask_uri_credentials(client_url), prefix, unquote(password) if sep and password else None,
+                    nodes=tuple(nodes), username=unquote(username) or None, tls=parts.scheme == "rediss+sentinel",
+                    sentinel=True, service=service, db=int(db_text))
+
+
+def _parse_cluster_url(value: str) -> RedisUrl:
+    """``redis[s]+cluster://[[user]:password@]host:port[,host:port…][/0][?prefix=name]``."""
+    parts = urlsplit(value)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    nodes = _nodes_of(hosts, "redis+cluster", 6379)
     if parts.path.strip("/") not in ("", "0"):
         raise ValueError("a Redis Cluster has database 0 only: leave the database out of a redis+cluster URL")
     prefix = _prefix_of(parts.query)
@@ -269,12 +303,16 @@ def _parse_cluster_url(value: str) -> RedisUrl:
 
 def parse_redis_url(value: str) -> RedisUrl:
     """Parse ``redis[s]://[[user]:password@]host[:port][/db][?prefix=name]`` or
-    ``redis[s]+cluster://[[user]:password@]host:port[,host:port…][?prefix=name]``; raises ValueError saying why."""
+    ``redis[s]+cluster://[[user]:password@]host:port[,host:port…][?prefix=name]`` or
+    ``redis[s]+sentinel://[[user]:password@]host:port[,host:port…]/service_name[?db=n][&prefix=name]``; raises
+    ValueError saying why."""
     parts = urlsplit(value)
     if parts.scheme in CLUSTER_SCHEMES:
         return _parse_cluster_url(value)
+    if parts.scheme in SENTINEL_SCHEMES:
+        return _parse_sentinel_url(value)
     if parts.scheme not in ("redis", "rediss"):
-        raise ValueError("the URL must start with redis://, rediss://, redis+cluster:// or rediss+cluster://")
+        raise ValueError("the URL must start with redis://, rediss://, redis+cluster:// or redis+sentinel://")
     try:
         port = parts.port
     except ValueError:
@@ -310,6 +348,12 @@ def _async_client(target: RedisUrl) -> Any:
 
         return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
                             username=target.username, password=target.password, ssl=target.tls, **options)
+    if target.sentinel:
+        from redis.asyncio.sentinel import Sentinel
+
+        sentinels = Sentinel(list(target.nodes), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
+        return sentinels.master_for(target.service, db=target.db, username=target.username,
+                                    password=target.password, ssl=target.tls, **options)
     return aioredis.Redis.from_url(target.url, **options)
 
 
@@ -332,6 +376,14 @@ def check_redis(value: str) -> Optional[str]:
             client: Any = RedisCluster(startup_nodes=[node(host, port) for host, port in target.nodes],
                                        username=target.username, password=target.password, ssl=target.tls,
                                        socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
+        elif target.sentinel:
+            from redis.sentinel import Sentinel
+
+            sentinels = Sentinel(list(target.nodes), socket_connect_timeout=CONNECT_TIMEOUT,
+                                 socket_timeout=CONNECT_TIMEOUT)
+            client = sentinels.master_for(target.service, db=target.db, username=target.username,
+                                          password=target.password, ssl=target.tls,
+                                          socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
         else:
             client = redis.Redis.from_url(target.url, socket_connect_timeout=CONNECT_TIMEOUT,
                                           socket_timeout=CONNECT_TIMEOUT)
@@ -979,3 +1031,7 @@ async def _close_client(client: Any) -> None:
     closing = getattr(client, "aclose", None) or client.close
     with contextlib.suppress(Exception):  # closing a broken connection: nothing left to do
         await closing()
+    manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):  # a redis+sentinel store's connections to its sentinels
+        with contextlib.suppress(Exception):
+            await sentinel.aclose()

@@ -1,6 +1,7 @@
 """Plain helpers the tests share. Fixtures live in the conftest.py files (tests/conftest.py: those several
 directories use), except the few defined next to what they serve (``brokers.broker_factory``,
-``redis_server.redis_server`` and ``redis_factory``), which test modules import.
+``redis_server.redis_server`` and ``redis_factory``, ``redis_cluster.redis_cluster``,
+``redis_sentinel.redis_sentinels``), which test modules import.
 
 Brokers and servers: ``brokers`` (Mosquitto, ``MqttProbe``), ``interop_brokers``, ``amqtt_broker``, ``redis_server``,
 ``proxy`` (``TcpProxy``), ``leftovers``. Listeners: ``listeners`` (in this process, on a broker),

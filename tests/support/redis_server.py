@@ -55,6 +55,8 @@ class RedisServer:
     process: Optional["subprocess.Popen[bytes]"] = None
     #: More ``redis-server`` options (a cluster node's).
     extra_args: List[str] = field(default_factory=list)
+    #: The whole command instead (a sentinel's: ``redis-server <config file> --sentinel``).
+    command: Optional[List[str]] = None
 
     def url(self, prefix: Optional[str] = None, password: Optional[str] = None, db: int = 0) -> str:
         """A ``job_store`` setting for this server (``password`` overrides the right one; ``prefix`` per test)."""
@@ -71,6 +73,8 @@ class RedisServer:
         if self.password:
             args += ["--requirepass", self.password]
         args += self.extra_args
+        if self.command is not None:
+            args = self.command
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
         _LIVE.add(self)
         deadline = time.monotonic() + START_TIMEOUT
