@@ -63,8 +63,9 @@ from .memory import MemoryJobStore
 from .records import ACTIVE_STATUSES, FINISHED_STATUSES, JobInfo, JobStatus
 from .store import JobStoreError
 
-__all__ = ["ACTIVE_LEASE", "DATA_LOST", "DEFAULT_PREFIX", "FULL_RECHECK", "OWNER_LEASE", "RedisJobReader", "RedisJobStore",
-           "CLUSTER_SCHEMES", "RedisUrl", "SENTINEL_SCHEMES", "check_redis", "parse_redis_url", "record_fields"]
+__all__ = ["ACTIVE_LEASE", "CLUSTER_SCHEMES", "CLUSTER_TRANSACTIONS", "DATA_LOST", "DEFAULT_PREFIX", "FULL_RECHECK",
+           "OWNER_LEASE", "RedisJobReader", "RedisJobStore", "RedisUrl", "SENTINEL_SCHEMES", "check_redis",
+           "parse_redis_url", "record_fields"]
 
 logger = logging.getLogger("Listener.jobs")
 
@@ -84,6 +85,9 @@ FULL_RECHECK = 0.5
 #: What a store reports (to ``on_error``) when the Redis lost its data: docs/reliability.md.
 DATA_LOST = ("the Redis lost its data (restarted without persistence, or flushed): every job record was gone, so "
              "a completed job whose message comes again runs again")
+#: Why a cluster store cannot open with an older redis-py (its cluster pipelines take no MULTI/EXEC).
+CLUSTER_TRANSACTIONS = ("redis+cluster:// needs a redis-py whose cluster pipelines support transactions: "
+                        "pip install -U redis")
 INSTALL_HINT = "pip install 'redis>=5' (or install this package with its [redis] extra: docs/installation.md)"
 
 _CLAIM = """
@@ -533,6 +537,11 @@ class RedisJobStore(MemoryJobStore):
             return
         client = _async_client(self.target)
         owner = uuid.uuid4().hex
+        try:
+            client.pipeline(transaction=True)  # the writer's; older redis-py refuses it for a cluster
+        except Exception:  # noqa: BLE001 - RedisClusterException: transactions are not supported
+            await _close_client(client)
+            raise JobStoreError(f"Cannot open job store {self.label}: {CLUSTER_TRANSACTIONS}") from None
         try:
             await client.ping()
             await client.set(self._owners + owner, "1", px=self._owner_lease_ms())

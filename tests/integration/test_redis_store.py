@@ -20,7 +20,8 @@ from Listener import EventListener, EventListenerConfig, JobStatus
 from Listener.cli.command import EXIT_FAILURE, EXIT_OK, main
 from Listener.jobs.factory import JobStoreError, check_job_store, job_store_problem
 from Listener.jobs.admission import Admission
-from Listener.jobs.redis import ACTIVE_LEASE, DATA_LOST, OWNER_LEASE, RedisJobReader, RedisJobStore, parse_redis_url
+from Listener.jobs.redis import (ACTIVE_LEASE, CLUSTER_TRANSACTIONS, DATA_LOST, OWNER_LEASE, RedisJobReader, RedisJobStore,
+                                 parse_redis_url)
 from Listener.mqtt.client import secrets
 from tests.support.brokers import free_port
 from tests.support.redis_cluster import RedisCluster, redis_cluster
@@ -267,6 +268,20 @@ async def test_one_cluster_stores_keys_share_a_slot_and_a_reader_sees_them(redis
             await job_reader.close()
     finally:
         await store.close()
+
+
+async def test_a_redis_py_without_cluster_transactions_is_refused_clearly(monkeypatch: pytest.MonkeyPatch) -> None:
+    from redis.asyncio.cluster import RedisCluster as Client
+    from redis.exceptions import RedisClusterException
+
+    def refuse(self: Any, transaction: Any = None, shard_hint: Any = None) -> Any:
+        raise RedisClusterException("transaction is deprecated in cluster mode")  # as redis-py 5 says
+
+    monkeypatch.setattr(Client, "pipeline", refuse)
+    store = RedisJobStore(f"redis+cluster://:cl-pw-7@127.0.0.1:{free_port()}", 10, 60)
+    with pytest.raises(JobStoreError) as raised:
+        await store.open()
+    assert CLUSTER_TRANSACTIONS in str(raised.value) and "cl-pw-7" not in str(raised.value) and not store.is_open
 
 
 def test_an_unreachable_cluster_is_reported_without_its_password() -> None:

@@ -35,7 +35,7 @@ from typing import Dict, Iterator, List, Optional, Set
 
 import pytest
 
-from Listener.jobs.redis import DATA_LOST
+from Listener.jobs.redis import CLUSTER_TRANSACTIONS, DATA_LOST
 from Listener.mqtt.client import _CONNACK_REASONS, CLOSED_DURING_CONNECT
 
 pytestmark = pytest.mark.unit
@@ -105,6 +105,7 @@ MORE_MESSAGES: List[str] = [
     "(expected",
     "Cannot write job store",
     DATA_LOST,
+    CLUSTER_TRANSACTIONS,
 ]
 
 
