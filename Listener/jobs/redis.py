@@ -24,6 +24,14 @@ Key layout (``<prefix>`` is ``mqtt-listener`` unless the URL says ``?prefix=name
   lease and in every claim, reports the loss (:data:`DATA_LOST`, to ``on_error``: an ERROR log line), writes
   the marker again and writes its own jobs again.
 
+Redis Cluster (``redis+cluster://host:port[,host:port…][?prefix=name]``): ``<prefix>`` is written ``{<prefix>}``
+in every key above (:attr:`RedisUrl.keyspace`), a hash tag, so that all the keys of one store are in one slot.
+The claim script gets its fixed keys as KEYS, and reaches the records and owner keys it evicts or checks by
+name; these share the slot, which is what a cluster requires of a script. One store's records therefore live
+on one master; different prefixes spread over the masters. Redis Sentinel
+(``redis+sentinel://host:port[,host:port…]/service_name[?db=n]``): the keys of ``redis://``, on the master the
+sentinels name (asked again after a failover).
+
 Loss detection: the records are the memory of which jobs ran; a Redis that lost them takes a completed job
 whose message comes again for a new one. That cannot be undone, but it is never silent.
 
