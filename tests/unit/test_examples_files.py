@@ -15,6 +15,7 @@ import yaml
 
 from Listener import EventListenerConfig
 from Listener.cli.command import EXIT_OK, main
+from Listener.config.settings import environment_variables
 from tests.support.brokers import COMPOSE_MOSQUITTO_CONFIG, COMPOSE_PASSWORD_FILE, adapt_compose_config
 
 
@@ -104,6 +105,39 @@ def test_kubernetes_snippet(tmp_path: Path) -> None:
     assert container["ports"][0]["containerPort"] == config.http_port
     assert config.http_host == "0.0.0.0"  # noqa: S104 - the kubelet probes the pod's address
     assert [e["name"] for e in container["env"]] == ["MQTT_PASSWORD"]
+    mount = container["volumeMounts"][0]["mountPath"]
+    assert container["args"][container["args"].index("--config") + 1] == f"{mount}/listener.toml"
+
+
+def test_kubernetes_deployment_past_one_machine(tmp_path: Path) -> None:
+    """examples/kubernetes-scaled.yaml (docs/scaling.md): pods spread over nodes, a share group, Redis Cluster,
+    a token for the dashboard off loopback, and a PodDisruptionBudget that never lets a drain take every pod."""
+    text = (EXAMPLES / "kubernetes-scaled.yaml").read_text(encoding="utf-8")
+    kinds = {doc["kind"]: doc for doc in yaml.safe_load_all(text)}
+    assert set(kinds) == {"ConfigMap", "Deployment", "PodDisruptionBudget"}
+    config_file = tmp_path / "listener.toml"
+    config_file.write_text(kinds["ConfigMap"]["data"]["listener.toml"], encoding="utf-8")
+    config = EventListenerConfig.from_file(config_file)
+    assert config.share_group and config.job_store.startswith("redis+cluster://") and config.qos >= 1
+    deployment, budget = kinds["Deployment"], kinds["PodDisruptionBudget"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"] == labels == budget["spec"]["selector"]["matchLabels"]
+    assert 1 <= budget["spec"]["minAvailable"] < deployment["spec"]["replicas"]
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > config.shutdown_grace_period
+    spread = pod["topologySpreadConstraints"][0]
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["labelSelector"]["matchLabels"] == labels
+    container = pod["containers"][0]
+    assert container["args"][container["args"].index("--workers") + 1].isdigit()
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["ports"][0]["containerPort"] == config.http_port
+    env = {item["name"]: item["valueFrom"] for item in container["env"]}
+    assert env["MQTT_CLIENT_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}  # a client id per pod
+    assert set(env) == {"MQTT_CLIENT_ID", "MQTT_PASSWORD", "MQTT_HTTP_TOKEN"}  # secrets from the Secret only
+    assert "secretKeyRef" in env["MQTT_PASSWORD"] and "secretKeyRef" in env["MQTT_HTTP_TOKEN"]
+    options = environment_variables(environ={name: "x" for name in env})
+    assert set(options) == {"client_id", "password", "http_token"}  # each variable names an option
     mount = container["volumeMounts"][0]["mountPath"]
     assert container["args"][container["args"].index("--config") + 1] == f"{mount}/listener.toml"
 
