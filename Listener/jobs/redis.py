@@ -60,7 +60,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from ..core.backoff import backoff_delay
@@ -583,7 +583,7 @@ class RedisJobStore(MemoryJobStore):
             except (JobStoreError, asyncio.TimeoutError):
                 await asyncio.sleep(0.1 * (attempt + 1))
         writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
+        await _at_most(writer, COMMAND_TIMEOUT)
         self._writer = self._client = self._wake = None
         with contextlib.suppress(Exception):  # unreachable: the lease lapses on its own
             await asyncio.wait_for(client.delete(self._owners + self.owner), COMMAND_TIMEOUT)
@@ -1044,11 +1044,32 @@ class RedisJobReader:
             await _close_client(client)
 
 
+#: Tasks given up by :func:`_at_most`, kept referenced until they end.
+_GIVEN_UP: "Set[asyncio.Future[Any]]" = set()
+
+
+def _consume(task: "asyncio.Future[Any]") -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: closing a broken connection may fail, nothing is left to do then
+
+
+async def _at_most(awaitable: Awaitable[Any], timeout: float) -> None:
+    """Await ``awaitable`` for at most ``timeout`` seconds, whatever it does: one that ignores its cancellation
+    (a cluster client stuck closing its connections) is cancelled and left behind, not awaited, so that
+    :meth:`RedisJobStore.close` and the listener's stop stay bounded. Its errors are swallowed."""
+    task = asyncio.ensure_future(awaitable)
+    task.add_done_callback(_consume)
+    done, _ = await asyncio.wait({task}, timeout=timeout)
+    if not done:
+        logger.debug("Job store: gave up waiting %.0f s for %r", timeout, task)
+        task.cancel()
+        _GIVEN_UP.add(task)
+        task.add_done_callback(_GIVEN_UP.discard)
+
+
 async def _close_client(client: Any) -> None:
     closing = getattr(client, "aclose", None) or client.close
-    with contextlib.suppress(Exception):  # closing a broken connection: nothing left to do
-        await closing()
+    await _at_most(closing(), COMMAND_TIMEOUT)
     manager = getattr(getattr(client, "connection_pool", None), "sentinel_manager", None)
     for sentinel in getattr(manager, "sentinels", ()):  # a redis+sentinel store's connections to its sentinels
-        with contextlib.suppress(Exception):
-            await sentinel.aclose()
+        await _at_most(sentinel.aclose(), COMMAND_TIMEOUT)
