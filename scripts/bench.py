@@ -19,8 +19,11 @@ through two hand-written peers, the loop a user would write with gmqtt or paho-m
 listener); every listener row then carries ``ratio_to_best_peer``, its msg/s over the faster peer's at the
 same QoS and payload in the same run. ``fixed500-qos1+dashboard`` is ``fixed500-qos1`` with the HTTP
 endpoints on and a poller process doing what an open dashboard tab does; it is reported with its p99 as a
-ratio to the plain row's (``p99_ratio_to_without_dashboard``). The script reports; it never fails on a
-missed target.
+ratio to the plain row's (``p99_ratio_to_without_dashboard``). The ``scale-sync5-redis-p*`` and
+``scale-sync5-cluster-p*`` rows run the 5 ms processor's processes on one shared job store (a redis-server or
+a six-node Redis Cluster of the run's own; ``skipped`` without redis-server or redis-cli), reported against
+``scale-sync5-p1`` and, for the cluster, against the standalone row (``ratio_to_standalone_redis``). The
+script reports; it never fails on a missed target.
 
     python scripts/bench.py                      # everything (about 5 minutes on 2 cores)
     python scripts/bench.py --quick              # small counts, under a minute
@@ -116,8 +119,10 @@ class Scenario:
     ceiling: bool = False  # also measured through the bare amqtt loop and the hand-written peers
     rss_points: int = 0  # RSS samples spread over the run (the soak)
     job_store: str = "memory"  # or "sqlite": a fresh database file in a temporary directory; or "redis" (own server)
+    # or "cluster" (a Redis Cluster of its own, six nodes: ``redis+cluster://``)
     compare_to: Optional[str] = None  # the scenario of the same run its msg/s is compared with
     compared_as: str = "memory_store"  # names the ratio: ratio_to_<compared_as>, <compared_as>_msg_per_s
+    also_compared: Tuple[Tuple[str, str], ...] = ()  # more (compare_to, compared_as) pairs, msg/s only
     ack_policy: str = "after_processing"  # or "on_receipt" (acknowledged when queued), "after_recording"
     processes: int = 0  # > 0: `mqtt-listener run` processes (--workers N) instead of a listener in the runner
     hung_window: float = 0.0  # > 0: the first job hangs; fast jobs finished per second within this many seconds
@@ -188,6 +193,7 @@ def catalogue(quick: bool, factor: float) -> List[Scenario]:
         Scenario("soak-200k", "trivial", 0, "small", soak, rate=1000.0,
                  max_jobs_in_memory=max(100, soak // 40), rss_points=10),
         *(scaling(processes, n(4_000, 800)) for processes in SCALING_PROCESSES),
+        *(scaling(processes, n(4_000, 800), store) for store in SHARED_STORES for processes in SHARED_PROCESSES),
         *(hung(store, policy, n(10_000, 2_000)) for store, policy in HUNG_STORES),
         Scenario("scale-trivial-p1", "trivial", 1, "small", n(10_000, 1_000), processes=1),
         Scenario("scale-trivial-p2", "trivial", 1, "small", n(10_000, 1_000), processes=2,
@@ -214,11 +220,23 @@ def hung(store: str, policy: str, count: int) -> Scenario:
 SCALING_PROCESSES = (1, 2, 4)
 
 
-def scaling(processes: int, count: int) -> Scenario:
-    """A plain ``def`` processor that takes 5 ms, at QoS 1, through ``processes`` listener processes."""
-    return Scenario(f"scale-sync5-p{processes}", "sync5", 1, "small", count, processes=processes,
-                    budget_rate=150.0 * processes,
-                    compare_to=None if processes == 1 else "scale-sync5-p1", compared_as="one_process")
+#: The shared job stores of the 5 ms scaling scenarios ("redis": one redis-server; "cluster": a Redis Cluster),
+#: and their process counts: ``scale-sync5-<store>-p<N>``, compared with ``scale-sync5-p1`` (the memory store).
+SHARED_STORES = ("redis", "cluster")
+SHARED_PROCESSES = (2, 4)
+
+
+def scaling(processes: int, count: int, store: str = "memory") -> Scenario:
+    """A plain ``def`` processor that takes 5 ms, at QoS 1, through ``processes`` listener processes (with the
+    job store ``store``: "redis" and "cluster" are shared by every process of the group)."""
+    if store == "memory":
+        return Scenario(f"scale-sync5-p{processes}", "sync5", 1, "small", count, processes=processes,
+                        budget_rate=150.0 * processes,
+                        compare_to=None if processes == 1 else "scale-sync5-p1", compared_as="one_process")
+    also = (("scale-sync5-redis-p%d" % processes, "standalone_redis"),) if store == "cluster" else ()
+    return Scenario(f"scale-sync5-{store}-p{processes}", "sync5", 1, "small", count, processes=processes,
+                    budget_rate=100.0 * processes, job_store=store, compare_to="scale-sync5-p1",
+                    compared_as="one_process", also_compared=also)
 
 
 # -- targets ---------------------------------------------------------------------------------------
@@ -302,6 +320,11 @@ TARGETS: Dict[str, Tuple[str, Callable[[Dict[str, Any]], Optional[bool]]]] = {
     "scale-sync5-p1": ("none (reference: one process, one 5 ms job at a time, at most 200 msg/s)", lambda r: None),
     "scale-sync5-p2": ("ratio_to_one_process >= 1.8, lost == 0", lambda r: _scaled(r, 1.8)),
     "scale-sync5-p4": ("ratio_to_one_process >= 3.2, lost == 0", lambda r: _scaled(r, 3.2)),
+    **{f"scale-sync5-{store}-p{processes}": (
+        f"none (ratio_to_one_process: {processes} processes sharing "
+        + ("one redis-server" if store == "redis" else "a Redis Cluster (also ratio_to_standalone_redis)")
+        + " against one process on the memory store), lost == 0", lambda r: None if "msg_per_s" not in r
+        else _no_loss(r)) for store in SHARED_STORES for processes in SHARED_PROCESSES},
     "scale-trivial-p1": ("none (reference for scale-trivial-p2)", lambda r: None),
     "scale-trivial-p2": ("none (a trivial processor on 2 cores: the broker and the clients share them)",
                          lambda r: None),
@@ -925,7 +948,11 @@ class Runner:
             elif self.job.kind.startswith("peer-"):
                 measured = await self.run_peer(self.job.kind[len("peer-"):])
             elif self.job.scenario.processes:
-                measured = await self.run_processes()
+                with contextlib.ExitStack() as services:
+                    skipped = self.start_shared_store(services)
+                    if skipped is not None:
+                        return skipped
+                    measured = await self.run_processes()
             else:
                 measured = await self.run_listener()
         finally:
@@ -1060,6 +1087,36 @@ class Runner:
                 "fast_per_s": round(fast / seconds, 1), "msg_per_s": round(fast / seconds, 1),
                 "hung_job_running": hung_running}
 
+    def start_shared_store(self, services: contextlib.ExitStack) -> Optional[Dict[str, Any]]:
+        """For a scenario whose processes share a Redis job store: start a redis-server ("redis") or a six-node
+        Redis Cluster ("cluster") of the run's own, stopped by ``services``, and set ``redis_url`` to it. A row
+        with ``skipped`` when redis-server (or, for a cluster, redis-cli) is not installed; None otherwise."""
+        sc = self.job.scenario
+        if sc.job_store not in ("redis", "cluster"):
+            return None
+        from tests.support.redis_cluster import REDIS_CLI, RedisCluster
+        from tests.support.redis_server import REDIS_BINARY, RedisServer
+
+        missing = [name for name, binary in (("redis-server", REDIS_BINARY), ("redis-cli", REDIS_CLI))
+                   if binary is None and (name == "redis-server" or sc.job_store == "cluster")]
+        if missing:
+            return {"scenario": sc.name, "kind": self.job.kind, "processor": sc.processor, "qos": sc.qos,
+                    "job_store": sc.job_store, "processes": sc.processes,
+                    "skipped": f"{' and '.join(missing)} not installed"}
+        prefix = f"bench-{self.job.run_id}"
+        if sc.job_store == "redis":
+            server = RedisServer()
+            server.start()
+            services.callback(server.stop)
+            self.redis_url = server.url(prefix=prefix)
+        else:
+            directory = services.enter_context(tempfile.TemporaryDirectory(prefix="bench-cluster-"))
+            cluster = RedisCluster(Path(directory))
+            services.callback(cluster.stop)  # also the nodes started when start() fails half-way
+            cluster.start()
+            self.redis_url = cluster.url(prefix=prefix)
+        return None
+
     async def run_processes(self) -> Measurement:
         """The scenario through ``mqtt-listener run`` (``--workers N``) processes: see scripts/bench_group.py."""
         from bench_group import ListenerGroup
@@ -1074,6 +1131,8 @@ class Runner:
             "max_concurrent_jobs": sc.max_concurrent_jobs, "max_jobs_in_memory": sc.jobs_limit,
             "shutdown_grace_period": 5.0, "ack_policy": sc.ack_policy,
         }
+        if sc.job_store in ("redis", "cluster"):  # one store shared by every process of the group
+            settings["job_store"] = self.redis_url
         if ep.password is not None:
             del settings["password"]  # from MQTT_PASSWORD, never on a command line
         group = ListenerGroup(sc.processor, sc.processes, settings, free_port(), ep.password, ROOT)
@@ -1158,6 +1217,7 @@ def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
         "max_concurrent_jobs": sc.max_concurrent_jobs if job.kind == "listener" else None,
         "ack_policy": sc.ack_policy if job.kind == "listener" and sc.qos else None,
         "processes": sc.processes or None,
+        **({"job_store": sc.job_store} if sc.job_store != "memory" else {}),
         "messages": sc.count, "received": received, "lost": sc.count - received,
         "duplicates": got["duplicates"], "errors": got["errors"],
         "msg_per_s": round(received / span, 1) if span > 0 else 0.0,
@@ -1223,6 +1283,8 @@ def run_repeated(job: Job, repeat: int) -> Dict[str, Any]:
     if repeat <= 1:
         return run_job(job)
     rows = [run_job(replace(job, run_id=f"{job.run_id}{i}")) for i in range(repeat)]  # own topics and ids
+    if any("skipped" in r for r in rows):
+        return rows[0]
     good = sorted((r for r in rows if "error" not in r), key=lambda r: r["msg_per_s"])
     if not good:
         return rows[0]
@@ -1289,6 +1351,13 @@ def add_comparison(row: Dict[str, Any], scenario: Scenario, rows: List[Dict[str,
     A ``dashboard`` scenario, paced like its reference, is compared by latency and CPU as well:
     ``p99_ratio_to_<compared_as>`` and ``cpu_ratio_to_<compared_as>``, of the medians of the repeated runs'
     p99 and CPU per message (``median_p99_ms``, ``median_cpu_us_per_msg``; with one run, the row's own)."""
+    if "msg_per_s" not in row:  # skipped
+        return
+    for other, named in scenario.also_compared:
+        theirs = next((r for r in rows if r["scenario"] == other), None)
+        if theirs and theirs.get("msg_per_s") and "error" not in row and "error" not in theirs:
+            row[f"{named}_msg_per_s"] = theirs["msg_per_s"]
+            row[f"ratio_to_{named}"] = round(row["msg_per_s"] / theirs["msg_per_s"], 3)
     reference = next((r for r in rows if r["scenario"] == scenario.compare_to), None)
     if reference and reference.get("msg_per_s") and "error" not in row and "error" not in reference:
         row[f"{scenario.compared_as}_msg_per_s"] = reference["msg_per_s"]
