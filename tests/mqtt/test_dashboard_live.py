@@ -73,14 +73,16 @@ def job_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.url(unique_prefix("dashboard"))
 
 
+@pytest.mark.parametrize("qos", [0, 1, 2])
 async def test_the_dashboard_follows_jobs_on_every_store(start_listener: Callable[..., Any], probe: Any,
-                                                         unique_topic: str, job_store: str) -> None:
-    listener, _ = await start_listener(processor, http_port=0, qos=1, job_store=job_store, keep_job_input=True)
+                                                         unique_topic: str, job_store: str, qos: int) -> None:
+    listener, _ = await start_listener(processor, http_port=0, qos=qos, default_qos=qos, job_store=job_store,
+                                       keep_job_input=True)
     port = listener.http_port
     sender = probe()
     for n in range(5):
-        sender.publish(f"{unique_topic}/jobs", f'job_id = "ok-{n}"\nn = {n}')
-    sender.publish(f"{unique_topic}/jobs", 'job_id = "bad-1"\nfail = true')
+        sender.publish(f"{unique_topic}/jobs", f'job_id = "ok-{n}"\nn = {n}', qos=qos)
+    sender.publish(f"{unique_topic}/jobs", 'job_id = "bad-1"\nfail = true', qos=qos)
 
     async def finished() -> Any:
         summary = await api(port, "/api/summary")
