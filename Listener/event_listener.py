@@ -424,9 +424,5 @@ class _DashboardView:
 
     async def job(self, job_id: str) -> Optional[Dict[str, Any]]:
         job = await self._listener._tracker.store.get(job_id)
-        if job is None:
-            return None
-        detail = job_as_dict(job, detail=True)
-        if not self._listener.config.keep_job_input:  # the store may hold it (to resume the job), users asked not to
-            detail["input"] = None
-        return detail
+        # The store may hold the input (to resume the job) where users asked for it not to be kept.
+        return None if job is None else job_as_dict(job, detail=True, show_input=self._listener.config.keep_job_input)

@@ -57,12 +57,7 @@ class GroupDashboardView:
         if self._reader is None:
             return None
         job = await self._reader.get(job_id)
-        if job is None:
-            return None
-        detail = job_as_dict(job, detail=True)
-        if not self._config.keep_job_input:
-            detail["input"] = None
-        return detail
+        return None if job is None else job_as_dict(job, detail=True, show_input=self._config.keep_job_input)
 
     async def close(self) -> None:
         """Disconnect from Redis (a no-op without the Redis store)."""

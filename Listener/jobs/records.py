@@ -52,8 +52,9 @@ class JobInfo:
     attempts: int = 0
 
 
-def job_as_dict(job: JobInfo, *, detail: bool = False) -> Dict[str, Any]:
-    """``job`` as JSON-ready values (a job list's row; ``detail`` adds ``input`` and ``result``)."""
+def job_as_dict(job: JobInfo, *, detail: bool = False, show_input: bool = True) -> Dict[str, Any]:
+    """``job`` as JSON-ready values (a job list's row; ``detail`` adds ``input``, None unless ``show_input``,
+    and ``result``)."""
     duration = (job.completed_at - job.started_at).total_seconds() if job.completed_at is not None else None
     row: Dict[str, Any] = {
         "job_id": job.job_id, "status": job.status.value, "started_at": job.started_at.isoformat(timespec="milliseconds"),
@@ -62,6 +63,6 @@ def job_as_dict(job: JobInfo, *, detail: bool = False) -> Dict[str, Any]:
         "error": job.error,
     }
     if detail:
-        row["input"] = job.input_data
+        row["input"] = job.input_data if show_input else None
         row["result"] = job.result
     return row

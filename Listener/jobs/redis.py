@@ -53,6 +53,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
+import importlib.util
 import json
 import logging
 import time
@@ -350,23 +352,25 @@ def _client_module() -> Any:
     return aioredis
 
 
-def _async_client(target: RedisUrl) -> Any:
-    """A redis-py asyncio client for ``target`` (a ``RedisCluster`` for a cluster URL), not yet connected."""
-    aioredis = _client_module()
+def _new_client(target: RedisUrl, *, asynchronous: bool = True, timeout: float = COMMAND_TIMEOUT) -> Any:
+    """A redis-py client for ``target``, not yet connected: asyncio's for the store, the blocking one for
+    ``check-config`` (their modules and constructors are the same but for ``asyncio``); a ``RedisCluster`` for a
+    cluster URL, the master the sentinels name for a sentinel URL."""
+    if asynchronous:
+        _client_module()  # the install hint when redis-py is missing
+    base = "redis.asyncio" if asynchronous else "redis"
     options: Dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": CONNECT_TIMEOUT,
-                               "socket_timeout": COMMAND_TIMEOUT}
+                               "socket_timeout": timeout}
     if target.cluster:
-        from redis.asyncio.cluster import ClusterNode, RedisCluster
-
-        return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in target.nodes],
-                            username=target.username, password=target.password, ssl=target.tls, **options)
+        cluster = importlib.import_module(f"{base}.cluster")
+        return cluster.RedisCluster(startup_nodes=[cluster.ClusterNode(host, port) for host, port in target.nodes],
+                                    username=target.username, password=target.password, ssl=target.tls, **options)
     if target.sentinel:
-        from redis.asyncio.sentinel import Sentinel
-
-        sentinels = Sentinel(list(target.nodes), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
+        sentinels = importlib.import_module(f"{base}.sentinel").Sentinel(
+            list(target.nodes), socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
         return sentinels.master_for(target.service, db=target.db, username=target.username,
                                     password=target.password, ssl=target.tls, **options)
-    return aioredis.Redis.from_url(target.url, **options)
+    return importlib.import_module(base).Redis.from_url(target.url, **options)
 
 
 def _reason(exc: BaseException) -> str:
@@ -376,29 +380,10 @@ def _reason(exc: BaseException) -> str:
 def check_redis(value: str) -> Optional[str]:
     """For ``check-config``: why the Redis store cannot be used (package missing, no answer to PING), or None."""
     target = parse_redis_url(value)
-    try:
-        import redis
-    except ImportError:
+    if importlib.util.find_spec("redis") is None:
         return f"job_store {target.label}: needs the redis package: {INSTALL_HINT}"
     try:
-        if target.cluster:
-            from redis.cluster import ClusterNode, RedisCluster
-
-            node: Any = ClusterNode  # untyped in redis-py
-            client: Any = RedisCluster(startup_nodes=[node(host, port) for host, port in target.nodes],
-                                       username=target.username, password=target.password, ssl=target.tls,
-                                       socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
-        elif target.sentinel:
-            from redis.sentinel import Sentinel
-
-            sentinels = Sentinel(list(target.nodes), socket_connect_timeout=CONNECT_TIMEOUT,
-                                 socket_timeout=CONNECT_TIMEOUT)
-            client = sentinels.master_for(target.service, db=target.db, username=target.username,
-                                          password=target.password, ssl=target.tls,
-                                          socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=CONNECT_TIMEOUT)
-        else:
-            client = redis.Redis.from_url(target.url, socket_connect_timeout=CONNECT_TIMEOUT,
-                                          socket_timeout=CONNECT_TIMEOUT)
+        client = _new_client(target, asynchronous=False, timeout=CONNECT_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - a cluster client connects as it is made
         return f"job_store {target.label}: {_reason(exc)}"
     try:
@@ -543,7 +528,7 @@ class RedisJobStore(MemoryJobStore):
             self.on_error = on_error
         if self._client is not None:
             return
-        client = _async_client(self.target)
+        client = _new_client(self.target)
         owner = uuid.uuid4().hex
         try:
             client.pipeline(transaction=True)  # the writer's; older redis-py refuses it for a cluster
@@ -1011,7 +996,7 @@ class RedisJobReader:
 
     def _connected(self) -> Any:
         if self._client is None:
-            self._client = _async_client(self.target)
+            self._client = _new_client(self.target)
         return self._client
 
     async def recent(self, limit: int) -> List[JobInfo]:

@@ -9,7 +9,6 @@ stopped at the end of the session (and at interpreter exit, as every :class:`Red
 from __future__ import annotations
 
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -18,7 +17,7 @@ import pytest
 import redis
 
 from .brokers import find_binary, free_port
-from .redis_server import REDIS_BINARY, RedisServer
+from .redis_server import REDIS_BINARY, RedisServer, running_in
 
 __all__ = ["REDIS_CLI", "RedisCluster", "redis_cluster"]
 
@@ -78,10 +77,5 @@ def redis_cluster() -> Iterator[RedisCluster]:
     """One cluster for the session (tests use their own prefix)."""
     if REDIS_BINARY is None or REDIS_CLI is None:
         pytest.skip("redis-server or redis-cli is not installed (.ci/run installs them)")
-    with tempfile.TemporaryDirectory(prefix="redis-cluster-") as directory:
-        cluster = RedisCluster(Path(directory))
-        try:
-            cluster.start()
-            yield cluster
-        finally:
-            cluster.stop()
+    with running_in(RedisCluster, "redis-cluster-") as cluster:
+        yield cluster

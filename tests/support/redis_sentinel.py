@@ -8,7 +8,6 @@ quorum); readiness is awaited, never slept for. Everything is stopped at the end
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -17,7 +16,7 @@ import pytest
 import redis
 
 from .brokers import free_port
-from .redis_server import REDIS_BINARY, RedisServer
+from .redis_server import REDIS_BINARY, RedisServer, running_in
 
 __all__ = ["SERVICE", "RedisSentinels", "redis_sentinels"]
 
@@ -96,10 +95,5 @@ def redis_sentinels() -> Iterator[RedisSentinels]:
     """A master, a replica and three sentinels for one test."""
     if REDIS_BINARY is None:
         pytest.skip("redis-server is not installed (.ci/run installs it)")
-    with tempfile.TemporaryDirectory(prefix="redis-sentinel-") as directory:
-        setup = RedisSentinels(Path(directory))
-        try:
-            setup.start()
-            yield setup
-        finally:
-            setup.stop()
+    with running_in(RedisSentinels, "redis-sentinel-") as setup:
+        yield setup

@@ -8,19 +8,23 @@ interpreter exits is killed by an ``atexit`` hook.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional, Protocol, TypeVar
 
 import pytest
 
 from .brokers import find_binary, free_port
 from .leftovers import Leftovers
 
-__all__ = ["REDIS_BINARY", "RedisFactory", "RedisServer", "needs_redis", "redis_factory", "redis_server", "unique_prefix"]
+__all__ = ["REDIS_BINARY", "RedisFactory", "RedisServer", "needs_redis", "redis_factory", "redis_server", "running_in",
+           "unique_prefix"]
 
 REDIS_BINARY = find_binary("redis-server")
 START_TIMEOUT = 10.0
@@ -112,6 +116,27 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+class _Servers(Protocol):
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=_Servers)
+
+
+@contextlib.contextmanager
+def running_in(make: Callable[[Path], S], prefix: str) -> Iterator[S]:
+    """Servers made with a temporary folder of their own (a cluster's, sentinels'), started, and stopped after."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as directory:
+        servers = make(Path(directory))
+        try:
+            servers.start()
+            yield servers
+        finally:
+            servers.stop()
 
 
 def unique_prefix(name: str = "t") -> str:

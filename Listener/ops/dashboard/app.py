@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -15,6 +14,7 @@ from urllib.parse import parse_qs
 from ...core.redaction import mask_secrets
 from ...errors import ListenerError
 from ..http_endpoints import HttpRequest, Response
+from ..http_server import json_response
 from . import views
 from .access import Access
 from .series import SAMPLE_INTERVAL, Series
@@ -113,7 +113,7 @@ class Dashboard:
         if not (path in _PAGES or path.startswith("/jobs/") or path.startswith("/api/")):
             return None
         if request.method not in ("GET", "HEAD"):
-            return _respond(405, "application/json", _json({"status": "method_not_allowed"}), {"Allow": "GET, HEAD"})
+            return _not_allowed("GET, HEAD")
         if not self.access.allows(request.headers):
             return self._refused(path)
         try:
@@ -125,16 +125,14 @@ class Dashboard:
         except ListenerError as exc:  # the job store cannot be read: say so, as the log does
             text = mask_secrets(str(exc), self.source.secrets)
             logger.warning("Dashboard: %s", text)
-            if path.startswith("/api/"):
-                return _respond(503, "application/json", _json({"status": "unavailable", "error": text}))
-            return _respond(503, _HTML, views.message_page("Job store unavailable", text))
+            return _problem(path, 503, "Job store unavailable", text)
 
     def _asset(self, request: HttpRequest, name: str) -> Optional[Response]:
         found = self._assets.get(name)
         if found is None:
             return None
         if request.method not in ("GET", "HEAD"):
-            return _respond(405, "application/json", _json({"status": "method_not_allowed"}), {"Allow": "GET, HEAD"})
+            return _not_allowed("GET, HEAD")
         content_type, body = found
         return _respond(200, content_type, body, {"Cache-Control": "public, max-age=3600"})
 
@@ -142,19 +140,15 @@ class Dashboard:
         if self.access.loopback and not self.access.needs_token:
             text = ("This dashboard answers requests addressed to localhost, 127.0.0.1 or [::1] only (the Host header "
                     "names another host).")
-            if path.startswith("/api/"):
-                return _respond(403, "application/json", _json({"status": "forbidden", "error": text}))
-            return _respond(403, _HTML, views.message_page("Unexpected host", text))
+            return _problem(path, 403, "Unexpected host", text)
         if self.access.closed:
             text = ("The HTTP endpoints listen on a non-loopback address and no http_token is set: the dashboard "
                     "shows no job data. Set MQTT_HTTP_TOKEN or http_token_file, or bind http_host to 127.0.0.1.")
-            if path.startswith("/api/"):
-                return _respond(403, "application/json", _json({"status": "forbidden", "error": text}))
-            return _respond(403, _HTML, views.message_page("Dashboard closed", text))
+            return _problem(path, 403, "Dashboard closed", text)
+        challenge = {"WWW-Authenticate": 'Bearer realm="mqtt-listener"'}
         if path.startswith("/api/"):
-            return _respond(401, "application/json", _json({"status": "unauthorized", "error": "token required"}),
-                            {"WWW-Authenticate": 'Bearer realm="mqtt-listener"'})
-        return _respond(401, _HTML, views.login_page(), {"WWW-Authenticate": 'Bearer realm="mqtt-listener"'})
+            return _json_answer(401, {"status": "unauthorized", "error": "token required"}, challenge)
+        return _respond(401, _HTML, views.login_page(), challenge)
 
     def _login(self, request: HttpRequest) -> Response:
         if not self.access.needs_token:
@@ -162,8 +156,7 @@ class Dashboard:
         if request.method in ("GET", "HEAD"):
             return _respond(200, _HTML, views.login_page())
         if request.method != "POST":
-            return _respond(405, "application/json", _json({"status": "method_not_allowed"}),
-                            {"Allow": "GET, HEAD, POST"})
+            return _not_allowed("GET, HEAD, POST")
         try:
             form = parse_qs(request.body.decode("utf-8"), max_num_fields=4)
         except (UnicodeDecodeError, ValueError):
@@ -240,22 +233,37 @@ class Dashboard:
 
     async def _api(self, name: str, query: Mapping[str, str]) -> Response:
         if name == "summary":
-            return _respond(200, "application/json", _json(self._summary()))
+            return _json_answer(200, self._summary())
         if name == "series":
-            return _respond(200, "application/json", _json(self.series.as_dict()))
+            return _json_answer(200, self.series.as_dict())
         if name == "jobs":
             listing, failed, _, _ = await self._listing(query)
-            return _respond(200, "application/json", _json({"listing": listing, "failed": failed}))
+            return _json_answer(200, {"listing": listing, "failed": failed})
         if name.startswith("jobs/"):
             job = await self.source.job(name[len("jobs/"):])
             if job is None:
-                return _respond(404, "application/json", _json({"status": "not_found"}))
-            return _respond(200, "application/json", _json(self._mask(job)))
-        return _respond(404, "application/json", _json({"status": "not_found"}))
+                return _json_answer(404, {"status": "not_found"})
+            return _json_answer(200, self._mask(job))
+        return _json_answer(404, {"status": "not_found"})
 
 
-def _json(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), default=str).encode("utf-8")
+_STATUS_WORDS = {403: "forbidden", 503: "unavailable"}
+
+
+def _problem(path: str, status: int, title: str, text: str) -> Response:
+    """A refusal: JSON for ``/api/…``, a page saying ``text`` otherwise."""
+    if path.startswith("/api/"):
+        return _json_answer(status, {"status": _STATUS_WORDS[status], "error": text})
+    return _respond(status, _HTML, views.message_page(title, text))
+
+
+def _not_allowed(allow: str) -> Response:
+    return _json_answer(405, {"status": "method_not_allowed"}, {"Allow": allow})
+
+
+def _json_answer(status: int, body: Any, extra: Optional[Dict[str, str]] = None) -> Response:
+    status, content_type, payload, _ = json_response(status, body)
+    return _respond(status, content_type, payload, extra)
 
 
 def _respond(status: int, content_type: str, body: bytes, extra: Optional[Dict[str, str]] = None) -> Response:
