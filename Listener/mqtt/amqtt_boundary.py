@@ -356,6 +356,10 @@ class PacketHooks(Protocol):
     async def publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> None:
         """Publish on the open socket without amqtt's packet machinery."""
 
+    def start_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> "Optional[asyncio.Future[None]]":
+        """Write a QoS 1/2 PUBLISH now and return the future of its acknowledgement; None when the
+        socket's buffer is full (then :meth:`publish`, which waits for it to drain)."""
+
 
 class AmqttHandler(ClientProtocolHandler):  # type: ignore[misc]
     """amqtt's client protocol handler, with ``hooks`` (when set) reading and writing a plain or TLS socket."""
@@ -601,6 +605,14 @@ class AmqttClientBase(MQTTClient):  # type: ignore[misc]
             return await super().publish(topic, message, qos, retain, ack_timeout)
         await hooks.publish(topic, message, int(qos or 0), bool(retain))
         return None
+
+    def start_publish(self, topic: str, message: bytes, qos: int, retain: bool) -> "Optional[asyncio.Future[None]]":
+        """Write a QoS 1/2 publication on an open plain or TLS socket without waiting: the future
+        returned is done when the broker took it, fails with ``PublicationRefused``, or is cancelled when the
+        connection ends (cancel it to stop waiting). None where only :meth:`publish` can send it (websockets, no
+        connection, a socket whose buffer must drain first): a caller then uses that."""
+        hooks = self._direct_hooks()
+        return hooks.start_publish(topic, message, qos, retain) if hooks is not None else None
 
     async def disconnect(self) -> None:
         """amqtt's ``disconnect``, except that the socket is closed only after the broker closed its side.

@@ -38,6 +38,7 @@ from ..core.topics import PublishOptions, topic_name_error
 from ..errors import ListenerError
 from ..ops.metrics import ListenerMetrics
 from ..processing.processors import describe_exception
+from .amqtt_boundary import AmqttClientBase
 from .packets import PublicationRefused
 
 __all__ = ["ConnectionLost", "Dropped", "Flushed", "MAX_STRIKES", "NotConnected", "Publication", "Publisher",
@@ -109,6 +110,66 @@ class RefusedTopic(ListenerError, ValueError):
     """The topic is one brokers disconnect for (see ``topic_name_error``): the publication is never sent."""
 
 
+class _FirstAttempt(NamedTuple):
+    """A publication's first attempt, made directly: what it failed with, and what its handling needs."""
+
+    error: Optional[BaseException]
+    #: ``connection_losses`` when it was sent (a higher count now: it went out on an earlier connection).
+    losses: int
+    #: The loop's time at which a refusal is no longer tried again (``timeout`` after it was sent).
+    give_up: float
+
+
+class _DirectSend:
+    """A QoS 1/2 publication written directly, followed by callbacks: ``outcome`` gets :meth:`Publisher.deliver`'s
+    answer. Its acknowledgement is awaited at most ``timeout`` seconds (then ``timed_out``), and no longer once the
+    caller cancels ``outcome``."""
+
+    __slots__ = ("publisher", "publication", "job_id", "acked", "first", "outcome", "timed_out", "_timer")
+
+    def __init__(self, publisher: Publisher, publication: Publication, job_id: Optional[str],
+                 acked: "asyncio.Future[None]", first: _FirstAttempt, loop: asyncio.AbstractEventLoop) -> None:
+        self.publisher = publisher
+        self.publication = publication
+        self.job_id = job_id
+        self.acked = acked
+        self.first = first
+        self.timed_out = False
+        self.outcome: asyncio.Future[Optional[str]] = loop.create_future()
+        self._timer = loop.call_at(first.give_up, self._time_out)
+        acked.add_done_callback(self._ended)
+        self.outcome.add_done_callback(self._given_up)
+
+    def _time_out(self) -> None:
+        self.timed_out = True
+        self.acked.cancel()
+
+    def _given_up(self, outcome: "asyncio.Future[Optional[str]]") -> None:
+        if outcome.cancelled():
+            self.acked.cancel()
+
+    def _ended(self, acked: "asyncio.Future[None]") -> None:
+        self._timer.cancel()
+        self.publisher._direct_ended(self)
+
+
+def _chain(source: "asyncio.Future[Optional[str]]", target: "asyncio.Future[Optional[str]]") -> None:
+    """``target`` gets ``source``'s outcome; cancelling ``target`` cancels ``source``."""
+
+    def copy(done: "asyncio.Future[Optional[str]]") -> None:
+        if target.done():
+            return
+        if done.cancelled():
+            target.cancel()
+        elif done.exception() is not None:
+            target.set_exception(done.exception())  # type: ignore[arg-type]
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
+    target.add_done_callback(lambda done: source.cancel() if done.cancelled() else None)
+
+
 class _Kept:
     """A publication waiting for the connection to return."""
 
@@ -158,8 +219,10 @@ class Publisher:
         """Keep ``publication`` for :meth:`flush` (no limit is applied: for the listener's own use and tests)."""
         self._outbox.append(_Kept(publication, job_id, 0))
 
-    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool, *, slot_held: bool = False) -> None:
-        """Publish now (``slot_held``: the caller already holds one of the QoS 1/2 slots).
+    async def publish(self, topic: str, payload: bytes, qos: int, retain: bool, *, slot_held: bool = False,
+                      first: Optional[_FirstAttempt] = None) -> None:
+        """Publish now (``slot_held``: the caller already holds one of the QoS 1/2 slots; ``first``: a first
+        attempt went out directly and failed, so this takes over from that failure).
 
         Raises:
             RefusedTopic: the topic is not one brokers accept; nothing was sent.
@@ -170,15 +233,18 @@ class Publisher:
             PublicationRefused: the broker refused it (for a passing reason: still, after ``timeout`` seconds).
             Exception: whatever the client raised.
         """
-        problem = topic_name_error(topic)
-        if problem:
-            raise RefusedTopic(f"Topic {topic!r} {problem}")
-        if not self._connection.is_connected():
-            raise NotConnected(f"Not connected to MQTT broker at {self._endpoint}")
-        losses = self._metrics.connection_losses
+        if first is None:
+            problem = topic_name_error(topic)
+            if problem:
+                raise RefusedTopic(f"Topic {topic!r} {problem}")
+            if not self._connection.is_connected():
+                raise NotConnected(f"Not connected to MQTT broker at {self._endpoint}")
+        losses = self._metrics.connection_losses if first is None else first.losses
         try:
+            if first is not None and first.error is not None and not isinstance(first.error, PublicationRefused):
+                raise first.error
             if qos:
-                await self._send_until_taken(topic, payload, qos, retain, slot_held)
+                await self._send_until_taken(topic, payload, qos, retain, slot_held, first)
             else:
                 await self._send(self._connection.client, topic, payload, qos, retain, slot_held)
         except asyncio.CancelledError:
@@ -199,21 +265,27 @@ class Publisher:
                 f"Connection to {self._endpoint} lost before the broker took it ({describe_exception(exc)})") from None
         self._metrics.publishes += 1
 
-    async def _send_until_taken(self, topic: str, payload: bytes, qos: int, retain: bool, slot_held: bool) -> None:
-        """Send a QoS 1/2 publication again while the broker refuses it for a passing reason, within ``timeout``."""
+    async def _send_until_taken(self, topic: str, payload: bytes, qos: int, retain: bool, slot_held: bool,
+                                first: Optional[_FirstAttempt]) -> None:
+        """Send a QoS 1/2 publication again while the broker refuses it for a passing reason, within ``timeout``
+        (from the ``first`` attempt's start, when it was refused)."""
         loop = asyncio.get_running_loop()
-        give_up = loop.time() + self.timeout
+        give_up = loop.time() + self.timeout if first is None else first.give_up
+        refused = first.error if first is not None and isinstance(first.error, PublicationRefused) else None
         refusals = 0
         while True:
-            try:
-                await self._send(self._connection.client, topic, payload, qos, retain, slot_held)
-                return
-            except PublicationRefused as refused:
-                refusals += 1
-                delay = backoff_delay(refusals, REFUSAL_BACKOFF[1], base=REFUSAL_BACKOFF[0])
-                if refused.reason_code not in PASSING_REFUSALS or loop.time() + delay > give_up:
-                    raise
-                self._metrics.publishes_refused += 1
+            if refused is None:
+                try:
+                    await self._send(self._connection.client, topic, payload, qos, retain, slot_held)
+                    return
+                except PublicationRefused as exc:
+                    refused = exc
+            refusals += 1
+            delay = backoff_delay(refusals, REFUSAL_BACKOFF[1], base=REFUSAL_BACKOFF[0])
+            if refused.reason_code not in PASSING_REFUSALS or loop.time() + delay > give_up:
+                raise refused
+            self._metrics.publishes_refused += 1
+            refused = None
             await asyncio.sleep(delay)
             if not self._connection.is_connected():
                 raise NotConnected(f"Not connected to MQTT broker at {self._endpoint}")
@@ -239,16 +311,64 @@ class Publisher:
         out in that order; only the waits for their acknowledgements overlap.
         """
         await self._slots.acquire()
-        return asyncio.ensure_future(self._deliver_holding_slot(publication, job_id))
-
-    async def _deliver_holding_slot(self, publication: Publication, job_id: Optional[str]) -> Optional[str]:
         try:
-            return await self.deliver(publication, slot_held=True, job_id=job_id)
-        finally:
+            direct = self._start_direct(publication, job_id)
+        except BaseException:
             self._slots.release()
+            raise
+        if direct is not None:
+            return direct
+        return self._deliver_holding_slot(publication, job_id, None)
+
+    def _start_direct(self, publication: Publication, job_id: Optional[str]) -> "Optional[asyncio.Future[Optional[str]]]":
+        """Write a QoS 1/2 publication now, holding a slot, and follow it with callbacks rather than a task (the
+        common case); a failure is then handled by :meth:`deliver`, in a task. None where it cannot be written so
+        (another client, no connection, a refused topic, a full socket buffer): :meth:`deliver` does it all."""
+        client = self._connection.client
+        if (not publication.qos or not isinstance(client, AmqttClientBase) or topic_name_error(publication.topic)
+                or not self._connection.is_connected()):
+            return None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        losses = self._metrics.connection_losses
+        try:
+            acked = client.start_publish(publication.topic, publication.payload, publication.qos, publication.retain)
+        except Exception:  # noqa: S110 - deliver() sends it the ordinary way and reports what fails there
+            return None
+        if acked is None:
+            return None
+        return _DirectSend(self, publication, job_id, acked, _FirstAttempt(None, losses, started + self.timeout),
+                           loop).outcome
+
+    def _direct_ended(self, send: "_DirectSend") -> None:
+        """A direct publication's acknowledgement came, failed, or was given up on (see :class:`_DirectSend`)."""
+        outcome, acked = send.outcome, send.acked
+        if outcome.done():  # the caller gave up on it (stopping ran out of grace)
+            self._slots.release()
+            return
+        if not acked.cancelled() and acked.exception() is None:
+            self._slots.release()
+            self._metrics.publishes += 1
+            outcome.set_result(None)
+            return
+        if acked.cancelled():
+            error: BaseException = asyncio.TimeoutError() if send.timed_out else ConnectionLost(
+                f"Connection to {self._endpoint} lost before the broker took it")
+        else:
+            error = acked.exception()  # type: ignore[assignment]
+        first = send.first._replace(error=error)
+        _chain(self._deliver_holding_slot(send.publication, send.job_id, first), outcome)
+
+    def _deliver_holding_slot(self, publication: Publication, job_id: Optional[str],
+                              first: Optional[_FirstAttempt]) -> "asyncio.Future[Optional[str]]":
+        """:meth:`deliver` in a task of its own, which frees the slot the caller holds when it ends (also when it
+        is cancelled before it started)."""
+        task = asyncio.ensure_future(self.deliver(publication, slot_held=True, job_id=job_id, first=first))
+        task.add_done_callback(lambda _: self._slots.release())
+        return task
 
     async def deliver(self, publication: Publication, *, slot_held: bool = False,
-                      job_id: Optional[str] = None) -> Optional[str]:
+                      job_id: Optional[str] = None, first: Optional[_FirstAttempt] = None) -> Optional[str]:
         """Publish, or keep the publication for after a reconnect when the connection is (or went) down.
 
         Returns None when it was sent or kept, else why it is lost (also counted as a publish error).
@@ -256,7 +376,7 @@ class Publisher:
         """
         try:
             await self.publish(publication.topic, publication.payload, publication.qos, publication.retain,
-                               slot_held=slot_held)
+                               slot_held=slot_held, first=first)
             return None
         except asyncio.CancelledError:
             raise

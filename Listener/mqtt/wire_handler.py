@@ -288,6 +288,14 @@ class WireHandler:
             if acked is not None and not acked.done():
                 acked.cancel()  # given up on (timed out, or the drain failed): stop tracking its packet id
 
+    def start_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> "Optional[asyncio.Future[None]]":
+        """Write a QoS 1/2 PUBLISH with whatever else this turn writes, and return the future of its
+        acknowledgement (as :meth:`send_publish`); None, writing nothing, when the socket's buffer is full: then
+        :meth:`publish`, which drains it first."""
+        if self.buffered() > _DRAIN_ABOVE:
+            return None
+        return self.send_publish(topic, payload, qos, retain)
+
     # -- reading ---------------------------------------------------------------------------------
 
     def reads_itself(self) -> bool:
