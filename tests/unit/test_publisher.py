@@ -9,6 +9,7 @@ from unittest.mock import AsyncMock
 import pytest
 
 from Listener.core.topics import PublishOptions
+from Listener.mqtt.amqtt_boundary import AmqttClientBase
 from Listener.ops.metrics import ListenerMetrics
 from Listener.mqtt.packets import PublicationRefused
 from Listener.mqtt.publisher import MAX_STRIKES, ConnectionLost, NotConnected, Publication, Publisher, RefusedTopic
@@ -249,3 +250,113 @@ async def test_a_passing_refusal_that_lasts_is_reported_within_the_timeout() -> 
     assert reason is not None and "quota exceeded (0x97)" in reason
     assert asyncio.get_running_loop().time() - started < 1.0
     assert client.publish.call_count >= 2 and metrics.publishes == 0 and metrics.publish_errors == 1
+
+
+class DirectClient(AmqttClientBase):
+    """A client whose QoS 1/2 publications go out directly (``start_publish``): each returns a future the test
+    settles as the broker would (PUBACK, a refusal, the connection's end). ``publish`` is the ordinary way."""
+
+    def __init__(self) -> None:
+        super().__init__("direct-test", {"auto_reconnect": False})
+        self.started: List["asyncio.Future[None]"] = []
+        self.ordinary = AsyncMock()
+
+    def start_publish(self, topic: str, message: bytes, qos: int, retain: bool) -> "Optional[asyncio.Future[None]]":
+        acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.started.append(acked)
+        return acked
+
+    async def publish(self, *args: Any, **kwargs: Any) -> Any:
+        return await self.ordinary(*args)
+
+
+async def _started(client: DirectClient, count: int) -> None:
+    async def until() -> None:
+        while len(client.started) < count:
+            await asyncio.sleep(0)
+    await asyncio.wait_for(until(), 2)
+
+
+async def test_a_direct_publication_is_through_at_its_acknowledgement_and_frees_its_slot() -> None:
+    metrics = ListenerMetrics()
+    client = DirectClient()
+    publisher = publisher_for(FakeConnection(client), metrics, max_in_flight=1)
+    outcome = await publisher.deliver_in_background(Publication("t/1", b"1", 1, False))
+    assert not outcome.done() and len(client.started) == 1 and client.ordinary.call_count == 0
+    second = asyncio.ensure_future(publisher.deliver_in_background(Publication("t/2", b"2", 1, False)))
+    await asyncio.sleep(0.01)
+    assert not second.done()  # the only slot is held until the first is acknowledged
+    client.started[0].set_result(None)
+    assert await asyncio.wait_for(outcome, 1) is None and metrics.publishes == 1
+    assert not (await asyncio.wait_for(second, 1)).done()
+
+
+@pytest.mark.parametrize("drops, expected", [(True, None), (False, "timed out")])
+async def test_a_direct_publication_not_acknowledged_in_time_is_kept_or_reported(drops: bool,
+                                                                                  expected: Optional[str]) -> None:
+    metrics = ListenerMetrics()
+    client = DirectClient()
+    connection = FakeConnection(client, drops=drops)
+    publisher = publisher_for(connection, metrics, timeout=0.05, max_in_flight=1)
+    outcome = await publisher.deliver_in_background(Publication("t/1", b"1", 1, False))
+    assert await asyncio.wait_for(outcome, 2) == expected
+    assert client.started[0].cancelled()  # its packet id is no longer awaited
+    assert connection.dropped == [0.05]
+    assert (publisher.pending, metrics.publish_errors) == ((1, 0) if drops else (0, 1))
+    await asyncio.wait_for(publisher.deliver_in_background(Publication("t/2", b"2", 1, False)), 1)  # slot freed
+
+
+async def test_a_direct_publication_cut_short_by_the_connection_s_end_is_kept() -> None:
+    metrics = ListenerMetrics()
+    client = DirectClient()
+    publisher = publisher_for(FakeConnection(client), metrics)
+    outcome = await publisher.deliver_in_background(Publication("t/1", b"1", 2, False))
+    client.started[0].cancel()  # what the wire handler does to the waiters of a connection that ended
+    assert await asyncio.wait_for(outcome, 1) is None
+    assert publisher.pending == 1 and metrics.publish_errors == 0 and metrics.publishes == 0
+    assert (await publisher.flush()).sent == 1 and client.ordinary.call_count == 1  # sent again on the next one
+
+
+async def test_a_direct_publication_refused_for_a_passing_reason_is_sent_again_the_ordinary_way() -> None:
+    metrics = ListenerMetrics()
+    client = DirectClient()
+    publisher = publisher_for(FakeConnection(client), metrics, timeout=5.0)
+    outcome = await publisher.deliver_in_background(Publication("t/1", b"1", 2, False))
+    client.started[0].set_exception(PublicationRefused(0x97, "PUBREC"))
+    assert await asyncio.wait_for(outcome, 2) is None
+    assert client.ordinary.call_count == 1 and metrics.publishes == 1 and metrics.publishes_refused == 1
+
+
+async def test_a_direct_publication_refused_for_good_is_reported() -> None:
+    metrics = ListenerMetrics()
+    client = DirectClient()
+    publisher = publisher_for(FakeConnection(client), metrics, timeout=5.0)
+    outcome = await publisher.deliver_in_background(Publication("t/1", b"1", 1, False))
+    client.started[0].set_exception(PublicationRefused(0x87, "PUBACK"))
+    reason = await asyncio.wait_for(outcome, 2)
+    assert reason is not None and "not authorized (0x87)" in reason
+    assert client.ordinary.call_count == 0 and metrics.publish_errors == 1 and publisher.pending == 0
+
+
+@pytest.mark.parametrize("failing", [False, True])
+async def test_giving_up_on_a_background_delivery_frees_its_slot(failing: bool) -> None:
+    """Regression: a delivery task cancelled before it started never ran the ``finally`` that freed its slot, so
+    each result cut short at stop took one of the ``max_in_flight`` slots for good."""
+    client = DirectClient()
+    publisher = publisher_for(FakeConnection(client), max_in_flight=1)
+    outcome = await publisher.deliver_in_background(Publication("t/1", b"1", 1, False))
+    if failing:  # the failure is being handed to deliver(), in a task that has not started yet
+        client.started[0].set_exception(PublicationRefused(0x97, "PUBREC"))
+        await asyncio.sleep(0)
+    outcome.cancel()
+    await asyncio.sleep(0)
+    if not failing:
+        assert client.started[0].cancelled()  # no longer awaited
+    await asyncio.wait_for(publisher.deliver_in_background(Publication("t/2", b"2", 1, False)), 1)
+
+
+async def test_giving_up_on_an_ordinary_background_delivery_before_it_started_frees_its_slot() -> None:
+    publisher = publisher_for(FakeConnection(AsyncMock()), max_in_flight=1)
+    outcome = await publisher.deliver_in_background(Publication("t/1", b"1", 1, False))
+    outcome.cancel()
+    await asyncio.wait_for(publisher.deliver_in_background(Publication("t/2", b"2", 1, False)), 1)
