@@ -71,6 +71,13 @@ class MemoryJobStore:
                 return self._set_status(job_id, status, result, error)
         return self._set_status(job_id, status, result, error)
 
+    def set_status_now(self, job_id: str, status: JobStatus, result: Any = None,
+                       error: Optional[str] = None) -> Optional[bool]:
+        """:meth:`set_status` without awaiting; None (nothing changed) while somebody holds :attr:`lock`."""
+        if self.lock.locked():
+            return None
+        return self._set_status(job_id, status, result, error)
+
     async def start_attempt(self, job_id: str) -> int:
         """Mark the job RUNNING and count one more start of its processor; its ``attempts`` (0 when unknown)."""
         if self.lock.locked():

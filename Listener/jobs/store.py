@@ -58,6 +58,11 @@ class JobStore(Protocol):
     async def set_status(self, job_id: str, status: JobStatus, result: Any = None, error: Optional[str] = None) -> bool:
         """Move a job to ``status`` (a finished one records ``completed_at``); False when the id is unknown."""
 
+    def set_status_now(self, job_id: str, status: JobStatus, result: Any = None,
+                       error: Optional[str] = None) -> Optional[bool]:
+        """:meth:`set_status` without awaiting, where the store can (nobody holds :attr:`lock`); None when it
+        cannot, and nothing was changed: then await :meth:`set_status`."""
+
     async def start_attempt(self, job_id: str) -> int:
         """Mark the job RUNNING and count one more start of its processor; its ``attempts`` (0 when unknown)."""
 

@@ -45,7 +45,15 @@ class JobTracker:
     async def update_job_status(self, job_id: str, status: JobStatus, result: Any = None,
                                 error: Optional[str] = None) -> bool:
         """Set a job's status (and result or error); False when the id is unknown."""
-        updated = await self.store.set_status(job_id, status, result, error)
+        return self._updated(job_id, status, await self.store.set_status(job_id, status, result, error))
+
+    def update_job_status_now(self, job_id: str, status: JobStatus, result: Any = None,
+                              error: Optional[str] = None) -> Optional[bool]:
+        """:meth:`update_job_status` without awaiting, where the store can; None when it cannot (nothing changed)."""
+        updated = self.store.set_status_now(job_id, status, result, error)
+        return None if updated is None else self._updated(job_id, status, updated)
+
+    def _updated(self, job_id: str, status: JobStatus, updated: bool) -> bool:
         if updated and status is not JobStatus.PENDING and status is not JobStatus.RUNNING:
             self.job_finished.set()
             self._settled(job_id, finished=True)

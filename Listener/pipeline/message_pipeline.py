@@ -30,6 +30,7 @@ from ..processing.processors import (JobTimeoutError, Processor, call_processor,
                                      settle_result)
 from ..processing.workers import ThreadWorkers
 from ..results import ReturnType
+from .finishing import Finishing
 from .own_messages import OwnMessages
 from .payloads import Payload, RejectedMessage, decode_payload_off_loop, resolve_job_id
 
@@ -452,16 +453,19 @@ class Pipeline:
         self._own.remember(publication.topic, publication.payload)
         in_background = bool(publication.qos) and pipelined
         try:
-            sending: "Union[Optional[str], asyncio.Future[Optional[str]]]" = await (
-                self._publisher.deliver_in_background(publication, job_id) if in_background
-                else self._publisher.deliver(publication, job_id=job_id))
+            if in_background:
+                sending = await self._publisher.deliver_in_background(publication, job_id)
+            else:
+                problem = await self._publisher.deliver(publication, job_id=job_id)
         except asyncio.CancelledError:  # stopping cut in before the result went out: the job runs again
             await self._cancelled(job_id, topic, None)
             raise
         if not in_background:
-            await self._complete(job_id, result, topic, started, publication, sending)
+            await self._complete(job_id, result, topic, started, publication, problem)
             return result
-        finishing = asyncio.ensure_future(self._complete(job_id, result, topic, started, publication, sending))
+        finishing = Finishing(sending, lambda: self._completed_now(job_id, result, started),
+                              lambda: self._complete(job_id, result, topic, started, publication, sending),
+                              asyncio.get_running_loop())
         self.finishing.add(finishing)
         finishing.add_done_callback(self.finishing.discard)
         if ticket is not None:
@@ -485,12 +489,27 @@ class Pipeline:
             await self._events.log(logging.ERROR, "publish_failed", "%s", reason, job_id=job_id,
                                    status=_COMPLETED, topic=topic)
         await self._tracker.update_job_status(job_id, JobStatus.COMPLETED, result=result)
-        elapsed = time.perf_counter() - started
-        self._metrics.jobs_finished[_COMPLETED] += 1
-        self._metrics.observe_duration(elapsed)
+        elapsed = self._count_completed(started)
         if self._events.info_wanted():
             await self._events.log(logging.INFO, "job_completed", "Job %s completed", job_id, job_id=job_id,
                                    status=_COMPLETED, duration_ms=elapsed * 1000, topic=topic)
+
+    def _completed_now(self, job_id: str, result: Any, started: float) -> bool:
+        """Record a job whose result went out COMPLETED, as :meth:`_complete` would, where that needs no await
+        (no INFO event wanted, the store's lock free); False when it does (nothing was recorded)."""
+        if self._events.info_wanted():
+            return False
+        if self._tracker.update_job_status_now(job_id, JobStatus.COMPLETED, result=result) is None:
+            return False
+        self._count_completed(started)
+        return True
+
+    def _count_completed(self, started: float) -> float:
+        """Count a completed job in the metrics; its duration in seconds."""
+        elapsed = time.perf_counter() - started
+        self._metrics.jobs_finished[_COMPLETED] += 1
+        self._metrics.observe_duration(elapsed)
+        return elapsed
 
     async def _fail(self, job_id: str, exc: BaseException, topic: Optional[str], elapsed: float, attempt: int) -> None:
         """Record a job's failure (or timeout), publish the error event and the log event."""
