@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Set, Tuple
 
 __all__ = [
     "PublishOptions",
@@ -93,6 +93,11 @@ def _forbidden_character(topic: str) -> str | None:
     return None
 
 
+#: Topic names found valid lately (at most :data:`_VALID_NAMES_KEPT`, then forgotten at once).
+_VALID_NAMES: Set[str] = set()
+_VALID_NAMES_KEPT = 1024
+
+
 def topic_name_error(topic: str) -> str | None:
     """Explain why ``topic`` cannot be published to, or return None when it can.
 
@@ -102,6 +107,8 @@ def topic_name_error(topic: str) -> str | None:
     65,535 bytes of UTF-8. Brokers answer such a PUBLISH by dropping the connection, so it is refused
     here, before it is sent.
     """
+    if type(topic) is str and topic in _VALID_NAMES:  # a result topic is checked for every job: once is enough
+        return None
     problem = _common_error(topic)
     if problem:
         return problem
@@ -109,9 +116,12 @@ def topic_name_error(topic: str) -> str | None:
         return "must not contain the wildcards '+' or '#'"
     if topic.startswith("$"):
         return "must not start with '$' (topics starting with '$' are reserved for the broker)"
-    if topic.isascii() and topic.isprintable():
-        return None  # the usual case, checked at C speed: no control character, nothing beyond ASCII
-    return _forbidden_character(topic)
+    problem = None if topic.isascii() and topic.isprintable() else _forbidden_character(topic)
+    if problem is None and type(topic) is str:
+        if len(_VALID_NAMES) >= _VALID_NAMES_KEPT:
+            _VALID_NAMES.clear()
+        _VALID_NAMES.add(topic)
+    return problem
 
 
 def topic_matches(topic_filter: str, topic: str) -> bool:

@@ -357,7 +357,7 @@ class PacketHooks(Protocol):
         """Publish on the open socket without amqtt's packet machinery."""
 
     def start_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> "Optional[asyncio.Future[None]]":
-        """Write a QoS 1/2 PUBLISH now and return the future of its acknowledgement; None when the
+        """Write a PUBLISH now and return the future of its acknowledgement (done already at QoS 0); None when the
         socket's buffer is full (then :meth:`publish`, which waits for it to drain)."""
 
 
@@ -607,8 +607,8 @@ class AmqttClientBase(MQTTClient):  # type: ignore[misc]
         return None
 
     def start_publish(self, topic: str, message: bytes, qos: int, retain: bool) -> "Optional[asyncio.Future[None]]":
-        """Write a QoS 1/2 publication on an open plain or TLS socket without waiting: the future
-        returned is done when the broker took it, fails with ``PublicationRefused``, or is cancelled when the
+        """Write a publication on an open plain or TLS socket without waiting: the future returned is done when
+        the broker took it (at QoS 0, at once), fails with ``PublicationRefused``, or is cancelled when the
         connection ends (cancel it to stop waiting). None where only :meth:`publish` can send it (websockets, no
         connection, a socket whose buffer must drain first): a caller then uses that."""
         hooks = self._direct_hooks()

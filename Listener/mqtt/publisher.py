@@ -324,9 +324,10 @@ class Publisher:
         """Write a QoS 1/2 publication now, holding a slot, and follow it with callbacks rather than a task (the
         common case); a failure is then handled by :meth:`deliver`, in a task. None where it cannot be written so
         (another client, no connection, a refused topic, a full socket buffer): :meth:`deliver` does it all."""
+        if not publication.qos or topic_name_error(publication.topic) or not self._connection.is_connected():
+            return None
         client = self._connection.client
-        if (not publication.qos or not isinstance(client, AmqttClientBase) or topic_name_error(publication.topic)
-                or not self._connection.is_connected()):
+        if not isinstance(client, AmqttClientBase):
             return None
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -339,6 +340,25 @@ class Publisher:
             return None
         return _DirectSend(self, publication, job_id, acked, _FirstAttempt(None, losses, started + self.timeout),
                            loop).outcome
+
+    def send_now(self, publication: Publication) -> bool:
+        """Write a QoS 0 publication at once where nothing needs awaiting: the listener's own watched connection
+        (its liveness watchdog bounds a dead one), on a plain or TLS socket whose buffer is not full. True when it
+        was sent (and counted); False when nothing was done: :meth:`deliver` it."""
+        if (publication.qos or not self._connection.watched() or topic_name_error(publication.topic)
+                or not self._connection.is_connected()):
+            return False
+        client = self._connection.client
+        if not isinstance(client, AmqttClientBase):
+            return False
+        try:
+            sent = client.start_publish(publication.topic, publication.payload, 0, publication.retain)
+        except Exception:  # noqa: S110 - deliver() sends it the ordinary way and reports what fails there
+            return False
+        if sent is None:
+            return False
+        self._metrics.publishes += 1
+        return True
 
     def _direct_ended(self, send: "_DirectSend") -> None:
         """A direct publication's acknowledgement came, failed, or was given up on (see :class:`_DirectSend`)."""

@@ -289,12 +289,16 @@ class WireHandler:
                 acked.cancel()  # given up on (timed out, or the drain failed): stop tracking its packet id
 
     def start_publish(self, topic: str, payload: bytes, qos: int, retain: bool) -> "Optional[asyncio.Future[None]]":
-        """Write a QoS 1/2 PUBLISH with whatever else this turn writes, and return the future of its
-        acknowledgement (as :meth:`send_publish`); None, writing nothing, when the socket's buffer is full: then
-        :meth:`publish`, which drains it first."""
+        """Write a PUBLISH with whatever else this turn writes, and return the future of its acknowledgement (as
+        :meth:`send_publish`; at QoS 0, one that is done already); None, writing nothing, when the socket's buffer
+        is full: then :meth:`publish`, which drains it first."""
         if self.buffered() > _DRAIN_ABOVE:
             return None
-        return self.send_publish(topic, payload, qos, retain)
+        acked = self.send_publish(topic, payload, qos, retain)
+        if acked is None:
+            acked = self._event_loop.create_future()
+            acked.set_result(None)
+        return acked
 
     # -- reading ---------------------------------------------------------------------------------
 

@@ -455,6 +455,8 @@ class Pipeline:
         try:
             if in_background:
                 sending = await self._publisher.deliver_in_background(publication, job_id)
+            elif self._publisher.send_now(publication):
+                problem = None
             else:
                 problem = await self._publisher.deliver(publication, job_id=job_id)
         except asyncio.CancelledError:  # stopping cut in before the result went out: the job runs again

@@ -292,8 +292,8 @@ async def test_a_direct_publication_is_through_at_its_acknowledgement_and_frees_
 
 
 @pytest.mark.parametrize("drops, expected", [(True, None), (False, "timed out")])
-async def test_a_direct_publication_not_acknowledged_in_time_is_kept_or_reported(drops: bool,
-                                                                                  expected: Optional[str]) -> None:
+async def test_a_direct_publication_not_acknowledged_in_time_is_kept_or_reported(
+        drops: bool, expected: Optional[str]) -> None:
     metrics = ListenerMetrics()
     client = DirectClient()
     connection = FakeConnection(client, drops=drops)
@@ -360,3 +360,32 @@ async def test_giving_up_on_an_ordinary_background_delivery_before_it_started_fr
     outcome = await publisher.deliver_in_background(Publication("t/1", b"1", 1, False))
     outcome.cancel()
     await asyncio.wait_for(publisher.deliver_in_background(Publication("t/2", b"2", 1, False)), 1)
+
+
+class WatchedConnection(FakeConnection):
+    def __init__(self, client: Any, watched: bool = True) -> None:
+        super().__init__(client)
+        self.is_watched = watched
+
+    def watched(self) -> bool:
+        return self.is_watched
+
+
+@pytest.mark.parametrize("case", ["sent", "not watched", "buffer full", "not connected", "bad topic", "QoS 1",
+                                  "client fails"])
+async def test_a_qos0_publication_is_written_at_once_only_where_nothing_needs_awaiting(case: str) -> None:
+    metrics = ListenerMetrics()
+    client = DirectClient()
+    connection = WatchedConnection(client, watched=case != "not watched")
+    connection.connected = [case != "not connected"]
+    if case == "buffer full":
+        client.start_publish = lambda *args: None  # type: ignore[method-assign]
+    if case == "client fails":
+        def fail(*args: Any) -> None:
+            raise ConnectionError("Not connected")
+        client.start_publish = fail  # type: ignore[method-assign,assignment]
+    publisher = publisher_for(connection, metrics)
+    publication = Publication("results/+" if case == "bad topic" else "results/out", b"{}", int(case == "QoS 1"), False)
+    assert publisher.send_now(publication) is (case == "sent")
+    assert metrics.publishes == (case == "sent")
+    assert len(client.started) == (case == "sent")

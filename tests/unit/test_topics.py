@@ -240,3 +240,16 @@ def test_publish_options_and_subscriptions_follow_custom_topics() -> None:
     options = PublishOptions(1, False, custom)
     assert options("out/a") == (2, True) and options("other") == (1, False) and options("out/a") == (2, True)
     assert subscriptions("in/#", 0, custom) == [("in/#", 0), ("out/#", 2)]
+
+
+def test_valid_topic_names_are_remembered_within_a_bound_and_invalid_ones_never() -> None:
+    from Listener.core import topics
+
+    topics._VALID_NAMES.clear()
+    assert topic_name_error("results/out") is None and "results/out" in topics._VALID_NAMES
+    assert topic_name_error("results/+") is not None and "results/+" not in topics._VALID_NAMES
+    assert topic_name_error("results/\x07") is not None and "results/\x07" not in topics._VALID_NAMES
+    assert topic_name_error("results/out") is None  # answered from memory
+    for n in range(topics._VALID_NAMES_KEPT + 5):
+        assert topic_name_error(f"results/{n}") is None
+    assert len(topics._VALID_NAMES) <= topics._VALID_NAMES_KEPT
