@@ -327,7 +327,7 @@ class Publisher:
         if not publication.qos or topic_name_error(publication.topic) or not self._connection.is_connected():
             return None
         client = self._connection.client
-        if not isinstance(client, AmqttClientBase):
+        if not isinstance(client, AmqttClientBase):  # its start_publish() looks at the connection once more
             return None
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -345,11 +345,10 @@ class Publisher:
         """Write a QoS 0 publication at once where nothing needs awaiting: the listener's own watched connection
         (its liveness watchdog bounds a dead one), on a plain or TLS socket whose buffer is not full. True when it
         was sent (and counted); False when nothing was done: :meth:`deliver` it."""
-        if (publication.qos or not self._connection.watched() or topic_name_error(publication.topic)
-                or not self._connection.is_connected()):
+        if publication.qos or not self._connection.watched() or topic_name_error(publication.topic):
             return False
-        client = self._connection.client
-        if not isinstance(client, AmqttClientBase):
+        client = self._connection.client  # watched: the listener's own, created already
+        if not isinstance(client, AmqttClientBase):  # its start_publish() answers None when not connected
             return False
         try:
             sent = client.start_publish(publication.topic, publication.payload, 0, publication.retain)

@@ -145,6 +145,9 @@ class WireHandler:
         self._resume: "Optional[asyncio.Future[None]]" = None
         #: Times reading paused because the held bytes were full (a pause lasts until room frees).
         self.pauses = 0
+        #: What :meth:`start_publish` answers for a QoS 0 publication written: a future done already.
+        self._written: asyncio.Future[None] = self._event_loop.create_future()
+        self._written.set_result(None)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -295,10 +298,7 @@ class WireHandler:
         if self.buffered() > _DRAIN_ABOVE:
             return None
         acked = self.send_publish(topic, payload, qos, retain)
-        if acked is None:
-            acked = self._event_loop.create_future()
-            acked.set_result(None)
-        return acked
+        return self._written if acked is None else acked
 
     # -- reading ---------------------------------------------------------------------------------
 

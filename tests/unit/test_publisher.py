@@ -260,8 +260,11 @@ class DirectClient(AmqttClientBase):
         super().__init__("direct-test", {"auto_reconnect": False})
         self.started: List["asyncio.Future[None]"] = []
         self.ordinary = AsyncMock()
+        self.up = True  # as the real client, it writes nothing while not connected
 
     def start_publish(self, topic: str, message: bytes, qos: int, retain: bool) -> "Optional[asyncio.Future[None]]":
+        if not self.up:
+            return None
         acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.started.append(acked)
         return acked
@@ -378,6 +381,7 @@ async def test_a_qos0_publication_is_written_at_once_only_where_nothing_needs_aw
     client = DirectClient()
     connection = WatchedConnection(client, watched=case != "not watched")
     connection.connected = [case != "not connected"]
+    client.up = case != "not connected"
     if case == "buffer full":
         client.start_publish = lambda *args: None  # type: ignore[method-assign]
     if case == "client fails":
