@@ -125,32 +125,86 @@ class _DirectSend:
     answer. Its acknowledgement is awaited at most ``timeout`` seconds (then ``timed_out``), and no longer once the
     caller cancels ``outcome``."""
 
-    __slots__ = ("publisher", "publication", "job_id", "acked", "first", "outcome", "timed_out", "_timer")
+    __slots__ = ("publisher", "publication", "job_id", "acked", "first", "outcome", "timed_out", "_deadlines")
 
     def __init__(self, publisher: Publisher, publication: Publication, job_id: Optional[str],
-                 acked: "asyncio.Future[None]", first: _FirstAttempt, loop: asyncio.AbstractEventLoop) -> None:
+                 acked: "asyncio.Future[None]", first: _FirstAttempt, deadlines: "_Deadlines") -> None:
         self.publisher = publisher
         self.publication = publication
         self.job_id = job_id
         self.acked = acked
         self.first = first
         self.timed_out = False
-        self.outcome: asyncio.Future[Optional[str]] = loop.create_future()
-        self._timer = loop.call_at(first.give_up, self._time_out)
+        self.outcome: asyncio.Future[Optional[str]] = _Outcome(acked, loop=deadlines.loop)
+        self._deadlines = deadlines
+        deadlines.add(self)
         acked.add_done_callback(self._ended)
-        self.outcome.add_done_callback(self._given_up)
 
-    def _time_out(self) -> None:
+    def time_out(self) -> None:
+        """No acknowledgement within ``timeout``: stop waiting for it."""
         self.timed_out = True
         self.acked.cancel()
 
-    def _given_up(self, outcome: "asyncio.Future[Optional[str]]") -> None:
-        if outcome.cancelled():
-            self.acked.cancel()
-
     def _ended(self, acked: "asyncio.Future[None]") -> None:
-        self._timer.cancel()
+        self._deadlines.ended()
         self.publisher._direct_ended(self)
+
+
+class _Outcome(asyncio.Future):  # type: ignore[type-arg]
+    """A direct publication's answer: cancelling it stops the wait for the acknowledgement (without a callback on
+    every answer that is not a cancellation)."""
+
+    def __init__(self, acked: "asyncio.Future[None]", *, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(loop=loop)
+        self._acked = acked
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self._acked.cancel()
+        return True
+
+
+class _Deadlines:
+    """The direct publications of one event loop awaiting their acknowledgement, oldest first, and one timer: that
+    of the oldest. They all wait ``timeout`` from when they were sent, so their deadlines come in the order they
+    were sent (a timer each would cost a heap entry per publication). Were ``timeout`` lowered meanwhile, a
+    publication sent after it would time out no earlier than those sent before it."""
+
+    __slots__ = ("loop", "_waiting", "_timer")
+
+    #: Seconds a deadline may be taken for due early (the loop may run a timer a little before its time).
+    EARLY = 0.001
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._waiting: Deque[_DirectSend] = deque()
+        self._timer: Optional[asyncio.TimerHandle] = None
+
+    def add(self, send: _DirectSend) -> None:
+        self._waiting.append(send)
+        if self._timer is None:
+            self._timer = self.loop.call_at(send.first.give_up, self._due)
+
+    def ended(self) -> None:
+        """A publication's wait ended: forget the oldest ones that are over."""
+        waiting = self._waiting
+        while waiting and waiting[0].acked.done():
+            waiting.popleft()
+
+    def _due(self) -> None:
+        self._timer = None
+        now = self.loop.time() + self.EARLY
+        waiting = self._waiting
+        while waiting:
+            oldest = waiting[0]
+            if not oldest.acked.done():
+                if oldest.first.give_up > now:
+                    break
+                oldest.time_out()
+            waiting.popleft()
+        if waiting:
+            self._timer = self.loop.call_at(waiting[0].first.give_up, self._due)
 
 
 def _chain(source: "asyncio.Future[Optional[str]]", target: "asyncio.Future[Optional[str]]") -> None:
@@ -209,6 +263,7 @@ class Publisher:
         self.outbox_limit = outbox_limit
         self._slots = asyncio.Semaphore(max_in_flight)
         self._outbox: Deque[_Kept] = deque()
+        self._deadlines: Optional[_Deadlines] = None
 
     @property
     def pending(self) -> int:
@@ -338,8 +393,11 @@ class Publisher:
             return None
         if acked is None:
             return None
+        deadlines = self._deadlines
+        if deadlines is None or deadlines.loop is not loop:
+            deadlines = self._deadlines = _Deadlines(loop)
         return _DirectSend(self, publication, job_id, acked, _FirstAttempt(None, losses, started + self.timeout),
-                           loop).outcome
+                           deadlines).outcome
 
     def send_now(self, publication: Publication) -> bool:
         """Write a QoS 0 publication at once where nothing needs awaiting: the listener's own watched connection

@@ -393,3 +393,23 @@ async def test_a_qos0_publication_is_written_at_once_only_where_nothing_needs_aw
     assert publisher.send_now(publication) is (case == "sent")
     assert metrics.publishes == (case == "sent")
     assert len(client.started) == (case == "sent")
+
+
+async def test_direct_publications_time_out_in_the_order_sent_and_those_acknowledged_never() -> None:
+    """One timer serves every direct publication awaiting its acknowledgement (the oldest's)."""
+    metrics = ListenerMetrics()
+    client = DirectClient()
+    publisher = publisher_for(FakeConnection(client), metrics, timeout=0.1, max_in_flight=5)
+    first = await publisher.deliver_in_background(Publication("t/1", b"1", 1, False))
+    await asyncio.sleep(0.03)
+    second = await publisher.deliver_in_background(Publication("t/2", b"2", 1, False))
+    third = await publisher.deliver_in_background(Publication("t/3", b"3", 1, False))
+    client.started[1].set_result(None)
+    assert await asyncio.wait_for(second, 1) is None
+    started = asyncio.get_running_loop().time()
+    assert await asyncio.wait_for(first, 1) == "timed out"
+    assert not third.done()  # sent 30 ms later: not due yet
+    assert await asyncio.wait_for(third, 1) == "timed out"
+    assert asyncio.get_running_loop().time() - started >= 0.02
+    assert [acked.cancelled() for acked in client.started] == [True, False, True]
+    assert metrics.publishes == 1 and metrics.publish_errors == 2
