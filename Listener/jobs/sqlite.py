@@ -329,7 +329,6 @@ class SqliteJobStore(MemoryJobStore):
         self._dirty: Dict[str, Optional[JobInfo]] = {}  # job id -> the job to write, or None to delete its row
         self._replace_all = False
         self._flush_scheduled = False
-        self._flush_deferred = False  # changes wait for the writer to commit the batch it has
         self._sent = 0  # batches handed to the writer
         self._committed = 0  # the last batch the writer committed
         self._failure: Optional[str] = None
@@ -396,7 +395,7 @@ class SqliteJobStore(MemoryJobStore):
         writer = self._writer
         if writer is None:
             return
-        self._flush(now=True)
+        self._flush()
         writer.finish()
         await asyncio.to_thread(writer.join)
         self._writer = None
@@ -491,17 +490,11 @@ class SqliteJobStore(MemoryJobStore):
         except RuntimeError:
             self._flush()
 
-    def _flush(self, now: bool = False) -> None:
-        """Hand the dirty jobs to the writer as one batch; unless ``now``, only once it committed the batch it has
-        (then :meth:`_on_committed` does): under load a batch holds more jobs, and a job changed several times
-        meanwhile is one row. While writing fails, every flush goes to the writer at once, as it retries."""
+    def _flush(self) -> None:
+        """Hand the dirty jobs to the writer as one batch."""
         self._flush_scheduled = False
         if self._writer is None or not (self._dirty or self._replace_all):
             return
-        if not now and self._committed < self._sent and self._failure is None:
-            self._flush_deferred = True
-            return
-        self._flush_deferred = False
         dirty, self._dirty = self._dirty, {}
         rows = [job_row(job) for job in dirty.values() if job is not None]
         deletes = [(_text(job_id) or "",) for job_id, job in dirty.items() if job is None]
@@ -529,7 +522,7 @@ class SqliteJobStore(MemoryJobStore):
             self._report(message)
             raise JobStoreError(message)
         self._reported = None  # writing works and the file is in place: a new failure is news again
-        target = self._sent + self._flush_deferred  # a deferred flush is the next batch
+        target = self._sent
         if self._committed >= target:
             return
         future: "asyncio.Future[None]" = asyncio.get_running_loop().create_future()
@@ -560,8 +553,6 @@ class SqliteJobStore(MemoryJobStore):
             _, future = self._waiters.popleft()
             if not future.done():
                 future.set_result(None)
-        if self._flush_deferred:
-            self._flush()
 
     def _failure_message(self, reason: str) -> str:
         return f"Cannot write job store {str(self.path)!r}: {reason}; retrying"

@@ -127,44 +127,6 @@ async def test_commits_are_grouped(open_store: Callable[..., "asyncio.Future[Sql
     assert 2 <= store.commits < 1 + 200
 
 
-async def test_changes_made_while_the_writer_commits_wait_for_it_and_a_job_changed_meanwhile_is_one_row(
-        open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], monkeypatch: pytest.MonkeyPatch) -> None:
-    """Under load a batch holds every change made while the writer committed the one before, so a job admitted,
-    started and finished meanwhile is written once, not three times."""
-    from Listener.jobs import sqlite as module
-
-    store = await open_store(max_jobs=100)
-    writing, go_on = threading.Event(), threading.Event()
-    written: List[int] = []
-    original = module._Writer._write
-
-    def slow_write(self: "module._Writer", batches: list) -> None:  # type: ignore[type-arg]
-        written.append(sum(len(batch.rows) for batch in batches))
-        writing.set()
-        go_on.wait(5)
-        original(self, batches)
-
-    monkeypatch.setattr(module._Writer, "_write", slow_write)
-    await store.admit("first", None)
-    await asyncio.sleep(0)  # the end of the turn: its batch goes to the writer, which holds it
-    assert await asyncio.to_thread(writing.wait, 5)
-    for n in range(30):  # each in turns of its own, while the writer is busy
-        await store.admit(f"j{n}", None)
-        await asyncio.sleep(0)
-        await store.start_attempt(f"j{n}")
-        await asyncio.sleep(0)
-        await store.set_status(f"j{n}", JobStatus.COMPLETED, result=n)
-        await asyncio.sleep(0)
-    durable = asyncio.ensure_future(store.durable())  # covers the changes not handed over yet
-    await asyncio.sleep(0.05)
-    assert not durable.done() and written == [1]
-    go_on.set()
-    await asyncio.wait_for(durable, 5)
-    assert written == [1, 30] and store.commits == 2
-    written_rows = rows(store.path)
-    assert len(written_rows) == 31 and ("j7", "completed", 1, None) in written_rows
-
-
 async def test_a_second_connection_reads_the_file_while_the_store_writes(
         open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], tmp_path: Path) -> None:
     store = await open_store()
