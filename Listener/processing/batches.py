@@ -36,7 +36,7 @@ from .containment import call_contained
 __all__ = ["MAX_BATCH", "Channel", "Halt", "Outcome", "run_in_order"]
 
 #: Most jobs handed to a worker at once.
-MAX_BATCH = 64
+MAX_BATCH = 16
 
 
 class Halt:
