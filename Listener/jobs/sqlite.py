@@ -82,6 +82,27 @@ class _Batch:
     deletes: List[Tuple[str]]
 
 
+def merged(batches: Sequence[_Batch]) -> Tuple[bool, List[Row], List[Tuple[str]]]:
+    """What writing ``batches`` one after another leaves in the table, as one change: whether every row goes
+    first, then the rows to write and the ids to delete, each job once (its last change). A job admitted, started
+    and finished while the writer committed the transaction before is then one row, not three."""
+    replace_all = False
+    last: Dict[Optional[str], Optional[Row]] = {}
+    for batch in batches:
+        if batch.replace_all:
+            replace_all = True
+            last.clear()
+        for row in batch.rows:
+            last.pop(row[0], None)  # keeps the order of the last changes: rows go in as they were changed
+            last[row[0]] = row
+        for job_id, in batch.deletes:
+            last.pop(job_id, None)
+            last[job_id] = None
+    rows = [row for row in last.values() if row is not None]
+    deletes = [(job_id or "",) for job_id, row in last.items() if row is None]
+    return replace_all, rows, deletes
+
+
 def _text(value: Optional[str]) -> Optional[str]:
     """A string SQLite can store (a lone surrogate, possible in a str given directly, is escaped)."""
     if value is None or value.isascii():
@@ -294,13 +315,13 @@ class _Writer(threading.Thread):
         connection = self._connection
         connection.execute("BEGIN IMMEDIATE")
         try:
-            for batch in batches:
-                if batch.replace_all:
-                    connection.execute("DELETE FROM jobs")
-                if batch.rows:
-                    connection.executemany(_UPSERT, batch.rows)
-                if batch.deletes:
-                    connection.executemany(_DELETE, batch.deletes)
+            replace_all, rows, deletes = merged(batches)
+            if replace_all:
+                connection.execute("DELETE FROM jobs")
+            if rows:
+                connection.executemany(_UPSERT, rows)
+            if deletes:
+                connection.executemany(_DELETE, deletes)
             connection.execute("COMMIT")
         except BaseException:
             if connection.in_transaction:

@@ -127,6 +127,58 @@ async def test_commits_are_grouped(open_store: Callable[..., "asyncio.Future[Sql
     assert 2 <= store.commits < 1 + 200
 
 
+def test_batches_written_together_are_merged_each_job_into_its_last_change() -> None:
+    from Listener.jobs.sqlite import _Batch, merged
+
+    def row(job_id: str, status: str) -> tuple:  # type: ignore[type-arg]
+        return (job_id, status)
+
+    batches = [_Batch(1, False, [row("a", "pending"), row("b", "pending")], []),
+               _Batch(2, False, [row("a", "running")], [("c",)]),
+               _Batch(3, False, [row("a", "completed"), row("c", "pending")], [("b",)])]
+    assert merged(batches) == (False, [row("a", "completed"), row("c", "pending")], [("b",)])
+    # Every row goes first when a batch replaces them all: what came before it is not written.
+    batches.append(_Batch(4, True, [row("d", "pending")], []))
+    batches.append(_Batch(5, False, [row("d", "running")], [("a",)]))
+    assert merged(batches) == (True, [row("d", "running")], [("a",)])
+    assert merged([]) == (False, [], [])
+
+
+async def test_changes_queued_while_the_writer_commits_go_in_one_transaction_each_job_one_row(
+        open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load a transaction holds every change queued while the writer committed the one before: a job
+    admitted, started and finished meanwhile is written once, not three times (and nothing waits longer)."""
+    from Listener.jobs import sqlite as module
+
+    store = await open_store(max_jobs=100)
+    writing, go_on = threading.Event(), threading.Event()
+    written: List[int] = []
+    original = module._Writer._write
+
+    def slow_write(self: "module._Writer", batches: list) -> None:  # type: ignore[type-arg]
+        written.append(len(module.merged(batches)[1]))
+        writing.set()
+        go_on.wait(5)
+        original(self, batches)
+
+    monkeypatch.setattr(module._Writer, "_write", slow_write)
+    await store.admit("first", None)
+    await asyncio.sleep(0)  # the end of the turn: its batch goes to the writer, which holds it
+    assert await asyncio.to_thread(writing.wait, 5)
+    for n in range(30):  # each in turns of its own, while the writer is busy
+        await store.admit(f"j{n}", None)
+        await asyncio.sleep(0)
+        await store.start_attempt(f"j{n}")
+        await asyncio.sleep(0)
+        await store.set_status(f"j{n}", JobStatus.COMPLETED, result=n)
+        await asyncio.sleep(0)
+    go_on.set()
+    await asyncio.wait_for(store.durable(), 5)
+    assert written == [1, 30] and store.commits == 2
+    written_rows = rows(store.path)
+    assert len(written_rows) == 31 and ("j7", "completed", 1, None) in written_rows
+
+
 async def test_a_second_connection_reads_the_file_while_the_store_writes(
         open_store: Callable[..., "asyncio.Future[SqliteJobStore]"], tmp_path: Path) -> None:
     store = await open_store()
