@@ -213,11 +213,18 @@ class EventListener:
 
     async def _open_job_store(self) -> None:
         """Open the job store (a SQLite file is created, checked and loaded; raises JobStoreError naming it)."""
-        await self._tracker.store.open(on_error=self._job_store_failed)
+        await self._tracker.store.open(on_error=self._job_store_failed, on_failover=self._job_store_failed_over)
 
     def _job_store_failed(self, message: str) -> None:
         """Writing the job store failed (the writer retries): an ERROR log event, on the event loop."""
-        task = asyncio.ensure_future(self._events.log(logging.ERROR, "job_store_error", "%s", message))
+        self._report_store(logging.ERROR, "job_store_error", message)
+
+    def _job_store_failed_over(self, message: str) -> None:
+        """The job store's Redis failed over to another master (the store goes on there): a WARNING log event."""
+        self._report_store(logging.WARNING, "job_store_failover", message)
+
+    def _report_store(self, level: int, event: str, message: str) -> None:
+        task = asyncio.ensure_future(self._events.log(level, event, "%s", message))
         self._store_reports.add(task)
         task.add_done_callback(self._store_reports.discard)
 

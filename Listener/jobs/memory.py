@@ -134,7 +134,8 @@ class MemoryJobStore:
         """Rebuild the eviction index from ``jobs`` (after the dict was replaced or edited by hand)."""
         self._index_finished()
 
-    async def open(self, on_error: Optional[Callable[[str], None]] = None) -> None:
+    async def open(self, on_error: Optional[Callable[[str], None]] = None,
+                   on_failover: Optional[Callable[[str], None]] = None) -> None:
         """Nothing to open: the memory store is ready when created (and never fails to write)."""
 
     async def close(self) -> None:

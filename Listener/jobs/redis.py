@@ -73,7 +73,8 @@ from .memory import MemoryJobStore
 from .records import ACTIVE_STATUSES, FINISHED_STATUSES, JobInfo, JobStatus
 from .store import JobStoreError
 
-__all__ = ["ACTIVE_LEASE", "CLUSTER_SCHEMES", "CLUSTER_TRANSACTIONS", "DATA_LOST", "DEFAULT_PREFIX", "FULL_RECHECK",
+__all__ = ["ACTIVE_LEASE", "CLUSTER_SCHEMES", "CLUSTER_TRANSACTIONS", "DATA_LOST", "DEFAULT_PREFIX", "FAILOVER_WINDOW",
+           "FULL_RECHECK", "NotReplicated",
            "OWNER_LEASE", "RedisJobReader", "RedisJobStore", "RedisUrl", "SENTINEL_SCHEMES", "check_redis",
            "parse_redis_url", "record_fields"]
 
@@ -98,6 +99,9 @@ DATA_LOST = ("the Redis lost its data (restarted without persistence, or flushed
 #: Why a cluster store cannot open with an older redis-py (its cluster pipelines take no MULTI/EXEC).
 CLUSTER_TRANSACTIONS = ("redis+cluster:// needs a redis-py whose cluster pipelines support transactions: "
                         "pip install -U redis")
+#: What a failover may have cost (docs/scaling.md, "Failover").
+FAILOVER_WINDOW = ("Records the old master had not yet passed to its replica are lost with it (without wait_replicas): "
+                   "the jobs they recorded as finished run again if their messages come again")
 INSTALL_HINT = "pip install 'redis>=5' (or install this package with its [redis] extra: docs/installation.md)"
 
 _CLAIM = """
@@ -232,6 +236,10 @@ class RedisUrl:
     sentinel: bool = False
     service: str = ""
     db: int = 0
+    #: ``?wait_replicas=n``: a batch that finishes jobs counts as written only once ``n`` replicas have it (``WAIT``).
+    wait_replicas: int = 0
+    #: ``?wait_timeout_ms=ms``: how long one ``WAIT`` waits for them (then the batch is written again, later).
+    wait_timeout_ms: int = 0
 
     @property
     def keyspace(self) -> str:
@@ -246,17 +254,48 @@ CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 
 
-def _prefix_of(query_text: str, known: Tuple[str, ...] = ("prefix=name",)) -> str:
+#: The URL parameters every scheme reads (``redis+sentinel://`` also ``db=n``).
+QUERY_PARAMETERS = ("prefix=name", "wait_replicas=n", "wait_timeout_ms=ms")
+#: ``WAIT``'s timeout when ``wait_replicas`` is set without ``wait_timeout_ms``.
+DEFAULT_WAIT_TIMEOUT_MS = 1000
+#: The longest ``wait_timeout_ms``: a ``WAIT`` must answer within the client's socket timeout (COMMAND_TIMEOUT).
+MAX_WAIT_TIMEOUT_MS = 4000
+MAX_WAIT_REPLICAS = 64
+
+
+@dataclass(frozen=True)
+class _Query:
+    """What a Redis URL's query says besides the hosts."""
+
+    prefix: str
+    wait_replicas: int
+    wait_timeout_ms: int
+
+
+def _query_of(query_text: str, known: Tuple[str, ...] = QUERY_PARAMETERS) -> _Query:
     query = parse_qs(query_text, keep_blank_values=True)
     unknown = sorted(set(query) - {name.partition("=")[0] for name in known})
     if unknown:
-        read = " and ".join(known)
-        verb = "is" if len(known) == 1 else "are"
-        raise ValueError(f"unknown URL parameter(s) {', '.join(unknown)} (only {read} {verb} read)")
+        read = ", ".join(known[:-1]) + f" and {known[-1]}"
+        raise ValueError(f"unknown URL parameter(s) {', '.join(unknown)} (only {read} are read)")
     prefix = query.get("prefix", [DEFAULT_PREFIX])[-1]
     if not prefix or any(c in prefix for c in " \t\r\n"):
         raise ValueError("prefix must be a non-empty name without spaces")
-    return prefix
+    replicas = _number(query, "wait_replicas", 0, MAX_WAIT_REPLICAS, "a number of replicas")
+    timeout = _number(query, "wait_timeout_ms", 1, MAX_WAIT_TIMEOUT_MS, "milliseconds")
+    if timeout is not None and not replicas:
+        raise ValueError("wait_timeout_ms needs wait_replicas=n (n >= 1): it is how long WAIT waits for them")
+    return _Query(prefix, replicas or 0, (timeout or DEFAULT_WAIT_TIMEOUT_MS) if replicas else 0)
+
+
+def _number(query: Dict[str, List[str]], name: str, low: int, high: int, what: str) -> Optional[int]:
+    """The integer parameter ``name`` (``low`` to ``high``), or None when absent; ValueError saying why."""
+    if name not in query:
+        return None
+    text = query[name][-1]
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise ValueError(f"{name} must be {what} from {low} to {high}, got {text!r}")
+    return int(text)
 
 
 def _nodes_of(hosts: str, kind: str, default_port: int) -> List[Tuple[str, int]]:
@@ -286,15 +325,17 @@ def _parse_sentinel_url(value: str) -> RedisUrl:
     if not service or "/" in service:
         raise ValueError("the redis+sentinel URL needs the service name the sentinels monitor: "
                          "redis+sentinel://sentinel1:26379,sentinel2:26379/mymaster")
-    prefix = _prefix_of(parts.query, ("prefix=name", "db=n"))
+    query = _query_of(parts.query, (*QUERY_PARAMETERS, "db=n"))
     db_text = parse_qs(parts.query).get("db", ["0"])[-1]
     if not db_text.isdigit():
         raise ValueError(f"the database must be a number (?db=0), got {db_text!r}")
     username, sep, password = userinfo.partition(":")
     client_url = parts._replace(query="").geturl()
-    return RedisUrl(client_url, mask_uri_credentials(client_url), prefix, unquote(password) if sep and password else None,
-                    nodes=tuple(nodes), username=unquote(username) or None, tls=parts.scheme == "rediss+sentinel",
-                    sentinel=True, service=service, db=int(db_text))
+    return RedisUrl(client_url, mask_uri_credentials(client_url), query.prefix,
+                    unquote(password) if sep and password else None, nodes=tuple(nodes),
+                    username=unquote(username) or None, tls=parts.scheme == "rediss+sentinel", sentinel=True,
+                    service=service, db=int(db_text), wait_replicas=query.wait_replicas,
+                    wait_timeout_ms=query.wait_timeout_ms)
 
 
 def _parse_cluster_url(value: str) -> RedisUrl:
@@ -304,22 +345,23 @@ def _parse_cluster_url(value: str) -> RedisUrl:
     nodes = _nodes_of(hosts, "redis+cluster", 6379)
     if parts.path.strip("/") not in ("", "0"):
         raise ValueError("a Redis Cluster has database 0 only: leave the database out of a redis+cluster URL")
-    prefix = _prefix_of(parts.query)
-    if "{" in prefix or "}" in prefix:
+    query = _query_of(parts.query)
+    if "{" in query.prefix or "}" in query.prefix:
         raise ValueError("a redis+cluster prefix must not contain { or }: the store puts it in braces itself "
                          "(a hash tag, so that its keys share one slot)")
     username, sep, password = userinfo.partition(":")
     client_url = parts._replace(query="").geturl()
-    return RedisUrl(client_url, mask_uri_credentials(client_url), prefix, unquote(password) if sep and password else None,
-                    cluster=True, nodes=tuple(nodes), username=unquote(username) or None,
-                    tls=parts.scheme == "rediss+cluster")
+    return RedisUrl(client_url, mask_uri_credentials(client_url), query.prefix,
+                    unquote(password) if sep and password else None, cluster=True, nodes=tuple(nodes),
+                    username=unquote(username) or None, tls=parts.scheme == "rediss+cluster",
+                    wait_replicas=query.wait_replicas, wait_timeout_ms=query.wait_timeout_ms)
 
 
 def parse_redis_url(value: str) -> RedisUrl:
     """Parse ``redis[s]://[[user]:password@]host[:port][/db][?prefix=name]`` or
     ``redis[s]+cluster://[[user]:password@]host:port[,host:port…][?prefix=name]`` or
-    ``redis[s]+sentinel://[[user]:password@]host:port[,host:port…]/service_name[?db=n][&prefix=name]``; raises
-    ValueError saying why."""
+    ``redis[s]+sentinel://[[user]:password@]host:port[,host:port…]/service_name[?db=n][&prefix=name]``, each also
+    with ``wait_replicas=n`` (and ``wait_timeout_ms=ms``, 1 to 4000, default 1000); raises ValueError saying why."""
     parts = urlsplit(value)
     if parts.scheme in CLUSTER_SCHEMES:
         return _parse_cluster_url(value)
@@ -338,10 +380,11 @@ def parse_redis_url(value: str) -> RedisUrl:
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
         raise ValueError(f"the database must be a number (redis://host:6379/0), got {db!r}")
-    prefix = _prefix_of(parts.query)
+    query = _query_of(parts.query)
     client_url = parts._replace(query="").geturl()
     password = unquote(parts.password) if parts.password is not None else None
-    return RedisUrl(client_url, mask_uri_credentials(client_url), prefix, password or None)
+    return RedisUrl(client_url, mask_uri_credentials(client_url), query.prefix, password or None,
+                    wait_replicas=query.wait_replicas, wait_timeout_ms=query.wait_timeout_ms)
 
 
 def _client_module() -> Any:
@@ -448,6 +491,10 @@ def job_from_record(fields: Dict[str, str]) -> Optional[JobInfo]:
         return None
 
 
+class NotReplicated(Exception):
+    """Fewer replicas than ``wait_replicas`` acknowledged a batch within ``wait_timeout_ms``: it is written again."""
+
+
 class RedisJobStore(MemoryJobStore):
     """A :class:`~Listener.jobs.store.JobStore` whose records are in Redis, shared by every listener using the
     same URL (see the module's docstring)."""
@@ -462,6 +509,10 @@ class RedisJobStore(MemoryJobStore):
         self.target = parse_redis_url(url)
         self.label = self.target.label
         self.on_error: Callable[[str], None] = lambda message: logger.error("%s", message)
+        #: Told (a WARNING line unless :meth:`open` is given another) when the store's master changed: a failover.
+        self.on_failover: Callable[[str], None] = lambda message: logger.warning("%s", message)
+        #: How many times this store found its master changed (see :meth:`_check_master`).
+        self.failovers = 0
         #: Seconds an active record of a non-resumable store lives unless renewed.
         self.lease = ACTIVE_LEASE
         #: Seconds this store's owner key lives unless renewed (set before :meth:`open`).
@@ -487,6 +538,8 @@ class RedisJobStore(MemoryJobStore):
         self._taken = 0  # batches the writer took
         self._committed = 0
         self._failure: Optional[str] = None
+        self._master: Optional[str] = None  # host:port of the master last written to (None: standalone, or unknown)
+        self._troubled = False  # a write or a claim failed since: is the master still the same one?
         self._waiters: Deque[Tuple[int, "asyncio.Future[None]"]] = deque()
 
     # -- keys ------------------------------------------------------------------------------------
@@ -517,8 +570,10 @@ class RedisJobStore(MemoryJobStore):
 
     # -- opening and closing ---------------------------------------------------------------------
 
-    async def open(self, on_error: Optional[Callable[[str], None]] = None) -> None:
-        """Connect and PING; start the writer.
+    async def open(self, on_error: Optional[Callable[[str], None]] = None,
+                   on_failover: Optional[Callable[[str], None]] = None) -> None:
+        """Connect and PING; start the writer. ``on_error`` is told of failures to write, ``on_failover`` that the
+        master changed (a Redis Cluster or Sentinel failover), each with a message that names the store.
 
         Raises:
             JobStoreError: redis-py is not installed, or Redis does not answer or refuses the credentials
@@ -526,6 +581,8 @@ class RedisJobStore(MemoryJobStore):
         """
         if on_error is not None:
             self.on_error = on_error
+        if on_failover is not None:
+            self.on_failover = on_failover
         if self._client is not None:
             return
         client = _new_client(self.target)
@@ -546,6 +603,7 @@ class RedisJobStore(MemoryJobStore):
         self.owner = owner
         self._epoch = epoch or ""
         self._client = client
+        self._master = await self._master_address()
         self._claim_script = client.register_script(_CLAIM)
         self._take_over_script = client.register_script(_TAKE_OVER)
         self._failure = None
@@ -699,6 +757,7 @@ class RedisJobStore(MemoryJobStore):
             try:
                 reply = await self._claim_script(keys=keys, args=args)
             except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
+                self._troubled = True
                 raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
             if reply[0] != "lost":
                 return reply
@@ -880,6 +939,7 @@ class RedisJobStore(MemoryJobStore):
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever it is, it is reported and the batch kept
                 self._dirty = {**dirty, **self._dirty}
+                self._troubled = True
                 failures += 1
                 self._failed(_reason(exc))
                 await asyncio.sleep(backoff_delay(failures, MAX_WRITE_RETRY, base=0.2))
@@ -889,6 +949,8 @@ class RedisJobStore(MemoryJobStore):
                 renewed = now
             if own:
                 owned = now
+            if self._troubled or (own and self.target.cluster):
+                await self._check_master()
             if failures or self._failure is not None:
                 failures = 0
                 self._failure = None
@@ -945,6 +1007,58 @@ class RedisJobStore(MemoryJobStore):
         replies = await pipe.execute()
         if own and (replies[1] or replies[2] != self._epoch):
             self._data_lost(replies[2] or self._epoch)
+        if self.target.wait_replicas and any(job is not None and job.status in FINISHED_STATUSES
+                                             for job in dirty.values()):
+            await self._wait_for_replicas()
+
+    async def _wait_for_replicas(self) -> None:
+        """``wait_replicas``: return once that many replicas have every write so far (Redis ``WAIT``); raise
+        :class:`NotReplicated` when fewer did within ``wait_timeout_ms`` (the batch is then written again later,
+        its messages unacknowledged meanwhile).
+
+        ``WAIT`` covers the writes of its own connection only: one write on the same connection just before it
+        (this store's owner lease, renewed) comes after the batch's, so the replicas that have it have the batch.
+        In a cluster both go to the master of the store's slot."""
+        wanted, timeout = self.target.wait_replicas, self.target.wait_timeout_ms
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(self._owners + self.owner, "1", px=self._owner_lease_ms())
+        if self.target.cluster:
+            pipe.execute_command("WAIT", wanted, timeout, target_nodes=self._client.get_node_from_key(self._ids))
+        else:
+            pipe.execute_command("WAIT", wanted, timeout)
+        replies = await pipe.execute()
+        acknowledged = int(replies[-1])
+        if acknowledged < wanted:
+            raise NotReplicated(f"{acknowledged} of the {wanted} replicas wait_replicas asks for acknowledged the "
+                                f"write within {timeout} ms")
+
+    async def _master_address(self) -> Optional[str]:
+        """``host:port`` of the master this store writes to now (a cluster's: the one holding its slot); None for
+        a standalone Redis, or when it cannot be found out."""
+        try:
+            if self.target.cluster:
+                node = self._client.get_node_from_key(self._ids)
+                return None if node is None else f"{node.host}:{node.port}"
+            if self.target.sentinel:
+                host, port = await self._client.connection_pool.get_master_address()
+                return f"{host}:{port}"
+        except Exception as exc:  # noqa: BLE001 - the next look may succeed
+            logger.debug("Job store %s: cannot tell which server is the master: %s", self.label, _reason(exc))
+        return None
+
+    async def _check_master(self) -> None:
+        """After a failure (or, in a cluster, at every renewal of the owner lease): when the master is another
+        server than before, the store went through a failover. Reported to ``on_failover``, once per change."""
+        self._troubled = False
+        master = await self._master_address()
+        if master is None:
+            return
+        previous, self._master = self._master, master
+        if previous is None or previous == master:
+            return
+        self.failovers += 1
+        self.on_failover(f"Job store {self.label}: its master changed from {previous} to {master} (a failover); "
+                         f"writes and claims go on there. {FAILOVER_WINDOW}")
 
     def _failed(self, reason: str) -> None:
         message = f"Cannot write job store {self.label}: {reason}; retrying"

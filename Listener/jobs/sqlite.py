@@ -373,10 +373,12 @@ class SqliteJobStore(MemoryJobStore):
 
     # -- opening and closing ---------------------------------------------------------------------
 
-    async def open(self, on_error: Optional[Callable[[str], None]] = None) -> None:
+    async def open(self, on_error: Optional[Callable[[str], None]] = None,
+                   on_failover: Optional[Callable[[str], None]] = None) -> None:
         """Open the file (creating it), load its newest ``max_jobs`` jobs, start the writer.
 
-        ``on_error`` replaces the default report of a failed write (an ERROR log line).
+        ``on_error`` replaces the default report of a failed write (an ERROR log line); a file has no failover
+        (``on_failover`` is never called).
 
         Raises:
             JobStoreError: the file is corrupt, locked, or cannot be created or written (named).

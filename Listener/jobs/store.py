@@ -98,10 +98,12 @@ class JobStore(Protocol):
     def reindex(self) -> None:
         """Take note of a :attr:`jobs` dict replaced or edited by hand."""
 
-    async def open(self, on_error: Optional[Callable[[str], None]] = None) -> None:
+    async def open(self, on_error: Optional[Callable[[str], None]] = None,
+                   on_failover: Optional[Callable[[str], None]] = None) -> None:
         """Make the store ready (a durable store opens its file); called when ``run()`` starts.
 
-        ``on_error`` is called on the event loop with a message whenever a later write fails.
+        ``on_error`` is called on the event loop with a message whenever a later write fails; ``on_failover``
+        whenever the store's server changed under it (a replicated Redis's failover; other stores never call it).
 
         Raises:
             JobStoreError: the store cannot be opened (the message names it, never a secret).

@@ -12,7 +12,7 @@ import redis
 from Listener import JobStatus
 from Listener.jobs.admission import Admission
 from Listener.jobs.factory import JobStoreError, check_job_store, job_store_problem
-from Listener.jobs.redis import DATA_LOST, RedisJobStore, parse_redis_url
+from Listener.jobs.redis import DATA_LOST, FAILOVER_WINDOW, RedisJobStore, parse_redis_url
 from tests.support.brokers import free_port
 from tests.support.redis_sentinel import RedisSentinels, redis_sentinels
 from tests.support.redis_server import unique_prefix
@@ -44,8 +44,9 @@ async def test_a_store_through_sentinels_keeps_its_records_across_a_failover(red
     url = redis_sentinels.url(unique_prefix("sentinel"))
     assert check_job_store(url) is None
     reports: List[str] = []
+    failovers: List[str] = []
     store = RedisJobStore(url, 10, 60)
-    await store.open(on_error=reports.append)
+    await store.open(on_error=reports.append, on_failover=failovers.append)
     try:
         assert await store.admit("done", {"x": 1}, None) is Admission.CREATED
         await store.start_attempt("done")
@@ -79,5 +80,44 @@ async def test_a_store_through_sentinels_keeps_its_records_across_a_failover(red
         assert promoted_master.exists(f"{store.target.keyspace}:job:next")
         promoted_master.close()
         assert not any(DATA_LOST in message for message in reports)  # the replica had the data
+        # The listener is told, once, naming both servers (its event: tests/mqtt/test_redis_failover.py).
+        assert store.failovers == 1 and len(failovers) == 1, failovers
+        assert f"from 127.0.0.1:{old} to 127.0.0.1:{new}" in failovers[0] and FAILOVER_WINDOW in failovers[0]
+    finally:
+        await store.close()
+
+
+async def test_wait_replicas_holds_a_finished_batch_until_the_replica_has_it(redis_sentinels: RedisSentinels) -> None:
+    """With ``wait_replicas=1`` a batch that finishes a job counts as written only once the replica acknowledged
+    it: with the replica gone, durable() fails (the writer retries); with it back, the batch goes through."""
+    url = redis_sentinels.url(unique_prefix("wait")) + "&wait_replicas=1&wait_timeout_ms=200"
+    reports: List[str] = []
+    store = RedisJobStore(url, 10, 60)
+    await store.open(on_error=reports.append)
+    try:
+        assert await store.admit("one", None, None) is Admission.CREATED
+        await store.set_status("one", JobStatus.COMPLETED, result=1)
+        await store.durable()  # the replica is there: WAIT answers 1
+        replica = redis.Redis(port=redis_sentinels.replica.port, decode_responses=True)
+        assert replica.hget(f"{store.target.keyspace}:job:one", "status") == "completed"
+        replica.close()
+        await asyncio.to_thread(redis_sentinels.replica.stop)
+        assert await store.admit("two", None, None) is Admission.CREATED  # a claim waits for no replica
+        await store.set_status("two", JobStatus.COMPLETED, result=2)
+        with pytest.raises(JobStoreError, match="0 of the 1 replicas wait_replicas asks for"):
+            await asyncio.wait_for(store.durable(), 10)
+        assert any("0 of the 1 replicas" in message for message in reports)
+        await asyncio.to_thread(redis_sentinels.replica.start)  # --replicaof the master again
+
+        async def written() -> None:
+            while True:
+                try:
+                    return await store.durable()
+                except JobStoreError:
+                    await asyncio.sleep(0.1)
+        await asyncio.wait_for(written(), 30)
+        replica = redis.Redis(port=redis_sentinels.replica.port, decode_responses=True)
+        assert replica.hget(f"{store.target.keyspace}:job:two", "status") == "completed"
+        replica.close()
     finally:
         await store.close()

@@ -232,6 +232,39 @@ def test_the_url_forms() -> None:
     assert "port" in (job_store_problem("redis://h:99999/0") or "")
 
 
+@pytest.mark.parametrize("query, expected", [
+    ("wait_replicas=1", (1, 1000)),
+    ("wait_replicas=2&wait_timeout_ms=250", (2, 250)),
+    ("wait_replicas=0", (0, 0)),
+    ("prefix=jobs", (0, 0)),
+])
+def test_wait_replicas_in_each_url_form(query: str, expected: Any) -> None:
+    for url in (f"redis://h:6379/0?{query}", f"redis+cluster://h:7000?{query}", f"redis+sentinel://s:26379/m?{query}"):
+        parsed = parse_redis_url(url)
+        assert (parsed.wait_replicas, parsed.wait_timeout_ms) == expected, url
+        assert job_store_problem(url) is None and "wait" not in parsed.url and "wait" not in parsed.label
+
+
+@pytest.mark.parametrize("query, problem", [
+    ("wait_replicas=", "wait_replicas must be a number of replicas from 0 to 64, got ''"),
+    ("wait_replicas=one", "wait_replicas must be a number of replicas from 0 to 64, got 'one'"),
+    ("wait_replicas=-1", "wait_replicas must be a number of replicas from 0 to 64, got '-1'"),
+    ("wait_replicas=65", "wait_replicas must be a number of replicas from 0 to 64, got '65'"),
+    ("wait_replicas=1&wait_timeout_ms=0", "wait_timeout_ms must be milliseconds from 1 to 4000, got '0'"),
+    ("wait_replicas=1&wait_timeout_ms=5000", "wait_timeout_ms must be milliseconds from 1 to 4000, got '5000'"),
+    ("wait_replicas=1&wait_timeout_ms=1s", "wait_timeout_ms must be milliseconds from 1 to 4000, got '1s'"),
+    ("wait_timeout_ms=100", "wait_timeout_ms needs wait_replicas=n (n >= 1)"),
+    ("wait_replica=1", "unknown URL parameter(s) wait_replica (only prefix=name, wait_replicas=n"),
+])
+def test_a_bad_wait_replicas_setting_is_refused_saying_why(query: str, problem: str) -> None:
+    for url in (f"redis://:pw-4711@h:6379/0?{query}", f"redis+cluster://:pw-4711@h:7000?{query}",
+                f"redis+sentinel://:pw-4711@s:26379/m?{query}"):
+        found = job_store_problem(url) or ""
+        assert problem in found and "pw-4711" not in found, (url, found)
+    with pytest.raises(ValueError, match="wait_"):
+        EventListenerConfig(job_store=f"redis://h:6379/0?{query}")
+
+
 def test_the_cluster_url_forms() -> None:
     parsed = parse_redis_url("rediss+cluster://user:p%40ss@node-a:7000, node-b:7001,[::1]?prefix=orders")
     assert (parsed.cluster, parsed.tls, parsed.prefix, parsed.username, parsed.password) == (
@@ -245,6 +278,34 @@ def test_the_cluster_url_forms() -> None:
     assert "at least one host:port" in (job_store_problem("redis+cluster://h:7000,") or "")
     assert "port" in (job_store_problem("redis+cluster://h:99999") or "")
     assert "unknown URL parameter" in (job_store_problem("redis+cluster://h:7000?db=1") or "")
+
+
+async def test_wait_replicas_in_a_cluster_waits_on_the_master_of_the_stores_slot(redis_cluster: RedisCluster) -> None:
+    """Each master of the test cluster has one replica: ``wait_replicas=1`` passes (the finished record is on the
+    replica when durable() returns), ``wait_replicas=2`` cannot be met and the batch is not counted as written."""
+    prefix = unique_prefix("wait")
+    one = RedisJobStore(redis_cluster.url(prefix) + "&wait_replicas=1", 10, 60)
+    two = RedisJobStore(redis_cluster.url(prefix + "-2") + "&wait_replicas=2&wait_timeout_ms=100", 10, 60)
+    reports: List[str] = []
+    await one.open()
+    await two.open(on_error=reports.append)
+    try:
+        assert await one.admit("a", None, None) is CREATED
+        await one.set_status("a", JobStatus.COMPLETED, result=1)
+        await one.durable()
+        replica = redis_cluster.replica_of(redis_cluster.master_of(f"{{{prefix}}}:ids"))
+        check = redis.Redis(port=replica.port, decode_responses=True)
+        check.execute_command("READONLY")
+        assert check.hget(f"{{{prefix}}}:job:a", "status") == "completed"
+        check.close()
+        assert await two.admit("b", None, None) is CREATED
+        await two.set_status("b", JobStatus.COMPLETED, result=1)
+        with pytest.raises(JobStoreError, match="1 of the 2 replicas wait_replicas asks for"):
+            await asyncio.wait_for(two.durable(), 10)
+        assert reports and "1 of the 2 replicas" in reports[0]
+    finally:
+        await one.close()
+        await two.close()
 
 
 async def test_one_cluster_stores_keys_share_a_slot_and_a_reader_sees_them(redis_cluster: RedisCluster) -> None:

@@ -37,10 +37,11 @@ class RedisSentinels:
         if REDIS_BINARY is None:
             raise RuntimeError("redis-server is not installed")
         # The RDB a full sync transfers is written in the temporary directory, not the working one.
-        self.master.extra_args = ["--dir", str(self.directory), "--dbfilename", f"master-{self.master.port}.rdb"]
+        self.master.extra_args = ["--dir", str(self.directory), "--dbfilename", f"master-{self.master.port}.rdb",
+                                  "--repl-diskless-sync-delay", "0"]
         self.master.start()
         self.replica.extra_args = ["--replicaof", "127.0.0.1", str(self.master.port), "--dir", str(self.directory),
-                                   "--dbfilename", f"replica-{self.replica.port}.rdb"]
+                                   "--dbfilename", f"replica-{self.replica.port}.rdb", "--repl-diskless-sync-delay", "0"]
         self.replica.start()
         for _ in range(3):
             port = free_port()
@@ -54,6 +55,14 @@ class RedisSentinels:
             sentinel.start()
             self.sentinels.append(sentinel)
         deadline = time.monotonic() + READY_TIMEOUT
+        replica = redis.Redis(port=self.replica.port, decode_responses=True)
+        try:  # synced: a replica still loading its first copy acknowledges no write (WAIT)
+            while replica.info("replication").get("master_link_status") != "up":
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the replica did not sync with the master")
+                time.sleep(0.05)
+        finally:
+            replica.close()
         for sentinel in self.sentinels:
             client = redis.Redis(port=sentinel.port, decode_responses=True)
             try:
