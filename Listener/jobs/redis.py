@@ -108,7 +108,7 @@ _CLAIM = """
 local key, ids, finished = KEYS[1], KEYS[2], KEYS[3]
 local job_id, max_jobs, ttl_ms, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local now, mode, started, topic, input, prefix = tonumber(ARGV[5]), ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local me, owners, resume, epoch = ARGV[11], ARGV[12], ARGV[13], ARGV[14]
+local me, owners, resume, epoch, held = ARGV[11], ARGV[12], ARGV[13], ARGV[14], ARGV[15]
 local marker = redis.call('GET', KEYS[4])
 if marker ~= epoch then
   -- The Redis lost its data (or another store found so and wrote its marker): the caller reports it first.
@@ -149,6 +149,10 @@ if status then
     if owner ~= me then
       if alive(owner) then return {'busy'} end
       return create('run_again', dups, attempts)  -- its owner died (or stopped renewing its lease)
+    end
+    if held == '0' then
+      -- This store's own claim, whose answer it never got (the connection failed, a failover): claimed again.
+      return create('new', dups, attempts)
     end
   end
   if status ~= 'running' and mode ~= 'mark' then
@@ -540,6 +544,7 @@ class RedisJobStore(MemoryJobStore):
         self._failure: Optional[str] = None
         self._master: Optional[str] = None  # host:port of the master last written to (None: standalone, or unknown)
         self._troubled = False  # a write or a claim failed since: is the master still the same one?
+        self._claiming: Dict[str, int] = {}  # ids whose claim is under way (how many), answered or not yet
         self._waiters: Deque[Tuple[int, "asyncio.Future[None]"]] = deque()
 
     # -- keys ------------------------------------------------------------------------------------
@@ -750,19 +755,32 @@ class RedisJobStore(MemoryJobStore):
         args = [_text(job_id), self.max_jobs, max(1, int(self.ttl.total_seconds() * 1000)), int(self.lease * 1000),
                 repr(time.time()), mode, job.started_at.isoformat(timespec="microseconds"),
                 "" if topic is None else "=" + _text(topic), "" if data is None else _json(data),
-                f"{self.target.keyspace}:job:", self.owner, self._owners, "1" if self.resumable else "0", ""]
+                f"{self.target.keyspace}:job:", self.owner, self._owners, "1" if self.resumable else "0", "",
+                "1" if self._holds(job_id) else "0"]
         keys = [self._key(job_id), self._ids, self._finished_key, self._epoch_key]
-        for _ in range(3):
-            args[-1] = self._epoch
-            try:
-                reply = await self._claim_script(keys=keys, args=args)
-            except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
-                self._troubled = True
-                raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
-            if reply[0] != "lost":
-                return reply
-            self._data_lost(reply[1] if len(reply) > 1 else self._epoch)
+        self._claiming[job_id] = self._claiming.get(job_id, 0) + 1
+        try:
+            for _ in range(3):
+                args[-2] = self._epoch
+                try:
+                    reply = await self._claim_script(keys=keys, args=args)
+                except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
+                    self._troubled = True
+                    raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
+                if reply[0] != "lost":
+                    return reply
+                self._data_lost(reply[1] if len(reply) > 1 else self._epoch)
+        finally:
+            self._claiming[job_id] -= 1
+            if not self._claiming[job_id]:
+                del self._claiming[job_id]
         raise JobStoreError(f"Job store {self.label}: its Redis keeps losing its data; retrying")
+
+    def _holds(self, job_id: str) -> bool:
+        """True when this process runs (or is claiming) ``job_id``: an active record of this store's with the id is
+        then that job's; otherwise it is a claim whose answer was lost, and the claim script claims it again."""
+        held = self.jobs.get(job_id)
+        return job_id in self._claiming or (held is not None and held.status in ACTIVE_STATUSES)
 
     def _data_lost(self, epoch: str) -> None:
         """The marker was gone (or another store wrote a new one, ``epoch``): report it loudly, and write this

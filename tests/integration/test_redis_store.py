@@ -105,6 +105,21 @@ async def test_a_finished_record_expires_after_the_ttl_an_active_one_holds_a_lea
     check.close()
 
 
+async def test_a_claim_whose_answer_was_lost_is_claimed_again_not_taken_for_a_duplicate(stores: Any) -> None:
+    """A claim that reached Redis but whose answer never came back (the connection failed, the master died after
+    replicating it) left a PENDING record owned by this store for a job it does not hold: the next claim is this
+    job's, not a duplicate of it (which acknowledged the message of a job that never ran)."""
+    store = await stores()
+    check = stores.reader()
+    check.hset(f"{stores.keys}:job:lost", mapping={"job_id": "lost", "status": "pending", "duplicate_count": "0",
+                                                   "started_at": "2026-01-01T00:00:00.000000", "attempts": "0",
+                                                   "interrupted": "0", "owner": store.owner})
+    check.zadd(f"{stores.keys}:ids", {"lost": 1.0})
+    check.close()
+    assert await store.admit("lost", {"n": 1}, None) is CREATED
+    assert await store.admit("lost", {"n": 1}, None) is DUPLICATE  # held now: a copy of a job that runs here
+
+
 async def test_a_claim_is_atomic_across_clients(stores: Any) -> None:
     first, second = await stores(max_jobs=1000), await stores(max_jobs=1000)
     ids = [f"job-{n}" for n in range(60)]
