@@ -544,6 +544,7 @@ class RedisJobStore(MemoryJobStore):
         self._failure: Optional[str] = None
         self._master: Optional[str] = None  # host:port of the master last written to (None: standalone, or unknown)
         self._troubled = False  # a write or a claim failed since: is the master still the same one?
+        self._waiter: Optional[Tuple[Tuple[str, int], Any]] = None  # wait_replicas: a client of the master
         self._claiming: Dict[str, int] = {}  # ids whose claim is under way (how many), answered or not yet
         self._waiters: Deque[Tuple[int, "asyncio.Future[None]"]] = deque()
 
@@ -635,6 +636,7 @@ class RedisJobStore(MemoryJobStore):
         self._writer = self._client = self._wake = None
         with contextlib.suppress(Exception):  # unreachable: the lease lapses on its own
             await asyncio.wait_for(client.delete(self._owners + self.owner), COMMAND_TIMEOUT)
+        await self._close_waiter()
         await _close_client(client)
 
     # -- admission (claimed in Redis) -----------------------------------------------------------
@@ -1022,33 +1024,67 @@ class RedisJobStore(MemoryJobStore):
                 if job.status in ACTIVE_STATUSES and job_id not in dirty and not (
                         self.resumable and job.input_data is not None):
                     pipe.pexpire(self._key(job_id), int(self.lease * 1000))
+        waits = self.target.wait_replicas and any(job is not None and job.status in FINISHED_STATUSES
+                                                  for job in dirty.values())
+        master, token = self._writing_to(), uuid.uuid4().hex
+        if waits:  # the batch's mark: the master asked to WAIT must hold it
+            pipe.set(self._owners + self.owner, token, px=self._owner_lease_ms())
         replies = await pipe.execute()
         if own and (replies[1] or replies[2] != self._epoch):
             self._data_lost(replies[2] or self._epoch)
-        if self.target.wait_replicas and any(job is not None and job.status in FINISHED_STATUSES
-                                             for job in dirty.values()):
-            await self._wait_for_replicas()
+        if waits:
+            await self._wait_for_replicas(master, token)
 
-    async def _wait_for_replicas(self) -> None:
-        """``wait_replicas``: return once that many replicas have every write so far (Redis ``WAIT``); raise
-        :class:`NotReplicated` when fewer did within ``wait_timeout_ms`` (the batch is then written again later,
-        its messages unacknowledged meanwhile).
+    async def _wait_for_replicas(self, master: Optional[Tuple[str, int]], token: str) -> None:
+        """``wait_replicas``: return once that many replicas of ``master`` (where the batch marked ``token`` was
+        sent) have it (Redis ``WAIT``). Raise :class:`NotReplicated` when fewer did within ``wait_timeout_ms``, or
+        when ``master`` does not hold the batch (the client followed a failover or a redirection meanwhile: the
+        batch may be on another server only): the batch is then written again, its messages unacknowledged.
 
-        ``WAIT`` covers the writes of its own connection only: one write on the same connection just before it
-        (this store's owner lease, renewed) comes after the batch's, so the replicas that have it have the batch.
-        In a cluster both go to the master of the store's slot."""
+        ``WAIT`` covers the writes of its own connection only: a write on that connection just before it comes
+        after the batch's, so the replicas that have it have the batch. That write (``SET … GET`` of this store's
+        owner key) also answers the batch's mark. Both go on one connection to ``master`` that is never retried
+        elsewhere (a retry on another connection would make ``WAIT`` count nothing)."""
         wanted, timeout = self.target.wait_replicas, self.target.wait_timeout_ms
-        pipe = self._client.pipeline(transaction=False)
-        pipe.set(self._owners + self.owner, "1", px=self._owner_lease_ms())
-        if self.target.cluster:
-            pipe.execute_command("WAIT", wanted, timeout, target_nodes=self._client.get_node_from_key(self._ids))
-        else:
-            pipe.execute_command("WAIT", wanted, timeout)
-        replies = await pipe.execute()
-        acknowledged = int(replies[-1])
-        if acknowledged < wanted:
+        client = self._client if master is None else await self._waiting_client(master)
+        pipe = client.pipeline(transaction=False)
+        pipe.set(self._owners + self.owner, "1", px=self._owner_lease_ms(), get=True)
+        pipe.execute_command("WAIT", wanted, timeout)
+        marked, acknowledged = await pipe.execute()
+        if marked != token:
+            raise NotReplicated("the batch is not on the master that was asked to WAIT (a failover): written again")
+        if int(acknowledged) < wanted:
             raise NotReplicated(f"{acknowledged} of the {wanted} replicas wait_replicas asks for acknowledged the "
                                 f"write within {timeout} ms")
+
+    async def _waiting_client(self, master: Tuple[str, int]) -> Any:
+        """A plain client of ``master`` alone, which never retries a command (see :meth:`_wait_for_replicas`)."""
+        if self._waiter is not None and self._waiter[0] == master:
+            return self._waiter[1]
+        await self._close_waiter()
+        retry = importlib.import_module("redis.asyncio.retry").Retry(importlib.import_module("redis.backoff").NoBackoff(), 0)
+        client = _client_module().Redis(host=master[0], port=master[1], username=self.target.username,
+                                        password=self.target.password, ssl=self.target.tls, decode_responses=True,
+                                        socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT,
+                                        retry=retry)
+        self._waiter = (master, client)
+        return client
+
+    async def _close_waiter(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None:
+            await _close_client(waiter[1])
+
+    def _writing_to(self) -> Optional[Tuple[str, int]]:
+        """The master the client sends this store's writes to now, as it knows without asking (a cluster's node for
+        the store's slot, the sentinels' last answer); None for a standalone Redis."""
+        if self.target.cluster:
+            node = self._client.get_node_from_key(self._ids)
+            return None if node is None else (str(node.host), int(node.port))
+        if self.target.sentinel:
+            address = getattr(self._client.connection_pool, "master_address", None)
+            return None if address is None else (str(address[0]), int(address[1]))
+        return None
 
     async def _master_address(self) -> Optional[str]:
         """``host:port`` of the master this store writes to now (a cluster's: the one holding its slot); None for

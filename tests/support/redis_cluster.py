@@ -19,7 +19,7 @@ import redis
 from .brokers import find_binary, free_port
 from .redis_server import REDIS_BINARY, RedisServer, running_in
 
-__all__ = ["REDIS_CLI", "RedisCluster", "redis_cluster"]
+__all__ = ["REDIS_CLI", "RedisCluster", "private_redis_cluster", "redis_cluster"]
 
 REDIS_CLI = find_binary("redis-cli")
 READY_TIMEOUT = 30.0
@@ -118,6 +118,15 @@ def _ready(client: "redis.Redis[str]") -> bool:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[RedisCluster]:
     """One cluster for the session (tests use their own prefix)."""
+    if REDIS_BINARY is None or REDIS_CLI is None:
+        pytest.skip("redis-server or redis-cli is not installed (.ci/run installs them)")
+    with running_in(RedisCluster, "redis-cluster-") as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def private_redis_cluster() -> Iterator[RedisCluster]:
+    """A cluster for one test that kills or fails over its nodes (the session's stays whole for the others)."""
     if REDIS_BINARY is None or REDIS_CLI is None:
         pytest.skip("redis-server or redis-cli is not installed (.ci/run installs them)")
     with running_in(RedisCluster, "redis-cluster-") as cluster:

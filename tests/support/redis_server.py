@@ -101,6 +101,15 @@ class RedisServer:
             process.kill()
             process.wait(timeout=5)
 
+    def kill(self) -> None:
+        """SIGKILL (a crash: nothing flushed, no goodbye to replicas or sentinels) and reap; :meth:`start` runs it
+        again on the same port with the same options."""
+        process, self.process = self.process, None
+        _LIVE.discard(self)
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait(timeout=5)
+
     def restart(self) -> None:
         """Start again on the same port (its data is gone: there is no persistence)."""
         self.stop()
