@@ -102,8 +102,10 @@ _HELP = {
     "retry_backoff": f"Seconds before the first retry, doubled for each next one (up to {MAX_RETRY_DELAY:g} s), "
                      f"0 to {MAX_RETRY_DELAY:g}; 0 retries at once.",
     "job_store": "Where jobs are kept: `memory`, a SQLite file (`sqlite:///jobs.db`, `sqlite:////abs/jobs.db`) "
-                 "that survives restarts, or Redis (`redis://host:6379/0`, `redis+cluster://host:6379,host2:6379`, the "
-                 "`[redis]` extra) shared by workers.",
+                 "that survives restarts, or Redis (`redis://host:6379/0`, `redis+cluster://host:6379,host2:6379`, "
+                 "`redis+sentinel://host:26379/service`, the `[redis]` extra) shared by workers; URL parameters "
+                 "`prefix=name`, `wait_replicas=n` (a finished job's record on n replicas before its message is "
+                 "acknowledged) and `wait_timeout_ms=ms`.",
     "ack_policy": f"When a QoS 1/2 message is acknowledged: one of {_one_of(ACK_POLICIES)}. `after_recording` "
                   "needs a SQLite or Redis `job_store`.",
     "max_pending_messages": "Messages queued or awaiting their acknowledgement at most (> 0); past it the listener "
