@@ -26,9 +26,11 @@ Key layout (``<prefix>`` is ``mqtt-listener`` unless the URL says ``?prefix=name
 
 Redis Cluster (``redis+cluster://host:port[,host:port…][?prefix=name]``): ``<prefix>`` is written ``{<prefix>}``
 in every key above (:attr:`RedisUrl.keyspace`), a hash tag, so that all the keys of one store are in one slot.
-The claim script gets its fixed keys as KEYS, and reaches the records and owner keys it evicts or checks by
-name; these share the slot, which is what a cluster requires of a script. One store's records therefore live
-on one master; different prefixes spread over the masters. Redis Sentinel
+Every key a script touches is one of its KEYS, as Redis requires: the claim script is given the record, the
+sorted sets and the marker, and asks for the others it turns out to need (the lease of the owner of an active
+record, the records it evicts, the leases of their owners) by answering ``keys`` with their names; the store
+runs it again with them (:data:`CLAIM_ROUNDS`). One store's records therefore live on one master; different
+prefixes spread over the masters. Redis Sentinel
 (``redis+sentinel://host:port[,host:port…]/service_name[?db=n]``): the keys of ``redis://``, on the master the
 sentinels name (asked again after a failover).
 
@@ -91,6 +93,9 @@ CONNECT_TIMEOUT = 2.0
 COMMAND_TIMEOUT = 5.0
 #: Seconds between tries to write after a failure (backoff up to this).
 MAX_WRITE_RETRY = 5.0
+#: Runs of the claim script for one claim at most: it may ask for the keys it needs (an owner's lease, then the
+#: records to evict and their owners' leases) before it decides, and the marker may be found gone.
+CLAIM_ROUNDS = 8
 #: Seconds between admissions tried again while the store is full (other processes' jobs free its slots).
 FULL_RECHECK = 0.5
 #: What a store reports (to ``on_error``) when the Redis lost its data: docs/reliability.md.
@@ -117,6 +122,16 @@ if marker ~= epoch then
     return {'lost'}
   end
   return {'lost', marker}
+end
+-- Every key the script touches is one of KEYS: those it needs beyond the first four (an owner's lease, the
+-- records it evicts or looks at) it asks for first ({'keys', name, ...}, before any write but the idempotent
+-- ones above and the sweep of expired ids), and the caller runs it again with them added.
+local given, wanted = {}, {}
+for _, name in ipairs(KEYS) do given[name] = true end
+local function known(name)
+  if given[name] then return true end
+  wanted[#wanted + 1] = name
+  return false
 end
 local function alive(owner)
   return owner and redis.call('EXISTS', owners .. owner) == 1
@@ -147,6 +162,7 @@ if status then
   if mode ~= 'mark' and active(status) then
     local owner = redis.call('HGET', key, 'owner')
     if owner ~= me then
+      if owner and not known(owners .. owner) then return {'keys', unpack(wanted)} end
       if alive(owner) then return {'busy'} end
       return create('run_again', dups, attempts)  -- its owner died (or stopped renewing its lease)
     end
@@ -172,36 +188,50 @@ if status then
   return {'duplicate', tostring(dups + 1), tostring(attempts), status}
 end
 if mode == 'mark' then return {'unknown'} end
+-- Expired records are gone on their own (their TTL): their ids leave the sorted sets.
 local expired = redis.call('ZRANGEBYSCORE', finished, '-inf', now - ttl_ms / 1000)
 for _, old in ipairs(expired) do
-  redis.call('DEL', prefix .. old)
   redis.call('ZREM', ids, old)
   redis.call('ZREM', finished, old)
 end
-while redis.call('ZCARD', ids) >= max_jobs do
-  local oldest = redis.call('ZRANGE', finished, 0, 0)
-  if #oldest > 0 then
-    redis.call('DEL', prefix .. oldest[1])
-    redis.call('ZREM', ids, oldest[1])
-    redis.call('ZREM', finished, oldest[1])
-  else
-    local stale = 0
-    for _, other in ipairs(redis.call('ZRANGE', ids, 0, 199)) do
-      local held = prefix .. other
-      local state = redis.call('HGET', held, 'status')
-      if not state then
-        redis.call('ZREM', ids, other)
-        stale = stale + 1
-      elseif active(state) and redis.call('HGET', held, 'resume') ~= '1'
-          and not alive(redis.call('HGET', held, 'owner')) then
-        -- A dead worker's job that its message (unacknowledged) brings back: its record only holds a slot.
-        redis.call('DEL', held)
-        redis.call('ZREM', ids, other)
-        stale = stale + 1
-      end
-    end
-    if stale == 0 then return {'full'} end
+local excess = redis.call('ZCARD', ids) - max_jobs + 1
+if excess > 0 then
+  local oldest = redis.call('ZRANGE', finished, 0, excess - 1)
+  for _, old in ipairs(oldest) do known(prefix .. old) end
+  if #wanted > 0 then return {'keys', unpack(wanted)} end
+  for _, old in ipairs(oldest) do
+    redis.call('DEL', prefix .. old)
+    redis.call('ZREM', ids, old)
+    redis.call('ZREM', finished, old)
   end
+  excess = excess - #oldest
+end
+if excess > 0 then
+  -- Full of active records: those without a record, and a dead worker's that its message (unacknowledged)
+  -- brings back, only hold a slot.
+  local candidates = redis.call('ZRANGE', ids, 0, 199)
+  for _, other in ipairs(candidates) do known(prefix .. other) end
+  if #wanted > 0 then return {'keys', unpack(wanted)} end
+  local holders = {}
+  for _, other in ipairs(candidates) do
+    local held = prefix .. other
+    local state = redis.call('HGET', held, 'status')
+    if state and active(state) and redis.call('HGET', held, 'resume') ~= '1' then
+      local owner = redis.call('HGET', held, 'owner')
+      if owner then known(owners .. owner) end
+      holders[other] = owner or false
+    end
+  end
+  if #wanted > 0 then return {'keys', unpack(wanted)} end
+  for _, other in ipairs(candidates) do
+    local held = prefix .. other
+    local owner = holders[other]
+    if redis.call('EXISTS', held) == 0 or (owner ~= nil and not alive(owner or nil)) then
+      redis.call('DEL', held)
+      redis.call('ZREM', ids, other)
+    end
+  end
+  if redis.call('ZCARD', ids) >= max_jobs then return {'full'} end
 end
 return create('new', 0, 0)
 """
@@ -209,12 +239,13 @@ return create('new', 0, 0)
 #: Takes over an active record with its input whose owner's lease lapsed (see RedisJobStore.orphans), to be
 #: resumed: its fields, or an empty reply when it is not (or no longer) one.
 _TAKE_OVER = """
-local key, me, owners = KEYS[1], ARGV[1], ARGV[2]
+local key, lease, me, listed = KEYS[1], KEYS[2], ARGV[1], ARGV[2]
 local status = redis.call('HGET', key, 'status')
 if status ~= 'pending' and status ~= 'running' then return {} end
 if redis.call('HEXISTS', key, 'input_data') == 0 then return {} end
 local owner = redis.call('HGET', key, 'owner')
-if owner == me or (owner and redis.call('EXISTS', owners .. owner) == 1) then return {} end
+-- KEYS[2] is the lease of the owner the caller listed: another owner since, and the next look decides.
+if (owner or '') ~= listed or owner == me or redis.call('EXISTS', lease) == 1 then return {} end
 redis.call('HSET', key, 'status', 'pending', 'owner', me, 'interrupted', '0', 'resume', '1')
 redis.call('HDEL', key, 'completed_at', 'result', 'error')
 redis.call('PERSIST', key)
@@ -703,10 +734,9 @@ class RedisJobStore(MemoryJobStore):
         try:
             await self.durable()
             found: List[JobInfo] = []
-            for candidate in await self._abandoned():
+            for candidate, owner in await self._abandoned():
                 reply = await self._take_over_script(
-                    keys=[f"{self.target.keyspace}:job:{candidate}"],
-                    args=[self.owner, self._owners])
+                    keys=[f"{self.target.keyspace}:job:{candidate}", self._owners + owner], args=[self.owner, owner])
                 job = job_from_record(dict(zip(reply[0::2], reply[1::2]))) if reply else None
                 if job is None:
                     continue
@@ -719,9 +749,9 @@ class RedisJobStore(MemoryJobStore):
             raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
         return found
 
-    async def _abandoned(self) -> List[str]:
-        """The ids of active records with their input owned by another store whose lease lapsed (as listed
-        now; the take-over checks each again, atomically)."""
+    async def _abandoned(self) -> List[Tuple[str, str]]:
+        """The ids of active records with their input owned by another store whose lease lapsed, with that
+        owner ('' for none) (as listed now; the take-over checks each again, atomically)."""
         ids = await self._client.zrange(self._ids, 0, -1)
         held: List[Tuple[str, str]] = []
         for start in range(0, len(ids), 500):
@@ -740,7 +770,7 @@ class RedisJobStore(MemoryJobStore):
         for owner in owners:
             pipe.exists(self._owners + owner)
         alive = {owner for owner, exists in zip(owners, await pipe.execute() if owners else []) if exists}
-        return [member for member, owner in held if owner not in alive]
+        return [(member, owner) for member, owner in held if owner not in alive]
 
     def _owner_lease_ms(self) -> int:
         return max(1, int(self.owner_lease * 1000))
@@ -762,21 +792,31 @@ class RedisJobStore(MemoryJobStore):
         keys = [self._key(job_id), self._ids, self._finished_key, self._epoch_key]
         self._claiming[job_id] = self._claiming.get(job_id, 0) + 1
         try:
-            for _ in range(3):
+            losses = 0
+            for _ in range(CLAIM_ROUNDS):
                 args[-2] = self._epoch
-                try:
-                    reply = await self._claim_script(keys=keys, args=args)
-                except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
-                    self._troubled = True
-                    raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
+                reply = await self._run_claim(keys, args)
+                if reply[0] == "keys":  # the script needs these keys too (an owner's lease, records to evict)
+                    keys += [name for name in reply[1:] if name not in keys]
+                    continue
                 if reply[0] != "lost":
                     return reply
                 self._data_lost(reply[1] if len(reply) > 1 else self._epoch)
+                losses += 1
+                if losses == 3:
+                    raise JobStoreError(f"Job store {self.label}: its Redis keeps losing its data; retrying")
         finally:
             self._claiming[job_id] -= 1
             if not self._claiming[job_id]:
                 del self._claiming[job_id]
-        raise JobStoreError(f"Job store {self.label}: its Redis keeps losing its data; retrying")
+        raise JobStoreError(f"Job store {self.label}: the claim of job {job_id} kept needing other keys; retrying")
+
+    async def _run_claim(self, keys: List[str], args: List[Any]) -> Any:
+        try:
+            return await self._claim_script(keys=keys, args=args)
+        except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
+            self._troubled = True
+            raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
 
     def _holds(self, job_id: str) -> bool:
         """True when this process runs (or is claiming) ``job_id``: an active record of this store's with the id is

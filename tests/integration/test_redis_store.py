@@ -120,6 +120,65 @@ async def test_a_claim_whose_answer_was_lost_is_claimed_again_not_taken_for_a_du
     assert await store.admit("lost", {"n": 1}, None) is DUPLICATE  # held now: a copy of a job that runs here
 
 
+async def test_the_scripts_touch_only_the_keys_they_are_given(redis_server: RedisServer) -> None:
+    """Redis requires of a script that it touch only the keys it is given (a cluster checks part of it): MONITOR
+    shows every command the claim and take-over scripts run, each on one of the KEYS of its EVALSHA, through a
+    claim that waits for a live owner, one that evicts a finished record, one that finds the store full of a dead
+    worker's jobs, and a take-over."""
+    url = redis_server.url(unique_prefix("keys"))
+    seen: List[Any] = []
+    ready = threading.Event()
+
+    def monitor() -> None:
+        with reader(redis_server).monitor() as feed:
+            ready.set()
+            for command in feed.listen():
+                seen.append((command["client_type"], command["command"].split()))
+                if command["command"] == "SET monitor-done 1":
+                    return
+
+    watching = threading.Thread(target=monitor, daemon=True)
+    watching.start()
+    assert ready.wait(5)
+    a, b = RedisJobStore(url, 3, 60), RedisJobStore(url, 3, 60)
+    resumed = RedisJobStore(url, 3, 60)
+    resumed.resumable = True
+    for store in (a, b, resumed):
+        await store.open()
+    try:
+        assert await a.admit("f1", None, None) is CREATED
+        await a.set_status("f1", JobStatus.COMPLETED, result=1)
+        await a.durable()
+        assert await a.admit("a1", None, None) is CREATED
+        await a.durable()
+        assert await b.admit("a1", None, None) is BUSY  # a's lease is alive
+        assert await b.admit("b1", None, None) is CREATED
+        assert await b.admit("b2", None, None) is CREATED  # f1, finished, evicted
+        assert await b.get("f1") is None
+        await a.close()  # a1 is a dead worker's job now
+        assert await b.admit("b3", None, None) is CREATED  # a1 dropped: its record only held a slot
+        assert await b.get("a1") is None
+        await b.set_status("b1", JobStatus.COMPLETED, result=1)
+        await b.durable()
+        assert await resumed.admit("r1", {"n": 1}, None) is CREATED
+        await resumed.durable()
+        await resumed.close()
+        assert [job.job_id for job in await b.orphans()] == ["r1"]
+    finally:
+        for store in (a, b, resumed):
+            await store.close()
+        reader(redis_server).set("monitor-done", 1)
+        watching.join(5)
+    given: List[str] = []
+    scripts = 0
+    for kind, words in seen:
+        if kind != "lua" and words[0].upper() == "EVALSHA":
+            given, scripts = words[3:3 + int(words[2])], scripts + 1
+        elif kind == "lua":
+            assert words[1] in given, f"{words} touches a key its script was not given ({given})"
+    assert scripts > 7  # the claims above and the scripts run again with the keys they asked for
+
+
 async def test_a_claim_is_atomic_across_clients(stores: Any) -> None:
     first, second = await stores(max_jobs=1000), await stores(max_jobs=1000)
     ids = [f"job-{n}" for n in range(60)]

@@ -25,9 +25,10 @@ from Listener.jobs.records import ACTIVE_STATUSES, CANCELLED, FINISHED_STATUSES
 from Listener.jobs.redis import FULL_RECHECK, record_fields
 from Listener.jobs.sqlite import job_row
 from Listener.jobs.store import JobStore
+from tests.support.redis_cluster import RedisCluster, redis_cluster
 from tests.support.redis_server import RedisServer, needs_redis, redis_server, unique_prefix
 
-__all__ = ["redis_server"]  # the fixture, for pytest
+__all__ = ["redis_cluster", "redis_server"]  # the fixtures, for pytest
 
 
 CREATED, DUPLICATE, FULL = Admission.CREATED, Admission.DUPLICATE, Admission.FULL
@@ -95,19 +96,27 @@ class RedisBackend(Backend):
         super().__init__(tmp_path)
         self.prefix = unique_prefix("contract")
 
+    #: What the store's keys start with.
+    keyspace = property(lambda self: self.prefix)
+
     def setting(self) -> str:
         return self.server.url(self.prefix)
 
-    async def check_persisted(self, store: JobStore, expiring: Collection[str] = ()) -> None:
+    def reader(self) -> Any:
+        """A second connection, as an operator's redis-cli would be."""
         import redis
 
+        return redis.Redis(port=self.server.port, decode_responses=True)
+
+    async def check_persisted(self, store: JobStore, expiring: Collection[str] = ()) -> None:
         await store.durable()
-        reader = redis.Redis(port=self.server.port, decode_responses=True)  # a second connection
+        reader = self.reader()
         try:
-            keys = reader.keys(f"{self.prefix}:job:*")
+            keys = list(reader.scan_iter(match=f"{self.keyspace}:job:*"))  # every node's, in a cluster
             records = {key.split(":job:", 1)[1]: reader.hgetall(key) for key in keys}
-            ids = set(reader.zrange(f"{self.prefix}:ids", 0, -1))
-            lingering = {job_id: reader.pttl(f"{self.prefix}:job:{job_id}") for job_id in expiring if job_id in records}
+            ids = set(reader.zrange(f"{self.keyspace}:ids", 0, -1))
+            lingering = {job_id: reader.pttl(f"{self.keyspace}:job:{job_id}") for job_id in expiring
+                         if job_id in records}
         finally:
             reader.close()
         interrupted = getattr(store, "_interrupted", set())
@@ -123,13 +132,30 @@ class RedisBackend(Backend):
         assert ids - set(expiring) == set(expected)
 
 
-STORES = {"memory": Backend, "sqlite": SqliteBackend, "redis": RedisBackend}
+class RedisClusterBackend(RedisBackend):
+    """The Redis store on a Redis Cluster (its keys in one slot: the prefix is a hash tag)."""
+
+    name = "redis-cluster"
+    cluster: RedisCluster
+    keyspace = property(lambda self: f"{{{self.prefix}}}")
+
+    def setting(self) -> str:
+        return self.cluster.url(self.prefix)
+
+    def reader(self) -> Any:
+        return self.cluster.client()
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=needs_redis)])
+STORES = {"memory": Backend, "sqlite": SqliteBackend, "redis": RedisBackend, "redis-cluster": RedisClusterBackend}
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=needs_redis),
+                        pytest.param("redis-cluster", marks=[needs_redis, pytest.mark.timeout(90)])])
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     if request.param == "redis":
         RedisBackend.server = request.getfixturevalue("redis_server")
+    if request.param == "redis-cluster":
+        RedisClusterBackend.cluster = request.getfixturevalue("redis_cluster")
     made = STORES[request.param](tmp_path)
     yield made
     await made.close()
