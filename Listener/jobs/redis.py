@@ -526,7 +526,7 @@ def job_from_record(fields: Dict[str, str]) -> Optional[JobInfo]:
         return None
 
 
-class NotReplicated(Exception):
+class NotReplicated(JobStoreError):
     """Fewer replicas than ``wait_replicas`` acknowledged a batch within ``wait_timeout_ms``: it is written again."""
 
 
