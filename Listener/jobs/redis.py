@@ -109,6 +109,9 @@ FAILOVER_WINDOW = ("Records the old master had not yet passed to its replica are
                    "the jobs they recorded as finished run again if their messages come again")
 INSTALL_HINT = "pip install 'redis>=5' (or install this package with its [redis] extra: docs/installation.md)"
 
+#: Records next in line for eviction a claim that evicted names, for the next claims to pass as KEYS.
+EVICTION_HINTS = 4
+
 _CLAIM = """
 local key, ids, finished = KEYS[1], KEYS[2], KEYS[3]
 local job_id, max_jobs, ttl_ms, lease_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -194,7 +197,7 @@ for _, old in ipairs(expired) do
   redis.call('ZREM', ids, old)
   redis.call('ZREM', finished, old)
 end
-local excess = redis.call('ZCARD', ids) - max_jobs + 1
+local excess, evicted = redis.call('ZCARD', ids) - max_jobs + 1, false
 if excess > 0 then
   local oldest = redis.call('ZRANGE', finished, 0, excess - 1)
   for _, old in ipairs(oldest) do known(prefix .. old) end
@@ -204,7 +207,7 @@ if excess > 0 then
     redis.call('ZREM', ids, old)
     redis.call('ZREM', finished, old)
   end
-  excess = excess - #oldest
+  excess, evicted = excess - #oldest, #oldest > 0
 end
 if excess > 0 then
   -- Full of active records: those without a record, and a dead worker's that its message (unacknowledged)
@@ -233,8 +236,15 @@ if excess > 0 then
   end
   if redis.call('ZCARD', ids) >= max_jobs then return {'full'} end
 end
-return create('new', 0, 0)
-"""
+local reply = create('new', 0, 0)
+if evicted then
+  -- A full store evicts at every claim: the records next in line, for the caller to give the next claim.
+  for _, next_id in ipairs(redis.call('ZRANGE', finished, 0, EVICTION_HINTS - 1)) do
+    reply[#reply + 1] = prefix .. next_id
+  end
+end
+return reply
+""".replace("EVICTION_HINTS", str(EVICTION_HINTS))
 
 #: Takes over an active record with its input whose owner's lease lapsed (see RedisJobStore.orphans), to be
 #: resumed: its fields, or an empty reply when it is not (or no longer) one.
@@ -577,6 +587,7 @@ class RedisJobStore(MemoryJobStore):
         self._troubled = False  # a write or a claim failed since: is the master still the same one?
         self._waiter: Optional[Tuple[Tuple[str, int], Any]] = None  # wait_replicas: a client of the master
         self._claiming: Dict[str, int] = {}  # ids whose claim is under way (how many), answered or not yet
+        self._next_evicted: List[str] = []  # records a full store evicts next (the claim script's hint)
         self._waiters: Deque[Tuple[int, "asyncio.Future[None]"]] = deque()
 
     # -- keys ------------------------------------------------------------------------------------
@@ -789,7 +800,9 @@ class RedisJobStore(MemoryJobStore):
                 "" if topic is None else "=" + _text(topic), "" if data is None else _json(data),
                 f"{self.target.keyspace}:job:", self.owner, self._owners, "1" if self.resumable else "0", "",
                 "1" if self._holds(job_id) else "0"]
-        keys = [self._key(job_id), self._ids, self._finished_key, self._epoch_key]
+        record = self._key(job_id)
+        keys = [record, self._ids, self._finished_key, self._epoch_key,
+                *(name for name in self._next_evicted if name != record)]
         self._claiming[job_id] = self._claiming.get(job_id, 0) + 1
         try:
             losses = 0
@@ -800,6 +813,8 @@ class RedisJobStore(MemoryJobStore):
                     keys += [name for name in reply[1:] if name not in keys]
                     continue
                 if reply[0] != "lost":
+                    if reply[0] == Verdict.NEW.value:
+                        self._next_evicted = list(reply[3:])
                     return reply
                 self._data_lost(reply[1] if len(reply) > 1 else self._epoch)
                 losses += 1
@@ -1102,7 +1117,8 @@ class RedisJobStore(MemoryJobStore):
         if self._waiter is not None and self._waiter[0] == master:
             return self._waiter[1]
         await self._close_waiter()
-        retry = importlib.import_module("redis.asyncio.retry").Retry(importlib.import_module("redis.backoff").NoBackoff(), 0)
+        no_backoff = importlib.import_module("redis.backoff").NoBackoff()
+        retry = importlib.import_module("redis.asyncio.retry").Retry(no_backoff, 0)
         client = _client_module().Redis(host=master[0], port=master[1], username=self.target.username,
                                         password=self.target.password, ssl=self.target.tls, decode_responses=True,
                                         socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT,

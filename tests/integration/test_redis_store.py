@@ -120,26 +120,66 @@ async def test_a_claim_whose_answer_was_lost_is_claimed_again_not_taken_for_a_du
     assert await store.admit("lost", {"n": 1}, None) is DUPLICATE  # held now: a copy of a job that runs here
 
 
+class Monitor:
+    """Every command a Redis server runs, as MONITOR shows it (``client_type``, the words), from now to stop()."""
+
+    def __init__(self, server: RedisServer) -> None:
+        self.server = server
+        self.seen: List[Any] = []
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self._watch, args=(ready,), daemon=True)
+        self.thread.start()
+        assert ready.wait(5)
+
+    def _watch(self, ready: threading.Event) -> None:
+        with reader(self.server).monitor() as feed:
+            ready.set()
+            for command in feed.listen():
+                self.seen.append((command["client_type"], command["command"].split()))
+                if command["command"] == "SET monitor-done 1":
+                    return
+
+    def stop(self) -> List[Any]:
+        check = reader(self.server)
+        check.set("monitor-done", 1)
+        check.close()
+        self.thread.join(5)
+        return self.seen
+
+
+async def test_a_full_store_evicts_with_one_script_run_per_claim(redis_server: RedisServer) -> None:
+    """A store at its limit evicts the oldest finished record at every claim: the claim that evicts names the
+    records next in line, so that the next claim is given them at once (one script run, not two)."""
+    store = RedisJobStore(redis_server.url(unique_prefix("evict")), 3, 60)
+    await store.open()
+    try:
+        for n in range(3):
+            assert await store.admit(f"old-{n}", None, None) is CREATED
+            await store.set_status(f"old-{n}", JobStatus.COMPLETED, result=n)
+        await store.durable()
+        assert await store.admit("first", None, None) is CREATED  # asks for old-0's key, then evicts it
+        await store.set_status("first", JobStatus.COMPLETED, result=0)
+        await store.durable()
+        monitor = Monitor(redis_server)
+        for n in range(5):
+            assert await store.admit(f"new-{n}", None, None) is CREATED
+            await store.set_status(f"new-{n}", JobStatus.COMPLETED, result=n)
+            await store.durable()
+        seen = monitor.stop()
+        assert [job.job_id for job in await store.recent(10)] == ["new-4", "new-3", "new-2"]
+    finally:
+        await store.close()
+    runs = [words for kind, words in seen if kind != "lua" and words[0].upper() == "EVALSHA"]
+    assert len(runs) == 5, runs
+
+
 async def test_the_scripts_touch_only_the_keys_they_are_given(redis_server: RedisServer) -> None:
     """Redis requires of a script that it touch only the keys it is given (a cluster checks part of it): MONITOR
     shows every command the claim and take-over scripts run, each on one of the KEYS of its EVALSHA, through a
     claim that waits for a live owner, one that evicts a finished record, one that finds the store full of a dead
     worker's jobs, and a take-over."""
     url = redis_server.url(unique_prefix("keys"))
-    seen: List[Any] = []
-    ready = threading.Event()
-
-    def monitor() -> None:
-        with reader(redis_server).monitor() as feed:
-            ready.set()
-            for command in feed.listen():
-                seen.append((command["client_type"], command["command"].split()))
-                if command["command"] == "SET monitor-done 1":
-                    return
-
-    watching = threading.Thread(target=monitor, daemon=True)
-    watching.start()
-    assert ready.wait(5)
+    monitor = Monitor(redis_server)
     a, b = RedisJobStore(url, 3, 60), RedisJobStore(url, 3, 60)
     resumed = RedisJobStore(url, 3, 60)
     resumed.resumable = True
@@ -167,8 +207,7 @@ async def test_the_scripts_touch_only_the_keys_they_are_given(redis_server: Redi
     finally:
         for store in (a, b, resumed):
             await store.close()
-        reader(redis_server).set("monitor-done", 1)
-        watching.join(5)
+        seen = monitor.stop()
     given: List[str] = []
     scripts = 0
     for kind, words in seen:
