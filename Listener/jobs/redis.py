@@ -461,6 +461,10 @@ def _new_client(target: RedisUrl, *, asynchronous: bool = True, timeout: float =
     return importlib.import_module(base).Redis.from_url(target.url, **options)
 
 
+def _address(where: Tuple[str, int]) -> str:
+    return f"{where[0]}:{where[1]}"
+
+
 def _reason(exc: BaseException) -> str:
     return mask_uri_credentials(str(exc) or type(exc).__name__)
 
@@ -583,8 +587,7 @@ class RedisJobStore(MemoryJobStore):
         self._taken = 0  # batches the writer took
         self._committed = 0
         self._failure: Optional[str] = None
-        self._master: Optional[str] = None  # host:port of the master last written to (None: standalone, or unknown)
-        self._troubled = False  # a write or a claim failed since: is the master still the same one?
+        self._master: Optional[Tuple[str, int]] = None  # the master last written to (None: standalone, or unknown)
         self._waiter: Optional[Tuple[Tuple[str, int], Any]] = None  # wait_replicas: a client of the master
         self._claiming: Dict[str, int] = {}  # ids whose claim is under way (how many), answered or not yet
         self._next_evicted: List[str] = []  # records a full store evicts next (the claim script's hint)
@@ -651,7 +654,7 @@ class RedisJobStore(MemoryJobStore):
         self.owner = owner
         self._epoch = epoch or ""
         self._client = client
-        self._master = await self._master_address()
+        self._master = self._writing_to()
         self._claim_script = client.register_script(_CLAIM)
         self._take_over_script = client.register_script(_TAKE_OVER)
         self._failure = None
@@ -830,7 +833,6 @@ class RedisJobStore(MemoryJobStore):
         try:
             return await self._claim_script(keys=keys, args=args)
         except Exception as exc:  # noqa: BLE001 - a connection error, a timeout, a refused command
-            self._troubled = True
             raise JobStoreError(f"Job store {self.label} unreachable: {_reason(exc)}") from None
 
     def _holds(self, job_id: str) -> bool:
@@ -1014,7 +1016,6 @@ class RedisJobStore(MemoryJobStore):
                 raise
             except Exception as exc:  # noqa: BLE001 - whatever it is, it is reported and the batch kept
                 self._dirty = {**dirty, **self._dirty}
-                self._troubled = True
                 failures += 1
                 self._failed(_reason(exc))
                 await asyncio.sleep(backoff_delay(failures, MAX_WRITE_RETRY, base=0.2))
@@ -1024,8 +1025,7 @@ class RedisJobStore(MemoryJobStore):
                 renewed = now
             if own:
                 owned = now
-            if self._troubled or (own and self.target.cluster):
-                await self._check_master()
+            self._check_master()
             if failures or self._failure is not None:
                 failures = 0
                 self._failure = None
@@ -1142,33 +1142,19 @@ class RedisJobStore(MemoryJobStore):
             return None if address is None else (str(address[0]), int(address[1]))
         return None
 
-    async def _master_address(self) -> Optional[str]:
-        """``host:port`` of the master this store writes to now (a cluster's: the one holding its slot); None for
-        a standalone Redis, or when it cannot be found out."""
-        try:
-            if self.target.cluster:
-                node = self._client.get_node_from_key(self._ids)
-                return None if node is None else f"{node.host}:{node.port}"
-            if self.target.sentinel:
-                host, port = await self._client.connection_pool.get_master_address()
-                return f"{host}:{port}"
-        except Exception as exc:  # noqa: BLE001 - the next look may succeed
-            logger.debug("Job store %s: cannot tell which server is the master: %s", self.label, _reason(exc))
-        return None
-
-    async def _check_master(self) -> None:
-        """After a failure (or, in a cluster, at every renewal of the owner lease): when the master is another
-        server than before, the store went through a failover. Reported to ``on_failover``, once per change."""
-        self._troubled = False
-        master = await self._master_address()
+    def _check_master(self) -> None:
+        """After each write: when the master the client writes to is another server than before (it followed a
+        failover: a cluster client's slot map, a sentinel client's last answer), report it to ``on_failover``,
+        once per change. Costs no round trip."""
+        master = self._writing_to()
         if master is None:
             return
         previous, self._master = self._master, master
         if previous is None or previous == master:
             return
         self.failovers += 1
-        self.on_failover(f"Job store {self.label}: its master changed from {previous} to {master} (a failover); "
-                         f"writes and claims go on there. {FAILOVER_WINDOW}")
+        self.on_failover(f"Job store {self.label}: its master changed from {_address(previous)} to "
+                         f"{_address(master)} (a failover); writes and claims go on there. {FAILOVER_WINDOW}")
 
     def _failed(self, reason: str) -> None:
         message = f"Cannot write job store {self.label}: {reason}; retrying"
