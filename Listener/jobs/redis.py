@@ -1081,9 +1081,10 @@ class RedisJobStore(MemoryJobStore):
                     pipe.pexpire(self._key(job_id), int(self.lease * 1000))
         waits = self.target.wait_replicas and any(job is not None and job.status in FINISHED_STATUSES
                                                   for job in dirty.values())
-        master, token = self._writing_to(), uuid.uuid4().hex
+        token = uuid.uuid4().hex if waits else ""
         if waits:  # the batch's mark: the master asked to WAIT must hold it
             pipe.set(self._owners + self.owner, token, px=self._owner_lease_ms())
+        master = self._writing_to()
         replies = await pipe.execute()
         if own and (replies[1] or replies[2] != self._epoch):
             self._data_lost(replies[2] or self._epoch)
