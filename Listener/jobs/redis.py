@@ -470,7 +470,8 @@ def _reason(exc: BaseException) -> str:
 
 
 def check_redis(value: str) -> Optional[str]:
-    """For ``check-config``: why the Redis store cannot be used (package missing, no answer to PING), or None."""
+    """For ``check-config``: why the Redis store cannot be used (package missing, no answer to PING, fewer replicas
+    in step than ``wait_replicas`` asks for), or None."""
     target = parse_redis_url(value)
     if importlib.util.find_spec("redis") is None:
         return f"job_store {target.label}: needs the redis package: {INSTALL_HINT}"
@@ -480,11 +481,28 @@ def check_redis(value: str) -> Optional[str]:
         return f"job_store {target.label}: {_reason(exc)}"
     try:
         client.ping()
+        return _replicas_problem(client, target)
     except Exception as exc:  # noqa: BLE001 - whatever it is, check-config reports it
         return f"job_store {target.label}: {_reason(exc)}"
     finally:
         client.close()
-    return None
+
+
+def _replicas_problem(client: Any, target: RedisUrl) -> Optional[str]:
+    """With ``wait_replicas=n``: why the master of the store's records has fewer than ``n`` replicas online (no
+    message would be acknowledged), or None."""
+    if not target.wait_replicas:
+        return None
+    if target.cluster:
+        node = client.get_node_from_key(f"{target.keyspace}:ids")
+        info = client.info("replication", target_nodes=node)
+    else:
+        info = client.info("replication")
+    online = sum(1 for value in info.values() if isinstance(value, dict) and value.get("state") == "online")
+    if online >= target.wait_replicas:
+        return None
+    return (f"job_store {target.label}: wait_replicas={target.wait_replicas}, but the master of its records has "
+            f"{online} replica(s) online: finished jobs would never be acknowledged")
 
 
 def _text(value: str) -> str:

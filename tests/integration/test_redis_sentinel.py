@@ -91,6 +91,7 @@ async def test_wait_replicas_holds_a_finished_batch_until_the_replica_has_it(red
     """With ``wait_replicas=1`` a batch that finishes a job counts as written only once the replica acknowledged
     it: with the replica gone, durable() fails (the writer retries); with it back, the batch goes through."""
     url = redis_sentinels.url(unique_prefix("wait")) + "&wait_replicas=1&wait_timeout_ms=200"
+    assert check_job_store(url) is None  # the replica is online
     reports: List[str] = []
     store = RedisJobStore(url, 10, 60)
     await store.open(on_error=reports.append)
@@ -102,6 +103,7 @@ async def test_wait_replicas_holds_a_finished_batch_until_the_replica_has_it(red
         assert replica.hget(f"{store.target.keyspace}:job:one", "status") == "completed"
         replica.close()
         await asyncio.to_thread(redis_sentinels.replica.stop)
+        assert "has 0 replica(s) online" in (check_job_store(url) or "")
         assert await store.admit("two", None, None) is Admission.CREATED  # a claim waits for no replica
         await store.set_status("two", JobStatus.COMPLETED, result=2)
         with pytest.raises(JobStoreError, match="0 of the 1 replicas wait_replicas asks for"):

@@ -393,6 +393,19 @@ def test_the_cluster_url_forms() -> None:
     assert "unknown URL parameter" in (job_store_problem("redis+cluster://h:7000?db=1") or "")
 
 
+def test_check_config_counts_the_replicas_wait_replicas_asks_for(redis_cluster: RedisCluster,
+                                                                 redis_server: RedisServer) -> None:
+    """Each master of the test cluster has one replica, the standalone server none: check-config says when
+    ``wait_replicas`` asks for more than there are (no finished job would ever be acknowledged)."""
+    prefix = unique_prefix("check-wait")
+    assert check_job_store(redis_cluster.url(prefix) + "&wait_replicas=1") is None
+    problem = check_job_store(redis_cluster.url(prefix) + "&wait_replicas=2") or ""
+    assert "wait_replicas=2, but the master of its records has 1 replica(s) online" in problem
+    problem = check_job_store(redis_server.url(prefix) + "&wait_replicas=1") or ""
+    assert "has 0 replica(s) online: finished jobs would never be acknowledged" in problem
+    assert check_job_store(redis_server.url(prefix)) is None
+
+
 async def test_wait_replicas_in_a_cluster_waits_on_the_master_of_the_stores_slot(redis_cluster: RedisCluster) -> None:
     """Each master of the test cluster has one replica: ``wait_replicas=1`` passes (the finished record is on the
     replica when durable() returns), ``wait_replicas=2`` cannot be met and the batch is not counted as written."""
