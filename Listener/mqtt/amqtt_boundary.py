@@ -348,7 +348,7 @@ class PacketHooks(Protocol):
         """Hand what was written directly to the socket (amqtt writes a packet next, or stops)."""
 
     def stop_waiters(self) -> None:
-        """The connection ends: cancel what awaits an acknowledgement from the broker."""
+        """The connection ends: fail what awaits an acknowledgement from the broker."""
 
     def answer_awaited(self) -> None:
         """amqtt sent a packet, whose answer it may await (the reader may have paused: it looks again)."""

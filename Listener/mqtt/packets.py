@@ -14,10 +14,10 @@ from typing import NamedTuple, Optional
 
 from ..errors import ListenerError
 
-__all__ = ["FAILURE", "MAX_BODY", "MalformedPacket", "OversizePayload", "PINGRESP", "PUBACK", "PUBCOMP", "PUBLISH",
-           "PUBREC", "PUBREL", "PublicationRefused", "PublishHead", "REASONS", "body_bound_error", "parse_ack",
-           "parse_publish_head", "puback_packet", "pubcomp_packet", "publish_packet", "pubrec_packet", "pubrel_packet",
-           "reason_text", "split_packet"]
+__all__ = ["ConnectionEnded", "FAILURE", "MAX_BODY", "MalformedPacket", "OversizePayload", "PINGRESP", "PUBACK",
+           "PUBCOMP", "PUBLISH", "PUBREC", "PUBREL", "PublicationRefused", "PublishHead", "REASONS", "body_bound_error",
+           "parse_ack", "parse_publish_head", "puback_packet", "pubcomp_packet", "publish_packet", "pubrec_packet",
+           "pubrel_packet", "reason_text", "split_packet"]
 
 PUBLISH = 3
 PUBACK = 4
@@ -52,6 +52,11 @@ _MAX_LENGTH_BYTES = 4
 
 class MalformedPacket(ListenerError, ValueError):
     """The broker sent bytes that are not an MQTT 3.1.1 packet."""
+
+
+class ConnectionEnded(ListenerError, ConnectionError):
+    """The connection a publication went out on ended before the broker acknowledged it (it may go out again on the
+    next one). A failure rather than a cancellation, so that no Python version takes it for the caller's."""
 
 
 class PublicationRefused(ListenerError):

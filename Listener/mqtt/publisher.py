@@ -39,7 +39,7 @@ from ..errors import ListenerError
 from ..ops.metrics import ListenerMetrics
 from ..processing.processors import describe_exception
 from .amqtt_boundary import AmqttClientBase
-from .packets import PublicationRefused
+from .packets import ConnectionEnded, PublicationRefused
 
 __all__ = ["ConnectionLost", "Dropped", "Flushed", "MAX_STRIKES", "NotConnected", "Publication", "Publisher",
            "PublishingConnection", "RefusedTopic"]
@@ -147,6 +147,8 @@ class _DirectSend:
 
     def _ended(self, acked: "asyncio.Future[None]") -> None:
         self._deadlines.ended()
+        if not acked.cancelled():
+            acked.exception()  # retrieved, also when nobody waits for the answer any more
         self.publisher._direct_ended(self)
 
 
@@ -305,6 +307,8 @@ class Publisher:
         except asyncio.CancelledError:
             if _cancelled_by_caller():
                 raise
+            raise ConnectionLost(f"Connection to {self._endpoint} lost before the broker took it") from None
+        except ConnectionEnded:
             raise ConnectionLost(f"Connection to {self._endpoint} lost before the broker took it") from None
         except PublicationRefused:
             raise

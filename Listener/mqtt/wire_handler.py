@@ -56,9 +56,9 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from .amqtt_boundary import AmqttHandler, incoming_message
 from .delivery_queue import DeliveryQueue
-from .packets import (FAILURE, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, MalformedPacket, OversizePayload,
-                      PublicationRefused, PublishHead, body_bound_error, parse_ack, parse_publish_head, puback_packet,
-                      pubcomp_packet, publish_packet, pubrel_packet, split_packet)
+from .packets import (FAILURE, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, ConnectionEnded, MalformedPacket,
+                      OversizePayload, PublicationRefused, PublishHead, body_bound_error, parse_ack, parse_publish_head,
+                      puback_packet, pubcomp_packet, publish_packet, pubrel_packet, split_packet)
 from .qos2_receipts import Receipt
 
 __all__ = ["DUP_QOS0", "HOLD_BYTES", "HOLD_BYTES_HARD", "WireHandler"]
@@ -227,9 +227,12 @@ class WireHandler:
         raise RuntimeError(f"No free MQTT packet id: {len(OWN_PACKET_IDS)} publications await their acknowledgement")
 
     def stop_waiters(self) -> None:
-        """The connection ends: cancel the publications awaiting their acknowledgement (amqtt cancels its own)."""
+        """The connection ends: fail the publications awaiting their acknowledgement with :class:`ConnectionEnded`
+        (amqtt cancels its own waiters, which Python 3.10 cannot tell from a cancellation of the caller)."""
         for acked in [*self._acks.values(), *self._exactly_once.values(), *(gated[3] for gated in self._gated)]:
-            acked.cancel()
+            if not acked.done():
+                acked.set_exception(ConnectionEnded(f"the connection to {self.label} ended before the broker "
+                                                    "acknowledged the publication"))
 
     def connack(self, session_present: bool, return_code: Optional[int]) -> None:
         """The CONNACK arrived: keep what it says of the session.
