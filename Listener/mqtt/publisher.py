@@ -385,16 +385,10 @@ class Publisher:
         (another client, no connection, a refused topic, a full socket buffer): :meth:`deliver` does it all."""
         if not publication.qos or topic_name_error(publication.topic) or not self._connection.is_connected():
             return None
-        client = self._connection.client
-        if not isinstance(client, AmqttClientBase):  # its start_publish() looks at the connection once more
-            return None
         loop = asyncio.get_running_loop()
         started = loop.time()
         losses = self._metrics.connection_losses
-        try:
-            acked = client.start_publish(publication.topic, publication.payload, publication.qos, publication.retain)
-        except Exception:  # noqa: S110 - deliver() sends it the ordinary way and reports what fails there
-            return None
+        acked = self._write_now(publication)
         if acked is None:
             return None
         deadlines = self._deadlines
@@ -407,19 +401,23 @@ class Publisher:
         """Write a QoS 0 publication at once where nothing needs awaiting: the listener's own watched connection
         (its liveness watchdog bounds a dead one), on a plain or TLS socket whose buffer is not full. True when it
         was sent (and counted); False when nothing was done: :meth:`deliver` it."""
-        if publication.qos or not self._connection.watched() or topic_name_error(publication.topic):
-            return False
-        client = self._connection.client  # watched: the listener's own, created already
-        if not isinstance(client, AmqttClientBase):  # its start_publish() answers None when not connected
-            return False
-        try:
-            sent = client.start_publish(publication.topic, publication.payload, 0, publication.retain)
-        except Exception:  # noqa: S110 - deliver() sends it the ordinary way and reports what fails there
-            return False
-        if sent is None:
+        if (publication.qos or not self._connection.watched() or topic_name_error(publication.topic)
+                or self._write_now(publication) is None):
             return False
         self._metrics.publishes += 1
         return True
+
+    def _write_now(self, publication: Publication) -> "Optional[asyncio.Future[None]]":
+        """Write ``publication`` at once through the listener's own client (``start_publish``, which answers None when
+        it cannot: no connection, websockets, a full socket buffer); its acknowledgement's future, or None when
+        nothing was written (then :meth:`deliver` sends it the ordinary way and reports what fails there)."""
+        client = self._connection.client
+        if not isinstance(client, AmqttClientBase):
+            return None
+        try:
+            return client.start_publish(publication.topic, publication.payload, publication.qos, publication.retain)
+        except Exception:  # noqa: S110 - deliver() sends it again the ordinary way and reports what fails there
+            return None
 
     def _direct_ended(self, send: "_DirectSend") -> None:
         """A direct publication's acknowledgement came, failed, or was given up on (see :class:`_DirectSend`)."""
