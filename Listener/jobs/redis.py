@@ -440,15 +440,21 @@ def _client_module() -> Any:
     return aioredis
 
 
-def _new_client(target: RedisUrl, *, asynchronous: bool = True, timeout: float = COMMAND_TIMEOUT) -> Any:
+def _new_client(target: RedisUrl, *, asynchronous: bool = True, timeout: float = COMMAND_TIMEOUT,
+                node: Optional[Tuple[str, int]] = None) -> Any:
     """A redis-py client for ``target``, not yet connected: asyncio's for the store, the blocking one for
     ``check-config`` (their modules and constructors are the same but for ``asyncio``); a ``RedisCluster`` for a
-    cluster URL, the master the sentinels name for a sentinel URL."""
+    cluster URL, the master the sentinels name for a sentinel URL; with ``node``, a plain client of that server
+    alone (in the URL's database), which never retries a command."""
     if asynchronous:
         _client_module()  # the install hint when redis-py is missing
     base = "redis.asyncio" if asynchronous else "redis"
     options: Dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": CONNECT_TIMEOUT,
                                "socket_timeout": timeout}
+    if node is not None:
+        no_retry = importlib.import_module(f"{base}.retry").Retry(importlib.import_module("redis.backoff").NoBackoff(), 0)
+        return importlib.import_module(base).Redis(host=node[0], port=node[1], db=target.db, username=target.username,
+                                                   password=target.password, ssl=target.tls, retry=no_retry, **options)
     if target.cluster:
         cluster = importlib.import_module(f"{base}.cluster")
         return cluster.RedisCluster(startup_nodes=[cluster.ClusterNode(host, port) for host, port in target.nodes],
@@ -1136,12 +1142,7 @@ class RedisJobStore(MemoryJobStore):
         if self._waiter is not None and self._waiter[0] == master:
             return self._waiter[1]
         await self._close_waiter()
-        no_backoff = importlib.import_module("redis.backoff").NoBackoff()
-        retry = importlib.import_module("redis.asyncio.retry").Retry(no_backoff, 0)
-        client = _client_module().Redis(host=master[0], port=master[1], username=self.target.username,
-                                        password=self.target.password, ssl=self.target.tls, decode_responses=True,
-                                        socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=COMMAND_TIMEOUT,
-                                        retry=retry)
+        client = _new_client(self.target, node=master)
         self._waiter = (master, client)
         return client
 

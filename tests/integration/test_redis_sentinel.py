@@ -123,3 +123,20 @@ async def test_wait_replicas_holds_a_finished_batch_until_the_replica_has_it(red
         replica.close()
     finally:
         await store.close()
+
+
+async def test_wait_replicas_waits_in_the_database_the_url_names(redis_sentinels: RedisSentinels) -> None:
+    """Regression: the WAIT connection wrote its batch mark check into database 0 whatever ``?db=n`` said, so with
+    any other database no batch was ever found on the master and nothing was acknowledged."""
+    url = redis_sentinels.url(unique_prefix("waitdb"), db=3) + "&wait_replicas=1&wait_timeout_ms=2000"
+    store = RedisJobStore(url, 10, 60)
+    await store.open()
+    try:
+        assert await store.admit("one", None, None) is Admission.CREATED
+        await store.set_status("one", JobStatus.COMPLETED, result=1)
+        await asyncio.wait_for(store.durable(), 10)
+        master = redis.Redis(port=redis_sentinels.master.port, db=3, decode_responses=True)
+        assert master.hget(f"{store.target.keyspace}:job:one", "status") == "completed"
+        master.close()
+    finally:
+        await store.close()
