@@ -826,6 +826,8 @@ class Job:
     slack: float
     idle_timeout: float
     profile: bool = False
+    #: With ``profile``: also write the pstats there (for ``python -m pstats``, or a sort by call count).
+    profile_out: Optional[str] = None
 
     @classmethod
     def from_json(cls, text: str) -> "Job":
@@ -960,7 +962,7 @@ class Runner:
             if self.store_dir is not None:
                 shutil.rmtree(self.store_dir, ignore_errors=True)
         if self.profile is not None:
-            print_profile(self.profile)
+            print_profile(self.profile, self.job.profile_out)
         return row_for(self.job, measured)
 
     def listener_config(self) -> Any:
@@ -1252,8 +1254,10 @@ def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
     return row
 
 
-def print_profile(profile: cProfile.Profile) -> None:
-    """The top 25 functions by cumulative and by own time, to stderr."""
+def print_profile(profile: cProfile.Profile, out: Optional[str] = None) -> None:
+    """The top 25 functions by cumulative and by own time, to stderr; every function's stats to ``out`` if given."""
+    if out:
+        profile.dump_stats(out)
     for order in ("cumulative", "tottime"):
         print(f"\n=== cProfile of the listener's event-loop thread, top 25 by {order} ===", file=sys.stderr)
         pstats.Stats(profile, stream=sys.stderr).strip_dirs().sort_stats(order).print_stats(25)
@@ -1393,7 +1397,8 @@ def orchestrate(args: argparse.Namespace, scenarios: List[Scenario], endpoint: E
                 hand = replace(scenario, name=scenario.peer_name(peer))
                 peers[hand.name] = run_repeated(Job(hand, f"peer-{peer}", endpoint, run_id, slack, idle), args.repeat)
                 emit(peers[hand.name], rows)
-        job = Job(scenario, "listener", endpoint, run_id, slack, idle, profile=bool(args.profile))
+        job = Job(scenario, "listener", endpoint, run_id, slack, idle, profile=bool(args.profile),
+                  profile_out=args.profile_out)
         row = run_job(job) if args.profile else run_repeated(job, args.repeat)
         add_ratio(row, ceilings.get(scenario.ceiling_name()) if scenario.ceiling else None)
         if wants_peers:
@@ -1450,6 +1455,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--no-peers", action="store_true",
                         help="skip the hand-written gmqtt and paho-mqtt peers (no ratio_to_best_peer)")
     parser.add_argument("--profile", metavar="NAME", help="run one scenario under cProfile; top 25 to stderr")
+    parser.add_argument("--profile-out", metavar="FILE", help="with --profile: also write the pstats to FILE")
     parser.add_argument("--json-out", metavar="FILE", help="also write the environment and every line to FILE")
     parser.add_argument("--processes", type=int, action="append", metavar="N",
                         help="run only the 5 ms scaling scenario, with 1 and with N listener processes "

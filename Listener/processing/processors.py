@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from typing import Any, Awaitable, Callable, Dict, Optional, TypeVar, Union
+from typing import Any, Awaitable, Callable, Dict, Optional, Tuple, TypeVar, Union
 
 from ..core.deadlines import settle_within
 from ..errors import ListenerError
@@ -43,11 +43,23 @@ def run_inline(func: F) -> F:
     return func
 
 
+#: The last callable :func:`is_async_callable` looked at, and its answer: a run asks about one processor per
+#: job, and ``inspect`` takes longer to answer than a trivial job takes to run.
+_last_asked: Tuple[Any, bool] = (None, False)
+
+
 def is_async_callable(func: Any) -> bool:
     """True for ``async def`` functions, bound methods, partials of them, and objects with an async ``__call__``."""
-    while isinstance(func, functools.partial):
-        func = func.func
-    return inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(getattr(func, "__call__", None))
+    global _last_asked
+    asked, answer = _last_asked
+    if asked is func and func is not None:
+        return answer
+    target = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    answer = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(getattr(target, "__call__", None))
+    _last_asked = (func, answer)
+    return answer
 
 
 async def call_processor(func: Processor, data: Dict[str, Any], job_id: str, *,

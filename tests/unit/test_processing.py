@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import threading
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import pytest
 
@@ -71,6 +72,26 @@ def test_is_async_callable() -> None:
     assert is_async_callable(lambda d, j: None) is False
     assert not is_async_callable(print)
     assert not is_async_callable(None)
+
+
+def test_is_async_callable_remembers_only_the_callable_it_last_answered_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A run asks once per job about one processor: inspect answers once, and a different callable
+    # (even one of the other kind) is never given that answer.
+    sync_twin = functools.partial(sync_processor)
+    async_twin = functools.partial(async_processor)
+    for _ in range(3):
+        assert is_async_callable(async_twin) and not is_async_callable(sync_twin)
+    asked: List[Any] = []
+    real = inspect.iscoroutinefunction
+    monkeypatch.setattr(inspect, "iscoroutinefunction", lambda f: asked.append(f) or real(f))
+    assert is_async_callable(async_twin)
+    first = len(asked)
+    assert first >= 1
+    for _ in range(5):
+        assert is_async_callable(async_twin)
+    assert len(asked) == first
+    assert not is_async_callable(sync_twin)
+    assert len(asked) > first
 
 
 def test_sync_callable_with_a_func_attribute_is_not_async() -> None:
