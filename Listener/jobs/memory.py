@@ -85,6 +85,12 @@ class MemoryJobStore:
                 return self._start_attempt(job_id)
         return self._start_attempt(job_id)
 
+    def start_attempt_now(self, job_id: str) -> Optional[int]:
+        """:meth:`start_attempt` without awaiting; None (nothing changed) while somebody holds :attr:`lock`."""
+        if self.lock.locked():
+            return None
+        return self._start_attempt(job_id)
+
     async def orphans(self) -> List[JobInfo]:
         """None: a job held only in memory dies with its process (the broker redelivers its message)."""
         return []

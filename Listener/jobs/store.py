@@ -66,6 +66,10 @@ class JobStore(Protocol):
     async def start_attempt(self, job_id: str) -> int:
         """Mark the job RUNNING and count one more start of its processor; its ``attempts`` (0 when unknown)."""
 
+    def start_attempt_now(self, job_id: str) -> Optional[int]:
+        """:meth:`start_attempt` without awaiting, where the store can (nobody holds :attr:`lock`); None when it
+        cannot, and nothing was changed: then await :meth:`start_attempt`."""
+
     async def interrupt(self, job_id: str, error: str = CANCELLED) -> bool:
         """Record a job cut short by stopping: FAILED, and run again when its message is redelivered."""
 

@@ -86,6 +86,10 @@ class JobTracker:
         """Mark the job RUNNING for one more run of its processor; how many runs it has had (0: unknown id)."""
         return await self.store.start_attempt(job_id)
 
+    def start_attempt_now(self, job_id: str) -> Optional[int]:
+        """:meth:`start_attempt` without awaiting, where the store can; None when it cannot (nothing changed)."""
+        return self.store.start_attempt_now(job_id)
+
     async def mark_job_duplicate(self, job_id: str) -> bool:
         """Record that ``job_id`` arrived again (a running job keeps running)."""
         return await self.store.mark_duplicate(job_id)

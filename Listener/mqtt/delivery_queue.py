@@ -46,6 +46,7 @@ import logging
 from collections import deque
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
 
+from ..core.eager import add_follower
 from .packets import OversizePayload
 from .qos2_receipts import QoS2Receipts
 
@@ -102,7 +103,7 @@ class Ticket:
         if self._entry.settled:
             return
         self._deferred = True
-        until.add_done_callback(self._on_done)
+        add_follower(until, self._on_done)
 
     def _on_done(self, until: "asyncio.Future[Any]") -> None:
         if not until.cancelled():

@@ -33,6 +33,7 @@ from typing import Any, Deque, Dict, List, NamedTuple, Optional, Protocol
 
 from ..core.backoff import backoff_delay
 from ..core.deadlines import bounded
+from ..core.eager import EagerFuture
 from ..core.serialization import event_json_bytes
 from ..core.topics import PublishOptions, topic_name_error
 from ..errors import ListenerError
@@ -152,9 +153,9 @@ class _DirectSend:
         self.publisher._direct_ended(self)
 
 
-class _Outcome(asyncio.Future):  # type: ignore[type-arg]
+class _Outcome(EagerFuture):
     """A direct publication's answer: cancelling it stops the wait for the acknowledgement (without a callback on
-    every answer that is not a cancellation)."""
+    every answer that is not a cancellation). Eager: the job's end follows it in the same turn of the loop."""
 
     def __init__(self, acked: "asyncio.Future[None]", *, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(loop=loop)

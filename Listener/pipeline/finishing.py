@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, Optional
 
+from ..core.eager import EagerFuture, add_follower
+
 __all__ = ["Finishing"]
 
 
-class Finishing(asyncio.Future):  # type: ignore[type-arg]
-    """Done once the job is recorded (result None), or cancelled once the job was recorded as cut short.
+class Finishing(EagerFuture):
+    """Done once the job is recorded (result None), or cancelled once the job was recorded as cut short. Eager
+    (:class:`~Listener.core.eager.EagerFuture`), as ``sending`` may be: the job is recorded, and its message's
+    acknowledgement released, in the turn of the loop the publisher's answer came in.
 
     ``sending`` gives the publisher's answer (None: the result went out or was kept). Once it has it and it
     is None, ``complete_now()`` records the job if it can without awaiting (False: it could not, nothing was
@@ -33,7 +37,7 @@ class Finishing(asyncio.Future):  # type: ignore[type-arg]
         self._complete_now = complete_now
         self._complete = complete
         self._task: "Optional[asyncio.Future[None]]" = None
-        sending.add_done_callback(self._sent)
+        add_follower(sending, self._sent)
 
     def _sent(self, sending: "asyncio.Future[Optional[str]]") -> None:
         if self.done() or self._task is not None:
@@ -54,7 +58,7 @@ class Finishing(asyncio.Future):  # type: ignore[type-arg]
         if task.cancelled():
             super().cancel()
         elif task.exception() is not None:
-            self.set_exception(task.exception())  # type: ignore[arg-type]
+            self.set_exception(task.exception())
         else:
             self.set_result(None)
 
@@ -62,7 +66,8 @@ class Finishing(asyncio.Future):  # type: ignore[type-arg]
         if self.done():
             return False
         if self._task is None:
-            self._sending.cancel()
+            # Started first: cancelling ``sending`` calls _sent at once (eagerly), which must find the task there.
             self._start()  # complete() sees the publication given up on, and records the job cut short
+            self._sending.cancel()
             return True
         return self._task.cancel(msg)

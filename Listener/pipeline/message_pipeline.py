@@ -247,7 +247,8 @@ class Pipeline:
                         handed += 1
                         await self._execute(job.job_id, job.data, func, job.topic, True, job.ticket)
                     return
-                await self._tracker.start_attempt(rest[0].job_id)
+                if self._tracker.start_attempt_now(rest[0].job_id) is None:
+                    await self._tracker.start_attempt(rest[0].job_id)
                 halt, channel = Halt(), Channel(asyncio.get_running_loop())
                 work = [(contextvars.copy_context(), job.data, job.job_id) for job in rest]
                 try:
@@ -271,7 +272,8 @@ class Pipeline:
                             if outcome.error is not None or index == len(rest) - 1:
                                 taking = False
                                 break
-                            await self._tracker.start_attempt(rest[index + 1].job_id)  # it started on the worker
+                            if self._tracker.start_attempt_now(rest[index + 1].job_id) is None:  # it started on the worker
+                                await self._tracker.start_attempt(rest[index + 1].job_id)
                 except asyncio.CancelledError:
                     halt.set = True
                     abandon()
@@ -419,13 +421,15 @@ class Pipeline:
             while True:
                 attempt += 1
                 ran, first = first, None
-                if ran is None or not first_started:
+                if (ran is None or not first_started) and self._tracker.start_attempt_now(job_id) is None:
                     await self._tracker.start_attempt(job_id)
                 try:
                     if ran is not None:
                         if ran.error is not None:
                             raise ran.error
-                        result = await settle_result(ran.result)
+                        result = ran.result
+                        if result is not None and type(result) is not dict:  # else nothing to settle: no await
+                            result = await settle_result(result)
                     else:
                         result = None if func is None else await call_processor(
                             func, data, job_id, workers=self._workers, timeout=self._config.job_timeout)
@@ -469,7 +473,7 @@ class Pipeline:
                               lambda: self._complete(job_id, result, topic, started, publication, sending),
                               asyncio.get_running_loop())
         self.finishing.add(finishing)
-        finishing.add_done_callback(self.finishing.discard)
+        finishing.add_eager_callback(self.finishing.discard)
         if ticket is not None:
             ticket.defer(finishing)
         return result

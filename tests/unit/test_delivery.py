@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, List
 
+from Listener.core.eager import EagerFuture
 from Listener.mqtt.delivery_queue import DeliveryQueue, Ticket
 
 
@@ -128,6 +129,23 @@ async def test_a_deferred_ticket_settles_with_its_future_and_never_when_it_is_ca
     await asyncio.sleep(0.01)
     assert not b.settled and not puts[1].done()  # stopped before the result was acknowledged: stays with the broker
     puts[1].cancel()
+
+
+async def test_a_ticket_deferred_to_an_eager_future_settles_the_moment_it_is_done() -> None:
+    """The end of a job (an EagerFuture) settles its message's ticket in the same call: no turn of the loop
+    between the job recorded and its acknowledgement released; a cancelled one still never settles it."""
+    queue = DeliveryQueue(1, hold_acks=True)
+    await _queued(queue, "a", "b")
+    a, b = _taken(queue)
+    loop = asyncio.get_running_loop()
+    acknowledged, cut_short = EagerFuture(loop=loop), EagerFuture(loop=loop)
+    a.defer(acknowledged)
+    b.defer(cut_short)
+    assert not a.settled
+    acknowledged.set_result(None)
+    assert a.settled
+    cut_short.cancel()
+    assert not b.settled
 
 
 async def test_a_cancelled_put_releases_nothing_and_does_not_block_the_ones_after_it() -> None:

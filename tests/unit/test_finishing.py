@@ -8,9 +8,13 @@ from typing import List, Optional
 
 import pytest
 
+from Listener.core.eager import EagerFuture
 from Listener.pipeline.finishing import Finishing
 
 pytestmark = pytest.mark.unit
+
+#: The kind of ``sending`` future the tests of this module run with (see the ``sending_kind`` fixture).
+_KIND = {"eager": False}
 
 
 class Recorder:
@@ -40,7 +44,16 @@ class Recorder:
         return Finishing(self.sending, self.complete_now, self.complete, asyncio.get_running_loop())
 
 
+@pytest.fixture(autouse=True, params=["plain", "eager"])
+def sending_kind(request: pytest.FixtureRequest) -> None:
+    """Every test twice: with a plain future for ``sending`` (a publication in a task), and with an eager one (the
+    publisher's direct path, whose followers run the moment it is done)."""
+    _KIND["eager"] = request.param == "eager"
+
+
 def _sending() -> "asyncio.Future[Optional[str]]":
+    if _KIND["eager"]:
+        return EagerFuture(loop=asyncio.get_running_loop())
     return asyncio.get_running_loop().create_future()
 
 
@@ -71,7 +84,7 @@ async def test_cancelled_while_the_result_is_on_its_way_the_job_is_recorded_cut_
     assert recorder.sending.cancelled()  # the publication is given up on
     assert not finishing.done()  # like a task: done once the job is recorded
     await asyncio.wait({finishing}, timeout=1)
-    assert finishing.cancelled() and recorder.calls == ["cut short"]
+    assert finishing.cancelled() and recorder.calls == ["cut short"]  # recorded once, by one task
     assert not finishing.cancel()
 
 

@@ -281,6 +281,20 @@ async def test_status_changes_record_result_error_attempts_and_drop_input(backen
     await backend.check_persisted(store)
 
 
+async def test_start_attempt_now_is_start_attempt_without_an_await_unless_the_lock_is_held(backend: Backend) -> None:
+    store = await backend.make()
+    await store.admit("j", {"x": 1})
+    assert store.start_attempt_now("j") == 1
+    assert (store.jobs["j"].status, store.jobs["j"].attempts) == (JobStatus.RUNNING, 1)
+    assert store.start_attempt_now("missing") == 0
+    async with store.lock:  # held (a cleanup, a batch write): nothing changes, the caller awaits start_attempt
+        assert store.start_attempt_now("j") is None
+        assert store.jobs["j"].attempts == 1
+    assert await store.start_attempt("j") == 2
+    assert await store.set_status("j", JobStatus.COMPLETED, result=1)
+    await backend.check_persisted(store)
+
+
 async def test_keep_input_keeps_a_finished_jobs_input(backend: Backend) -> None:
     store = await backend.make(keep_input=True)
     await store.admit("a", {"x": 1})
