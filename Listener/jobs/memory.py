@@ -64,6 +64,13 @@ class MemoryJobStore:
                 return self._admit(job_id, data, topic, duplicate_action)
         return self._admit(job_id, data, topic, duplicate_action)
 
+    def admit_now(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None,
+                  duplicate_action: str = "skip") -> Optional[Admission]:
+        """:meth:`admit` without awaiting; None (nothing changed) while somebody holds :attr:`lock`."""
+        if self.lock.locked():
+            return None
+        return self._admit(job_id, data, topic, duplicate_action)
+
     async def set_status(self, job_id: str, status: JobStatus, result: Any = None, error: Optional[str] = None) -> bool:
         """Move a job to ``status``; finished states record ``completed_at``. False when the id is unknown."""
         if self.lock.locked():

@@ -710,6 +710,11 @@ class RedisJobStore(MemoryJobStore):
 
     # -- admission (claimed in Redis) -----------------------------------------------------------
 
+    def admit_now(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None,
+                  duplicate_action: str = "skip") -> Optional[Admission]:
+        """None: only Redis decides (await :meth:`admit`)."""
+        return None
+
     async def admit(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None,
                     duplicate_action: str = "skip") -> Admission:
         """Claim the id in Redis, atomically for every worker: create its record, or apply the duplicate policy

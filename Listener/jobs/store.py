@@ -55,6 +55,11 @@ class JobStore(Protocol):
             JobStoreError: the store cannot be reached (nothing was recorded).
         """
 
+    def admit_now(self, job_id: str, data: Optional[Dict[str, Any]], topic: Optional[str] = None,
+                  duplicate_action: str = "skip") -> Optional[Admission]:
+        """:meth:`admit` without awaiting, where the store can (it decides alone, and nobody holds :attr:`lock`);
+        None when it cannot, and nothing was changed: then await :meth:`admit`."""
+
     async def set_status(self, job_id: str, status: JobStatus, result: Any = None, error: Optional[str] = None) -> bool:
         """Move a job to ``status`` (a finished one records ``completed_at``); False when the id is unknown."""
 

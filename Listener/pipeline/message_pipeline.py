@@ -218,6 +218,9 @@ class Pipeline:
                 fields["_topic"] = topic
                 if job_id in self._tracker.store.jobs:  # held here: a duplicate, or a job to run again: as one by one
                     await finish_gathered()
+                elif self._created_now(job_id, fields, topic, ticket):
+                    lane.append(_Admitted(job_id, fields, topic, ticket))
+                    continue
                 if await self.admit(job_id, fields, topic, ticket, finish_gathered if lane else None):
                     lane.append(_Admitted(job_id, fields, topic, ticket))
             await finish_gathered()
@@ -268,7 +271,9 @@ class Pipeline:
                                 break
                             job = rest[index]
                             handed += 1
-                            await self._execute(job.job_id, job.data, func, job.topic, True, job.ticket, outcome, True)
+                            if not self._finished_now(job, outcome):
+                                await self._execute(job.job_id, job.data, func, job.topic, True, job.ticket, outcome,
+                                                    True)
                             if outcome.error is not None or index == len(rest) - 1:
                                 taking = False
                                 break
@@ -281,6 +286,17 @@ class Pipeline:
         except asyncio.CancelledError:
             await self._cut_short(jobs[handed:])
             raise
+
+    def _created_now(self, job_id: str, data: Dict[str, Any], topic: str, ticket: Optional[Ticket]) -> bool:
+        """:meth:`admit` for an id the store does not hold, where the store creates the job without an await (and no
+        observer follows it): True once created. False when nothing was created: then :meth:`admit` it."""
+        if self._observer is not None:
+            return False
+        self._tracker.job_finished.clear()  # as admit() does before looking
+        if self._tracker.store.admit_now(job_id, data, topic, self._config.duplicate_action) is not Admission.CREATED:
+            return False  # FULL (nothing changed: admit() waits for room), or the store must be awaited
+        self._settle_early(ticket)
+        return True
 
     async def _cut_short(self, jobs: Sequence[_Admitted]) -> None:
         """Record admitted jobs that stopping cut short (run or not): unacknowledged, to run again."""
@@ -304,8 +320,9 @@ class Pipeline:
             # Cleared before looking: a job finishing after this look sets it again.
             tracker.job_finished.clear()
             try:
-                outcome: Optional[Admission] = await tracker.store.admit(job_id, data, topic,
-                                                                         self._config.duplicate_action)
+                outcome: Optional[Admission] = tracker.store.admit_now(job_id, data, topic, self._config.duplicate_action)
+                if outcome is None:
+                    outcome = await tracker.store.admit(job_id, data, topic, self._config.duplicate_action)
             except JobStoreError as exc:
                 if not self._run.active:
                     raise
@@ -499,6 +516,28 @@ class Pipeline:
         if self._events.info_wanted():
             await self._events.log(logging.INFO, "job_completed", "Job %s completed", job_id, job_id=job_id,
                                    status=_COMPLETED, duration_ms=elapsed * 1000, topic=topic)
+
+    def _finished_now(self, job: _Admitted, ran: Outcome) -> bool:
+        """:meth:`_execute` for a batch job whose processor returned a dict or None, where nothing needs an await: its
+        result (QoS 0) written at once, the job recorded COMPLETED. False when it was not finished so, and nothing
+        was done that :meth:`_execute` does not do again harmlessly (the result's echo remembered twice)."""
+        result = ran.result
+        if (ran.error is not None or (result is not None and type(result) is not dict) or self._events.info_wanted()
+                or self._tracker.store.lock.locked()):
+            return False
+        try:
+            publication = self.publication_for(result, job.job_id)
+        except Exception:  # noqa: BLE001 - _execute fails the job, and reports why
+            return False
+        if publication is not None:
+            if publication.qos:
+                return False  # awaited in the background: _execute
+            self._own.remember(publication.topic, publication.payload)
+            if not self._publisher.send_now(publication):
+                return False
+        self._tracker.update_job_status_now(job.job_id, JobStatus.COMPLETED, result=result)  # the lock is free
+        self._count_completed(ran.started)
+        return True
 
     def _completed_now(self, job_id: str, result: Any, started: float) -> bool:
         """Record a job whose result went out COMPLETED, as :meth:`_complete` would, where that needs no await

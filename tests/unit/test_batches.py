@@ -8,7 +8,9 @@ import threading
 from typing import Any, Dict, List, Optional
 from unittest.mock import Mock
 
-from Listener import run_inline
+import pytest
+
+from Listener import create_return_type, run_inline
 from Listener.core.run_state import State
 from Listener.processing.batches import MAX_BATCH, Channel, Halt, Outcome, run_in_order
 from Listener.jobs.records import JobStatus
@@ -191,6 +193,58 @@ async def test_a_batch_runs_in_arrival_order_in_one_hop_and_publishes_every_resu
     assert listener._pipeline._metrics.jobs_finished["completed"] == 5
 
 
+@pytest.mark.parametrize("case, at_once", [
+    ("dict", True), ("none", True), ("info wanted", False), ("ReturnType", False), ("qos 1 result", False),
+    ("job lock held", False)])
+async def test_a_batch_job_is_finished_without_an_await_only_where_nothing_needs_one(case: str, at_once: bool) -> None:
+    """The fast end of a batch job (its QoS 0 result written at once, the job recorded COMPLETED in the same call)
+    is taken only where it is the ordinary end without its awaits; each result goes out once either way."""
+    listener = mocked_listener(log_topic="", log_topic_level="INFO" if case == "info wanted" else "WARNING",
+                               default_qos=1 if case == "qos 1 result" else 0)
+    if case == "info wanted":
+        listener._pipeline._events.log_topic = "test/log"
+    pipeline = listener._pipeline
+    sent: List[Any] = []
+    pipeline._publisher.send_now = lambda publication: sent.append(publication) or publication.qos == 0  # type: ignore
+    executed: List[str] = []
+    execute = pipeline._execute
+
+    async def counted(job_id: str, *args: Any, **kwargs: Any) -> Any:
+        executed.append(job_id)
+        return await execute(job_id, *args, **kwargs)
+
+    pipeline._execute = counted  # type: ignore[method-assign]
+    held = asyncio.Event()
+
+    def processor(data: Dict[str, Any], job_id: str) -> Any:
+        if case == "job lock held" and job_id == "b":
+            asyncio.run_coroutine_threadsafe(listener.job_lock.acquire(), loop).result(5)
+            loop.call_soon_threadsafe(held.set)
+        if case == "none":
+            return None
+        if case == "ReturnType":
+            return create_return_type({"done": job_id}, "test/results")
+        return {"done": job_id}
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(pipeline.process_batch(_messages("a", "b"), processor))
+    if case == "job lock held":
+        await asyncio.wait_for(held.wait(), 5)
+        await asyncio.sleep(0.05)  # b's outcome arrives while the lock is held
+        listener.job_lock.release()
+    await asyncio.wait_for(task, 5)
+    assert [listener.jobs[j].status for j in "ab"] == [JobStatus.COMPLETED] * 2
+    if at_once:
+        assert executed == []
+    else:
+        assert "b" in executed
+    outgoing = [p.payload for p in sent if p.qos == 0] + [call.args[1] for call in listener.client.publish.call_args_list]
+    outgoing = [payload for payload in outgoing if b'"done"' in payload]  # not the INFO events
+    if case != "none":
+        assert sorted(outgoing) == [b'{"done":"a"}', b'{"done":"b"}']  # each once
+    assert pipeline._metrics.jobs_finished["completed"] == 2
+
+
 async def test_each_outcome_of_a_batch_is_published_and_recorded_while_the_next_job_runs() -> None:
     listener = mocked_listener(log_topic="")
     started, release = threading.Event(), threading.Event()
@@ -334,6 +388,7 @@ async def test_jobs_whose_outcome_was_not_recorded_when_stop_cut_in_are_cut_shor
         return await original(job_id, status, *args, **kwargs)
 
     tracker.update_job_status = update  # type: ignore[method-assign]
+    listener._pipeline._finished_now = lambda job, ran: False  # type: ignore[method-assign]  # recorded with awaits
     messages = _messages("a", "b", "c")
     task = asyncio.create_task(listener._pipeline.process_batch(messages, lambda data, job_id: None))
     await asyncio.wait_for(blocked.wait(), 5)
@@ -358,6 +413,7 @@ async def test_jobs_gathered_but_not_handed_over_when_stop_cut_in_are_cut_short(
         return await admit(job_id, *args)
 
     pipeline.admit = slow_admit  # type: ignore[method-assign]
+    pipeline._created_now = lambda *args: False  # type: ignore[method-assign]  # every admission through admit()
     messages = _messages("a", "b")
     task = asyncio.create_task(pipeline.process_batch(messages, lambda data, job_id: calls.append(job_id)))
     await asyncio.wait_for(waiting.wait(), 5)

@@ -295,6 +295,21 @@ async def test_start_attempt_now_is_start_attempt_without_an_await_unless_the_lo
     await backend.check_persisted(store)
 
 
+async def test_admit_now_is_admit_without_an_await_where_the_store_decides_alone(backend: Backend) -> None:
+    store = await backend.make(max_jobs=2)
+    if backend.name.startswith("redis"):  # Redis claims every id: nothing is decided here
+        assert store.admit_now("j", {"x": 1}) is None and "j" not in store.jobs
+        return
+    assert store.admit_now("j", {"x": 1}, topic="t") is CREATED
+    assert (store.jobs["j"].status, store.jobs["j"].input_data, store.jobs["j"].topic) == (JobStatus.PENDING, {"x": 1}, "t")
+    assert store.admit_now("j", {"x": 2}) is DUPLICATE and store.jobs["j"].duplicate_count == 1
+    assert store.admit_now("k", {}) is CREATED
+    assert store.admit_now("full", {}) is FULL and "full" not in store.jobs  # two active jobs held
+    async with store.lock:
+        assert store.admit_now("other", {}) is None and "other" not in store.jobs
+    await backend.check_persisted(store)
+
+
 async def test_keep_input_keeps_a_finished_jobs_input(backend: Backend) -> None:
     store = await backend.make(keep_input=True)
     await store.admit("a", {"x": 1})
