@@ -380,6 +380,18 @@ class Publisher:
             return direct
         return self._deliver_holding_slot(publication, job_id, None)
 
+    def start_in_background_now(self, publication: Publication,
+                                job_id: Optional[str] = None) -> "Optional[asyncio.Future[Optional[str]]]":
+        """:meth:`deliver_in_background` without awaiting, where it needs no await: a slot free (and nobody waiting
+        for one) and the publication written directly. None when it cannot: nothing was done (await that)."""
+        slots = self._slots
+        if slots.locked():
+            return None
+        direct = self._start_direct(publication, job_id)
+        if direct is not None:
+            slots._value -= 1  # what acquire() does, without its await, when the semaphore is not locked
+        return direct
+
     def _start_direct(self, publication: Publication, job_id: Optional[str]) -> "Optional[asyncio.Future[Optional[str]]]":
         """Write a QoS 1/2 publication now, holding a slot, and follow it with callbacks rather than a task (the
         common case); a failure is then handled by :meth:`deliver`, in a task. None where it cannot be written so

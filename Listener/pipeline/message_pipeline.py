@@ -32,7 +32,8 @@ from ..processing.workers import ThreadWorkers
 from ..results import ReturnType
 from .finishing import Finishing
 from .own_messages import OwnMessages
-from .payloads import Payload, RejectedMessage, decode_payload_off_loop, resolve_job_id
+from .payloads import (LARGE_PAYLOAD_BYTES, Payload, RejectedMessage, decode_payload, decode_payload_off_loop,
+                       resolve_job_id)
 
 __all__ = ["Pipeline"]
 
@@ -158,14 +159,17 @@ class Pipeline:
             if isinstance(data, dict):
                 fields = dict(data)
             else:
-                fields = await decode_payload_off_loop(data, self._parser, self._config.max_payload_bytes)
+                limit = self._config.max_payload_bytes  # a small payload is decoded here, saving an await
+                fields = (await decode_payload_off_loop(data, self._parser, limit) if len(data) > LARGE_PAYLOAD_BYTES
+                          else decode_payload(data, self._parser, limit))
             job_id = resolve_job_id(fields, self._config.job_id_field, self._config.allow_job_id_generation)
         except RejectedMessage as rejection:
             await self._rejected(rejection, topic)
             return None
         if topic is not None:
             fields["_topic"] = topic
-        if not await self.admit(job_id, fields, topic, ticket):
+        if (job_id in self._tracker.store.jobs or not self._created_now(job_id, fields, topic, ticket)) and not (
+                await self.admit(job_id, fields, topic, ticket)):
             return None
         return await self._execute(job_id, fields, func, topic, pipelined, ticket)
 
@@ -208,7 +212,9 @@ class Pipeline:
                     continue
                 self._metrics.messages_received += 1
                 try:
-                    fields = await decode_payload_off_loop(payload, self._parser, self._config.max_payload_bytes)
+                    limit = self._config.max_payload_bytes  # a small payload is decoded here, saving an await
+                    fields = (await decode_payload_off_loop(payload, self._parser, limit)
+                              if len(payload) > LARGE_PAYLOAD_BYTES else decode_payload(payload, self._parser, limit))
                     job_id = resolve_job_id(fields, self._config.job_id_field, self._config.allow_job_id_generation)
                 except RejectedMessage as rejection:
                     self._settle_early(ticket)
@@ -287,7 +293,7 @@ class Pipeline:
             await self._cut_short(jobs[handed:])
             raise
 
-    def _created_now(self, job_id: str, data: Dict[str, Any], topic: str, ticket: Optional[Ticket]) -> bool:
+    def _created_now(self, job_id: str, data: Dict[str, Any], topic: Optional[str], ticket: Optional[Ticket]) -> bool:
         """:meth:`admit` for an id the store does not hold, where the store creates the job without an await (and no
         observer follows it): True once created. False when nothing was created: then :meth:`admit` it."""
         if self._observer is not None:
@@ -486,6 +492,13 @@ class Pipeline:
         if not in_background:
             await self._complete(job_id, result, topic, started, publication, problem)
             return result
+        self._follow(job_id, result, topic, started, publication, sending, ticket)
+        return result
+
+    def _follow(self, job_id: str, result: Any, topic: Optional[str], started: float, publication: Publication,
+                sending: "asyncio.Future[Optional[str]]", ticket: Optional[Ticket]) -> None:
+        """Record the job once its result, on its way in the background, is acknowledged (see :class:`Finishing`);
+        its message's acknowledgement waits for that."""
         finishing = Finishing(sending, lambda: self._completed_now(job_id, result, started),
                               lambda: self._complete(job_id, result, topic, started, publication, sending),
                               asyncio.get_running_loop())
@@ -493,7 +506,6 @@ class Pipeline:
         finishing.add_eager_callback(self.finishing.discard)
         if ticket is not None:
             ticket.defer(finishing)
-        return result
 
     async def _complete(self, job_id: str, result: Any, topic: Optional[str], started: float,
                         publication: Optional[Publication],
@@ -519,19 +531,26 @@ class Pipeline:
 
     def _finished_now(self, job: _Admitted, ran: Outcome) -> bool:
         """:meth:`_execute` for a batch job whose processor returned a dict or None, where nothing needs an await: its
-        result (QoS 0) written at once, the job recorded COMPLETED. False when it was not finished so, and nothing
-        was done that :meth:`_execute` does not do again harmlessly (the result's echo remembered twice)."""
+        result written at once, and the job recorded COMPLETED (QoS 0) or followed until the broker has the result
+        (QoS 1/2). False when it was not finished so, and nothing was done that :meth:`_execute` does not do again
+        harmlessly (the result's echo remembered twice)."""
         result = ran.result
-        if (ran.error is not None or (result is not None and type(result) is not dict) or self._events.info_wanted()
-                or self._tracker.store.lock.locked()):
+        if ran.error is not None or (result is not None and type(result) is not dict):
             return False
         try:
             publication = self.publication_for(result, job.job_id)
         except Exception:  # noqa: BLE001 - _execute fails the job, and reports why
             return False
+        if publication is not None and publication.qos:
+            self._own.remember(publication.topic, publication.payload)
+            sending = self._publisher.start_in_background_now(publication, job.job_id)
+            if sending is None:
+                return False
+            self._follow(job.job_id, result, job.topic, ran.started, publication, sending, job.ticket)
+            return True
+        if self._events.info_wanted() or self._tracker.store.lock.locked():
+            return False
         if publication is not None:
-            if publication.qos:
-                return False  # awaited in the background: _execute
             self._own.remember(publication.topic, publication.payload)
             if not self._publisher.send_now(publication):
                 return False

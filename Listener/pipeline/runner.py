@@ -312,6 +312,7 @@ class Runner:
         if predecessors:
             await asyncio.wait(predecessors)
         limit = self._config.max_concurrent_jobs
+        batches = self._pipeline.batch_size(self._processor) > 1
         while True:
             # Backpressure: N jobs running (resumed ones too, then even with N = 1), or resumed jobs go first.
             while len(self._in_flight) >= limit or self._resume_waiting:
@@ -322,7 +323,7 @@ class Runner:
                 return
             ticket = connection.ticket(message)
             if limit == 1:
-                if connection.adapter.queued:
+                if batches and connection.adapter.queued:
                     batch = await self._take_batch(connection, (message.data, message.topic, ticket))
                     if len(batch) > 1:
                         self._inline_jobs += len(batch)

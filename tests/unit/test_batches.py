@@ -195,17 +195,26 @@ async def test_a_batch_runs_in_arrival_order_in_one_hop_and_publishes_every_resu
 
 @pytest.mark.parametrize("case, at_once", [
     ("dict", True), ("none", True), ("info wanted", False), ("ReturnType", False), ("qos 1 result", False),
-    ("job lock held", False)])
+    ("qos 1 written at once", True), ("job lock held", False)])
 async def test_a_batch_job_is_finished_without_an_await_only_where_nothing_needs_one(case: str, at_once: bool) -> None:
     """The fast end of a batch job (its QoS 0 result written at once, the job recorded COMPLETED in the same call)
     is taken only where it is the ordinary end without its awaits; each result goes out once either way."""
     listener = mocked_listener(log_topic="", log_topic_level="INFO" if case == "info wanted" else "WARNING",
-                               default_qos=1 if case == "qos 1 result" else 0)
+                               default_qos=1 if case.startswith("qos 1") else 0)
     if case == "info wanted":
         listener._pipeline._events.log_topic = "test/log"
     pipeline = listener._pipeline
     sent: List[Any] = []
     pipeline._publisher.send_now = lambda publication: sent.append(publication) or publication.qos == 0  # type: ignore
+    if case == "qos 1 written at once":  # the broker has each result at once
+
+        def acknowledged(publication: Any, job_id: Any = None) -> "asyncio.Future[Any]":
+            sent.append(publication)
+            future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+            return future
+
+        pipeline._publisher.start_in_background_now = acknowledged  # type: ignore[method-assign]
     executed: List[str] = []
     execute = pipeline._execute
 
@@ -233,12 +242,14 @@ async def test_a_batch_job_is_finished_without_an_await_only_where_nothing_needs
         await asyncio.sleep(0.05)  # b's outcome arrives while the lock is held
         listener.job_lock.release()
     await asyncio.wait_for(task, 5)
+    await asyncio.wait_for(asyncio.gather(*pipeline.finishing), 5)  # QoS 1: COMPLETED once acknowledged
     assert [listener.jobs[j].status for j in "ab"] == [JobStatus.COMPLETED] * 2
     if at_once:
         assert executed == []
     else:
         assert "b" in executed
-    outgoing = [p.payload for p in sent if p.qos == 0] + [call.args[1] for call in listener.client.publish.call_args_list]
+    outgoing = [p.payload for p in sent if p.qos == 0 or case == "qos 1 written at once"] + [
+        call.args[1] for call in listener.client.publish.call_args_list]
     outgoing = [payload for payload in outgoing if b'"done"' in payload]  # not the INFO events
     if case != "none":
         assert sorted(outgoing) == [b'{"done":"a"}', b'{"done":"b"}']  # each once

@@ -294,6 +294,28 @@ async def test_a_direct_publication_is_through_at_its_acknowledgement_and_frees_
     assert not (await asyncio.wait_for(second, 1)).done()
 
 
+async def test_start_in_background_now_takes_a_free_slot_without_an_await_or_does_nothing() -> None:
+    metrics = ListenerMetrics()
+    client = DirectClient()
+    publisher = publisher_for(FakeConnection(client), metrics, max_in_flight=1)
+    client.up = False  # cannot be written directly: nothing is done, no slot taken
+    assert publisher.start_in_background_now(Publication("t/0", b"0", 1, False)) is None and not client.started
+    client.up = True
+    outcome = publisher.start_in_background_now(Publication("t/1", b"1", 1, False))
+    assert outcome is not None and len(client.started) == 1
+    assert publisher.start_in_background_now(Publication("t/2", b"2", 1, False)) is None  # the only slot is held
+    waiting = asyncio.ensure_future(publisher.deliver_in_background(Publication("t/3", b"3", 1, False)))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()
+    client.started[0].set_result(None)
+    assert await asyncio.wait_for(outcome, 1) is None and metrics.publishes == 1
+    third = await asyncio.wait_for(waiting, 1)  # the slot went to the one waiting for it
+    assert publisher.start_in_background_now(Publication("t/4", b"4", 1, False)) is None
+    client.started[1].set_result(None)
+    assert await asyncio.wait_for(third, 1) is None
+    assert publisher.start_in_background_now(Publication("t/5", b"5", 1, False)) is not None
+
+
 @pytest.mark.parametrize("drops, expected", [(True, None), (False, "timed out")])
 async def test_a_direct_publication_not_acknowledged_in_time_is_kept_or_reported(
         drops: bool, expected: Optional[str]) -> None:
