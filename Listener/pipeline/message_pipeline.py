@@ -475,7 +475,8 @@ class Pipeline:
             await self._fail(job_id, exc, topic, time.perf_counter() - started, attempt)
             return None
         if publication is None:
-            await self._complete(job_id, result, topic, started, None, None)
+            if not self._completed_now(job_id, result, started):
+                await self._complete(job_id, result, topic, started, None, None)
             return result
         self._own.remember(publication.topic, publication.payload)
         in_background = bool(publication.qos) and pipelined
@@ -490,7 +491,8 @@ class Pipeline:
             await self._cancelled(job_id, topic, None)
             raise
         if not in_background:
-            await self._complete(job_id, result, topic, started, publication, problem)
+            if problem is not None or not self._completed_now(job_id, result, started):
+                await self._complete(job_id, result, topic, started, publication, problem)
             return result
         self._follow(job_id, result, topic, started, publication, sending, ticket)
         return result

@@ -85,7 +85,7 @@ async def call_processor(func: Processor, data: Dict[str, Any], job_id: str, *,
             raise JobTimeoutError(timeout or 0.0) from None
     else:
         result = await _within(asyncio.to_thread(call_contained, func, data, job_id), timeout)
-    if inspect.isawaitable(result):
+    if result is not None and type(result) is not dict and inspect.isawaitable(result):
         result = await _within(result, timeout)
     return result
 

@@ -400,6 +400,7 @@ async def test_jobs_whose_outcome_was_not_recorded_when_stop_cut_in_are_cut_shor
 
     tracker.update_job_status = update  # type: ignore[method-assign]
     listener._pipeline._finished_now = lambda job, ran: False  # type: ignore[method-assign]  # recorded with awaits
+    listener._pipeline._completed_now = lambda *args: False  # type: ignore[method-assign]
     messages = _messages("a", "b", "c")
     task = asyncio.create_task(listener._pipeline.process_batch(messages, lambda data, job_id: None))
     await asyncio.wait_for(blocked.wait(), 5)
