@@ -168,8 +168,8 @@ class Pipeline:
             return None
         if topic is not None:
             fields["_topic"] = topic
-        if (job_id in self._tracker.store.jobs or not self._created_now(job_id, fields, topic, ticket)) and not (
-                await self.admit(job_id, fields, topic, ticket)):
+        created = job_id not in self._tracker.store.jobs and self._created_now(job_id, fields, topic, ticket)
+        if not created and not await self.admit(job_id, fields, topic, ticket):
             return None
         return await self._execute(job_id, fields, func, topic, pipelined, ticket)
 
@@ -277,9 +277,11 @@ class Pipeline:
                                 break
                             job = rest[index]
                             handed += 1
-                            if not self._finished_now(job, outcome):
+                            finished = self._finished_now(job, outcome)
+                            if finished is not True:
+                                prepared = finished if isinstance(finished, Publication) else None
                                 await self._execute(job.job_id, job.data, func, job.topic, True, job.ticket, outcome,
-                                                    True)
+                                                    True, prepared)
                             if outcome.error is not None or index == len(rest) - 1:
                                 taking = False
                                 break
@@ -431,12 +433,13 @@ class Pipeline:
 
     async def _execute(self, job_id: str, data: Dict[str, Any], func: Optional[Processor], topic: Optional[str],
                        pipelined: bool, ticket: Optional[Ticket] = None, first: Optional[Outcome] = None,
-                       first_started: bool = False) -> Any:
+                       first_started: bool = False, prepared: Optional[Publication] = None) -> Any:
         """Run the processor for an admitted job, publish its result, record the outcome.
 
         A processor that raises or times out is run again after a backoff, up to ``max_retries`` times;
         the job stays RUNNING meanwhile. A result that cannot be published is not retried.
-        ``first``: the first attempt already ran in a batch (``first_started``: and was recorded).
+        ``first``: the first attempt already ran in a batch (``first_started``: and was recorded);
+        ``prepared``: the publication of its result, already made (see :meth:`_finished_now`).
         """
         started = time.perf_counter() if first is None else first.started
         attempt = 0
@@ -467,7 +470,7 @@ class Pipeline:
                         if ticket is not None:
                             ticket.withhold()
                         return None
-            publication = self.publication_for(result, job_id)
+            publication = self.publication_for(result, job_id) if prepared is None else prepared
         except asyncio.CancelledError:
             await self._cancelled(job_id, topic, None)
             raise
@@ -531,11 +534,11 @@ class Pipeline:
             await self._events.log(logging.INFO, "job_completed", "Job %s completed", job_id, job_id=job_id,
                                    status=_COMPLETED, duration_ms=elapsed * 1000, topic=topic)
 
-    def _finished_now(self, job: _Admitted, ran: Outcome) -> bool:
+    def _finished_now(self, job: _Admitted, ran: Outcome) -> Union[bool, Publication]:
         """:meth:`_execute` for a batch job whose processor returned a dict or None, where nothing needs an await: its
         result written at once, and the job recorded COMPLETED (QoS 0) or followed until the broker has the result
-        (QoS 1/2). False when it was not finished so, and nothing was done that :meth:`_execute` does not do again
-        harmlessly (the result's echo remembered twice)."""
+        (QoS 1/2). True when it was finished so. Otherwise nothing was sent or recorded, and :meth:`_execute`
+        finishes it: with the publication returned (made here: not made twice), or from the start (False)."""
         result = ran.result
         if ran.error is not None or (result is not None and type(result) is not dict):
             return False
@@ -543,19 +546,20 @@ class Pipeline:
             publication = self.publication_for(result, job.job_id)
         except Exception:  # noqa: BLE001 - _execute fails the job, and reports why
             return False
+        # Each result is remembered once it was written: its echo can only be read in a later turn of the loop.
         if publication is not None and publication.qos:
-            self._own.remember(publication.topic, publication.payload)
             sending = self._publisher.start_in_background_now(publication, job.job_id)
             if sending is None:
-                return False
+                return publication
+            self._own.remember(publication.topic, publication.payload)
             self._follow(job.job_id, result, job.topic, ran.started, publication, sending, job.ticket)
             return True
         if self._events.info_wanted() or self._tracker.store.lock.locked():
-            return False
+            return publication or False
         if publication is not None:
-            self._own.remember(publication.topic, publication.payload)
             if not self._publisher.send_now(publication):
-                return False
+                return publication
+            self._own.remember(publication.topic, publication.payload)
         self._tracker.update_job_status_now(job.job_id, JobStatus.COMPLETED, result=result)  # the lock is free
         self._count_completed(ran.started)
         return True

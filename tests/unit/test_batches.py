@@ -256,6 +256,31 @@ async def test_a_batch_job_is_finished_without_an_await_only_where_nothing_needs
     assert pipeline._metrics.jobs_finished["completed"] == 2
 
 
+@pytest.mark.parametrize("case", ["not written at once", "info wanted", "qos 1 not started at once"])
+async def test_a_batch_job_s_result_is_made_once_when_it_cannot_be_finished_at_once(case: str) -> None:
+    """The result's JSON is made once per job: when the fast end cannot finish the job, the awaited end takes the
+    publication it made (the mocked client writes nothing directly; websockets and a user's client neither)."""
+    listener = mocked_listener(log_topic="", log_topic_level="INFO" if case == "info wanted" else "WARNING",
+                               default_qos=1 if case.startswith("qos 1") else 0)
+    if case == "info wanted":
+        listener._pipeline._events.log_topic = "test/log"
+    pipeline = listener._pipeline
+    made: List[str] = []
+    publication_for = pipeline.publication_for
+
+    def counted(result: Any, job_id: str) -> Any:
+        made.append(job_id)
+        return publication_for(result, job_id)
+
+    pipeline.publication_for = counted  # type: ignore[method-assign]
+    await pipeline.process_batch(_messages("a", "b", "c"), lambda data, job_id: {"done": job_id})
+    await asyncio.wait_for(asyncio.gather(*pipeline.finishing), 5)
+    assert made == ["a", "b", "c"]
+    assert [listener.jobs[j].status for j in "abc"] == [JobStatus.COMPLETED] * 3
+    published = [call.args[1] for call in listener.client.publish.call_args_list]
+    assert [p for p in published if b'"done"' in p] == [f'{{"done":"{j}"}}'.encode() for j in "abc"]
+
+
 async def test_each_outcome_of_a_batch_is_published_and_recorded_while_the_next_job_runs() -> None:
     listener = mocked_listener(log_topic="")
     started, release = threading.Event(), threading.Event()
