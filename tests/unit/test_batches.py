@@ -193,16 +193,23 @@ async def test_a_batch_runs_in_arrival_order_in_one_hop_and_publishes_every_resu
     assert listener._pipeline._metrics.jobs_finished["completed"] == 5
 
 
+def _listener_for(case: str) -> Any:
+    """A mocked listener whose results go out at QoS 1 (a case named "qos 1 …") or 0, with INFO events wanted
+    (the case "info wanted") or not."""
+    listener = mocked_listener(log_topic="", log_topic_level="INFO" if case == "info wanted" else "WARNING",
+                               default_qos=1 if case.startswith("qos 1") else 0)
+    if case == "info wanted":
+        listener._pipeline._events.log_topic = "test/log"
+    return listener
+
+
 @pytest.mark.parametrize("case, at_once", [
     ("dict", True), ("none", True), ("info wanted", False), ("ReturnType", False), ("qos 1 result", False),
     ("qos 1 written at once", True), ("job lock held", False)])
 async def test_a_batch_job_is_finished_without_an_await_only_where_nothing_needs_one(case: str, at_once: bool) -> None:
     """The fast end of a batch job (its QoS 0 result written at once, the job recorded COMPLETED in the same call)
     is taken only where it is the ordinary end without its awaits; each result goes out once either way."""
-    listener = mocked_listener(log_topic="", log_topic_level="INFO" if case == "info wanted" else "WARNING",
-                               default_qos=1 if case.startswith("qos 1") else 0)
-    if case == "info wanted":
-        listener._pipeline._events.log_topic = "test/log"
+    listener = _listener_for(case)
     pipeline = listener._pipeline
     sent: List[Any] = []
     pipeline._publisher.send_now = lambda publication: sent.append(publication) or publication.qos == 0  # type: ignore
@@ -260,10 +267,7 @@ async def test_a_batch_job_is_finished_without_an_await_only_where_nothing_needs
 async def test_a_batch_job_s_result_is_made_once_when_it_cannot_be_finished_at_once(case: str) -> None:
     """The result's JSON is made once per job: when the fast end cannot finish the job, the awaited end takes the
     publication it made (the mocked client writes nothing directly; websockets and a user's client neither)."""
-    listener = mocked_listener(log_topic="", log_topic_level="INFO" if case == "info wanted" else "WARNING",
-                               default_qos=1 if case.startswith("qos 1") else 0)
-    if case == "info wanted":
-        listener._pipeline._events.log_topic = "test/log"
+    listener = _listener_for(case)
     pipeline = listener._pipeline
     made: List[str] = []
     publication_for = pipeline.publication_for
