@@ -164,10 +164,12 @@ async def test_sigkill_mid_burst_loses_no_job(
         assert not completed_before & set(twice), sorted(completed_before & set(twice))
         assert set(twice) <= set(first_runs) - completed_before
     else:
-        # What ran again was unacknowledged at the kill. Mosquitto 2.0.11 sends an acknowledging client somewhat
-        # more than its in-flight limit; one job at a time, a batch of those (Listener.processing.batches) may have run on
-        # the worker thread before the loop recorded and acknowledged them.
-        bound = BROKER_INFLIGHT + (MAX_BATCH if concurrency == 1 else 0)
+        # What ran again was unacknowledged at the kill. Mosquitto 2.0.11 sends an acknowledging client more than
+        # its in-flight limit, the more so on a busy machine (up to 32 unacknowledged with a limit of 20 under CPU
+        # load, the same before and after the listener's changes); one job at a time, a batch of those
+        # (Listener.processing.batches) may have run on the worker thread before the loop recorded and
+        # acknowledged them. Acknowledging only at the end, or never, would put hundreds here.
+        bound = 2 * BROKER_INFLIGHT + (MAX_BATCH if concurrency == 1 else 0)
         assert len(twice) <= bound, twice
         assert set(twice) <= set(first_runs[-bound:]), (twice, first_runs[-bound:])
 
