@@ -33,7 +33,7 @@ from typing import Any, Deque, Dict, List, NamedTuple, Optional, Protocol
 
 from ..core.backoff import backoff_delay
 from ..core.deadlines import bounded
-from ..core.eager import EagerFuture
+from ..core.eager import EagerFuture, add_follower
 from ..core.serialization import event_json_bytes
 from ..core.topics import PublishOptions, topic_name_error
 from ..errors import ListenerError
@@ -139,7 +139,7 @@ class _DirectSend:
         self.outcome: asyncio.Future[Optional[str]] = _Outcome(acked, loop=deadlines.loop)
         self._deadlines = deadlines
         deadlines.add(self)
-        acked.add_done_callback(self._ended)
+        add_follower(acked, self._ended)
 
     def time_out(self) -> None:
         """No acknowledgement within ``timeout``: stop waiting for it."""
@@ -395,8 +395,9 @@ class Publisher:
     def _start_direct(self, publication: Publication, job_id: Optional[str]) -> "Optional[asyncio.Future[Optional[str]]]":
         """Write a QoS 1/2 publication now, holding a slot, and follow it with callbacks rather than a task (the
         common case); a failure is then handled by :meth:`deliver`, in a task. None where it cannot be written so
-        (another client, no connection, a refused topic, a full socket buffer): :meth:`deliver` does it all."""
-        if not publication.qos or topic_name_error(publication.topic) or not self._connection.is_connected():
+        (another client, no connection, a refused topic, a full socket buffer): :meth:`deliver` does it all. (The
+        client writes nothing without a connection: ``start_publish`` answers None then.)"""
+        if not publication.qos or topic_name_error(publication.topic):
             return None
         loop = asyncio.get_running_loop()
         started = loop.time()

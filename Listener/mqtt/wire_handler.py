@@ -54,6 +54,7 @@ import logging
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
+from ..core.eager import EagerFuture, add_follower
 from .amqtt_boundary import AmqttHandler, incoming_message
 from .delivery_queue import DeliveryQueue
 from .packets import (FAILURE, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, ConnectionEnded, MalformedPacket,
@@ -126,6 +127,8 @@ class WireHandler:
         self._acks: Dict[int, "asyncio.Future[None]"] = {}  # QoS 1 publications awaiting their PUBACK
         self._exactly_once: Dict[int, "asyncio.Future[None]"] = {}  # QoS 2 ones awaiting PUBREC, then PUBCOMP
         self._released_out: Set[int] = set()  # QoS 2 ones released (PUBREL sent): awaiting PUBCOMP
+        #: The broker's answers read from one chunk (see :meth:`_answer`), given once the chunk is handled.
+        self._answers: List[Tuple["asyncio.Future[None]", Optional[BaseException]]] = []
         self._leftovers_released = False
         #: On a kept session of a broker not yet known to take QoS 2: the first QoS 2 publication (id, bytes),
         #: until the broker answers it; the QoS 2 publications made meanwhile wait in ``_gated``.
@@ -188,7 +191,8 @@ class WireHandler:
         if not qos:
             self.write(publish_packet(topic, payload, 0, retain))
             return None
-        acked: asyncio.Future[None] = self._event_loop.create_future()
+        # Eager: the publication's end (and the job's, which follows it) comes in the turn its answer is read.
+        acked: asyncio.Future[None] = EagerFuture(loop=self._event_loop)
         if qos == 2 and self._first_qos2 is not None:
             self._gated.append((topic, payload, retain, acked))
         else:
@@ -201,7 +205,7 @@ class WireHandler:
         waiting = self._acks if qos == 1 else self._exactly_once
         waiting[packet_id] = acked
         self._released_out.discard(packet_id)
-        acked.add_done_callback(lambda done: self._forget(waiting, packet_id, done))
+        add_follower(acked, lambda done: self._forget(waiting, packet_id, done))
         packet = publish_packet(topic, payload, qos, retain, packet_id)
         if qos == 2 and not self._qos2_learned and self.session_present:
             self._first_qos2 = (packet_id, packet)  # see _learned_qos2
@@ -539,6 +543,23 @@ class WireHandler:
                 start = body_end
         finally:
             del buffer[:start]
+            if self._answers:
+                self._give_answers()
+
+    def _answer(self, acked: "asyncio.Future[None]", error: Optional[BaseException]) -> None:
+        """Answer a publication once the chunk read is handled: its followers run eagerly, after the packets that
+        came with its answer (as they would a turn later), never in the middle of reading them."""
+        self._answers.append((acked, error))
+
+    def _give_answers(self) -> None:
+        answers, self._answers = self._answers, []
+        for acked, error in answers:
+            if acked.done():
+                continue
+            if error is None:
+                acked.set_result(None)
+            else:
+                acked.set_exception(error)
 
     def _hold_or_drop(self, queue: DeliveryQueue, head: PublishHead, packet: bytes) -> None:
         """Hold a PUBLISH there is no room for yet; drop a QoS 0 one once the held bytes are full while the reader
@@ -603,11 +624,8 @@ class WireHandler:
                 self._learned_qos2(None, None)
         if acked is None:
             logger.debug("PUBACK for packet id %d, which no publication awaits", packet_id)
-        elif not acked.done():
-            if reason >= FAILURE:
-                acked.set_exception(PublicationRefused(reason, "PUBACK"))
-            else:
-                acked.set_result(None)
+        else:
+            self._answer(acked, PublicationRefused(reason, "PUBACK") if reason >= FAILURE else None)
 
     def _received(self, queue: DeliveryQueue, packet_id: int, reason: int) -> None:
         """The broker's PUBREC: it has the QoS 2 publication (answered with PUBREL), or refused it."""
@@ -620,8 +638,8 @@ class WireHandler:
                 return  # its PUBREL follows the PUBREC of the copy
         if reason >= FAILURE:
             refused = self._exactly_once.pop(packet_id, None)
-            if refused is not None and not refused.done():
-                refused.set_exception(PublicationRefused(reason, "PUBREC"))
+            if refused is not None:
+                self._answer(refused, PublicationRefused(reason, "PUBREC"))
             return
         # Also for a publication given up on meanwhile: the broker would keep it in flight for good.
         if packet_id in self._exactly_once:
@@ -658,8 +676,8 @@ class WireHandler:
             return
         self._released_out.discard(packet_id)
         acked = self._exactly_once.pop(packet_id, None)
-        if acked is not None and not acked.done():
-            acked.set_result(None)
+        if acked is not None:
+            self._answer(acked, None)
 
     def _downgraded(self) -> None:
         if not self._downgrade_reported:

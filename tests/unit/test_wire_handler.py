@@ -526,7 +526,8 @@ async def test_a_payload_at_the_limit_is_kept_whole(broker: ScriptedBroker) -> N
 
 
 async def test_a_packet_id_given_again_at_once_keeps_its_new_publication(broker: ScriptedBroker) -> None:
-    """The PUBACK's bookkeeping runs a moment after it arrives; by then the id may belong to a new publication."""
+    """The PUBACK's bookkeeping runs once the chunk it came in is handled; by then the id may belong to a new
+    publication (one that waited for the broker's first QoS 2 answer in the same chunk, say)."""
     async with connected(broker) as client:
         handler: Any = client.wire
         first = handler.send_publish("results/a", b"1", 1, False)
@@ -534,10 +535,28 @@ async def test_a_packet_id_given_again_at_once_keeps_its_new_publication(broker:
         handler._acknowledged(packet_id, 0)
         handler._last_id = packet_id - 1  # the id counter comes round to it again
         second = handler.send_publish("results/b", b"2", 1, False)
-        await asyncio.sleep(0)  # the first one's done-callback runs
+        assert not first.done()  # answered once the chunk is handled
+        handler._give_answers()
         assert first.done() and handler._acks == {packet_id: second}
         await broker.send(puback_packet(packet_id))
         await asyncio.wait_for(second, WAIT)
+
+
+async def test_an_answer_is_given_after_the_packets_read_with_it(broker: ScriptedBroker) -> None:
+    """A publication's answer is given once the chunk it came in is handled: its eager followers (the job's end)
+    run after the messages read with it are queued, as done callbacks would a turn later, never halfway through."""
+    async with connected(broker) as client:
+        handler: Any = client.wire
+        queue = handler.link.delivery_queue()
+        acked = handler.send_publish("results/a", b"1", 1, False)
+        [packet_id] = list(handler._acks)
+        queued_then: List[int] = []
+        acked.add_eager_callback(lambda _: queued_then.append(queue.qsize()))
+        await broker.send(puback_packet(packet_id) + publish_packet("jobs/after", b"x", 0, False))
+        await asyncio.wait_for(acked, WAIT)
+        assert queued_then == [1] and packet_id not in handler._acks
+        [message] = await take(client, 1)
+        assert message.topic == "jobs/after"
 
 
 async def test_a_qos1_publish_given_up_on_stops_tracking_its_packet_id(broker: ScriptedBroker) -> None:
