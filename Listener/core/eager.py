@@ -22,14 +22,15 @@ class EagerFuture(asyncio.Future):  # type: ignore[type-arg]
     or cancellation). An eager callback that raises is reported to the loop's exception handler, as a done
     callback's would be; the others still run."""
 
-    def __init__(self, *, loop: Optional[asyncio.AbstractEventLoop] = None) -> None:
-        super().__init__(loop=loop)
-        self._eager: List[Follower] = []
+    # No __init__ of its own: made as often as a job ends, it costs what a plain future does until followed.
+    _eager: Optional[List[Follower]] = None
 
     def add_eager_callback(self, callback: Follower) -> None:
         """Call ``callback(self)`` as soon as this future is done; once it is done already, as a done callback."""
         if self.done():
             self.add_done_callback(callback)
+        elif self._eager is None:
+            self._eager = [callback]
         else:
             self._eager.append(callback)
 
@@ -48,8 +49,8 @@ class EagerFuture(asyncio.Future):  # type: ignore[type-arg]
         return True
 
     def _run_eager(self) -> None:
-        callbacks, self._eager = self._eager, []
-        for callback in callbacks:
+        callbacks, self._eager = self._eager, None
+        for callback in callbacks or ():
             try:
                 callback(self)
             except (SystemExit, KeyboardInterrupt):
