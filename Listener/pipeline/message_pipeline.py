@@ -32,8 +32,7 @@ from ..processing.workers import ThreadWorkers
 from ..results import ReturnType
 from .finishing import Finishing
 from .own_messages import OwnMessages
-from .payloads import (LARGE_PAYLOAD_BYTES, Payload, RejectedMessage, decode_payload, decode_payload_off_loop,
-                       resolve_job_id)
+from .payloads import Payload, RejectedMessage, decode_payload_now, decode_payload_off_loop, resolve_job_id
 
 __all__ = ["Pipeline"]
 
@@ -159,9 +158,9 @@ class Pipeline:
             if isinstance(data, dict):
                 fields = dict(data)
             else:
-                limit = self._config.max_payload_bytes  # a small payload is decoded here, saving an await
-                fields = (await decode_payload_off_loop(data, self._parser, limit) if len(data) > LARGE_PAYLOAD_BYTES
-                          else decode_payload(data, self._parser, limit))
+                decoded = decode_payload_now(data, self._parser, self._config.max_payload_bytes)
+                fields = decoded if decoded is not None else await decode_payload_off_loop(  # large: in a thread
+                    data, self._parser, self._config.max_payload_bytes)
             job_id = resolve_job_id(fields, self._config.job_id_field, self._config.allow_job_id_generation)
         except RejectedMessage as rejection:
             await self._rejected(rejection, topic)
@@ -212,9 +211,9 @@ class Pipeline:
                     continue
                 self._metrics.messages_received += 1
                 try:
-                    limit = self._config.max_payload_bytes  # a small payload is decoded here, saving an await
-                    fields = (await decode_payload_off_loop(payload, self._parser, limit)
-                              if len(payload) > LARGE_PAYLOAD_BYTES else decode_payload(payload, self._parser, limit))
+                    decoded = decode_payload_now(payload, self._parser, self._config.max_payload_bytes)
+                    fields = decoded if decoded is not None else await decode_payload_off_loop(  # large: in a thread
+                        payload, self._parser, self._config.max_payload_bytes)
                     job_id = resolve_job_id(fields, self._config.job_id_field, self._config.allow_job_id_generation)
                 except RejectedMessage as rejection:
                     self._settle_early(ticket)

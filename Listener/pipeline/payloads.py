@@ -11,8 +11,8 @@ from ..errors import ConfigError, ListenerError
 from ..ops.events import ErrorType
 
 __all__ = [
-    "LARGE_PAYLOAD_BYTES", "MAX_JOB_ID_LENGTH", "RejectedMessage", "decode_payload", "decode_payload_off_loop",
-    "find_job_id", "generate_job_id", "resolve_job_id",
+    "LARGE_PAYLOAD_BYTES", "MAX_JOB_ID_LENGTH", "RejectedMessage", "decode_payload", "decode_payload_now",
+    "decode_payload_off_loop", "find_job_id", "generate_job_id", "resolve_job_id",
 ]
 
 MAX_JOB_ID_LENGTH = 1024
@@ -49,14 +49,21 @@ def decode_payload(payload: Payload, parser: SafeConfigParser, max_bytes: int) -
         raise RejectedMessage(ErrorType.INVALID_PAYLOAD, str(exc)) from None
 
 
+def decode_payload_now(payload: Payload, parser: SafeConfigParser, max_bytes: int) -> Optional[Dict[str, Any]]:
+    """:func:`decode_payload` on the event loop, without an await, for a payload of at most ``LARGE_PAYLOAD_BYTES``;
+    None for a larger one, which nothing was done with: then await :func:`decode_payload_off_loop`."""
+    return decode_payload(payload, parser, max_bytes) if len(payload) <= LARGE_PAYLOAD_BYTES else None
+
+
 async def decode_payload_off_loop(payload: Payload, parser: SafeConfigParser, max_bytes: int) -> Dict[str, Any]:
     """:func:`decode_payload`, run in a thread for payloads above ``LARGE_PAYLOAD_BYTES``.
 
     Parsing a large document on the event loop would stall everything else for its duration:
     pings (the broker may then drop the connection), other jobs, the HTTP probes.
     """
-    if len(payload) <= LARGE_PAYLOAD_BYTES:
-        return decode_payload(payload, parser, max_bytes)
+    fields = decode_payload_now(payload, parser, max_bytes)
+    if fields is not None:
+        return fields
     return await asyncio.to_thread(decode_payload, payload, parser, max_bytes)
 
 

@@ -9,7 +9,8 @@ from typing import Any, Dict
 import pytest
 
 from Listener.ops.events import ErrorType
-from Listener.pipeline.payloads import MAX_JOB_ID_LENGTH, RejectedMessage, decode_payload, generate_job_id, resolve_job_id
+from Listener.pipeline.payloads import (LARGE_PAYLOAD_BYTES, MAX_JOB_ID_LENGTH, RejectedMessage, decode_payload,
+                                        decode_payload_now, generate_job_id, resolve_job_id)
 from Listener.config.parser import SafeConfigParser
 
 
@@ -47,6 +48,15 @@ def test_utf8_text(parser: SafeConfigParser) -> None:
 
 def test_empty_payload_is_an_empty_document(parser: SafeConfigParser) -> None:
     assert decode_payload(b"", parser, MIB) == {}
+
+
+def test_decode_now_parses_a_small_payload_and_leaves_a_large_one_untouched(
+        parser: SafeConfigParser, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert decode_payload_now(b"", parser, MIB) == {}  # an empty document is a result, not "do it in a thread"
+    assert decode_payload_now(b'job_id = "j"', parser, MIB) == {"job_id": "j"}
+    parsed = []
+    monkeypatch.setattr(parser, "parse_config_from_string", lambda text: parsed.append(text) or {})
+    assert decode_payload_now(b"#" * (LARGE_PAYLOAD_BYTES + 1), parser, MIB) is None and parsed == []
 
 
 def test_payload_over_the_limit(parser: SafeConfigParser) -> None:
