@@ -364,6 +364,21 @@ def judge(row: Dict[str, Any]) -> None:
         ratio = row.get("ratio_to_best_peer")
         row["peer_target"] = f"ratio_to_best_peer >= {least}, lost == 0"
         row["peer_target_met"] = None if ratio is None or "error" in row else ratio >= least and _no_loss(row)
+        budget = peer_target_cpu_budget(row, least)
+        if budget is not None:
+            row["peer_target_cpu_budget_us_per_msg"] = budget
+
+
+def peer_target_cpu_budget(row: Dict[str, Any], least: float) -> Optional[int]:
+    """The CPU per message the loop under test could spend and still reach ``least`` × the best peer's msg/s, the
+    rest of the machine's CPU per message (broker, publisher, collector, anything else) staying as this row
+    measured it: both cores are near busy in these rows, so msg/s goes as 1 / the machine's CPU per message.
+    Negative: out of reach however little the loop spends. None: the CPU figures are missing."""
+    peer_machine, machine, own = (row.get(name) for name in (
+        "best_peer_machine_cpu_us_per_msg", "machine_cpu_us_per_msg", "cpu_us_per_msg"))
+    if not (peer_machine and machine and own):
+        return None
+    return int(round(peer_machine / least - (machine - own)))
 
 
 # -- payloads and processors -----------------------------------------------------------------------
@@ -437,6 +452,8 @@ class Endpoint:
     username: Optional[str] = None
     password: Optional[str] = None
     description: str = "external broker"
+    #: The process id of the bench's own broker (None: an external one), whose CPU each row reports.
+    broker_pid: Optional[int] = None
 
     def amqtt_uri(self) -> str:
         """``mqtt://[user:pass@]host:port/`` for amqtt."""
@@ -469,7 +486,8 @@ class BrokerContext:
         self._broker = MosquittoBroker(self._folder, max_inflight=BENCH_BROKER_INFLIGHT)
         self._broker.start()
         return Endpoint("127.0.0.1", self._broker.plain_port,
-                        description=f"{_mosquitto_version(self._broker.binary)}, own, loopback")
+                        description=f"{_mosquitto_version(self._broker.binary)}, own, loopback",
+                        broker_pid=self._broker.process.pid)
 
     def __exit__(self, *exc: Any) -> None:
         if self._broker is not None:
@@ -494,8 +512,9 @@ def _mosquitto_version(binary: str) -> str:
 def paho_client(spec: Dict[str, Any], prefix: str) -> Any:
     """A connected paho client with its network thread running."""
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{prefix}-{os.getpid()}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{prefix}-{os.getpid()}")
     if spec.get("username"):
         client.username_pw_set(spec["username"], spec.get("password"))
     client.max_inflight_messages_set(1000)
@@ -536,15 +555,16 @@ def run_publisher(spec: Dict[str, Any]) -> None:
     client.on_publish = on_publish
     print("READY", flush=True)
     go.wait()
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), time.process_time()
     for i, sent in enumerate(pacer(spec["count"], spec["rate"])):
         client.publish(spec["topic"], build_payload(spec["payload"], f"{spec['prefix']}-{i:08d}", sent), spec["qos"])
     published = time.perf_counter() - started
     done.wait(60.0 + spec["count"] / 1000)
+    cpu = time.process_time() - cpu_before  # paho's network thread included
     client.disconnect()
     client.loop_stop()
-    print(json.dumps({"published": spec["count"], "acked": state["acked"], "publish_seconds": round(published, 3)}),
-          flush=True)
+    print(json.dumps({"published": spec["count"], "acked": state["acked"], "publish_seconds": round(published, 3),
+                      "cpu_s": round(cpu, 3)}), flush=True)
 
 
 def pacer(count: int, rate: float) -> Iterator[float]:
@@ -764,6 +784,28 @@ async def final_report(proc: asyncio.subprocess.Process, timeout: float) -> Opti
         return None
 
 
+def process_cpu_seconds(pid: Optional[int]) -> Optional[float]:
+    """User and system CPU seconds of process ``pid`` so far (None: no pid, or it cannot be read)."""
+    import psutil
+
+    if pid is None:
+        return None
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.Error:
+        return None
+    return float(times.user + times.system)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy so far (all processes, the bench's and any other)."""
+    import psutil
+
+    times = psutil.cpu_times()
+    # Linux counts guest time inside user and nice already; steal is time the hypervisor gave to others.
+    return float(times.user + times.system + sum(getattr(times, name, 0.0) for name in ("nice", "irq", "softirq")))
+
+
 def rss_bytes() -> int:
     """Resident set size of this (the listener's) process."""
     import psutil
@@ -866,6 +908,9 @@ class Measurement:
     rss_before: int
     rss_after: int = 0
     jobs_held: int = 0
+    #: CPU seconds meanwhile of the bench's own broker (absent: an external one) and of the collector.
+    others_cpu_s: Dict[str, float] = field(default_factory=dict)
+    machine_cpu_s: Optional[float] = None  # every core's busy time meanwhile
     poller: Optional[Dict[str, Any]] = None  # the dashboard poller's report (scenarios with ``dashboard``)
 
 
@@ -915,6 +960,10 @@ class Runner:
         lag = LoopLag()
         sampler = RssSampler(progress, self.job.scenario.count, self.job.scenario.rss_points)
         rss_before, cpu_before = rss_bytes(), cpu_seconds()
+        # Where the machine's CPU goes meanwhile: the broker, the publisher and the collector beside the server.
+        others = {"broker": self.job.endpoint.broker_pid, "collector": collector.pid}  # the publisher reports its own
+        others_before = {name: process_cpu_seconds(pid) for name, pid in others.items()}
+        machine_before = machine_busy_seconds()
         lag.start()
         sampler.start()
         if self.profile is not None:
@@ -929,7 +978,14 @@ class Runner:
             if self.profile is not None:
                 self.profile.disable()
         cpu = cpu_seconds() - cpu_before
-        result = Measurement(summary, None, round(cpu, 3), await lag.stop(), await sampler.stop(), rss_before)
+        machine = machine_busy_seconds() - machine_before
+        others_cpu: Dict[str, float] = {}
+        for name, pid in others.items():
+            before, after = others_before[name], process_cpu_seconds(pid)
+            if before is not None and after is not None:
+                others_cpu[name] = round(after - before, 3)
+        result = Measurement(summary, None, round(cpu, 3), await lag.stop(), await sampler.stop(), rss_before,
+                             others_cpu_s=others_cpu, machine_cpu_s=round(machine, 3))
         if poller is not None:
             await tell(poller, "STOP")
             result.poller = await final_report(poller, STOP_TIMEOUT + 4 * DASHBOARD_REQUEST_TIMEOUT)
@@ -1051,7 +1107,8 @@ class Runner:
                 broker = MosquittoBroker(folder)  # no max_inflight: mosquitto's default, 20
                 broker.start()
                 services.callback(broker.stop)
-                self.job = replace(self.job, endpoint=Endpoint("127.0.0.1", broker.plain_port))
+                self.job = replace(self.job, endpoint=Endpoint("127.0.0.1", broker.plain_port,
+                                                               broker_pid=broker.process.pid if broker.process else None))
                 row["broker_inflight"] = 20
             if sc.job_store == "redis":
                 from tests.support.redis_server import REDIS_BINARY, RedisServer
@@ -1239,6 +1296,9 @@ def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
         "msg_per_s": round(received / span, 1) if span > 0 else 0.0,
         "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"], "max_ms": got["max_ms"],
         "cpu_s": measured.cpu_s, "cpu_us_per_msg": round(measured.cpu_s / received * 1e6) if received else None,
+        **{f"{name}_cpu_us_per_msg": per_message_us(measured.others_cpu_s.get(name), received)
+           for name in ("broker", "collector")},
+        "machine_cpu_us_per_msg": per_message_us(measured.machine_cpu_s, received),
         "max_loop_lag_ms": measured.max_loop_lag_ms,
         "rss_before_mb": round(measured.rss_before / MIB, 1), "rss_delta_mb": round(delta / MIB, 1),
         "jobs_held": held, "rss_per_job": per_job,
@@ -1254,6 +1314,7 @@ def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
         row["publisher"] = "did not finish"
     else:  # when this is close to the run's span, the publisher (not the server) set the pace
         row["publish_s"] = measured.publisher["publish_seconds"]
+        row["publisher_cpu_us_per_msg"] = per_message_us(measured.publisher.get("cpu_s"), received)
     if sc.rate and got.get("latency_spikes"):  # in a flood every second is a "spike": the queue
         row["latency_spikes"] = got["latency_spikes"]
     if sc.dashboard and job.kind == "listener":
@@ -1278,6 +1339,11 @@ def print_profile(profile: cProfile.Profile, out: Optional[str] = None) -> None:
 
 
 # -- the orchestrator ------------------------------------------------------------------------------
+
+
+def per_message_us(seconds: Optional[float], received: int) -> Optional[int]:
+    """``seconds`` of CPU per message received, in µs (None when either is unknown or nothing arrived)."""
+    return round(seconds / received * 1e6) if seconds is not None and received else None
 
 
 def run_job(job: Job) -> Dict[str, Any]:
@@ -1360,6 +1426,8 @@ def add_peer_ratio(row: Dict[str, Any], peers: List[Dict[str, Any]]) -> None:
     if row.get("cpu_us_per_msg") and best.get("cpu_us_per_msg"):
         row["best_peer_cpu_us_per_msg"] = best["cpu_us_per_msg"]
         row["cpu_ratio_to_best_peer"] = round(row["cpu_us_per_msg"] / best["cpu_us_per_msg"], 2)
+    if best.get("machine_cpu_us_per_msg"):
+        row["best_peer_machine_cpu_us_per_msg"] = best["machine_cpu_us_per_msg"]
 
 
 def add_comparison(row: Dict[str, Any], scenario: Scenario, rows: List[Dict[str, Any]]) -> None:
