@@ -54,7 +54,7 @@ import logging
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
-from ..core.eager import EagerFuture, add_follower
+from ..core.eager import EagerFuture
 from .amqtt_boundary import AmqttHandler, incoming_message
 from .delivery_queue import DeliveryQueue
 from .packets import (FAILURE, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL, ConnectionEnded, MalformedPacket,
@@ -63,6 +63,9 @@ from .packets import (FAILURE, PINGRESP, PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBRE
 from .qos2_receipts import Receipt
 
 __all__ = ["DUP_QOS0", "HOLD_BYTES", "HOLD_BYTES_HARD", "WireHandler"]
+
+#: The acknowledgements a broker sends a client, each answering one packet id.
+_ACKNOWLEDGEMENTS = frozenset((PUBACK, PUBREC, PUBREL, PUBCOMP))
 
 logger = logging.getLogger("Listener.transport")
 
@@ -101,6 +104,29 @@ class _Skipping:
 _Held = Union[bytes, _Skipping]
 
 
+class _Awaited(EagerFuture):
+    """A QoS 1/2 publication's acknowledgement (see :meth:`WireHandler.send_publish`). Answered, it was taken out of
+    its table of publications awaiting an answer by whoever read the answer. Ended otherwise (cancelled: given up on;
+    failed: the connection ended), it takes itself out, before its followers run: its packet id is free again."""
+
+    #: Where it awaits its answer, once it went out: the handler, the table (QoS 1 or 2) and its packet id.
+    entry: "Optional[Tuple[WireHandler, Dict[int, asyncio.Future[None]], int]]" = None
+
+    def cancel(self, msg: Any = None) -> bool:
+        self._leave()
+        return super().cancel(msg)
+
+    def set_exception(self, exception: Any) -> None:
+        self._leave()
+        super().set_exception(exception)
+
+    def _leave(self) -> None:
+        entry = self.entry
+        if entry is not None and not self.done():
+            handler, waiting, packet_id = entry
+            handler._forget(waiting, packet_id, self)
+
+
 class WireHandler:
     """PUBLISH and its acknowledgements read and written directly, beside amqtt's handler ``link``.
 
@@ -134,7 +160,7 @@ class WireHandler:
         #: until the broker answers it; the QoS 2 publications made meanwhile wait in ``_gated``.
         self._first_qos2: Optional[Tuple[int, bytes]] = None
         self._qos2_learned = False
-        self._gated: List[Tuple[str, bytes, bool, "asyncio.Future[None]"]] = []
+        self._gated: List[Tuple[str, bytes, bool, _Awaited]] = []
         self._last_id = OWN_PACKET_IDS[-1]
         self._downgrade_reported = False
         self._handling: Set["asyncio.Task[Any]"] = set()
@@ -192,25 +218,25 @@ class WireHandler:
             self.write(publish_packet(topic, payload, 0, retain))
             return None
         # Eager: the publication's end (and the job's, which follows it) comes in the turn its answer is read.
-        acked: asyncio.Future[None] = EagerFuture(loop=self._event_loop)
+        acked = _Awaited(loop=self._event_loop)
         if qos == 2 and self._first_qos2 is not None:
             self._gated.append((topic, payload, retain, acked))
         else:
             self._start_publication(topic, payload, qos, retain, acked)
         return acked
 
-    def _start_publication(self, topic: str, payload: bytes, qos: int, retain: bool,
-                           acked: "asyncio.Future[None]") -> None:
+    def _start_publication(self, topic: str, payload: bytes, qos: int, retain: bool, acked: _Awaited) -> None:
         packet_id = self._free_packet_id()
         waiting = self._acks if qos == 1 else self._exactly_once
         waiting[packet_id] = acked
         self._released_out.discard(packet_id)
-        add_follower(acked, lambda done: self._forget(waiting, packet_id, done))
+        acked.entry = (self, waiting, packet_id)
         packet = publish_packet(topic, payload, qos, retain, packet_id)
         if qos == 2 and not self._qos2_learned and self.session_present:
             self._first_qos2 = (packet_id, packet)  # see _learned_qos2
         self.write(packet)
-        self._wake_reader()  # its acknowledgement may be behind what is not read yet
+        if self._resume is not None:  # paused: its acknowledgement may be behind what is not read yet
+            self._wake_reader()
 
     def _forget(self, waiting: Dict[int, "asyncio.Future[None]"], packet_id: int, acked: "asyncio.Future[None]") -> None:
         if waiting.get(packet_id) is acked:  # not a later publication that got the id since
@@ -407,7 +433,8 @@ class WireHandler:
             return
         if self._held:
             self._admit_held(queue)
-        self._wake_reader()
+        if self._resume is not None:
+            self._wake_reader()
 
     def _hold(self, entry: _Held) -> None:
         self._held.append(entry)
@@ -492,7 +519,14 @@ class WireHandler:
                     else:
                         self._receive(queue, skipping.head, OversizePayload(skipping.size))
                     continue
-                where = split_packet(buffer, start) if len(buffer) - start >= 2 else None
+                left = len(buffer) - start
+                if left >= 4 and buffer[start + 1] == 2 and buffer[start] >> 4 in _ACKNOWLEDGEMENTS:
+                    # The common acknowledgement, a packet id and nothing more: no length to decode, no bound to check.
+                    self._acknowledgement(queue, buffer[start] >> 4, (buffer[start + 2] << 8) | buffer[start + 3], 0,
+                                          start, start + 4)
+                    start += 4
+                    continue
+                where = split_packet(buffer, start) if left >= 2 else None
                 if where is None:
                     break
                 body_start, body_end = where
@@ -525,17 +559,8 @@ class WireHandler:
                     raise MalformedPacket(bound_error)
                 if body_end > len(buffer):
                     break
-                if kind == PUBACK:
-                    self._acknowledged(*parse_ack(buffer, body_start, body_end))
-                elif kind == PUBREC:
-                    self._received(queue, *parse_ack(buffer, body_start, body_end))
-                elif kind == PUBREL:
-                    if self._held:  # after the messages held before it, as it came
-                        self._hold(bytes(buffer[start:body_end]))
-                    else:
-                        self._released(queue, parse_ack(buffer, body_start, body_end)[0])
-                elif kind == PUBCOMP:
-                    self._completed(parse_ack(buffer, body_start, body_end)[0])
+                if kind in _ACKNOWLEDGEMENTS:
+                    self._acknowledgement(queue, kind, *parse_ack(buffer, body_start, body_end), start, body_end)
                 elif kind == PINGRESP:
                     self.link.pingresp_arrived()
                 else:
@@ -545,6 +570,21 @@ class WireHandler:
             del buffer[:start]
             if self._answers:
                 self._give_answers()
+
+    def _acknowledgement(self, queue: DeliveryQueue, kind: int, packet_id: int, reason: int, start: int,
+                         end: int) -> None:
+        """A PUBACK, PUBREC, PUBREL or PUBCOMP (``kind``) read whole, at ``self._unread[start:end]``."""
+        if kind == PUBACK:
+            self._acknowledged(packet_id, reason)
+        elif kind == PUBREC:
+            self._received(queue, packet_id, reason)
+        elif kind == PUBREL:
+            if self._held:  # after the messages held before it, as it came
+                self._hold(bytes(self._unread[start:end]))
+            else:
+                self._released(queue, packet_id)
+        else:
+            self._completed(packet_id)
 
     def _answer(self, acked: "asyncio.Future[None]", error: Optional[BaseException]) -> None:
         """Answer a publication once the chunk read is handled: its followers run eagerly, after the packets that

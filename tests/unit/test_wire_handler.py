@@ -414,6 +414,32 @@ async def test_a_qos2_publication_is_released_at_its_pubrec_and_through_at_its_p
         assert await asyncio.wait_for(publishing, WAIT) is None
 
 
+@pytest.mark.parametrize("pieces", [1, 5, 21])  # 21: every byte apart
+async def test_acknowledgements_cut_anywhere_each_answer_their_own_publication(broker: ScriptedBroker,
+                                                                              pieces: int) -> None:
+    """The broker's PUBACK, PUBREC and PUBCOMP packets in one stream, cut at any byte: a bare acknowledgement (four
+    bytes) and one with a success reason code (five) are each read whole, once, and answer the publication with
+    their packet id; one not read whole yet waits for its last bytes."""
+    async with connected(broker) as client:
+        ones = [asyncio.create_task(client.publish(f"results/{i}", b"one", qos=1)) for i in range(3)]
+        twos = [asyncio.create_task(client.publish(f"results/{i}", b"two", qos=2)) for i in range(2)]
+        await broker.wait_for(lambda: len(broker.received) == 5)
+        sent = {packet_id_of(packet, packet[-3:]): packet[-3:] for packet in broker.received}
+        one_ids = [packet_id for packet_id, payload in sent.items() if payload == b"one"]
+        two_ids = [packet_id for packet_id, payload in sent.items() if payload == b"two"]
+        with_reason = b"\x40\x03" + one_ids[1].to_bytes(2, "big") + b"\x00"  # MQTT 5's success code, as sent
+        stream = puback_packet(one_ids[0]) + pubrec_packet(two_ids[0]) + with_reason + pubrec_packet(two_ids[1])
+        await broker.send(stream + puback_packet(one_ids[2]), pieces)
+        assert await asyncio.wait_for(asyncio.gather(*ones), WAIT) == [None, None, None]
+        await broker.wait_for(lambda: len(broker.received) == 7)
+        assert broker.received[5:] == [pubrel_packet(two_ids[0]), pubrel_packet(two_ids[1])]
+        assert not any(publishing.done() for publishing in twos)
+        await broker.send(pubcomp_packet(two_ids[1]) + pubcomp_packet(two_ids[0]), min(pieces, 8))
+        assert await asyncio.wait_for(asyncio.gather(*twos), WAIT) == [None, None]
+        handler: Any = client.wire
+        assert handler._acks == {} and handler._exactly_once == {}
+
+
 @pytest.mark.parametrize(("qos", "answer"), [(2, pubrec_packet), (1, puback_packet)])
 async def test_an_acknowledgement_with_a_failure_reason_code_is_not_a_delivery(
         broker: ScriptedBroker, qos: int, answer: Callable[[int], bytes]) -> None:
@@ -559,15 +585,16 @@ async def test_an_answer_is_given_after_the_packets_read_with_it(broker: Scripte
         assert message.topic == "jobs/after"
 
 
-async def test_a_qos1_publish_given_up_on_stops_tracking_its_packet_id(broker: ScriptedBroker) -> None:
+@pytest.mark.parametrize("qos", [1, 2])
+async def test_a_publish_given_up_on_stops_tracking_its_packet_id(broker: ScriptedBroker, qos: int) -> None:
     client = await connected_client(broker)
     handler: Any = client.wire
     try:
         broker.writers[-1].transport.pause_reading()  # the broker stops reading: the client's drain waits
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(client.publish("results/a", b"x" * 20_000_000, qos=1), 0.3)
+            await asyncio.wait_for(client.publish("results/a", b"x" * 20_000_000, qos=qos), 0.3)
         await asyncio.sleep(0)
-        assert handler._acks == {}
+        assert handler._acks == {} and handler._exactly_once == {} and not handler._released_out
     finally:
         client.drop_connection()
 
