@@ -28,6 +28,10 @@ class JobStatus(enum.Enum):
     #: A message arrived again with a job id already known.
     DUPLICATE = "duplicate"
 
+    # A member is only ever equal to itself: its identity hashes it, in C, where Enum's own __hash__ (hashing its
+    # name) is a Python call on every status looked up in a set or a dict, several times per job.
+    __hash__ = object.__hash__
+
 
 ACTIVE_STATUSES = frozenset({JobStatus.PENDING, JobStatus.RUNNING})
 FINISHED_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.DUPLICATE})

@@ -121,22 +121,23 @@ class _FirstAttempt(NamedTuple):
     give_up: float
 
 
-class _DirectSend:
-    """A QoS 1/2 publication written directly, followed by callbacks: ``outcome`` gets :meth:`Publisher.deliver`'s
-    answer. Its acknowledgement is awaited at most ``timeout`` seconds (then ``timed_out``), and no longer once the
-    caller cancels ``outcome``."""
+class _DirectSend(EagerFuture):
+    """A QoS 1/2 publication written directly, followed by callbacks; this future is its answer, what
+    :meth:`Publisher.deliver` would return. Its acknowledgement is awaited at most ``timeout`` seconds (then
+    ``timed_out``), and no longer once the caller cancels this future (without a callback on every answer that is
+    not a cancellation). Eager: the job's end follows the answer in the same turn of the loop."""
 
-    __slots__ = ("publisher", "publication", "job_id", "acked", "first", "outcome", "timed_out", "_deadlines")
+    __slots__ = ("publisher", "publication", "job_id", "acked", "first", "timed_out", "_deadlines")
 
     def __init__(self, publisher: Publisher, publication: Publication, job_id: Optional[str],
                  acked: "asyncio.Future[None]", first: _FirstAttempt, deadlines: "_Deadlines") -> None:
+        super().__init__(loop=deadlines.loop)
         self.publisher = publisher
         self.publication = publication
         self.job_id = job_id
         self.acked = acked
         self.first = first
         self.timed_out = False
-        self.outcome: asyncio.Future[Optional[str]] = _Outcome(acked, loop=deadlines.loop)
         self._deadlines = deadlines
         deadlines.add(self)
         add_follower(acked, self._ended)
@@ -146,26 +147,17 @@ class _DirectSend:
         self.timed_out = True
         self.acked.cancel()
 
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self.acked.cancel()
+        return True
+
     def _ended(self, acked: "asyncio.Future[None]") -> None:
         self._deadlines.ended()
         if not acked.cancelled():
             acked.exception()  # retrieved, also when nobody waits for the answer any more
         self.publisher._direct_ended(self)
-
-
-class _Outcome(EagerFuture):
-    """A direct publication's answer: cancelling it stops the wait for the acknowledgement (without a callback on
-    every answer that is not a cancellation). Eager: the job's end follows it in the same turn of the loop."""
-
-    def __init__(self, acked: "asyncio.Future[None]", *, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(loop=loop)
-        self._acked = acked
-
-    def cancel(self, msg: Any = None) -> bool:
-        if not super().cancel(msg):
-            return False
-        self._acked.cancel()
-        return True
 
 
 class _Deadlines:
@@ -385,7 +377,9 @@ class Publisher:
         """:meth:`deliver_in_background` without awaiting, where it needs no await: a slot free (and nobody waiting
         for one) and the publication written directly. None when it cannot: nothing was done (await that)."""
         slots = self._slots
-        if slots.locked():
+        # locked(), without its generator over the waiters: a slot is free and nobody waits for one (a waiter that
+        # was cancelled counts here, where locked() would not: then the slot is taken with an await, as it is).
+        if slots._value <= 0 or slots._waiters:
             return None
         direct = self._start_direct(publication, job_id)
         if direct is not None:
@@ -409,7 +403,7 @@ class Publisher:
         if deadlines is None or deadlines.loop is not loop:
             deadlines = self._deadlines = _Deadlines(loop)
         return _DirectSend(self, publication, job_id, acked, _FirstAttempt(None, losses, started + self.timeout),
-                           deadlines).outcome
+                           deadlines)
 
     def send_now(self, publication: Publication) -> bool:
         """Write a QoS 0 publication at once where nothing needs awaiting: the listener's own watched connection
@@ -435,14 +429,14 @@ class Publisher:
 
     def _direct_ended(self, send: "_DirectSend") -> None:
         """A direct publication's acknowledgement came, failed, or was given up on (see :class:`_DirectSend`)."""
-        outcome, acked = send.outcome, send.acked
-        if outcome.done():  # the caller gave up on it (stopping ran out of grace)
+        acked = send.acked
+        if send.done():  # the caller gave up on it (stopping ran out of grace)
             self._slots.release()
             return
         if not acked.cancelled() and acked.exception() is None:
             self._slots.release()
             self._metrics.publishes += 1
-            outcome.set_result(None)
+            send.set_result(None)
             return
         if acked.cancelled():
             error: BaseException = asyncio.TimeoutError() if send.timed_out else ConnectionLost(
@@ -450,7 +444,7 @@ class Publisher:
         else:
             error = acked.exception()  # type: ignore[assignment]
         first = send.first._replace(error=error)
-        _chain(self._deliver_holding_slot(send.publication, send.job_id, first), outcome)
+        _chain(self._deliver_holding_slot(send.publication, send.job_id, first), send)
 
     def _deliver_holding_slot(self, publication: Publication, job_id: Optional[str],
                               first: Optional[_FirstAttempt]) -> "asyncio.Future[Optional[str]]":
