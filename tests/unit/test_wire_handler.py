@@ -415,8 +415,8 @@ async def test_a_qos2_publication_is_released_at_its_pubrec_and_through_at_its_p
 
 
 @pytest.mark.parametrize("pieces", [1, 5, 21])  # 21: every byte apart
-async def test_acknowledgements_cut_anywhere_each_answer_their_own_publication(broker: ScriptedBroker,
-                                                                              pieces: int) -> None:
+async def test_acknowledgements_cut_anywhere_each_answer_their_own_publication(
+        broker: ScriptedBroker, pieces: int) -> None:
     """The broker's PUBACK, PUBREC and PUBCOMP packets in one stream, cut at any byte: a bare acknowledgement (four
     bytes) and one with a success reason code (five) are each read whole, once, and answer the publication with
     their packet id; one not read whole yet waits for its last bytes."""
