@@ -207,6 +207,10 @@ class AmqttClient(AmqttClientBase):
         if self._deliveries is not None:
             await self._deliveries.released()
 
+    def peek_messages(self, count: int) -> List[Any]:
+        """The next ``count`` received messages at most, oldest first, not taken."""
+        return self._deliveries.peek(count) if self._deliveries is not None else []
+
     def drop_queued_messages(self) -> List[Any]:
         """Empty the delivery queue (the listener is stopping); returns the messages dropped."""
         return self._deliveries.drain() if self._deliveries is not None else []

@@ -79,6 +79,10 @@ class ClientAdapter(Protocol):
     def queued(self) -> int:
         """Messages received (and acknowledged) but not handed out yet."""
 
+    def peek(self, count: int) -> List[Any]:
+        """The next ``count`` messages at most that :meth:`next_message` would hand out, oldest first, left where
+        they are (none, when the client cannot tell)."""
+
     def drop_queued(self) -> List[Any]:
         """Forget the messages not handed out yet (stopping); returns them."""
 
@@ -203,6 +207,9 @@ class AmqttAdapter(_Adapter):
     def queued(self) -> int:
         return int(self.client.queued_messages)
 
+    def peek(self, count: int) -> List[Any]:
+        return list(self.client.peek_messages(count))
+
     def drop_queued(self) -> List[Any]:
         return list(self.client.drop_queued_messages())
 
@@ -287,6 +294,9 @@ class ForeignClientAdapter(_Adapter):
     @property
     def queued(self) -> int:
         return 0
+
+    def peek(self, count: int) -> List[Any]:
+        return []
 
     def drop_queued(self) -> List[Any]:
         return []
@@ -493,6 +503,10 @@ class BrokerConnection:
     def ticket(self, message: Any) -> Optional[Ticket]:
         """The held-back acknowledgement of ``message`` (``ack_policy = "after_processing"``), or None."""
         return self.adapter.ticket(message)
+
+    def peek(self, count: int) -> List[Any]:
+        """The next ``count`` messages at most that :meth:`next_message` would hand out, left where they are."""
+        return self.adapter.peek(count)
 
     async def wait_closed(self) -> None:
         """Return when the connection ends."""

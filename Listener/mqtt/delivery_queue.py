@@ -42,6 +42,7 @@ reader must drop itself (:meth:`drop`). ``close()`` stops accepting acknowledged
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional
@@ -360,6 +361,10 @@ class DeliveryQueue(asyncio.Queue):  # type: ignore[type-arg]
         if self.empty():
             return None
         return self.get_nowait()
+
+    def peek(self, count: int) -> List[Any]:
+        """The next ``count`` queued messages at most, oldest first, left in the queue."""
+        return list(itertools.islice(self._queue, max(0, count)))  # type: ignore[attr-defined]
 
     def ticket(self, message: Any) -> Optional[Ticket]:
         """The acknowledgement of a message just taken (None when nothing is held back for it)."""

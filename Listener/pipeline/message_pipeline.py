@@ -98,6 +98,8 @@ class Pipeline:
         self._run = run_state
         self._observer = observer
         self.finishing: Set["asyncio.Future[None]"] = set()
+        #: Payloads decoded ahead of their turn (see :meth:`decode_ahead`), by ``id``: (the payload, its fields).
+        self._decoded: Dict[int, Tuple[Payload, Dict[str, Any]]] = {}
         #: ``ack_policy = "after_recording"``: a ticket settles once its job is admitted, not when it finishes.
         self._settle_on_admission = config.ack_policy == "after_recording"
 
@@ -158,7 +160,7 @@ class Pipeline:
             if isinstance(data, dict):
                 fields = dict(data)
             else:
-                decoded = decode_payload_now(data, self._parser, self._config.max_payload_bytes)
+                decoded = self._decode_now(data)
                 fields = decoded if decoded is not None else await decode_payload_off_loop(  # large: in a thread
                     data, self._parser, self._config.max_payload_bytes)
             job_id = resolve_job_id(fields, self._config.job_id_field, self._config.allow_job_id_generation)
@@ -171,6 +173,35 @@ class Pipeline:
         if not created and not await self.admit(job_id, fields, topic, ticket):
             return None
         return await self._execute(job_id, fields, func, topic, pipelined, ticket)
+
+    def decode_ahead(self, payloads: Sequence[Payload]) -> None:
+        """Decode the small ``payloads`` of messages still queued, for :meth:`process` to find at each one's turn.
+
+        Decoding has no effect but its result, and CPython parses a run of documents in a row much faster than
+        one between every two jobs (as much as 12 % of an ``async def`` job at QoS 0). What is decoded is only
+        kept: a payload that fails to decode is left for its turn, which reports it; one never taken (stopping
+        dropped it) is forgotten with the next run of payloads."""
+        decoded: Dict[int, Tuple[Payload, Dict[str, Any]]] = {}
+        for payload in payloads:
+            try:
+                fields = decode_payload_now(payload, self._parser, self._config.max_payload_bytes)
+            except RejectedMessage:
+                continue
+            if fields is not None:
+                decoded[id(payload)] = (payload, fields)
+        self._decoded = decoded
+
+    def decoded_ahead(self, payload: Payload) -> bool:
+        """Whether :meth:`decode_ahead` decoded ``payload`` (this very object) and its turn has not come yet."""
+        kept = self._decoded.get(id(payload))
+        return kept is not None and kept[0] is payload
+
+    def _decode_now(self, payload: Payload) -> Optional[Dict[str, Any]]:
+        """:func:`decode_payload_now`, or what :meth:`decode_ahead` found for this very payload."""
+        kept = self._decoded.pop(id(payload), None)
+        if kept is not None and kept[0] is payload:
+            return kept[1]
+        return decode_payload_now(payload, self._parser, self._config.max_payload_bytes)
 
     async def _rejected(self, rejection: RejectedMessage, topic: Optional[str]) -> None:
         self._metrics.messages_rejected += 1

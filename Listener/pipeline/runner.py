@@ -35,6 +35,8 @@ __all__ = ["RepeatedFailures", "Runner", "State", "backoff_delay"]
 logger = logging.getLogger("Listener.event_listener")
 
 _MAX_CLEANUP_PERIOD = 60.0
+#: Queued messages whose payloads are decoded with the one taken, when a backlog is taken one message at a time.
+DECODE_AHEAD = 15
 #: Seconds stopping waits for the durable job store to record what finished, before acknowledging it.
 ACKS_RELEASED_TIMEOUT = 5.0
 #: Seconds after which a connection failure logged at WARNING, and failing the same way since, is logged again.
@@ -335,6 +337,9 @@ class Runner:
                                 self._slot_freed.set()
                         continue
                 self._inline_jobs += 1
+                if connection.adapter.queued and not self._pipeline.decoded_ahead(message.data):
+                    # A backlog taken one at a time: this message's payload and those queued behind it decoded together.
+                    self._pipeline.decode_ahead([message.data, *(queued.data for queued in connection.peek(DECODE_AHEAD))])
                 try:
                     await self._contained(message.data, message.topic, ticket)
                 finally:

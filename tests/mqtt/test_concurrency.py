@@ -140,6 +140,45 @@ async def test_a_backlog_for_a_plain_def_processor_runs_in_order_in_fewer_thread
     assert all(job.status is JobStatus.COMPLETED for job in (await listener.get_all_jobs()).values())
 
 
+async def test_a_backlog_for_an_async_processor_stays_queued_and_each_payload_is_decoded_once_in_runs(
+        start_listener: Callable[..., Any], probe: Any, unique_topic: str) -> None:
+    """Messages queued behind a running ``async def`` job stay in the queue (queue_depth counts them) and are taken
+    one at a time, in order; their payloads are decoded ahead, together with the one taken, each once."""
+    overlap = Overlap()
+    first_running, release = asyncio.Event(), asyncio.Event()
+
+    async def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
+        overlap.enter(job_id)
+        if job_id.endswith("0000"):
+            first_running.set()
+            await release.wait()
+        overlap.leave()
+        return {"job_id": job_id}
+
+    listener, _ = await start_listener(processor, qos=1)
+    pipeline = listener._pipeline
+    parsed: List[str] = []
+    parse, decode_ahead = pipeline._parser.parse_config_from_string, pipeline.decode_ahead
+    runs: List[int] = []
+    pipeline._parser.parse_config_from_string = lambda text: parsed.append(text) or parse(text)
+    pipeline.decode_ahead = lambda payloads: runs.append(len(payloads)) or decode_ahead(payloads)
+    watcher = probe(f"{unique_topic}/results")
+    ids = publish_jobs(probe(), f"{unique_topic}/jobs", 15)
+    await asyncio.wait_for(first_running.wait(), 10)
+
+    async def backlog() -> None:
+        while listener.metrics()["queue_depth"] < 14:  # all behind the running job: none taken ahead of its turn
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(backlog(), 10)
+    release.set()
+    done = await results(watcher, f"{unique_topic}/results", 15)
+    assert [r["job_id"] for r in done] == ids
+    assert overlap.order == ids and overlap.peak == 1
+    assert len(parsed) == 15 and sorted(parsed) == sorted(set(parsed))  # each payload once
+    # Every payload behind the first decoded ahead, in runs of up to 16 (the first too, if others had come with it).
+    assert sum(runs) in (14, 15) and len(runs) <= 3
+
+
 @pytest.mark.parametrize("ack_policy, queued", [("on_receipt", 2), ("after_processing", 20)])
 async def test_backpressure_holds_messages_at_the_broker(start_listener: Callable[..., Any], probe: Any,
                                                          unique_topic: str, ack_policy: str, queued: int) -> None:

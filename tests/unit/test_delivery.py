@@ -63,6 +63,17 @@ async def test_delivery_queue_waiters_never_overtake() -> None:
     assert queue.take() == "c"
 
 
+async def test_peek_shows_the_next_messages_in_order_and_takes_none() -> None:
+    queue = DeliveryQueue(1, hold_acks=True)
+    await _queued(queue, "a", "b", "c")
+    held, queued_bytes = queue.unacknowledged, queue.queued_bytes
+    assert queue.peek(2) == ["a", "b"]
+    assert queue.peek(10) == ["a", "b", "c"] and queue.peek(0) == [] and queue.peek(-1) == []
+    assert queue.qsize() == 3 and queue.unacknowledged == held and queue.queued_bytes == queued_bytes
+    assert [queue.take() for _ in range(3)] == ["a", "b", "c"]
+    assert queue.peek(2) == []
+
+
 # -- ack_policy = "after_processing": the ordered ledger ----------------------------------------
 
 
