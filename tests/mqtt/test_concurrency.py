@@ -47,6 +47,20 @@ async def results(watcher: MqttProbe, topic: str, count: int, timeout: float = 2
     return [json.loads(m.payload) for m in messages]
 
 
+async def run_backlog(queued: Callable[[], bool], release: Callable[[], None], watcher: MqttProbe, topic: str,
+                      ids: List[str], overlap: "Overlap") -> None:
+    """Once ``queued()`` says the backlog behind the first (held) job is there, ``release`` it; every result comes,
+    in arrival order, from jobs run one at a time."""
+    async def backlog() -> None:
+        while not queued():
+            await asyncio.sleep(0.01)
+    await asyncio.wait_for(backlog(), 10)
+    release()
+    done = await results(watcher, f"{topic}/results", len(ids))
+    assert [r["job_id"] for r in done] == ids
+    assert overlap.order == ids and overlap.peak == 1
+
+
 async def test_async_jobs_overlap_up_to_the_limit_and_never_beyond(start_listener: Callable[..., Any], probe: Any,
                                                                    unique_topic: str) -> None:
     overlap = Overlap()
@@ -127,15 +141,8 @@ async def test_a_backlog_for_a_plain_def_processor_runs_in_order_in_fewer_thread
     watcher = probe(f"{unique_topic}/results")
     ids = publish_jobs(probe(), f"{unique_topic}/jobs", 15)
     assert await asyncio.to_thread(first_running.wait, 10)
-
-    async def backlog() -> None:
-        while listener.metrics()["queue_depth"] + len(listener.jobs) < 15:
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(backlog(), 10)
-    release.set()
-    done = await results(watcher, f"{unique_topic}/results", 15)
-    assert [r["job_id"] for r in done] == ids
-    assert overlap.order == ids and overlap.peak == 1
+    await run_backlog(lambda: listener.metrics()["queue_depth"] + len(listener.jobs) >= 15, release.set, watcher,
+                      unique_topic, ids, overlap)
     assert hops <= 2  # the first job (alone, or with what had arrived), then all queued behind it at once
     assert all(job.status is JobStatus.COMPLETED for job in (await listener.get_all_jobs()).values())
 
@@ -165,15 +172,9 @@ async def test_a_backlog_for_an_async_processor_stays_queued_and_each_payload_is
     watcher = probe(f"{unique_topic}/results")
     ids = publish_jobs(probe(), f"{unique_topic}/jobs", 15)
     await asyncio.wait_for(first_running.wait(), 10)
-
-    async def backlog() -> None:
-        while listener.metrics()["queue_depth"] < 14:  # all behind the running job: none taken ahead of its turn
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(backlog(), 10)
-    release.set()
-    done = await results(watcher, f"{unique_topic}/results", 15)
-    assert [r["job_id"] for r in done] == ids
-    assert overlap.order == ids and overlap.peak == 1
+    # All 14 behind the running job stay queued: none is taken ahead of its turn.
+    await run_backlog(lambda: listener.metrics()["queue_depth"] >= 14, release.set, watcher, unique_topic, ids,
+                      overlap)
     assert len(parsed) == 15 and sorted(parsed) == sorted(set(parsed))  # each payload once
     # Every payload behind the first decoded ahead, in runs of up to 16 (the first too, if others had come with it).
     assert sum(runs) in (14, 15) and len(runs) <= 3
