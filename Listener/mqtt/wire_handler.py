@@ -520,10 +520,10 @@ class WireHandler:
                         self._receive(queue, skipping.head, OversizePayload(skipping.size))
                     continue
                 left = len(buffer) - start
-                if left >= 4 and buffer[start + 1] == 2 and buffer[start] >> 4 in _ACKNOWLEDGEMENTS:
+                kind = buffer[start] >> 4 if left >= 4 and buffer[start + 1] == 2 else PUBLISH
+                if kind in _ACKNOWLEDGEMENTS:
                     # The common acknowledgement, a packet id and nothing more: no length to decode, no bound to check.
-                    self._acknowledgement(queue, buffer[start] >> 4, (buffer[start + 2] << 8) | buffer[start + 3], 0,
-                                          start, start + 4)
+                    self._acknowledgement(queue, kind, (buffer[start + 2] << 8) | buffer[start + 3], 0, start, start + 4)
                     start += 4
                     continue
                 where = split_packet(buffer, start) if left >= 2 else None

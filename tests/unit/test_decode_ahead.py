@@ -48,12 +48,13 @@ async def test_payloads_decoded_ahead_are_parsed_once_and_used_each_at_its_turn(
     assert not any(pipeline.decoded_ahead(payload) for payload in payloads)
 
 
-async def test_a_payload_that_cannot_be_decoded_ahead_is_reported_at_its_turn() -> None:
+async def test_a_payload_that_cannot_be_decoded_ahead_is_reported_at_its_turn_and_parsed_once() -> None:
     listener = mocked_listener(log_topic="")
     pipeline = listener._pipeline
+    parsed = _counting_parser(listener)
     payloads = [bytearray(b'job_id = "a"'), bytearray(b"not toml ="), bytearray(b'job_id = "c"')]
     pipeline.decode_ahead(payloads)
-    assert publications(listener) == [] and not pipeline.decoded_ahead(payloads[1])
+    assert publications(listener) == [] and listener.metrics()["messages_rejected"] == 0
 
     async def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:
         return {"done": job_id}
@@ -63,6 +64,8 @@ async def test_a_payload_that_cannot_be_decoded_ahead_is_reported_at_its_turn() 
     topics = [topic for topic, *_ in publications(listener)]
     assert topics == [listener.config.results_topic, listener.config.error_topic, listener.config.results_topic]
     assert listener.metrics()["messages_rejected"] == 1
+    assert len(parsed) == 3  # the rejected one too: not parsed again at its turn
+    assert "Invalid TOML syntax" in publications(listener)[1][1].decode()
 
 
 async def test_only_the_very_payload_decoded_ahead_is_taken_and_a_new_run_forgets_the_last() -> None:
