@@ -969,8 +969,9 @@ class Runner:
         lag = LoopLag()
         sampler = RssSampler(progress, self.job.scenario.count, self.job.scenario.rss_points)
         rss_before, cpu_before = rss_bytes(), cpu_seconds()
-        # Where the machine's CPU goes meanwhile: the broker, the publisher and the collector beside the server.
-        others = {"broker": self.job.endpoint.broker_pid, "collector": collector.pid}  # the publisher reports its own
+        # Where the machine's CPU goes meanwhile, beside the server: the broker and the collector (the publisher
+        # reports its own), and the whole machine.
+        others = {"broker": self.job.endpoint.broker_pid, "collector": collector.pid}
         others_before = {name: process_cpu_seconds(pid) for name, pid in others.items()}
         machine_before = machine_busy_seconds()
         lag.start()
@@ -1304,7 +1305,7 @@ def row_for(job: Job, measured: Measurement) -> Dict[str, Any]:
         "duplicates": got["duplicates"], "errors": got["errors"],
         "msg_per_s": round(received / span, 1) if span > 0 else 0.0,
         "p50_ms": got["p50_ms"], "p99_ms": got["p99_ms"], "max_ms": got["max_ms"],
-        "cpu_s": measured.cpu_s, "cpu_us_per_msg": round(measured.cpu_s / received * 1e6) if received else None,
+        "cpu_s": measured.cpu_s, "cpu_us_per_msg": per_message_us(measured.cpu_s, received),
         **{f"{name}_cpu_us_per_msg": per_message_us(measured.others_cpu_s.get(name), received)
            for name in ("broker", "collector")},
         "machine_cpu_us_per_msg": per_message_us(measured.machine_cpu_s, received),
