@@ -35,10 +35,10 @@ class Overlap:
             self.current -= 1
 
 
-def publish_jobs(probe: MqttProbe, topic: str, count: int, prefix: str = "job") -> List[str]:
+def publish_jobs(probe: MqttProbe, topic: str, count: int, prefix: str = "job", qos: int = 1) -> List[str]:
     ids = [f"{prefix}-{i:04d}" for i in range(count)]
     for job_id in ids:
-        probe.publish(topic, f'job_id = "{job_id}"\n', qos=1)
+        probe.publish(topic, f'job_id = "{job_id}"\n', qos=qos)
     return ids
 
 
@@ -147,8 +147,9 @@ async def test_a_backlog_for_a_plain_def_processor_runs_in_order_in_fewer_thread
     assert all(job.status is JobStatus.COMPLETED for job in (await listener.get_all_jobs()).values())
 
 
+@pytest.mark.parametrize("qos", [0, 1, 2])
 async def test_a_backlog_for_an_async_processor_stays_queued_and_each_payload_is_decoded_once_in_runs(
-        start_listener: Callable[..., Any], probe: Any, unique_topic: str) -> None:
+        start_listener: Callable[..., Any], probe: Any, unique_topic: str, qos: int) -> None:
     """Messages queued behind a running ``async def`` job stay in the queue (queue_depth counts them) and are taken
     one at a time, in order; their payloads are decoded ahead, together with the one taken, each once."""
     overlap = Overlap()
@@ -162,7 +163,7 @@ async def test_a_backlog_for_an_async_processor_stays_queued_and_each_payload_is
         overlap.leave()
         return {"job_id": job_id}
 
-    listener, _ = await start_listener(processor, qos=1)
+    listener, _ = await start_listener(processor, qos=qos)
     pipeline = listener._pipeline
     parsed: List[str] = []
     parse, decode_ahead = pipeline._parser.parse_config_from_string, pipeline.decode_ahead
@@ -170,7 +171,7 @@ async def test_a_backlog_for_an_async_processor_stays_queued_and_each_payload_is
     pipeline._parser.parse_config_from_string = lambda text: parsed.append(text) or parse(text)
     pipeline.decode_ahead = lambda payloads: runs.append(len(payloads)) or decode_ahead(payloads)
     watcher = probe(f"{unique_topic}/results")
-    ids = publish_jobs(probe(), f"{unique_topic}/jobs", 15)
+    ids = publish_jobs(probe(), f"{unique_topic}/jobs", 15, qos=qos)
     await asyncio.wait_for(first_running.wait(), 10)
     # All 14 behind the running job stay queued: none is taken ahead of its turn.
     await run_backlog(lambda: listener.metrics()["queue_depth"] >= 14, release.set, watcher, unique_topic, ids,
