@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 from unittest.mock import AsyncMock
 
 import pytest
@@ -414,20 +414,32 @@ async def test_a_qos0_publication_is_written_at_once_only_where_nothing_needs_aw
 
 
 async def test_direct_publications_time_out_in_the_order_sent_and_those_acknowledged_never() -> None:
-    """One timer serves every direct publication awaiting its acknowledgement (the oldest's)."""
+    """One timer serves every direct publication awaiting its acknowledgement (the oldest's): each times out in the
+    order sent and never before its own ``timeout`` is up, however late the loop runs the timer."""
     metrics = ListenerMetrics()
     client = DirectClient()
+    loop = asyncio.get_running_loop()
     publisher = publisher_for(FakeConnection(client), metrics, timeout=0.1, max_in_flight=5)
-    first = await publisher.deliver_in_background(Publication("t/1", b"1", 1, False))
+    sent: List[float] = []
+    ended: List[Tuple[str, float]] = []
+
+    async def send(name: str) -> "asyncio.Future[Optional[str]]":
+        sent.append(loop.time())
+        answer = await publisher.deliver_in_background(Publication(f"t/{name}", name.encode(), 1, False))
+        answer.add_done_callback(lambda _: ended.append((name, loop.time())))
+        return answer
+
+    first = await send("1")
     await asyncio.sleep(0.03)
-    second = await publisher.deliver_in_background(Publication("t/2", b"2", 1, False))
-    third = await publisher.deliver_in_background(Publication("t/3", b"3", 1, False))
+    second = await send("2")
+    third = await send("3")
     client.started[1].set_result(None)
     assert await asyncio.wait_for(second, 1) is None
-    started = asyncio.get_running_loop().time()
     assert await asyncio.wait_for(first, 1) == "timed out"
-    assert not third.done()  # sent 30 ms later: not due yet
     assert await asyncio.wait_for(third, 1) == "timed out"
-    assert asyncio.get_running_loop().time() - started >= 0.02
+    assert [name for name, _ in ended] == ["2", "1", "3"]
+    early = 0.002  # a timer may run up to the clock's resolution early; _Deadlines itself allows 1 ms
+    assert ended[1][1] >= sent[0] + 0.1 - early
+    assert ended[2][1] >= sent[2] + 0.1 - early  # not at the first's deadline, which came 30 ms before its own
     assert [acked.cancelled() for acked in client.started] == [True, False, True]
     assert metrics.publishes == 1 and metrics.publish_errors == 2
