@@ -13,10 +13,10 @@ Limits, so that slow or hostile clients cannot hang the server or make it hold m
   discarding what the client still sends) for ``LINGER_SECONDS`` at most, so that closing does not send a
   reset that destroys the response before the client has read it;
 - at most ``max_connections`` connections are open. When they all are, a new connection evicts the oldest
-  one that has not delivered its whole request yet, else the oldest lingering one; a connection whose answer
-  is being computed or written keeps its place. When every connection is being answered, the newcomer gets
-  ``503`` ``{"status": "busy", ...}`` with ``Retry-After: 1`` (at most ``BUSY_CONNECTIONS`` such answers at
-  once, beyond that it is closed unanswered).
+  one that has sent part of its request but not all of it, else the oldest that has sent nothing yet, else
+  the oldest lingering one; a connection whose answer is being computed or written keeps its place. When
+  every connection is being answered, the newcomer gets ``503`` ``{"status": "busy", ...}`` with
+  ``Retry-After: 1`` (at most ``BUSY_CONNECTIONS`` such answers at once, beyond that it is closed unanswered).
 
 Connections are accepted ``ACCEPT_BATCH`` at a time, so the server holds at most ``max_connections +
 BUSY_CONNECTIONS`` connections plus a batch being closed. When the process runs out of descriptors
@@ -287,14 +287,19 @@ class HttpServer:
                 raise
 
     def _evict(self) -> bool:
-        """Drop the oldest connection still sending its request, else the oldest lingering one; False if none."""
-        for pool in (self._reading, self._lingering):
-            if pool:
-                victim = next(iter(pool))
-                logger.debug("HTTP endpoints: full, dropping a connection from %s", victim.peer_host or "?")
-                victim.drop()
-                return True
-        return False
+        """Drop the oldest connection that has sent part of its request, else the oldest that has sent nothing
+        yet, else the oldest lingering one; False if none.
+
+        One just accepted may have its whole request waiting to be read: clients that reconnect as soon as they
+        are dropped (a slowloris attack) go round the pool thousands of times a second, and taking the oldest
+        alone would drop such a newcomer before its request was read."""
+        victim = (next((connection for connection in self._reading if connection.heard), None)
+                  or next(iter(self._reading), None) or next(iter(self._lingering), None))
+        if victim is None:
+            return False
+        logger.debug("HTTP endpoints: full, dropping a connection from %s", victim.peer_host or "?")
+        victim.drop()
+        return True
 
     def open_connections(self) -> int:
         """The connections counted against ``max_connections`` (read on the server's loop)."""
@@ -316,6 +321,8 @@ class _Connection(asyncio.Protocol):
         self.transport: Optional[asyncio.Transport] = None
         self.peer_host = ""
         self._dropped = False
+        #: Part of the request has been read.
+        self.heard = False
         self._buffer = bytearray()
         self._started = False  # past the one empty line tolerated before the request line
         self._scanned = 0
@@ -379,6 +386,7 @@ class _Connection(asyncio.Protocol):
             return
         if self.state != _READING:
             return  # arrived before reading was paused: not needed
+        self.heard = True
         self._buffer += data
         try:
             request = self._parse()

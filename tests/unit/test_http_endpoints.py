@@ -21,6 +21,7 @@ from Listener.ops.http_endpoints import (
     MAX_BODY_BYTES, HttpEndpoints, HttpRequest, Response, metric_families, start_http_endpoints,
 )
 from Listener.ops.metrics import ListenerMetrics
+from tests.support.waiting import eventually
 
 
 IO_TIMEOUT = 5.0
@@ -398,6 +399,30 @@ async def test_a_silent_client_in_a_probe_slot_gives_it_back_quickly(fake: FakeL
         assert parse(await asyncio.wait_for(reader.read(), IO_TIMEOUT))[0] == 200
     finally:
         for _, writer in idle:
+            writer.close()
+        await endpoints.close()
+
+
+async def test_a_slow_sender_loses_its_place_before_a_connection_not_read_yet(fake: FakeListener) -> None:
+    """A connection the server has not read from yet may hold a whole request (a probe just accepted): a full
+    server drops a client that has sent part of its request first, even a newer one. Slowloris clients that
+    reconnect at once go round 64 places thousands of times a second; taking the oldest alone dropped probes
+    before their request was read on a loaded machine (CI saw one such probe fail)."""
+    endpoints = await start_http_endpoints(fake, "127.0.0.1", 0, read_timeout=30.0, max_connections=2)
+    server = endpoints._server
+    assert server is not None
+    [(unread, unread_writer)] = await idle_connections(endpoints.port, 1)  # oldest: nothing read from it yet
+    slow, slow_writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", endpoints.port), IO_TIMEOUT)
+    try:
+        slow_writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")  # part of a head, never finished
+        await eventually(lambda: sum(connection.heard for connection in list(server._reading)) == 1, IO_TIMEOUT,
+                         "the partial head read")
+        assert (await get(endpoints.port, "/healthz"))[0] == 200  # a newcomer: one of the two must go
+        assert await asyncio.wait_for(slow.read(), IO_TIMEOUT) == b""  # the slow sender went
+        unread_writer.write(b"GET /readyz HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert parse(await asyncio.wait_for(unread.read(), IO_TIMEOUT))[0] == 200  # the older one kept its place
+    finally:
+        for writer in (unread_writer, slow_writer):
             writer.close()
         await endpoints.close()
 
