@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, Awaitable, Callable, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine, Optional, TypeVar
+
+from .tasks import start_task
 
 __all__ = ["bounded", "settle_within"]
 
@@ -21,7 +23,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
         return await asyncio.wait_for(awaitable, timeout)
 
 
-async def settle_within(awaitable: Awaitable[Any], timeout: Optional[float],
+async def settle_within(awaitable: Coroutine[Any, Any, Any], timeout: Optional[float],
                         cancel: "Optional[Callable[[asyncio.Future[Any]], Any]]" = None) -> "Optional[asyncio.Future[Any]]":
     """Run ``awaitable`` as a task and return it once it is done (result, error or cancelled);
     None when ``timeout`` seconds passed first, after cancelling it (with ``cancel``, else
@@ -29,7 +31,7 @@ async def settle_within(awaitable: Awaitable[Any], timeout: Optional[float],
 
     Unlike ``wait_for``, what the awaitable raised is never confused with the timeout.
     """
-    task = asyncio.ensure_future(awaitable)
+    task = start_task(awaitable)
     try:
         done, _ = await asyncio.wait({task}, timeout=timeout)
     finally:

@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, Dict, List, Optional, Sequence, Set
 from ..config.settings import EventListenerConfig
 from ..core.backoff import backoff_delay
 from ..core.run_state import RunState, State
+from ..core.tasks import start_task
 from ..jobs.records import JobInfo
 from ..jobs.store import JobStoreError
 from ..jobs.tracking import JobTracker
@@ -287,8 +288,8 @@ class Runner:
         for the next connection) and takes nothing more; the next consumer waits for it, then takes
         over the same delivery queue. So the loss is counted, logged and repaired at once.
         """
-        consumer = asyncio.create_task(self._consume(connection, tuple(self._carried)),
-                                       name=f"listener[{self._config.client_id}].consumer")
+        consumer = start_task(self._consume(connection, tuple(self._carried)),
+                              name=f"listener[{self._config.client_id}].consumer")
         self._consumer = consumer
         lost = asyncio.ensure_future(connection.wait_closed())
         try:
@@ -347,7 +348,7 @@ class Runner:
                     if self._resume_waiting:
                         self._slot_freed.set()
             else:
-                task = asyncio.create_task(self._contained(message.data, message.topic, ticket))
+                task = start_task(self._contained(message.data, message.topic, ticket))
                 self._in_flight.add(task)
                 task.add_done_callback(self._job_done)
 
@@ -426,7 +427,7 @@ class Runner:
                     self._slot_freed.clear()
                     await self._slot_freed.wait()
                     continue
-                task = asyncio.create_task(self._contained_resume(left.pop()))
+                task = start_task(self._contained_resume(left.pop()))
                 self._in_flight.add(task)
                 task.add_done_callback(self._job_done)
         finally:
@@ -468,7 +469,7 @@ class Runner:
         if (connection is not None and self._run.stop_requested.is_set() and connection.adapter.queued
                 and connection.adapter.closed):
             # Stopped while disconnected: what the lost connection received and acknowledged is still processed.
-            consumer = self._consumer = asyncio.ensure_future(self._consume(connection, tuple(self._carried)))
+            consumer = self._consumer = start_task(self._consume(connection, tuple(self._carried)))
             try:
                 await asyncio.wait({consumer})
             finally:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import weakref
 from typing import Any, Awaitable, Callable, Generator, List, Optional
 
@@ -61,20 +60,21 @@ def cancel(task: "asyncio.Future[Any]") -> bool:
     """Cancel ``task`` on the listener's behalf.
 
     A ``CancelledError`` coming out of a processor is the listener's own only in a task cancelled
-    this way (or, on Python 3.11+, in one whose ``cancelling()`` count is up); anything else is the
-    processor's failure. A processor that carries on after this cancellation is abandoned.
+    this way, or in one whose ``cancelling()`` count is up (any task on Python 3.11+, one started with
+    :func:`Listener.core.tasks.start_task` on 3.10); anything else is the processor's failure. A processor
+    that carries on after this cancellation is abandoned.
     """
     _cancelled.add(task)
     return task.cancel()
 
 
 def cancelled_by_listener(task: "Optional[asyncio.Future[Any]]") -> bool:
-    """Whether ``task`` was cancelled with :func:`cancel` (or, on 3.11+, has a cancellation pending)."""
+    """Whether ``task`` was cancelled with :func:`cancel`, or has a cancellation pending (``cancelling()``)."""
     if task is None:
         return False
     if task in _cancelled:
         return True
-    cancelling = getattr(task, "cancelling", None)  # Python 3.11+
+    cancelling = getattr(task, "cancelling", None)  # Python 3.11+, or a CountingTask
     return bool(cancelling()) if cancelling is not None else False
 
 
@@ -149,7 +149,7 @@ def _drive(iterator: Any) -> Generator[Any, Any, Any]:
     task = asyncio.current_task()
     value: Any = None
     thrown: Optional[BaseException] = None
-    delivered = False  # a cancellation reached the processor (3.10: cannot ask the task whose it was)
+    delivered = False  # a cancellation reached the processor (a 3.10 task not started by start_task cannot say whose)
     ignored = False
     timer: Optional[asyncio.TimerHandle] = None
     try:
@@ -166,7 +166,7 @@ def _drive(iterator: Any) -> Generator[Any, Any, Any]:
             except StopIteration as stop:
                 return stop.value
             except asyncio.CancelledError as exc:
-                if cancelled_by_listener(task) or (delivered and sys.version_info < (3, 11)):
+                if cancelled_by_listener(task) or (delivered and not hasattr(task, "cancelling")):
                     raise
                 raise ProcessorInterrupted(exc) from exc
             except Exception:
