@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PYTEST := $(BIN)/pytest
 
 .DEFAULT_GOAL := help
-.PHONY: help install mosquitto redis-server interop-brokers chromium demo test test-unit test-integration test-mqtt test-interop test-browser lint typecheck security amqtt-canary coverage bench docs docs-serve clean
+.PHONY: help install mosquitto redis-server interop-brokers chromium demo test test-unit test-integration test-mqtt test-interop test-browser screenshots lint typecheck security amqtt-canary coverage bench docs docs-serve clean
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ test-integration: $(STAMP) chromium  ## Tests with a mocked MQTT client, and the
 
 test-browser: $(STAMP) mosquitto chromium  ## The browser tests (tests/browser): Debian's chromium driven by Playwright
 	$(PYTEST) -m browser tests/browser
+
+screenshots: $(STAMP) mosquitto chromium  ## The dashboard's browser tests, saving the screenshots the docs show in docs/images/
+	LISTENER_UPDATE_SCREENSHOTS=1 $(PYTEST) -m browser tests/browser/test_dashboard_browser.py
 
 test-mqtt: $(STAMP) mosquitto chromium  ## Tests against real Mosquitto brokers the suite starts (browser ones too)
 	$(PYTEST) -m mqtt_integration

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Iterator, List
 
 import pytest
 
-from tests.support.browser import IMAGES, chromium_binary, screenshot_path
+from tests.support.browser import IMAGES, ROOT, SCRATCH_IMAGES, UPDATE_SCREENSHOTS, chromium_binary, screenshot_path
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -91,14 +91,19 @@ async def test_it_is_debians_chromium(browser_page: "Page") -> None:
     assert browser.version in reported, (browser.version, reported)
 
 
-async def test_screenshots(browser_page: "Page", page_server: str, tmp_path: Any) -> None:
+async def test_screenshots(browser_page: "Page", page_server: str, tmp_path: Any,
+                           monkeypatch: pytest.MonkeyPatch) -> None:
     await browser_page.goto(page_server + "/")
     shot = tmp_path / "page.png"
     await browser_page.screenshot(path=str(shot))
     assert shot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
+    monkeypatch.setenv(UPDATE_SCREENSHOTS, "1")  # make screenshots: the docs' own
     assert screenshot_path("dashboard-overview") == IMAGES / "dashboard-overview.png"
     assert screenshot_path("dashboard-overview.png") == IMAGES / "dashboard-overview.png"
     assert IMAGES.is_dir() and IMAGES.parts[-2:] == ("docs", "images")
+    monkeypatch.delenv(UPDATE_SCREENSHOTS)  # make test: the working tree is left as it was
+    assert screenshot_path("dashboard-overview") == SCRATCH_IMAGES / "dashboard-overview.png"
+    assert SCRATCH_IMAGES.is_dir() and ROOT not in SCRATCH_IMAGES.parents
     with pytest.raises(ValueError):
         screenshot_path("../outside")
