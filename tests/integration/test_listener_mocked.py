@@ -14,6 +14,7 @@ import pytest
 
 from Listener import EventListener, JobStatus, ReturnType, SafeConfigParser, create_return_type
 from tests.support.mocked_listeners import feed, mocked_listener, publications, published_json, wait_forever
+from tests.support.waiting import until
 
 
 async def test_success_publishes_result_positionally_once() -> None:
@@ -370,13 +371,6 @@ async def test_mock_processors_are_called_not_hung_on() -> None:
     assert await asyncio.wait_for(listener.process_message({"job_id": "m-sync"}, sync_mock), 5) == {"ok": 1}
     assert await asyncio.wait_for(listener.process_message({"job_id": "m-async"}, async_mock), 5) == {"ok": 2}
     async_mock.assert_awaited_once()
-
-
-async def until(predicate: Any, timeout: float = 5.0) -> None:
-    async def poll() -> None:
-        while not await predicate():
-            await asyncio.sleep(0.005)
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_full_store_of_active_jobs_makes_the_listener_wait_not_drop() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -13,6 +12,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import pytest
 
 from tests.support.redis_server import REDIS_BINARY, RedisServer, redis_server, unique_prefix
+from tests.support.waiting import until
 
 __all__ = ["redis_server"]  # the fixture, for pytest
 
@@ -43,16 +43,6 @@ async def api(port: int, path: str, headers: Optional[Dict[str, str]] = None) ->
     status, _, body = await http(port, path, headers)
     assert status == 200, (path, status, body[:300])
     return json.loads(body)
-
-
-async def until(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        await asyncio.sleep(0.1)
 
 
 def processor(data: Dict[str, Any], job_id: str) -> Dict[str, Any]:

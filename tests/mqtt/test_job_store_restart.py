@@ -6,22 +6,16 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 
 from Listener import EventListener, JobStatus
 from tests.support.brokers import BrokerEndpoint
 from tests.support.listeners import listener_config, run_until_ready
+from tests.support.waiting import until
 
 pytestmark = pytest.mark.timeout(90)
-
-
-async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        while not await check():
-            await asyncio.sleep(0.01)
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_a_new_listener_on_the_same_database_skips_a_completed_job_and_reruns_an_interrupted_one(

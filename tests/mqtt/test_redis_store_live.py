@@ -12,7 +12,7 @@ import threading
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any, Callable, Dict, List, NamedTuple, Set
+from typing import Any, Dict, List, NamedTuple, Set
 
 import pytest
 import redis
@@ -21,6 +21,7 @@ from Listener import EventListener, JobStatus
 from tests.support.brokers import BrokerEndpoint
 from tests.support.listeners import listener_config, run_until_ready
 from tests.support.redis_server import RedisFactory, RedisServer, redis_factory, redis_server, unique_prefix
+from tests.support.waiting import until
 
 __all__ = ["redis_factory", "redis_server"]  # the fixtures, for pytest
 
@@ -94,13 +95,6 @@ def test_one_job_id_published_twice_to_a_share_group(store: str, mqtt_endpoint: 
         assert len(seen.pids) == 2  # both workers ran jobs: the group split the stream
         assert set(seen.ran) == {f"j{n}" for n in range(JOBS)} and sum(seen.ran.values()) > JOBS
         assert seen.results + len(seen.errors) == 2 * JOBS
-
-
-async def until(check: Callable[[], Any], timeout: float = 20.0) -> None:
-    async def poll() -> None:
-        while not await check():
-            await asyncio.sleep(0.02)
-    await asyncio.wait_for(poll(), timeout)
 
 
 async def test_redis_lost_and_back_mid_run(mqtt_endpoint: BrokerEndpoint, unique_topic: str, probe: Any,

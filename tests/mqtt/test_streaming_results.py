@@ -12,7 +12,7 @@ import asyncio
 import json
 import threading
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Dict, List
+from typing import Any, Dict, List
 
 import pytest
 
@@ -20,6 +20,7 @@ from Listener import EventListener, JobStatus
 from tests.support.brokers import BrokerEndpoint, MqttProbe
 from tests.support.listeners import listener_config, run_until_ready, stop_listeners
 from tests.support.redis_server import redis_server, unique_prefix
+from tests.support.waiting import until
 
 __all__ = ["redis_server"]  # the fixture, for pytest
 
@@ -27,17 +28,6 @@ pytestmark = pytest.mark.timeout(120)
 
 #: How long a check may take to come true (it comes true within milliseconds when the listener is right).
 SETTLE = 15.0
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = SETTLE) -> None:
-    """Poll ``check`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
-    async def poll() -> None:
-        while not await check():
-            await asyncio.sleep(0.02)
-    try:
-        await asyncio.wait_for(poll(), timeout)
-    except asyncio.TimeoutError:
-        pytest.fail(f"not within {timeout:g} s: {what}")
 
 
 def job_store_setting(store: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
@@ -170,8 +160,8 @@ async def test_a_job_is_pending_until_its_processor_starts_and_running_until_it_
         if any(isinstance(found, str) for _, found in seen):
             return (job_id, "not looked at: an earlier job was not seen right")
         try:
-            await asyncio.wait_for(_poll(recorded), SETTLE)
-        except asyncio.TimeoutError:
+            await until(recorded, timeout=SETTLE, interval=0.01)
+        except AssertionError:
             return (job_id, "not seen RUNNING with the previous job finished and its result out")
         return (job_id, list(await listener.get_running_jobs()))
 
@@ -195,8 +185,3 @@ async def test_a_job_is_pending_until_its_processor_starts_and_running_until_it_
     finally:
         held.release()
         await stop_listeners([(listener, task)], SETTLE)
-
-
-async def _poll(check: Callable[[], Awaitable[bool]]) -> None:
-    while not await check():
-        await asyncio.sleep(0.01)
