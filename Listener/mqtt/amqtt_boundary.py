@@ -614,6 +614,12 @@ class AmqttClientBase(MQTTClient):  # type: ignore[misc]
         hooks = self._direct_hooks()
         return hooks.start_publish(topic, message, qos, retain) if hooks is not None else None
 
+    def flush_writes(self) -> None:
+        """Hand what was written directly in this turn of the event loop to the socket now, not at its end."""
+        hooks = self._direct_hooks()
+        if hooks is not None:
+            hooks.flush()
+
     async def disconnect(self) -> None:
         """amqtt's ``disconnect``, except that the socket is closed only after the broker closed its side.
 

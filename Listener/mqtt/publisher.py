@@ -415,6 +415,13 @@ class Publisher:
         self._metrics.publishes += 1
         return True
 
+    def hand_to_socket(self) -> None:
+        """Hand what this turn of the event loop wrote directly to the socket now, not at the turn's end (what the
+        kernel holds goes out even if the process is killed next)."""
+        client = self._connection.client
+        if isinstance(client, AmqttClientBase):
+            client.flush_writes()
+
     def _write_now(self, publication: Publication) -> "Optional[asyncio.Future[None]]":
         """Write ``publication`` at once through the listener's own client (``start_publish``, which answers None when
         it cannot: no connection, websockets, a full socket buffer); its acknowledgement's future, or None when

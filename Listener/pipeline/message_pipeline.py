@@ -103,6 +103,8 @@ class Pipeline:
         self._decoded: Dict[int, Tuple[Payload, Union[Dict[str, Any], RejectedMessage]]] = {}
         #: ``ack_policy = "after_recording"``: a ticket settles once its job is admitted, not when it finishes.
         self._settle_on_admission = config.ack_policy == "after_recording"
+        #: A store whose records outlive the process (see :meth:`_out_before_recorded`).
+        self._result_before_record = tracker.store.persistent
 
     # -- publishing ------------------------------------------------------------------------------
 
@@ -528,6 +530,7 @@ class Pipeline:
             await self._cancelled(job_id, topic, None)
             raise
         if not in_background:
+            self._out_before_recorded(publication)
             if problem is not None or not self._completed_now(job_id, result, started):
                 await self._complete(job_id, result, topic, started, publication, problem)
             return result
@@ -562,6 +565,7 @@ class Pipeline:
             await self._events.error(job_id, ErrorType.PUBLISH_ERROR, reason, topic)
             await self._events.log(logging.ERROR, "publish_failed", "%s", reason, job_id=job_id,
                                    status=_COMPLETED, topic=topic)
+        self._out_before_recorded(publication)
         await self._tracker.update_job_status(job_id, JobStatus.COMPLETED, result=result)
         elapsed = self._count_completed(started)
         if self._events.info_wanted():
@@ -594,9 +598,18 @@ class Pipeline:
             if not self._publisher.send_now(publication):
                 return publication
             self._own.remember(publication.topic, publication.payload)
+        self._out_before_recorded(publication)
         self._tracker.update_job_status_now(job.job_id, JobStatus.COMPLETED, result=result)  # the lock is free
         self._count_completed(ran.started)
         return True
+
+    def _out_before_recorded(self, publication: Optional[Publication]) -> None:
+        """A QoS 0 result goes to the socket before its job is recorded COMPLETED in a store that outlives the
+        process: written, it waits for the end of the loop's turn, while the store may commit at once (the SQLite
+        writer thread, Redis). A kill in between would leave a job whose result never went out and whose
+        redelivered message is a duplicate. (A QoS 1/2 result is recorded once the broker acknowledged it.)"""
+        if self._result_before_record and publication is not None and not publication.qos:
+            self._publisher.hand_to_socket()
 
     def _completed_now(self, job_id: str, result: Any, started: float) -> bool:
         """Record a job whose result went out COMPLETED, as :meth:`_complete` would, where that needs no await
