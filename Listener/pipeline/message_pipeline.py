@@ -565,7 +565,6 @@ class Pipeline:
             await self._events.error(job_id, ErrorType.PUBLISH_ERROR, reason, topic)
             await self._events.log(logging.ERROR, "publish_failed", "%s", reason, job_id=job_id,
                                    status=_COMPLETED, topic=topic)
-        self._out_before_recorded(publication)
         await self._tracker.update_job_status(job_id, JobStatus.COMPLETED, result=result)
         elapsed = self._count_completed(started)
         if self._events.info_wanted():
